@@ -1,0 +1,207 @@
+//! Starting the bootstrap and driving the protocol with it, shared by the
+//! init ([`super::Container::start`]) and [`super::Container::exec`].
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use super::ContainerError;
+use crate::cgroups::Cgroup;
+use crate::config::{IdMap, NamespaceKind};
+use crate::init::INIT_ARG;
+use crate::process::channel::{
+    Bootstrap, Channel, ChannelError, FromInit, Task, ToInit, FIRST_EXTRA_FD, INIT_SOCKET_FD,
+};
+use crate::process::fdlayout::FdPlan;
+use crate::process::{sealed, spawn, ExitStatus, InitBinary, Process, Stdio};
+
+/// Everything [`launch`] needs.
+pub(super) struct Launch<'a> {
+    pub task: Task,
+    pub process: Process,
+    pub join: Vec<(NamespaceKind, OwnedFd)>,
+    pub clone_flags: i32,
+    pub new_user_ns: bool,
+    pub uid_mappings: &'a [IdMap],
+    pub gid_mappings: &'a [IdMap],
+    pub listener: Option<OwnedFd>,
+    pub cgroup: Option<&'a Cgroup>,
+    pub init_binary: &'a InitBinary,
+}
+
+/// Starts the bootstrap, waits for `Ready`, and returns the container
+/// process's host pid. For an exec, also waits for the `execve` (or its error).
+/// On error every process started here is killed and reaped.
+pub(super) fn launch(l: Launch<'_>) -> Result<i32, ContainerError> {
+    let exe = sealed::sealed_copy(l.init_binary).map_err(ContainerError::InitBinary)?;
+    let (ch, child_end) = Channel::pair()?;
+    let null = || {
+        File::open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|source| ContainerError::StateIo {
+                path: "/dev/null".into(),
+                source,
+            })
+    };
+    let mut holders: Vec<OwnedFd> = Vec::new();
+    let mut stdio_fd = |s: &Stdio, n: RawFd| -> Result<RawFd, ContainerError> {
+        Ok(match s {
+            Stdio::Null => {
+                let fd = null()?;
+                let raw = fd.as_raw_fd();
+                holders.push(fd);
+                raw
+            }
+            Stdio::Inherit => n,
+            Stdio::Fd(fd) => fd.as_raw_fd(),
+        })
+    };
+    let mut moves = vec![
+        (stdio_fd(&l.process.stdin, 0)?, 0),
+        (stdio_fd(&l.process.stdout, 1)?, 1),
+        (stdio_fd(&l.process.stderr, 2)?, 2),
+        (child_end.as_raw_fd(), INIT_SOCKET_FD),
+    ];
+    for (i, fd) in l.process.extra_fds.iter().enumerate() {
+        moves.push((fd.as_raw_fd(), FIRST_EXTRA_FD + i as RawFd));
+    }
+    let plan = FdPlan::new(moves).map_err(|e| ContainerError::InvalidProcess(e.to_string()))?;
+    let argv = [
+        CString::new("berth-init").expect("no NUL"),
+        CString::new(INIT_ARG).expect("no NUL"),
+    ];
+    let bootstrap_pid =
+        spawn::spawn(exe.as_fd(), &argv, &plan).map_err(|source| ContainerError::Sys {
+            step: "fork the container bootstrap",
+            source,
+        })?;
+    drop(child_end);
+    drop(holders);
+    let mut run = Running {
+        bootstrap: Some(bootstrap_pid),
+        child: None,
+    };
+    match drive(&ch, l, &mut run) {
+        Ok(pid) => {
+            run.reap_bootstrap();
+            Ok(pid)
+        }
+        Err(e) => {
+            let status = run.abort();
+            Err(match e {
+                ContainerError::Channel(ChannelError::Closed) => ContainerError::InitExited(status),
+                other => other,
+            })
+        }
+    }
+}
+
+/// Processes started by a launch, for cleanup.
+struct Running {
+    bootstrap: Option<i32>,
+    child: Option<i32>,
+}
+
+impl Running {
+    fn reap_bootstrap(&mut self) -> Option<ExitStatus> {
+        let pid = self.bootstrap.take()?;
+        loop {
+            match waitpid(Pid::from_raw(pid), None) {
+                Ok(WaitStatus::Exited(_, c)) => return Some(ExitStatus::Exited(c)),
+                Ok(WaitStatus::Signaled(_, s, _)) => return Some(ExitStatus::Signaled(s as i32)),
+                Ok(_) | Err(nix::Error::EINTR) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Kills and reaps everything; returns how the bootstrap ended.
+    fn abort(&mut self) -> Option<ExitStatus> {
+        if let Some(c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c), Signal::SIGKILL);
+            let _ = crate::process::wait_child(c);
+        }
+        if let Some(b) = self.bootstrap {
+            let _ = kill(Pid::from_raw(b), Signal::SIGKILL);
+        }
+        self.reap_bootstrap()
+    }
+}
+
+fn write_id_map(pid: i32, file: &str, maps: &[IdMap]) -> Result<(), ContainerError> {
+    let text: String = maps
+        .iter()
+        .map(|m| format!("{} {} {}\n", m.container_id, m.host_id, m.size))
+        .collect();
+    let path = format!("/proc/{pid}/{file}");
+    std::fs::write(&path, text).map_err(|source| ContainerError::StateIo {
+        path: path.into(),
+        source,
+    })
+}
+
+fn drive(ch: &Channel, l: Launch<'_>, run: &mut Running) -> Result<i32, ContainerError> {
+    let bootstrap_pid = run.bootstrap.expect("bootstrap started");
+    if let Some(cg) = l.cgroup {
+        cg.add_pid(bootstrap_pid)?;
+    }
+    let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+    let mut join = BTreeMap::new();
+    for (kind, fd) in &l.join {
+        join.insert(*kind, fds.len());
+        fds.push(fd.as_fd());
+    }
+    let listener = l.listener.as_ref().map(|fd| {
+        fds.push(fd.as_fd());
+        fds.len() - 1
+    });
+    let is_exec = matches!(l.task, Task::Exec { .. });
+    let msg = ToInit::Bootstrap(Box::new(Bootstrap {
+        task: l.task,
+        process: l.process.spec.clone(),
+        extra_fds: l.process.extra_fds.len(),
+        join,
+        clone_flags: l.clone_flags,
+        new_user_ns: l.new_user_ns,
+        listener,
+    }));
+    ch.send(&msg, &fds)?;
+    drop(fds);
+    let mut ready = false;
+    loop {
+        let msg = match ch.recv::<FromInit>() {
+            Ok((m, _)) => m,
+            // For an exec, the socket closes when execve succeeds.
+            Err(ChannelError::Closed) if ready && is_exec && run.child.is_some() => break,
+            Err(e) => return Err(e.into()),
+        };
+        match msg {
+            FromInit::NeedIdMaps => {
+                write_id_map(bootstrap_pid, "uid_map", l.uid_mappings)?;
+                write_id_map(bootstrap_pid, "gid_map", l.gid_mappings)?;
+                ch.send(&ToInit::IdMapsWritten, &[])?;
+            }
+            FromInit::Child { pid } => {
+                run.child = Some(pid);
+                run.reap_bootstrap();
+                if ready && !is_exec {
+                    break;
+                }
+            }
+            FromInit::Ready => {
+                ready = true;
+                if !is_exec && run.child.is_some() {
+                    break;
+                }
+            }
+            FromInit::Error(f) => return Err(ContainerError::Init(f)),
+        }
+    }
+    let pid = run.child.take().ok_or(ContainerError::InitExited(None))?;
+    Ok(pid)
+}

@@ -1,0 +1,104 @@
+//! Stage one of the init: namespaces, then `clone` into them.
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::unistd::{setresgid, setresuid, Gid, Uid};
+
+use super::setup;
+use crate::config::NamespaceKind;
+use crate::process::channel::{Bootstrap, Channel, FromInit, InitFailure, ToInit, INIT_SOCKET_FD};
+use crate::sys::{clone_parent, CloneResult};
+
+pub(super) fn fail(step: &str, e: impl std::fmt::Display) -> InitFailure {
+    InitFailure {
+        step: step.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Entry point; returns the exit code of the bootstrap process.
+pub(super) fn main() -> i32 {
+    // SAFETY: the runtime placed the bootstrap socket at this fd before
+    // executing us (see process::spawn); nothing else in this fresh process
+    // owns it.
+    let mut ch = Channel::from_fd(unsafe { OwnedFd::from_raw_fd(INIT_SOCKET_FD) });
+    let (msg, fds) = match ch.recv::<ToInit>() {
+        Ok(m) => m,
+        Err(_) => return 2,
+    };
+    let ToInit::Bootstrap(b) = msg else {
+        let _ = ch.send(
+            &FromInit::Error(fail("bootstrap", "expected a bootstrap message")),
+            &[],
+        );
+        return 2;
+    };
+    match stage_one(&mut ch, *b, fds) {
+        Ok(()) => 0,
+        Err(f) => {
+            let _ = ch.send(&FromInit::Error(f), &[]);
+            1
+        }
+    }
+}
+
+fn stage_one(ch: &mut Channel, b: Bootstrap, fds: Vec<OwnedFd>) -> Result<(), InitFailure> {
+    let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+    let mut take = |i: usize| fds.get_mut(i).and_then(Option::take);
+    let mut joins = Vec::new();
+    for kind in NamespaceKind::JOIN_ORDER {
+        if let Some(&i) = b.join.get(&kind) {
+            let fd =
+                take(i).ok_or_else(|| fail("bootstrap", format!("missing fd for {kind:?}")))?;
+            joins.push((kind, fd));
+        }
+    }
+    let listener = match b.listener {
+        Some(i) => Some(take(i).ok_or_else(|| fail("bootstrap", "missing start listener fd"))?),
+        None => None,
+    };
+    for (kind, fd) in &joins {
+        setns(fd.as_fd(), CloneFlags::from_bits_retain(kind.clone_flag()))
+            .map_err(|e| fail(&format!("join the {kind:?} namespace"), e))?;
+        if *kind == NamespaceKind::User {
+            become_root_in_userns()?;
+        }
+    }
+    drop(joins);
+    if b.new_user_ns {
+        unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| fail("create the user namespace", e))?;
+        ch.send(&FromInit::NeedIdMaps, &[])
+            .map_err(|e| fail("ask for id maps", e))?;
+        match ch.recv::<ToInit>() {
+            Ok((ToInit::IdMapsWritten, _)) => {}
+            Ok(_) => return Err(fail("wait for id maps", "unexpected message")),
+            Err(e) => return Err(fail("wait for id maps", e)),
+        }
+        become_root_in_userns()?;
+    }
+    match clone_parent(b.clone_flags).map_err(|e| fail("clone the container process", e))? {
+        CloneResult::Parent(pid) => {
+            ch.send(&FromInit::Child { pid }, &[])
+                .map_err(|e| fail("report the child pid", e))?;
+            Ok(())
+        }
+        CloneResult::Child => {
+            let code = match setup::stage_two(ch, &b, listener) {
+                Ok(never) => match never {},
+                Err(f) => {
+                    let _ = ch.send(&FromInit::Error(f), &[]);
+                    1
+                }
+            };
+            std::process::exit(code)
+        }
+    }
+}
+
+fn become_root_in_userns() -> Result<(), InitFailure> {
+    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .map_err(|e| fail("setresgid 0 in the user namespace", e))?;
+    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .map_err(|e| fail("setresuid 0 in the user namespace", e))
+}

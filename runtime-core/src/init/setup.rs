@@ -1,0 +1,278 @@
+//! Stage two of the init: inside the new namespaces, set the container up
+//! and `execve` the process.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::sys::socket::{accept4, SockFlag};
+use nix::unistd::{chdir, execve, getcwd, setgroups, setresgid, setresuid, setsid, Gid, Uid};
+
+use super::bootstrap::fail;
+use crate::config::{Config, NamespaceKind};
+use crate::process::channel::{Bootstrap, Channel, FromInit, InitFailure, Task, FIRST_EXTRA_FD};
+use crate::process::ProcessSpec;
+use crate::security::capabilities::{self, Capabilities};
+use crate::security::{rlimits, user};
+use crate::{rootfs, sys};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Everything ready for `execve`.
+struct Exec {
+    path: CString,
+    args: Vec<CString>,
+    env: Vec<CString>,
+}
+
+pub(super) fn stage_two(
+    ch: &mut Channel,
+    b: &Bootstrap,
+    mut listener: Option<OwnedFd>,
+) -> Result<Infallible, InitFailure> {
+    let (config, is_init) = match &b.task {
+        Task::Init { config } => (config.as_ref(), true),
+        Task::Exec { config } => (config.as_ref(), false),
+    };
+    if is_init {
+        // CRIU needs the first process of the namespace to lead its session.
+        setsid().map_err(|e| fail("setsid", e))?;
+        setup_namespaces(config)?;
+        rootfs::setup(config, config.has(NamespaceKind::User))
+            .map_err(|e| fail("set up the root filesystem", error_chain(&e)))?;
+    }
+    if let Some(adj) = config.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
+            let hint = if adj < 0 {
+                " (negative values need CAP_SYS_RESOURCE)"
+            } else {
+                ""
+            };
+            fail("set oom_score_adj", format!("{e}{hint}"))
+        })?;
+    }
+    rlimits::apply(&config.rlimits).map_err(|e| fail("set rlimits", error_chain(&e)))?;
+    let exec = prepare_exec(config, &b.process)?;
+    place_extra_fds(b.extra_fds, ch, listener.as_mut())?;
+    sys::reset_signals();
+    ch.send(&FromInit::Ready, &[])
+        .map_err(|e| fail("report ready", e))?;
+    match listener {
+        Some(l) => {
+            // Wait until someone connects to the start socket (Container::release),
+            // then exec; that connection gets the error if exec fails.
+            let conn = loop {
+                match accept4(l.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                    Ok(fd) => break fd,
+                    Err(nix::Error::EINTR) => continue,
+                    Err(e) => return Err(fail("wait for start", e)),
+                }
+            };
+            drop(l);
+            // SAFETY: accept4 returned a new fd that we own.
+            let mut conn = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(conn) });
+            let err = do_exec(&exec);
+            let msg = serde_json::to_vec(&err).unwrap_or_default();
+            let _ = conn.write_all(&msg);
+            Err(err)
+        }
+        None => Err(do_exec(&exec)),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn setup_namespaces(config: &Config) -> Result<(), InitFailure> {
+    // /proc/sys of the runtime's /proc shows the namespaces of the process
+    // reading it: ours, the container's, so this sets the container's values.
+    for (name, value) in &config.sysctls {
+        let path = PathBuf::from("/proc/sys").join(name.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| fail(&format!("set sysctl {name}"), e))?;
+    }
+    if let Some(h) = &config.hostname {
+        nix::unistd::sethostname(h).map_err(|e| fail("set hostname", e))?;
+    }
+    if let Some(d) = &config.domainname {
+        let c = CString::new(d.as_str()).map_err(|e| fail("set domainname", e))?;
+        // SAFETY: `c` is a valid C string of the given length.
+        let r = unsafe { libc::setdomainname(c.as_ptr(), d.len()) };
+        if r != 0 {
+            return Err(fail("set domainname", nix::Error::last()));
+        }
+    }
+    if config.loopback && config.creates(NamespaceKind::Network) {
+        sys::interface_up(c"lo").map_err(|e| fail("bring up lo", e))?;
+    }
+    Ok(())
+}
+
+fn read_or_empty(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn prepare_exec(config: &Config, p: &ProcessSpec) -> Result<Exec, InitFailure> {
+    let resolved = user::resolve(
+        &p.user,
+        &read_or_empty("/etc/passwd"),
+        &read_or_empty("/etc/group"),
+    )
+    .map_err(|e| fail("resolve the user", e))?;
+    let mut env = p.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", resolved.home));
+    }
+    // The working directory: created when missing, and checked to be inside
+    // the container (CVE-2024-21626: a cwd left on a host fd escaped it).
+    if !p.cwd.is_dir() {
+        std::fs::create_dir_all(&p.cwd).map_err(|e| fail("create the working directory", e))?;
+    }
+    chdir(&p.cwd).map_err(|e| fail(&format!("chdir to {}", p.cwd.display()), e))?;
+    match getcwd() {
+        Ok(cwd) if cwd.is_absolute() => {}
+        _ => {
+            return Err(fail(
+                "check the working directory",
+                "it is outside the container's root",
+            ))
+        }
+    }
+    let path_var = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH)
+        .to_string();
+    let program = lookup(&p.args[0], &path_var)?;
+    let caps = p.capabilities.as_ref().unwrap_or(&config.capabilities);
+    let nnp = p.no_new_privileges.unwrap_or(config.no_new_privileges);
+    apply_identity(caps, &resolved, nnp)?;
+    let cstr = |s: &str| {
+        CString::new(s).map_err(|_| fail("prepare exec", format!("{s:?} contains a NUL byte")))
+    };
+    Ok(Exec {
+        path: cstr(&program.to_string_lossy())?,
+        args: p.args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
+        env: env.iter().map(|e| cstr(e)).collect::<Result<_, _>>()?,
+    })
+}
+
+/// `execvp`-style lookup of `program` in `path_var`, inside the container.
+fn lookup(program: &str, path_var: &str) -> Result<PathBuf, InitFailure> {
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return if is_exec(&p) {
+            Ok(p)
+        } else {
+            Err(fail(
+                "find the executable",
+                format!("{program}: no such executable file"),
+            ))
+        };
+    }
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| is_exec(p))
+        .ok_or_else(|| {
+            fail(
+                "find the executable",
+                format!("{program:?} not found in $PATH ({path_var})"),
+            )
+        })
+}
+
+/// Bounding set, then uid/gid (keeping capabilities across the switch), then
+/// the capability sets, then no_new_privs. Every failure is fatal: a
+/// container that would run with more privilege than asked does not start.
+fn apply_identity(
+    caps: &Capabilities,
+    u: &user::ResolvedUser,
+    nnp: bool,
+) -> Result<(), InitFailure> {
+    capabilities::apply_bounding(&caps.bounding)
+        .map_err(|e| fail("drop bounding capabilities", error_chain(&e)))?;
+    sys::set_keepcaps(true).map_err(|e| fail("keep capabilities", e))?;
+    let groups: Vec<Gid> = u
+        .additional_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    match setgroups(&groups) {
+        Ok(()) => {}
+        // A user namespace with setgroups denied: only an empty list was
+        // possible anyway.
+        Err(nix::Error::EPERM) if groups.is_empty() => {}
+        Err(e) => return Err(fail("set supplementary groups", e)),
+    }
+    let gid = Gid::from_raw(u.gid);
+    setresgid(gid, gid, gid).map_err(|e| fail(&format!("set gid {}", u.gid), e))?;
+    let uid = Uid::from_raw(u.uid);
+    setresuid(uid, uid, uid).map_err(|e| fail(&format!("set uid {}", u.uid), e))?;
+    sys::set_keepcaps(false).map_err(|e| fail("reset keepcaps", e))?;
+    capabilities::apply_process_sets(caps)
+        .map_err(|e| fail("set capabilities", error_chain(&e)))?;
+    if nnp {
+        sys::set_no_new_privs().map_err(|e| fail("set no_new_privs", e))?;
+    }
+    Ok(())
+}
+
+/// Moves the process's extra fds from `FIRST_EXTRA_FD..` to `3..`, after
+/// moving every fd we still need out of the way, and marks everything else
+/// close-on-exec.
+fn place_extra_fds(
+    count: usize,
+    ch: &mut Channel,
+    listener: Option<&mut OwnedFd>,
+) -> Result<(), InitFailure> {
+    let count = RawFd::try_from(count).map_err(|e| fail("place fds", e))?;
+    let moves: Vec<(RawFd, RawFd)> = (0..count).map(|i| (FIRST_EXTRA_FD + i, 3 + i)).collect();
+    let plan = crate::process::fdlayout::FdPlan::new(moves).map_err(|e| fail("place fds", e))?;
+    // The channel and the listener sit at low numbers that may be targets:
+    // move them above the targets first (they are close-on-exec).
+    ch.relocate_above(plan.scratch_base)
+        .map_err(|e| fail("move the bootstrap channel", e))?;
+    if let Some(l) = listener {
+        if l.as_raw_fd() < plan.scratch_base {
+            *l = dup_above(l.as_raw_fd(), plan.scratch_base)?;
+        }
+    }
+    let mut scratch = Vec::new();
+    for &(src, _) in &plan.moves {
+        scratch.push(dup_above(src, plan.scratch_base)?);
+    }
+    for (tmp, &(_, dst)) in scratch.iter().zip(&plan.moves) {
+        nix::unistd::dup2(tmp.as_raw_fd(), dst).map_err(|e| fail("place fds", e))?;
+    }
+    drop(scratch);
+    sys::cloexec_from(3 + count as u32).map_err(|e| fail("mark fds close-on-exec", e))
+}
+
+fn dup_above(fd: RawFd, min: RawFd) -> Result<OwnedFd, InitFailure> {
+    let new = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(min))
+        .map_err(|e| fail("place fds", e))?;
+    // SAFETY: fcntl returned a new fd that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+fn do_exec(e: &Exec) -> InitFailure {
+    match execve(&e.path, &e.args, &e.env) {
+        Ok(never) => match never {},
+        Err(err) => fail(&format!("execute {}", e.path.to_string_lossy()), err),
+    }
+}

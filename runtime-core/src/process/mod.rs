@@ -1,0 +1,175 @@
+//! Processes: what runs in a container ([`Process`]), how it is started (a
+//! sealed copy of our own binary, the fd layout of the child) and how the
+//! parent and the init talk (a typed message protocol over a socketpair).
+
+pub(crate) mod channel;
+pub mod fdlayout;
+pub(crate) mod sealed;
+pub(crate) mod spawn;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+pub use sealed::InitBinary;
+
+use crate::security::capabilities::Capabilities;
+use crate::security::user::User;
+
+/// Where one of a process's standard streams goes.
+#[derive(Debug, Default)]
+pub enum Stdio {
+    /// `/dev/null`.
+    #[default]
+    Null,
+    /// The caller's own stream of the same number.
+    Inherit,
+    /// Any fd: a pipe end, a file, a pty, a socket.
+    Fd(OwnedFd),
+}
+
+impl From<OwnedFd> for Stdio {
+    fn from(fd: OwnedFd) -> Self {
+        Stdio::Fd(fd)
+    }
+}
+
+/// A process to run in a container: its init ([`crate::Container::run`]) or
+/// an additional one ([`crate::Container::exec`]).
+#[derive(Debug)]
+pub struct Process {
+    /// What is serialized to the init.
+    pub spec: ProcessSpec,
+    /// Standard input.
+    pub stdin: Stdio,
+    /// Standard output.
+    pub stdout: Stdio,
+    /// Standard error.
+    pub stderr: Stdio,
+    /// More fds, given to the process as 3, 4, 5, ... in this order.
+    pub extra_fds: Vec<OwnedFd>,
+}
+
+/// The serializable part of a [`Process`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// `argv`; `args[0]` without a `/` is looked up in the process's `PATH`
+    /// inside the container.
+    pub args: Vec<String>,
+    /// Environment, `NAME=value`.
+    pub env: Vec<String>,
+    /// Working directory inside the container (created when missing).
+    pub cwd: PathBuf,
+    /// User and groups.
+    pub user: User,
+    /// Capabilities; `None`: those of the container's config.
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+    /// `no_new_privs`; `None`: the container config's value.
+    #[serde(default)]
+    pub no_new_privileges: Option<bool>,
+}
+
+impl Process {
+    /// A process running `args` as root in `/`, with `PATH` set and stdio on
+    /// `/dev/null`.
+    pub fn new<S: Into<String>>(args: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            spec: ProcessSpec {
+                args: args.into_iter().map(Into::into).collect(),
+                env: vec![
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+                ],
+                cwd: PathBuf::from("/"),
+                user: User::root(),
+                capabilities: None,
+                no_new_privileges: None,
+            },
+            stdin: Stdio::Null,
+            stdout: Stdio::Null,
+            stderr: Stdio::Null,
+            extra_fds: Vec::new(),
+        }
+    }
+
+    /// Sets all three standard streams to [`Stdio::Inherit`].
+    pub fn inherit_stdio(mut self) -> Self {
+        self.stdin = Stdio::Inherit;
+        self.stdout = Stdio::Inherit;
+        self.stderr = Stdio::Inherit;
+        self
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// It called `exit(code)`.
+    Exited(i32),
+    /// It was killed by this signal.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// The shell convention: the exit code, or 128 + the signal number.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(c) => c,
+            ExitStatus::Signaled(s) => 128 + s,
+        }
+    }
+
+    /// Exited with code 0.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Exited(0)
+    }
+}
+
+/// A started process of a container (the init or an exec'd one).
+#[derive(Debug)]
+pub struct ProcessHandle {
+    pid: i32,
+    pidfd: OwnedFd,
+}
+
+impl ProcessHandle {
+    pub(crate) fn new(pid: i32, pidfd: OwnedFd) -> Self {
+        Self { pid, pidfd }
+    }
+
+    /// Host pid of the process.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// A pidfd of the process (pollable: readable once it has exited).
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// Sends `sig` through the pidfd (never to a process that reused the pid).
+    pub fn signal(&self, sig: i32) -> nix::Result<()> {
+        crate::sys::pidfd_send_signal(self.pidfd.as_fd(), sig)
+    }
+
+    /// Waits for the process to end and reaps it. Only the process that
+    /// started it (its parent) can wait for it.
+    pub fn wait(&self) -> nix::Result<ExitStatus> {
+        wait_child(self.pid)
+    }
+}
+
+pub(crate) fn wait_child(pid: RawFd) -> nix::Result<ExitStatus> {
+    loop {
+        match waitpid(Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(ExitStatus::Exited(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(ExitStatus::Signaled(sig as i32)),
+            Ok(_) => continue,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}

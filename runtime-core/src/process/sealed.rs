@@ -1,0 +1,84 @@
+//! The sealed copy of our own binary that runs as the container's init.
+//!
+//! CVE-2019-5736: a container process could open `/proc/self/exe` of the
+//! runtime while it ran in the container and overwrite the host binary. The
+//! init therefore runs from a memfd holding a copy of the binary, sealed
+//! against any write, grow or shrink: nothing in the container can change it,
+//! and nothing the container does reaches the file on the host. One copy is
+//! made per binary and process, and reused (sealed memfds are immutable).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+
+/// Which binary runs as the container's init. It must call
+/// [`crate::init::run_if_requested`] first thing in `main`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub enum InitBinary {
+    /// The running executable (`/proc/self/exe`).
+    #[default]
+    SelfExe,
+    /// Another executable.
+    Path(PathBuf),
+}
+
+fn cache() -> &'static Mutex<HashMap<InitBinary, Arc<OwnedFd>>> {
+    static CACHE: OnceLock<Mutex<HashMap<InitBinary, Arc<OwnedFd>>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// Returns the sealed memfd copy of `bin`, making it on first use.
+pub(crate) fn sealed_copy(bin: &InitBinary) -> std::io::Result<Arc<OwnedFd>> {
+    let mut cache = cache().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(fd) = cache.get(bin) {
+        return Ok(fd.clone());
+    }
+    let fd = Arc::new(make_sealed_copy(bin)?);
+    cache.insert(bin.clone(), fd.clone());
+    Ok(fd)
+}
+
+fn make_sealed_copy(bin: &InitBinary) -> std::io::Result<OwnedFd> {
+    let path = match bin {
+        InitBinary::SelfExe => PathBuf::from("/proc/self/exe"),
+        InitBinary::Path(p) => p.clone(),
+    };
+    let mut src = File::open(&path)?;
+    let memfd = memfd_create(
+        c"berth-init",
+        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+    )?;
+    let mut dst = File::from(memfd);
+    std::io::copy(&mut src, &mut dst)?;
+    let seals = SealFlag::F_SEAL_SEAL
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE;
+    fcntl(dst.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(OwnedFd::from(dst))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn copy_is_sealed_against_writes() {
+        let fd = sealed_copy(&InitBinary::SelfExe).unwrap();
+        let again = sealed_copy(&InitBinary::SelfExe).unwrap();
+        assert!(Arc::ptr_eq(&fd, &again), "one copy per binary");
+        let seals = fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS).unwrap();
+        assert_ne!(seals & libc::F_SEAL_WRITE, 0);
+        // Even a writable reopen through /proc cannot write.
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&*fd));
+        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(path) {
+            assert!(f.write_all(b"x").is_err());
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Switching the root: `pivot_root`, or `MS_MOVE` + `chroot` where
+//! `pivot_root` cannot work (a rootfs on the initramfs).
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::{umount2, MntFlags, MsFlags};
+use nix::unistd::{chdir, chroot, fchdir, pivot_root};
+
+use super::mounts::mount_raw;
+use super::RootfsError;
+
+pub(crate) fn switch_root(
+    root: BorrowedFd<'_>,
+    rootfs: &Path,
+    no_pivot: bool,
+) -> Result<(), RootfsError> {
+    let err = |source| RootfsError::Pivot {
+        path: rootfs.into(),
+        source,
+    };
+    fchdir(root.as_raw_fd()).map_err(err)?;
+    if !no_pivot {
+        match pivot_root(".", ".") {
+            Ok(()) => {
+                // The old root is now stacked on "."; detach it without letting
+                // the unmount propagate to the host.
+                mount_raw(
+                    None,
+                    Path::new("."),
+                    None,
+                    MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                    None,
+                )
+                .map_err(err)?;
+                umount2(".", MntFlags::MNT_DETACH).map_err(err)?;
+                chdir("/").map_err(err)?;
+                return Ok(());
+            }
+            // EINVAL: the root is on a ramfs/rootfs, which cannot be pivoted.
+            Err(Errno::EINVAL) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    mount_raw(
+        Some(".".as_ref()),
+        Path::new("/"),
+        None,
+        MsFlags::MS_MOVE,
+        None,
+    )
+    .map_err(err)?;
+    chroot(".").map_err(err)?;
+    chdir("/").map_err(err)
+}

@@ -1,0 +1,5 @@
+//! Process security settings applied by the init before exec.
+
+pub mod capabilities;
+pub mod rlimits;
+pub mod user;

@@ -1,0 +1,326 @@
+//! Small safe wrappers around the raw syscalls that `nix` does not cover.
+//!
+//! Every `unsafe` block of the crate that is not about fd ownership lives here,
+//! each with the invariant it relies on.
+
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
+
+use nix::errno::Errno;
+
+fn check(ret: libc::c_long) -> nix::Result<libc::c_long> {
+    if ret == -1 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Highest capability number the running kernel knows.
+pub(crate) fn cap_last_cap() -> u8 {
+    static LAST: OnceLock<u8> = OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40)
+    })
+}
+
+/// `prctl(PR_CAPBSET_DROP, cap)`.
+pub(crate) fn capbset_drop(cap: u8) -> nix::Result<()> {
+    // SAFETY: prctl with integer arguments only; no memory is passed.
+    let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+    check(r.into()).map(drop)
+}
+
+/// `prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)`.
+pub(crate) fn ambient_clear_all() -> nix::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    check(r.into()).map(drop)
+}
+
+/// `prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)`.
+pub(crate) fn ambient_raise(cap: u8) -> nix::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_RAISE,
+            libc::c_ulong::from(cap),
+            0,
+            0,
+        )
+    };
+    check(r.into()).map(drop)
+}
+
+/// `capset` of the calling thread with 64-bit masks (version 3 ABI).
+pub(crate) fn capset(effective: u64, permitted: u64, inheritable: u64) -> nix::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let lo = |m: u64| m as u32;
+    let hi = |m: u64| (m >> 32) as u32;
+    let data = [
+        Data {
+            effective: lo(effective),
+            permitted: lo(permitted),
+            inheritable: lo(inheritable),
+        },
+        Data {
+            effective: hi(effective),
+            permitted: hi(permitted),
+            inheritable: hi(inheritable),
+        },
+    ];
+    // SAFETY: header and data are valid, properly laid out (#[repr(C)]) structs
+    // of the v3 ABI, which takes exactly two data elements; both outlive the call.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
+    check(r).map(drop)
+}
+
+/// `prctl(PR_SET_KEEPCAPS, on)`.
+pub(crate) fn set_keepcaps(on: bool) -> nix::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, libc::c_ulong::from(on), 0, 0, 0) };
+    check(r.into()).map(drop)
+}
+
+/// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
+pub(crate) fn set_no_new_privs() -> nix::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    check(r.into()).map(drop)
+}
+
+/// `setrlimit(resource, {soft, hard})`.
+pub(crate) fn setrlimit(
+    resource: libc::__rlimit_resource_t,
+    soft: u64,
+    hard: u64,
+) -> nix::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `lim` is a valid rlimit that lives for the duration of the call.
+    let r = unsafe { libc::setrlimit(resource, &lim) };
+    check(r.into()).map(drop)
+}
+
+/// `pidfd_open(pid, 0)`: a handle on a process that cannot be confused with a
+/// later process reusing the pid.
+pub(crate) fn pidfd_open(pid: i32) -> nix::Result<OwnedFd> {
+    // SAFETY: integer arguments only; the result is a new fd or -1.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: pidfd_open returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `pidfd_send_signal(pidfd, sig)`.
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> nix::Result<()> {
+    // SAFETY: the fd is a valid borrowed pidfd; info is NULL as documented.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    check(r).map(drop)
+}
+
+/// Result of [`clone_parent`].
+pub(crate) enum CloneResult {
+    /// In the parent (the caller), with the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// A fork-like `clone(CLONE_PARENT | ns_flags | SIGCHLD)`: the child gets new
+/// namespaces of `ns_flags` and becomes a child of the caller's *parent*, so the
+/// process that started the bootstrap can wait for the container's init.
+///
+/// Only call this from a single-threaded process (the init bootstrap is one).
+pub(crate) fn clone_parent(ns_flags: libc::c_int) -> nix::Result<CloneResult> {
+    let flags = (libc::CLONE_PARENT | ns_flags) as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: a NULL stack makes clone behave like fork: the child gets a copy
+    // of the address space. The caller is single-threaded (documented above), so
+    // no lock can be held by another thread at the time of the copy.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0,
+        )
+    };
+    match check(r)? {
+        0 => Ok(CloneResult::Child),
+        pid => Ok(CloneResult::Parent(pid as i32)),
+    }
+}
+
+/// Marks every fd from `first` up close-on-exec.
+pub(crate) fn cloexec_from(first: u32) -> nix::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: integer arguments only; only changes fd flags.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    check(r).map(drop)
+}
+
+/// Makes the mount at `fd` and every mount below it read-only
+/// (`mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, MOUNT_ATTR_RDONLY)`).
+pub(crate) fn mount_setattr_recursive_rdonly(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `attr` is a valid mount_attr of the size passed; the path is a
+    // valid NUL-terminated empty string; both outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(r).map(drop)
+}
+
+/// Resets every signal disposition to the default and unblocks all signals,
+/// so the container's process does not inherit the runtime's (Rust ignores
+/// SIGPIPE, for one).
+pub(crate) fn reset_signals() {
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL is always valid; invalid signal numbers
+        // (32, 33 used by glibc) just return EINVAL, which is fine to ignore.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    // SAFETY: `set` is a valid, emptied sigset_t that outlives the call.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Brings the interface `name` up in the caller's network namespace
+/// (`SIOCGIFFLAGS` / `SIOCSIFFLAGS`), without netlink.
+pub(crate) fn interface_up(name: &CStr) -> nix::Result<()> {
+    // SAFETY: plain socket creation.
+    let sock = check(
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }.into(),
+    )? as RawFd;
+    // SAFETY: `sock` is a fresh fd we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    // SAFETY: an all-zero ifreq is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.to_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return Err(Errno::EINVAL);
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq with a NUL-terminated name; the ioctl
+    // fills ifru_flags.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) }.into())?;
+    // SAFETY: the kernel just initialised the flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above; the kernel reads the flags.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }.into())?;
+    Ok(())
+}
+
+/// Reads the 22nd field of `/proc/PID/stat`: the process start time in clock
+/// ticks since boot, used to tell a pid apart from a later reuse of it.
+pub(crate) fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: split
+    // after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// The state letter of `/proc/PID/stat` (`R`, `S`, `Z`, ...).
+pub(crate) fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_self() {
+        let pid = std::process::id() as i32;
+        assert!(process_start_time(pid).is_some());
+        assert_eq!(process_state(pid), Some('R'));
+        assert_eq!(process_start_time(-5), None);
+    }
+}
+
+/// `fchownat(fd, "", uid, gid, AT_EMPTY_PATH)`: chown the file an (`O_PATH`)
+/// fd refers to, never following anything.
+pub(crate) fn fchown_fd(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> nix::Result<()> {
+    // SAFETY: valid fd and a NUL-terminated empty path.
+    let r = unsafe { libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) };
+    check(r.into()).map(drop)
+}
+
+/// `ioctl(fd, NS_GET_NSTYPE)`: the `CLONE_NEW*` type of a namespace file.
+pub(crate) fn ns_type(fd: BorrowedFd<'_>) -> nix::Result<libc::c_int> {
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns the type or -1.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) };
+    check(r.into()).map(|t| t as libc::c_int)
+}

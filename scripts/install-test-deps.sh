@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Install the Debian packages berth's tests and benchmark need (Debian
+# bookworm / Ubuntu, run as root). Idempotent: packages already installed are
+# left alone, and `apt-get update` only runs when something must be installed.
+#
+#   busybox-static  required: the tests and the example build their container
+#                   rootfs from the static /bin/busybox
+#   runc, crun      optional: only the lifecycle benchmark compares against
+#                   them; failing to install them is a warning, not an error
+#
+# Usage: scripts/install-test-deps.sh [--no-bench]
+#   --no-bench   install only the required packages (skip runc and crun)
+set -euo pipefail
+
+required=(busybox-static)
+optional=(runc crun)
+
+case "${1:-}" in
+    "") ;;
+    --no-bench) optional=() ;;
+    *) echo "usage: $0 [--no-bench]" >&2; exit 2 ;;
+esac
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "install-test-deps.sh: must run as root (try: sudo $0)" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+
+is_installed() {
+    # `dpkg -s` also succeeds for removed packages whose config files remain,
+    # so look at the status line rather than only the exit code.
+    dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed$'
+}
+
+missing_required=()
+for pkg in "${required[@]}"; do
+    is_installed "$pkg" || missing_required+=("$pkg")
+done
+missing_optional=()
+for pkg in "${optional[@]+"${optional[@]}"}"; do
+    is_installed "$pkg" || missing_optional+=("$pkg")
+done
+
+if [[ ${#missing_required[@]} -eq 0 && ${#missing_optional[@]} -eq 0 ]]; then
+    exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    if [[ ${#missing_required[@]} -gt 0 ]]; then
+        echo "install-test-deps.sh: apt-get not found; install ${missing_required[*]} by hand" >&2
+        exit 1
+    fi
+    echo "install-test-deps.sh: warning: apt-get not found; ${missing_optional[*]} not installed (only the benchmark uses them)" >&2
+    exit 0
+fi
+
+apt_install() {
+    apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" >/dev/null
+}
+
+echo "install-test-deps.sh: installing ${missing_required[*]-} ${missing_optional[*]-}"
+if ! apt-get update -qq >/dev/null; then
+    # A stale or partly broken index may still be enough; let the install decide.
+    echo "install-test-deps.sh: warning: apt-get update failed" >&2
+fi
+
+if [[ ${#missing_required[@]} -gt 0 ]]; then
+    if ! apt_install "${missing_required[@]}"; then
+        echo "install-test-deps.sh: failed to install ${missing_required[*]}" >&2
+        exit 1
+    fi
+fi
+
+# The optional packages one at a time, so one missing from the archive does
+# not keep the other out.
+for pkg in "${missing_optional[@]+"${missing_optional[@]}"}"; do
+    if ! apt_install "$pkg"; then
+        echo "install-test-deps.sh: warning: could not install $pkg (only the benchmark uses it)" >&2
+    fi
+done
