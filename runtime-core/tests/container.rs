@@ -29,3 +29,490 @@ fn init_is_pid_1_with_hostname_and_loopback() {
     assert_eq!(flags & libc::IFF_UP as u32, libc::IFF_UP as u32, "lo is up");
     assert_eq!(lines[3], "lo", "a new network namespace has only lo");
 }
+
+/// Effective capability mask of the default set (Docker/containerd's 14).
+const DEFAULT_CAP_MASK: u64 = 0x0000_0000_a804_25fb;
+
+fn status_field(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:\t")))
+        .unwrap_or_else(|| panic!("{field} not in {status}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn capabilities_as_configured() {
+    let Some(()) = privileged("capabilities_as_configured") else {
+        return;
+    };
+    let out = run(base_config(rootfs()), &["cat", "/proc/self/status"]);
+    assert_eq!(out.status, ExitStatus::Exited(0), "{out:?}");
+    for f in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(
+            u64::from_str_radix(&status_field(&out.stdout, f), 16).unwrap(),
+            DEFAULT_CAP_MASK,
+            "{f}"
+        );
+    }
+    assert_eq!(status_field(&out.stdout, "CapInh"), "0000000000000000");
+    assert_eq!(status_field(&out.stdout, "CapAmb"), "0000000000000000");
+    assert_eq!(status_field(&out.stdout, "NoNewPrivs"), "1");
+
+    // Only CAP_KILL, with it ambient too, for a non-root user: it survives exec.
+    let mut config = base_config(rootfs());
+    let kill = vec![berth_core::config::Capability::CAP_KILL];
+    config.capabilities = berth_core::config::Capabilities {
+        bounding: kill.clone(),
+        effective: kill.clone(),
+        permitted: kill.clone(),
+        inheritable: kill.clone(),
+        ambient: kill,
+    };
+    let state = state_root();
+    let mut c = Container::create(state.path(), &unique_id("caps"), config)
+        .unwrap()
+        .with_init_binary(init_binary());
+    let mut p = Process::new(["cat", "/proc/self/status"]);
+    p.spec.user = "1000:1000".parse().unwrap();
+    let (o, e) = capture(&mut p);
+    let h = c.run(p).unwrap();
+    let (stdout, stderr) = collect(o, e);
+    assert!(h.wait().unwrap().success(), "{stderr}");
+    c.destroy().unwrap();
+    assert_eq!(status_field(&stdout, "CapEff"), "0000000000000020");
+    assert_eq!(status_field(&stdout, "CapAmb"), "0000000000000020");
+    assert_eq!(status_field(&stdout, "CapBnd"), "0000000000000020");
+    assert!(status_field(&stdout, "Uid").starts_with("1000\t1000"));
+}
+
+#[test]
+fn masked_and_readonly_paths() {
+    let Some(()) = privileged("masked_and_readonly_paths") else {
+        return;
+    };
+    // Which masked files exist depends on the kernel's config: check those
+    // the host has (reading them on the host gives content, inside nothing).
+    let files: Vec<&str> = [
+        "/proc/keys",
+        "/proc/timer_list",
+        "/proc/kcore",
+        "/proc/sched_debug",
+    ]
+    .into_iter()
+    .filter(|p| std::path::Path::new(p).exists())
+    .collect();
+    assert!(!files.is_empty());
+    let mut script = String::new();
+    for f in &files {
+        script.push_str(&format!("wc -c < {f}; "));
+    }
+    script.push_str(
+        "ls -A /sys/firmware | wc -l; mkdir /sys/firmware/x 2>/dev/null && echo MADE; \
+         echo x > /proc/sys/kernel/hostname && echo WROTE; \
+         grep -w /proc/sys /proc/self/mountinfo | grep -c ' ro,'; echo done",
+    );
+    let out = run(base_config(rootfs()), &["sh", "-c", &script]);
+    let lines: Vec<&str> = out.stdout.lines().map(str::trim).collect();
+    let mut expected = vec!["0"; files.len()];
+    expected.extend(["0", "1", "done"]);
+    assert_eq!(lines, expected, "{out:?}");
+    assert!(
+        out.stderr.contains("Read-only file system"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn rlimits_mounts_and_user_by_name() {
+    let Some(()) = privileged("rlimits_mounts_and_user_by_name") else {
+        return;
+    };
+    let out = run(
+        base_config(rootfs()),
+        &[
+            "sh",
+            "-c",
+            "ulimit -n; ulimit -Hn; cat /proc/self/mountinfo",
+        ],
+    );
+    let mut lines = out.stdout.lines();
+    assert_eq!(lines.next(), Some("1025"));
+    assert_eq!(lines.next(), Some("1025"));
+    let mounts: Vec<(String, String)> = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let sep = f.iter().position(|x| *x == "-").unwrap();
+            (f[4].to_string(), f[sep + 1].to_string())
+        })
+        .collect();
+    let at = |p: &str| {
+        mounts
+            .iter()
+            .find(|(mp, _)| mp == p)
+            .map(|(_, t)| t.as_str())
+    };
+    assert_eq!(
+        mounts[0].0, "/",
+        "the rootfs is the first mount: {mounts:?}"
+    );
+    assert_eq!(at("/proc"), Some("proc"));
+    assert_eq!(at("/dev"), Some("tmpfs"));
+    assert_eq!(at("/dev/pts"), Some("devpts"));
+    assert_eq!(at("/dev/shm"), Some("tmpfs"));
+    assert_eq!(at("/dev/mqueue"), Some("mqueue"));
+    assert_eq!(at("/sys"), Some("sysfs"));
+    let host_root = rootfs().to_str().unwrap();
+    assert!(
+        !mounts
+            .iter()
+            .any(|(mp, _)| mp.starts_with(host_root) || mp.starts_with("/work")),
+        "no host path is visible: {mounts:?}"
+    );
+
+    // A user given by name is resolved from the container's own /etc/passwd.
+    let state = state_root();
+    let mut c = Container::create(state.path(), &unique_id("user"), base_config(rootfs()))
+        .unwrap()
+        .with_init_binary(init_binary());
+    let mut p = Process::new(["sh", "-c", "id; echo $HOME; ls -l /dev/null /dev/zero /dev/tty | cut -c1-10; readlink /dev/fd; readlink /dev/ptmx"]);
+    p.spec.user = "alice".parse().unwrap();
+    let (o, e) = capture(&mut p);
+    let h = c.run(p).unwrap();
+    let (stdout, stderr) = collect(o, e);
+    assert!(h.wait().unwrap().success(), "{stderr}");
+    c.destroy().unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "uid=1000(alice) gid=1000(alice) groups=100(users)"
+    );
+    assert_eq!(lines[1], "/home/alice");
+    assert_eq!(&lines[2..5], ["crw-rw-rw-"; 3]);
+    assert_eq!(&lines[5..7], ["/proc/self/fd", "pts/ptmx"]);
+}
+
+#[test]
+fn exit_codes_and_signals() {
+    let Some(()) = privileged("exit_codes_and_signals") else {
+        return;
+    };
+    let out = run(base_config(rootfs()), &["sh", "-c", "exit 42"]);
+    assert_eq!(out.status, ExitStatus::Exited(42));
+
+    let state = state_root();
+    // SIGKILL from outside always reaches a pid-namespace init.
+    let mut c = Container::create(state.path(), &unique_id("sig"), base_config(rootfs()))
+        .unwrap()
+        .with_init_binary(init_binary());
+    let h = c.run(Process::new(["sleep", "100"])).unwrap();
+    assert_eq!(c.status(), Status::Running);
+    c.signal(libc::SIGKILL).unwrap();
+    assert_eq!(h.wait().unwrap(), ExitStatus::Signaled(libc::SIGKILL));
+    assert_eq!(c.status(), Status::Stopped);
+    assert!(matches!(
+        c.signal(libc::SIGTERM),
+        Err(ContainerError::InvalidState { .. })
+    ));
+    c.destroy().unwrap();
+
+    // SIGTERM reaches an init that handles it.
+    let mut c = Container::create(state.path(), &unique_id("term"), base_config(rootfs()))
+        .unwrap()
+        .with_init_binary(init_binary());
+    let (r, w) = pipe();
+    let mut p = Process::new([
+        "sh",
+        "-c",
+        "trap 'exit 3' TERM; echo ready; while :; do sleep 0.05; done",
+    ]);
+    p.stdout = berth_core::Stdio::Fd(w);
+    let h = c.run(p).unwrap();
+    let mut buf = [0u8; 6];
+    std::io::Read::read_exact(&mut std::fs::File::from(r), &mut buf).unwrap();
+    c.signal(libc::SIGTERM).unwrap();
+    assert_eq!(h.wait().unwrap(), ExitStatus::Exited(3));
+    c.destroy().unwrap();
+}
+
+#[test]
+fn a_missing_executable_is_a_clear_error_and_leaves_nothing() {
+    let Some(()) = privileged("a_missing_executable_is_a_clear_error_and_leaves_nothing") else {
+        return;
+    };
+    let state = state_root();
+    let id = unique_id("noexe");
+    let mut c = Container::create(state.path(), &id, base_config(rootfs()))
+        .unwrap()
+        .with_init_binary(init_binary());
+    let err = c.run(Process::new(["no-such-program"])).unwrap_err();
+    let msg = chain(&err);
+    assert!(
+        msg.contains("no-such-program") && msg.contains("not found"),
+        "{msg}"
+    );
+    assert_eq!(c.status(), Status::Stopped);
+    c.destroy().unwrap();
+    assert!(!state.path().join(&id).exists());
+}
+
+#[test]
+fn exec_joins_the_running_container() {
+    let Some(()) = privileged("exec_joins_the_running_container") else {
+        return;
+    };
+    let state = state_root();
+    let mut c = Container::create(state.path(), &unique_id("exec"), base_config(rootfs()))
+        .unwrap()
+        .with_init_binary(init_binary());
+    let init = c.run(Process::new(["sleep", "100"])).unwrap();
+    let mut p = Process::new(["sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; for n in net mnt pid uts ipc; do readlink /proc/self/ns/$n; done; grep CapEff /proc/self/status; ulimit -n; exit 7"]);
+    let (o, e) = capture(&mut p);
+    let h = c.exec(p).unwrap();
+    let (stdout, stderr) = collect(o, e);
+    assert_eq!(h.wait().unwrap(), ExitStatus::Exited(7), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "testing");
+    assert_eq!(
+        lines[1].trim(),
+        "sleep 100",
+        "PID 1 is the container's init"
+    );
+    for (i, ns) in ["net", "mnt", "pid", "uts", "ipc"].iter().enumerate() {
+        let host_view = std::fs::read_link(format!("/proc/{}/ns/{ns}", init.pid())).unwrap();
+        assert_eq!(
+            lines[2 + i],
+            host_view.to_str().unwrap(),
+            "same {ns} namespace"
+        );
+    }
+    assert_eq!(lines[7], "CapEff:\t00000000a80425fb");
+    assert_eq!(lines[8], "1025");
+    // The exec'd process was in the container's pid namespace, not the host's.
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{}/ns/pid", init.pid())).unwrap(),
+        std::fs::read_link("/proc/self/ns/pid").unwrap()
+    );
+    assert_eq!(
+        c.processes().len(),
+        1,
+        "the exec'd process is gone and reaped"
+    );
+    c.destroy().unwrap();
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(init.pid()), None).is_err());
+}
+
+#[test]
+fn start_then_release_from_another_handle() {
+    let Some(()) = privileged("start_then_release_from_another_handle") else {
+        return;
+    };
+    let state = state_root();
+    let id = unique_id("created");
+    let mut c = Container::create(state.path(), &id, base_config(rootfs()))
+        .unwrap()
+        .with_init_binary(init_binary());
+    let mut p = Process::new(["echo", "released"]);
+    let (o, e) = capture(&mut p);
+    let h = c.start(p).unwrap();
+    assert_eq!(c.status(), Status::Created);
+    assert!(matches!(
+        c.exec(Process::new(["true"])),
+        Err(ContainerError::InvalidState { .. })
+    ));
+    // Another process (the daemon after a restart) would load it from disk.
+    let mut again = Container::load(state.path(), &id).unwrap();
+    assert_eq!(again.state().init.as_ref().unwrap().pid, h.pid());
+    assert_eq!(again.status(), Status::Created);
+    again.release().unwrap();
+    let (stdout, _) = collect(o, e);
+    assert_eq!(stdout, "released\n");
+    assert!(h.wait().unwrap().success());
+    assert_eq!(again.status(), Status::Stopped);
+    again.destroy().unwrap();
+    // Idempotent.
+    c.destroy().unwrap();
+}
+
+#[test]
+fn user_namespace_mapping() {
+    let Some(()) = privileged("user_namespace_mapping") else {
+        return;
+    };
+    let mut config = base_config(rootfs());
+    config.namespaces.push(Namespace::new(NamespaceKind::User));
+    let map = IdMap {
+        container_id: 0,
+        host_id: 200_000,
+        size: 65536,
+    };
+    config.uid_mappings.push(map);
+    config.gid_mappings.push(map);
+    let state = state_root();
+    let mut c = Container::create(state.path(), &unique_id("userns"), config)
+        .unwrap()
+        .with_init_binary(init_binary());
+    let (r, w) = pipe();
+    let mut p = Process::new([
+        "sh",
+        "-c",
+        "id -u; id -g; cat /proc/self/uid_map; echo end; sleep 100",
+    ]);
+    p.stdout = berth_core::Stdio::Fd(w);
+    let h = c.run(p).unwrap();
+    let mut out = String::new();
+    let mut f = std::io::BufReader::new(std::fs::File::from(r));
+    while !out.contains("end\n") {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut f, &mut line).unwrap() == 0 {
+            break;
+        }
+        out.push_str(&line);
+    }
+    let host_status = std::fs::read_to_string(format!("/proc/{}/status", h.pid())).unwrap();
+    c.destroy().unwrap();
+    let _ = h.wait();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "0", "root inside: {out}");
+    assert_eq!(lines[1], "0");
+    let map: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(map, ["0", "200000", "65536"]);
+    assert!(
+        status_field(&host_status, "Uid").starts_with("200000\t200000"),
+        "the host sees the mapped uid: {host_status}"
+    );
+}
+
+#[test]
+fn cgroup_limits_and_destroy_leaves_nothing() {
+    let Some(()) = privileged("cgroup_limits_and_destroy_leaves_nothing") else {
+        return;
+    };
+    let root = std::path::Path::new(berth_core::container::DEFAULT_CGROUP_ROOT);
+    if berth_core::cgroups::detect(root) != berth_core::cgroups::Version::V1
+        || !root.join("memory/cgroup.procs").exists()
+    {
+        println!("skipped: cgroup_limits_and_destroy_leaves_nothing: needs cgroup v1 controllers (the v2 run is the cgroups issue's)");
+        return;
+    }
+    let mut config = base_config(rootfs());
+    let rel = format!("berth-test/{}", unique_id("cg"));
+    config.cgroup = Some(CgroupConfig {
+        path: rel.clone().into(),
+        resources: Resources {
+            memory_limit: Some(64 << 20),
+            pids_limit: Some(32),
+            cpu_shares: Some(256),
+            ..Default::default()
+        },
+    });
+    let state = state_root();
+    let id = unique_id("cgc");
+    let mut c = Container::create(state.path(), &id, config)
+        .unwrap()
+        .with_init_binary(init_binary());
+    let h = c
+        .run(Process::new(["sh", "-c", "sleep 100 & sleep 100"]))
+        .unwrap();
+    let mem = root.join("memory").join(&rel);
+    assert_eq!(
+        std::fs::read_to_string(mem.join("memory.limit_in_bytes"))
+            .unwrap()
+            .trim(),
+        "67108864"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("pids").join(&rel).join("pids.max"))
+            .unwrap()
+            .trim(),
+        "32"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("cpu").join(&rel).join("cpu.shares"))
+            .unwrap()
+            .trim(),
+        "256"
+    );
+    // Wait for the background sleep to appear.
+    for _ in 0..200 {
+        if c.processes().len() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let procs = c.processes();
+    assert!(procs.len() >= 2 && procs.contains(&h.pid()), "{procs:?}");
+    let rootfs_str = c.config().rootfs.to_str().unwrap().to_string();
+    c.destroy().unwrap();
+    let _ = h.wait();
+    for pid in procs {
+        assert!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
+            "process {pid} is gone"
+        );
+    }
+    for ctrl in ["memory", "pids", "cpu", "freezer"] {
+        assert!(!root
+            .join(ctrl)
+            .join("berth-test")
+            .join(rel.rsplit('/').next().unwrap())
+            .exists());
+    }
+    assert!(!state.path().join(&id).exists(), "no state left");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(&rootfs_str),
+        "no mount of the rootfs on the host"
+    );
+    // Our own parent cgroup dirs were created by us and are removed too.
+    for ctrl in ["memory", "pids"] {
+        let parent = root.join(ctrl).join("berth-test");
+        if parent.exists() {
+            // Another test of this binary may still use it; never remove it here.
+            continue;
+        }
+    }
+}
+
+#[test]
+fn joins_namespaces_by_path() {
+    let Some(()) = privileged("joins_namespaces_by_path") else {
+        return;
+    };
+    let state = state_root();
+    // A "pod": the first container's net and uts namespaces, joined by the second.
+    let mut pod = Container::create(state.path(), &unique_id("pod"), base_config(rootfs()))
+        .unwrap()
+        .with_init_binary(init_binary());
+    let pod_init = pod.run(Process::new(["sleep", "100"])).unwrap();
+    let mut config = base_config(rootfs());
+    config.hostname = None;
+    config
+        .namespaces
+        .retain(|n| !matches!(n.kind, NamespaceKind::Network | NamespaceKind::Uts));
+    config.namespaces.push(Namespace::join(
+        NamespaceKind::Network,
+        format!("/proc/{}/ns/net", pod_init.pid()),
+    ));
+    config.namespaces.push(Namespace::join(
+        NamespaceKind::Uts,
+        format!("/proc/{}/ns/uts", pod_init.pid()),
+    ));
+    let out = run(
+        config,
+        &["sh", "-c", "hostname; readlink /proc/self/ns/net"],
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "testing", "{out:?}");
+    assert_eq!(
+        lines[1],
+        std::fs::read_link(format!("/proc/{}/ns/net", pod_init.pid()))
+            .unwrap()
+            .to_str()
+            .unwrap()
+    );
+    pod.destroy().unwrap();
+    let _ = pod_init.wait();
+}

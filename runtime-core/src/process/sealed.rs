@@ -48,11 +48,11 @@ fn make_sealed_copy(bin: &InitBinary) -> std::io::Result<OwnedFd> {
         InitBinary::SelfExe => PathBuf::from("/proc/self/exe"),
         InitBinary::Path(p) => p.clone(),
     };
-    let mut src = File::open(&path)?;
     let memfd = memfd_create(
         c"berth-init",
         MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
     )?;
+    let mut src = File::open(&path)?;
     let mut dst = File::from(memfd);
     std::io::copy(&mut src, &mut dst)?;
     let seals = SealFlag::F_SEAL_SEAL
