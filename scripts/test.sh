@@ -33,6 +33,9 @@ run() {
 phase "installing test dependencies"
 run bash scripts/install-test-deps.sh
 
+phase "cargo build --workspace --bins (the end-to-end tests drive the real binary)"
+run cargo build --workspace --bins
+
 phase "cargo test --workspace --all-targets (target dir: ${CARGO_TARGET_DIR:-target})"
 run cargo test --workspace --all-targets
 

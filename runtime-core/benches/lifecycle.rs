@@ -10,7 +10,7 @@
 //! `cargo bench -p berth-core --bench lifecycle` runs 100 iterations; under
 //! `cargo test` (no `--bench` argument) it runs a 3-iteration smoke pass.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -213,7 +213,7 @@ fn bench_oci(rt: &str, work: &Path, n: usize) -> Result<Vec<f64>, String> {
     Ok(times)
 }
 
-fn build_rootfs(busybox: &str, dir: &PathBuf) {
+fn build_rootfs(busybox: &str, dir: &Path) {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy(busybox, bin.join("busybox")).unwrap();

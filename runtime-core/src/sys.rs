@@ -296,19 +296,6 @@ pub(crate) fn process_state(pid: i32) -> Option<char> {
     stat[stat.rfind(')')? + 2..].chars().next()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn start_time_of_self() {
-        let pid = std::process::id() as i32;
-        assert!(process_start_time(pid).is_some());
-        assert_eq!(process_state(pid), Some('R'));
-        assert_eq!(process_start_time(-5), None);
-    }
-}
-
 /// `fchownat(fd, "", uid, gid, AT_EMPTY_PATH)`: chown the file an (`O_PATH`)
 /// fd refers to, never following anything.
 pub(crate) fn fchown_fd(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> nix::Result<()> {
@@ -323,4 +310,17 @@ pub(crate) fn ns_type(fd: BorrowedFd<'_>) -> nix::Result<libc::c_int> {
     // SAFETY: NS_GET_NSTYPE takes no argument and returns the type or -1.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) };
     check(r.into()).map(|t| t as libc::c_int)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_self() {
+        let pid = std::process::id() as i32;
+        assert!(process_start_time(pid).is_some());
+        assert!(matches!(process_state(pid), Some('R' | 'S')));
+        assert_eq!(process_start_time(-5), None);
+    }
 }

@@ -483,6 +483,7 @@ mod tests {
             },
         };
         let cg = Cgroup::create(t.path(), &cfg).unwrap();
+        assert_eq!(cg.dirs, vec![t.path().join("a")]);
         let rd = |p: &str| fs::read_to_string(t.path().join(p)).unwrap();
         assert_eq!(rd("cgroup.subtree_control"), "+cpu +memory +pids +io");
         assert_eq!(rd("a/memory.max"), "1048576");

@@ -29,10 +29,9 @@ pub const INIT_ARG: &str = "__berth_init";
 /// at once.
 ///
 /// ```no_run
-/// fn main() {
-///     berth_core::init::run_if_requested();
-///     // ... the program's own work
-/// }
+/// // first line of main():
+/// berth_core::init::run_if_requested();
+/// // ... the program's own work
 /// ```
 pub fn run_if_requested() {
     if std::env::args_os().nth(1).as_deref() == Some(OsStr::new(INIT_ARG)) {
