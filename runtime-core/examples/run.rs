@@ -26,13 +26,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     berth_core::init::run_if_requested();
 
     let mut args = std::env::args().skip(1);
-    let _keep; // a temporary rootfs lives until the end of main
+    let mut keep: Option<TempDir> = None; // a temporary rootfs, removed at the end
     let rootfs = match args.next() {
         Some(p) => PathBuf::from(p),
         None => {
             let dir = tempfile_dir()?;
             build_busybox_rootfs(&dir)?;
-            _keep = TempDir(dir.clone());
+            keep = Some(TempDir(dir.clone()));
             dir
         }
     };
@@ -60,6 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     container.destroy()?;
     let _ = std::fs::remove_dir(&state_root);
     println!("container exited: {status:?}");
+    drop(keep);
     std::process::exit(status.code());
 }
 

@@ -466,14 +466,6 @@ fn cgroup_limits_and_destroy_leaves_nothing() {
         !mountinfo.contains(&rootfs_str),
         "no mount of the rootfs on the host"
     );
-    // Our own parent cgroup dirs were created by us and are removed too.
-    for ctrl in ["memory", "pids"] {
-        let parent = root.join(ctrl).join("berth-test");
-        if parent.exists() {
-            // Another test of this binary may still use it; never remove it here.
-            continue;
-        }
-    }
 }
 
 #[test]
@@ -515,4 +507,129 @@ fn joins_namespaces_by_path() {
     );
     pod.destroy().unwrap();
     let _ = pod_init.wait();
+}
+
+#[test]
+fn config_features_seen_from_inside() {
+    let Some(()) = privileged("config_features_seen_from_inside") else {
+        return;
+    };
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("data.txt"), "from-host").unwrap();
+    std::fs::create_dir(host.path().join("sub")).unwrap();
+    let mut config = base_config(rootfs());
+    config.readonly_rootfs = true;
+    config.domainname = Some("example.test".into());
+    config.oom_score_adj = Some(500);
+    config
+        .sysctls
+        .insert("net.ipv4.ip_forward".into(), "1".into());
+    config
+        .sysctls
+        .insert("kernel.shmmax".into(), "123456789".into());
+    config
+        .mounts
+        .push(berth_core::Mount::bind(host.path(), "/data", &["ro"]));
+    config.mounts.push(berth_core::Mount::fs(
+        "tmpfs",
+        "/scratch",
+        &["size=1m", "mode=0700", "noexec"],
+    ));
+    let script = "cat /proc/sys/kernel/domainname; cat /proc/self/oom_score_adj; cat /proc/sys/net/ipv4/ip_forward; \
+        cat /proc/sys/kernel/shmmax; cat /data/data.txt; echo; \
+        touch /data/x 2>/dev/null && echo DATA-WRITABLE; touch /bin/x 2>/dev/null && echo ROOT-WRITABLE; \
+        touch /scratch/ok && echo scratch-ok; stat -c %a /scratch; grep ' /scratch ' /proc/self/mountinfo | grep -c noexec";
+    let out = run(config, &["sh", "-c", script]);
+    assert_eq!(out.status, ExitStatus::Exited(0), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "example.test",
+            "500",
+            "1",
+            "123456789",
+            "from-host",
+            "scratch-ok",
+            "700",
+            "1"
+        ],
+        "{out:?}"
+    );
+    // The sysctls changed the container's namespaces, not the host's.
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/shmmax")
+            .unwrap()
+            .trim(),
+        "123456789"
+    );
+    assert!(!host.path().join("x").exists());
+}
+
+#[test]
+fn exec_into_a_user_namespace_container() {
+    let Some(()) = privileged("exec_into_a_user_namespace_container") else {
+        return;
+    };
+    let mut config = base_config(rootfs());
+    config.namespaces.push(Namespace::new(NamespaceKind::User));
+    let map = IdMap {
+        container_id: 0,
+        host_id: 300_000,
+        size: 65536,
+    };
+    config.uid_mappings.push(map);
+    config.gid_mappings.push(map);
+    let state = state_root();
+    let mut c = Container::create(state.path(), &unique_id("userns-exec"), config)
+        .unwrap()
+        .with_init_binary(init_binary());
+    let init = c.run(Process::new(["sleep", "100"])).unwrap();
+    let mut p = Process::new(["sh", "-c", "id -u; cat /proc/self/uid_map; hostname"]);
+    p.spec.user = "alice".parse().unwrap();
+    let (o, e) = capture(&mut p);
+    let h = c.exec(p).unwrap();
+    let (stdout, stderr) = collect(o, e);
+    assert!(h.wait().unwrap().success(), "{stderr}");
+    let host_status = std::fs::read_to_string(format!("/proc/{}/status", init.pid())).unwrap();
+    c.destroy().unwrap();
+    let _ = init.wait();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "1000");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["0", "300000", "65536"]
+    );
+    assert_eq!(lines[2], "testing");
+    assert!(status_field(&host_status, "Uid").starts_with("300000\t"));
+}
+
+#[test]
+fn unknown_namespace_path_and_duplicate_ids_are_clear_errors() {
+    let Some(()) = privileged("unknown_namespace_path_and_duplicate_ids_are_clear_errors") else {
+        return;
+    };
+    let state = state_root();
+    let mut config = base_config(rootfs());
+    config
+        .namespaces
+        .retain(|n| n.kind != NamespaceKind::Network);
+    config.namespaces.push(Namespace::join(
+        NamespaceKind::Network,
+        "/proc/999999999/ns/net",
+    ));
+    let err = Container::create(state.path(), "bad-ns", config).unwrap_err();
+    assert!(matches!(err, ContainerError::InvalidConfig(_)), "{err:?}");
+    assert!(
+        chain(&err).contains("/proc/999999999/ns/net"),
+        "{}",
+        chain(&err)
+    );
+    assert!(!state.path().join("bad-ns").exists());
+    let c = Container::create(state.path(), "dup", base_config(rootfs())).unwrap();
+    assert!(matches!(
+        Container::create(state.path(), "dup", base_config(rootfs())),
+        Err(ContainerError::AlreadyExists(_))
+    ));
+    c.destroy().unwrap();
 }

@@ -393,16 +393,28 @@ impl Cgroup {
     }
 
     /// Removes the directories berth created, deepest first, retrying while
-    /// the last tasks drain. Missing directories are fine.
+    /// the last tasks of the container's own cgroup drain. A parent that
+    /// berth created but that another cgroup still uses is left in place
+    /// (its last user removes it). Missing directories are fine.
     pub fn remove(&self) -> Result<(), CgroupError> {
         let mut created = self.created.clone();
         created.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         for dir in created {
+            let own = self.dirs.contains(&dir);
             let mut tries = 0;
             loop {
                 match fs::remove_dir(&dir) {
                     Ok(()) => break,
                     Err(e) if e.kind() == ErrorKind::NotFound => break,
+                    Err(e)
+                        if !own
+                            && matches!(
+                                e.raw_os_error(),
+                                Some(libc::EBUSY) | Some(libc::ENOTEMPTY)
+                            ) =>
+                    {
+                        break
+                    }
                     Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 200 => {
                         tries += 1;
                         std::thread::sleep(Duration::from_millis(5));
@@ -466,6 +478,23 @@ mod tests {
             !t.path().join("cpu/existing").exists(),
             "created parent removed"
         );
+    }
+
+    #[test]
+    fn a_shared_parent_stays_while_another_cgroup_uses_it() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path());
+        let cfg = |p: &str| CgroupConfig {
+            path: p.into(),
+            resources: Resources::default(),
+        };
+        let a = Cgroup::create(t.path(), &cfg("shared/a")).unwrap();
+        let b = Cgroup::create(t.path(), &cfg("shared/b")).unwrap();
+        assert!(a.created.contains(&t.path().join("pids/shared")));
+        assert!(!b.created.contains(&t.path().join("pids/shared")));
+        a.remove().unwrap();
+        assert!(t.path().join("pids/shared/b").is_dir(), "b untouched");
+        b.remove().unwrap();
     }
 
     #[test]

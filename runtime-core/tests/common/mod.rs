@@ -64,21 +64,29 @@ pub fn build_rootfs(dir: &Path) {
     .unwrap();
 }
 
-/// A shared read-only-by-convention busybox rootfs for this test binary.
+/// A shared busybox rootfs (never written by the tests), built once per
+/// machine under the temporary directory and reused: built in a private
+/// directory, then renamed into place, so concurrent test binaries agree.
 pub fn rootfs() -> &'static Path {
-    static ROOTFS: OnceLock<tempfile::TempDir> = OnceLock::new();
-    ROOTFS
-        .get_or_init(|| {
-            let d = tempfile::Builder::new()
-                .prefix("berth-rootfs")
-                .tempdir()
-                .unwrap();
-            // Reachable by ids mapped into user namespaces.
-            std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-            build_rootfs(d.path());
-            d
-        })
-        .path()
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        let fin = std::env::temp_dir().join("berth-test-busybox-rootfs-v1");
+        if fin.join("bin/busybox").exists() {
+            return fin;
+        }
+        let tmp =
+            std::env::temp_dir().join(format!("berth-test-busybox-rootfs.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
+        // Reachable by ids mapped into user namespaces.
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        build_rootfs(&tmp);
+        if std::fs::rename(&tmp, &fin).is_err() {
+            // Another test binary won the race; use its copy.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        fin
+    })
 }
 
 /// A fresh state root.
