@@ -21,7 +21,7 @@ fn main() {
     berth_core::init::run_if_requested();
     let full = std::env::args().any(|a| a == "--bench");
     let n = if full { 100 } else { 3 };
-    if !nix_is_root() {
+    if !nix::unistd::geteuid().is_root() {
         println!("skipped: lifecycle benchmark: needs root");
         return;
     }
@@ -97,17 +97,6 @@ fn hide_hybrid_cgroup2() {
     if !ok {
         println!("note: could not hide the hybrid cgroup v2 mount for crun");
     }
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 struct Stats {

@@ -336,24 +336,29 @@ fn start_then_release_from_another_handle() {
     c.destroy().unwrap();
 }
 
+/// A container in a new user namespace mapping 0..65536 to `host_id..`.
+fn userns_container(state: &tempfile::TempDir, name: &str, host_id: u32) -> Container {
+    let mut config = base_config(rootfs());
+    config.namespaces.push(Namespace::new(NamespaceKind::User));
+    let map = IdMap {
+        container_id: 0,
+        host_id,
+        size: 65536,
+    };
+    config.uid_mappings.push(map);
+    config.gid_mappings.push(map);
+    Container::create(state.path(), &unique_id(name), config)
+        .unwrap()
+        .with_init_binary(init_binary())
+}
+
 #[test]
 fn user_namespace_mapping() {
     let Some(()) = privileged("user_namespace_mapping") else {
         return;
     };
-    let mut config = base_config(rootfs());
-    config.namespaces.push(Namespace::new(NamespaceKind::User));
-    let map = IdMap {
-        container_id: 0,
-        host_id: 200_000,
-        size: 65536,
-    };
-    config.uid_mappings.push(map);
-    config.gid_mappings.push(map);
     let state = state_root();
-    let mut c = Container::create(state.path(), &unique_id("userns"), config)
-        .unwrap()
-        .with_init_binary(init_binary());
+    let mut c = userns_container(&state, "userns", 200_000);
     let (r, w) = pipe();
     let mut p = Process::new([
         "sh",
@@ -571,19 +576,8 @@ fn exec_into_a_user_namespace_container() {
     let Some(()) = privileged("exec_into_a_user_namespace_container") else {
         return;
     };
-    let mut config = base_config(rootfs());
-    config.namespaces.push(Namespace::new(NamespaceKind::User));
-    let map = IdMap {
-        container_id: 0,
-        host_id: 300_000,
-        size: 65536,
-    };
-    config.uid_mappings.push(map);
-    config.gid_mappings.push(map);
     let state = state_root();
-    let mut c = Container::create(state.path(), &unique_id("userns-exec"), config)
-        .unwrap()
-        .with_init_binary(init_binary());
+    let mut c = userns_container(&state, "userns-exec", 300_000);
     let init = c.run(Process::new(["sleep", "100"])).unwrap();
     let mut p = Process::new(["sh", "-c", "id -u; cat /proc/self/uid_map; hostname"]);
     p.spec.user = "alice".parse().unwrap();
