@@ -17,14 +17,24 @@ fn check(ret: libc::c_long) -> nix::Result<libc::c_long> {
     }
 }
 
-/// Highest capability number the running kernel knows.
+/// Highest capability number the running kernel knows, found by probing
+/// `PR_CAPBSET_READ` (EINVAL past the last one) — never by reading a file,
+/// which inside a container could say anything. The init calls it before
+/// touching any namespace.
 pub(crate) fn cap_last_cap() -> u8 {
     static LAST: OnceLock<u8> = OnceLock::new();
     *LAST.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(40)
+        let mut last = 0u8;
+        for cap in 0..64u8 {
+            // SAFETY: prctl with integer arguments only.
+            let r =
+                unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0, 0, 0) };
+            if r < 0 {
+                break;
+            }
+            last = cap;
+        }
+        last
     })
 }
 
@@ -310,6 +320,13 @@ pub(crate) fn ns_type(fd: BorrowedFd<'_>) -> nix::Result<libc::c_int> {
     // SAFETY: NS_GET_NSTYPE takes no argument and returns the type or -1.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) };
     check(r.into()).map(|t| t as libc::c_int)
+}
+
+/// `prctl(PR_SET_DUMPABLE, on)`.
+pub(crate) fn set_dumpable(on: bool) -> nix::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(on), 0, 0, 0) };
+    check(r.into()).map(drop)
 }
 
 #[cfg(test)]

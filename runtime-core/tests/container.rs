@@ -627,3 +627,50 @@ fn unknown_namespace_path_and_duplicate_ids_are_clear_errors() {
     ));
     c.destroy().unwrap();
 }
+
+#[test]
+fn hostile_etc_passwd_and_missing_cwd() {
+    let Some(()) = privileged("hostile_etc_passwd_and_missing_cwd") else {
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("berth-hostile")
+        .tempdir()
+        .unwrap();
+    let rootfs = dir.path().join("rootfs");
+    build_rootfs(&rootfs);
+    // A FIFO as /etc/passwd would block a naive reader forever.
+    std::fs::remove_file(rootfs.join("etc/passwd")).unwrap();
+    nix::unistd::mkfifo(
+        &rootfs.join("etc/passwd"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let state = state_root();
+    let mut c = Container::create(state.path(), &unique_id("fifo"), base_config(&rootfs))
+        .unwrap()
+        .with_init_binary(init_binary());
+    let mut p = Process::new(["id"]);
+    p.spec.user = "alice".parse().unwrap();
+    let err = c.run(p).unwrap_err();
+    assert!(
+        chain(&err).contains("no user named \"alice\""),
+        "{}",
+        chain(&err)
+    );
+    c.destroy().unwrap();
+    // A numeric user still works, and a missing cwd is created inside the rootfs.
+    let mut c = Container::create(state.path(), &unique_id("cwd"), base_config(&rootfs))
+        .unwrap()
+        .with_init_binary(init_binary());
+    let mut p = Process::new(["pwd"]);
+    p.spec.user = "1000:1000".parse().unwrap();
+    p.spec.cwd = "/work/dir".into();
+    let (o, e) = capture(&mut p);
+    let h = c.run(p).unwrap();
+    let (stdout, stderr) = collect(o, e);
+    assert!(h.wait().unwrap().success(), "{stderr}");
+    assert_eq!(stdout, "/work/dir\n");
+    assert!(rootfs.join("work/dir").is_dir());
+    c.destroy().unwrap();
+}

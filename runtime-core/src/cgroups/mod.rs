@@ -56,6 +56,9 @@ pub enum CgroupError {
         /// Why.
         reason: String,
     },
+    /// The container's cgroup already exists (berth never adopts a cgroup).
+    #[error("cgroup {0} already exists")]
+    Exists(PathBuf),
     /// Creating a directory failed.
     #[error("create cgroup {path}")]
     Create {
@@ -199,14 +202,19 @@ fn write(path: PathBuf, value: String) -> Result<(), CgroupError> {
     })
 }
 
-/// Creates every missing directory of `dir` below `root`, recording those made.
+/// Creates every missing directory of `rel` below `root`, recording those
+/// made. The leaf itself must be new: an existing cgroup (a host service's,
+/// another container's) is never adopted, so it can never be killed or
+/// removed by this container's cleanup.
 fn mkdir_recorded(root: &Path, rel: &Path, created: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
     let mut cur = root.to_path_buf();
-    for c in rel.components() {
+    let n = rel.components().count();
+    for (i, c) in rel.components().enumerate() {
         cur.push(c);
         match fs::create_dir(&cur) {
             Ok(()) => created.push(cur.clone()),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && i + 1 < n => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Err(CgroupError::Exists(cur)),
             Err(source) => return Err(CgroupError::Create { path: cur, source }),
         }
     }
@@ -229,6 +237,7 @@ impl Cgroup {
         };
         let res = cg.make_dirs().and_then(|()| cg.apply(&config.resources));
         if let Err(e) = res {
+            // Only what this call created is removed; nothing is killed.
             let _ = cg.remove();
             return Err(e);
         }
@@ -264,7 +273,12 @@ impl Cgroup {
                     cur.push(c);
                     match fs::create_dir(&cur) {
                         Ok(()) => self.created.push(cur.clone()),
-                        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                        Err(e)
+                            if e.kind() == ErrorKind::AlreadyExists
+                                && cur != self.root.join(&self.path) => {}
+                        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                            return Err(CgroupError::Exists(cur))
+                        }
                         Err(source) => return Err(CgroupError::Create { path: cur, source }),
                     }
                 }
@@ -495,6 +509,22 @@ mod tests {
         a.remove().unwrap();
         assert!(t.path().join("pids/shared/b").is_dir(), "b untouched");
         b.remove().unwrap();
+    }
+
+    #[test]
+    fn an_existing_cgroup_is_never_adopted() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path());
+        fs::create_dir(t.path().join("pids/system.slice")).unwrap();
+        let cfg = CgroupConfig {
+            path: "system.slice".into(),
+            resources: Resources::default(),
+        };
+        assert!(matches!(
+            Cgroup::create(t.path(), &cfg),
+            Err(CgroupError::Exists(_))
+        ));
+        assert!(t.path().join("pids/system.slice").is_dir(), "left alone");
     }
 
     #[test]

@@ -76,8 +76,9 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
-    /// Shared root propagation is not supported.
-    #[error("rootfs_propagation {0:?} is not supported (use private or slave)")]
+    /// Only recursive private/slave/unbindable root propagation is supported
+    /// (a shared or non-recursive one would let container mounts reach the host).
+    #[error("rootfs_propagation {0:?} is not supported (use rprivate, rslave or runbindable)")]
     RootfsPropagation(Propagation),
     /// oom_score_adj out of range.
     #[error("oom_score_adj {0} is outside -1000..=1000")]
@@ -199,9 +200,9 @@ impl Config {
         {
             return Err(ConfigError::MissingMappings);
         }
-        if matches!(
+        if !matches!(
             self.rootfs_propagation,
-            Propagation::Shared | Propagation::RShared
+            Propagation::RPrivate | Propagation::RSlave | Propagation::RUnbindable
         ) {
             return Err(ConfigError::RootfsPropagation(self.rootfs_propagation));
         }
@@ -214,6 +215,12 @@ impl Config {
             }
             if m.is_bind() && m.source.as_deref().is_none_or(|s| s.as_os_str().is_empty()) {
                 return Err(ConfigError::BindWithoutSource(m.destination.clone()));
+            }
+            if m.is_bind() && m.source.as_deref().is_some_and(|s| !s.is_absolute()) {
+                return Err(ConfigError::BadPath {
+                    field: "mounts.source",
+                    path: m.source.clone().unwrap_or_default(),
+                });
             }
         }
         for d in &self.devices {
@@ -433,6 +440,31 @@ mod tests {
         c.uid_mappings.push(map);
         c.gid_mappings.push(map);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn propagation_must_be_recursive_and_bind_sources_absolute() {
+        let (_d, mut c) = base();
+        c.rootfs_propagation = Propagation::Private;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::RootfsPropagation(_))
+        ));
+        c.rootfs_propagation = Propagation::RShared;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::RootfsPropagation(_))
+        ));
+        c.rootfs_propagation = Propagation::RSlave;
+        c.validate().unwrap();
+        c.mounts.push(Mount::bind("relative/src", "/x", &[]));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::BadPath {
+                field: "mounts.source",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -27,10 +27,11 @@ impl Container {
             let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
             let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
             let _ = poll(&mut fds, PollTimeout::from(10_000u16));
-        }
-        if let Some(init) = &self.state.init {
-            // Reap it if it is our child; ECHILD means someone else did or will.
-            let _ = waitpid(Pid::from_raw(init.pid), Some(WaitPidFlag::WNOHANG));
+            // Reap it if it is our child (the pidfd check proved the pid is
+            // still the init's); ECHILD means someone else did or will.
+            if let Some(init) = &self.state.init {
+                let _ = waitpid(Pid::from_raw(init.pid), Some(WaitPidFlag::WNOHANG));
+            }
         }
         if let Some(cg) = &self.state.cgroup {
             for _ in 0..500 {

@@ -145,6 +145,12 @@ fn write_id_map(pid: i32, file: &str, maps: &[IdMap]) -> Result<(), ContainerErr
     })
 }
 
+/// The parent pid of `pid` (`/proc/PID/stat` field 4).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
+}
+
 fn drive(ch: &Channel, l: Launch<'_>, run: &mut Running) -> Result<i32, ContainerError> {
     let bootstrap_pid = run.bootstrap.expect("bootstrap started");
     if let Some(cg) = l.cgroup {
@@ -173,9 +179,11 @@ fn drive(ch: &Channel, l: Launch<'_>, run: &mut Running) -> Result<i32, Containe
     ch.send(&msg, &fds)?;
     drop(fds);
     let mut ready = false;
+    let mut failure = None;
     loop {
         let msg = match ch.recv::<FromInit>() {
             Ok((m, _)) => m,
+            Err(ChannelError::Closed) if failure.is_some() => break,
             // For an exec, the socket closes when execve succeeds.
             Err(ChannelError::Closed) if ready && is_exec && run.child.is_some() => break,
             Err(e) => return Err(e.into()),
@@ -186,7 +194,15 @@ fn drive(ch: &Channel, l: Launch<'_>, run: &mut Running) -> Result<i32, Containe
                 write_id_map(bootstrap_pid, "gid_map", l.gid_mappings)?;
                 ch.send(&ToInit::IdMapsWritten, &[])?;
             }
-            FromInit::Child { pid } => {
+            // Exactly one (it may follow Ready: two processes send), really a child of ours
+            // (CLONE_PARENT): a pid from anywhere else is never trusted.
+            FromInit::Child { pid } if run.child.is_none() => {
+                if parent_of(pid) != Some(std::process::id() as i32) {
+                    return Err(ContainerError::Init(crate::process::channel::InitFailure {
+                        step: "bootstrap".into(),
+                        message: format!("reported pid {pid} is not a child of the runtime"),
+                    }));
+                }
                 run.child = Some(pid);
                 run.reap_bootstrap();
                 if ready && !is_exec {
@@ -199,8 +215,24 @@ fn drive(ch: &Channel, l: Launch<'_>, run: &mut Running) -> Result<i32, Containe
                     break;
                 }
             }
-            FromInit::Error(f) => return Err(ContainerError::Init(f)),
+            FromInit::Child { .. } => {
+                return Err(ContainerError::Init(crate::process::channel::InitFailure {
+                    step: "bootstrap".into(),
+                    message: "unexpected child pid message".into(),
+                }))
+            }
+            // Keep reading until the channel closes, so that a child reported
+            // after the error is known (and killed and reaped by abort).
+            FromInit::Error(f) => {
+                failure.get_or_insert(f);
+            }
         }
+        if failure.is_some() && run.child.is_some() {
+            break;
+        }
+    }
+    if let Some(f) = failure {
+        return Err(ContainerError::Init(f));
     }
     let pid = run.child.take().ok_or(ContainerError::InitExited(None))?;
     Ok(pid)

@@ -68,8 +68,12 @@ impl Container {
             Some(c) => {
                 let cg = Cgroup::create(&self.cgroup_root, c)?;
                 // Recorded at once so that destroy cleans it up whatever happens next.
-                self.state.cgroup = Some(cg);
-                self.save()?;
+                self.state.cgroup = Some(cg.clone());
+                if let Err(e) = self.save() {
+                    let _ = cg.remove();
+                    self.state.cgroup = None;
+                    return Err(e);
+                }
                 self.state.cgroup.clone()
             }
             None => None,
@@ -122,21 +126,33 @@ impl Container {
             cgroup,
             init_binary: &self.init_binary,
         })?;
+        let kill_init = || {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            let _ = crate::process::wait_child(pid);
+        };
         // The child is ours (CLONE_PARENT) and not reaped: its pid is stable.
-        let pidfd = sys::pidfd_open(pid).map_err(|source| ContainerError::Sys {
-            step: "open a pidfd of the init",
-            source,
-        })?;
-        let start_ticks = sys::process_start_time(pid).ok_or(ContainerError::InitExited(None))?;
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(source) => {
+                kill_init();
+                return Err(ContainerError::Sys {
+                    step: "open a pidfd of the init",
+                    source,
+                });
+            }
+        };
+        let Some(start_ticks) = sys::process_start_time(pid) else {
+            kill_init();
+            return Err(ContainerError::InitExited(None));
+        };
         self.state.init = Some(InitState {
             pid,
             start_ticks,
             started_unix_nanos: None,
         });
         if let Err(e) = self.save() {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-            let _ = crate::process::wait_child(pid);
+            kill_init();
             self.state.init = None;
             return Err(e);
         }

@@ -19,6 +19,14 @@ pub(super) fn fail(step: &str, e: impl std::fmt::Display) -> InitFailure {
 
 /// Entry point; returns the exit code of the bootstrap process.
 pub(super) fn main() -> i32 {
+    // Not ptrace-able or dumpable by the container's processes until execve
+    // (CVE-2016-9962 class); execve restores dumpability.
+    if crate::sys::set_dumpable(false).is_err() {
+        return 3;
+    }
+    // Learn the kernel's capability range now, before any namespace or root
+    // change could put a container's files in the way.
+    let _ = crate::sys::cap_last_cap();
     // SAFETY: the runtime placed the bootstrap socket at this fd before
     // executing us (see process::spawn); nothing else in this fresh process
     // owns it.

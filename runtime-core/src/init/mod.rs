@@ -35,6 +35,21 @@ pub const INIT_ARG: &str = "__berth_init";
 /// ```
 pub fn run_if_requested() {
     if std::env::args_os().nth(1).as_deref() == Some(OsStr::new(INIT_ARG)) {
+        // The bootstrap must be single-threaded (unshare of a user namespace
+        // and the fork-like clone need it): refuse loudly if a runtime or
+        // library already started threads before main called us.
+        let threads = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_string()))
+            });
+        if threads.as_deref() != Some("1") {
+            eprintln!(
+                "berth init: must run single-threaded; call run_if_requested() first in main"
+            );
+            std::process::exit(3);
+        }
         std::process::exit(bootstrap::main());
     }
 }

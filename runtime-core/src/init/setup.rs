@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{accept4, SockFlag};
-use nix::unistd::{chdir, execve, getcwd, setgroups, setresgid, setresuid, setsid, Gid, Uid};
+use nix::unistd::{execve, getcwd, setgroups, setresgid, setresuid, setsid, Gid, Uid};
 
 use super::bootstrap::fail;
 use crate::config::{Config, NamespaceKind};
@@ -41,18 +41,12 @@ pub(super) fn stage_two(
         // CRIU needs the first process of the namespace to lead its session.
         setsid().map_err(|e| fail("setsid", e))?;
         setup_namespaces(config)?;
+        // Through the runtime's /proc, before the container's root replaces it.
+        set_oom_score_adj(config)?;
         rootfs::setup(config, config.has(NamespaceKind::User))
             .map_err(|e| fail("set up the root filesystem", error_chain(&e)))?;
-    }
-    if let Some(adj) = config.oom_score_adj {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
-            let hint = if adj < 0 {
-                " (negative values need CAP_SYS_RESOURCE)"
-            } else {
-                ""
-            };
-            fail("set oom_score_adj", format!("{e}{hint}"))
-        })?;
+    } else {
+        set_oom_score_adj(config)?;
     }
     rlimits::apply(&config.rlimits).map_err(|e| fail("set rlimits", error_chain(&e)))?;
     let exec = prepare_exec(config, &b.process)?;
@@ -81,6 +75,20 @@ pub(super) fn stage_two(
         }
         None => Err(do_exec(&exec)),
     }
+}
+
+fn set_oom_score_adj(config: &Config) -> Result<(), InitFailure> {
+    if let Some(adj) = config.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
+            let hint = if adj < 0 {
+                " (negative values need CAP_SYS_RESOURCE)"
+            } else {
+                ""
+            };
+            fail("set oom_score_adj", format!("{e}{hint}"))
+        })?;
+    }
+    Ok(())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -118,8 +126,33 @@ fn setup_namespaces(config: &Config) -> Result<(), InitFailure> {
     Ok(())
 }
 
+/// Largest /etc/passwd or /etc/group read from a container.
+const MAX_ID_FILE: u64 = 4 << 20;
+
+/// Reads a file of the container (after `pivot_root`, `/` is its root)
+/// without following magic links out of it, only if it is a regular file, and
+/// at most [`MAX_ID_FILE`] bytes: a FIFO or `/dev/zero` in its place cannot
+/// block or exhaust the init. Missing or odd files read as empty.
 fn read_or_empty(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    use std::io::Read;
+    let Ok(root) = std::fs::File::open("/") else {
+        return String::new();
+    };
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let Ok(fd) = nix::fcntl::openat2(root.as_raw_fd(), path, how) else {
+        return String::new();
+    };
+    // SAFETY: openat2 returned a new fd that we own.
+    let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return String::new();
+    }
+    let mut s = String::new();
+    let _ = f.take(MAX_ID_FILE).read_to_string(&mut s);
+    s
 }
 
 fn prepare_exec(config: &Config, p: &ProcessSpec) -> Result<Exec, InitFailure> {
@@ -135,10 +168,23 @@ fn prepare_exec(config: &Config, p: &ProcessSpec) -> Result<Exec, InitFailure> {
     }
     // The working directory: created when missing, and checked to be inside
     // the container (CVE-2024-21626: a cwd left on a host fd escaped it).
-    if !p.cwd.is_dir() {
-        std::fs::create_dir_all(&p.cwd).map_err(|e| fail("create the working directory", e))?;
-    }
-    chdir(&p.cwd).map_err(|e| fail(&format!("chdir to {}", p.cwd.display()), e))?;
+    // Resolved and created inside the container's root, never through a
+    // magic link such as /proc/1/root while the init is still privileged.
+    let root = std::fs::File::open("/").map_err(|e| fail("open /", e))?;
+    let cwd = crate::rootfs::resolve::create_in_root(
+        std::os::fd::AsFd::as_fd(&root),
+        &p.cwd,
+        crate::rootfs::resolve::Create::Dir,
+    )
+    .map_err(|e| {
+        fail(
+            &format!("create the working directory {}", p.cwd.display()),
+            e,
+        )
+    })?;
+    nix::unistd::fchdir(cwd.as_raw_fd())
+        .map_err(|e| fail(&format!("chdir to {}", p.cwd.display()), e))?;
+    drop(cwd);
     match getcwd() {
         Ok(cwd) if cwd.is_absolute() => {}
         _ => {

@@ -26,9 +26,25 @@ pub(crate) fn spawn(exe: BorrowedFd<'_>, argv: &[CString], plan: &FdPlan) -> nix
     let moves: Vec<(RawFd, RawFd)> = plan.moves.clone();
     let mut scratch: Vec<RawFd> = vec![-1; moves.len()];
     let base = plan.scratch_base;
+    // Block every signal around the fork so no handler of the runtime (a
+    // signal-hook self-pipe, tokio's) runs in the child; the parent restores
+    // its mask, and the init resets the mask before the container's execve.
+    // SAFETY: an all-zero sigset_t is a valid value to be filled below.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `all` and `old` are valid sigsets for the duration of the calls.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
     // SAFETY: fork in a possibly multi-threaded process. The child runs only
     // async-signal-safe code (child_after_fork) and never returns.
-    match unsafe { libc::fork() } {
+    let pid = unsafe { libc::fork() };
+    if pid != 0 {
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    }
+    match pid {
         -1 => Err(Errno::last()),
         0 => {
             // SAFETY: see child_after_fork's contract: all pointers were built
@@ -85,7 +101,11 @@ unsafe fn child_after_fork(
         }
     }
     // SAFETY: integer arguments only.
-    unsafe { libc::syscall(libc::SYS_close_range, base as u32, u32::MAX, 4u32) };
+    if unsafe { libc::syscall(libc::SYS_close_range, base as u32, u32::MAX, 4u32) } != 0 {
+        // Without it, inherited fds could cross the exec: refuse.
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(EXIT_DUP_FAILED) };
+    }
     // 4. Execute the sealed binary by fd: no path, nothing to race.
     // SAFETY: argv and envp are NULL-terminated arrays of valid C strings
     // built before the fork.

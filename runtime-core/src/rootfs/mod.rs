@@ -135,8 +135,8 @@ pub(crate) fn setup(config: &Config, in_user_ns: bool) -> Result<(), RootfsError
     }
     pivot::switch_root(root.as_fd(), rootfs, config.no_pivot_root)?;
     if config.readonly_rootfs {
-        let slash = open_dir(Path::new("/")).map_err(RootfsError::ReadonlyRootfs)?;
-        mounts::remount(slash.as_fd(), MsFlags::MS_RDONLY).map_err(RootfsError::ReadonlyRootfs)?;
+        mounts::remount_path(Path::new("/"), MsFlags::MS_RDONLY)
+            .map_err(RootfsError::ReadonlyRootfs)?;
     }
     Ok(())
 }

@@ -65,6 +65,19 @@ pub(crate) fn remount(fd: BorrowedFd<'_>, flags: MsFlags) -> nix::Result<()> {
     }
 }
 
+/// [`remount`] of the mount at `path` (after `pivot_root`, for `/`), which
+/// does not need a `/proc` in the container.
+pub(crate) fn remount_path(path: &Path, flags: MsFlags) -> nix::Result<()> {
+    let base = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags;
+    match mount_raw(None, path, None, base, None) {
+        Err(Errno::EPERM) => {
+            let fd = open_path(path)?;
+            mount_raw(None, path, None, base | locked_flags(fd.as_fd()), None)
+        }
+        other => other,
+    }
+}
+
 fn open_path(path: &Path) -> nix::Result<OwnedFd> {
     let fd = open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?;
     // SAFETY: open returned a new fd that we own.

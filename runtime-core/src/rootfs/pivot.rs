@@ -11,6 +11,14 @@ use nix::unistd::{chdir, chroot, fchdir, pivot_root};
 use super::mounts::mount_raw;
 use super::RootfsError;
 
+fn on_ram_fs(root: BorrowedFd<'_>) -> bool {
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    nix::sys::statfs::fstatfs(root)
+        .map(|s| matches!(s.filesystem_type().0 as i64, RAMFS_MAGIC | TMPFS_MAGIC))
+        .unwrap_or(false)
+}
+
 pub(crate) fn switch_root(
     root: BorrowedFd<'_>,
     rootfs: &Path,
@@ -38,8 +46,9 @@ pub(crate) fn switch_root(
                 chdir("/").map_err(err)?;
                 return Ok(());
             }
-            // EINVAL: the root is on a ramfs/rootfs, which cannot be pivoted.
-            Err(Errno::EINVAL) => {}
+            // EINVAL on a ramfs/tmpfs root (the initramfs), which cannot be
+            // pivoted; any other EINVAL (e.g. a shared parent) is an error.
+            Err(Errno::EINVAL) if on_ram_fs(root) => {}
             Err(e) => return Err(err(e)),
         }
     }

@@ -28,13 +28,14 @@ pub(crate) fn open_in_root(root: BorrowedFd<'_>, path: &Path) -> nix::Result<Own
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let mut tries = 0;
     loop {
         match openat2(root.as_raw_fd(), rel.as_path(), how) {
             // SAFETY: openat2 returned a new fd that we now own.
             Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
             // openat2 returns EAGAIN when a concurrent rename could have moved
-            // the walk; retrying is the documented answer.
-            Err(Errno::EAGAIN) => continue,
+            // the walk; retrying is the documented answer, within bounds.
+            Err(Errno::EAGAIN) if tries < 128 => tries += 1,
             Err(e) => return Err(e),
         }
     }

@@ -124,6 +124,17 @@ fn mask(set: &[Capability]) -> u64 {
     set.iter().fold(0u64, |m, c| m | (1u64 << c.index()))
 }
 
+/// `mask(set)` limited to the capabilities the running kernel knows.
+fn kernel_mask(set: &[Capability]) -> u64 {
+    let last = sys::cap_last_cap();
+    let known = if last >= 63 {
+        u64::MAX
+    } else {
+        (1u64 << (last + 1)) - 1
+    };
+    mask(set) & known
+}
+
 /// Drops every capability not in `keep` from the bounding set (needs CAP_SETPCAP).
 pub(crate) fn apply_bounding(keep: &[Capability]) -> Result<(), CapabilityError> {
     let keep = mask(keep);
@@ -140,13 +151,21 @@ pub(crate) fn apply_bounding(keep: &[Capability]) -> Result<(), CapabilityError>
 
 /// Sets effective, permitted and inheritable in one `capset`, then the ambient set.
 pub(crate) fn apply_process_sets(c: &Capabilities) -> Result<(), CapabilityError> {
-    sys::capset(mask(&c.effective), mask(&c.permitted), mask(&c.inheritable))
-        .map_err(CapabilityError::Capset)?;
+    sys::capset(
+        kernel_mask(&c.effective),
+        kernel_mask(&c.permitted),
+        kernel_mask(&c.inheritable),
+    )
+    .map_err(CapabilityError::Capset)?;
     sys::ambient_clear_all().map_err(|source| CapabilityError::Ambient {
         cap: "(clear all)".into(),
         source,
     })?;
-    for cap in &c.ambient {
+    for cap in c
+        .ambient
+        .iter()
+        .filter(|c| c.index() <= sys::cap_last_cap())
+    {
         sys::ambient_raise(cap.index()).map_err(|source| CapabilityError::Ambient {
             cap: cap.to_string(),
             source,
