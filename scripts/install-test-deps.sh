@@ -3,6 +3,8 @@
 # bookworm / Ubuntu, run as root). Idempotent: packages already installed are
 # left alone, and `apt-get update` only runs when something must be installed.
 #
+#   libseccomp-dev, pkg-config  required to build: seccomp filters are compiled
+#                   with libseccomp
 #   busybox-static  required: the tests and the example build their container
 #                   rootfs from the static /bin/busybox
 #   runc, crun      optional: only the lifecycle benchmark compares against
@@ -12,7 +14,7 @@
 #   --no-bench   install only the required packages (skip runc and crun)
 set -euo pipefail
 
-required=(busybox-static)
+required=(busybox-static libseccomp-dev pkg-config)
 optional=(runc crun)
 
 case "${1:-}" in

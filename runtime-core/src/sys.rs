@@ -329,6 +329,219 @@ pub(crate) fn set_dumpable(on: bool) -> nix::Result<()> {
     check(r.into()).map(drop)
 }
 
+/// `ioctl(fd, TIOCSWINSZ)`.
+pub(crate) fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> nix::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: `ws` is a valid winsize that outlives the call.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) }.into()).map(drop)
+}
+
+/// Unlocks the pty master `fd` and opens its peer (`TIOCGPTPEER`, no path
+/// lookup at all), `O_RDWR | O_NOCTTY | O_CLOEXEC`.
+pub(crate) fn pty_peer(master: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int that outlives the call.
+    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) }.into())?;
+    const TIOCGPTPEER: libc::c_ulong = 0x5441;
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new fd or -1.
+    let fd = check(
+        unsafe {
+            libc::ioctl(
+                master.as_raw_fd(),
+                TIOCGPTPEER,
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        }
+        .into(),
+    )?;
+    // SAFETY: a new fd that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `ioctl(fd, TIOCSCTTY, 0)`: make the terminal the caller's controlling one.
+pub(crate) fn set_controlling_tty(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    // SAFETY: integer argument only.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) }.into()).map(drop)
+}
+
+/// `capget` of the calling thread: (effective, permitted, inheritable).
+pub(crate) fn capget() -> nix::Result<(u64, u64, u64)> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: valid v3 header and two data elements, both outliving the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut Header,
+            data.as_mut_ptr(),
+        )
+    })?;
+    let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
+    Ok((
+        join(data[0].effective, data[1].effective),
+        join(data[0].permitted, data[1].permitted),
+        join(data[0].inheritable, data[1].inheritable),
+    ))
+}
+
+/// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)`:
+/// a detached copy of the mount tree at `path`.
+pub(crate) fn open_tree_clone(path: &std::path::Path) -> nix::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: `c` is a valid C string that outlives the call.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        )
+    })?;
+    // SAFETY: a new fd that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Idmaps the detached tree `tree` (recursively) through the user namespace `userns`.
+pub(crate) fn mount_setattr_idmap(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> nix::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: `attr` is a valid mount_attr of the size passed and the empty
+    // path is NUL-terminated; both outlive the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// Attaches the detached tree `tree` onto `target` (an fd of the mount point),
+/// `move_mount(tree, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)`.
+pub(crate) fn move_mount_onto(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> nix::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    // SAFETY: both fds are valid; the paths are NUL-terminated empty strings.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+/// Writes `value` to a procfs file, after checking (by `fstatfs` of the
+/// opened file) that it really is on procfs and not something mounted or
+/// linked in its place.
+pub(crate) fn write_proc_file(
+    path: impl AsRef<std::path::Path>,
+    value: &str,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let fs = nix::sys::statfs::fstatfs(&f).map_err(std::io::Error::from)?;
+    if fs.filesystem_type().0 != PROC_SUPER_MAGIC {
+        return Err(std::io::Error::other("not a procfs file"));
+    }
+    f.write_all(value.as_bytes())
+}
+
+/// Opens (creating if missing) the file `name` in `dir` as `O_PATH`, never
+/// following or accepting a symlink, never opening a device: only a regular
+/// file or a character device node is accepted (else EPERM).
+pub(crate) fn openat_nofollow_create(dir: BorrowedFd<'_>, name: &CStr) -> nix::Result<OwnedFd> {
+    let open_path = || {
+        // SAFETY: valid dir fd and NUL-terminated name; a new fd or -1.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        check(fd.into()).map(|fd| {
+            // SAFETY: a new fd that we own.
+            unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+        })
+    };
+    let f = match open_path() {
+        Err(Errno::ENOENT) => {
+            // SAFETY: as above; O_EXCL also refuses an existing symlink.
+            let fd = unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_WRONLY
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
+                    0o600,
+                )
+            };
+            // SAFETY: a new fd that we own; closed at once.
+            drop(unsafe { OwnedFd::from_raw_fd(check(fd.into())? as RawFd) });
+            open_path()?
+        }
+        other => other?,
+    };
+    let st = nix::sys::stat::fstat(f.as_raw_fd())?;
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG | libc::S_IFCHR => Ok(f),
+        _ => Err(Errno::EPERM),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,8 +39,8 @@ fn exe_fd_on_a_target_slot_survives_concurrent_starts() {
         "the sealed init binary sits on a target slot: fd {exe_fd}"
     );
 
-    const THREADS: usize = 8;
-    const ROUNDS: usize = 6;
+    const THREADS: usize = 10;
+    const ROUNDS: usize = 10;
     let failures = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for t in 0..THREADS {

@@ -21,6 +21,7 @@ pub use validate::ConfigError;
 pub use crate::cgroups::{CgroupConfig, Resources};
 pub use crate::security::capabilities::{Capabilities, Capability};
 pub use crate::security::rlimits::{Rlimit, RlimitKind};
+pub use crate::security::seccomp::SeccompProfile;
 
 /// A Linux namespace type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -151,6 +152,19 @@ pub struct IdMap {
     pub size: u32,
 }
 
+/// An overlayfs root filesystem that the container's init mounts, in its own
+/// mount namespace, at [`Config::rootfs`] (nothing is mounted on the host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayRootfs {
+    /// Lower layers, top first (overlayfs order).
+    pub lowerdirs: Vec<PathBuf>,
+    /// The writable layer.
+    pub upperdir: PathBuf,
+    /// overlayfs's work directory; must share its parent directory with
+    /// `upperdir` (they are idmapped together).
+    pub workdir: PathBuf,
+}
+
 /// Everything needed to create a container.
 ///
 /// Build one with [`Config::new`] (a rootfs and the safe defaults runc's spec
@@ -214,6 +228,20 @@ pub struct Config {
     /// Bring the `lo` interface up (only meaningful in a new network namespace).
     #[serde(default)]
     pub loopback: bool,
+    /// Mount the rootfs idmapped through the container's user namespace, so an
+    /// image owned by host ids 0.. appears owned by container ids 0.. (and
+    /// files written appear on disk with the unmapped ids), without chowning
+    /// any layer. Requires a new user namespace.
+    #[serde(default)]
+    pub idmap_rootfs: bool,
+    /// Build the rootfs as an overlay of these layers (see [`OverlayRootfs`]);
+    /// with `idmap_rootfs`, every layer is idmapped before the overlay is made
+    /// (overlayfs itself cannot be idmapped once merged).
+    #[serde(default)]
+    pub overlay: Option<OverlayRootfs>,
+    /// Seccomp filter of the container's processes; `None`: unconfined.
+    #[serde(default)]
+    pub seccomp: Option<SeccompProfile>,
 }
 
 impl Config {
@@ -253,6 +281,9 @@ impl Config {
             no_new_privileges: true,
             cgroup: None,
             loopback: true,
+            idmap_rootfs: false,
+            overlay: None,
+            seccomp: None,
         }
     }
 

@@ -164,6 +164,10 @@ pub struct Mount {
     /// Make the whole mount tree read-only (`rro`, `mount_setattr(AT_RECURSIVE)`).
     #[serde(default)]
     pub recursive_readonly: bool,
+    /// Bind mounts only: an idmapped mount that maps the source's ownership
+    /// through the container's user namespace (`mount_setattr(MOUNT_ATTR_IDMAP)`).
+    #[serde(default)]
+    pub idmap: bool,
 }
 
 /// An OCI mount option that is not understood.
@@ -219,6 +223,7 @@ impl Mount {
         let mut data: Vec<&str> = Vec::new();
         let mut propagation = None;
         let mut recursive_readonly = false;
+        let mut idmap = false;
         for &opt in options {
             if let Some((flag, set)) = MountFlag::parse(opt) {
                 flags.retain(|f| *f != flag);
@@ -233,6 +238,7 @@ impl Mount {
                     "rbind" => bind = Some(true),
                     "rro" => recursive_readonly = true,
                     "rrw" => recursive_readonly = false,
+                    "idmap" | "ridmap" => idmap = true,
                     // Kubernetes/OCI options handled elsewhere or meaningless here.
                     "defaults" => {}
                     _ if opt.contains('=') || bind.is_none() => data.push(opt),
@@ -259,6 +265,7 @@ impl Mount {
             data: data.join(","),
             propagation,
             recursive_readonly,
+            idmap,
         })
     }
 

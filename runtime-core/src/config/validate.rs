@@ -96,6 +96,9 @@ pub enum ConfigError {
     /// The cgroup settings are invalid.
     #[error("cgroup")]
     Cgroup(#[source] CgroupError),
+    /// The seccomp profile does not compile.
+    #[error("seccomp")]
+    Seccomp(#[source] crate::security::seccomp::SeccompError),
 }
 
 /// Whether `p` is absolute and free of `..`.
@@ -195,6 +198,45 @@ impl Config {
         if !self.uid_mappings.is_empty() || !self.gid_mappings.is_empty() {
             needs("uid_mappings", NamespaceKind::User)?;
         }
+        if self.idmap_rootfs {
+            needs("idmap_rootfs", NamespaceKind::User)?;
+        }
+        if let Some(o) = &self.overlay {
+            let all = o.lowerdirs.iter().chain([&o.upperdir, &o.workdir]);
+            for p in all {
+                if !is_clean_absolute(p) || !p.is_dir() {
+                    return Err(ConfigError::BadPath {
+                        field: "overlay (existing absolute directories)",
+                        path: p.clone(),
+                    });
+                }
+            }
+            if o.lowerdirs.is_empty() || o.upperdir.parent() != o.workdir.parent() {
+                return Err(ConfigError::BadPath {
+                    field: "overlay (at least one lowerdir; upperdir and workdir in one parent)",
+                    path: o.workdir.clone(),
+                });
+            }
+            if o.lowerdirs
+                .iter()
+                .chain([&o.upperdir, &o.workdir])
+                .any(|p| p.as_os_str().to_string_lossy().contains([',', ':']))
+            {
+                return Err(ConfigError::BadPath {
+                    field: "overlay (no ',' or ':' in layer paths)",
+                    path: o.upperdir.clone(),
+                });
+            }
+        }
+        if self.mounts.iter().any(|m| m.idmap) {
+            needs("mounts idmap", NamespaceKind::User)?;
+            if let Some(m) = self.mounts.iter().find(|m| m.idmap && !m.is_bind()) {
+                return Err(ConfigError::BadPath {
+                    field: "mounts.idmap (bind mounts only)",
+                    path: m.destination.clone(),
+                });
+            }
+        }
         if self.creates(NamespaceKind::User)
             && (self.uid_mappings.is_empty() || self.gid_mappings.is_empty())
         {
@@ -287,6 +329,9 @@ impl Config {
         if let Some(cg) = &self.cgroup {
             cgroups::validate_path(&cg.path).map_err(ConfigError::Cgroup)?;
             cgroups::validate_resources(&cg.resources).map_err(ConfigError::Cgroup)?;
+        }
+        if let Some(p) = &self.seccomp {
+            p.validate().map_err(ConfigError::Seccomp)?;
         }
         Ok(())
     }

@@ -38,7 +38,7 @@ impl Container {
                 join.retain(|(k, _)| *k != NamespaceKind::User);
             }
         }
-        let pid = launch(Launch {
+        let (pid, console) = launch(Launch {
             task: Task::Exec {
                 config: Box::new(self.state.config.clone()),
             },
@@ -51,11 +51,12 @@ impl Container {
             listener: None,
             cgroup: self.state.cgroup.as_ref(),
             init_binary: &self.init_binary,
+            idmap: Default::default(),
         })?;
         let pidfd = sys::pidfd_open(pid).map_err(|source| ContainerError::Sys {
             step: "open a pidfd of the exec'd process",
             source,
         })?;
-        Ok(ProcessHandle::new(pid, pidfd))
+        Ok(ProcessHandle::new(pid, pidfd, console))
     }
 }

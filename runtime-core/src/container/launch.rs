@@ -32,12 +32,69 @@ pub(super) struct Launch<'a> {
     pub listener: Option<OwnedFd>,
     pub cgroup: Option<&'a Cgroup>,
     pub init_binary: &'a InitBinary,
+    /// Sources to mount idmapped: the rootfs, and `(mount index, source)`.
+    pub idmap: IdmapSources,
+}
+
+/// What [`idmapped_trees`] clones and maps.
+#[derive(Default)]
+pub(super) struct IdmapSources {
+    pub rootfs: Option<std::path::PathBuf>,
+    pub mounts: Vec<(usize, std::path::PathBuf)>,
+    /// Overlay layer directories, idmapped one by one.
+    pub layers: Vec<std::path::PathBuf>,
+}
+
+/// Clones each source as a detached mount tree and idmaps it through the
+/// bootstrap's (new) user namespace. Done here, by the runtime: creating an
+/// idmapped mount needs privilege over the source mount, which the init,
+/// inside its user namespace, does not have; it only attaches the trees.
+fn idmapped_trees(
+    bootstrap_pid: i32,
+    src: &IdmapSources,
+) -> Result<(crate::process::channel::IdmappedTrees, Vec<OwnedFd>), ContainerError> {
+    let mut trees = crate::process::channel::IdmappedTrees::default();
+    let mut fds = Vec::new();
+    if src.rootfs.is_none() && src.mounts.is_empty() && src.layers.is_empty() {
+        return Ok((trees, fds));
+    }
+    let userns_path = format!("/proc/{bootstrap_pid}/ns/user");
+    let userns = File::open(&userns_path).map_err(|source| ContainerError::StateIo {
+        path: userns_path.into(),
+        source,
+    })?;
+    let make = |path: &std::path::Path| -> Result<OwnedFd, ContainerError> {
+        let tree = crate::sys::open_tree_clone(path).map_err(|source| ContainerError::Sys {
+            step: "clone a mount tree to idmap",
+            source,
+        })?;
+        crate::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd()).map_err(|source| {
+            ContainerError::Sys {
+                step: "idmap a mount (needs a filesystem that supports idmapped mounts)",
+                source,
+            }
+        })?;
+        Ok(tree)
+    };
+    if let Some(r) = &src.rootfs {
+        trees.rootfs = Some(fds.len());
+        fds.push(make(r)?);
+    }
+    for (i, p) in &src.mounts {
+        trees.mounts.push((*i, fds.len()));
+        fds.push(make(p)?);
+    }
+    for p in &src.layers {
+        trees.layers.push((p.clone(), fds.len()));
+        fds.push(make(p)?);
+    }
+    Ok((trees, fds))
 }
 
 /// Starts the bootstrap, waits for `Ready`, and returns the container
 /// process's host pid. For an exec, also waits for the `execve` (or its error).
 /// On error every process started here is killed and reaped.
-pub(super) fn launch(l: Launch<'_>) -> Result<i32, ContainerError> {
+pub(super) fn launch(l: Launch<'_>) -> Result<(i32, Option<OwnedFd>), ContainerError> {
     let exe = sealed::sealed_copy(l.init_binary).map_err(ContainerError::InitBinary)?;
     let (ch, child_end) = Channel::pair()?;
     let null = || {
@@ -87,9 +144,9 @@ pub(super) fn launch(l: Launch<'_>) -> Result<i32, ContainerError> {
         child: None,
     };
     match drive(&ch, l, &mut run) {
-        Ok(pid) => {
+        Ok(out) => {
             run.reap_bootstrap();
-            Ok(pid)
+            Ok(out)
         }
         Err(e) => {
             let status = run.abort();
@@ -120,16 +177,28 @@ impl Running {
         }
     }
 
-    /// Kills and reaps everything; returns how the bootstrap ended.
+    /// Kills and reaps everything; returns how the container process (or,
+    /// when there was none, the bootstrap) ended.
     fn abort(&mut self) -> Option<ExitStatus> {
+        let mut child_status = None;
         if let Some(c) = self.child.take() {
-            let _ = kill(Pid::from_raw(c), Signal::SIGKILL);
-            let _ = crate::process::wait_child(c);
+            // It may have died on its own already: look before killing.
+            child_status =
+                match waitpid(Pid::from_raw(c), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, code)) => Some(ExitStatus::Exited(code)),
+                    Ok(WaitStatus::Signaled(_, s, _)) => Some(ExitStatus::Signaled(s as i32)),
+                    _ => {
+                        let _ = kill(Pid::from_raw(c), Signal::SIGKILL);
+                        let _ = crate::process::wait_child(c);
+                        None
+                    }
+                };
         }
         if let Some(b) = self.bootstrap {
             let _ = kill(Pid::from_raw(b), Signal::SIGKILL);
         }
-        self.reap_bootstrap()
+        let bootstrap_status = self.reap_bootstrap();
+        child_status.or(bootstrap_status)
     }
 }
 
@@ -151,7 +220,11 @@ fn parent_of(pid: i32) -> Option<i32> {
     stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
 }
 
-fn drive(ch: &Channel, l: Launch<'_>, run: &mut Running) -> Result<i32, ContainerError> {
+fn drive(
+    ch: &Channel,
+    l: Launch<'_>,
+    run: &mut Running,
+) -> Result<(i32, Option<OwnedFd>), ContainerError> {
     let bootstrap_pid = run.bootstrap.expect("bootstrap started");
     if let Some(cg) = l.cgroup {
         cg.add_pid(bootstrap_pid)?;
@@ -180,9 +253,15 @@ fn drive(ch: &Channel, l: Launch<'_>, run: &mut Running) -> Result<i32, Containe
     drop(fds);
     let mut ready = false;
     let mut failure = None;
+    let mut console = None;
     loop {
         let msg = match ch.recv::<FromInit>() {
-            Ok((m, _)) => m,
+            Ok((m, fds)) => {
+                if matches!(m, FromInit::Console) {
+                    console = fds.into_iter().next();
+                }
+                m
+            }
             Err(ChannelError::Closed) if failure.is_some() => break,
             // For an exec, the socket closes when execve succeeds.
             Err(ChannelError::Closed) if ready && is_exec && run.child.is_some() => break,
@@ -192,7 +271,9 @@ fn drive(ch: &Channel, l: Launch<'_>, run: &mut Running) -> Result<i32, Containe
             FromInit::NeedIdMaps => {
                 write_id_map(bootstrap_pid, "uid_map", l.uid_mappings)?;
                 write_id_map(bootstrap_pid, "gid_map", l.gid_mappings)?;
-                ch.send(&ToInit::IdMapsWritten, &[])?;
+                let (trees, fds) = idmapped_trees(bootstrap_pid, &l.idmap)?;
+                let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+                ch.send(&ToInit::IdMapsWritten(trees), &borrowed)?;
             }
             // Exactly one (it may follow Ready: two processes send), really a child of ours
             // (CLONE_PARENT): a pid from anywhere else is never trusted.
@@ -207,6 +288,14 @@ fn drive(ch: &Channel, l: Launch<'_>, run: &mut Running) -> Result<i32, Containe
                 run.reap_bootstrap();
                 if ready && !is_exec {
                     break;
+                }
+            }
+            FromInit::Console => {
+                if console.is_none() {
+                    return Err(ContainerError::Init(crate::process::channel::InitFailure {
+                        step: "terminal".into(),
+                        message: "console message without a pty fd".into(),
+                    }));
                 }
             }
             FromInit::Ready => {
@@ -235,5 +324,5 @@ fn drive(ch: &Channel, l: Launch<'_>, run: &mut Running) -> Result<i32, Containe
         return Err(ContainerError::Init(f));
     }
     let pid = run.child.take().ok_or(ContainerError::InitExited(None))?;
-    Ok(pid)
+    Ok((pid, console))
 }

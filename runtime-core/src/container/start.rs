@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 
-use super::launch::{launch, Launch};
+use super::launch::{launch, IdmapSources, Launch};
 use super::state::{now_nanos, InitState, START_SOCKET};
 use super::{Container, ContainerError, Operation, Status};
 use crate::cgroups::Cgroup;
@@ -112,7 +112,7 @@ impl Container {
                 None => clone_flags |= ns.kind.clone_flag(),
             }
         }
-        let pid = launch(Launch {
+        let (pid, console) = launch(Launch {
             task: Task::Init {
                 config: Box::new(config.clone()),
             },
@@ -125,6 +125,25 @@ impl Container {
             listener: Some(OwnedFd::from(listener)),
             cgroup,
             init_binary: &self.init_binary,
+            idmap: IdmapSources {
+                rootfs: (config.idmap_rootfs && config.overlay.is_none())
+                    .then(|| config.rootfs.clone()),
+                layers: match (&config.overlay, config.idmap_rootfs) {
+                    (Some(o), true) => {
+                        let mut l = o.lowerdirs.clone();
+                        l.extend(o.upperdir.parent().map(|p| p.to_path_buf()));
+                        l
+                    }
+                    _ => Vec::new(),
+                },
+                mounts: config
+                    .mounts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| m.idmap)
+                    .filter_map(|(i, m)| Some((i, m.source.clone()?)))
+                    .collect(),
+            },
         })?;
         let kill_init = || {
             let _ =
@@ -156,7 +175,7 @@ impl Container {
             self.state.init = None;
             return Err(e);
         }
-        Ok(ProcessHandle::new(pid, pidfd))
+        Ok(ProcessHandle::new(pid, pidfd, console))
     }
 
     /// Lets a [`Status::Created`] container's init `execve` its process

@@ -52,6 +52,23 @@ pub(super) fn main() -> i32 {
 }
 
 fn stage_one(ch: &mut Channel, b: Bootstrap, fds: Vec<OwnedFd>) -> Result<(), InitFailure> {
+    // oom_score_adj is set here, through the runtime's own /proc and before
+    // any namespace is joined, and inherited by the container's process: a
+    // container cannot redirect the write (CVE-2025-52881 class).
+    let config = match &b.task {
+        crate::process::channel::Task::Init { config }
+        | crate::process::channel::Task::Exec { config } => config,
+    };
+    if let Some(adj) = config.oom_score_adj {
+        crate::sys::write_proc_file("/proc/self/oom_score_adj", &adj.to_string()).map_err(|e| {
+            let hint = if adj < 0 {
+                " (negative values need CAP_SYS_RESOURCE)"
+            } else {
+                ""
+            };
+            fail("set oom_score_adj", format!("{e}{hint}"))
+        })?;
+    }
     let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
     let mut take = |i: usize| fds.get_mut(i).and_then(Option::take);
     let mut joins = Vec::new();
@@ -74,12 +91,30 @@ fn stage_one(ch: &mut Channel, b: Bootstrap, fds: Vec<OwnedFd>) -> Result<(), In
         }
     }
     drop(joins);
+    let mut idmapped = crate::rootfs::Idmapped::default();
     if b.new_user_ns {
         unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| fail("create the user namespace", e))?;
         ch.send(&FromInit::NeedIdMaps, &[])
             .map_err(|e| fail("ask for id maps", e))?;
         match ch.recv::<ToInit>() {
-            Ok((ToInit::IdMapsWritten, _)) => {}
+            Ok((ToInit::IdMapsWritten(trees), tree_fds)) => {
+                let mut tree_fds: Vec<Option<OwnedFd>> = tree_fds.into_iter().map(Some).collect();
+                let mut get = |i: usize| {
+                    tree_fds
+                        .get_mut(i)
+                        .and_then(Option::take)
+                        .ok_or_else(|| fail("wait for id maps", "missing idmapped tree fd"))
+                };
+                if let Some(i) = trees.rootfs {
+                    idmapped.rootfs = Some(get(i)?);
+                }
+                for (m, i) in trees.mounts {
+                    idmapped.mounts.insert(m, get(i)?);
+                }
+                for (path, i) in trees.layers {
+                    idmapped.layers.push((path, get(i)?));
+                }
+            }
             Ok(_) => return Err(fail("wait for id maps", "unexpected message")),
             Err(e) => return Err(fail("wait for id maps", e)),
         }
@@ -92,7 +127,7 @@ fn stage_one(ch: &mut Channel, b: Bootstrap, fds: Vec<OwnedFd>) -> Result<(), In
             Ok(())
         }
         CloneResult::Child => {
-            let code = match setup::stage_two(ch, &b, listener) {
+            let code = match setup::stage_two(ch, &b, listener, idmapped) {
                 Ok(never) => match never {},
                 Err(f) => {
                     let _ = ch.send(&FromInit::Error(f), &[]);

@@ -16,6 +16,7 @@ use crate::config::{Config, NamespaceKind};
 use crate::process::channel::{Bootstrap, Channel, FromInit, InitFailure, Task, FIRST_EXTRA_FD};
 use crate::process::ProcessSpec;
 use crate::security::capabilities::{self, Capabilities};
+use crate::security::seccomp::{self, SeccompProfile};
 use crate::security::{rlimits, user};
 use crate::{rootfs, sys};
 
@@ -26,27 +27,47 @@ struct Exec {
     path: CString,
     args: Vec<CString>,
     env: Vec<CString>,
+    /// The seccomp filter, and whether the final capability sets still have
+    /// to be applied after it (see [`crate::security::seccomp`]).
+    seccomp: Option<SeccompProfile>,
+    deferred_caps: Option<Capabilities>,
 }
 
 pub(super) fn stage_two(
     ch: &mut Channel,
     b: &Bootstrap,
     mut listener: Option<OwnedFd>,
+    idmapped: rootfs::Idmapped,
 ) -> Result<Infallible, InitFailure> {
     let (config, is_init) = match &b.task {
         Task::Init { config } => (config.as_ref(), true),
         Task::Exec { config } => (config.as_ref(), false),
     };
+    let mut console = None;
     if is_init {
         // CRIU needs the first process of the namespace to lead its session.
         setsid().map_err(|e| fail("setsid", e))?;
         setup_namespaces(config)?;
-        // Through the runtime's /proc, before the container's root replaces it.
-        set_oom_score_adj(config)?;
-        rootfs::setup(config, config.has(NamespaceKind::User))
-            .map_err(|e| fail("set up the root filesystem", error_chain(&e)))?;
+        console = rootfs::setup(
+            config,
+            config.has(NamespaceKind::User),
+            b.process.terminal.is_some(),
+            idmapped,
+        )
+        .map_err(|e| fail("set up the root filesystem", error_chain(&e)))?;
     } else {
-        set_oom_score_adj(config)?;
+        if b.process.terminal.is_some() {
+            // An exec'd process gets its own session and pty.
+            setsid().map_err(|e| fail("setsid", e))?;
+            let root = std::fs::File::open("/").map_err(|e| fail("open /", e))?;
+            console = Some(
+                rootfs::console::open(std::os::fd::AsFd::as_fd(&root))
+                    .map_err(|e| fail("open a terminal", error_chain(&e)))?,
+            );
+        }
+    }
+    if let (Some(c), Some(size)) = (console.take(), b.process.terminal) {
+        attach_console(ch, c, size)?;
     }
     rlimits::apply(&config.rlimits).map_err(|e| fail("set rlimits", error_chain(&e)))?;
     let exec = prepare_exec(config, &b.process)?;
@@ -77,18 +98,25 @@ pub(super) fn stage_two(
     }
 }
 
-fn set_oom_score_adj(config: &Config) -> Result<(), InitFailure> {
-    if let Some(adj) = config.oom_score_adj {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
-            let hint = if adj < 0 {
-                " (negative values need CAP_SYS_RESOURCE)"
-            } else {
-                ""
-            };
-            fail("set oom_score_adj", format!("{e}{hint}"))
-        })?;
+/// Makes the pty the process's controlling terminal and stdio, and hands
+/// the master to the runtime.
+fn attach_console(
+    ch: &Channel,
+    c: rootfs::console::Console,
+    size: crate::process::ConsoleSize,
+) -> Result<(), InitFailure> {
+    use std::os::fd::AsFd;
+    sys::set_winsize(c.master.as_fd(), size.rows, size.cols)
+        .map_err(|e| fail("set the terminal size", e))?;
+    sys::set_controlling_tty(c.peer.as_fd())
+        .map_err(|e| fail("set the controlling terminal", e))?;
+    for target in 0..3 {
+        nix::unistd::dup2(c.peer.as_raw_fd(), target)
+            .map_err(|e| fail("make the terminal stdio", e))?;
     }
-    Ok(())
+    drop(c.peer);
+    ch.send(&FromInit::Console, &[c.master.as_fd()])
+        .map_err(|e| fail("hand over the terminal", e))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -107,7 +135,8 @@ fn setup_namespaces(config: &Config) -> Result<(), InitFailure> {
     // reading it: ours, the container's, so this sets the container's values.
     for (name, value) in &config.sysctls {
         let path = PathBuf::from("/proc/sys").join(name.replace('.', "/"));
-        std::fs::write(&path, value).map_err(|e| fail(&format!("set sysctl {name}"), e))?;
+        crate::sys::write_proc_file(&path, value)
+            .map_err(|e| fail(&format!("set sysctl {name}"), e))?;
     }
     if let Some(h) = &config.hostname {
         nix::unistd::sethostname(h).map_err(|e| fail("set hostname", e))?;
@@ -202,7 +231,10 @@ fn prepare_exec(config: &Config, p: &ProcessSpec) -> Result<Exec, InitFailure> {
     let program = lookup(&p.args[0], &path_var)?;
     let caps = p.capabilities.as_ref().unwrap_or(&config.capabilities);
     let nnp = p.no_new_privileges.unwrap_or(config.no_new_privileges);
-    apply_identity(caps, &resolved, nnp)?;
+    // Without no_new_privs, loading the filter needs CAP_SYS_ADMIN: keep the
+    // permitted set effective until the filter is in, then apply the final sets.
+    let defer = config.seccomp.is_some() && !nnp;
+    apply_identity(caps, &resolved, nnp, defer)?;
     let cstr = |s: &str| {
         CString::new(s).map_err(|_| fail("prepare exec", format!("{s:?} contains a NUL byte")))
     };
@@ -210,6 +242,8 @@ fn prepare_exec(config: &Config, p: &ProcessSpec) -> Result<Exec, InitFailure> {
         path: cstr(&program.to_string_lossy())?,
         args: p.args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
         env: env.iter().map(|e| cstr(e)).collect::<Result<_, _>>()?,
+        seccomp: config.seccomp.clone(),
+        deferred_caps: defer.then(|| caps.clone()),
     })
 }
 
@@ -249,6 +283,7 @@ fn apply_identity(
     caps: &Capabilities,
     u: &user::ResolvedUser,
     nnp: bool,
+    defer_caps: bool,
 ) -> Result<(), InitFailure> {
     capabilities::apply_bounding(&caps.bounding)
         .map_err(|e| fail("drop bounding capabilities", error_chain(&e)))?;
@@ -270,8 +305,15 @@ fn apply_identity(
     let uid = Uid::from_raw(u.uid);
     setresuid(uid, uid, uid).map_err(|e| fail(&format!("set uid {}", u.uid), e))?;
     sys::set_keepcaps(false).map_err(|e| fail("reset keepcaps", e))?;
-    capabilities::apply_process_sets(caps)
-        .map_err(|e| fail("set capabilities", error_chain(&e)))?;
+    if defer_caps {
+        // Everything still permitted becomes effective until the filter is in.
+        let (_, permitted, _) = sys::capget().map_err(|e| fail("read capabilities", e))?;
+        sys::capset(permitted, permitted, 0)
+            .map_err(|e| fail("keep capabilities for seccomp", e))?;
+    } else {
+        capabilities::apply_process_sets(caps)
+            .map_err(|e| fail("set capabilities", error_chain(&e)))?;
+    }
     if nnp {
         sys::set_no_new_privs().map_err(|e| fail("set no_new_privs", e))?;
     }
@@ -316,7 +358,19 @@ fn dup_above(fd: RawFd, min: RawFd) -> Result<OwnedFd, InitFailure> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
+/// The last steps: the seccomp filter (then, when deferred, the final
+/// capability sets), then `execve`. Returns only on failure.
 fn do_exec(e: &Exec) -> InitFailure {
+    if let Some(p) = &e.seccomp {
+        if let Err(err) = seccomp::install(p) {
+            return fail("install the seccomp filter", err);
+        }
+    }
+    if let Some(caps) = &e.deferred_caps {
+        if let Err(err) = capabilities::apply_process_sets(caps) {
+            return fail("set capabilities", error_chain(&err));
+        }
+    }
     match execve(&e.path, &e.args, &e.env) {
         Ok(never) => match never {},
         Err(err) => fail(&format!("execute {}", e.path.to_string_lossy()), err),

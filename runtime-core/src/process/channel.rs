@@ -52,8 +52,21 @@ pub(crate) struct Bootstrap {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToInit {
     Bootstrap(Box<Bootstrap>),
-    /// The runtime wrote the uid/gid maps of the new user namespace.
-    IdMapsWritten,
+    /// The runtime wrote the uid/gid maps of the new user namespace, and
+    /// made the idmapped mount trees (fds passed with the message).
+    IdMapsWritten(IdmappedTrees),
+}
+
+/// Which fds of an `IdMapsWritten` message are which idmapped trees.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct IdmappedTrees {
+    /// The rootfs tree.
+    pub rootfs: Option<usize>,
+    /// `(index into config.mounts, fd index)`.
+    pub mounts: Vec<(usize, usize)>,
+    /// Overlay layers: `(path, fd index)` for each lowerdir and the parent of
+    /// upperdir/workdir.
+    pub layers: Vec<(std::path::PathBuf, usize)>,
 }
 
 /// Messages from the bootstrap and the init.
@@ -63,6 +76,8 @@ pub(crate) enum FromInit {
     NeedIdMaps,
     /// The container's process was created with this host pid.
     Child { pid: i32 },
+    /// The master side of the process's pty (passed with the message).
+    Console,
     /// Setup is complete; the init waits on the start socket.
     Ready,
     /// A step failed.

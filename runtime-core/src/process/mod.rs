@@ -71,6 +71,26 @@ pub struct ProcessSpec {
     /// `no_new_privs`; `None`: the container config's value.
     #[serde(default)]
     pub no_new_privileges: Option<bool>,
+    /// Give the process a new pseudo-terminal as its stdio (its controlling
+    /// terminal, in a new session); the runtime gets the master side from
+    /// [`ProcessHandle::take_console`]. Stdio fields are then ignored.
+    #[serde(default)]
+    pub terminal: Option<ConsoleSize>,
+}
+
+/// A terminal's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleSize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+/// Sets the window size of the terminal whose master is `console` (the
+/// process sees it, and gets SIGWINCH).
+pub fn resize_console(console: BorrowedFd<'_>, size: ConsoleSize) -> nix::Result<()> {
+    crate::sys::set_winsize(console, size.rows, size.cols)
 }
 
 impl Process {
@@ -87,6 +107,7 @@ impl Process {
                 user: User::root(),
                 capabilities: None,
                 no_new_privileges: None,
+                terminal: None,
             },
             stdin: Stdio::Null,
             stdout: Stdio::Null,
@@ -133,11 +154,22 @@ impl ExitStatus {
 pub struct ProcessHandle {
     pid: i32,
     pidfd: OwnedFd,
+    console: Option<OwnedFd>,
 }
 
 impl ProcessHandle {
-    pub(crate) fn new(pid: i32, pidfd: OwnedFd) -> Self {
-        Self { pid, pidfd }
+    pub(crate) fn new(pid: i32, pidfd: OwnedFd, console: Option<OwnedFd>) -> Self {
+        Self {
+            pid,
+            pidfd,
+            console,
+        }
+    }
+
+    /// The master side of the process's terminal, when it asked for one
+    /// ([`ProcessSpec::terminal`]); `None` afterwards.
+    pub fn take_console(&mut self) -> Option<OwnedFd> {
+        self.console.take()
     }
 
     /// Host pid of the process.

@@ -1,6 +1,7 @@
 //! The container's filesystem: mounts, devices, masked and read-only paths,
 //! `pivot_root`. Runs in the init, in the container's new mount namespace.
 
+pub(crate) mod console;
 mod devices;
 mod mounts;
 mod paths;
@@ -86,8 +87,25 @@ pub enum RootfsError {
     ReadonlyRootfs(#[source] nix::Error),
 }
 
-/// Builds the container's filesystem and switches root into it.
-pub(crate) fn setup(config: &Config, in_user_ns: bool) -> Result<(), RootfsError> {
+/// Idmapped mount trees made by the runtime, to attach instead of binding.
+#[derive(Debug, Default)]
+pub(crate) struct Idmapped {
+    /// The rootfs.
+    pub rootfs: Option<OwnedFd>,
+    /// By index into `config.mounts`.
+    pub mounts: std::collections::HashMap<usize, OwnedFd>,
+    /// Overlay layer directories and their idmapped trees.
+    pub layers: Vec<(PathBuf, OwnedFd)>,
+}
+
+/// Builds the container's filesystem and switches root into it. With
+/// `console`, also opens the process's pty (bound over `/dev/console`).
+pub(crate) fn setup(
+    config: &Config,
+    in_user_ns: bool,
+    console: bool,
+    idmapped: Idmapped,
+) -> Result<Option<console::Console>, RootfsError> {
     mounts::mount_raw(
         None,
         Path::new("/"),
@@ -97,23 +115,61 @@ pub(crate) fn setup(config: &Config, in_user_ns: bool) -> Result<(), RootfsError
     )
     .map_err(RootfsError::RootPropagation)?;
     let rootfs = &config.rootfs;
-    mounts::mount_raw(
-        Some(rootfs.as_os_str()),
-        rootfs,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )
-    .map_err(|source| RootfsError::BindRootfs {
+    let bind_err = |source| RootfsError::BindRootfs {
         path: rootfs.clone(),
         source,
-    })?;
+    };
+    if let Some(o) = &config.overlay {
+        // In this mount namespace only: each idmapped layer over its own
+        // directory, then the overlay on the rootfs mount point.
+        for (path, tree) in &idmapped.layers {
+            let dir = open_dir(path).map_err(bind_err)?;
+            crate::sys::move_mount_onto(tree.as_fd(), dir.as_fd()).map_err(bind_err)?;
+        }
+        let lower: Vec<String> = o
+            .lowerdirs
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            o.upperdir.display(),
+            o.workdir.display()
+        );
+        mounts::mount_raw(
+            Some("overlay".as_ref()),
+            rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(&data),
+        )
+        .map_err(|source| RootfsError::Mount {
+            what: format!("overlay ({data})"),
+            target: rootfs.clone(),
+            source,
+        })?;
+    }
+    match &idmapped.rootfs {
+        Some(tree) => {
+            let dir = open_dir(rootfs).map_err(bind_err)?;
+            crate::sys::move_mount_onto(tree.as_fd(), dir.as_fd()).map_err(bind_err)?;
+        }
+        None => mounts::mount_raw(
+            Some(rootfs.as_os_str()),
+            rootfs,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )
+        .map_err(bind_err)?,
+    }
     let root = open_dir(rootfs).map_err(|source| RootfsError::OpenRootfs {
         path: rootfs.clone(),
         source,
     })?;
-    for m in &config.mounts {
-        mounts::mount_one(root.as_fd(), m, in_user_ns)?;
+    for (i, m) in config.mounts.iter().enumerate() {
+        mounts::mount_one(root.as_fd(), m, in_user_ns, idmapped.mounts.get(&i))?;
     }
     devices::create(root.as_fd(), &config.devices, in_user_ns)?;
     if config
@@ -127,6 +183,13 @@ pub(crate) fn setup(config: &Config, in_user_ns: bool) -> Result<(), RootfsError
         });
         devices::symlinks(root.as_fd(), has_devpts)?;
     }
+    let pty = if console {
+        let c = console::open(root.as_fd())?;
+        console::bind_dev_console(root.as_fd(), c.peer.as_fd())?;
+        Some(c)
+    } else {
+        None
+    };
     for p in &config.masked_paths {
         paths::mask(root.as_fd(), p)?;
     }
@@ -138,7 +201,7 @@ pub(crate) fn setup(config: &Config, in_user_ns: bool) -> Result<(), RootfsError
         mounts::remount_path(Path::new("/"), MsFlags::MS_RDONLY)
             .map_err(RootfsError::ReadonlyRootfs)?;
     }
-    Ok(())
+    Ok(pty)
 }
 
 fn open_dir(path: &Path) -> nix::Result<OwnedFd> {

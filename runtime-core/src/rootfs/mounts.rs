@@ -89,6 +89,7 @@ pub(crate) fn mount_one(
     root: BorrowedFd<'_>,
     m: &Mount,
     in_user_ns: bool,
+    idmapped_tree: Option<&OwnedFd>,
 ) -> Result<(), RootfsError> {
     let dest = &m.destination;
     let err = |what: String| {
@@ -113,18 +114,23 @@ pub(crate) fn mount_one(
                 .map_err(err(what.clone()))?;
             let create = if is_dir { Create::Dir } else { Create::File };
             let target = create_in_root(root, dest, create).map_err(resolve)?;
-            let mut bind = MsFlags::MS_BIND;
-            if *recursive {
-                bind |= MsFlags::MS_REC;
+            if let Some(tree) = idmapped_tree {
+                crate::sys::move_mount_onto(tree.as_fd(), target.as_fd())
+                    .map_err(err(format!("idmapped {what}")))?;
+            } else {
+                let mut bind = MsFlags::MS_BIND;
+                if *recursive {
+                    bind |= MsFlags::MS_REC;
+                }
+                mount_raw(
+                    Some(OsStr::new(&fd_path(src.as_fd()))),
+                    Path::new(&fd_path(target.as_fd())),
+                    None,
+                    bind,
+                    None,
+                )
+                .map_err(err(what.clone()))?;
             }
-            mount_raw(
-                Some(OsStr::new(&fd_path(src.as_fd()))),
-                Path::new(&fd_path(target.as_fd())),
-                None,
-                bind,
-                None,
-            )
-            .map_err(err(what.clone()))?;
             if !flags.is_empty() {
                 let target = open_in_root(root, dest).map_err(resolve)?;
                 remount(target.as_fd(), flags).map_err(err(format!("remount of {what}")))?;

@@ -15,7 +15,7 @@ fn on_ram_fs(root: BorrowedFd<'_>) -> bool {
     const RAMFS_MAGIC: i64 = 0x8584_58f6;
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     nix::sys::statfs::fstatfs(root)
-        .map(|s| matches!(s.filesystem_type().0 as i64, RAMFS_MAGIC | TMPFS_MAGIC))
+        .map(|s| matches!(s.filesystem_type().0, RAMFS_MAGIC | TMPFS_MAGIC))
         .unwrap_or(false)
 }
 

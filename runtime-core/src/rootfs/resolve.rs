@@ -24,9 +24,18 @@ pub(crate) enum Create {
 /// Opens `path` (absolute or relative, taken as relative to `root`) as an
 /// `O_PATH` fd, resolving every component inside `root`.
 pub(crate) fn open_in_root(root: BorrowedFd<'_>, path: &Path) -> nix::Result<OwnedFd> {
+    open_in_root_with(root, path, OFlag::O_PATH)
+}
+
+/// [`open_in_root`] with open flags other than `O_PATH` (`O_CLOEXEC` is added).
+pub(crate) fn open_in_root_with(
+    root: BorrowedFd<'_>,
+    path: &Path,
+    flags: OFlag,
+) -> nix::Result<OwnedFd> {
     let rel = relative(path);
     let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .flags(flags | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     let mut tries = 0;
     loop {

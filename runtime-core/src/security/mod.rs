@@ -2,4 +2,5 @@
 
 pub mod capabilities;
 pub mod rlimits;
+pub mod seccomp;
 pub mod user;
