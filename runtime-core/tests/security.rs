@@ -278,6 +278,10 @@ fn runtime_default_profile_blocks_namespace_escapes() {
     config.seccomp = Some(SeccompProfile::runtime_default(
         &config.capabilities.bounding,
     ));
+    // The shared test rootfs is never written: a private /tmp.
+    config
+        .mounts
+        .push(berth_core::Mount::fs("tmpfs", "/tmp", &["size=1m"]));
     let out = run(
         config,
         &["sh", "-c", "mkdir /tmp/ok && echo mkdir-ok; unshare -U true && echo UNSHARED; grep Seccomp: /proc/self/status"],
