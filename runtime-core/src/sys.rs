@@ -75,20 +75,24 @@ pub(crate) fn ambient_raise(cap: u8) -> nix::Result<()> {
     check(r.into()).map(drop)
 }
 
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct Header {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct` (two of them in the v3 ABI).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Data {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
 /// `capset` of the calling thread with 64-bit masks (version 3 ABI).
 pub(crate) fn capset(effective: u64, permitted: u64, inheritable: u64) -> nix::Result<()> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
     const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
     let mut header = Header {
         version: LINUX_CAPABILITY_VERSION_3,
@@ -209,23 +213,23 @@ pub(crate) fn cloexec_from(first: u32) -> nix::Result<()> {
     check(r).map(drop)
 }
 
-/// Makes the mount at `fd` and every mount below it read-only
-/// (`mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, MOUNT_ATTR_RDONLY)`).
-pub(crate) fn mount_setattr_recursive_rdonly(fd: BorrowedFd<'_>) -> nix::Result<()> {
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, {attr_set, userns_fd})`.
+fn mount_setattr_recursive(fd: BorrowedFd<'_>, attr_set: u64, userns_fd: u64) -> nix::Result<()> {
     const AT_RECURSIVE: libc::c_uint = 0x8000;
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
+        attr_set,
         attr_clr: 0,
         propagation: 0,
-        userns_fd: 0,
+        userns_fd,
     };
     // SAFETY: `attr` is a valid mount_attr of the size passed; the path is a
     // valid NUL-terminated empty string; both outlive the call.
@@ -240,6 +244,12 @@ pub(crate) fn mount_setattr_recursive_rdonly(fd: BorrowedFd<'_>) -> nix::Result<
         )
     };
     check(r).map(drop)
+}
+
+/// Makes the mount at `fd` and every mount below it read-only.
+pub(crate) fn mount_setattr_recursive_rdonly(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    mount_setattr_recursive(fd, MOUNT_ATTR_RDONLY, 0)
 }
 
 /// Resets every signal disposition to the default and unblocks all signals,
@@ -371,18 +381,6 @@ pub(crate) fn set_controlling_tty(fd: BorrowedFd<'_>) -> nix::Result<()> {
 
 /// `capget` of the calling thread: (effective, permitted, inheritable).
 pub(crate) fn capget() -> nix::Result<(u64, u64, u64)> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
     let mut header = Header {
         version: 0x2008_0522,
         pid: 0,
@@ -426,34 +424,8 @@ pub(crate) fn open_tree_clone(path: &std::path::Path) -> nix::Result<OwnedFd> {
 
 /// Idmaps the detached tree `tree` (recursively) through the user namespace `userns`.
 pub(crate) fn mount_setattr_idmap(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> nix::Result<()> {
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
     const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-    const AT_RECURSIVE: libc::c_uint = 0x8000;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    // SAFETY: `attr` is a valid mount_attr of the size passed and the empty
-    // path is NUL-terminated; both outlive the call.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    })
-    .map(drop)
+    mount_setattr_recursive(tree, MOUNT_ATTR_IDMAP, userns.as_raw_fd() as u64)
 }
 
 /// Attaches the detached tree `tree` onto `target` (an fd of the mount point),

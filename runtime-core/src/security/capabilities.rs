@@ -55,7 +55,7 @@ pub struct Capabilities {
 }
 
 /// The capabilities Docker, containerd and CRI-O grant by default.
-const DEFAULT_CAPS: [Capability; 14] = [
+pub(crate) const DEFAULT_CAPS: [Capability; 14] = [
     Capability::CAP_CHOWN,
     Capability::CAP_DAC_OVERRIDE,
     Capability::CAP_FSETID,

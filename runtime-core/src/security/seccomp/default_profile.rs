@@ -643,22 +643,7 @@ mod tests {
     use super::*;
 
     /// containerd's (and Docker's) default capability set.
-    const DEFAULT_CAPS: &[Capability] = &[
-        Capability::CAP_CHOWN,
-        Capability::CAP_DAC_OVERRIDE,
-        Capability::CAP_FSETID,
-        Capability::CAP_FOWNER,
-        Capability::CAP_MKNOD,
-        Capability::CAP_NET_RAW,
-        Capability::CAP_SETGID,
-        Capability::CAP_SETUID,
-        Capability::CAP_SETFCAP,
-        Capability::CAP_SETPCAP,
-        Capability::CAP_NET_BIND_SERVICE,
-        Capability::CAP_SYS_CHROOT,
-        Capability::CAP_KILL,
-        Capability::CAP_AUDIT_WRITE,
-    ];
+    const DEFAULT_CAPS: &[Capability] = &crate::security::capabilities::DEFAULT_CAPS;
 
     /// Names of the `Allow` rules; `unconditional` keeps only those without
     /// argument conditions.
