@@ -225,3 +225,44 @@ fn cve_2025_masks_console_and_procfs_writes_cannot_be_redirected() {
         "SECRET"
     );
 }
+
+/// CVE-2025-52881 class: a container that mounted over its own procfs cannot
+/// catch the runtime's procfs writes: `oom_score_adj` of an exec'd process is
+/// written through the runtime's /proc before any namespace is joined.
+#[test]
+fn cve_2025_52881_procfs_writes_go_to_the_real_procfs() {
+    let Some(()) = privileged("cve_2025_52881_procfs_writes_go_to_the_real_procfs") else {
+        return;
+    };
+    let mut cfg = base_config(common::rootfs());
+    let mut caps = berth_core::config::Capabilities::default_set().bounding;
+    caps.push(berth_core::config::Capability::CAP_SYS_ADMIN);
+    cfg.capabilities = berth_core::config::Capabilities::uniform(caps);
+    cfg.masked_paths.clear();
+    cfg.readonly_paths.clear();
+    cfg.oom_score_adj = Some(300);
+    let state = state_root();
+    let mut c = Container::create(state.path(), &unique_id("oom"), cfg)
+        .unwrap()
+        .with_init_binary(init_binary());
+    let (r, w) = pipe();
+    let mut p = Process::new([
+        "sh",
+        "-c",
+        "mount -t tmpfs tmpfs /proc/sys && echo mounted; exec sleep 100",
+    ]);
+    p.stdout = Stdio::Fd(w);
+    let init = c.run(p).unwrap();
+    let mut line = [0u8; 8];
+    std::io::Read::read_exact(&mut std::fs::File::from(r), &mut line).unwrap();
+    assert_eq!(&line, b"mounted\n");
+    let h = c.exec(Process::new(["sleep", "100"])).unwrap();
+    let host_view = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", h.pid())).unwrap();
+    // The exec'd process is the runtime's child: it must be reaped (here by
+    // a waiting thread) for the namespace's init to finish exiting.
+    let waiter = std::thread::spawn(move || h.wait());
+    c.destroy().unwrap();
+    let _ = waiter.join();
+    let _ = init.wait();
+    assert_eq!(host_view.trim(), "300");
+}

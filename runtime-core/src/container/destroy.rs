@@ -15,6 +15,11 @@ impl Container {
     /// directory. Idempotent: destroying what is already gone is `Ok`.
     /// Mounts need no cleanup: they live in the container's own mount
     /// namespace, which dies with its last process.
+    ///
+    /// Processes started by [`Container::exec`] are the caller's children:
+    /// the caller must reap them ([`crate::ProcessHandle::wait`]); until then
+    /// the init of a pid namespace cannot finish exiting, and destroy waits
+    /// for it (at most 10 s) before removing the rest.
     pub fn destroy(self) -> Result<(), ContainerError> {
         if !self.dir.exists() {
             return Ok(());
