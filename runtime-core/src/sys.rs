@@ -303,17 +303,33 @@ pub(crate) fn interface_up(name: &CStr) -> nix::Result<()> {
 /// Reads the 22nd field of `/proc/PID/stat`: the process start time in clock
 /// ticks since boot, used to tell a pid apart from a later reuse of it.
 pub(crate) fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: split
-    // after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    proc_stat(pid).map(|s| s.start_ticks)
 }
 
-/// The state letter of `/proc/PID/stat` (`R`, `S`, `Z`, ...).
-pub(crate) fn process_state(pid: i32) -> Option<char> {
+/// The fields of `/proc/PID/stat` the runtime uses, read in one go.
+pub(crate) struct ProcStat {
+    /// State letter (`R`, `S`, `Z`, ...), field 3.
+    pub state: char,
+    /// Parent pid, field 4.
+    pub ppid: i32,
+    /// Start time in clock ticks after boot, field 22.
+    pub start_ticks: u64,
+}
+
+/// Reads and parses `/proc/PID/stat` once.
+pub(crate) fn proc_stat(pid: i32) -> Option<ProcStat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].chars().next()
+    // The command name (field 2) may contain spaces and parentheses: split
+    // after the last ')'; the rest starts at field 3.
+    let mut rest = stat[stat.rfind(')')? + 2..].split(' ');
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    let start_ticks = rest.nth(17)?.parse().ok()?;
+    Some(ProcStat {
+        state,
+        ppid,
+        start_ticks,
+    })
 }
 
 /// `fchownat(fd, "", uid, gid, AT_EMPTY_PATH)`: chown the file an (`O_PATH`)
@@ -521,8 +537,11 @@ mod tests {
     #[test]
     fn start_time_of_self() {
         let pid = std::process::id() as i32;
-        assert!(process_start_time(pid).is_some());
-        assert!(matches!(process_state(pid), Some('R' | 'S')));
-        assert_eq!(process_start_time(-5), None);
+        let me = proc_stat(pid).unwrap();
+        assert!(matches!(me.state, 'R' | 'S'));
+        assert_eq!(me.ppid, nix::unistd::getppid().as_raw());
+        assert_eq!(process_start_time(pid), Some(me.start_ticks));
+        assert!(me.start_ticks > 0);
+        assert!(proc_stat(-5).is_none());
     }
 }

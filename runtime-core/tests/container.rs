@@ -633,12 +633,7 @@ fn hostile_etc_passwd_and_missing_cwd() {
     let Some(()) = privileged("hostile_etc_passwd_and_missing_cwd") else {
         return;
     };
-    let dir = tempfile::Builder::new()
-        .prefix("berth-hostile")
-        .tempdir()
-        .unwrap();
-    let rootfs = dir.path().join("rootfs");
-    build_rootfs(&rootfs);
+    let (_dir, rootfs) = private_rootfs("berth-hostile");
     // A FIFO as /etc/passwd would block a naive reader forever.
     std::fs::remove_file(rootfs.join("etc/passwd")).unwrap();
     nix::unistd::mkfifo(

@@ -79,12 +79,7 @@ fn cve_2021_30465_swapped_destination_stays_inside() {
     let Some(()) = privileged("cve_2021_30465_swapped_destination_stays_inside") else {
         return;
     };
-    let dir = tempfile::Builder::new()
-        .prefix("berth-30465")
-        .tempdir()
-        .unwrap();
-    let rootfs = dir.path().join("rootfs");
-    build_rootfs(&rootfs);
+    let (dir, rootfs) = private_rootfs("berth-30465");
     let vol = dir.path().join("vol");
     std::fs::create_dir_all(vol.join("real")).unwrap();
     let marker = format!("berth-30465-{}", std::process::id());
@@ -185,12 +180,7 @@ fn cve_2025_masks_console_and_procfs_writes_cannot_be_redirected() {
     else {
         return;
     };
-    let dir = tempfile::Builder::new()
-        .prefix("berth-2025")
-        .tempdir()
-        .unwrap();
-    let rootfs = dir.path().join("rootfs");
-    build_rootfs(&rootfs);
+    let (_dir, rootfs) = private_rootfs("berth-2025");
     std::fs::write(rootfs.join("etc/secret"), "SECRET").unwrap();
     std::os::unix::fs::symlink("/etc/secret", rootfs.join("dev/null")).unwrap();
     let mut config = base_config(&rootfs);

@@ -186,17 +186,7 @@ fn idmapped_rootfs_and_volume_in_a_user_namespace() {
     let Some(()) = privileged("idmapped_rootfs_and_volume_in_a_user_namespace") else {
         return;
     };
-    let dir = tempfile::Builder::new()
-        .prefix("berth-idmap")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let rootfs = dir.path().join("rootfs");
-    build_rootfs(&rootfs);
+    let (dir, rootfs) = private_rootfs("berth-idmap");
     let vol = dir.path().join("vol");
     std::fs::create_dir(&vol).unwrap();
     let script = "stat -c %u:%g /bin/busybox; touch /created && stat -c %u /created; \

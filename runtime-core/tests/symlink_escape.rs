@@ -11,12 +11,7 @@ fn mount_destinations_through_symlinks_stay_inside_the_rootfs() {
     let Some(()) = privileged("mount_destinations_through_symlinks_stay_inside_the_rootfs") else {
         return;
     };
-    let dir = tempfile::Builder::new()
-        .prefix("berth-escape")
-        .tempdir()
-        .unwrap();
-    let rootfs = dir.path().join("rootfs");
-    build_rootfs(&rootfs);
+    let (dir, rootfs) = private_rootfs("berth-escape");
     let marker = format!("berth-escape-{}", std::process::id());
     // An absolute symlink to "/" and a relative one climbing far above the rootfs.
     std::os::unix::fs::symlink("/", rootfs.join("abs")).unwrap();

@@ -214,12 +214,6 @@ fn write_id_map(pid: i32, file: &str, maps: &[IdMap]) -> Result<(), ContainerErr
     })
 }
 
-/// The parent pid of `pid` (`/proc/PID/stat` field 4).
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
-}
-
 fn drive(
     ch: &Channel,
     l: Launch<'_>,
@@ -278,7 +272,7 @@ fn drive(
             // Exactly one (it may follow Ready: two processes send), really a child of ours
             // (CLONE_PARENT): a pid from anywhere else is never trusted.
             FromInit::Child { pid } if run.child.is_none() => {
-                if parent_of(pid) != Some(std::process::id() as i32) {
+                if crate::sys::proc_stat(pid).map(|s| s.ppid) != Some(std::process::id() as i32) {
                     return Err(ContainerError::Init(crate::process::channel::InitFailure {
                         step: "bootstrap".into(),
                         message: format!("reported pid {pid} is not a child of the runtime"),

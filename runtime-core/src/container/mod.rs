@@ -368,8 +368,8 @@ impl Container {
 
 /// Whether the recorded init still exists (not a zombie, not a reused pid).
 fn alive(init: &InitState) -> bool {
-    sys::process_start_time(init.pid) == Some(init.start_ticks)
-        && !matches!(sys::process_state(init.pid), Some('Z' | 'X') | None)
+    sys::proc_stat(init.pid)
+        .is_some_and(|s| s.start_ticks == init.start_ticks && !matches!(s.state, 'Z' | 'X'))
 }
 
 #[cfg(test)]

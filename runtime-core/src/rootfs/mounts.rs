@@ -48,25 +48,14 @@ fn locked_flags(fd: BorrowedFd<'_>) -> MsFlags {
     out
 }
 
-/// Remounts the bind mount at `fd` with `flags`; on EPERM retries keeping the
-/// flags the kernel locked.
+/// Remounts the bind mount at `fd` with `flags` (see [`remount_path`]).
 pub(crate) fn remount(fd: BorrowedFd<'_>, flags: MsFlags) -> nix::Result<()> {
-    let target = fd_path(fd);
-    let base = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags;
-    match mount_raw(None, Path::new(&target), None, base, None) {
-        Err(Errno::EPERM) => mount_raw(
-            None,
-            Path::new(&target),
-            None,
-            base | locked_flags(fd),
-            None,
-        ),
-        other => other,
-    }
+    remount_path(Path::new(&fd_path(fd)), flags)
 }
 
-/// [`remount`] of the mount at `path` (after `pivot_root`, for `/`), which
-/// does not need a `/proc` in the container.
+/// Remounts the bind mount at `path` with `flags`; on EPERM retries keeping
+/// the flags the kernel locked (mounts inherited into a user namespace).
+/// With a plain path (after `pivot_root`, for `/`) it needs no `/proc`.
 pub(crate) fn remount_path(path: &Path, flags: MsFlags) -> nix::Result<()> {
     let base = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags;
     match mount_raw(None, path, None, base, None) {

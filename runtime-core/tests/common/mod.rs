@@ -89,6 +89,18 @@ pub fn rootfs() -> &'static Path {
     })
 }
 
+/// A private busybox rootfs at `DIR/rootfs` in a fresh temporary `DIR`
+/// (mode 0755, so ids mapped into a user namespace can reach it), for tests
+/// that change the rootfs. Returns the directory (removed on drop) and the
+/// rootfs path.
+pub fn private_rootfs(prefix: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let rootfs = dir.path().join("rootfs");
+    build_rootfs(&rootfs);
+    (dir, rootfs)
+}
+
 /// A fresh state root.
 pub fn state_root() -> tempfile::TempDir {
     tempfile::Builder::new()
