@@ -25,16 +25,13 @@ fn main() {
         println!("skipped: lifecycle benchmark: needs root");
         return;
     }
-    let Some(busybox) = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-    else {
+    if berth_e2e::busybox().is_none() {
         println!("skipped: lifecycle benchmark: needs busybox-static");
         return;
-    };
+    }
     let work = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
     let rootfs = work.join("bundle/rootfs");
-    build_rootfs(busybox, &rootfs);
+    berth_e2e::busybox_rootfs(&rootfs).expect("busybox rootfs");
     let state = work.join("state");
 
     let mut results: Vec<(String, Vec<f64>)> = Vec::new();
@@ -200,19 +197,4 @@ fn bench_oci(rt: &str, work: &Path, n: usize) -> Result<Vec<f64>, String> {
         }
     }
     Ok(times)
-}
-
-fn build_rootfs(busybox: &str, dir: &Path) {
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::copy(busybox, bin.join("busybox")).unwrap();
-    assert!(Command::new(bin.join("busybox"))
-        .arg("--install")
-        .arg(&bin)
-        .status()
-        .unwrap()
-        .success());
-    for d in ["etc", "proc", "sys", "dev", "tmp"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
 }

@@ -31,7 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(p) => PathBuf::from(p),
         None => {
             let dir = tempfile_dir()?;
-            build_busybox_rootfs(&dir)?;
+            // Debian's busybox-static, applets hard-linked into /bin.
+            berth_e2e::busybox_rootfs(&dir)?;
             keep = Some(TempDir(dir.clone()));
             dir
         }
@@ -75,29 +76,4 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// A rootfs from Debian's busybox-static: applets hard-linked into /bin.
-fn build_busybox_rootfs(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .ok_or("no busybox found: install Debian's busybox-static, or pass a rootfs path")?;
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin)?;
-    std::fs::copy(busybox, bin.join("busybox"))?;
-    let ok = std::process::Command::new(bin.join("busybox"))
-        .arg("--install")
-        .arg(&bin)
-        .status()?
-        .success();
-    if !ok {
-        return Err("busybox --install failed".into());
-    }
-    for d in ["etc", "proc", "sys", "dev", "tmp", "root"] {
-        std::fs::create_dir_all(dir.join(d))?;
-    }
-    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
-    std::fs::write(dir.join("etc/group"), "root:x:0:\n")?;
-    Ok(())
 }

@@ -25,23 +25,41 @@ pub fn berth_binary(test: &str) -> Option<PathBuf> {
     }
 }
 
-/// Builds a busybox rootfs (hard-linked applets) in `dir`; `None` when no
-/// static busybox is installed.
-pub fn busybox_rootfs(dir: &Path) -> Option<()> {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+/// Debian's static busybox, if installed.
+pub fn busybox() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
-        .find(|p| Path::new(p).exists())?;
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Builds a busybox rootfs in `dir`: the applets hard-linked into /bin
+/// (hard links, not symlinks, so a path is what it looks like), the usual
+/// empty directories, a 1777 /tmp, and /etc/passwd and /etc/group with root.
+/// Errors (`NotFound` when no static busybox is installed) are clear.
+pub fn busybox_rootfs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let busybox = busybox().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no static busybox: install Debian's busybox-static",
+        )
+    })?;
     let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).ok()?;
-    std::fs::copy(busybox, bin.join("busybox")).ok()?;
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy(busybox, bin.join("busybox"))?;
     let ok = std::process::Command::new(bin.join("busybox"))
         .arg("--install")
         .arg(&bin)
-        .status()
-        .ok()?
+        .status()?
         .success();
-    for d in ["etc", "proc", "sys", "dev", "tmp"] {
-        std::fs::create_dir_all(dir.join(d)).ok()?;
+    if !ok {
+        return Err(std::io::Error::other("busybox --install failed"));
     }
-    ok.then_some(())
+    for d in ["etc", "proc", "sys", "dev", "tmp", "root"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::set_permissions(dir.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    std::fs::write(dir.join("etc/group"), "root:x:0:\n")
 }

@@ -22,36 +22,18 @@ pub fn privileged(test: &str) -> Option<()> {
         println!("skipped: {test}: needs root");
         return None;
     }
-    if busybox().is_none() {
+    if berth_e2e::busybox().is_none() {
         println!("skipped: {test}: needs a static busybox (Debian's busybox-static)");
         return None;
     }
     Some(())
 }
 
-fn busybox() -> Option<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-/// Builds a busybox rootfs in `dir` (hard-linked applets, /etc/passwd with
-/// root, nobody and alice).
+/// Builds a busybox rootfs in `dir` with /etc/passwd and /etc/group listing
+/// root, alice (1000, also in `users`) and nobody.
 pub fn build_rootfs(dir: &Path) {
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::copy(busybox().unwrap(), bin.join("busybox")).unwrap();
-    let st = std::process::Command::new(bin.join("busybox"))
-        .arg("--install")
-        .arg(&bin)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    for d in ["etc", "proc", "sys", "dev", "tmp", "root", "home/alice"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    std::fs::set_permissions(dir.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    berth_e2e::busybox_rootfs(dir).unwrap();
+    std::fs::create_dir_all(dir.join("home/alice")).unwrap();
     std::fs::write(
         dir.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
