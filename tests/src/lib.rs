@@ -3,6 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod images;
+pub mod proxy;
+pub mod registry;
+
 /// The `berth` binary built by this workspace, in the same profile directory
 /// as this test binary. `scripts/test.sh` builds it first (`cargo build
 /// --workspace --bins`); `None`, after printing `skipped: ...`, when it is
