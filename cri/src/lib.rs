@@ -1,8 +1,13 @@
-//! berth-cri: translates Kubernetes CRI requests into berth-core containers.
+//! berth-cri: the Kubernetes CRI layer of berth.
 //!
-//! This crate is a placeholder until the CRI RuntimeService and ImageService
-//! land (tracked issues); it exists so the workspace layout — `shim → cri →
-//! runtime-core` — is in place from the start.
+//! - [`proto`]: the CRI v1 gRPC types, client and server traits, generated
+//!   from the vendored `proto/api.proto`.
+
+/// CRI v1 (`runtime.v1`) messages and services generated from `proto/api.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("runtime.v1");
+}
 
 /// The runtime-core version this CRI layer is built against.
 pub fn core_version() -> &'static str {

@@ -1,0 +1,13 @@
+//! Generates the CRI v1 gRPC types, client and server from the vendored
+//! `proto/api.proto` with protox (pure Rust), so building berth needs no
+//! `protoc` on the machine.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/api.proto");
+    let fds = protox::compile(["proto/api.proto"], ["proto/"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
