@@ -2,6 +2,10 @@
 //!
 //! - [`proto`]: the CRI v1 gRPC types, client and server traits, generated
 //!   from the vendored `proto/api.proto`.
+//! - [`image`]: the ImageService — pulling from OCI registries, the
+//!   content-addressed blob store, layer unpacking, image metadata and GC.
+
+pub mod image;
 
 /// CRI v1 (`runtime.v1`) messages and services generated from `proto/api.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

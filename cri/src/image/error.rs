@@ -1,0 +1,125 @@
+//! The image service's errors, and the one place they become gRPC codes.
+
+use std::path::{Path, PathBuf};
+
+use super::blobs::BlobError;
+use super::hosts::HostsError;
+use super::layers::LayerError;
+use super::reference::ReferenceError;
+
+/// Everything that can go wrong in the image service.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// A malformed image name or digest in the request.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    /// A required request field is empty.
+    #[error("{0} must not be empty")]
+    MissingField(&'static str),
+    /// The node's registry configuration is broken.
+    #[error("registry configuration: {0}")]
+    Hosts(#[from] HostsError),
+    /// The registry refused the credentials (or asked for some).
+    #[error("pulling {image}: registry {registry} refused access: {reason}")]
+    Unauthenticated {
+        /// The image.
+        image: String,
+        /// The registry host.
+        registry: String,
+        /// What the registry said.
+        reason: String,
+    },
+    /// The registry does not have the image (or the platform).
+    #[error("pulling {image}: not found: {reason}")]
+    NotFound {
+        /// The image.
+        image: String,
+        /// Details.
+        reason: String,
+    },
+    /// The registry could not be reached or failed.
+    #[error("pulling {image} from {registry}: {reason}")]
+    Registry {
+        /// The image.
+        image: String,
+        /// The endpoint host.
+        registry: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The manifest or config is not something berth can run.
+    #[error("pulling {image}: {reason}")]
+    Manifest {
+        /// The image.
+        image: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A blob failed verification or could not be stored.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// A layer failed to unpack (unsafe path, diff id mismatch, ...).
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    /// The image is not present locally.
+    #[error("image {0:?} not found")]
+    NotPresent(String),
+    /// A file operation in berth's image directories failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A bug or an impossible state.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ImageError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> ImageError {
+        ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Full error chain on one line, so the gRPC message says why.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let msg = c.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+impl From<ImageError> for tonic::Status {
+    fn from(e: ImageError) -> tonic::Status {
+        use tonic::Code;
+        let code = match &e {
+            ImageError::Reference(_) | ImageError::MissingField(_) => Code::InvalidArgument,
+            ImageError::Hosts(_) => Code::FailedPrecondition,
+            ImageError::Unauthenticated { .. } => Code::Unauthenticated,
+            ImageError::NotFound { .. } | ImageError::NotPresent(_) => Code::NotFound,
+            ImageError::Registry { .. } => Code::Unavailable,
+            ImageError::Manifest { .. } => Code::FailedPrecondition,
+            ImageError::Blob(BlobError::DigestMismatch { .. } | BlobError::SizeMismatch { .. }) => {
+                Code::DataLoss
+            }
+            ImageError::Layer(LayerError::Unpack { .. }) => Code::FailedPrecondition,
+            ImageError::Blob(_)
+            | ImageError::Layer(_)
+            | ImageError::Io { .. }
+            | ImageError::Internal(_) => Code::Internal,
+        };
+        tonic::Status::new(code, chain(&e))
+    }
+}

@@ -1,0 +1,29 @@
+//! The image half of berth: CRI's ImageService.
+//!
+//! - [`reference`]: image names, normalised as Docker and containerd do
+//!   (`busybox` → `docker.io/library/busybox:latest`), and validated digests.
+//! - [`hosts`]: node registry configuration in containerd's
+//!   `certs.d/<host>/hosts.toml` format (mirrors, plain HTTP, CA files).
+//! - [`blobs`]: the content-addressed blob store (atomic, verified writes).
+//! - [`unpack`]: one layer tar → one overlayfs lower directory.
+//! - [`layers`]: unpacked layers keyed by chain id.
+//! - [`store`]: image records, name resolution, container leases, GC.
+//! - [`pull`]: the puller (oci-client), parallel verified layer fetches.
+//! - [`rootfs`]: what a container gets from its image: overlay dirs + config.
+//! - [`service`]: the tonic `ImageService` implementation.
+
+pub mod blobs;
+pub mod error;
+pub mod hosts;
+pub mod layers;
+pub mod pull;
+pub mod reference;
+pub mod rootfs;
+pub mod service;
+pub mod store;
+pub mod unpack;
+
+pub use error::ImageError;
+pub use reference::{Digest, ImageName};
+pub use service::ImageServiceImpl;
+pub use store::{ImageRecord, ImageStore};

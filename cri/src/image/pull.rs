@@ -1,0 +1,827 @@
+//! Pulling an image: resolve the name to a manifest (choosing this node's
+//! platform from an index), fetch the config and all layers in parallel
+//! (bounded), verify every byte against its digest, unpack each layer as soon
+//! as it is complete, and record the image.
+//!
+//! The registry protocol (manifests, auth challenges, token exchange, range
+//! requests) is oci-client's; berth adds the endpoint choice (mirrors, plain
+//! HTTP, CAs from hosts.toml), retries with resume, single-flight pulls, and
+//! the store.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use oci_client::client::{
+    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol,
+};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::Client;
+use serde::Deserialize;
+
+use super::error::ImageError;
+use super::hosts::{Endpoint, RegistryHosts, Scheme};
+use super::layers::chain_ids;
+use super::reference::{Digest, ImageName};
+use super::store::{ImageRecord, ImageStore, LayerRecord};
+use super::unpack::Compression;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const ACCEPTED: &[&str] = &[OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
+/// Attempts per blob: a dropped connection is resumed where it broke.
+const BLOB_ATTEMPTS: u32 = 4;
+
+/// A content descriptor (OCI image spec), the fields berth reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Descriptor {
+    #[serde(default)]
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
+    #[serde(default)]
+    pub urls: Option<Vec<String>>,
+    #[serde(default)]
+    pub platform: Option<Platform>,
+}
+
+/// An index entry's platform.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Platform {
+    /// `linux`.
+    pub os: String,
+    /// `amd64`, `arm64`, ...
+    pub architecture: String,
+    /// `v8`, `v7`, ...
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The platform berth runs on, in OCI/Go terms.
+    pub fn host() -> Platform {
+        let (architecture, variant) = match std::env::consts::ARCH {
+            "x86_64" => ("amd64", None),
+            "aarch64" => ("arm64", Some("v8")),
+            "arm" => ("arm", Some("v7")),
+            "x86" => ("386", None),
+            "powerpc64" => ("ppc64le", None),
+            "riscv64" => ("riscv64", None),
+            other => (other, None),
+        };
+        Platform {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant: variant.map(str::to_string),
+        }
+    }
+
+    /// Whether an index entry for `other` runs here. A missing variant
+    /// matches; arm64's default variant is v8 (containerd's platforms.Only).
+    pub fn accepts(&self, other: &Platform) -> bool {
+        let norm = |p: &Platform| match (p.architecture.as_str(), p.variant.as_deref()) {
+            ("arm64", None) => Some("v8".to_string()),
+            (_, v) => v.map(str::to_string),
+        };
+        self.os == other.os
+            && self.architecture == other.architecture
+            && (other.variant.is_none() || norm(self) == norm(other))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    manifests: Option<Vec<Descriptor>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConfigRootfs {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ImageConfigBlob {
+    rootfs: ConfigRootfs,
+}
+
+/// Async locks by key: the second pull of an image (or fetch of a blob)
+/// waits for the first and then finds the work done.
+#[derive(Default)]
+struct KeyedLocks(Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>);
+
+impl KeyedLocks {
+    async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, w| w.strong_count() > 0);
+            match map.get(key).and_then(Weak::upgrade) {
+                Some(m) => m,
+                None => {
+                    let m = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(key.to_string(), Arc::downgrade(&m));
+                    m
+                }
+            }
+        };
+        m.lock_owned().await
+    }
+}
+
+/// Tuning for the puller.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// Layers fetched at the same time per pull.
+    pub max_concurrent_layers: usize,
+    /// The platform to choose from an index.
+    pub platform: Platform,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            max_concurrent_layers: 4,
+            platform: Platform::host(),
+        }
+    }
+}
+
+/// Clients are cached per endpoint settings *and credentials*: an
+/// oci-client `Client` remembers the first credentials it saw for a registry
+/// (and the tokens they bought), so sharing one between requests with
+/// different pull secrets would lend one pod's credentials to another.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    http: bool,
+    skip_verify: bool,
+    ca_files: Vec<std::path::PathBuf>,
+    /// sha256 of the credentials (the secrets themselves are not kept here).
+    auth: [u8; 32],
+}
+
+/// Distinct clients kept at most; the cache starts over beyond this.
+const MAX_CLIENTS: usize = 256;
+
+fn auth_key(auth: &RegistryAuth) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    match auth {
+        RegistryAuth::Anonymous => h.update(b"anonymous"),
+        RegistryAuth::Basic(u, p) => {
+            h.update(b"basic\0");
+            h.update(u.as_bytes());
+            h.update(b"\0");
+            h.update(p.as_bytes());
+        }
+        RegistryAuth::Bearer(t) => {
+            h.update(b"bearer\0");
+            h.update(t.as_bytes());
+        }
+    }
+    h.finalize().into()
+}
+
+/// The puller. Cheap to share (`Arc`); pulls run concurrently.
+pub struct Puller {
+    store: Arc<ImageStore>,
+    hosts: RegistryHosts,
+    opts: PullOptions,
+    clients: Mutex<HashMap<ClientKey, Client>>,
+    /// Loopback hosts that did not answer HTTPS and are spoken to in HTTP.
+    plain_http: Mutex<HashSet<String>>,
+    pulls: KeyedLocks,
+    blob_locks: KeyedLocks,
+    downloads: std::sync::atomic::AtomicU64,
+}
+
+/// A request context for one pull, for error messages.
+struct Ctx<'a> {
+    name: &'a ImageName,
+    auth: &'a RegistryAuth,
+}
+
+enum Attempt {
+    Transient(ImageError),
+    Permanent(ImageError),
+}
+
+impl Puller {
+    /// A puller writing into `store`, configured by `hosts`.
+    pub fn new(store: Arc<ImageStore>, hosts: RegistryHosts, opts: PullOptions) -> Puller {
+        Puller {
+            store,
+            hosts,
+            opts,
+            clients: Mutex::default(),
+            plain_http: Mutex::default(),
+            pulls: KeyedLocks::default(),
+            blob_locks: KeyedLocks::default(),
+            downloads: Default::default(),
+        }
+    }
+
+    /// Number of blob downloads started so far (for tests and metrics).
+    pub fn downloads(&self) -> u64 {
+        self.downloads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Pulls `name` and records it; returns the record.
+    pub async fn pull(
+        &self,
+        name: &ImageName,
+        auth: &RegistryAuth,
+    ) -> Result<ImageRecord, ImageError> {
+        let _same_name = self.pulls.lock(&name.to_string()).await;
+        let _gc_hold = self.store.begin_pull();
+        let ctx = Ctx { name, auth };
+        let endpoints = self.hosts.endpoints(name.registry())?;
+
+        let (top, top_digest, ep) = self.resolve(&ctx, &endpoints).await?;
+        let mut manifest_blobs = vec![(top_digest.clone(), top.clone())];
+        let mut manifest: Manifest = parse_json(name, "manifest", &top)?;
+        let mut manifest_digest = top_digest.clone();
+        if manifest.manifests.is_some() || is_index(manifest.media_type.as_deref()) {
+            let child = self.choose_platform(name, &manifest)?;
+            let digest = Digest::parse(&child.digest)?;
+            let bytes = self.fetch_manifest(&ctx, &ep, &endpoints, &digest).await?;
+            manifest = parse_json(name, "manifest", &bytes)?;
+            manifest_blobs.insert(0, (digest.clone(), bytes));
+            manifest_digest = digest;
+        }
+        let config_desc = manifest
+            .config
+            .clone()
+            .ok_or_else(|| ImageError::Manifest {
+                image: name.to_string(),
+                reason: format!("manifest {manifest_digest} has no config (not an image manifest)"),
+            })?;
+        let layers = manifest.layers.clone().unwrap_or_default();
+
+        let config_digest = Digest::parse(&config_desc.digest)?;
+        self.fetch_blob(&ctx, &endpoints, &config_desc).await?;
+        let config_bytes = self.store.blobs().read(&config_digest)?;
+        let config: ImageConfigBlob = parse_json(name, "image config", &config_bytes)?;
+        let diff_ids = config
+            .rootfs
+            .diff_ids
+            .iter()
+            .map(|d| Digest::parse(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        if diff_ids.len() != layers.len() {
+            return Err(ImageError::Manifest {
+                image: name.to_string(),
+                reason: format!(
+                    "manifest has {} layers but the config lists {} diff ids",
+                    layers.len(),
+                    diff_ids.len()
+                ),
+            });
+        }
+        let chains = chain_ids(&diff_ids);
+        let mut records = Vec::with_capacity(layers.len());
+        for ((l, diff_id), chain_id) in layers.iter().zip(&diff_ids).zip(&chains) {
+            Compression::from_media_type(&l.media_type).ok_or_else(|| ImageError::Manifest {
+                image: name.to_string(),
+                reason: format!(
+                    "layer {}: unsupported media type {:?}",
+                    l.digest, l.media_type
+                ),
+            })?;
+            records.push(LayerRecord {
+                blob: Digest::parse(&l.digest)?,
+                media_type: l.media_type.clone(),
+                size: u64::try_from(l.size).unwrap_or(0),
+                diff_id: diff_id.clone(),
+                chain_id: chain_id.clone(),
+            });
+        }
+
+        // Futures built up front (not polled until buffered): a closure over
+        // borrowed pairs would not be `Send` for tonic's handler.
+        let fetches: Vec<_> = layers
+            .iter()
+            .zip(&records)
+            .map(|(desc, rec)| self.fetch_layer(&ctx, &endpoints, desc, rec))
+            .collect();
+        futures::stream::iter(fetches)
+            .buffer_unordered(self.opts.max_concurrent_layers.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+
+        for (d, bytes) in &manifest_blobs {
+            if self.store.blobs().size(d).is_none() {
+                self.store.blobs().put(d, bytes)?;
+            }
+        }
+        let size = u64::try_from(config_desc.size).unwrap_or(0)
+            + records.iter().map(|l| l.size).sum::<u64>();
+        let record = ImageRecord {
+            version: 1,
+            id: config_digest,
+            repo_tags: name.repo_tag().into_iter().collect(),
+            repo_digests: vec![name.repo_digest(&top_digest)],
+            manifest: manifest_digest,
+            manifest_blobs: manifest_blobs.into_iter().map(|(d, _)| d).collect(),
+            layers: records,
+            size,
+            removed: false,
+        };
+        self.store.add(record)
+    }
+
+    fn choose_platform(
+        &self,
+        name: &ImageName,
+        index: &Manifest,
+    ) -> Result<Descriptor, ImageError> {
+        let entries = index.manifests.as_deref().unwrap_or_default();
+        entries
+            .iter()
+            .find(|m| {
+                m.platform
+                    .as_ref()
+                    .is_some_and(|p| self.opts.platform.accepts(p))
+            })
+            .cloned()
+            .ok_or_else(|| {
+                let have: Vec<String> = entries
+                    .iter()
+                    .filter_map(|m| m.platform.as_ref())
+                    .map(|p| match &p.variant {
+                        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                        None => format!("{}/{}", p.os, p.architecture),
+                    })
+                    .collect();
+                ImageError::NotFound {
+                    image: name.to_string(),
+                    reason: format!(
+                        "no manifest for platform {}/{} in the index (it has: {})",
+                        self.opts.platform.os,
+                        self.opts.platform.architecture,
+                        have.join(", ")
+                    ),
+                }
+            })
+    }
+
+    /// Resolves the name on the first resolve-capable endpoint that answers.
+    async fn resolve(
+        &self,
+        ctx: &Ctx<'_>,
+        endpoints: &[Endpoint],
+    ) -> Result<(Vec<u8>, Digest, Endpoint), ImageError> {
+        let mut last = None;
+        for ep in endpoints.iter().filter(|e| e.capabilities.resolve) {
+            let result = self
+                .with_fallback(ep, ctx.auth, |client, r| async move {
+                    client.pull_manifest_raw(&r, ctx.auth, ACCEPTED).await
+                }, ctx.name.to_oci())
+                .await;
+            match result {
+                Ok((bytes, digest)) => {
+                    let actual = Digest::of(&bytes);
+                    if let Some(want) = ctx.name.digest() {
+                        if *want != actual {
+                            return Err(ImageError::Blob(
+                                super::blobs::BlobError::DigestMismatch {
+                                    expected: want.clone(),
+                                    actual,
+                                },
+                            ));
+                        }
+                    }
+                    if digest != actual.as_str() {
+                        tracing::debug!(registry_digest = %digest, %actual, "registry reported another manifest digest");
+                    }
+                    return Ok((bytes.to_vec(), actual, ep.clone()));
+                }
+                Err(e) => {
+                    let e = self.map_err(ctx, ep, e);
+                    // Credentials problems are the same on every mirror only
+                    // for the upstream; keep trying the next endpoint.
+                    tracing::debug!(endpoint = %ep.host, error = %e, "resolve failed");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ImageError::Manifest {
+            image: ctx.name.to_string(),
+            reason: "no endpoint with the resolve capability is configured".into(),
+        }))
+    }
+
+    async fn fetch_manifest(
+        &self,
+        ctx: &Ctx<'_>,
+        first: &Endpoint,
+        endpoints: &[Endpoint],
+        digest: &Digest,
+    ) -> Result<Vec<u8>, ImageError> {
+        let reference = ctx.name.with_digest(digest.clone()).to_oci();
+        let mut last = None;
+        let order = std::iter::once(first).chain(
+            endpoints
+                .iter()
+                .filter(|e| *e != first && e.capabilities.pull),
+        );
+        for ep in order {
+            let result = self
+                .with_fallback(ep, ctx.auth, |client, r| async move {
+                    client.pull_manifest_raw(&r, ctx.auth, ACCEPTED).await
+                }, reference.clone())
+                .await;
+            match result {
+                Ok((bytes, _)) => {
+                    let actual = Digest::of(&bytes);
+                    if actual != *digest {
+                        return Err(ImageError::Blob(super::blobs::BlobError::DigestMismatch {
+                            expected: digest.clone(),
+                            actual,
+                        }));
+                    }
+                    return Ok(bytes.to_vec());
+                }
+                Err(e) => last = Some(self.map_err(ctx, ep, e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| ImageError::Internal("no endpoint".into())))
+    }
+
+    async fn fetch_layer(
+        &self,
+        ctx: &Ctx<'_>,
+        endpoints: &[Endpoint],
+        desc: &Descriptor,
+        rec: &LayerRecord,
+    ) -> Result<(), ImageError> {
+        if self.store.layers().usage(&rec.chain_id).is_some() {
+            return Ok(());
+        }
+        let _layer = self
+            .blob_locks
+            .lock(&format!("layer:{}", rec.chain_id))
+            .await;
+        if self.store.layers().usage(&rec.chain_id).is_some() {
+            return Ok(());
+        }
+        self.fetch_blob(ctx, endpoints, desc).await?;
+        let store = self.store.clone();
+        let rec = rec.clone();
+        let compression =
+            Compression::from_media_type(&rec.media_type).unwrap_or(Compression::None);
+        tokio::task::spawn_blocking(move || {
+            let path = store.blobs().path(&rec.blob);
+            store
+                .layers()
+                .ensure(&rec.chain_id, &rec.diff_id, &path, &rec.blob, compression)
+        })
+        .await
+        .map_err(|e| ImageError::Internal(format!("unpack task: {e}")))??;
+        Ok(())
+    }
+
+    /// Fetches a blob into the store unless it is there, trying each
+    /// pull-capable endpoint in order.
+    async fn fetch_blob(
+        &self,
+        ctx: &Ctx<'_>,
+        endpoints: &[Endpoint],
+        desc: &Descriptor,
+    ) -> Result<(), ImageError> {
+        let digest = Digest::parse(&desc.digest)?;
+        let size = u64::try_from(desc.size).map_err(|_| ImageError::Manifest {
+            image: ctx.name.to_string(),
+            reason: format!("blob {digest}: negative size"),
+        })?;
+        let _blob = self.blob_locks.lock(&format!("blob:{digest}")).await;
+        if self.store.blobs().size(&digest) == Some(size) {
+            return Ok(());
+        }
+        let mut last = None;
+        for ep in endpoints.iter().filter(|e| e.capabilities.pull) {
+            match self.download(ctx, ep, desc, &digest, size).await {
+                Ok(()) => return Ok(()),
+                Err(e @ ImageError::Blob(_)) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ImageError::Manifest {
+            image: ctx.name.to_string(),
+            reason: "no endpoint with the pull capability is configured".into(),
+        }))
+    }
+
+    async fn download(
+        &self,
+        ctx: &Ctx<'_>,
+        ep: &Endpoint,
+        desc: &Descriptor,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), ImageError> {
+        self.downloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut writer = self.store.blobs().writer(digest, Some(size))?;
+        let oci = OciDescriptor {
+            media_type: desc.media_type.clone(),
+            digest: desc.digest.clone(),
+            size: desc.size,
+            urls: desc.urls.clone(),
+            ..OciDescriptor::default()
+        };
+        let reference = self.reference_for(ctx.name, ep);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .download_once(ctx, ep, &reference, &oci, &mut writer)
+                .await
+            {
+                Ok(()) => break,
+                // All bytes arrived: only the digest check can tell more.
+                Err(_) if writer.written() == size => break,
+                Err(Attempt::Transient(e)) if attempt < BLOB_ATTEMPTS => {
+                    tracing::info!(blob = %digest, attempt, offset = writer.written(), error = %e, "blob download interrupted; resuming");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                Err(Attempt::Transient(e) | Attempt::Permanent(e)) => return Err(e),
+            }
+        }
+        tokio::task::spawn_blocking(move || writer.commit())
+            .await
+            .map_err(|e| ImageError::Internal(format!("commit task: {e}")))??;
+        Ok(())
+    }
+
+    async fn download_once(
+        &self,
+        ctx: &Ctx<'_>,
+        ep: &Endpoint,
+        reference: &oci_client::Reference,
+        desc: &OciDescriptor,
+        writer: &mut super::blobs::BlobWriter,
+    ) -> Result<(), Attempt> {
+        let client = self.client(ep, self.is_plain_http(ep), ctx.auth);
+        // Always a range request: a fresh start asks for bytes=0-, a resume
+        // for the rest. berth verifies the whole blob itself on commit.
+        let response = client
+            .pull_blob_stream_partial(reference, desc, writer.written(), None)
+            .await
+            .map_err(|e| {
+                let transient = is_transient(&e);
+                let e = self.map_err(ctx, ep, e);
+                if transient {
+                    Attempt::Transient(e)
+                } else {
+                    Attempt::Permanent(e)
+                }
+            })?;
+        let mut stream = match response {
+            BlobResponse::Full(s) => {
+                writer.reset().map_err(|e| Attempt::Permanent(e.into()))?;
+                s.stream
+            }
+            BlobResponse::Partial(s) => s.stream,
+        };
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                Attempt::Transient(ImageError::Registry {
+                    image: ctx.name.to_string(),
+                    registry: ep.host.clone(),
+                    reason: format!("blob {}: {e}", desc.digest),
+                })
+            })?;
+            writer
+                .write(&chunk)
+                .map_err(|e| Attempt::Permanent(e.into()))?;
+        }
+        Ok(())
+    }
+
+    fn reference_for(&self, name: &ImageName, ep: &Endpoint) -> oci_client::Reference {
+        let mut r = name.to_oci();
+        let same = ep.host == name.registry()
+            || (name.registry() == "docker.io" && ep.host == "registry-1.docker.io");
+        if !same {
+            r.set_mirror_registry(ep.host.clone());
+        }
+        r
+    }
+
+    fn is_plain_http(&self, ep: &Endpoint) -> bool {
+        ep.scheme == Scheme::Http
+            || self
+                .plain_http
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&ep.host)
+    }
+
+    /// Runs `op` against the endpoint; a loopback registry that does not
+    /// answer HTTPS is tried again over plain HTTP (and remembered).
+    async fn with_fallback<T, F, Fut>(
+        &self,
+        ep: &Endpoint,
+        auth: &RegistryAuth,
+        op: F,
+        name_ref: oci_client::Reference,
+    ) -> Result<T, OciDistributionError>
+    where
+        F: Fn(Client, oci_client::Reference) -> Fut,
+        Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
+    {
+        let mut r = name_ref;
+        let registry = r.registry().to_string();
+        let same =
+            ep.host == registry || (registry == "docker.io" && ep.host == "registry-1.docker.io");
+        if !same {
+            r.set_mirror_registry(ep.host.clone());
+        }
+        let http = self.is_plain_http(ep);
+        match op(self.client(ep, http, auth), r.clone()).await {
+            Err(OciDistributionError::RequestError(e))
+                if !http && ep.http_fallback && (e.is_connect() || e.is_request()) =>
+            {
+                tracing::info!(host = %ep.host, "HTTPS not answered on a loopback registry; using plain HTTP");
+                let result = op(self.client(ep, true, auth), r).await;
+                if result.is_ok() {
+                    self.plain_http
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(ep.host.clone());
+                }
+                result
+            }
+            other => other,
+        }
+    }
+
+    fn client(&self, ep: &Endpoint, http: bool, auth: &RegistryAuth) -> Client {
+        let key = ClientKey {
+            http,
+            skip_verify: ep.skip_verify,
+            ca_files: ep.ca_files.clone(),
+            auth: auth_key(auth),
+        };
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if clients.len() >= MAX_CLIENTS && !clients.contains_key(&key) {
+            clients.clear();
+        }
+        clients
+            .entry(key)
+            .or_insert_with(|| {
+                let extra_root_certificates = ep
+                    .ca_files
+                    .iter()
+                    .filter_map(|p| match std::fs::read(p) {
+                        Ok(data) => Some(Certificate {
+                            encoding: CertificateEncoding::Pem,
+                            data,
+                        }),
+                        Err(e) => {
+                            tracing::warn!(path = %p.display(), error = %e, "cannot read registry CA file");
+                            None
+                        }
+                    })
+                    .collect();
+                Client::new(ClientConfig {
+                    protocol: if http { ClientProtocol::Http } else { ClientProtocol::Https },
+                    accept_invalid_certificates: ep.skip_verify,
+                    extra_root_certificates,
+                    platform_resolver: None,
+                    connect_timeout: Some(Duration::from_secs(10)),
+                    read_timeout: Some(Duration::from_secs(60)),
+                    user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")),
+                    ..ClientConfig::default()
+                })
+            })
+            .clone()
+    }
+
+    fn map_err(&self, ctx: &Ctx<'_>, ep: &Endpoint, e: OciDistributionError) -> ImageError {
+        let image = ctx.name.to_string();
+        let registry = ep.host.clone();
+        let codes: &[oci_client::errors::OciError] = match &e {
+            OciDistributionError::RegistryError { envelope, .. } => &envelope.errors,
+            _ => &[],
+        };
+        let unauth = matches!(
+            e,
+            OciDistributionError::AuthenticationFailure(_)
+                | OciDistributionError::UnauthorizedError { .. }
+        ) || matches!(
+            e,
+            OciDistributionError::ServerError {
+                code: 401 | 403,
+                ..
+            }
+        ) || codes
+            .iter()
+            .any(|c| matches!(c.code, OciErrorCode::Unauthorized | OciErrorCode::Denied));
+        let not_found = matches!(e, OciDistributionError::ImageManifestNotFoundError(_))
+            || matches!(e, OciDistributionError::ServerError { code: 404, .. })
+            || codes.iter().any(|c| {
+                matches!(
+                    c.code,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                        | OciErrorCode::NotFound
+                )
+            });
+        let reason = error_chain(&e);
+        if unauth {
+            ImageError::Unauthenticated {
+                image,
+                registry,
+                reason,
+            }
+        } else if not_found {
+            ImageError::NotFound { image, reason }
+        } else {
+            ImageError::Registry {
+                image,
+                registry,
+                reason,
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn is_transient(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => true,
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::Toomanyrequests)),
+        _ => false,
+    }
+}
+
+fn is_index(media_type: Option<&str>) -> bool {
+    matches!(media_type, Some(OCI_INDEX | DOCKER_LIST))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(
+    name: &ImageName,
+    what: &str,
+    bytes: &[u8],
+) -> Result<T, ImageError> {
+    serde_json::from_slice(bytes).map_err(|e| ImageError::Manifest {
+        image: name.to_string(),
+        reason: format!("invalid {what}: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(os: &str, arch: &str, v: Option<&str>) -> Platform {
+        Platform {
+            os: os.into(),
+            architecture: arch.into(),
+            variant: v.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn platform_matching() {
+        let amd = p("linux", "amd64", None);
+        assert!(amd.accepts(&p("linux", "amd64", None)));
+        assert!(!amd.accepts(&p("linux", "arm64", Some("v8"))));
+        assert!(!amd.accepts(&p("windows", "amd64", None)));
+        let arm = p("linux", "arm64", Some("v8"));
+        assert!(arm.accepts(&p("linux", "arm64", None)));
+        assert!(arm.accepts(&p("linux", "arm64", Some("v8"))));
+        assert!(!arm.accepts(&p("linux", "arm64", Some("v9"))));
+        assert_eq!(Platform::host().os, "linux");
+    }
+}
