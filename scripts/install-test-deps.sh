@@ -6,16 +6,21 @@
 #   libseccomp-dev, pkg-config  required to build: seccomp filters are compiled
 #                   with libseccomp
 #   busybox-static  required: the tests and the example build their container
-#                   rootfs from the static /bin/busybox
+#                   rootfs (and the test images) from the static /bin/busybox
+#   docker-registry required: the image tests pull from a real registry (the
+#                   CNCF distribution registry) that they start on loopback
+#   apache2-utils   required: `htpasswd` for the registry's auth tests
 #   runc, crun      optional: only the lifecycle benchmark compares against
 #                   them; failing to install them is a warning, not an error
+#   containerd      optional: only the pull benchmark compares against its CRI
+#                   plugin (started on a private socket, never as a service)
 #
 # Usage: scripts/install-test-deps.sh [--no-bench]
-#   --no-bench   install only the required packages (skip runc and crun)
+#   --no-bench   install only the required packages (skip runc, crun, containerd)
 set -euo pipefail
 
-required=(busybox-static libseccomp-dev pkg-config)
-optional=(runc crun)
+required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils)
+optional=(runc crun containerd)
 
 case "${1:-}" in
     "") ;;
