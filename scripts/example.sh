@@ -2,9 +2,6 @@
 # Runs berth's runtime-core example: one container from a busybox rootfs that
 # prints what it sees. Must run as root. Arguments are passed to the example;
 # with no rootfs path it builds its own busybox rootfs.
-#
-# This stands in for berth's main job until the CRI daemon (`berth serve`)
-# lands.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -4,8 +4,10 @@
 //!   from the vendored `proto/api.proto`.
 //! - [`image`]: the ImageService — pulling from OCI registries, the
 //!   content-addressed blob store, layer unpacking, image metadata and GC.
+//! - [`runtime`]: the RuntimeService (pods and containers).
 
 pub mod image;
+pub mod runtime;
 
 /// CRI v1 (`runtime.v1`) messages and services generated from `proto/api.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

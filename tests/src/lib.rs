@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod cri;
 pub mod images;
 pub mod proxy;
 pub mod registry;

@@ -13,7 +13,7 @@ use berth_cri::proto::image_service_client::ImageServiceClient;
 use berth_cri::proto::image_service_server::ImageServiceServer;
 use berth_cri::proto::{self, ImageSpec};
 use berth_e2e::registry::Registry;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A started registry, or `None` after printing `skipped: ...`.
 pub fn registry(test: &str, auth: Option<(&str, &str)>) -> Option<Registry> {
@@ -174,18 +174,7 @@ pub fn spec(image: &str) -> ImageSpec {
 
 /// A tonic channel over a unix socket.
 pub async fn connect(sock: &Path) -> Channel {
-    let sock = sock.to_path_buf();
-    Endpoint::try_from("http://[::1]:1")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let sock = sock.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(sock).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
-        .await
-        .unwrap()
+    berth_e2e::cri::connect(sock).await.unwrap()
 }
 
 /// An overlay mount of a container rootfs on a directory of the test's own;

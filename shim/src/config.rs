@@ -1,0 +1,194 @@
+//! berth's configuration file (`/etc/berth/config.toml`, or `--config`).
+//!
+//! Every setting has an embedded default, so `berth serve` runs on a fresh
+//! machine with no file at all; `berth config default` prints them all.
+//! Unknown keys are refused, so a typo does not silently fall back to a
+//! default.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use berth_cri::runtime::CgroupDriver;
+use serde::{Deserialize, Serialize};
+
+/// The file read when `--config` is not given (absent is fine).
+pub const DEFAULT_PATH: &str = "/etc/berth/config.toml";
+
+/// The default configuration, with comments: what `berth config default`
+/// prints. A unit test checks it parses to [`Config::default`].
+pub const DEFAULT_TOML: &str = r#"# berth configuration. Every setting here is the built-in default.
+
+# The CRI socket kubelet and crictl connect to (mode 0660, root).
+listen = "/run/berth/berth.sock"
+# Persistent state: image blobs and layers, container upper dirs, metadata.
+root = "/var/lib/berth"
+# Volatile state: pinned namespaces, container runtime state.
+state = "/run/berth"
+# error, warn, info, debug or trace (or a tracing filter such as
+# "info,berth_cri=debug").
+log_level = "info"
+# "text" or "json".
+log_format = "text"
+
+[image]
+# Registry mirrors, plain-HTTP registries and CA files, in containerd's
+# certs.d/<host>/hosts.toml format (an existing /etc/containerd/certs.d works).
+registry_config_dir = "/etc/berth/certs.d"
+# Images reported to kubelet as pinned (never garbage-collected by it).
+pinned_images = []
+# Layers fetched at the same time per pull.
+max_concurrent_layers = 4
+
+[runtime]
+# "cgroupfs" or "systemd"; must match kubelet's cgroupDriver.
+cgroup_driver = "cgroupfs"
+"#;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: PathBuf,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub image: ImageSection,
+    pub runtime: RuntimeSection,
+}
+
+/// `[image]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageSection {
+    pub registry_config_dir: PathBuf,
+    pub pinned_images: Vec<String>,
+    pub max_concurrent_layers: usize,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    pub cgroup_driver: CgroupDriver,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "/run/berth/berth.sock".into(),
+            root: "/var/lib/berth".into(),
+            state: "/run/berth".into(),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            image: ImageSection::default(),
+            runtime: RuntimeSection::default(),
+        }
+    }
+}
+
+impl Default for ImageSection {
+    fn default() -> Self {
+        ImageSection {
+            registry_config_dir: "/etc/berth/certs.d".into(),
+            pinned_images: Vec::new(),
+            max_concurrent_layers: 4,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` when given (it must exist), else [`DEFAULT_PATH`] when it
+    /// exists, else the defaults.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let (path, required) = match path {
+            Some(p) => (p, true),
+            None => (Path::new(DEFAULT_PATH), false),
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Config::default())
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let config: Config = toml::from_str(&text)
+            .with_context(|| format!("{}: invalid configuration", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("{}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (name, p) in [
+            ("listen", &self.listen),
+            ("root", &self.root),
+            ("state", &self.state),
+        ] {
+            if !p.is_absolute() {
+                bail!("{name} must be an absolute path, not {}", p.display());
+            }
+        }
+        if self.root == self.state {
+            bail!("root and state must be different directories");
+        }
+        if self.image.max_concurrent_layers == 0 {
+            bail!("image.max_concurrent_layers must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_default_is_the_default() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn partial_files_keep_defaults_and_typos_are_refused() {
+        let c: Config =
+            toml::from_str("root = \"/srv/berth\"\n[image]\npinned_images = [\"pause\"]\n")
+                .unwrap();
+        assert_eq!(c.root, PathBuf::from("/srv/berth"));
+        assert_eq!(c.state, PathBuf::from("/run/berth"));
+        assert_eq!(c.image.pinned_images, ["pause"]);
+        assert_eq!(c.image.max_concurrent_layers, 4);
+        let err = toml::from_str::<Config>("rooot = \"/x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rooot"), "{err}");
+        let err = toml::from_str::<Config>("[runtime]\ncgroup_driver = \"cgroupv3\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cgroupv3"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_and_missing_explicit_files_are_errors() {
+        let c = Config {
+            root: "var/lib".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("root"));
+        let err = Config::load(Some(Path::new("/nonexistent/berth.toml"))).unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/berth.toml"));
+    }
+}

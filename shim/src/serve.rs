@@ -1,0 +1,193 @@
+//! `berth serve`: the CRI daemon.
+//!
+//! Loads the configuration (file, then flags), sets up logging, opens the
+//! stores, binds the socket (0660, root) and serves RuntimeService and
+//! ImageService until SIGTERM or SIGINT. Shutting down stops accepting,
+//! lets calls in flight finish and removes the socket; containers are not
+//! touched (they belong to their monitors, not to the daemon).
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use berth_cri::image::service::ImageServiceConfig;
+use berth_cri::image::ImageServiceImpl;
+use berth_cri::proto::image_service_server::ImageServiceServer;
+use berth_cri::proto::runtime_service_server::RuntimeServiceServer;
+use berth_cri::runtime::{RuntimeServiceConfig, RuntimeServiceImpl};
+
+use crate::config::{Config, LogFormat};
+
+/// kubelet sends and accepts messages up to 16 MiB (its
+/// `maxMsgSize`); tonic's default of 4 MiB would refuse large lists.
+const MAX_MESSAGE: usize = 16 << 20;
+
+/// Flags of `berth serve`; each overrides the same setting of the file.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Configuration file (default: /etc/berth/config.toml when it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Socket path.
+    #[arg(long)]
+    listen: Option<PathBuf>,
+    /// Persistent directory.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Volatile directory.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Log level or tracing filter.
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// containerd-style certs.d directory for registry hosts.
+    #[arg(long)]
+    registry_config_dir: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn apply(self, mut c: Config) -> Config {
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = self.root {
+            c.root = v;
+        }
+        if let Some(v) = self.state {
+            c.state = v;
+        }
+        if let Some(v) = self.log_level {
+            c.log_level = v;
+        }
+        if let Some(v) = self.log_format {
+            c.log_format = v;
+        }
+        if let Some(v) = self.registry_config_dir {
+            c.image.registry_config_dir = v;
+        }
+        c
+    }
+}
+
+pub fn main(args: ServeArgs) -> anyhow::Result<()> {
+    let file = args.config.clone();
+    let config = args.apply(Config::load(file.as_deref())?);
+    config.validate().context("invalid setting")?;
+    init_logging(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("berth")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("log_level {:?}", config.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let result = match config.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("setting up logging: {e}"))
+}
+
+fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    make_dir(&config.root, 0o711)?;
+    make_dir(&config.state, 0o711)?;
+    if let Some(parent) = config.listen.parent() {
+        make_dir(parent, 0o711)?;
+    }
+    let images = ImageServiceImpl::open(
+        &config.root,
+        ImageServiceConfig {
+            registry_config_dir: Some(config.image.registry_config_dir.clone()),
+            pinned_images: config.image.pinned_images.clone(),
+            max_concurrent_layers: config.image.max_concurrent_layers,
+        },
+    )
+    .with_context(|| format!("opening the image store in {}", config.root.display()))?;
+    let runtime = RuntimeServiceImpl::new(RuntimeServiceConfig {
+        cgroup_driver: config.runtime.cgroup_driver,
+    });
+
+    let listener = bind(&config.listen).await?;
+    tracing::info!(
+        socket = %config.listen.display(),
+        root = %config.root.display(),
+        state = %config.state.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "berth serving CRI"
+    );
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(
+            RuntimeServiceServer::new(runtime)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            ImageServiceServer::new(images)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .await;
+    let _ = std::fs::remove_file(&config.listen);
+    result.context("serving")?;
+    tracing::info!("berth stopped");
+    Ok(())
+}
+
+/// Binds the socket, replacing a stale one but never a live daemon's.
+async fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            bail!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            );
+        }
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!("another daemon is serving on {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod 0660 {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop berth with SIGKILL");
+        return std::future::pending().await;
+    };
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = which, "shutting down (containers keep running)");
+}
