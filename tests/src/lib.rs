@@ -52,14 +52,24 @@ pub fn busybox_rootfs(dir: &Path) -> std::io::Result<()> {
     })?;
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin)?;
-    std::fs::copy(busybox, bin.join("busybox"))?;
-    let ok = std::process::Command::new(bin.join("busybox"))
-        .arg("--install")
-        .arg(&bin)
-        .status()?
-        .success();
-    if !ok {
-        return Err(std::io::Error::other("busybox --install failed"));
+    // The applet list comes from the host's busybox; the copy is never
+    // executed: exec'ing a file just written fails with ETXTBSY when another
+    // thread forked while the write fd was open (golang/go#22315).
+    let list = std::process::Command::new(&busybox).arg("--list").output()?;
+    if !list.status.success() {
+        return Err(std::io::Error::other("busybox --list failed"));
+    }
+    let copy = bin.join("busybox");
+    std::fs::copy(&busybox, &copy)?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let applet = applet.trim();
+        if applet.is_empty() || applet == "busybox" || applet.contains('/') {
+            continue;
+        }
+        let link = bin.join(applet);
+        if !link.exists() {
+            std::fs::hard_link(&copy, &link)?;
+        }
     }
     for d in ["etc", "proc", "sys", "dev", "tmp", "root"] {
         std::fs::create_dir_all(dir.join(d))?;
