@@ -7,7 +7,9 @@
 //! - [`runtime`]: the RuntimeService (pods and containers).
 
 pub mod image;
+pub mod logs;
 pub mod runtime;
+pub mod store;
 
 /// CRI v1 (`runtime.v1`) messages and services generated from `proto/api.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
