@@ -122,9 +122,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
     )
     .with_context(|| format!("opening the image store in {}", config.root.display()))?;
-    let runtime = RuntimeServiceImpl::new(RuntimeServiceConfig {
-        cgroup_driver: config.runtime.cgroup_driver,
-    });
+    let runtime = RuntimeServiceImpl::open(
+        &config.root,
+        &config.state,
+        RuntimeServiceConfig {
+            cgroup_driver: config.runtime.cgroup_driver,
+        },
+    )
+    .context("opening the pod and container records")?;
 
     let listener = bind(&config.listen).await?;
     tracing::info!(

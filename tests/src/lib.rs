@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod cri;
+pub mod daemon;
 pub mod images;
 pub mod proxy;
 pub mod registry;
@@ -55,7 +56,9 @@ pub fn busybox_rootfs(dir: &Path) -> std::io::Result<()> {
     // The applet list comes from the host's busybox; the copy is never
     // executed: exec'ing a file just written fails with ETXTBSY when another
     // thread forked while the write fd was open (golang/go#22315).
-    let list = std::process::Command::new(&busybox).arg("--list").output()?;
+    let list = std::process::Command::new(&busybox)
+        .arg("--list")
+        .output()?;
     if !list.status.success() {
         return Err(std::io::Error::other("busybox --list failed"));
     }

@@ -5,74 +5,17 @@
 //! and images kept across a restart.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use berth_cri::proto::image_service_client::ImageServiceClient;
 use berth_cri::proto::runtime_service_client::RuntimeServiceClient;
 use berth_cri::proto::{self, ImageSpec};
+use berth_e2e::daemon::Daemon;
 use berth_e2e::registry::Registry;
 use berth_e2e::{berth_binary, images};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-struct Daemon {
-    child: Child,
-    sock: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(berth: &Path, dir: &Path, extra: &[&str]) -> Daemon {
-        let sock = dir.join("berth.sock");
-        let log = dir.join("berth.log");
-        let child = Command::new(berth)
-            .arg("serve")
-            .arg("--listen")
-            .arg(&sock)
-            .arg("--root")
-            .arg(dir.join("root"))
-            .arg("--state")
-            .arg(dir.join("state"))
-            .args(["--log-format", "json", "--log-level", "debug"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon { child, sock, log }
-    }
-
-    async fn channel(&self) -> tonic::transport::Channel {
-        berth_e2e::cri::wait_and_connect(&self.sock, Duration::from_secs(20))
-            .await
-            .unwrap_or_else(|e| panic!("{e}\nlog:\n{}", self.log()))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Only our own daemon, by its PID.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn spec(image: &str) -> Option<ImageSpec> {

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sha2::Digest as _;
 
 use super::reference::Digest;
+pub(crate) use crate::store::{sync_dir, write_atomic};
 
 /// Why a blob was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -238,33 +239,6 @@ impl Drop for BlobWriter {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
-}
-
-/// fsync a directory so a rename in it is durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Writes `data` to `path` atomically: temp file in the same directory, fsync,
-/// rename, fsync of the directory.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

@@ -1,0 +1,108 @@
+//! The runtime service's errors, and the one place they become gRPC codes.
+
+use std::path::{Path, PathBuf};
+
+use crate::image::ImageError;
+
+/// Everything that can go wrong in the runtime service.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A request field is missing or malformed; `field` is its path in the
+    /// request (`config.metadata.name`).
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No such pod sandbox or container.
+    #[error("{kind} {id:?} not found")]
+    NotFound {
+        /// `pod sandbox` or `container`.
+        kind: &'static str,
+        /// The id as given.
+        id: String,
+    },
+    /// The name is taken by another object.
+    #[error("{kind} name {name:?} is already reserved by {holder}")]
+    AlreadyExists {
+        /// `pod sandbox` or `container`.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// The id holding it.
+        holder: String,
+    },
+    /// The object is in a state that does not allow the call.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Pinning or unpinning the pod's namespaces failed.
+    #[error("pod namespaces: {0}")]
+    Pin(#[from] berth_core::pin::PinError),
+    /// An image problem (e.g. the container's image is not present).
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// A file operation in berth's directories failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A bug or an impossible state.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl RuntimeError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> RuntimeError {
+        RuntimeError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
+        RuntimeError::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let msg = c.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+impl From<RuntimeError> for tonic::Status {
+    fn from(e: RuntimeError) -> tonic::Status {
+        use tonic::Code;
+        let code = match &e {
+            RuntimeError::InvalidArgument { .. } => Code::InvalidArgument,
+            RuntimeError::NotFound { .. } => Code::NotFound,
+            RuntimeError::AlreadyExists { .. } => Code::AlreadyExists,
+            RuntimeError::FailedPrecondition(_) => Code::FailedPrecondition,
+            RuntimeError::Image(ImageError::NotPresent(_)) => Code::NotFound,
+            RuntimeError::Image(ImageError::Reference(_) | ImageError::MissingField(_)) => {
+                Code::InvalidArgument
+            }
+            RuntimeError::Image(_) => Code::Internal,
+            RuntimeError::Pin(_) | RuntimeError::Io { .. } | RuntimeError::Internal(_) => {
+                Code::Internal
+            }
+        };
+        tonic::Status::new(code, chain(&e))
+    }
+}

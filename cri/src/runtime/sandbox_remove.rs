@@ -1,0 +1,21 @@
+//! `RemovePodSandbox`: stop if needed, delete the pod's files and record,
+//! free its name. Removing what is already gone is not an error.
+
+use super::error::RuntimeError;
+use super::sandbox::{SandboxRecord, Sandboxes};
+use super::sandbox_stop;
+
+/// Removes a sandbox whose lock the caller holds (blocking).
+pub(super) fn remove(sandboxes: &Sandboxes, rec: &mut SandboxRecord) -> Result<(), RuntimeError> {
+    if rec.removed {
+        return Ok(());
+    }
+    sandbox_stop::stop(sandboxes, rec)?;
+    match std::fs::remove_dir_all(&rec.dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(RuntimeError::io(&rec.dir, e))
+        }
+        _ => {}
+    }
+    sandboxes.remove(rec)
+}

@@ -1,0 +1,368 @@
+//! `RunPodSandbox`: validate, reserve the name, pin the pod's namespaces,
+//! write its shared files, record it. All-or-nothing: any failure undoes
+//! what was done and frees the name.
+
+use std::path::Path;
+
+use berth_core::pin::{self, PinRequest};
+use prost::Message;
+
+use super::error::RuntimeError;
+use super::sandbox::{files, sandbox_name, NsMode, SandboxRecord, SandboxState, Sandboxes};
+use crate::proto;
+use crate::store::ObjectId;
+
+/// The pod's /dev/shm size: Docker's and containerd's default.
+const SHM_SIZE: u64 = 64 << 20;
+
+/// What a valid request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SandboxPlan {
+    pub name: String,
+    pub hostname: String,
+    pub network: NsMode,
+    pub pid: NsMode,
+    pub ipc: NsMode,
+    pub cgroup_parent: String,
+}
+
+fn mode(value: i32, field: &str, allowed: &[NsMode]) -> Result<NsMode, RuntimeError> {
+    let m = match proto::NamespaceMode::try_from(value) {
+        Ok(proto::NamespaceMode::Pod) => NsMode::Pod,
+        Ok(proto::NamespaceMode::Container) => NsMode::Container,
+        Ok(proto::NamespaceMode::Node) => NsMode::Node,
+        Ok(proto::NamespaceMode::Target) | Err(_) => {
+            return Err(RuntimeError::invalid(
+                field,
+                format!("mode {value} is not valid for a pod sandbox"),
+            ))
+        }
+    };
+    if allowed.contains(&m) {
+        Ok(m)
+    } else {
+        Err(RuntimeError::invalid(
+            field,
+            format!("{m:?} is not valid for a pod sandbox"),
+        ))
+    }
+}
+
+/// No newline, carriage return or NUL: these values end up in files.
+fn one_line(field: &str, v: &str) -> Result<(), RuntimeError> {
+    if v.contains(['\n', '\r', '\0']) {
+        return Err(RuntimeError::invalid(
+            field,
+            "must not contain newlines or NUL",
+        ));
+    }
+    Ok(())
+}
+
+/// A path kubelet gives (log directory, cgroup parent): absolute, no `..`.
+fn clean_abs(field: &str, v: &str) -> Result<(), RuntimeError> {
+    one_line(field, v)?;
+    let p = Path::new(v);
+    if !p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(RuntimeError::invalid(
+            field,
+            format!("{v:?} must be an absolute path without .."),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a request and decides what to build (pure).
+pub(super) fn plan(
+    config: &proto::PodSandboxConfig,
+    runtime_handler: &str,
+) -> Result<SandboxPlan, RuntimeError> {
+    if !runtime_handler.is_empty() && runtime_handler != "berth" {
+        return Err(RuntimeError::invalid(
+            "runtime_handler",
+            format!("unknown handler {runtime_handler:?} (berth has only the default handler)"),
+        ));
+    }
+    let m = config
+        .metadata
+        .as_ref()
+        .ok_or_else(|| RuntimeError::invalid("config.metadata", "must be set"))?;
+    for (field, v) in [
+        ("config.metadata.name", &m.name),
+        ("config.metadata.namespace", &m.namespace),
+        ("config.metadata.uid", &m.uid),
+    ] {
+        if v.is_empty() {
+            return Err(RuntimeError::invalid(field, "must not be empty"));
+        }
+        if v.contains(['/', '\0', '\n']) || v.len() > 253 {
+            return Err(RuntimeError::invalid(
+                field,
+                "must be at most 253 characters, without / or control characters",
+            ));
+        }
+    }
+    let linux = config.linux.clone().unwrap_or_default();
+    let opts = linux
+        .security_context
+        .as_ref()
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default();
+    let network = mode(
+        opts.network,
+        "config.linux.security_context.namespace_options.network",
+        &[NsMode::Pod, NsMode::Node],
+    )?;
+    let pid = mode(
+        opts.pid,
+        "config.linux.security_context.namespace_options.pid",
+        &[NsMode::Pod, NsMode::Container, NsMode::Node],
+    )?;
+    let ipc = mode(
+        opts.ipc,
+        "config.linux.security_context.namespace_options.ipc",
+        &[NsMode::Pod, NsMode::Node],
+    )?;
+    if opts
+        .userns_options
+        .as_ref()
+        .is_some_and(|u| u.mode != proto::NamespaceMode::Node as i32)
+    {
+        return Err(RuntimeError::invalid(
+            "config.linux.security_context.namespace_options.userns_options",
+            "pod user namespaces are not supported yet (Status reports user_namespaces=false)",
+        ));
+    }
+    let hostname = if network == NsMode::Node {
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else if config.hostname.is_empty() {
+        m.name.chars().take(63).collect()
+    } else {
+        config.hostname.clone()
+    };
+    if hostname.len() > 64 || hostname.contains(['/', '\0', '\n', '\r', ' ']) {
+        return Err(RuntimeError::invalid(
+            "config.hostname",
+            "must be at most 64 characters of a host name",
+        ));
+    }
+    if !config.log_directory.is_empty() {
+        clean_abs("config.log_directory", &config.log_directory)?;
+    }
+    if !linux.cgroup_parent.is_empty() {
+        if linux.cgroup_parent.ends_with(".slice") && !linux.cgroup_parent.contains('/') {
+            one_line("config.linux.cgroup_parent", &linux.cgroup_parent)?;
+        } else {
+            clean_abs("config.linux.cgroup_parent", &linux.cgroup_parent)?;
+        }
+    }
+    if let Some(dns) = &config.dns_config {
+        for (i, v) in dns.servers.iter().enumerate() {
+            one_line(&format!("config.dns_config.servers[{i}]"), v)?;
+        }
+        for (i, v) in dns.searches.iter().enumerate() {
+            one_line(&format!("config.dns_config.searches[{i}]"), v)?;
+        }
+        for (i, v) in dns.options.iter().enumerate() {
+            one_line(&format!("config.dns_config.options[{i}]"), v)?;
+        }
+    }
+    for (k, v) in &linux.sysctls {
+        let ok_key = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+            && !k.contains("..");
+        if !ok_key {
+            return Err(RuntimeError::invalid(
+                format!("config.linux.sysctls[{k:?}]"),
+                "not a sysctl name",
+            ));
+        }
+        one_line(&format!("config.linux.sysctls[{k:?}]"), v)?;
+    }
+    Ok(SandboxPlan {
+        name: sandbox_name(m),
+        hostname,
+        network,
+        pid,
+        ipc,
+        cgroup_parent: linux.cgroup_parent.clone(),
+    })
+}
+
+/// Builds the sandbox (blocking: mounts and namespaces).
+pub(super) fn create(
+    sandboxes: &Sandboxes,
+    id: &ObjectId,
+    plan: &SandboxPlan,
+    config: &proto::PodSandboxConfig,
+    runtime_handler: &str,
+) -> Result<SandboxRecord, RuntimeError> {
+    let dir = sandboxes.state_dir().join(id.as_str());
+    std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
+    let result = (|| {
+        files::write(
+            &dir,
+            &plan.hostname,
+            config.dns_config.as_ref(),
+            plan.network == NsMode::Node,
+        )
+        .map_err(|e| RuntimeError::io(&dir, e))?;
+        let pinned = pin::pin(
+            &dir.join("ns"),
+            &PinRequest {
+                net: plan.network == NsMode::Pod,
+                ipc: plan.ipc == NsMode::Pod,
+                uts: plan.network == NsMode::Pod,
+                // A new pid namespace cannot be pinned: the kernel gives no
+                // handle on it before its first process (pid 1) exists, and
+                // once that process exits no other can enter it. A pod that
+                // shares its pid namespace gets one from its first
+                // container (see the container code); nothing is pinned here.
+                pid: false,
+                hostname: (plan.network == NsMode::Pod).then(|| plan.hostname.clone()),
+                shm_size: (plan.ipc == NsMode::Pod).then_some(SHM_SIZE),
+            },
+        )?;
+        let rec = SandboxRecord {
+            version: 1,
+            id: id.clone(),
+            name: plan.name.clone(),
+            state: SandboxState::Ready,
+            created_at: now_nanos(),
+            runtime_handler: runtime_handler.to_string(),
+            namespaces: Some(pinned),
+            network: plan.network,
+            pid: plan.pid,
+            ipc: plan.ipc,
+            hostname: plan.hostname.clone(),
+            cgroup_parent: plan.cgroup_parent.clone(),
+            dir: dir.clone(),
+            config: config.encode_to_vec(),
+            removed: false,
+        };
+        if let Err(e) = sandboxes.insert(rec.clone()) {
+            let _ = pin::unpin(&dir.join("ns"));
+            return Err(e);
+        }
+        Ok(rec)
+    })();
+    if result.is_err() {
+        let _ = pin::unpin(&dir.join("ns"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+pub(crate) fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> proto::PodSandboxConfig {
+        proto::PodSandboxConfig {
+            metadata: Some(proto::PodSandboxMetadata {
+                name: "web".into(),
+                uid: "u-1".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: "web".into(),
+            log_directory: "/var/log/pods/default_web_u-1".into(),
+            linux: Some(proto::LinuxPodSandboxConfig {
+                cgroup_parent: "/kubepods/besteffort/podu-1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn err_field(c: &proto::PodSandboxConfig) -> String {
+        match plan(c, "") {
+            Err(RuntimeError::InvalidArgument { field, .. }) => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_pod_gets_its_own_namespaces() {
+        let p = plan(&base(), "").unwrap();
+        assert_eq!(p.name, "web_default_u-1_0");
+        // Zero values are POD for all three (kubelet sends CONTAINER for pid
+        // explicitly unless the pod shares its process namespace).
+        assert_eq!(
+            (p.network, p.pid, p.ipc),
+            (NsMode::Pod, NsMode::Pod, NsMode::Pod)
+        );
+        assert_eq!(p.hostname, "web");
+        assert_eq!(p.cgroup_parent, "/kubepods/besteffort/podu-1");
+    }
+
+    #[test]
+    fn host_network_uses_the_host_name() {
+        let mut c = base();
+        c.linux.as_mut().unwrap().security_context = Some(proto::LinuxSandboxSecurityContext {
+            namespace_options: Some(proto::NamespaceOption {
+                network: proto::NamespaceMode::Node as i32,
+                pid: proto::NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let p = plan(&c, "").unwrap();
+        assert_eq!((p.network, p.pid), (NsMode::Node, NsMode::Pod));
+        assert_eq!(
+            p.hostname,
+            nix::unistd::gethostname().unwrap().to_string_lossy()
+        );
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let mut c = base();
+        c.metadata = None;
+        assert_eq!(err_field(&c), "config.metadata");
+        let mut c = base();
+        c.metadata.as_mut().unwrap().uid.clear();
+        assert_eq!(err_field(&c), "config.metadata.uid");
+        let mut c = base();
+        c.metadata.as_mut().unwrap().name = "a/b".into();
+        assert_eq!(err_field(&c), "config.metadata.name");
+        let mut c = base();
+        c.log_directory = "/var/log/pods/../../etc".into();
+        assert_eq!(err_field(&c), "config.log_directory");
+        let mut c = base();
+        c.linux.as_mut().unwrap().cgroup_parent = "kubepods/../..".into();
+        assert_eq!(err_field(&c), "config.linux.cgroup_parent");
+        let mut c = base();
+        c.dns_config = Some(proto::DnsConfig {
+            servers: vec!["1.1.1.1\nnameserver 6.6.6.6".into()],
+            ..Default::default()
+        });
+        assert_eq!(err_field(&c), "config.dns_config.servers[0]");
+        let mut c = base();
+        c.hostname = "x".repeat(65);
+        assert_eq!(err_field(&c), "config.hostname");
+        let mut c = base();
+        c.linux
+            .as_mut()
+            .unwrap()
+            .sysctls
+            .insert("../../x".into(), "1".into());
+        assert!(err_field(&c).starts_with("config.linux.sysctls"));
+        assert!(
+            matches!(plan(&base(), "kata"), Err(RuntimeError::InvalidArgument { field, .. }) if field == "runtime_handler")
+        );
+    }
+}

@@ -1,0 +1,56 @@
+//! `PodSandboxStatus`.
+
+use super::sandbox::{NsMode, SandboxRecord};
+use super::sandbox_run::now_nanos;
+use crate::proto;
+
+fn cri_mode(m: NsMode) -> i32 {
+    match m {
+        NsMode::Pod => proto::NamespaceMode::Pod as i32,
+        NsMode::Container => proto::NamespaceMode::Container as i32,
+        NsMode::Node => proto::NamespaceMode::Node as i32,
+    }
+}
+
+pub(super) fn status(rec: &SandboxRecord, verbose: bool) -> proto::PodSandboxStatusResponse {
+    let c = rec.config();
+    let mut info = std::collections::HashMap::new();
+    if verbose {
+        let v = serde_json::json!({
+            "id": rec.id,
+            "name": rec.name,
+            "hostname": rec.hostname,
+            "cgroupParent": rec.cgroup_parent,
+            "namespaces": rec.namespaces,
+            "dir": rec.dir,
+            "logDirectory": c.log_directory,
+        });
+        info.insert("info".to_string(), v.to_string());
+    }
+    proto::PodSandboxStatusResponse {
+        status: Some(proto::PodSandboxStatus {
+            id: rec.id.to_string(),
+            metadata: c.metadata.clone(),
+            state: rec.state.to_cri() as i32,
+            created_at: rec.created_at,
+            // Loopback only until CNI lands: no pod IP to report.
+            network: Some(proto::PodSandboxNetworkStatus::default()),
+            linux: Some(proto::LinuxPodSandboxStatus {
+                namespaces: Some(proto::Namespace {
+                    options: Some(proto::NamespaceOption {
+                        network: cri_mode(rec.network),
+                        pid: cri_mode(rec.pid),
+                        ipc: cri_mode(rec.ipc),
+                        ..Default::default()
+                    }),
+                }),
+            }),
+            labels: c.labels,
+            annotations: c.annotations,
+            runtime_handler: rec.runtime_handler.clone(),
+        }),
+        info,
+        containers_statuses: Vec::new(),
+        timestamp: now_nanos(),
+    }
+}
