@@ -101,7 +101,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             .ok_or_else(|| Status::from(RuntimeError::invalid("config", "must be set")))?;
         let plan = sandbox_run::plan(&config, &req.runtime_handler)?;
         let id = crate::store::ObjectId::random();
-        self.sandboxes.reserve(&plan.name, &id)?;
+        self.sandboxes.registry.reserve(&plan.name, &id)?;
         let sandboxes = self.sandboxes.clone();
         let (id2, plan2) = (id.clone(), plan.clone());
         let result = blocking(move || {
@@ -116,7 +116,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
                 }))
             }
             Err(e) => {
-                self.sandboxes.release_name(&plan.name, &id);
+                self.sandboxes.registry.release_name(&plan.name, &id);
                 tracing::warn!(name = %plan.name, error = %e.message(), "RunPodSandbox failed");
                 Err(e)
             }
@@ -127,8 +127,9 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::StopPodSandboxRequest>,
     ) -> Result<Response<proto::StopPodSandboxResponse>, Status> {
-        let (_, entry) = self
+        let entry = self
             .sandboxes
+            .registry
             .get(&request.into_inner().pod_sandbox_id, "pod_sandbox_id")?;
         let mut rec = entry.lock_owned().await;
         let sandboxes = self.sandboxes.clone();
@@ -142,9 +143,10 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
     ) -> Result<Response<proto::RemovePodSandboxResponse>, Status> {
         let entry = match self
             .sandboxes
+            .registry
             .get(&request.into_inner().pod_sandbox_id, "pod_sandbox_id")
         {
-            Ok((_, entry)) => entry,
+            Ok(entry) => entry,
             // Already removed: not an error (api.proto).
             Err(RuntimeError::NotFound { .. }) => {
                 return Ok(Response::new(proto::RemovePodSandboxResponse {}))
@@ -162,7 +164,10 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         request: Request<proto::PodSandboxStatusRequest>,
     ) -> Result<Response<proto::PodSandboxStatusResponse>, Status> {
         let req = request.into_inner();
-        let (_, entry) = self.sandboxes.get(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        let entry = self
+            .sandboxes
+            .registry
+            .get(&req.pod_sandbox_id, "pod_sandbox_id")?;
         let rec = entry.lock().await;
         if rec.removed {
             return Err(RuntimeError::NotFound {
@@ -180,7 +185,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
     ) -> Result<Response<proto::ListPodSandboxResponse>, Status> {
         let filter = request.into_inner().filter.unwrap_or_default();
         let mut items = Vec::new();
-        for entry in self.sandboxes.all() {
+        for entry in self.sandboxes.registry.all() {
             let rec = entry.lock().await;
             // A record removed while we waited for its lock is gone.
             if !rec.removed && sandbox_list::matches(&rec, &filter) {

@@ -17,5 +17,5 @@ pub(super) fn remove(sandboxes: &Sandboxes, rec: &mut SandboxRecord) -> Result<(
         }
         _ => {}
     }
-    sandboxes.remove(rec)
+    sandboxes.registry.remove(rec)
 }

@@ -246,7 +246,7 @@ pub(super) fn create(
             config: config.encode_to_vec(),
             removed: false,
         };
-        if let Err(e) = sandboxes.insert(rec.clone()) {
+        if let Err(e) = sandboxes.registry.insert(rec.clone()) {
             let _ = pin::unpin(&dir.join("ns"));
             return Err(e);
         }

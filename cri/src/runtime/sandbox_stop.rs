@@ -23,5 +23,5 @@ pub(super) fn stop(sandboxes: &Sandboxes, rec: &mut SandboxRecord) -> Result<(),
     pin::unpin(&rec.dir.join("ns"))?;
     rec.namespaces = None;
     rec.state = SandboxState::NotReady;
-    sandboxes.save(rec)
+    sandboxes.registry.save(rec)
 }

@@ -9,8 +9,10 @@
 //! `cat`. Each record type carries a `version` field checked on load.
 
 mod id;
+mod registry;
 
 pub use id::{is_hex_prefix, ObjectId, ObjectIdError};
+pub use registry::{Entry, Record, Registry};
 
 use std::fs::File;
 use std::io::{self, Write};

@@ -7,9 +7,7 @@
 
 pub mod files;
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use berth_core::pin::PinnedNamespaces;
 use prost::Message;
@@ -17,9 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use super::error::RuntimeError;
 use crate::proto;
-use crate::store::{is_hex_prefix, ObjectId, RecordDir};
+use crate::store::{ObjectId, Registry};
 
-const RECORD_VERSION: u32 = 1;
+/// The sandbox record format this build reads and writes.
+pub const RECORD_VERSION: u32 = 1;
 
 /// A sandbox's state (CRI `PodSandboxState`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,156 +127,55 @@ mod b64 {
     }
 }
 
-/// One sandbox: its record behind a lock that serialises RPCs on it.
-pub type SandboxEntry = Arc<tokio::sync::Mutex<SandboxRecord>>;
+impl crate::store::Record for SandboxRecord {
+    const KIND: &'static str = "pod sandbox";
+    const VERSION: u32 = RECORD_VERSION;
+    fn id(&self) -> &ObjectId {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn removed(&self) -> bool {
+        self.removed
+    }
+    fn set_removed(&mut self) {
+        self.removed = true;
+    }
+}
 
 /// All sandboxes.
 pub struct Sandboxes {
-    records: RecordDir,
+    /// Records, names and locks.
+    pub registry: Registry<SandboxRecord>,
     state_dir: PathBuf,
-    map: Mutex<BTreeMap<ObjectId, SandboxEntry>>,
-    /// name → id, reserved before any work so two RunPodSandbox calls for
-    /// the same pod cannot both proceed.
-    names: Mutex<HashMap<String, ObjectId>>,
 }
 
 impl Sandboxes {
     /// Loads the records under `<root>/metadata/pods`; sandboxes whose
     /// pinned namespaces did not survive (a reboot) become NotReady.
     pub fn open(root: &Path, state: &Path) -> Result<Sandboxes, RuntimeError> {
-        let dir = root.join("metadata/pods");
-        let records = RecordDir::open(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
-        let crate::store::Loaded {
-            records: ok,
-            unreadable: bad,
-        } = records.load_all::<SandboxRecord>();
-        for (path, err) in bad {
-            tracing::warn!(path = %path.display(), error = %err, "ignoring unreadable sandbox record");
-        }
-        let mut map = BTreeMap::new();
-        let mut names = HashMap::new();
-        for (id, mut rec) in ok {
-            if rec.version != RECORD_VERSION || rec.id != id {
-                tracing::warn!(%id, "ignoring sandbox record of another version or id");
-                continue;
-            }
-            if rec.state == SandboxState::Ready && !namespaces_alive(&rec) {
-                tracing::warn!(%id, "pod namespaces are gone (reboot?): sandbox is NotReady");
+        let registry = Registry::open(&root.join("metadata/pods"), |rec: &mut SandboxRecord| {
+            if rec.state == SandboxState::Ready && !namespaces_alive(rec) {
+                tracing::warn!(id = %rec.id, "pod namespaces are gone (reboot?): sandbox is NotReady");
                 rec.state = SandboxState::NotReady;
-                let _ = records.save(&id, &rec);
+                rec.namespaces = None;
+                return true;
             }
-            names.insert(rec.name.clone(), id.clone());
-            map.insert(id, Arc::new(tokio::sync::Mutex::new(rec)));
-        }
+            false
+        })?;
         Ok(Sandboxes {
-            records,
+            registry,
             state_dir: state.join("pods"),
-            map: Mutex::new(map),
-            names: Mutex::new(names),
         })
     }
 
     /// `<state>/pods`.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
-    }
-
-    /// Reserves `name` for `id`.
-    pub fn reserve(&self, name: &str, id: &ObjectId) -> Result<(), RuntimeError> {
-        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(holder) = names.get(name) {
-            return Err(RuntimeError::AlreadyExists {
-                kind: "pod sandbox",
-                name: name.to_string(),
-                holder: holder.to_string(),
-            });
-        }
-        names.insert(name.to_string(), id.clone());
-        Ok(())
-    }
-
-    /// Frees a name (rollback, or removal).
-    pub fn release_name(&self, name: &str, id: &ObjectId) {
-        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        if names.get(name) == Some(id) {
-            names.remove(name);
-        }
-    }
-
-    /// Persists and registers a new sandbox.
-    pub fn insert(&self, rec: SandboxRecord) -> Result<(), RuntimeError> {
-        self.save(&rec)?;
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(rec.id.clone(), Arc::new(tokio::sync::Mutex::new(rec)));
-        Ok(())
-    }
-
-    /// Persists a changed record.
-    pub fn save(&self, rec: &SandboxRecord) -> Result<(), RuntimeError> {
-        if rec.removed {
-            return Err(RuntimeError::NotFound {
-                kind: "pod sandbox",
-                id: rec.id.to_string(),
-            });
-        }
-        self.records
-            .save(&rec.id, rec)
-            .map_err(|e| RuntimeError::Internal(format!("saving sandbox {}: {e}", rec.id)))
-    }
-
-    /// Forgets a sandbox (after its resources are gone).
-    pub fn remove(&self, rec: &mut SandboxRecord) -> Result<(), RuntimeError> {
-        self.records
-            .delete(&rec.id)
-            .map_err(|e| RuntimeError::Internal(format!("deleting sandbox {}: {e}", rec.id)))?;
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&rec.id);
-        self.release_name(&rec.name, &rec.id);
-        rec.removed = true;
-        Ok(())
-    }
-
-    /// Finds a sandbox by full id or unique prefix.
-    pub fn get(&self, id: &str, field: &str) -> Result<(ObjectId, SandboxEntry), RuntimeError> {
-        if id.is_empty() {
-            return Err(RuntimeError::invalid(field, "must not be empty"));
-        }
-        let not_found = || RuntimeError::NotFound {
-            kind: "pod sandbox",
-            id: id.to_string(),
-        };
-        if !is_hex_prefix(id) {
-            return Err(not_found());
-        }
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let mut hits =
-            map.range(ObjectId::parse(&format!("{id:0<64}")).map_err(|_| not_found())?..);
-        match hits.next() {
-            Some((k, v)) if k.as_str().starts_with(id) => {
-                if let Some((k2, _)) = hits.next() {
-                    if k2.as_str().starts_with(id) {
-                        return Err(RuntimeError::invalid(
-                            field,
-                            format!("{id:?} matches more than one pod sandbox"),
-                        ));
-                    }
-                }
-                Ok((k.clone(), v.clone()))
-            }
-            _ => Err(not_found()),
-        }
-    }
-
-    /// Every sandbox entry.
-    pub fn all(&self) -> Vec<SandboxEntry> {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
     }
 }
 

@@ -1,0 +1,178 @@
+//! An in-memory index of records of one kind (pods or containers), backed by
+//! a [`RecordDir`]: per-object async locks, a name index reserved before any
+//! work, and lookup by full id or unique prefix.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{is_hex_prefix, Loaded, ObjectId, RecordDir};
+use crate::runtime::RuntimeError;
+
+/// What a registry needs of its records.
+pub trait Record: Serialize + DeserializeOwned + Send + 'static {
+    /// `pod sandbox` or `container`, for messages.
+    const KIND: &'static str;
+    /// Format version this build writes and reads.
+    const VERSION: u32;
+    /// The record's id.
+    fn id(&self) -> &ObjectId;
+    /// The reserved name.
+    fn name(&self) -> &str;
+    /// The stored format version.
+    fn version(&self) -> u32;
+    /// Whether the record was deleted while a caller waited for its lock.
+    fn removed(&self) -> bool;
+    /// Marks it deleted.
+    fn set_removed(&mut self);
+}
+
+/// One object: its record behind a lock that serialises RPCs on it.
+pub type Entry<R> = Arc<tokio::sync::Mutex<R>>;
+
+/// The registry.
+pub struct Registry<R: Record> {
+    records: RecordDir,
+    map: Mutex<BTreeMap<ObjectId, Entry<R>>>,
+    names: Mutex<HashMap<String, ObjectId>>,
+}
+
+impl<R: Record> Registry<R> {
+    /// Loads every record in `dir`; `fix` may adjust each one (e.g. mark a
+    /// pod whose namespaces are gone NotReady) and returns whether to save it.
+    pub fn open(
+        dir: &Path,
+        mut fix: impl FnMut(&mut R) -> bool,
+    ) -> Result<Registry<R>, RuntimeError> {
+        let records = RecordDir::open(dir).map_err(|e| RuntimeError::io(dir, e))?;
+        let Loaded {
+            records: ok,
+            unreadable,
+        } = records.load_all::<R>();
+        for (path, err) in unreadable {
+            tracing::warn!(path = %path.display(), error = %err, kind = R::KIND, "ignoring unreadable record");
+        }
+        let mut map = BTreeMap::new();
+        let mut names = HashMap::new();
+        for (id, mut rec) in ok {
+            if rec.version() != R::VERSION || *rec.id() != id {
+                tracing::warn!(%id, kind = R::KIND, "ignoring record of another version or id");
+                continue;
+            }
+            if fix(&mut rec) {
+                if let Err(e) = records.save(&id, &rec) {
+                    tracing::warn!(%id, error = %e, "saving a repaired record");
+                }
+            }
+            names.insert(rec.name().to_string(), id.clone());
+            map.insert(id, Arc::new(tokio::sync::Mutex::new(rec)));
+        }
+        Ok(Registry {
+            records,
+            map: Mutex::new(map),
+            names: Mutex::new(names),
+        })
+    }
+
+    /// Reserves `name` for `id`, or says who holds it.
+    pub fn reserve(&self, name: &str, id: &ObjectId) -> Result<(), RuntimeError> {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(holder) = names.get(name) {
+            return Err(RuntimeError::AlreadyExists {
+                kind: R::KIND,
+                name: name.to_string(),
+                holder: holder.to_string(),
+            });
+        }
+        names.insert(name.to_string(), id.clone());
+        Ok(())
+    }
+
+    /// Frees a name held by `id`.
+    pub fn release_name(&self, name: &str, id: &ObjectId) {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if names.get(name) == Some(id) {
+            names.remove(name);
+        }
+    }
+
+    /// Persists and registers a new record.
+    pub fn insert(&self, rec: R) -> Result<(), RuntimeError> {
+        self.save(&rec)?;
+        let id = rec.id().clone();
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::new(tokio::sync::Mutex::new(rec)));
+        Ok(())
+    }
+
+    /// Persists a changed record (never one that was removed).
+    pub fn save(&self, rec: &R) -> Result<(), RuntimeError> {
+        if rec.removed() {
+            return Err(self.not_found(rec.id().as_str()));
+        }
+        self.records
+            .save(rec.id(), rec)
+            .map_err(|e| RuntimeError::Internal(format!("saving {} {}: {e}", R::KIND, rec.id())))
+    }
+
+    /// Deletes a record whose resources are gone, and frees its name.
+    pub fn remove(&self, rec: &mut R) -> Result<(), RuntimeError> {
+        self.records.delete(rec.id()).map_err(|e| {
+            RuntimeError::Internal(format!("deleting {} {}: {e}", R::KIND, rec.id()))
+        })?;
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(rec.id());
+        self.release_name(rec.name(), rec.id());
+        rec.set_removed();
+        Ok(())
+    }
+
+    /// NotFound for `id`.
+    pub fn not_found(&self, id: &str) -> RuntimeError {
+        RuntimeError::NotFound {
+            kind: R::KIND,
+            id: id.to_string(),
+        }
+    }
+
+    /// Finds a record by full id or unique prefix; `field` names the request
+    /// field in errors.
+    pub fn get(&self, id: &str, field: &str) -> Result<Entry<R>, RuntimeError> {
+        if id.is_empty() {
+            return Err(RuntimeError::invalid(field, "must not be empty"));
+        }
+        if !is_hex_prefix(id) {
+            return Err(self.not_found(id));
+        }
+        let lowest = ObjectId::parse(&format!("{id:0<64}")).map_err(|_| self.not_found(id))?;
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hits = map
+            .range(lowest..)
+            .take_while(|(k, _)| k.as_str().starts_with(id));
+        match (hits.next(), hits.next()) {
+            (Some((_, v)), None) => Ok(v.clone()),
+            (Some(_), Some(_)) => Err(RuntimeError::invalid(
+                field,
+                format!("{id:?} matches more than one {}", R::KIND),
+            )),
+            (None, _) => Err(self.not_found(id)),
+        }
+    }
+
+    /// Every entry.
+    pub fn all(&self) -> Vec<Entry<R>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
