@@ -1,0 +1,189 @@
+//! CRI devices: host device nodes recreated in the container's `/dev`.
+
+use berth_core::config::{Device, DeviceKind};
+use berth_core::Config;
+
+use super::{clean_absolute, invalid, unsupported, HostDeviceLookup, SpecError};
+use crate::proto;
+
+/// runtime-core's default devices, plus each CRI `Device` as a node of the
+/// host device's kind, numbers, mode and owner (containerd's
+/// `oci.DeviceFromPath`) at `container_path` (which must be under `/dev`,
+/// where runtime-core creates nodes), replacing a default of the same path.
+///
+/// `permissions` (`r`, `w`, `m`) is checked but not enforced: it is a device
+/// cgroup rule, and berth-core has no device cgroup yet; the node's mode
+/// and the container's capabilities are what limit access.
+///
+/// A privileged container does not get all host devices (CRI: "All devices
+/// from the host's /dev are available"): listing them is I/O, so it would
+/// be the caller's to pass them in, and this is not done yet. CDI devices
+/// are refused: there is no CDI registry on this node.
+pub(super) fn devices(
+    req: &proto::ContainerConfig,
+    host_device: HostDeviceLookup<'_>,
+) -> Result<Vec<Device>, SpecError> {
+    if !req.cdi_devices.is_empty() {
+        return Err(unsupported("config.CDI_devices", "CDI devices"));
+    }
+    let mut out = Config::default_devices();
+    for (i, d) in req.devices.iter().enumerate() {
+        let field = |name: &str| format!("config.devices[{i}].{name}");
+        let path = clean_absolute(&field("container_path"), &d.container_path)?;
+        if !path.starts_with("/dev") || path.as_os_str() == "/dev" {
+            return Err(invalid(
+                field("container_path"),
+                format!("{:?} must be below /dev", d.container_path),
+            ));
+        }
+        let host = clean_absolute(&field("host_path"), &d.host_path)?;
+        if !d.permissions.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+            return Err(invalid(
+                field("permissions"),
+                format!("{:?} must be made of r, w and m", d.permissions),
+            ));
+        }
+        let node = host_device(&host).ok_or_else(|| {
+            invalid(
+                field("host_path"),
+                format!("{:?} is not a device node on this host", d.host_path),
+            )
+        })?;
+        if !matches!(node.kind, DeviceKind::Char | DeviceKind::Block) {
+            return Err(invalid(
+                field("host_path"),
+                format!("{:?} is not a character or block device", d.host_path),
+            ));
+        }
+        let dev = Device {
+            path,
+            kind: node.kind,
+            major: node.major,
+            minor: node.minor,
+            file_mode: node.file_mode,
+            uid: node.uid,
+            gid: node.gid,
+        };
+        match out.iter_mut().find(|e| e.path == dev.path) {
+            Some(existing) => *existing = dev,
+            None => out.push(dev),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::super::fixture::Fixture;
+    use super::super::HostDevice;
+    use super::*;
+
+    fn cri_device(container: &str, host: &str) -> proto::Device {
+        proto::Device {
+            container_path: container.into(),
+            host_path: host.into(),
+            permissions: "rwm".into(),
+        }
+    }
+
+    fn device_at(f: &Fixture, path: &str) -> Option<Device> {
+        f.spec()
+            .config
+            .devices
+            .into_iter()
+            .find(|d| d.path == Path::new(path))
+    }
+
+    #[test]
+    fn base_has_the_default_devices() {
+        let f = Fixture::new();
+        assert_eq!(f.spec().config.devices, Config::default_devices());
+    }
+
+    #[test]
+    fn host_device_is_added_with_the_hosts_numbers() {
+        let mut f = Fixture::new();
+        f.req.devices = vec![cri_device("/dev/fuse", "/dev/fuse")];
+        let d = device_at(&f, "/dev/fuse").unwrap();
+        assert_eq!(
+            (d.kind, d.major, d.minor, d.file_mode),
+            (DeviceKind::Char, 10, 229, 0o666)
+        );
+    }
+
+    #[test]
+    fn device_may_be_renamed() {
+        let mut f = Fixture::new();
+        f.req.devices = vec![cri_device("/dev/myfuse", "/dev/fuse")];
+        assert!(device_at(&f, "/dev/myfuse").is_some());
+    }
+
+    #[test]
+    fn device_replaces_a_default_of_the_same_path() {
+        let mut f = Fixture::new();
+        f.req.devices = vec![cri_device("/dev/null", "/dev/fuse")];
+        let s = f.spec();
+        let nulls: Vec<_> = s
+            .config
+            .devices
+            .iter()
+            .filter(|d| d.path == Path::new("/dev/null"))
+            .collect();
+        assert_eq!((nulls.len(), nulls[0].minor), (1, 229));
+    }
+
+    #[test]
+    fn unknown_host_device_names_the_field() {
+        let mut f = Fixture::new();
+        f.req.devices = vec![
+            cri_device("/dev/fuse", "/dev/fuse"),
+            cri_device("/dev/sdz", "/dev/sdz"),
+        ];
+        assert_eq!(f.err_field(), "config.devices[1].host_path");
+    }
+
+    #[test]
+    fn fifo_is_not_a_device() {
+        let mut f = Fixture::new();
+        f.host_devices.insert(
+            PathBuf::from("/run/pipe"),
+            HostDevice {
+                kind: DeviceKind::Fifo,
+                major: 0,
+                minor: 0,
+                file_mode: 0o600,
+                uid: 0,
+                gid: 0,
+            },
+        );
+        f.req.devices = vec![cri_device("/dev/pipe", "/run/pipe")];
+        assert_eq!(f.err_field(), "config.devices[0].host_path");
+    }
+
+    #[test]
+    fn container_path_outside_dev_is_invalid() {
+        let mut f = Fixture::new();
+        f.req.devices = vec![cri_device("/etc/fuse", "/dev/fuse")];
+        assert_eq!(f.err_field(), "config.devices[0].container_path");
+    }
+
+    #[test]
+    fn bad_permissions_are_invalid() {
+        let mut f = Fixture::new();
+        let mut d = cri_device("/dev/fuse", "/dev/fuse");
+        d.permissions = "rwx".into();
+        f.req.devices = vec![d];
+        assert_eq!(f.err_field(), "config.devices[0].permissions");
+    }
+
+    #[test]
+    fn cdi_devices_are_unsupported() {
+        let mut f = Fixture::new();
+        f.req.cdi_devices = vec![proto::CdiDevice {
+            name: "vendor.com/gpu=0".into(),
+        }];
+        assert!(matches!(f.run(), Err(SpecError::Unsupported { .. })));
+    }
+}

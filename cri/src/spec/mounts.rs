@@ -1,0 +1,436 @@
+//! The container's mounts: runtime-core's defaults, the pod's shared files
+//! and `/dev/shm`, and the request's bind mounts.
+
+use std::path::{Path, PathBuf};
+
+use berth_core::config::{Mount, MountFlag, MountKind, Propagation};
+use berth_core::Config;
+
+use super::{clean_absolute, invalid, unsupported, PodContext, SpecError};
+use crate::proto;
+
+/// The mounts and the propagation the container's `/` needs for them.
+pub(super) struct Planned {
+    pub mounts: Vec<Mount>,
+    pub rootfs_propagation: Propagation,
+}
+
+/// One bind mount before it becomes a runtime-core [`Mount`].
+struct Bind {
+    source: PathBuf,
+    destination: PathBuf,
+    readonly: bool,
+    recursive_readonly: bool,
+    propagation: Propagation,
+}
+
+impl Bind {
+    fn into_mount(self) -> Mount {
+        let propagation = match self.propagation {
+            Propagation::RSlave => "rslave",
+            Propagation::RShared => "rshared",
+            _ => "rprivate",
+        };
+        let mode = if self.readonly { "ro" } else { "rw" };
+        let mut m = Mount::bind(self.source, self.destination, &[propagation, mode]);
+        m.recursive_readonly = self.recursive_readonly;
+        m
+    }
+}
+
+/// Number of components, the order mounts are made in (a parent before
+/// what is mounted below it), as containerd's `orderedMounts`.
+fn depth(p: &Path) -> usize {
+    p.components().count()
+}
+
+/// One CRI `Mount`, checked: `container_path` and `host_path` absolute,
+/// `container_path` without `..`; `recursive_read_only` only with
+/// `readonly` and private propagation (CRI); no id-mapped or image mounts.
+/// `selinux_relabel` is ignored: this node has no SELinux.
+fn cri_bind(i: usize, m: &proto::Mount) -> Result<Bind, SpecError> {
+    let field = |name: &str| format!("config.mounts[{i}].{name}");
+    let destination = clean_absolute(&field("container_path"), &m.container_path)?;
+    if m.image.as_ref().is_some_and(|img| !img.image.is_empty()) {
+        return Err(unsupported(field("image"), "image volume mounts"));
+    }
+    if m.host_path.is_empty() {
+        return Err(invalid(field("host_path"), "must be set"));
+    }
+    if m.host_path.contains('\0') || !Path::new(&m.host_path).is_absolute() {
+        return Err(invalid(
+            field("host_path"),
+            format!("{:?} must be an absolute path", m.host_path),
+        ));
+    }
+    if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+        return Err(unsupported(
+            field("uidMappings"),
+            "id-mapped mounts (user namespaces)",
+        ));
+    }
+    let propagation = match proto::MountPropagation::try_from(m.propagation) {
+        Ok(proto::MountPropagation::PropagationPrivate) => Propagation::RPrivate,
+        Ok(proto::MountPropagation::PropagationHostToContainer) => Propagation::RSlave,
+        Ok(proto::MountPropagation::PropagationBidirectional) => Propagation::RShared,
+        Err(_) => {
+            return Err(invalid(
+                field("propagation"),
+                format!("unknown propagation {}", m.propagation),
+            ))
+        }
+    };
+    if m.recursive_read_only && (!m.readonly || propagation != Propagation::RPrivate) {
+        return Err(invalid(
+            field("recursive_read_only"),
+            "requires readonly and private propagation",
+        ));
+    }
+    Ok(Bind {
+        source: PathBuf::from(&m.host_path),
+        destination,
+        readonly: m.readonly,
+        recursive_readonly: m.recursive_read_only,
+        propagation,
+    })
+}
+
+/// The pod's files and `/dev/shm`, for destinations the request does not
+/// mount itself (kubelet mounts its own `/etc/hosts` for most pods).
+/// As containerd's `linuxContainerMounts`: the files are read-write unless
+/// the rootfs is read-only; `/dev/shm` is always read-write, the host's for
+/// `hostIPC` pods.
+fn pod_binds(pod: &PodContext<'_>, readonly_rootfs: bool, taken: &[PathBuf]) -> Vec<Bind> {
+    let shm: Option<&Path> = match (pod.shm, pod.ipc_ns) {
+        (Some(dir), _) => Some(dir),
+        (None, None) => Some(Path::new("/dev/shm")),
+        (None, Some(_)) => None,
+    };
+    let files = [
+        ("/etc/hostname", Some(pod.hostname_file), readonly_rootfs),
+        ("/etc/hosts", Some(pod.hosts), readonly_rootfs),
+        ("/etc/resolv.conf", Some(pod.resolv_conf), readonly_rootfs),
+        ("/dev/shm", shm, false),
+    ];
+    files
+        .into_iter()
+        .filter_map(|(dest, source, readonly)| {
+            let destination = PathBuf::from(dest);
+            (!taken.contains(&destination)).then_some(())?;
+            Some(Bind {
+                source: source?.to_path_buf(),
+                destination,
+                readonly,
+                recursive_readonly: false,
+                propagation: Propagation::RPrivate,
+            })
+        })
+        .collect()
+}
+
+/// All mounts, in containerd's layout: runtime-core's defaults (`/proc`,
+/// `/dev`, `/dev/pts`, `/dev/shm`, `/dev/mqueue`, `/sys`) except those a
+/// bind replaces (and everything under `/dev` when `/dev` itself is
+/// bound), then the request's and the pod's binds sorted by depth (stable,
+/// so the request's order is kept at equal depth). A request mount on a
+/// pod file's destination replaces the pod file.
+///
+/// A privileged container gets `/sys` read-write (CRI: "Any sysfs and
+/// procfs mounts are mounted RW").
+///
+/// The root's propagation follows containerd: `rslave` when a mount is
+/// `HOST_TO_CONTAINER` (so host mounts reach it), `rshared` when one is
+/// `BIDIRECTIONAL`. containerd also checks that the host source is a shared
+/// (or slave) mount; that needs the host's mount table and is not done
+/// here.
+pub(super) fn mounts(
+    req: &proto::ContainerConfig,
+    pod: &PodContext<'_>,
+    readonly_rootfs: bool,
+    privileged: bool,
+) -> Result<Planned, SpecError> {
+    let mut binds = req
+        .mounts
+        .iter()
+        .enumerate()
+        .map(|(i, m)| cri_bind(i, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let taken: Vec<PathBuf> = binds.iter().map(|b| b.destination.clone()).collect();
+    binds.extend(pod_binds(pod, readonly_rootfs, &taken));
+    binds.sort_by_key(|b| depth(&b.destination));
+
+    let rootfs_propagation = if binds.iter().any(|b| b.propagation == Propagation::RShared) {
+        Propagation::RShared
+    } else if binds.iter().any(|b| b.propagation == Propagation::RSlave) {
+        Propagation::RSlave
+    } else {
+        Propagation::RPrivate
+    };
+
+    let bound: Vec<&Path> = binds.iter().map(|b| b.destination.as_path()).collect();
+    let dev_bound = bound.contains(&Path::new("/dev"));
+    let mut out: Vec<Mount> = Config::default_mounts()
+        .into_iter()
+        .filter(|m| !bound.contains(&m.destination.as_path()))
+        .filter(|m| !(dev_bound && m.destination.starts_with("/dev")))
+        .collect();
+    if privileged {
+        for m in &mut out {
+            if matches!(&m.kind, MountKind::Fs { fstype } if fstype == "sysfs") {
+                m.flags.retain(|f| *f != MountFlag::ReadOnly);
+            }
+        }
+    }
+    out.extend(binds.into_iter().map(Bind::into_mount));
+    Ok(Planned {
+        mounts: out,
+        rootfs_propagation,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::Fixture;
+    use super::*;
+
+    fn cri_mount(container: &str, host: &str) -> proto::Mount {
+        proto::Mount {
+            container_path: container.into(),
+            host_path: host.into(),
+            ..Default::default()
+        }
+    }
+
+    fn mount_at(f: &Fixture, dest: &str) -> Option<Mount> {
+        f.spec()
+            .config
+            .mounts
+            .into_iter()
+            .find(|m| m.destination == Path::new(dest))
+    }
+
+    fn destinations(f: &Fixture) -> Vec<String> {
+        f.spec()
+            .config
+            .mounts
+            .iter()
+            .map(|m| m.destination.display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn base_has_defaults_then_pod_files_and_shm() {
+        let f = Fixture::new();
+        assert_eq!(
+            destinations(&f),
+            [
+                "/proc",
+                "/dev",
+                "/dev/pts",
+                "/dev/mqueue",
+                "/sys",
+                "/etc/hostname",
+                "/etc/hosts",
+                "/etc/resolv.conf",
+                "/dev/shm",
+            ]
+        );
+        let hosts = mount_at(&f, "/etc/hosts").unwrap();
+        assert_eq!(
+            hosts.source.as_deref(),
+            Some(Path::new("/run/berth/pods/p1/hosts"))
+        );
+        assert_eq!(hosts.kind, MountKind::Bind { recursive: true });
+        assert!(hosts.flags.is_empty(), "pod files are read-write");
+        let shm = mount_at(&f, "/dev/shm").unwrap();
+        assert_eq!(
+            shm.source.as_deref(),
+            Some(Path::new("/run/berth/pods/p1/ns/shm"))
+        );
+        assert_eq!(f.spec().config.rootfs_propagation, Propagation::RPrivate);
+    }
+
+    #[test]
+    fn readonly_rootfs_makes_pod_files_readonly_but_not_shm() {
+        let mut f = Fixture::new();
+        f.sc().readonly_rootfs = true;
+        assert_eq!(
+            mount_at(&f, "/etc/resolv.conf").unwrap().flags,
+            vec![MountFlag::ReadOnly]
+        );
+        assert!(mount_at(&f, "/dev/shm").unwrap().flags.is_empty());
+    }
+
+    #[test]
+    fn host_ipc_binds_the_hosts_shm() {
+        let mut f = Fixture::new();
+        f.ipc_ns = None;
+        f.shm = None;
+        assert_eq!(
+            mount_at(&f, "/dev/shm").unwrap().source.as_deref(),
+            Some(Path::new("/dev/shm"))
+        );
+    }
+
+    #[test]
+    fn readonly_mount() {
+        let mut f = Fixture::new();
+        let mut m = cri_mount("/data", "/var/lib/kubelet/pods/u/volumes/v");
+        m.readonly = true;
+        f.req.mounts = vec![m];
+        let got = mount_at(&f, "/data").unwrap();
+        assert_eq!(got.flags, vec![MountFlag::ReadOnly]);
+        assert_eq!(got.propagation, Some(Propagation::RPrivate));
+        assert!(!got.recursive_readonly);
+    }
+
+    #[test]
+    fn recursive_readonly_mount() {
+        let mut f = Fixture::new();
+        let mut m = cri_mount("/data", "/v");
+        m.readonly = true;
+        m.recursive_read_only = true;
+        f.req.mounts = vec![m];
+        assert!(mount_at(&f, "/data").unwrap().recursive_readonly);
+    }
+
+    #[test]
+    fn recursive_readonly_needs_readonly() {
+        let mut f = Fixture::new();
+        let mut m = cri_mount("/data", "/v");
+        m.recursive_read_only = true;
+        f.req.mounts = vec![m];
+        assert_eq!(f.err_field(), "config.mounts[0].recursive_read_only");
+    }
+
+    #[test]
+    fn host_to_container_is_rslave_with_rslave_root() {
+        let mut f = Fixture::new();
+        let mut m = cri_mount("/data", "/v");
+        m.propagation = proto::MountPropagation::PropagationHostToContainer as i32;
+        f.req.mounts = vec![m];
+        assert_eq!(
+            mount_at(&f, "/data").unwrap().propagation,
+            Some(Propagation::RSlave)
+        );
+        assert_eq!(f.spec().config.rootfs_propagation, Propagation::RSlave);
+    }
+
+    #[test]
+    fn bidirectional_is_rshared_with_rshared_root() {
+        let mut f = Fixture::new();
+        let mut m = cri_mount("/data", "/v");
+        m.propagation = proto::MountPropagation::PropagationBidirectional as i32;
+        let mut s = cri_mount("/slave", "/w");
+        s.propagation = proto::MountPropagation::PropagationHostToContainer as i32;
+        f.req.mounts = vec![m, s];
+        assert_eq!(
+            mount_at(&f, "/data").unwrap().propagation,
+            Some(Propagation::RShared)
+        );
+        assert_eq!(f.spec().config.rootfs_propagation, Propagation::RShared);
+    }
+
+    #[test]
+    fn escaping_container_path_names_the_field() {
+        let mut f = Fixture::new();
+        f.req.mounts = vec![cri_mount("/data", "/v"), cri_mount("/a/../../etc", "/w")];
+        assert_eq!(f.err_field(), "config.mounts[1].container_path");
+    }
+
+    #[test]
+    fn relative_container_path_names_the_field() {
+        let mut f = Fixture::new();
+        f.req.mounts = vec![cri_mount("data", "/v")];
+        assert_eq!(f.err_field(), "config.mounts[0].container_path");
+    }
+
+    #[test]
+    fn relative_host_path_names_the_field() {
+        let mut f = Fixture::new();
+        f.req.mounts = vec![cri_mount("/data", "v")];
+        assert_eq!(f.err_field(), "config.mounts[0].host_path");
+    }
+
+    #[test]
+    fn request_etc_hosts_replaces_the_pods() {
+        let mut f = Fixture::new();
+        f.req.mounts = vec![cri_mount(
+            "/etc/hosts/",
+            "/var/lib/kubelet/pods/u/etc-hosts",
+        )];
+        let at_hosts: Vec<_> = f
+            .spec()
+            .config
+            .mounts
+            .into_iter()
+            .filter(|m| m.destination == Path::new("/etc/hosts"))
+            .collect();
+        assert_eq!(at_hosts.len(), 1);
+        assert_eq!(
+            at_hosts[0].source.as_deref(),
+            Some(Path::new("/var/lib/kubelet/pods/u/etc-hosts"))
+        );
+    }
+
+    #[test]
+    fn binds_are_sorted_parents_first() {
+        let mut f = Fixture::new();
+        f.req.mounts = vec![
+            cri_mount("/a/b/c", "/x"),
+            cri_mount("/a", "/y"),
+            cri_mount("/z", "/w"),
+        ];
+        let d = destinations(&f);
+        let pos = |p: &str| d.iter().position(|x| x == p).unwrap();
+        assert!(pos("/a") < pos("/a/b/c"));
+        assert!(pos("/z") < pos("/a/b/c"));
+        assert!(
+            pos("/a") < pos("/z"),
+            "equal depth keeps the request's order"
+        );
+    }
+
+    #[test]
+    fn binding_dev_drops_the_default_dev_mounts() {
+        let mut f = Fixture::new();
+        f.req.mounts = vec![cri_mount("/dev", "/dev")];
+        let d = destinations(&f);
+        assert!(
+            !d.iter().any(|p| p == "/dev/pts" || p == "/dev/mqueue"),
+            "{d:?}"
+        );
+        assert_eq!(d.iter().filter(|p| *p == "/dev").count(), 1);
+    }
+
+    #[test]
+    fn privileged_gets_a_writable_sys() {
+        let mut f = Fixture::new();
+        f.sc().privileged = true;
+        assert!(!mount_at(&f, "/sys")
+            .unwrap()
+            .flags
+            .contains(&MountFlag::ReadOnly));
+    }
+
+    #[test]
+    fn unprivileged_sys_is_readonly() {
+        let f = Fixture::new();
+        assert!(mount_at(&f, "/sys")
+            .unwrap()
+            .flags
+            .contains(&MountFlag::ReadOnly));
+    }
+
+    #[test]
+    fn image_volume_mount_is_unsupported() {
+        let mut f = Fixture::new();
+        let mut m = cri_mount("/models", "");
+        m.image = Some(proto::ImageSpec {
+            image: "sha256:abc".into(),
+            ..Default::default()
+        });
+        f.req.mounts = vec![m];
+        assert!(matches!(f.run(), Err(SpecError::Unsupported { .. })));
+    }
+}

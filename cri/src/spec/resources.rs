@@ -1,0 +1,265 @@
+//! The container's cgroup (placement and limits) and oom_score_adj.
+
+use std::path::PathBuf;
+
+use berth_core::cgroups::{self, CgroupError};
+use berth_core::config::{CgroupConfig, Resources};
+
+use super::{invalid, SpecError};
+use crate::proto;
+
+const RES: &str = "config.linux.resources";
+const PARENT: &str = "sandbox_config.linux.cgroup_parent";
+
+/// A systemd slice name as its path in the hierarchy, as systemd (and
+/// runc's `ExpandSlice`) lay slices out: `kubepods-besteffort-pod1.slice`
+/// is `kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice`;
+/// `-.slice` is the root.
+fn expand_slice(slice: &str) -> Result<PathBuf, SpecError> {
+    let bad = || {
+        invalid(
+            PARENT,
+            format!("{slice:?} is not a valid systemd slice name"),
+        )
+    };
+    let name = slice.strip_suffix(".slice").ok_or_else(bad)?;
+    if name == "-" {
+        return Ok(PathBuf::new());
+    }
+    if name.is_empty() || name.starts_with('-') || name.ends_with('-') || name.contains("--") {
+        return Err(bad());
+    }
+    let mut path = PathBuf::new();
+    let mut prefix = String::new();
+    for part in name.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push(format!("{prefix}.slice"));
+    }
+    Ok(path)
+}
+
+/// The cgroup's path below the cgroup root: `<cgroup_parent>/<id>`, the
+/// layout containerd uses with the cgroupfs driver. kubelet's parent is
+/// taken verbatim; a systemd slice name (what kubelet sends with the systemd
+/// driver) is expanded to its directory, since runtime-core drives cgroupfs
+/// directly. No parent: `<id>` at the root.
+fn cgroup_path(id: &str, parent: &str) -> Result<PathBuf, SpecError> {
+    if id.is_empty() || id.contains(['/', '\0']) || id == "." || id == ".." {
+        return Err(invalid("id", format!("{id:?} is not a valid container id")));
+    }
+    let parent = if parent.ends_with(".slice") && !parent.contains('/') {
+        expand_slice(parent)?
+    } else {
+        PathBuf::from(parent)
+    };
+    let path = parent.join(id);
+    cgroups::validate_path(&path)
+        .map_err(|_| invalid(PARENT, format!("{:?} must be a path without '..'", parent)))?;
+    Ok(path)
+}
+
+fn nonzero(v: i64) -> Option<i64> {
+    (v != 0).then_some(v)
+}
+
+fn unsigned(field: &str, v: i64) -> Result<Option<u64>, SpecError> {
+    match v {
+        0 => Ok(None),
+        v => u64::try_from(v).map(Some).map_err(|_| {
+            invalid(
+                format!("{RES}.{field}"),
+                format!("{v} must not be negative"),
+            )
+        }),
+    }
+}
+
+/// The limits berth-core's cgroup has: CFS period and quota, shares and the
+/// memory limit (CRI's 0 means "not set"), checked with berth-core's own
+/// rules so a bad value is refused here, naming the CRI field.
+///
+/// Not applied (berth-core has no such controls yet): `cpuset_cpus`,
+/// `cpuset_mems`, `hugepage_limits`, `unified` and
+/// `memory_swap_limit_in_bytes` (containerd also sets swap = memory limit
+/// when the swap controller exists). There is no per-container pids limit
+/// in CRI; kubelet sets the pod's on the pod cgroup.
+fn limits(res: &proto::LinuxContainerResources) -> Result<Resources, SpecError> {
+    let r = Resources {
+        memory_limit: nonzero(res.memory_limit_in_bytes),
+        cpu_shares: unsigned("cpu_shares", res.cpu_shares)?,
+        cpu_quota: nonzero(res.cpu_quota),
+        cpu_period: unsigned("cpu_period", res.cpu_period)?,
+        pids_limit: None,
+    };
+    cgroups::validate_resources(&r).map_err(|e| match e {
+        CgroupError::BadValue { field, reason } => {
+            let field = if field == "memory_limit" {
+                "memory_limit_in_bytes"
+            } else {
+                field
+            };
+            invalid(format!("{RES}.{field}"), reason)
+        }
+        other => invalid(RES, other.to_string()),
+    })?;
+    Ok(r)
+}
+
+/// The cgroup config: path per [`cgroup_path`], limits per [`limits`].
+pub(super) fn cgroup(
+    id: &str,
+    parent: &str,
+    res: Option<&proto::LinuxContainerResources>,
+) -> Result<CgroupConfig, SpecError> {
+    Ok(CgroupConfig {
+        path: cgroup_path(id, parent)?,
+        resources: res.map(limits).transpose()?.unwrap_or_default(),
+    })
+}
+
+/// `oom_score_adj` of the init: set whenever the request has resources (as
+/// containerd's `WithOOMScoreAdj`; kubelet always sends them), within the
+/// kernel's -1000..=1000.
+pub(super) fn oom_score_adj(
+    res: Option<&proto::LinuxContainerResources>,
+) -> Result<Option<i32>, SpecError> {
+    let Some(res) = res else {
+        return Ok(None);
+    };
+    let adj = res.oom_score_adj;
+    match i32::try_from(adj) {
+        Ok(v) if (-1000..=1000).contains(&v) => Ok(Some(v)),
+        _ => Err(invalid(
+            format!("{RES}.oom_score_adj"),
+            format!("{adj} is outside -1000..=1000"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::Fixture;
+    use super::*;
+
+    fn cgroup_of(f: &Fixture) -> CgroupConfig {
+        f.spec().config.cgroup.expect("a cgroup")
+    }
+
+    #[test]
+    fn path_is_parent_slash_id() {
+        let f = Fixture::new();
+        assert_eq!(
+            cgroup_of(&f).path,
+            PathBuf::from("/kubepods/burstable/pod1234/c1")
+        );
+    }
+
+    #[test]
+    fn systemd_slice_parent_is_expanded() {
+        let mut f = Fixture::new();
+        f.cgroup_parent = "kubepods-besteffort-pod12.slice".into();
+        assert_eq!(
+            cgroup_of(&f).path,
+            PathBuf::from(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12.slice/c1"
+            )
+        );
+    }
+
+    #[test]
+    fn bad_slice_name_is_invalid() {
+        let mut f = Fixture::new();
+        f.cgroup_parent = "kubepods--x.slice".into();
+        assert_eq!(f.err_field(), PARENT);
+    }
+
+    #[test]
+    fn escaping_parent_is_invalid() {
+        let mut f = Fixture::new();
+        f.cgroup_parent = "/kubepods/../..".into();
+        assert_eq!(f.err_field(), PARENT);
+    }
+
+    #[test]
+    fn no_parent_puts_the_container_at_the_root() {
+        let mut f = Fixture::new();
+        f.cgroup_parent.clear();
+        assert_eq!(cgroup_of(&f).path, PathBuf::from("c1"));
+    }
+
+    #[test]
+    fn no_resources_means_no_limits() {
+        let f = Fixture::new();
+        assert_eq!(cgroup_of(&f).resources, Resources::default());
+    }
+
+    #[test]
+    fn no_resources_means_no_oom_score_adj() {
+        let f = Fixture::new();
+        assert_eq!(f.spec().config.oom_score_adj, None);
+    }
+
+    #[test]
+    fn limits_are_mapped() {
+        let mut f = Fixture::new();
+        *f.resources() = proto::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 256 << 20,
+            oom_score_adj: 937,
+            ..Default::default()
+        };
+        assert_eq!(
+            cgroup_of(&f).resources,
+            Resources {
+                memory_limit: Some(256 << 20),
+                cpu_shares: Some(512),
+                cpu_quota: Some(50_000),
+                cpu_period: Some(100_000),
+                pids_limit: None,
+            }
+        );
+    }
+
+    #[test]
+    fn oom_score_adj_is_set() {
+        let mut f = Fixture::new();
+        f.resources().oom_score_adj = -997;
+        assert_eq!(f.spec().config.oom_score_adj, Some(-997));
+    }
+
+    #[test]
+    fn oom_score_adj_out_of_range() {
+        let mut f = Fixture::new();
+        f.resources().oom_score_adj = 1001;
+        assert_eq!(f.err_field(), "config.linux.resources.oom_score_adj");
+    }
+
+    #[test]
+    fn tiny_memory_limit_names_the_cri_field() {
+        let mut f = Fixture::new();
+        f.resources().memory_limit_in_bytes = 100;
+        assert_eq!(
+            f.err_field(),
+            "config.linux.resources.memory_limit_in_bytes"
+        );
+    }
+
+    #[test]
+    fn negative_shares_are_invalid() {
+        let mut f = Fixture::new();
+        f.resources().cpu_shares = -2;
+        assert_eq!(f.err_field(), "config.linux.resources.cpu_shares");
+    }
+
+    #[test]
+    fn short_period_is_invalid() {
+        let mut f = Fixture::new();
+        f.resources().cpu_period = 10;
+        assert_eq!(f.err_field(), "config.linux.resources.cpu_period");
+    }
+}
