@@ -8,7 +8,9 @@
 
 pub mod image;
 pub mod logs;
+pub mod monitor;
 pub mod runtime;
+pub mod spec;
 pub mod store;
 
 /// CRI v1 (`runtime.v1`) messages and services generated from `proto/api.proto`.

@@ -60,6 +60,9 @@ enum ConfigCommand {
 fn main() {
     // The sealed copy of this binary is also every container's init.
     berth_core::init::run_if_requested();
+    // A container's monitor is this binary too (its code pages are shared
+    // with the daemon's); it never returns from here.
+    berth_cri::monitor::run_from_args();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::main(args).map(|()| 0),

@@ -127,7 +127,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         &config.state,
         RuntimeServiceConfig {
             cgroup_driver: config.runtime.cgroup_driver,
+            monitor_exe: None,
         },
+        images.store().clone(),
     )
     .context("opening the pod and container records")?;
 

@@ -9,7 +9,7 @@ use crate::image::ImageError;
 pub enum RuntimeError {
     /// A request field is missing or malformed; `field` is its path in the
     /// request (`config.metadata.name`).
-    #[error("{field}: {reason}")]
+    #[error("{}{reason}", if field.is_empty() { String::new() } else { format!("{field}: ") })]
     InvalidArgument {
         /// The field.
         field: String,
@@ -37,6 +37,9 @@ pub enum RuntimeError {
     /// The object is in a state that does not allow the call.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A deadline in the request passed (ExecSync's timeout).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// Pinning or unpinning the pod's namespaces failed.
     #[error("pod namespaces: {0}")]
     Pin(#[from] berth_core::pin::PinError),
@@ -54,6 +57,21 @@ pub enum RuntimeError {
     /// A bug or an impossible state.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<crate::spec::SpecError> for RuntimeError {
+    fn from(e: crate::spec::SpecError) -> RuntimeError {
+        use crate::spec::SpecError;
+        match e {
+            SpecError::InvalidArgument { field, reason } => {
+                RuntimeError::InvalidArgument { field, reason }
+            }
+            other => RuntimeError::InvalidArgument {
+                field: String::new(),
+                reason: other.to_string(),
+            },
+        }
+    }
 }
 
 impl RuntimeError {
@@ -94,6 +112,7 @@ impl From<RuntimeError> for tonic::Status {
             RuntimeError::NotFound { .. } => Code::NotFound,
             RuntimeError::AlreadyExists { .. } => Code::AlreadyExists,
             RuntimeError::FailedPrecondition(_) => Code::FailedPrecondition,
+            RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             RuntimeError::Image(ImageError::NotPresent(_)) => Code::NotFound,
             RuntimeError::Image(ImageError::Reference(_) | ImageError::MissingField(_)) => {
                 Code::InvalidArgument

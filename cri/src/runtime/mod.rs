@@ -4,7 +4,14 @@
 //! RPCs not written yet answer `Unimplemented` (tonic's default stubs), so
 //! kubelet and crictl get a clear code rather than a hang.
 
+pub mod container;
+mod container_create;
+mod container_remove;
+mod container_start;
+mod container_status;
+mod container_stop;
 pub mod error;
+mod exec_sync;
 mod runtime_config;
 pub mod sandbox;
 mod sandbox_list;
@@ -15,13 +22,16 @@ mod sandbox_stop;
 mod status;
 mod version;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use container::Containers;
 pub use error::RuntimeError;
 use sandbox::Sandboxes;
+
+use crate::image::ImageStore;
 
 use crate::proto;
 
@@ -41,6 +51,9 @@ pub enum CgroupDriver {
 pub struct RuntimeServiceConfig {
     /// The cgroup driver reported to kubelet.
     pub cgroup_driver: CgroupDriver,
+    /// The executable run as each container's monitor (`None`: this
+    /// process's own, which must call `monitor::run_from_args` in main).
+    pub monitor_exe: Option<PathBuf>,
 }
 
 /// The runtime service.
@@ -48,6 +61,9 @@ pub struct RuntimeServiceConfig {
 pub struct RuntimeServiceImpl {
     config: RuntimeServiceConfig,
     sandboxes: Arc<Sandboxes>,
+    containers: Arc<Containers>,
+    images: Arc<ImageStore>,
+    monitor_exe: PathBuf,
 }
 
 impl RuntimeServiceImpl {
@@ -57,11 +73,37 @@ impl RuntimeServiceImpl {
         root: &Path,
         state: &Path,
         config: RuntimeServiceConfig,
+        images: Arc<ImageStore>,
     ) -> Result<RuntimeServiceImpl, RuntimeError> {
+        let monitor_exe = match &config.monitor_exe {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| RuntimeError::io(Path::new("/proc/self/exe"), e))?,
+        };
         Ok(RuntimeServiceImpl {
             config,
             sandboxes: Arc::new(Sandboxes::open(root, state)?),
+            containers: Arc::new(Containers::open(root, state)?),
+            images,
+            monitor_exe,
         })
+    }
+
+    /// Containers of a pod (checked again under each one's lock).
+    fn pod_containers(
+        &self,
+        sandbox: &crate::store::ObjectId,
+    ) -> Vec<crate::store::Entry<container::ContainerRecord>> {
+        self.containers
+            .registry
+            .all()
+            .into_iter()
+            .filter(|e| {
+                e.try_lock()
+                    .map(|r| r.sandbox_id == *sandbox)
+                    .unwrap_or(true)
+            })
+            .collect()
     }
 }
 
@@ -132,6 +174,12 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             .registry
             .get(&request.into_inner().pod_sandbox_id, "pod_sandbox_id")?;
         let mut rec = entry.lock_owned().await;
+        for c in self.pod_containers(&rec.id) {
+            let mut c = c.lock().await;
+            if c.sandbox_id == rec.id && !c.removed {
+                container_stop::stop(&self.containers, &mut c, 0).await?;
+            }
+        }
         let sandboxes = self.sandboxes.clone();
         blocking(move || sandbox_stop::stop(&sandboxes, &mut rec)).await?;
         Ok(Response::new(proto::StopPodSandboxResponse {}))
@@ -154,6 +202,12 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             Err(e) => return Err(e.into()),
         };
         let mut rec = entry.lock_owned().await;
+        for c in self.pod_containers(&rec.id) {
+            let mut c = c.lock().await;
+            if c.sandbox_id == rec.id && !c.removed {
+                container_remove::remove(&self.containers, &self.images, &mut c).await?;
+            }
+        }
         let sandboxes = self.sandboxes.clone();
         blocking(move || sandbox_remove::remove(&sandboxes, &mut rec)).await?;
         Ok(Response::new(proto::RemovePodSandboxResponse {}))
@@ -193,6 +247,177 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             }
         }
         Ok(Response::new(proto::ListPodSandboxResponse { items }))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<proto::CreateContainerRequest>,
+    ) -> Result<Response<proto::CreateContainerResponse>, Status> {
+        let req = request.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| Status::from(RuntimeError::invalid("config", "must be set")))?;
+        let entry = self
+            .sandboxes
+            .registry
+            .get(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        let sandbox = entry.lock_owned().await;
+        let (containers, images, exe) = (
+            self.containers.clone(),
+            self.images.clone(),
+            self.monitor_exe.clone(),
+        );
+        let rec = blocking(move || {
+            let ctx = container_create::CreateCtx {
+                containers: &containers,
+                images: &images,
+                monitor_exe: &exe,
+            };
+            container_create::create(&ctx, &sandbox, config)
+        })
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e.message(), "CreateContainer failed"))?;
+        tracing::info!(id = %rec.id, name = %rec.name, "container created");
+        Ok(Response::new(proto::CreateContainerResponse {
+            container_id: rec.id.to_string(),
+        }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<proto::StartContainerRequest>,
+    ) -> Result<Response<proto::StartContainerResponse>, Status> {
+        let entry = self
+            .containers
+            .registry
+            .get(&request.into_inner().container_id, "container_id")?;
+        let mut rec = entry.lock_owned().await;
+        let containers = self.containers.clone();
+        blocking(move || container_start::start(&containers, &mut rec)).await?;
+        Ok(Response::new(proto::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<proto::StopContainerRequest>,
+    ) -> Result<Response<proto::StopContainerResponse>, Status> {
+        let req = request.into_inner();
+        let entry = self
+            .containers
+            .registry
+            .get(&req.container_id, "container_id")?;
+        let mut rec = entry.lock().await;
+        container_stop::stop(&self.containers, &mut rec, req.timeout).await?;
+        Ok(Response::new(proto::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<proto::RemoveContainerRequest>,
+    ) -> Result<Response<proto::RemoveContainerResponse>, Status> {
+        let entry = match self
+            .containers
+            .registry
+            .get(&request.into_inner().container_id, "container_id")
+        {
+            Ok(entry) => entry,
+            // Already removed: not an error (api.proto).
+            Err(RuntimeError::NotFound { .. }) => {
+                return Ok(Response::new(proto::RemoveContainerResponse {}))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut rec = entry.lock().await;
+        container_remove::remove(&self.containers, &self.images, &mut rec).await?;
+        Ok(Response::new(proto::RemoveContainerResponse {}))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<proto::ContainerStatusRequest>,
+    ) -> Result<Response<proto::ContainerStatusResponse>, Status> {
+        let req = request.into_inner();
+        let entry = self
+            .containers
+            .registry
+            .get(&req.container_id, "container_id")?;
+        let mut rec = entry.lock().await;
+        if rec.removed {
+            return Err(self.containers.registry.not_found(&req.container_id).into());
+        }
+        if rec.refresh() {
+            self.containers.registry.save(&rec)?;
+        }
+        Ok(Response::new(container_status::status(&rec, req.verbose)))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<proto::ListContainersRequest>,
+    ) -> Result<Response<proto::ListContainersResponse>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let mut containers = Vec::new();
+        for entry in self.containers.registry.all() {
+            let mut rec = entry.lock().await;
+            if rec.removed {
+                continue;
+            }
+            if rec.refresh() {
+                self.containers.registry.save(&rec)?;
+            }
+            if container_status::matches(&rec, &filter) {
+                containers.push(rec.to_cri());
+            }
+        }
+        Ok(Response::new(proto::ListContainersResponse { containers }))
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<proto::ExecSyncRequest>,
+    ) -> Result<Response<proto::ExecSyncResponse>, Status> {
+        let req = request.into_inner();
+        let entry = self
+            .containers
+            .registry
+            .get(&req.container_id, "container_id")?;
+        let rec = {
+            let mut rec = entry.lock().await;
+            if rec.removed {
+                return Err(self.containers.registry.not_found(&req.container_id).into());
+            }
+            if rec.refresh() {
+                self.containers.registry.save(&rec)?;
+            }
+            rec.clone()
+        };
+        let containers = self.containers.clone();
+        let resp =
+            blocking(move || exec_sync::exec_sync(&containers, &rec, req.cmd, req.timeout)).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<proto::ReopenContainerLogRequest>,
+    ) -> Result<Response<proto::ReopenContainerLogResponse>, Status> {
+        let req = request.into_inner();
+        let entry = self
+            .containers
+            .registry
+            .get(&req.container_id, "container_id")?;
+        let mut rec = entry.lock().await;
+        rec.refresh();
+        if rec.removed || rec.state != container::ContainerState::Running {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is not running",
+                req.container_id
+            ))
+            .into());
+        }
+        crate::monitor::reopen_log(rec.monitor_pid, &rec.dir)
+            .map_err(|e| RuntimeError::Internal(format!("reopening the log: {e}")))?;
+        Ok(Response::new(proto::ReopenContainerLogResponse {}))
     }
 
     async fn runtime_config(

@@ -26,7 +26,10 @@ mod tests {
             (CgroupDriver::Cgroupfs, proto::CgroupDriver::Cgroupfs),
             (CgroupDriver::Systemd, proto::CgroupDriver::Systemd),
         ] {
-            let r = runtime_config(&RuntimeServiceConfig { cgroup_driver: d });
+            let r = runtime_config(&RuntimeServiceConfig {
+                cgroup_driver: d,
+                monitor_exe: None,
+            });
             assert_eq!(r.linux.unwrap().cgroup_driver, want as i32);
         }
     }

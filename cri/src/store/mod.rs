@@ -8,6 +8,7 @@
 //! fsync, rename, fsync of the directory) — and operators can read them with
 //! `cat`. Each record type carries a `version` field checked on load.
 
+pub mod b64;
 mod id;
 mod registry;
 

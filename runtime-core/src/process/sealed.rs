@@ -32,6 +32,16 @@ fn cache() -> &'static Mutex<HashMap<InitBinary, Arc<OwnedFd>>> {
     CACHE.get_or_init(Default::default)
 }
 
+/// Drops this process's cached sealed copies. Each copy is a memfd as big
+/// as the binary (tens of MB), kept so later starts are fast; a process that
+/// starts one container and then only watches it (berth's per-container
+/// monitor) calls this right after `start`, so the copy is freed as soon as
+/// the container's init has exec'd its process. Containers already started
+/// are unaffected: their init holds its own mapping.
+pub fn forget_sealed_copies() {
+    cache().lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
 /// Returns the sealed memfd copy of `bin`, making it on first use.
 pub(crate) fn sealed_copy(bin: &InitBinary) -> std::io::Result<Arc<OwnedFd>> {
     let mut cache = cache().lock().unwrap_or_else(|e| e.into_inner());

@@ -81,7 +81,7 @@ pub struct SandboxRecord {
     pub dir: PathBuf,
     /// The `PodSandboxConfig` as kubelet sent it (protobuf, base64 in the
     /// JSON), so labels, annotations, DNS and port mappings are verbatim.
-    #[serde(with = "b64")]
+    #[serde(with = "crate::store::b64")]
     pub config: Vec<u8>,
     /// Set (in memory only) when RemovePodSandbox has deleted the record:
     /// a call that was waiting for the lock must not act on it (or save it
@@ -108,22 +108,6 @@ impl SandboxRecord {
             annotations: c.annotations,
             runtime_handler: self.runtime_handler.clone(),
         }
-    }
-}
-
-mod b64 {
-    use base64::Engine as _;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .map_err(serde::de::Error::custom)
     }
 }
 

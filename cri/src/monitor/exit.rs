@@ -1,0 +1,170 @@
+//! The exit record: built by the monitor when the init has exited, written
+//! atomically, read by the daemon (now or after a restart).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_core::cgroups::Cgroup;
+use berth_core::{Container, ExitStatus, State};
+
+use super::{now_nanos, ExitRecord, MonitorError, MonitorSpec, VERSION};
+
+/// Reads the [`ExitRecord`] at `exit_file`: `None` while the container has
+/// not exited (no file yet), or if the file is not a record of this version.
+///
+/// The monitor writes the file atomically, so a present file is complete.
+pub fn read_exit(exit_file: &Path) -> Option<ExitRecord> {
+    let bytes = std::fs::read(exit_file).ok()?;
+    let record: ExitRecord = serde_json::from_slice(&bytes).ok()?;
+    (record.version == VERSION).then_some(record)
+}
+
+/// The record for an init that ended with `status`.
+///
+/// `started_at` comes from runtime-core's state, where `release` (normally
+/// called by the daemon) records it; `oom_killed` from the container
+/// cgroup's memory events, which last until the daemon removes the container.
+pub(super) fn record(spec: &MonitorSpec, status: ExitStatus, message: String) -> ExitRecord {
+    let finished_at = now_nanos();
+    let state = released_state(spec);
+    let started_at = state
+        .as_ref()
+        .and_then(|s| s.init.as_ref())
+        .and_then(|i| i.started_unix_nanos)
+        .map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX))
+        // `release` stamps the time after the exec, so a process that exits
+        // at once can seem to end before it started.
+        .min(finished_at);
+    let oom_killed = state
+        .as_ref()
+        .and_then(|s| s.cgroup.as_ref())
+        .is_some_and(cgroup_oom_killed);
+    let signal = match status {
+        ExitStatus::Signaled(sig) => Some(sig),
+        ExitStatus::Exited(_) => None,
+    };
+    ExitRecord {
+        version: VERSION,
+        exit_code: status.code(),
+        signal,
+        started_at,
+        finished_at,
+        oom_killed,
+        reason: reason(status, oom_killed).to_string(),
+        message,
+    }
+}
+
+/// How long to wait for `release` to record the start time (see
+/// [`released_state`]).
+const RELEASE_SAVE_WAIT: Duration = Duration::from_millis(250);
+
+/// The container's state once it says when the process was released.
+///
+/// `release` saves the start time only after the process has exec'd, so a
+/// process that exits at once can be reaped here before that save: wait a
+/// little for it. A container that was never released (killed while
+/// `Created`) costs that wait; one removed meanwhile has no state (`None`).
+fn released_state(spec: &MonitorSpec) -> Option<State> {
+    let deadline = Instant::now() + RELEASE_SAVE_WAIT;
+    loop {
+        let state = Container::load(&spec.state_root, &spec.container_id)
+            .ok()?
+            .state()
+            .clone();
+        let started = state
+            .init
+            .as_ref()
+            .is_some_and(|i| i.started_unix_nanos.is_some());
+        if started || Instant::now() >= deadline {
+            return Some(state);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// CRI's reasons, as containerd sets them.
+fn reason(status: ExitStatus, oom_killed: bool) -> &'static str {
+    if oom_killed {
+        "OOMKilled"
+    } else if status.success() {
+        "Completed"
+    } else {
+        "Error"
+    }
+}
+
+/// Whether a process of the cgroup was OOM-killed: the `oom_kill` counter of
+/// `memory.events` (v2) or `memory.oom_control` (v1, kernel ≥ 4.13).
+fn cgroup_oom_killed(cg: &Cgroup) -> bool {
+    cg.dirs.iter().any(|dir| {
+        ["memory.events", "memory.oom_control"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+            .any(|text| oom_kill_count(&text) > 0)
+    })
+}
+
+/// The `oom_kill N` line of a memory events file; 0 when absent.
+fn oom_kill_count(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Writes `record` to `path` atomically.
+pub(super) fn write(path: &Path, record: &ExitRecord) -> Result<(), MonitorError> {
+    let err = |source| MonitorError::WriteExit {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = serde_json::to_vec_pretty(record).map_err(|e| err(e.into()))?;
+    super::write_private(path, &bytes).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons() {
+        assert_eq!(reason(ExitStatus::Exited(0), false), "Completed");
+        assert_eq!(reason(ExitStatus::Exited(3), false), "Error");
+        assert_eq!(reason(ExitStatus::Signaled(9), false), "Error");
+        assert_eq!(reason(ExitStatus::Signaled(9), true), "OOMKilled");
+        assert_eq!(reason(ExitStatus::Exited(0), true), "OOMKilled");
+    }
+
+    #[test]
+    fn oom_kill_counter() {
+        let v2 = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(oom_kill_count(v2), 1);
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n";
+        assert_eq!(oom_kill_count(v1), 0);
+        assert_eq!(oom_kill_count("oom_kill_disable 0\nunder_oom 0\n"), 0);
+    }
+
+    #[test]
+    fn write_then_read() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("exit.json");
+        assert_eq!(read_exit(&path), None);
+        let r = ExitRecord {
+            version: VERSION,
+            exit_code: 137,
+            signal: Some(9),
+            started_at: 1,
+            finished_at: 2,
+            oom_killed: false,
+            reason: "Error".into(),
+            message: String::new(),
+        };
+        write(&path, &r).unwrap();
+        assert_eq!(read_exit(&path), Some(r.clone()));
+        let mut other = serde_json::to_value(&r).unwrap();
+        other["version"] = 2.into();
+        std::fs::write(&path, other.to_string()).unwrap();
+        assert_eq!(read_exit(&path), None, "another version is not ours");
+    }
+}

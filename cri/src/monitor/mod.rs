@@ -1,0 +1,366 @@
+//! The per-container monitor: a small process, not the daemon, that creates
+//! and owns one container, so that the container, its log and its exit code
+//! survive a restart or crash of the daemon.
+//!
+//! runtime-core's init is a child of the process that calls
+//! [`Container::start`](berth_core::Container::start) (`CLONE_PARENT`), and
+//! only a parent can reap a child and learn its exit status. So the daemon
+//! does not start containers itself: [`spawn`] starts a monitor, which
+//!
+//! 1. creates and starts the container (the init then waits, status
+//!    `Created`, until the daemon calls
+//!    [`Container::release`](berth_core::Container::release) on
+//!    StartContainer), and reports `created` or the error on its stdout;
+//! 2. pumps the container's stdout and stderr into the CRI log file
+//!    ([`crate::logs`]) and reopens it on `SIGUSR1` ([`reopen_log`]);
+//! 3. when the init exits, drains the pipes, writes an [`ExitRecord`]
+//!    atomically ([`read_exit`]) and exits. Removing the container is the
+//!    daemon's decision (RemoveContainer), not the monitor's.
+//!
+//! The monitor is lean because it costs memory per container: one thread, no
+//! async runtime, a `poll(2)` loop over the two pipes, the init's pidfd and a
+//! signalfd; it runs the daemon's own binary (shared code pages) with
+//! [`MONITOR_ARG`], dispatched by [`run_from_args`] in `main`.
+//!
+//! Files, all in the directory the daemon gives [`spawn`]:
+//! - `monitor.json`: the [`MonitorSpec`], written atomically by [`spawn`];
+//! - `monitor.log`: the monitor's own stderr (its errors and warnings);
+//! - the exit record at [`MonitorSpec::exit_file`] (anywhere the daemon likes).
+//!
+//! Detaching: [`spawn`] starts the monitor, which at once starts a second
+//! copy of itself (argument `detached`) and exits; the daemon reaps the
+//! first, and the second — the real monitor, in its own session, a child
+//! subreaper — is reparented away from the daemon. So the daemon never
+//! accumulates zombie monitors and never has to wait for one (conmon's double
+//! fork, with `exec` instead of `fork` because this crate has no `unsafe`).
+
+mod exit;
+mod pump;
+mod reopen;
+mod run;
+mod spawn;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use exit::read_exit;
+pub use reopen::{is_running, reopen_log};
+pub use spawn::spawn;
+
+/// `argv[1]` that makes a berth binary run as a container monitor.
+pub const MONITOR_ARG: &str = "__berth_monitor";
+
+/// `argv[3]` of the second, detached stage of the monitor.
+const DETACHED_ARG: &str = "detached";
+
+/// File name of the [`MonitorSpec`] in the monitor's directory.
+pub const SPEC_FILE: &str = "monitor.json";
+
+/// File name of the monitor's own stderr in its directory.
+pub const LOG_FILE: &str = "monitor.log";
+
+/// The current version of [`MonitorSpec`] and [`ExitRecord`].
+pub const VERSION: u32 = 1;
+
+/// Everything the monitor needs, written by the daemon as JSON to
+/// `<dir>/monitor.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MonitorSpec {
+    /// Format version ([`VERSION`]).
+    pub version: u32,
+    /// The runtime-core container id ([`berth_core::ContainerId`] rules).
+    pub container_id: String,
+    /// runtime-core's state root.
+    pub state_root: PathBuf,
+    /// The cgroup root given to
+    /// [`Container::with_cgroup_root`](berth_core::Container::with_cgroup_root);
+    /// `None`: runtime-core's default.
+    pub cgroup_root: Option<PathBuf>,
+    /// The container.
+    pub config: berth_core::Config,
+    /// Its init process.
+    pub process: berth_core::process::ProcessSpec,
+    /// The CRI log file (`None`: the output is read and discarded).
+    pub log_path: Option<PathBuf>,
+    /// Longest record content before a line is split into `P` records;
+    /// `None`: [`crate::logs::DEFAULT_MAX_LINE_SIZE`].
+    pub max_log_line: Option<usize>,
+    /// Where the [`ExitRecord`] is written (atomically: temp, fsync, rename).
+    pub exit_file: PathBuf,
+}
+
+/// How the container's init ended, written by the monitor to
+/// [`MonitorSpec::exit_file`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitRecord {
+    /// Format version ([`VERSION`]).
+    pub version: u32,
+    /// The exit code, or 128 + the signal when killed, as CRI and docker
+    /// report it.
+    pub exit_code: i32,
+    /// The signal that killed the init, if one did.
+    pub signal: Option<i32>,
+    /// When the process was released to run, nanoseconds since the epoch, as
+    /// runtime-core's `release` recorded it; 0 if it never was — or, best
+    /// effort, if `release` had not saved it 250 ms after the exit: the
+    /// daemon, which calls `release`, knows the time first-hand and should
+    /// prefer its own.
+    pub started_at: i64,
+    /// When the monitor saw the exit, nanoseconds since the epoch.
+    pub finished_at: i64,
+    /// The cgroup's memory events count an OOM kill (best effort: `false`
+    /// when the container has no cgroup or the counter is unavailable).
+    pub oom_killed: bool,
+    /// CRI reason: `Completed` (exit 0), `OOMKilled`, or `Error`.
+    pub reason: String,
+    /// Free text for the CRI message (empty unless something went wrong in
+    /// the monitor itself, e.g. the log could not be written).
+    pub message: String,
+}
+
+/// The monitor started and the container is `Created`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    /// The (detached) monitor process.
+    pub monitor_pid: i32,
+    /// The container's init, waiting for release.
+    pub init_pid: i32,
+}
+
+/// A monitor operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// The monitor's directory or spec could not be written.
+    #[error("write the monitor spec {path}")]
+    WriteSpec {
+        /// File or directory.
+        path: PathBuf,
+        /// I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The monitor process could not be started.
+    #[error("start the monitor {exe}")]
+    Spawn {
+        /// The executable.
+        exe: PathBuf,
+        /// I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The monitor ended without a readiness report.
+    #[error("the monitor exited without reporting ({status}); its log: {log}")]
+    NoReport {
+        /// How the first stage exited.
+        status: String,
+        /// The end of `monitor.log`.
+        log: String,
+    },
+    /// The readiness report is not what the monitor writes.
+    #[error("unreadable report from the monitor: {0:?}")]
+    BadReport(String),
+    /// The monitor could not create or start the container (it has removed
+    /// what it created and exited); the monitor's error chain.
+    #[error("{0}")]
+    Create(String),
+    /// In the monitor: the spec could not be read.
+    #[error("read the monitor spec {path}")]
+    ReadSpec {
+        /// File.
+        path: PathBuf,
+        /// I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// In the monitor: the spec does not parse or has another version.
+    #[error("monitor spec {path} is invalid: {reason}")]
+    BadSpec {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// In the monitor: the CRI log file could not be opened.
+    #[error("open the container log {path}")]
+    OpenLog {
+        /// File.
+        path: PathBuf,
+        /// I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// In the monitor: a runtime-core step failed.
+    #[error("{step} container {id}")]
+    Container {
+        /// `create` or `start`.
+        step: &'static str,
+        /// Container id.
+        id: String,
+        /// runtime-core's error.
+        #[source]
+        source: berth_core::ContainerError,
+    },
+    /// A system call failed.
+    #[error("{step}")]
+    Sys {
+        /// What was being done.
+        step: &'static str,
+        /// Kernel error.
+        #[source]
+        source: nix::Error,
+    },
+    /// In the monitor: the exit record could not be written.
+    #[error("write the exit record {path}")]
+    WriteExit {
+        /// File.
+        path: PathBuf,
+        /// I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `pid` is not the monitor of this directory (it has exited).
+    #[error("monitor {pid} of {dir} is not running")]
+    NotRunning {
+        /// The pid given.
+        pid: i32,
+        /// The monitor's directory.
+        dir: PathBuf,
+    },
+    /// The monitor did not reopen the log file in time.
+    #[error("monitor {pid} did not reopen {path} within {waited:?} (see its monitor.log)")]
+    ReopenTimeout {
+        /// Monitor pid.
+        pid: i32,
+        /// Log file.
+        path: PathBuf,
+        /// How long we waited.
+        waited: std::time::Duration,
+    },
+}
+
+/// In the monitor binary's `main`, right after
+/// [`berth_core::init::run_if_requested`]: when `argv[1]` is
+/// [`MONITOR_ARG`], runs the monitor and exits; otherwise returns at once.
+///
+/// ```no_run
+/// // first lines of main():
+/// berth_core::init::run_if_requested();
+/// berth_cri::monitor::run_from_args();
+/// // ... the program's own work
+/// ```
+pub fn run_from_args() {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() != Some(std::ffi::OsStr::new(MONITOR_ARG)) {
+        return;
+    }
+    let spec = args.next().map(PathBuf::from);
+    let detached = args.next().as_deref() == Some(std::ffi::OsStr::new(DETACHED_ARG));
+    let Some(spec) = spec else {
+        eprintln!("berth monitor: usage: {MONITOR_ARG} <dir>/{SPEC_FILE}");
+        std::process::exit(2);
+    };
+    let code = if detached {
+        run::monitor(&spec)
+    } else {
+        run::detach(&spec)
+    };
+    std::process::exit(code);
+}
+
+/// `<dir>/monitor.json`, absolute (the monitor runs in `/`, and
+/// [`reopen_log`] compares it with the monitor's command line).
+fn spec_path(dir: &Path) -> std::io::Result<PathBuf> {
+    Ok(std::path::absolute(dir)?.join(SPEC_FILE))
+}
+
+/// Writes `data` to `path` atomically (temp file, fsync, rename, fsync of
+/// the directory), mode 0600: the spec holds the container's environment,
+/// which may hold secrets.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `err: cause: cause...`, for reports that cross a process boundary.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}
+
+/// Nanoseconds since the epoch.
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_chain_joins_sources() {
+        let e = MonitorError::OpenLog {
+            path: "/x/0.log".into(),
+            source: std::io::Error::from_raw_os_error(libc_enoent()),
+        };
+        let s = error_chain(&e);
+        assert!(s.starts_with("open the container log /x/0.log: "), "{s}");
+        assert!(s.contains("No such file"), "{s}");
+    }
+
+    fn libc_enoent() -> i32 {
+        nix::errno::Errno::ENOENT as i32
+    }
+
+    #[test]
+    fn private_files_are_0600_and_replaced_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("monitor.json");
+        write_private(&p, b"one").unwrap();
+        write_private(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temp left"
+        );
+    }
+
+    #[test]
+    fn spec_path_is_absolute() {
+        let p = spec_path(Path::new("rel/dir")).unwrap();
+        assert!(p.is_absolute());
+        assert!(p.ends_with("rel/dir/monitor.json"));
+    }
+}

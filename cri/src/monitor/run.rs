@@ -1,0 +1,289 @@
+//! Monitor side: detach, create and start the container, report, pump, record.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use berth_core::process::ProcessSpec;
+use berth_core::{Container, Process, ProcessHandle};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use super::pump::{Pump, Source};
+use super::spawn::Report;
+use super::{error_chain, exit, MonitorError, MonitorSpec, DETACHED_ARG, MONITOR_ARG, VERSION};
+use crate::logs::{LogFile, Stream, DEFAULT_MAX_LINE_SIZE};
+
+/// Signals the monitor takes through its signalfd instead of their default
+/// action: `SIGCHLD` (reap), `SIGUSR1` (reopen the log), and the usual
+/// termination signals, which it ignores — dying would lose the container's
+/// log and exit code (`SIGKILL` still works for a stuck monitor).
+const SIGNALS: [Signal; 5] = [
+    Signal::SIGCHLD,
+    Signal::SIGUSR1,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+];
+
+/// First stage, started by [`spawn`](super::spawn): starts the real monitor
+/// (the same binary, through `/proc/self/exe` so a binary replaced on disk by
+/// an upgrade still works) and exits, so the daemon can reap it at once.
+pub(super) fn detach(spec: &Path) -> i32 {
+    cloexec_all_but_stdio();
+    let argv0 = std::env::args_os().next().unwrap_or_else(|| "berth".into());
+    let started = Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .arg(MONITOR_ARG)
+        .arg(spec)
+        .arg(DETACHED_ARG)
+        .stdin(Stdio::null())
+        .spawn();
+    match started {
+        // Not waited for: it is reparented when this process exits.
+        Ok(_) => 0,
+        Err(e) => {
+            let msg = format!("start the detached monitor: {e}");
+            warn(&msg);
+            let _ = report(&Report::Error(msg));
+            1
+        }
+    }
+}
+
+/// Marks every fd above stderr close-on-exec, so the detached monitor
+/// starts with 0, 1 and 2 only: whatever inheritable fds the daemon had (a
+/// socket-activation listener, a jobserver pipe) must not live on in every
+/// monitor.
+fn cloexec_all_but_stdio() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // EBADF for the directory's own fd, closed by now.
+        let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
+}
+
+/// Second stage: the monitor itself. Returns the process exit code.
+pub(super) fn monitor(spec_path: &Path) -> i32 {
+    let started = prepare().and_then(|signals| start(spec_path, signals));
+    let (spec, handle, pump) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = error_chain(&e);
+            warn(&msg);
+            let _ = report(&Report::Error(msg));
+            return 1;
+        }
+    };
+    let created = Report::Created {
+        init: handle.pid(),
+        monitor: std::process::id() as i32,
+    };
+    if let Err(e) = report(&created) {
+        // Nobody learnt of the container: leave nothing behind.
+        warn(&format!(
+            "report to the daemon: {e}; removing the container"
+        ));
+        kill_and_destroy(&spec, &handle);
+        return 1;
+    }
+    let (status, message) = pump.run(&handle);
+    let record = exit::record(&spec, status, message);
+    if let Err(e) = exit::write(&spec.exit_file, &record) {
+        warn(&error_chain(&e));
+        return 1;
+    }
+    0
+}
+
+/// Process-wide setup: own session, child subreaper, cwd `/`, signals
+/// blocked and routed to a signalfd.
+fn prepare() -> Result<SignalFd, MonitorError> {
+    let sys = |step| move |source| MonitorError::Sys { step, source };
+    // EPERM: already a session leader, which is what we want.
+    match nix::unistd::setsid() {
+        Ok(_) | Err(nix::Error::EPERM) => {}
+        Err(e) => return Err(sys("setsid")(e)),
+    }
+    // Processes of the container that outlive their parent (without a pid
+    // namespace of its own) are reparented to us and reaped here.
+    nix::sys::prctl::set_child_subreaper(true).map_err(sys("become a child subreaper"))?;
+    nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+    // SIGPIPE is already ignored: Rust's runtime does it before main, so a
+    // vanished reader is an EPIPE error, not death.
+    let mut mask = SigSet::empty();
+    for s in SIGNALS {
+        mask.add(s);
+    }
+    // Blocked in the monitor only: runtime-core's init resets the mask
+    // before the container's execve.
+    mask.thread_block().map_err(sys("block signals"))?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(sys("create a signalfd"))
+}
+
+/// Reads the spec, opens the log, creates and starts the container (not
+/// released). On error, whatever was created is destroyed.
+fn start(
+    spec_path: &Path,
+    signals: SignalFd,
+) -> Result<(MonitorSpec, ProcessHandle, Pump), MonitorError> {
+    let spec = read_spec(spec_path)?;
+    let log = match &spec.log_path {
+        Some(path) => Some(LogFile::open(path).map_err(|source| MonitorError::OpenLog {
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    let max_line = Some(spec.max_log_line.unwrap_or(DEFAULT_MAX_LINE_SIZE));
+    let (process, readers) = process_with_pipes(spec.process.clone())?;
+
+    let container_err = |step| {
+        let id = spec.container_id.clone();
+        move |source| MonitorError::Container { step, id, source }
+    };
+    let mut container =
+        Container::create(&spec.state_root, &spec.container_id, spec.config.clone())
+            .map_err(container_err("create"))?;
+    if let Some(root) = &spec.cgroup_root {
+        container = container.with_cgroup_root(root);
+    }
+    let mut handle = match container.start(process) {
+        Ok(h) => h,
+        Err(e) => {
+            if let Err(d) = container.destroy() {
+                warn(&format!(
+                    "destroy after a failed start: {}",
+                    error_chain(&d)
+                ));
+            }
+            return Err(container_err("start")(e));
+        }
+    };
+    // The sealed copy of the binary (tens of MB) is not needed again by this
+    // process: free it (the container's init keeps its own mapping until it
+    // execs the container's process).
+    berth_core::process::forget_sealed_copies();
+    let sources = match readers {
+        Some((out, err)) => vec![
+            Source::new(out, Stream::Stdout, max_line, false),
+            Source::new(err, Stream::Stderr, max_line, false),
+        ],
+        // A terminal merges both streams; CRI logs it as stdout.
+        None => match handle.take_console() {
+            Some(console) => vec![Source::new(console, Stream::Stdout, max_line, true)],
+            None => {
+                kill_and_destroy(&spec, &handle);
+                return Err(MonitorError::Sys {
+                    step: "get the container's terminal",
+                    source: nix::Error::ENOTTY,
+                });
+            }
+        },
+    };
+    let sources = sources.into_iter().collect::<Result<Vec<_>, _>>();
+    let sources = match sources {
+        Ok(s) => s,
+        Err(e) => {
+            kill_and_destroy(&spec, &handle);
+            return Err(e);
+        }
+    };
+    let pump = Pump::new(sources, log, signals);
+    Ok((spec, handle, pump))
+}
+
+/// The container's process with stdin on `/dev/null` and stdout and stderr
+/// on new pipes, whose read ends are returned — or, when it asks for a
+/// terminal, no pipes (runtime-core hands us the console instead).
+fn process_with_pipes(
+    spec: ProcessSpec,
+) -> Result<(Process, Option<(OwnedFd, OwnedFd)>), MonitorError> {
+    let mut process = Process::new(Vec::<String>::new());
+    let terminal = spec.terminal.is_some();
+    process.spec = spec;
+    if terminal {
+        return Ok((process, None));
+    }
+    let pipe = || {
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|source| MonitorError::Sys {
+            step: "create the output pipes",
+            source,
+        })
+    };
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    process.stdout = out_w.into();
+    process.stderr = err_w.into();
+    Ok((process, Some((out_r, err_r))))
+}
+
+pub(super) fn set_nonblocking(fd: &OwnedFd) -> Result<(), MonitorError> {
+    let sys = |source| MonitorError::Sys {
+        step: "make a pipe non-blocking",
+        source,
+    };
+    let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(sys)?;
+    let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(sys)?;
+    Ok(())
+}
+
+fn read_spec(path: &Path) -> Result<MonitorSpec, MonitorError> {
+    let bytes = std::fs::read(path).map_err(|source| MonitorError::ReadSpec {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let bad = |reason: String| MonitorError::BadSpec {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let spec: MonitorSpec = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    if spec.version != VERSION {
+        return Err(bad(format!("unsupported version {}", spec.version)));
+    }
+    Ok(spec)
+}
+
+/// Kills a started, never released init and removes the container.
+fn kill_and_destroy(spec: &MonitorSpec, handle: &ProcessHandle) {
+    let _ = handle.signal(nix::libc::SIGKILL);
+    let _ = handle.wait();
+    match Container::load(&spec.state_root, &spec.container_id) {
+        Ok(c) => {
+            if let Err(e) = c.destroy() {
+                warn(&format!("destroy: {}", error_chain(&e)));
+            }
+        }
+        Err(e) => warn(&format!("load to destroy: {}", error_chain(&e))),
+    }
+}
+
+/// Writes the one-line report on stdout, then points stdout at `/dev/null`
+/// so the daemon's pipe closes (and nothing else ever goes there).
+fn report(report: &Report) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(report).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut out = std::io::stdout().lock();
+    let written = out.write_all(&line).and_then(|()| out.flush());
+    let null = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2(null.as_raw_fd(), std::io::stdout().as_raw_fd())?;
+    written
+}
+
+/// A line on the monitor's stderr (`monitor.log`).
+pub(super) fn warn(msg: &str) {
+    let now = crate::logs::rfc3339_nano(std::time::SystemTime::now());
+    eprintln!("{now} berth-monitor[{}]: {msg}", std::process::id());
+}

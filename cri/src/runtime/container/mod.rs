@@ -1,0 +1,208 @@
+//! Containers: records and their state machine.
+//!
+//! A container is a runtime-core container created and owned by a monitor
+//! process (see [`crate::monitor`]), with its record under
+//! `<root>/metadata/containers/<id>.json` and its volatile files (monitor
+//! spec, exit record, overlay mount point) under `<state>/containers/<id>/`.
+//! runtime-core's own state lives under `<state>/runtime/`.
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use super::error::RuntimeError;
+use crate::monitor;
+use crate::proto;
+use crate::store::{ObjectId, Registry};
+
+/// The container record format this build reads and writes.
+pub const RECORD_VERSION: u32 = 1;
+
+/// CRI `ContainerState`, with the transitions the RPCs may make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    /// Created: the init waits for StartContainer.
+    Created,
+    /// Started.
+    Running,
+    /// Its process ended (exit record read).
+    Exited,
+    /// Its monitor vanished without an exit record.
+    Unknown,
+}
+
+impl ContainerState {
+    /// CRI's enum value.
+    pub fn to_cri(self) -> proto::ContainerState {
+        match self {
+            ContainerState::Created => proto::ContainerState::ContainerCreated,
+            ContainerState::Running => proto::ContainerState::ContainerRunning,
+            ContainerState::Exited => proto::ContainerState::ContainerExited,
+            ContainerState::Unknown => proto::ContainerState::ContainerUnknown,
+        }
+    }
+
+    /// Created → Running; anything else is FailedPrecondition.
+    pub fn start(self) -> Result<ContainerState, RuntimeError> {
+        match self {
+            ContainerState::Created => Ok(ContainerState::Running),
+            other => Err(RuntimeError::FailedPrecondition(format!(
+                "container is {other:?}, only a Created container can be started"
+            ))),
+        }
+    }
+
+    /// Whether a process may still be alive.
+    pub fn is_live(self) -> bool {
+        matches!(self, ContainerState::Created | ContainerState::Running)
+    }
+}
+
+/// What is stored of a container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// Format version.
+    pub version: u32,
+    /// The id (also runtime-core's container id).
+    pub id: ObjectId,
+    /// Its pod.
+    pub sandbox_id: ObjectId,
+    /// Reserved name: `<name>_<pod name>_<attempt>`.
+    pub name: String,
+    /// State.
+    pub state: ContainerState,
+    /// Times, ns since the epoch (0: not yet).
+    pub created_at: i64,
+    /// When StartContainer released it.
+    pub started_at: i64,
+    /// When it exited.
+    pub finished_at: i64,
+    /// Exit code (128+n for signal n).
+    pub exit_code: i32,
+    /// `Completed`, `Error`, `OOMKilled`.
+    pub reason: String,
+    /// Details of the reason.
+    pub message: String,
+    /// The image as requested.
+    pub image: String,
+    /// The image id it runs.
+    pub image_ref: String,
+    /// The CRI log file ("" when kubelet gave none).
+    pub log_path: String,
+    /// The monitor process.
+    pub monitor_pid: i32,
+    /// The container's init (pid in the host pid namespace).
+    pub init_pid: i32,
+    /// Signal StopContainer sends first.
+    pub stop_signal: i32,
+    /// `<state>/containers/<id>`.
+    pub dir: PathBuf,
+    /// The `ContainerConfig` as kubelet sent it (protobuf).
+    #[serde(with = "crate::store::b64")]
+    pub config: Vec<u8>,
+    /// Deleted while a caller waited for the lock (memory only).
+    #[serde(skip)]
+    pub removed: bool,
+}
+
+impl crate::store::Record for ContainerRecord {
+    const KIND: &'static str = "container";
+    const VERSION: u32 = RECORD_VERSION;
+    fn id(&self) -> &ObjectId {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn removed(&self) -> bool {
+        self.removed
+    }
+    fn set_removed(&mut self) {
+        self.removed = true;
+    }
+}
+
+impl ContainerRecord {
+    /// The decoded `ContainerConfig`.
+    pub fn config(&self) -> proto::ContainerConfig {
+        proto::ContainerConfig::decode(self.config.as_slice()).unwrap_or_default()
+    }
+
+    /// The exit record the monitor writes.
+    pub fn exit_file(&self) -> PathBuf {
+        self.dir.join("exit.json")
+    }
+
+    /// Takes in the monitor's exit record, if it wrote one. Returns whether
+    /// anything changed.
+    pub fn refresh(&mut self) -> bool {
+        if !self.state.is_live() {
+            return false;
+        }
+        match monitor::read_exit(&self.exit_file()) {
+            Some(exit) => {
+                self.state = ContainerState::Exited;
+                self.exit_code = exit.exit_code;
+                self.finished_at = exit.finished_at;
+                self.reason = exit.reason;
+                self.message = exit.message;
+                true
+            }
+            // The monitor is checked by its command line, not just its pid
+            // (pids are reused); it may have written the record just now.
+            None if !monitor::is_running(self.monitor_pid, &self.dir)
+                && monitor::read_exit(&self.exit_file()).is_none() =>
+            {
+                self.state = ContainerState::Unknown;
+                self.reason = "Unknown".into();
+                self.message = "the container's monitor ended without recording an exit".into();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// CRI `Container` (for List).
+    pub fn to_cri(&self) -> proto::Container {
+        let c = self.config();
+        proto::Container {
+            id: self.id.to_string(),
+            pod_sandbox_id: self.sandbox_id.to_string(),
+            metadata: c.metadata,
+            image: c.image,
+            image_ref: self.image_ref.clone(),
+            state: self.state.to_cri() as i32,
+            created_at: self.created_at,
+            labels: c.labels,
+            annotations: c.annotations,
+            image_id: self.image_ref.clone(),
+        }
+    }
+}
+
+/// All containers.
+pub struct Containers {
+    /// Records, names and locks.
+    pub registry: Registry<ContainerRecord>,
+    /// `<state>/containers`.
+    pub state_dir: PathBuf,
+    /// runtime-core's state root, `<state>/runtime`.
+    pub runtime_root: PathBuf,
+}
+
+impl Containers {
+    /// Loads the records; containers whose monitor recorded an exit while
+    /// the daemon was down are brought up to date.
+    pub fn open(root: &Path, state: &Path) -> Result<Containers, RuntimeError> {
+        let registry = Registry::open(&root.join("metadata/containers"), ContainerRecord::refresh)?;
+        Ok(Containers {
+            registry,
+            state_dir: state.join("containers"),
+            runtime_root: state.join("runtime"),
+        })
+    }
+}

@@ -1,0 +1,258 @@
+//! `CreateContainer`: reserve the name, take the image's layers (a lease and
+//! a fresh upper dir), translate the request (pure, in [`crate::spec`]),
+//! and have a monitor process create the container, which then waits for
+//! `StartContainer`. All-or-nothing.
+
+use std::path::{Component, Path, PathBuf};
+
+use berth_core::ContainerId;
+
+use super::container::{ContainerRecord, ContainerState, Containers};
+use super::error::RuntimeError;
+use super::sandbox::{NsMode, SandboxRecord, SandboxState};
+use super::sandbox_run::now_nanos;
+use crate::image::ImageStore;
+use crate::monitor::{self, MonitorSpec};
+use crate::proto;
+use crate::spec;
+use crate::store::ObjectId;
+
+/// Everything CreateContainer needs from the service.
+pub(super) struct CreateCtx<'a> {
+    pub containers: &'a Containers,
+    pub images: &'a ImageStore,
+    pub monitor_exe: &'a Path,
+}
+
+/// The log file: `log_directory/log_path`, `log_path` relative and without
+/// `..` (it must stay in the pod's log directory).
+fn log_path(
+    sandbox: &proto::PodSandboxConfig,
+    config: &proto::ContainerConfig,
+) -> Result<String, RuntimeError> {
+    if config.log_path.is_empty() || sandbox.log_directory.is_empty() {
+        return Ok(String::new());
+    }
+    let rel = Path::new(&config.log_path);
+    if rel.is_absolute()
+        || rel.components().any(|c| !matches!(c, Component::Normal(_)))
+        || config.log_path.contains('\0')
+    {
+        return Err(RuntimeError::invalid(
+            "config.log_path",
+            format!(
+                "{:?} must be a relative path inside the pod's log directory",
+                config.log_path
+            ),
+        ));
+    }
+    Ok(Path::new(&sandbox.log_directory)
+        .join(rel)
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// Creates the container (blocking). The caller holds the sandbox's lock.
+pub(super) fn create(
+    ctx: &CreateCtx<'_>,
+    sandbox: &SandboxRecord,
+    config: proto::ContainerConfig,
+) -> Result<ContainerRecord, RuntimeError> {
+    if sandbox.removed || sandbox.state != SandboxState::Ready {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "pod sandbox {} is not ready",
+            sandbox.id
+        )));
+    }
+    let meta = config
+        .metadata
+        .clone()
+        .ok_or_else(|| RuntimeError::invalid("config.metadata", "must be set"))?;
+    if meta.name.is_empty() || meta.name.contains(['/', '\0', '\n']) {
+        return Err(RuntimeError::invalid(
+            "config.metadata.name",
+            "must be a non-empty name without / or control characters",
+        ));
+    }
+    let image = config
+        .image
+        .as_ref()
+        .map(|i| i.image.clone())
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| RuntimeError::invalid("config.image.image", "must not be empty"))?;
+    let pod_config = sandbox.config();
+    let log = log_path(&pod_config, &config)?;
+    let name = format!("{}_{}_{}", meta.name, sandbox.name, meta.attempt);
+    let id = ObjectId::random();
+    let reg = &ctx.containers.registry;
+    reg.reserve(&name, &id)?;
+    let result = build(ctx, sandbox, &config, &id, &name, &image, log);
+    if result.is_err() {
+        reg.release_name(&name, &id);
+    }
+    result
+}
+
+fn build(
+    ctx: &CreateCtx<'_>,
+    sandbox: &SandboxRecord,
+    config: &proto::ContainerConfig,
+    id: &ObjectId,
+    name: &str,
+    image: &str,
+    log: String,
+) -> Result<ContainerRecord, RuntimeError> {
+    let cid = ContainerId::new(id.as_str()).map_err(|e| RuntimeError::Internal(e.to_string()))?;
+    let dir = ctx.containers.state_dir.join(id.as_str());
+    std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
+    let undo = |dir: &PathBuf| {
+        let _ = ctx.images.remove_container(&cid);
+        let _ = std::fs::remove_dir_all(dir);
+    };
+    let result = (|| {
+        let prepared = ctx.images.prepare_container(image, &cid)?;
+        let rootfs_dir = dir.join("rootfs");
+        std::fs::create_dir_all(&rootfs_dir).map_err(|e| RuntimeError::io(&rootfs_dir, e))?;
+        let ns = sandbox.namespaces.clone().ok_or_else(|| {
+            RuntimeError::FailedPrecondition(format!(
+                "pod sandbox {} has no namespaces (stopped?)",
+                sandbox.id
+            ))
+        })?;
+        // Pod sysctls are refused by RunPodSandbox until runtime-core
+        // applies sysctls in joined namespaces.
+        let no_sysctls = std::collections::BTreeMap::new();
+        let pod = spec::PodContext {
+            hostname: &sandbox.hostname,
+            net_ns: ns.net.as_deref(),
+            ipc_ns: ns.ipc.as_deref(),
+            uts_ns: ns.uts.as_deref(),
+            pid: match sandbox.pid {
+                NsMode::Node => spec::PidMode::Node,
+                // A shared pid namespace cannot be pinned (no pid 1 yet):
+                // until the pod gets its own init, each container has its own.
+                NsMode::Pod | NsMode::Container => spec::PidMode::Container,
+            },
+            shm: ns.shm.as_deref(),
+            resolv_conf: &sandbox.dir.join("resolv.conf"),
+            hosts: &sandbox.dir.join("hosts"),
+            hostname_file: &sandbox.dir.join("hostname"),
+            cgroup_parent: &sandbox.cgroup_parent,
+            sysctls: &no_sysctls,
+        };
+        let cs = spec::container_spec(
+            id.as_str(),
+            config,
+            &pod,
+            &prepared.config,
+            prepared.rootfs.clone(),
+            &rootfs_dir,
+            &host_device,
+            &load_localhost_seccomp,
+        )
+        .map_err(RuntimeError::from)?;
+        if !log.is_empty() {
+            if let Some(parent) = Path::new(&log).parent() {
+                std::fs::create_dir_all(parent).map_err(|e| RuntimeError::io(parent, e))?;
+            }
+        }
+        let mspec = MonitorSpec {
+            version: 1,
+            container_id: id.to_string(),
+            state_root: ctx.containers.runtime_root.clone(),
+            cgroup_root: None,
+            config: cs.config,
+            process: cs.process,
+            log_path: (!log.is_empty()).then(|| PathBuf::from(&log)),
+            max_log_line: None,
+            exit_file: dir.join("exit.json"),
+        };
+        let spawned = monitor::spawn(ctx.monitor_exe, &dir, &mspec).map_err(|e| {
+            RuntimeError::FailedPrecondition(format!("creating the container: {e}"))
+        })?;
+        let rec = ContainerRecord {
+            version: super::container::RECORD_VERSION,
+            id: id.clone(),
+            sandbox_id: sandbox.id.clone(),
+            name: name.to_string(),
+            state: ContainerState::Created,
+            created_at: now_nanos(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            image: image.to_string(),
+            image_ref: prepared.image.id.to_string(),
+            log_path: log,
+            monitor_pid: spawned.monitor_pid,
+            init_pid: spawned.init_pid,
+            stop_signal: cs.stop_signal,
+            dir: dir.clone(),
+            config: prost::Message::encode_to_vec(config),
+            removed: false,
+        };
+        if let Err(e) = ctx.containers.registry.insert(rec.clone()) {
+            kill_and_destroy(ctx.containers, &rec);
+            return Err(e);
+        }
+        Ok(rec)
+    })();
+    if result.is_err() {
+        undo(&dir);
+    }
+    result
+}
+
+/// `stat(2)` of a CRI device's `host_path` (symlinks followed, as kubelet's
+/// device plugins hand out `/dev/...` links).
+fn host_device(path: &Path) -> Option<spec::HostDevice> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(path).ok()?;
+    let kind = if m.file_type().is_char_device() {
+        berth_core::config::DeviceKind::Char
+    } else if m.file_type().is_block_device() {
+        berth_core::config::DeviceKind::Block
+    } else {
+        return None;
+    };
+    let rdev = m.rdev();
+    Some(spec::HostDevice {
+        kind,
+        major: nix::sys::stat::major(rdev),
+        minor: nix::sys::stat::minor(rdev),
+        file_mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+    })
+}
+
+/// A `Localhost` seccomp profile: an absolute path on the node (kubelet
+/// resolves it under its seccomp root), read and validated by runtime-core.
+fn load_localhost_seccomp(
+    reference: &str,
+) -> Result<berth_core::security::seccomp::SeccompProfile, String> {
+    let path = Path::new(reference);
+    if !path.is_absolute() {
+        return Err("must be an absolute path".into());
+    }
+    berth_core::security::seccomp::SeccompProfile::from_file(path).map_err(|e| e.to_string())
+}
+
+/// SIGKILL the container's processes and remove runtime-core's state
+/// (blocking; used by rollback, Stop with no grace and Remove).
+pub(super) fn kill_and_destroy(containers: &Containers, rec: &ContainerRecord) {
+    match berth_core::Container::load(&containers.runtime_root, rec.id.as_str()) {
+        Ok(c) => {
+            let _ = c.signal(libc_sigkill());
+            if let Err(e) = c.destroy() {
+                tracing::warn!(id = %rec.id, error = %e, "destroying container state");
+            }
+        }
+        Err(e) => tracing::debug!(id = %rec.id, error = %e, "no runtime state to destroy"),
+    }
+}
+
+fn libc_sigkill() -> i32 {
+    nix::sys::signal::Signal::SIGKILL as i32
+}

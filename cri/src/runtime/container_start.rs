@@ -1,0 +1,26 @@
+//! `StartContainer`: let the waiting init `execve` (runtime-core's
+//! `release`, from this process; the monitor keeps owning the container).
+
+use super::container::{ContainerRecord, Containers};
+use super::error::RuntimeError;
+use super::sandbox_run::now_nanos;
+
+/// Starts a Created container whose lock the caller holds (blocking).
+pub(super) fn start(
+    containers: &Containers,
+    rec: &mut ContainerRecord,
+) -> Result<(), RuntimeError> {
+    if rec.removed {
+        return Err(containers.registry.not_found(rec.id.as_str()));
+    }
+    rec.refresh();
+    let next = rec.state.start()?;
+    let mut c = berth_core::Container::load(&containers.runtime_root, rec.id.as_str())
+        .map_err(|e| RuntimeError::FailedPrecondition(format!("container {}: {e}", rec.id)))?;
+    c.release().map_err(|e| {
+        RuntimeError::FailedPrecondition(format!("starting container {}: {e}", rec.id))
+    })?;
+    rec.state = next;
+    rec.started_at = now_nanos();
+    containers.registry.save(rec)
+}

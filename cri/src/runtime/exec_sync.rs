@@ -1,0 +1,170 @@
+//! `ExecSync`: run a command in a running container and return its exit
+//! code and output, bounded in size and, with a timeout, in time.
+//!
+//! The command gets the container's own environment, working directory and
+//! user (from its monitor spec); runtime-core's `exec` joins the init's
+//! namespaces and cgroup. The exec'd process is this daemon's child (as
+//! runtime-core documents): it is always reaped here, so the container's
+//! pid namespace can end when its init does.
+
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+
+use super::container::{ContainerRecord, ContainerState, Containers};
+use super::error::RuntimeError;
+use crate::monitor::{MonitorSpec, SPEC_FILE};
+use crate::proto;
+
+/// Output kept per stream; the rest is read and dropped (kubelet probes
+/// need little; an unbounded buffer would let a container fill the
+/// daemon's memory). containerd caps exec output at 16 MiB too.
+pub const MAX_OUTPUT: usize = 16 << 20;
+
+/// Runs the exec (blocking). The caller holds the container's lock only
+/// while reading the record, not while the command runs.
+pub(super) fn exec_sync(
+    containers: &Containers,
+    rec: &ContainerRecord,
+    cmd: Vec<String>,
+    timeout: i64,
+) -> Result<proto::ExecSyncResponse, RuntimeError> {
+    if cmd.is_empty() {
+        return Err(RuntimeError::invalid("cmd", "must not be empty"));
+    }
+    if rec.state != ContainerState::Running {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "container {} is {:?}, not running",
+            rec.id, rec.state
+        )));
+    }
+    let spec_path = rec.dir.join(SPEC_FILE);
+    let spec: MonitorSpec = std::fs::read(&spec_path)
+        .map_err(|e| RuntimeError::io(&spec_path, e))
+        .and_then(|b| {
+            serde_json::from_slice(&b)
+                .map_err(|e| RuntimeError::Internal(format!("{}: {e}", spec_path.display())))
+        })?;
+    let mut process = berth_core::Process::new(cmd);
+    process.spec.env = spec.process.env;
+    process.spec.cwd = spec.process.cwd;
+    process.spec.user = spec.process.user;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    process.stdout = berth_core::Stdio::Fd(out_w);
+    process.stderr = berth_core::Stdio::Fd(err_w);
+    let container = berth_core::Container::load(&containers.runtime_root, rec.id.as_str())
+        .map_err(|e| RuntimeError::FailedPrecondition(format!("container {}: {e}", rec.id)))?;
+    let handle = container.exec(process).map_err(|e| {
+        RuntimeError::FailedPrecondition(format!("exec in container {}: {e}", rec.id))
+    })?;
+    let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_secs(timeout as u64));
+    let (stdout, stderr, timed_out) = collect(&handle, out_r, err_r, deadline);
+    if timed_out {
+        let _ = handle.signal(nix::sys::signal::Signal::SIGKILL as i32);
+    }
+    let status = handle
+        .wait()
+        .map_err(|e| RuntimeError::Internal(format!("waiting for the exec: {e}")))?;
+    if timed_out {
+        return Err(RuntimeError::DeadlineExceeded(format!(
+            "command did not finish within the {timeout}s timeout"
+        )));
+    }
+    Ok(proto::ExecSyncResponse {
+        stdout,
+        stderr,
+        exit_code: status.code(),
+    })
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RuntimeError::Internal(format!("pipe: {e}")))
+}
+
+/// Reads both pipes until they close or the process is gone (a background
+/// child may keep them open), or until the deadline.
+fn collect(
+    handle: &berth_core::ProcessHandle,
+    out: OwnedFd,
+    err: OwnedFd,
+    deadline: Option<Instant>,
+) -> (Vec<u8>, Vec<u8>, bool) {
+    let mut bufs = [Vec::new(), Vec::new()];
+    let mut files = [
+        Some(std::fs::File::from(out)),
+        Some(std::fs::File::from(err)),
+    ];
+    let mut exited_at: Option<Instant> = None;
+    loop {
+        if files.iter().all(Option::is_none) {
+            return (
+                std::mem::take(&mut bufs[0]),
+                std::mem::take(&mut bufs[1]),
+                false,
+            );
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return (
+                std::mem::take(&mut bufs[0]),
+                std::mem::take(&mut bufs[1]),
+                true,
+            );
+        }
+        // After the process exited, give grandchildren's output 100 ms.
+        if exited_at.is_some_and(|t| now.duration_since(t) > Duration::from_millis(100)) {
+            return (
+                std::mem::take(&mut bufs[0]),
+                std::mem::take(&mut bufs[1]),
+                false,
+            );
+        }
+        let wait_ms = deadline
+            .map(|d| d.saturating_duration_since(now).as_millis().min(100) as u16)
+            .unwrap_or(100);
+        let mut fds: Vec<PollFd> = Vec::new();
+        let mut which = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            if let Some(f) = f {
+                fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+                which.push(i);
+            }
+        }
+        fds.push(PollFd::new(handle.pidfd(), PollFlags::POLLIN));
+        if nix::poll::poll(&mut fds, PollTimeout::from(wait_ms)).is_err() {
+            continue;
+        }
+        let pid_ready = fds
+            .last()
+            .and_then(|f| f.revents())
+            .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        let ready: Vec<usize> = fds[..which.len()]
+            .iter()
+            .zip(&which)
+            .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, i)| *i)
+            .collect();
+        drop(fds);
+        if pid_ready && exited_at.is_none() {
+            exited_at = Some(Instant::now());
+        }
+        for i in ready {
+            let mut chunk = [0u8; 64 * 1024];
+            let n = files[i]
+                .as_mut()
+                .map(|f| f.read(&mut chunk))
+                .unwrap_or(Ok(0));
+            match n {
+                Ok(0) | Err(_) => files[i] = None,
+                Ok(n) => {
+                    let room = MAX_OUTPUT.saturating_sub(bufs[i].len());
+                    bufs[i].extend_from_slice(&chunk[..n.min(room)]);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,567 @@
+//! Containers through the real daemon, with images from a real registry:
+//! lifecycle, exit codes and reasons, CRI-format logs, Entrypoint/Cmd/Env/
+//! User merge rules, StopContainer's signal-then-SIGKILL, an exit recorded
+//! while the daemon was dead (`kill -9`), bad requests, and a pod removal
+//! that leaves nothing behind.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_cri::logs::{parse_record, Stream};
+use berth_cri::proto::image_service_client::ImageServiceClient;
+use berth_cri::proto::runtime_service_client::RuntimeServiceClient;
+use berth_cri::proto::{self, ContainerMetadata, ImageSpec, KeyValue, PodSandboxMetadata};
+use berth_e2e::daemon::Daemon;
+use berth_e2e::registry::Registry;
+use berth_e2e::{berth_binary, images};
+use tonic::transport::Channel;
+use tonic::Code;
+
+type Rt = RuntimeServiceClient<Channel>;
+
+struct Env {
+    _reg: Registry,
+    dir: tempfile::TempDir,
+    berth: std::path::PathBuf,
+    daemon: Daemon,
+    rt: Rt,
+    image: String,
+    pod: String,
+}
+
+async fn env(test: &str) -> Option<Env> {
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: {test}: needs root");
+        return None;
+    }
+    let berth = berth_binary(test)?;
+    let reg = match Registry::start() {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("skipped: {test}: {e}");
+            return None;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    images::configured_image(&reg.addr(), "test/conf", "v1")
+        .await
+        .unwrap();
+    let image = format!("{}/test/conf:v1", reg.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&berth, dir.path(), &[]);
+    let ch = daemon.channel().await;
+    ImageServiceClient::new(ch.clone())
+        .pull_image(proto::PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut rt = RuntimeServiceClient::new(ch);
+    let pod = rt
+        .run_pod_sandbox(proto::RunPodSandboxRequest {
+            config: Some(pod_config(dir.path())),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    Some(Env {
+        _reg: reg,
+        berth,
+        dir,
+        daemon,
+        rt,
+        image,
+        pod,
+    })
+}
+
+fn pod_config(dir: &Path) -> proto::PodSandboxConfig {
+    proto::PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "pod".into(),
+            uid: "uid-1".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: "pod-host".into(),
+        log_directory: dir.join("logs").to_string_lossy().into_owned(),
+        ..Default::default()
+    }
+}
+
+fn container(env: &Env, name: &str, command: &[&str], args: &[&str]) -> proto::ContainerConfig {
+    proto::ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: env.image.clone(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        labels: HashMap::from([("c".into(), name.into())]),
+        ..Default::default()
+    }
+}
+
+async fn create(env: &mut Env, config: proto::ContainerConfig) -> Result<String, tonic::Status> {
+    env.rt
+        .create_container(proto::CreateContainerRequest {
+            pod_sandbox_id: env.pod.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod_config(env.dir.path())),
+        })
+        .await
+        .map(|r| r.into_inner().container_id)
+}
+
+async fn start(rt: &mut Rt, id: &str) -> Result<(), tonic::Status> {
+    rt.start_container(proto::StartContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+async fn status(rt: &mut Rt, id: &str) -> proto::ContainerStatus {
+    rt.container_status(proto::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+}
+
+async fn wait_exited(rt: &mut Rt, id: &str) -> proto::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = status(rt, id).await;
+        if st.state == proto::ContainerState::ContainerExited as i32 {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id} did not exit: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// (stream, partial, text) records of a CRI log file.
+fn log_records(path: &str) -> Vec<(Stream, bool, String)> {
+    std::fs::read(path)
+        .unwrap_or_default()
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (_, s, p, c) = parse_record(l)
+                .unwrap_or_else(|| panic!("not a CRI record: {:?}", String::from_utf8_lossy(l)));
+            (s, p, String::from_utf8_lossy(&c).into_owned())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_exit_codes_logs_and_merge_rules() {
+    let Some(mut env) = env("lifecycle_exit_codes_logs_and_merge_rules").await else {
+        return;
+    };
+    // command given: image Entrypoint and Cmd ignored.
+    let cfg = container(
+        &env,
+        "c1",
+        &[
+            "sh",
+            "-c",
+            "echo hello; echo oops >&2; hostname; id -u; exit 3",
+        ],
+        &[],
+    );
+    let id = create(&mut env, cfg).await.unwrap();
+    let st = status(&mut env.rt, &id).await;
+    assert_eq!(st.state, proto::ContainerState::ContainerCreated as i32);
+    start(&mut env.rt, &id).await.unwrap();
+    let st = wait_exited(&mut env.rt, &id).await;
+    assert_eq!(st.exit_code, 3);
+    assert_eq!(st.reason, "Error");
+    assert!(st.started_at > 0 && st.finished_at >= st.started_at);
+    assert!(st.image_ref.starts_with("sha256:"));
+    let log = st.log_path.clone();
+    assert_eq!(log, env.dir.path().join("logs/c1/0.log").to_string_lossy());
+    let recs = log_records(&log);
+    assert!(
+        recs.contains(&(Stream::Stdout, false, "hello".into())),
+        "{recs:?}"
+    );
+    assert!(
+        recs.contains(&(Stream::Stderr, false, "oops".into())),
+        "{recs:?}"
+    );
+    assert!(
+        recs.contains(&(Stream::Stdout, false, "pod-host".into())),
+        "pod hostname: {recs:?}"
+    );
+    assert!(
+        recs.contains(&(Stream::Stdout, false, "65534".into())),
+        "image USER: {recs:?}"
+    );
+    let err = start(&mut env.rt, &id).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "start twice: {err:?}");
+
+    // Nothing given: image Entrypoint ["/bin/sh","-c"] + Cmd ["echo hi"].
+    let id = {
+        let cfg = container(&env, "c2", &[], &[]);
+        create(&mut env, cfg).await
+    }
+    .unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+    let st = wait_exited(&mut env.rt, &id).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));
+    assert_eq!(
+        log_records(&st.log_path),
+        [(Stream::Stdout, false, "hi".to_string())]
+    );
+
+    // args only: Entrypoint + args; image Env with an override and a new one.
+    let mut cfg = container(&env, "c3", &[], &["echo $FOO $NEW $(pwd)"]);
+    cfg.envs = vec![
+        KeyValue {
+            key: "FOO".into(),
+            value: "override".into(),
+        },
+        KeyValue {
+            key: "NEW".into(),
+            value: "new".into(),
+        },
+    ];
+    let id = create(&mut env, cfg).await.unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+    let st = wait_exited(&mut env.rt, &id).await;
+    assert_eq!(
+        log_records(&st.log_path),
+        [(Stream::Stdout, false, "override new /tmp".to_string())]
+    );
+
+    // Same name again: AlreadyExists.
+    let err = {
+        let cfg = container(&env, "c3", &[], &[]);
+        create(&mut env, cfg).await
+    }
+    .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+
+    // ListContainers filters.
+    let list = env
+        .rt
+        .list_containers(proto::ListContainersRequest {
+            filter: Some(proto::ContainerFilter {
+                label_selector: HashMap::from([("c".into(), "c2".into())]),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].metadata.as_ref().unwrap().name, "c2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_signals_then_kills_and_exits_survive_a_daemon_crash() {
+    let Some(mut env) = env("stop_signals_then_kills_and_exits_survive_a_daemon_crash").await
+    else {
+        return;
+    };
+    // A pid-1 sleep ignores SIGTERM: StopContainer waits the timeout, then SIGKILLs.
+    let id = {
+        let cfg = container(&env, "sleeper", &["sleep", "1000"], &[]);
+        create(&mut env, cfg).await
+    }
+    .unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+    let t = Instant::now();
+    env.rt
+        .stop_container(proto::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "waited for the grace period"
+    );
+    let st = status(&mut env.rt, &id).await;
+    assert_eq!(
+        (st.state, st.exit_code),
+        (proto::ContainerState::ContainerExited as i32, 137)
+    );
+    // Stopping again is fine.
+    env.rt
+        .stop_container(proto::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+
+    // A container that exits while the daemon is dead.
+    let cfg = container(
+        &env,
+        "survivor",
+        &["sh", "-c", "echo before; sleep 2; echo after; exit 7"],
+        &[],
+    );
+    let id = create(&mut env, cfg).await.unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+    env.daemon.crash();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d2 = Daemon::start(&env.berth, env.dir.path(), &[]);
+    let mut rt = RuntimeServiceClient::new(d2.channel().await);
+    let st = wait_exited(&mut rt, &id).await;
+    assert_eq!(
+        st.exit_code, 7,
+        "exit recorded by the monitor while the daemon was down"
+    );
+    let recs: Vec<_> = log_records(&st.log_path).into_iter().map(|r| r.2).collect();
+    assert_eq!(recs, ["before", "after"], "logs kept flowing");
+
+    // Removing the pod removes its containers and leaves nothing.
+    rt.remove_pod_sandbox(proto::RemovePodSandboxRequest {
+        pod_sandbox_id: env.pod.clone(),
+    })
+    .await
+    .unwrap();
+    let left = rt
+        .list_containers(proto::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(left.is_empty(), "{left:?}");
+    let state = env.dir.path().join("state");
+    for sub in ["containers", "runtime", "pods"] {
+        let p = state.join(sub);
+        assert!(
+            !p.exists() || std::fs::read_dir(&p).unwrap().next().is_none(),
+            "{} not empty",
+            p.display()
+        );
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(&*state.to_string_lossy()),
+        "mounts left under {}",
+        state.display()
+    );
+    assert_eq!(
+        std::fs::read_dir(env.dir.path().join("root/containers"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_container_requests_get_the_right_code() {
+    let Some(mut env) = env("bad_container_requests_get_the_right_code").await else {
+        return;
+    };
+    let mut escape_log = container(&env, "a", &["true"], &[]);
+    escape_log.log_path = "../../../etc/evil.log".into();
+    let mut escape_mount = container(&env, "b", &["true"], &[]);
+    escape_mount.mounts = vec![proto::Mount {
+        container_path: "/../../etc".into(),
+        host_path: env.dir.path().to_string_lossy().into_owned(),
+        ..Default::default()
+    }];
+    let mut no_image = container(&env, "c", &["true"], &[]);
+    no_image.image = None;
+    let mut absent_image = container(&env, "d", &["true"], &[]);
+    absent_image.image = Some(ImageSpec {
+        image: "never/pulled:v1".into(),
+        ..Default::default()
+    });
+    for (cfg, code, field) in [
+        (escape_log, Code::InvalidArgument, "config.log_path"),
+        (
+            escape_mount,
+            Code::InvalidArgument,
+            "config.mounts[0].container_path",
+        ),
+        (no_image, Code::InvalidArgument, "config.image.image"),
+        (absent_image, Code::NotFound, "never/pulled"),
+    ] {
+        let err = create(&mut env, cfg).await.unwrap_err();
+        assert_eq!(err.code(), code, "{field}: {err:?}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    let err = env
+        .rt
+        .create_container(proto::CreateContainerRequest {
+            pod_sandbox_id: "0123".into(),
+            config: Some(container(&env, "e", &["true"], &[])),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    for rpc in ["status", "start"] {
+        let r = match rpc {
+            "status" => env
+                .rt
+                .container_status(proto::ContainerStatusRequest {
+                    container_id: "abcd".into(),
+                    verbose: false,
+                })
+                .await
+                .map(|_| ()),
+            _ => start(&mut env.rt, "../x").await,
+        };
+        assert_eq!(r.unwrap_err().code(), Code::NotFound, "{rpc}");
+    }
+    // Nothing was left by the refused requests.
+    let state = env.dir.path().join("state/containers");
+    assert!(!state.exists() || std::fs::read_dir(&state).unwrap().next().is_none());
+    assert!(!Path::new("/etc/evil.log").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_sync_and_log_reopen() {
+    let Some(mut env) = env("exec_sync_and_log_reopen").await else {
+        return;
+    };
+    let cfg = container(
+        &env,
+        "svc",
+        &["sh", "-c", "echo one; sleep 2; echo two; exec sleep 1000"],
+        &[],
+    );
+    let id = create(&mut env, cfg).await.unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+
+    // The monitor holds no copy of the berth binary (a sealed memfd is as
+    // big as the binary: per-container memory).
+    let info = env
+        .rt
+        .container_status(proto::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let monitor = v["monitorPid"].as_i64().unwrap();
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{monitor}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !fds.iter().any(|f| f.contains("memfd:")),
+        "monitor fds: {fds:?}"
+    );
+
+    let exec = |cmd: &[&str], timeout: i64| proto::ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout,
+    };
+    let r = env
+        .rt
+        .exec_sync(exec(
+            &["sh", "-c", "echo out; echo err >&2; id -u; pwd; exit 4"],
+            0,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.exit_code, 4);
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "out\n65534\n/tmp\n",
+        "the container's user and cwd"
+    );
+    assert_eq!(String::from_utf8_lossy(&r.stderr), "err\n");
+    let t = Instant::now();
+    let err = env
+        .rt
+        .exec_sync(exec(&["sleep", "30"], 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the timeout is kept: {:?}",
+        t.elapsed()
+    );
+    let err = env.rt.exec_sync(exec(&[], 0)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Rotation: kubelet renames the file and asks for a reopen; later
+    // lines go to a new file at the same path.
+    let log = status(&mut env.rt, &id).await.log_path;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log_records(&log).is_empty() {
+        assert!(Instant::now() < deadline, "no first line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rotated = format!("{log}.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    env.rt
+        .reopen_container_log(proto::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log_records(&log).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing written to the reopened log"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let texts = |p: &str| log_records(p).into_iter().map(|r| r.2).collect::<Vec<_>>();
+    assert_eq!(texts(&rotated), ["one"]);
+    assert_eq!(texts(&log), ["two"]);
+
+    env.rt
+        .stop_container(proto::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    let err = env.rt.exec_sync(exec(&["true"], 0)).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::FailedPrecondition,
+        "exec in an exited container"
+    );
+    let err = env
+        .rt
+        .reopen_container_log(proto::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
