@@ -12,6 +12,7 @@ pub mod monitor;
 pub mod runtime;
 pub mod spec;
 pub mod store;
+mod util;
 
 /// CRI v1 (`runtime.v1`) messages and services generated from `proto/api.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

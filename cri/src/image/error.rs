@@ -86,21 +86,6 @@ impl ImageError {
     }
 }
 
-/// Full error chain on one line, so the gRPC message says why.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let msg = c.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 impl From<ImageError> for tonic::Status {
     fn from(e: ImageError) -> tonic::Status {
         use tonic::Code;
@@ -120,6 +105,6 @@ impl From<ImageError> for tonic::Status {
             | ImageError::Io { .. }
             | ImageError::Internal(_) => Code::Internal,
         };
-        tonic::Status::new(code, chain(&e))
+        tonic::Status::new(code, crate::util::error_chain(&e))
     }
 }

@@ -743,7 +743,7 @@ impl Puller {
                         | OciErrorCode::NotFound
                 )
             });
-        let reason = error_chain(&e);
+        let reason = crate::util::error_chain(&e);
         if unauth {
             ImageError::Unauthenticated {
                 image,
@@ -760,17 +760,6 @@ impl Puller {
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn is_transient(e: &OciDistributionError) -> bool {

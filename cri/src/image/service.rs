@@ -13,6 +13,7 @@ use super::pull::{PullOptions, Puller};
 use super::reference::ImageName;
 use super::store::{ImageRecord, ImageStore};
 use crate::proto;
+use crate::util::blocking;
 
 /// Settings of the image service.
 #[derive(Debug, Clone, Default)]
@@ -117,15 +118,6 @@ pub fn registry_auth(auth: Option<&proto::AuthConfig>) -> Result<RegistryAuth, S
     Ok(RegistryAuth::Anonymous)
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("task failed: {e}")))?
-        .map_err(Status::from)
-}
-
 #[tonic::async_trait]
 impl proto::image_service_server::ImageService for ImageServiceImpl {
     async fn list_images(
@@ -220,8 +212,8 @@ impl proto::image_service_server::ImageService for ImageServiceImpl {
             let (bytes, inodes) = store.usage();
             let mountpoint =
                 mountpoint_of(store.root()).map_err(|e| ImageError::io(store.root(), e))?;
-            Ok(proto::FilesystemUsage {
-                timestamp: now_nanos(),
+            Ok::<_, ImageError>(proto::FilesystemUsage {
+                timestamp: crate::util::now_nanos(),
                 fs_id: Some(proto::FilesystemIdentifier {
                     mountpoint: mountpoint.to_string_lossy().into_owned(),
                 }),
@@ -235,13 +227,6 @@ impl proto::image_service_server::ImageService for ImageServiceImpl {
             container_filesystems: Vec::new(),
         }))
     }
-}
-
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// The mount point of the filesystem holding `path` (kubelet matches it

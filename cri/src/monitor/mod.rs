@@ -48,6 +48,8 @@ pub use exit::read_exit;
 pub use reopen::{is_running, reopen_log};
 pub use spawn::spawn;
 
+pub(crate) use crate::util::{error_chain, now_nanos};
+
 /// `argv[1]` that makes a berth binary run as a container monitor.
 pub const MONITOR_ARG: &str = "__berth_monitor";
 
@@ -274,51 +276,10 @@ fn spec_path(dir: &Path) -> std::io::Result<PathBuf> {
     Ok(std::path::absolute(dir)?.join(SPEC_FILE))
 }
 
-/// Writes `data` to `path` atomically (temp file, fsync, rename, fsync of
-/// the directory), mode 0600: the spec holds the container's environment,
-/// which may hold secrets.
+/// Writes `data` to `path` atomically, mode 0600: the spec holds the
+/// container's environment, which may hold secrets.
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// `err: cause: cause...`, for reports that cross a process boundary.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        cur = e.source();
-    }
-    out
-}
-
-/// Nanoseconds since the epoch.
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    crate::store::write_atomic_mode(path, data, 0o600)
 }
 
 #[cfg(test)]

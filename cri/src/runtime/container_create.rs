@@ -10,12 +10,12 @@ use berth_core::ContainerId;
 use super::container::{ContainerRecord, ContainerState, Containers};
 use super::error::RuntimeError;
 use super::sandbox::{NsMode, SandboxRecord, SandboxState};
-use super::sandbox_run::now_nanos;
 use crate::image::ImageStore;
 use crate::monitor::{self, MonitorSpec};
 use crate::proto;
 use crate::spec;
 use crate::store::ObjectId;
+use crate::util::now_nanos;
 
 /// Everything CreateContainer needs from the service.
 pub(super) struct CreateCtx<'a> {

@@ -3,7 +3,7 @@
 
 use super::container::{ContainerRecord, Containers};
 use super::error::RuntimeError;
-use super::sandbox_run::now_nanos;
+use crate::util::now_nanos;
 
 /// Starts a Created container whose lock the caller holds (blocking).
 pub(super) fn start(

@@ -57,11 +57,7 @@ pub(super) fn matches(rec: &ContainerRecord, filter: &proto::ContainerFilter) ->
     }
     if !filter.label_selector.is_empty() {
         let labels = rec.config().labels;
-        if !filter
-            .label_selector
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
-        {
+        if !crate::util::labels_match(&labels, &filter.label_selector) {
             return false;
         }
     }

@@ -90,20 +90,6 @@ impl RuntimeError {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let msg = c.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 impl From<RuntimeError> for tonic::Status {
     fn from(e: RuntimeError) -> tonic::Status {
         use tonic::Code;
@@ -122,6 +108,6 @@ impl From<RuntimeError> for tonic::Status {
                 Code::Internal
             }
         };
-        tonic::Status::new(code, chain(&e))
+        tonic::Status::new(code, crate::util::error_chain(&e))
     }
 }

@@ -32,6 +32,7 @@ pub use error::RuntimeError;
 use sandbox::Sandboxes;
 
 use crate::image::ImageStore;
+use crate::util::blocking;
 
 use crate::proto;
 
@@ -105,16 +106,6 @@ impl RuntimeServiceImpl {
             })
             .collect()
     }
-}
-
-/// Runs blocking work (mounts, namespaces, fsync) off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("task failed: {e}")))?
-        .map_err(Status::from)
 }
 
 #[tonic::async_trait]

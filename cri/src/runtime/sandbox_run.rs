@@ -242,7 +242,7 @@ pub(super) fn create(
             id: id.clone(),
             name: plan.name.clone(),
             state: SandboxState::Ready,
-            created_at: now_nanos(),
+            created_at: crate::util::now_nanos(),
             runtime_handler: runtime_handler.to_string(),
             namespaces: Some(pinned),
             network: plan.network,
@@ -265,13 +265,6 @@ pub(super) fn create(
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
-}
-
-pub(crate) fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! `PodSandboxStatus`.
 
 use super::sandbox::{NsMode, SandboxRecord};
-use super::sandbox_run::now_nanos;
 use crate::proto;
+use crate::util::now_nanos;
 
 fn cri_mode(m: NsMode) -> i32 {
     match m {
