@@ -1,0 +1,380 @@
+//! CRI lifecycle benchmark: what kubelet waits for, measured at the CRI call.
+//!
+//! `cargo bench -p berth-e2e --bench cri_lifecycle [-- --socket PATH --image REF]`
+//! drives a CRI runtime over its unix socket. Without `--socket` it starts
+//! the workspace's `berth serve` on private directories and a loopback
+//! registry with a busybox image; with `--socket` (and `--image`, already
+//! pullable by that runtime) it measures any CRI runtime the same way.
+//! Reports median, min and max (ms) over N runs of: RunPodSandbox;
+//! CreateContainer+StartContainer in a running pod; the full pod cycle
+//! (run, create, start, stop, remove); ExecSync of `true`; 50 pods started
+//! one after another and all at once; and the PSS/RSS of the daemon idle and
+//! per running pod (its monitors included). Figures also go to
+//! `target/bench-cri-lifecycle.json`. Under `cargo test` it is a smoke run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_cri::proto::image_service_client::ImageServiceClient;
+use berth_cri::proto::runtime_service_client::RuntimeServiceClient;
+use berth_cri::proto::{self, ContainerMetadata, ImageSpec, PodSandboxMetadata};
+use berth_e2e::daemon::Daemon;
+use berth_e2e::registry::Registry;
+use tonic::transport::Channel;
+
+type Rt = RuntimeServiceClient<Channel>;
+
+fn pod_config(name: &str, logs: &Path) -> proto::PodSandboxConfig {
+    proto::PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs.join(name).to_string_lossy().into_owned(),
+        linux: Some(proto::LinuxPodSandboxConfig {
+            security_context: Some(proto::LinuxSandboxSecurityContext {
+                namespace_options: Some(proto::NamespaceOption {
+                    pid: proto::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(image: &str) -> proto::ContainerConfig {
+    proto::ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: "c".into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "3600".into()],
+        log_path: "c/0.log".into(),
+        linux: Some(proto::LinuxContainerConfig {
+            security_context: Some(proto::LinuxContainerSecurityContext {
+                namespace_options: Some(proto::NamespaceOption {
+                    pid: proto::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+struct Pod {
+    id: String,
+    container: Option<String>,
+}
+
+async fn run_pod(rt: &mut Rt, name: &str, logs: &Path) -> String {
+    rt.run_pod_sandbox(proto::RunPodSandboxRequest {
+        config: Some(pod_config(name, logs)),
+        runtime_handler: String::new(),
+    })
+    .await
+    .expect("RunPodSandbox")
+    .into_inner()
+    .pod_sandbox_id
+}
+
+async fn create_start(rt: &mut Rt, pod: &str, name: &str, logs: &Path, image: &str) -> String {
+    let id = rt
+        .create_container(proto::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(container_config(image)),
+            sandbox_config: Some(pod_config(name, logs)),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    rt.start_container(proto::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("StartContainer");
+    id
+}
+
+async fn teardown(rt: &mut Rt, pod: &Pod) {
+    if let Some(c) = &pod.container {
+        rt.stop_container(proto::StopContainerRequest {
+            container_id: c.clone(),
+            timeout: 0,
+        })
+        .await
+        .expect("StopContainer");
+        rt.remove_container(proto::RemoveContainerRequest {
+            container_id: c.clone(),
+        })
+        .await
+        .expect("RemoveContainer");
+    }
+    rt.stop_pod_sandbox(proto::StopPodSandboxRequest {
+        pod_sandbox_id: pod.id.clone(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(proto::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.id.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+/// (PSS, RSS) in KiB of a process, from smaps_rollup.
+fn mem(pid: i32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Pss:"), field("Rss:"))
+}
+
+/// Pids of processes whose command line contains `needle`.
+fn pids_with(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: cri_lifecycle: needs root");
+        return;
+    }
+    let iters = if full { 20 } else { 2 };
+    let pods_n = if full { 50 } else { 3 };
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let mut _keep: (Option<Registry>, Option<Daemon>) = (None, None);
+    let (sock, image, daemon_pid): (PathBuf, String, Option<i32>) = match arg("--socket") {
+        Some(s) => (
+            s.into(),
+            arg("--image").expect("--image REF (pullable by that runtime)"),
+            None,
+        ),
+        None => {
+            let Some(berth) = berth_e2e::berth_binary("cri_lifecycle") else {
+                return;
+            };
+            let reg = match Registry::start() {
+                Ok(r) => r,
+                Err(e) => {
+                    println!("skipped: cri_lifecycle: {e}");
+                    return;
+                }
+            };
+            berth_e2e::images::busybox_image(&reg.addr(), "bench/busybox", "v1")
+                .await
+                .unwrap();
+            let image = format!("{}/bench/busybox:v1", reg.addr());
+            let d = Daemon::start(&berth, dir.path(), &[]);
+            let pid = d.child.id() as i32;
+            let sock = d.sock.clone();
+            _keep = (Some(reg), Some(d));
+            (sock, image, Some(pid))
+        }
+    };
+    let ch = berth_e2e::cri::wait_and_connect(&sock, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let mut rt = RuntimeServiceClient::new(ch.clone());
+    ImageServiceClient::new(ch.clone())
+        .pull_image(proto::PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("PullImage");
+    let idle = daemon_pid.map(mem);
+
+    let mut run_sandbox = Vec::new();
+    let mut create_start_ms = Vec::new();
+    let mut cycle = Vec::new();
+    let mut exec = Vec::new();
+    for i in 0..iters {
+        let t = Instant::now();
+        let pod = run_pod(&mut rt, &format!("p{i}"), &logs).await;
+        run_sandbox.push(ms(t.elapsed()));
+        let t2 = Instant::now();
+        let c = create_start(&mut rt, &pod, &format!("p{i}"), &logs, &image).await;
+        create_start_ms.push(ms(t2.elapsed()));
+        let t3 = Instant::now();
+        let r = rt
+            .exec_sync(proto::ExecSyncRequest {
+                container_id: c.clone(),
+                cmd: vec!["true".into()],
+                timeout: 10,
+            })
+            .await
+            .expect("ExecSync")
+            .into_inner();
+        assert_eq!(r.exit_code, 0);
+        exec.push(ms(t3.elapsed()));
+        teardown(
+            &mut rt,
+            &Pod {
+                id: pod,
+                container: Some(c),
+            },
+        )
+        .await;
+        cycle.push(ms(t.elapsed()) - exec.last().copied().unwrap_or(0.0));
+    }
+
+    // Pods one after another, then all at once; memory with all running.
+    let t = Instant::now();
+    let mut pods = Vec::new();
+    for i in 0..pods_n {
+        let pod = run_pod(&mut rt, &format!("s{i}"), &logs).await;
+        let c = create_start(&mut rt, &pod, &format!("s{i}"), &logs, &image).await;
+        pods.push(Pod {
+            id: pod,
+            container: Some(c),
+        });
+    }
+    let sequential = ms(t.elapsed());
+    let per_pod = daemon_pid.map(|pid| {
+        let (dp, dr) = mem(pid);
+        let (mut mp, mut mr) = (0, 0);
+        for m in pids_with("__berth_monitor") {
+            let (p, r) = mem(m);
+            mp += p;
+            mr += r;
+        }
+        let (ip, ir) = idle.unwrap_or((0, 0));
+        (
+            (dp.saturating_sub(ip) + mp) as f64 / pods_n as f64,
+            (dr.saturating_sub(ir) + mr) as f64 / pods_n as f64,
+            mp as f64 / pods_n as f64,
+        )
+    });
+    for p in &pods {
+        teardown(&mut rt, p).await;
+    }
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..pods_n)
+        .map(|i| {
+            let mut rt = rt.clone();
+            let (logs, image) = (logs.clone(), image.clone());
+            tokio::spawn(async move {
+                let pod = run_pod(&mut rt, &format!("q{i}"), &logs).await;
+                let c = create_start(&mut rt, &pod, &format!("q{i}"), &logs, &image).await;
+                Pod {
+                    id: pod,
+                    container: Some(c),
+                }
+            })
+        })
+        .collect();
+    let mut pods = Vec::new();
+    for task in tasks {
+        pods.push(task.await.unwrap());
+    }
+    let parallel = ms(t.elapsed());
+    for p in &pods {
+        teardown(&mut rt, p).await;
+    }
+
+    println!(
+        "CRI lifecycle ({iters} runs; {} build)",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    println!("{:<40} {:>9} {:>9} {:>9}", "ms", "median", "min", "max");
+    let mut json = HashMap::new();
+    for (name, v) in [
+        ("RunPodSandbox", run_sandbox),
+        ("CreateContainer+StartContainer", create_start_ms),
+        ("pod cycle (run,create,start,stop,rm)", cycle),
+        ("ExecSync true", exec),
+    ] {
+        let (m, lo, hi) = stats(v);
+        println!("{name:<40} {m:>9.2} {lo:>9.2} {hi:>9.2}");
+        json.insert(
+            name.to_string(),
+            serde_json::json!({"median_ms": m, "min_ms": lo, "max_ms": hi}),
+        );
+    }
+    println!(
+        "{pods_n} pods+containers one after another: {sequential:.0} ms ({:.1} ms each)",
+        sequential / pods_n as f64
+    );
+    println!("{pods_n} pods+containers at once: {parallel:.0} ms");
+    json.insert("sequential_total_ms".into(), serde_json::json!(sequential));
+    json.insert("parallel_total_ms".into(), serde_json::json!(parallel));
+    if let (Some((ip, ir)), Some((pp, pr, mp))) = (idle, per_pod) {
+        println!(
+            "daemon idle: PSS {:.1} MiB, RSS {:.1} MiB",
+            ip as f64 / 1024.0,
+            ir as f64 / 1024.0
+        );
+        println!(
+            "per running pod (daemon growth + monitors): PSS {:.2} MiB, RSS {:.2} MiB (monitor alone PSS {:.2} MiB)",
+            pp / 1024.0,
+            pr / 1024.0,
+            mp / 1024.0
+        );
+        json.insert(
+            "daemon_idle_kib".into(),
+            serde_json::json!({"pss": ip, "rss": ir}),
+        );
+        json.insert(
+            "per_pod_kib".into(),
+            serde_json::json!({"pss": pp, "rss": pr, "monitor_pss": mp}),
+        );
+    }
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-cri-lifecycle.json");
+    let _ = std::fs::write(out, serde_json::to_string_pretty(&json).unwrap_or_default());
+}
