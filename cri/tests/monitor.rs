@@ -94,6 +94,7 @@ impl Fixture {
             log_path: Some(self.log_path()),
             max_log_line: None,
             exit_file: self.exit_file(),
+            sealed_init: None,
         }
     }
 

@@ -90,6 +90,33 @@ pub struct MonitorSpec {
     pub max_log_line: Option<usize>,
     /// Where the [`ExitRecord`] is written (atomically: temp, fsync, rename).
     pub exit_file: PathBuf,
+    /// The daemon's sealed copy of the berth binary (its pid and fd), which
+    /// the monitor adopts instead of copying the binary again: one copy per
+    /// node rather than one per container start. `None` (or a copy that is
+    /// gone or unsealed): the monitor makes its own.
+    #[serde(default)]
+    pub sealed_init: Option<SealedInit>,
+}
+
+/// Where a monitor finds the daemon's sealed init binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedInit {
+    /// The daemon's pid (the first monitor stage's parent).
+    pub pid: i32,
+    /// The fd of the sealed memfd in the daemon.
+    pub fd: i32,
+}
+
+impl SealedInit {
+    /// This process's own sealed copy (made now if needed).
+    pub fn of_self() -> std::io::Result<SealedInit> {
+        use std::os::fd::AsRawFd;
+        let fd = berth_core::process::sealed_self()?;
+        Ok(SealedInit {
+            pid: std::process::id() as i32,
+            fd: fd.as_raw_fd(),
+        })
+    }
 }
 
 /// How the container's init ended, written by the monitor to
@@ -258,12 +285,13 @@ pub fn run_from_args() {
     }
     let spec = args.next().map(PathBuf::from);
     let detached = args.next().as_deref() == Some(std::ffi::OsStr::new(DETACHED_ARG));
+    let sealed_fd = args.next().and_then(|a| a.to_str()?.parse::<i32>().ok());
     let Some(spec) = spec else {
         eprintln!("berth monitor: usage: {MONITOR_ARG} <dir>/{SPEC_FILE}");
         std::process::exit(2);
     };
     let code = if detached {
-        run::monitor(&spec)
+        run::monitor(&spec, sealed_fd)
     } else {
         run::detach(&spec)
     };

@@ -34,14 +34,17 @@ const SIGNALS: [Signal; 5] = [
 /// an upgrade still works) and exits, so the daemon can reap it at once.
 pub(super) fn detach(spec: &Path) -> i32 {
     cloexec_all_but_stdio();
+    // The daemon's sealed copy, reopened while the daemon (our parent) is
+    // waiting for the report, and handed on as the one inheritable fd.
+    let sealed = inherit_sealed_init(spec);
     let argv0 = std::env::args_os().next().unwrap_or_else(|| "berth".into());
-    let started = Command::new("/proc/self/exe")
-        .arg0(argv0)
-        .arg(MONITOR_ARG)
-        .arg(spec)
-        .arg(DETACHED_ARG)
-        .stdin(Stdio::null())
-        .spawn();
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0(argv0).arg(MONITOR_ARG).arg(spec).arg(DETACHED_ARG);
+    if let Some(fd) = &sealed {
+        cmd.arg(fd.as_raw_fd().to_string());
+    }
+    let started = cmd.stdin(Stdio::null()).spawn();
+    drop(sealed);
     match started {
         // Not waited for: it is reparented when this process exits.
         Ok(_) => 0,
@@ -51,6 +54,40 @@ pub(super) fn detach(spec: &Path) -> i32 {
             let _ = report(&Report::Error(msg));
             1
         }
+    }
+}
+
+/// Opens the daemon's sealed copy named in the spec, without close-on-exec
+/// (only when the daemon really is our parent: a pid named in a file could
+/// have been reused).
+fn inherit_sealed_init(spec_path: &Path) -> Option<OwnedFd> {
+    let spec = read_spec(spec_path).ok()?;
+    let s = spec.sealed_init?;
+    if nix::unistd::getppid().as_raw() != s.pid {
+        return None;
+    }
+    let fd = OwnedFd::from(std::fs::File::open(format!("/proc/{}/fd/{}", s.pid, s.fd)).ok()?);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty())).ok()?;
+    Some(fd)
+}
+
+/// Adopts the sealed copy inherited as `fd` (runtime-core checks its seals)
+/// and closes the inherited descriptor.
+fn adopt_sealed_init(fd: RawFd) {
+    let opened = std::fs::File::open(format!("/proc/self/fd/{fd}"));
+    // The inherited number is closed either way: it must not stay open in
+    // the monitor (nor reach the container, where every fd is close-on-exec).
+    let _ = nix::unistd::close(fd);
+    match opened {
+        Ok(f) => {
+            if let Err(e) = berth_core::process::adopt_sealed_copy(
+                berth_core::InitBinary::SelfExe,
+                OwnedFd::from(f),
+            ) {
+                warn(&format!("not using the daemon's init binary copy: {e}"));
+            }
+        }
+        Err(e) => warn(&format!("inherited init binary copy: {e}")),
     }
 }
 
@@ -74,7 +111,10 @@ fn cloexec_all_but_stdio() {
 }
 
 /// Second stage: the monitor itself. Returns the process exit code.
-pub(super) fn monitor(spec_path: &Path) -> i32 {
+pub(super) fn monitor(spec_path: &Path, sealed_fd: Option<RawFd>) -> i32 {
+    if let Some(fd) = sealed_fd {
+        adopt_sealed_init(fd);
+    }
     let started = prepare().and_then(|signals| start(spec_path, signals));
     let (spec, handle, pump) = match started {
         Ok(s) => s,

@@ -149,6 +149,7 @@ mod tests {
             log_path: None,
             max_log_line: None,
             exit_file: d.path().join("exit.json"),
+            sealed_init: None,
         };
         let dir = d.path().join("m");
         // `true` ignores its arguments and prints nothing.

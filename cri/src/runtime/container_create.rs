@@ -166,6 +166,7 @@ fn build(
             log_path: (!log.is_empty()).then(|| PathBuf::from(&log)),
             max_log_line: None,
             exit_file: dir.join("exit.json"),
+            sealed_init: monitor::SealedInit::of_self().ok(),
         };
         let spawned = monitor::spawn(ctx.monitor_exe, &dir, &mspec).map_err(|e| {
             RuntimeError::FailedPrecondition(format!("creating the container: {e}"))

@@ -14,7 +14,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-pub use sealed::{forget_sealed_copies, InitBinary};
+pub use sealed::{adopt_sealed_copy, forget_sealed_copies, sealed_self, InitBinary};
 
 use crate::security::capabilities::Capabilities;
 use crate::security::user::User;

@@ -42,6 +42,37 @@ pub fn forget_sealed_copies() {
     cache().lock().unwrap_or_else(|e| e.into_inner()).clear();
 }
 
+/// The sealed copy of the running executable, made on first use: a daemon
+/// can hand it (e.g. through `/proc/<pid>/fd/<n>`) to helper processes of
+/// its own, which [`adopt_sealed_copy`] it instead of copying the binary
+/// again — one copy for the node instead of one per container.
+pub fn sealed_self() -> std::io::Result<Arc<OwnedFd>> {
+    sealed_copy(&InitBinary::SelfExe)
+}
+
+/// The seals every adopted copy must carry: nothing can write, shrink or
+/// grow it, and the seals themselves cannot change.
+const REQUIRED_SEALS: libc::c_int =
+    libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+
+/// Uses `fd` as this process's sealed copy of `bin` (see [`sealed_self`]).
+/// Refused unless `fd` is a memfd carrying all of the write seals, so a
+/// copy that anyone could still change is never exec'd as a container's
+/// init (CVE-2019-5736).
+pub fn adopt_sealed_copy(bin: InitBinary, fd: OwnedFd) -> std::io::Result<()> {
+    let seals = fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS)?;
+    if seals & REQUIRED_SEALS != REQUIRED_SEALS {
+        return Err(std::io::Error::other(format!(
+            "init binary copy is not sealed (seals {seals:#x})"
+        )));
+    }
+    cache()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(bin, Arc::new(fd));
+    Ok(())
+}
+
 /// Returns the sealed memfd copy of `bin`, making it on first use.
 pub(crate) fn sealed_copy(bin: &InitBinary) -> std::io::Result<Arc<OwnedFd>> {
     let mut cache = cache().lock().unwrap_or_else(|e| e.into_inner());
@@ -77,6 +108,22 @@ fn make_sealed_copy(bin: &InitBinary) -> std::io::Result<OwnedFd> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn only_sealed_copies_are_adopted() {
+        let plain = memfd_create(c"unsealed", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        let err = adopt_sealed_copy(InitBinary::Path("/nonexistent-a".into()), plain).unwrap_err();
+        assert!(err.to_string().contains("not sealed"), "{err}");
+        let me = sealed_self().unwrap();
+        let path = format!("/proc/self/fd/{}", me.as_raw_fd());
+        let reopened = OwnedFd::from(File::open(path).unwrap());
+        let key = InitBinary::Path("/nonexistent-b".into());
+        adopt_sealed_copy(key.clone(), reopened).unwrap();
+        assert!(
+            sealed_copy(&key).is_ok(),
+            "the adopted copy is used, not a new one"
+        );
+    }
 
     #[test]
     fn copy_is_sealed_against_writes() {
