@@ -92,6 +92,11 @@ fn pod_config(dir: &Path) -> proto::PodSandboxConfig {
         }),
         hostname: "pod-host".into(),
         log_directory: dir.join("logs").to_string_lossy().into_owned(),
+        linux: Some(proto::LinuxPodSandboxConfig {
+            // Namespaced sysctls of the pod (kubelet's safe set includes it).
+            sysctls: HashMap::from([("net.ipv4.ip_unprivileged_port_start".into(), "0".into())]),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

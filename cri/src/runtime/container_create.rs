@@ -119,9 +119,16 @@ fn build(
                 sandbox.id
             ))
         })?;
-        // Pod sysctls are refused by RunPodSandbox until runtime-core
-        // applies sysctls in joined namespaces.
-        let no_sysctls = std::collections::BTreeMap::new();
+        // The pod's namespaced sysctls: every container's init writes them
+        // into the pod namespaces it joins (idempotent); runtime-core
+        // refuses any that would reach the host's.
+        let sysctls: std::collections::BTreeMap<String, String> = sandbox
+            .config()
+            .linux
+            .unwrap_or_default()
+            .sysctls
+            .into_iter()
+            .collect();
         let pod = spec::PodContext {
             hostname: &sandbox.hostname,
             net_ns: ns.net.as_deref(),
@@ -138,7 +145,7 @@ fn build(
             hosts: &sandbox.dir.join("hosts"),
             hostname_file: &sandbox.dir.join("hostname"),
             cgroup_parent: &sandbox.cgroup_parent,
-            sysctls: &no_sysctls,
+            sysctls: &sysctls,
         };
         let cs = spec::container_spec(
             id.as_str(),

@@ -172,14 +172,6 @@ pub(super) fn plan(
             one_line(&format!("config.dns_config.options[{i}]"), v)?;
         }
     }
-    if !linux.sysctls.is_empty() {
-        // runtime-core applies sysctls only in namespaces a container
-        // creates; the pod's are joined. Refused rather than ignored.
-        return Err(RuntimeError::invalid(
-            "config.linux.sysctls",
-            "pod sysctls are not supported yet",
-        ));
-    }
     for (k, v) in &linux.sysctls {
         let ok_key = !k.is_empty()
             && k.bytes()

@@ -101,6 +101,23 @@ pub enum ConfigError {
     Seccomp(#[source] crate::security::seccomp::SeccompError),
 }
 
+impl Config {
+    /// Whether the namespace of `kind` this config joins is the caller's
+    /// own (the host's, for a runtime running in the host's namespaces).
+    fn joins_host_namespace(&self, kind: NamespaceKind) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(path) = self.namespace(kind).and_then(|ns| ns.path.as_ref()) else {
+            return false;
+        };
+        let own = format!("/proc/self/ns/{}", kind.proc_name());
+        match (std::fs::metadata(path), std::fs::metadata(own)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            // Cannot tell: refuse rather than risk the host's settings.
+            _ => true,
+        }
+    }
+}
+
 /// Whether `p` is absolute and free of `..`.
 pub(crate) fn is_clean_absolute(p: &Path) -> bool {
     p.is_absolute() && !p.components().any(|c| c == Component::ParentDir)
@@ -306,8 +323,17 @@ impl Config {
                         "not a namespaced sysctl: it would change the host".into(),
                     ))
                 }
-                Some(kind) if !self.creates(kind) => {
-                    return Err(sysctl_err(format!("requires a new {kind:?} namespace")))
+                Some(kind) if !self.has(kind) => {
+                    return Err(sysctl_err(format!(
+                        "requires a new or joined {kind:?} namespace"
+                    )))
+                }
+                // A joined namespace is fine (a pod's pinned one) unless it
+                // is the host's own, as runc checks.
+                Some(kind) if self.joins_host_namespace(kind) => {
+                    return Err(sysctl_err(format!(
+                        "the joined {kind:?} namespace is the host's: it would change the host"
+                    )))
                 }
                 Some(_) => {}
             }
@@ -470,6 +496,23 @@ mod tests {
         let (_d, mut c) = base();
         c.sysctls.insert("net/../../x".into(), "1".into());
         assert!(matches!(c.validate(), Err(ConfigError::Sysctl { .. })));
+    }
+
+    #[test]
+    fn sysctls_in_joined_namespaces_but_never_the_hosts() {
+        let (_d, mut c) = base();
+        c.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+        c.namespaces.retain(|n| n.kind != NamespaceKind::Network);
+        // The host's own network namespace, joined by path: refused.
+        c.namespaces.push(Namespace {
+            kind: NamespaceKind::Network,
+            path: Some("/proc/self/ns/net".into()),
+        });
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("host"), "{err}");
+        // No network namespace at all: refused.
+        c.namespaces.retain(|n| n.kind != NamespaceKind::Network);
+        assert!(c.validate().unwrap_err().to_string().contains("namespace"));
     }
 
     #[test]
