@@ -91,7 +91,15 @@ async fn run_pod(rt: &mut Rt, name: &str, logs: &Path) -> String {
     .pod_sandbox_id
 }
 
-async fn create_start(rt: &mut Rt, pod: &str, name: &str, logs: &Path, image: &str) -> String {
+/// Creates and starts a container; returns its id and how long
+/// StartContainer alone took.
+async fn create_start_timed(
+    rt: &mut Rt,
+    pod: &str,
+    name: &str,
+    logs: &Path,
+    image: &str,
+) -> (String, Duration) {
     let id = rt
         .create_container(proto::CreateContainerRequest {
             pod_sandbox_id: pod.into(),
@@ -102,12 +110,17 @@ async fn create_start(rt: &mut Rt, pod: &str, name: &str, logs: &Path, image: &s
         .expect("CreateContainer")
         .into_inner()
         .container_id;
+    let t = Instant::now();
     rt.start_container(proto::StartContainerRequest {
         container_id: id.clone(),
     })
     .await
     .expect("StartContainer");
-    id
+    (id, t.elapsed())
+}
+
+async fn create_start(rt: &mut Rt, pod: &str, name: &str, logs: &Path, image: &str) -> String {
+    create_start_timed(rt, pod, name, logs, image).await.0
 }
 
 async fn teardown(rt: &mut Rt, pod: &Pod) {
@@ -238,6 +251,7 @@ async fn main() {
 
     let mut run_sandbox = Vec::new();
     let mut create_start_ms = Vec::new();
+    let mut start_ms = Vec::new();
     let mut cycle = Vec::new();
     let mut exec = Vec::new();
     for i in 0..iters {
@@ -245,8 +259,9 @@ async fn main() {
         let pod = run_pod(&mut rt, &format!("p{i}"), &logs).await;
         run_sandbox.push(ms(t.elapsed()));
         let t2 = Instant::now();
-        let c = create_start(&mut rt, &pod, &format!("p{i}"), &logs, &image).await;
+        let (c, started) = create_start_timed(&mut rt, &pod, &format!("p{i}"), &logs, &image).await;
         create_start_ms.push(ms(t2.elapsed()));
+        start_ms.push(ms(started));
         let t3 = Instant::now();
         let r = rt
             .exec_sync(proto::ExecSyncRequest {
@@ -337,6 +352,7 @@ async fn main() {
     for (name, v) in [
         ("RunPodSandbox", run_sandbox),
         ("CreateContainer+StartContainer", create_start_ms),
+        ("StartContainer", start_ms),
         ("pod cycle (run,create,start,stop,rm)", cycle),
         ("ExecSync true", exec),
     ] {

@@ -80,3 +80,48 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// Leaves nothing of a test's daemon behind under `dir` (also after a
+/// failed assertion): kills the container monitors whose spec lives there
+/// (by their PIDs, found through their command lines) and detaches every
+/// mount under `dir` — pinned pod namespaces, /dev/shm tmpfs — all of them
+/// the test's own.
+pub fn cleanup_dir(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("__berth_monitor") && cmdline.contains(&needle) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&needle))
+        .collect();
+    // Deepest first.
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = Command::new("umount").args(["-l", m]).status();
+    }
+    // The cgroups of the test's containers (named by their ids; without a
+    // cgroup_parent they sit at each hierarchy's root). rmdir only removes
+    // empty ones, and only these names are tried.
+    let ids: Vec<String> = std::fs::read_dir(dir.join("root/metadata/containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string))
+        .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for id in &ids {
+            let _ = std::fs::remove_dir(hierarchy.path().join(id));
+        }
+    }
+}

@@ -30,6 +30,13 @@ struct Env {
     pod: String,
 }
 
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.daemon.crash();
+        berth_e2e::daemon::cleanup_dir(self.dir.path());
+    }
+}
+
 async fn env(test: &str) -> Option<Env> {
     if !nix::unistd::geteuid().is_root() {
         println!("skipped: {test}: needs root");

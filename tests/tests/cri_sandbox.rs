@@ -14,6 +14,24 @@ use berth_e2e::daemon::Daemon;
 use tonic::transport::Channel;
 use tonic::Code;
 
+/// The test's directory, cleaned (monitors, mounts) when dropped.
+struct TestDir(tempfile::TempDir);
+
+impl TestDir {
+    fn new() -> TestDir {
+        TestDir(tempfile::tempdir().unwrap())
+    }
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        berth_e2e::daemon::cleanup_dir(self.0.path());
+    }
+}
+
 fn setup(test: &str) -> Option<std::path::PathBuf> {
     if !nix::unistd::geteuid().is_root() {
         println!("skipped: {test}: needs root");
@@ -120,7 +138,7 @@ async fn a_pod_is_pinned_namespaces_that_outlive_a_daemon_crash() {
     let Some(berth) = setup("a_pod_is_pinned_namespaces_that_outlive_a_daemon_crash") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let mut d = Daemon::start(&berth, dir.path(), &[]);
     let mut rt = RuntimeServiceClient::new(d.channel().await);
 
@@ -221,7 +239,7 @@ async fn list_filters_by_id_prefix_state_and_labels() {
     let Some(berth) = setup("list_filters_by_id_prefix_state_and_labels") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let d = Daemon::start(&berth, dir.path(), &[]);
     let mut rt = RuntimeServiceClient::new(d.channel().await);
     let a = run(&mut rt, pod("a")).await.unwrap();
@@ -266,7 +284,7 @@ async fn bad_sandbox_requests_get_the_right_code_and_leave_nothing() {
     let Some(berth) = setup("bad_sandbox_requests_get_the_right_code_and_leave_nothing") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let d = Daemon::start(&berth, dir.path(), &[]);
     let mut rt = RuntimeServiceClient::new(d.channel().await);
     let mut no_uid = pod("x");
@@ -329,7 +347,7 @@ async fn many_pods_in_parallel_leave_nothing_behind() {
     let Some(berth) = setup("many_pods_in_parallel_leave_nothing_behind") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let d = Daemon::start(&berth, dir.path(), &[]);
     let ch = d.channel().await;
     let tasks: Vec<_> = (0..30)
