@@ -577,3 +577,63 @@ async fn exec_sync_and_log_reopen() {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recursive_read_only_mounts_cover_submounts() {
+    let Some(mut env) = env("recursive_read_only_mounts_cover_submounts").await else {
+        return;
+    };
+    let st = env
+        .rt
+        .status(proto::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        st.runtime_handlers[0]
+            .features
+            .as_ref()
+            .unwrap()
+            .recursive_read_only_mounts,
+        "Status advertises recursive read-only mounts"
+    );
+    // A host dir of the test's own with a writable tmpfs mounted inside.
+    let src = env.dir.path().join("vol");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(src.join("sub"))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mount tmpfs");
+    let script = "touch /data/sub/x 2>/dev/null && echo sub=rw || echo sub=ro; touch /data/y 2>/dev/null && echo top=rw || echo top=ro";
+    let mut outputs = Vec::new();
+    for (name, recursive) in [("plain-ro", false), ("rro", true)] {
+        let mut cfg = container(&env, name, &["sh", "-c", script], &[]);
+        cfg.mounts = vec![proto::Mount {
+            container_path: "/data".into(),
+            host_path: src.to_string_lossy().into_owned(),
+            readonly: true,
+            recursive_read_only: recursive,
+            ..Default::default()
+        }];
+        let id = create(&mut env, cfg).await.unwrap();
+        start(&mut env.rt, &id).await.unwrap();
+        let st = wait_exited(&mut env.rt, &id).await;
+        outputs.push(
+            log_records(&st.log_path)
+                .into_iter()
+                .map(|r| r.2)
+                .collect::<Vec<_>>(),
+        );
+    }
+    // A plain read-only bind leaves submounts writable (the kernel's rule);
+    // recursive read-only closes them too.
+    assert_eq!(outputs[0], ["sub=rw", "top=ro"]);
+    assert_eq!(outputs[1], ["sub=ro", "top=ro"]);
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(src.join("sub"))
+        .status();
+}

@@ -35,13 +35,13 @@ pub(super) fn status(req: &proto::StatusRequest) -> proto::StatusResponse {
     proto::StatusResponse {
         status: Some(proto::RuntimeStatus { conditions }),
         info,
-        // The default handler. Features are reported only once the CRI
-        // container code implements them (recursive read-only mounts and user
-        // namespaces exist in runtime-core but not yet behind CreateContainer).
+        // The default handler, with what CreateContainer really does:
+        // recursive read-only mounts (mount_setattr, Linux 5.12+); pod user
+        // namespaces are not wired through CRI yet.
         runtime_handlers: vec![proto::RuntimeHandler {
             name: String::new(),
             features: Some(proto::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
+                recursive_read_only_mounts: kernel_at_least(5, 12),
                 user_namespaces: false,
             }),
         }],
@@ -49,6 +49,20 @@ pub(super) fn status(req: &proto::StatusRequest) -> proto::StatusResponse {
             supplemental_groups_policy: false,
         }),
     }
+}
+
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let Ok(u) = nix::sys::utsname::uname() else {
+        return false;
+    };
+    let release = u.release().to_string_lossy().into_owned();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
 }
 
 #[cfg(test)]
