@@ -83,7 +83,7 @@ pub(super) fn create(
     let pod_config = sandbox.config();
     let log = log_path(&pod_config, &config)?;
     let name = format!("{}_{}_{}", meta.name, sandbox.name, meta.attempt);
-    let id = ObjectId::random();
+    let id = ObjectId::random().map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
     let reg = &ctx.containers.registry;
     reg.reserve(&name, &id)?;
     let result = build(ctx, sandbox, &config, &id, &name, &image, log);

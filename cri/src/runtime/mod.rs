@@ -133,7 +133,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             .config
             .ok_or_else(|| Status::from(RuntimeError::invalid("config", "must be set")))?;
         let plan = sandbox_run::plan(&config, &req.runtime_handler)?;
-        let id = crate::store::ObjectId::random();
+        let id = crate::store::ObjectId::random()
+            .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
         self.sandboxes.registry.reserve(&plan.name, &id)?;
         let sandboxes = self.sandboxes.clone();
         let (id2, plan2) = (id.clone(), plan.clone());

@@ -19,14 +19,10 @@ pub struct ObjectId(String);
 
 impl ObjectId {
     /// A fresh random id (256 bits from the kernel's CSPRNG).
-    pub fn random() -> ObjectId {
+    pub fn random() -> std::io::Result<ObjectId> {
         let mut b = [0u8; 32];
-        // /dev/urandom cannot fail to be read on Linux once it is open; if
-        // it cannot be opened the system is unusable anyway.
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut b))
-            .expect("reading /dev/urandom");
-        ObjectId(hex::encode(b))
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+        Ok(ObjectId(hex::encode(b)))
     }
 
     /// Validates a full id.
@@ -84,9 +80,9 @@ mod tests {
 
     #[test]
     fn ids() {
-        let a = ObjectId::random();
+        let a = ObjectId::random().unwrap();
         assert_eq!(a.as_str().len(), 64);
-        assert_ne!(a, ObjectId::random());
+        assert_ne!(a, ObjectId::random().unwrap());
         assert_eq!(ObjectId::parse(a.as_str()).unwrap(), a);
         for bad in [
             "",

@@ -150,12 +150,13 @@ mod tests {
     fn records_round_trip_and_temp_files_are_cleaned() {
         let d = tempfile::tempdir().unwrap();
         let r = RecordDir::open(d.path()).unwrap();
-        let id = ObjectId::random();
+        let id = ObjectId::random().unwrap();
         r.save(&id, &serde_json::json!({"version": 1, "x": 2}))
             .unwrap();
         std::fs::write(d.path().join(".junk.json.1.2.tmp"), "half").unwrap();
         std::fs::write(
-            d.path().join(format!("{}.json", ObjectId::random())),
+            d.path()
+                .join(format!("{}.json", ObjectId::random().unwrap())),
             "{broken",
         )
         .unwrap();
