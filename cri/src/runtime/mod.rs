@@ -181,17 +181,12 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::RemovePodSandboxRequest>,
     ) -> Result<Response<proto::RemovePodSandboxResponse>, Status> {
-        let entry = match self
+        let Some(entry) = self
             .sandboxes
             .registry
-            .get(&request.into_inner().pod_sandbox_id, "pod_sandbox_id")
-        {
-            Ok(entry) => entry,
-            // Already removed: not an error (api.proto).
-            Err(RuntimeError::NotFound { .. }) => {
-                return Ok(Response::new(proto::RemovePodSandboxResponse {}))
-            }
-            Err(e) => return Err(e.into()),
+            .find(&request.into_inner().pod_sandbox_id, "pod_sandbox_id")?
+        else {
+            return Ok(Response::new(proto::RemovePodSandboxResponse {}));
         };
         let mut rec = entry.lock_owned().await;
         for c in self.pod_containers(&rec.id) {
@@ -307,17 +302,12 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::RemoveContainerRequest>,
     ) -> Result<Response<proto::RemoveContainerResponse>, Status> {
-        let entry = match self
+        let Some(entry) = self
             .containers
             .registry
-            .get(&request.into_inner().container_id, "container_id")
-        {
-            Ok(entry) => entry,
-            // Already removed: not an error (api.proto).
-            Err(RuntimeError::NotFound { .. }) => {
-                return Ok(Response::new(proto::RemoveContainerResponse {}))
-            }
-            Err(e) => return Err(e.into()),
+            .find(&request.into_inner().container_id, "container_id")?
+        else {
+            return Ok(Response::new(proto::RemoveContainerResponse {}));
         };
         let mut rec = entry.lock().await;
         container_remove::remove(&self.containers, &self.images, &mut rec).await?;

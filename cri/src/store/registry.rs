@@ -166,6 +166,17 @@ impl<R: Record> Registry<R> {
         }
     }
 
+    /// Like [`Registry::get`], but an id that is not there is `None`: what
+    /// the idempotent Remove RPCs need ("must not return an error if ...
+    /// already removed", api.proto).
+    pub fn find(&self, id: &str, field: &str) -> Result<Option<Entry<R>>, RuntimeError> {
+        match self.get(id, field) {
+            Ok(e) => Ok(Some(e)),
+            Err(RuntimeError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every entry.
     pub fn all(&self) -> Vec<Entry<R>> {
         self.map
