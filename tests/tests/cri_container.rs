@@ -637,3 +637,84 @@ async fn recursive_read_only_mounts_cover_submounts() {
         .arg(src.join("sub"))
         .status();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_over_its_memory_limit_is_oom_killed() {
+    const T: &str = "a_container_over_its_memory_limit_is_oom_killed";
+    if !Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists() {
+        println!("skipped: {T}: needs the cgroup v1 memory controller (this test's cgroup layout)");
+        return;
+    }
+    let Some(mut env) = env(T).await else {
+        return;
+    };
+    // A pod cgroup of the test's own, as kubelet would pass it.
+    let parent = format!("berth-e2e-{}", std::process::id());
+    let mut pod = pod_config(env.dir.path());
+    pod.metadata.as_mut().unwrap().name = "oom".into();
+    pod.linux.as_mut().unwrap().cgroup_parent = format!("/{parent}/podoom");
+    let pod_id = env
+        .rt
+        .run_pod_sandbox(proto::RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let mut cfg = container(
+        &env,
+        "hog",
+        &["sh", "-c", "a=xxxxxxxx; while :; do a=$a$a; done"],
+        &[],
+    );
+    cfg.linux = Some(proto::LinuxContainerConfig {
+        resources: Some(proto::LinuxContainerResources {
+            memory_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = env
+        .rt
+        .create_container(proto::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pod),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/{parent}/podoom/{id}/memory.limit_in_bytes"
+    ))
+    .expect("the container's cgroup is under the pod's cgroup_parent");
+    assert_eq!(limit.trim(), (16u64 << 20).to_string());
+    start(&mut env.rt, &id).await.unwrap();
+    let st = wait_exited(&mut env.rt, &id).await;
+    assert_eq!(
+        (st.exit_code, st.reason.as_str()),
+        (137, "OOMKilled"),
+        "{st:?}"
+    );
+    env.rt
+        .remove_pod_sandbox(proto::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id,
+        })
+        .await
+        .unwrap();
+    // The container's cgroup went with it; the pod's (kubelet's, here the
+    // test's) is removed by the test.
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let pod_cg = h.path().join(&parent).join("podoom");
+        assert!(
+            !pod_cg.join(&id).exists(),
+            "{} left",
+            pod_cg.join(&id).display()
+        );
+        let _ = std::fs::remove_dir(&pod_cg);
+        let _ = std::fs::remove_dir(h.path().join(&parent));
+    }
+}
