@@ -184,17 +184,7 @@ pub struct OverlayMount(pub PathBuf);
 impl OverlayMount {
     pub fn mount(rootfs: &berth_core::config::OverlayRootfs, target: &Path) -> OverlayMount {
         std::fs::create_dir_all(target).unwrap();
-        let lower: Vec<_> = rootfs
-            .lowerdirs
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        let data = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
-            rootfs.upperdir.display(),
-            rootfs.workdir.display()
-        );
+        let data = rootfs.mount_data();
         nix::mount::mount(
             Some("overlay"),
             target,

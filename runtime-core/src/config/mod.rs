@@ -165,6 +165,23 @@ pub struct OverlayRootfs {
     pub workdir: PathBuf,
 }
 
+impl OverlayRootfs {
+    /// The overlayfs mount data: `lowerdir=a:b,upperdir=u,workdir=w`.
+    pub fn mount_data(&self) -> String {
+        let lower: Vec<String> = self
+            .lowerdirs
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            self.upperdir.display(),
+            self.workdir.display()
+        )
+    }
+}
+
 /// Everything needed to create a container.
 ///
 /// Build one with [`Config::new`] (a rootfs and the safe defaults runc's spec

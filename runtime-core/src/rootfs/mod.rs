@@ -126,17 +126,7 @@ pub(crate) fn setup(
             let dir = open_dir(path).map_err(bind_err)?;
             crate::sys::move_mount_onto(tree.as_fd(), dir.as_fd()).map_err(bind_err)?;
         }
-        let lower: Vec<String> = o
-            .lowerdirs
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        let data = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
-            o.upperdir.display(),
-            o.workdir.display()
-        );
+        let data = o.mount_data();
         mounts::mount_raw(
             Some("overlay".as_ref()),
             rootfs,
