@@ -9,7 +9,7 @@ use crate::image::ImageError;
 pub enum RuntimeError {
     /// A request field is missing or malformed; `field` is its path in the
     /// request (`config.metadata.name`).
-    #[error("{}{reason}", if field.is_empty() { String::new() } else { format!("{field}: ") })]
+    #[error("{field}: {reason}")]
     InvalidArgument {
         /// The field.
         field: String,
@@ -66,9 +66,17 @@ impl From<crate::spec::SpecError> for RuntimeError {
             SpecError::InvalidArgument { field, reason } => {
                 RuntimeError::InvalidArgument { field, reason }
             }
-            other => RuntimeError::InvalidArgument {
-                field: String::new(),
-                reason: other.to_string(),
+            SpecError::Unsupported { field, reason } => RuntimeError::InvalidArgument {
+                field,
+                reason: format!("not supported: {reason}"),
+            },
+            SpecError::SeccompProfile {
+                field,
+                reference,
+                reason,
+            } => RuntimeError::InvalidArgument {
+                field,
+                reason: format!("seccomp profile {reference:?}: {reason}"),
             },
         }
     }
