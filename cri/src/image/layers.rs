@@ -188,8 +188,9 @@ impl LayerStore {
         }
     }
 
-    /// Chain ids of every complete layer on disk.
-    pub fn list(&self) -> Vec<Digest> {
+    /// Every complete layer on disk, with what it uses (one read of each
+    /// `layer.json`).
+    pub fn list(&self) -> Vec<(Digest, LayerUsage)> {
         std::fs::read_dir(&self.root)
             .into_iter()
             .flatten()
@@ -197,7 +198,7 @@ impl LayerStore {
             .filter_map(|e| {
                 Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())).ok()
             })
-            .filter(|d| self.usage(d).is_some())
+            .filter_map(|d| self.usage(&d).map(|u| (d, u)))
             .collect()
     }
 }

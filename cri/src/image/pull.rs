@@ -339,6 +339,9 @@ impl Puller {
             layers: records,
             size,
             removed: false,
+            user: super::rootfs::ImageConfig::parse(&config_bytes)
+                .ok()
+                .map(|c| c.user),
         };
         self.store.add(record)
     }

@@ -77,11 +77,16 @@ impl ImageConfig {
     /// The numeric uid of `User` when it is numeric (CRI `Image.uid`), or the
     /// user name (CRI `Image.username`).
     pub fn uid_or_name(&self) -> (Option<i64>, String) {
-        let user = self.user.split(':').next().unwrap_or("");
-        match user.parse::<i64>() {
-            Ok(uid) => (Some(uid), String::new()),
-            Err(_) => (None, user.to_string()),
-        }
+        uid_or_name(&self.user)
+    }
+}
+
+/// [`ImageConfig::uid_or_name`] for a `User` string.
+pub fn uid_or_name(user: &str) -> (Option<i64>, String) {
+    let user = user.split(':').next().unwrap_or("");
+    match user.parse::<i64>() {
+        Ok(uid) => (Some(uid), String::new()),
+        Err(_) => (None, user.to_string()),
     }
 }
 

@@ -60,11 +60,14 @@ impl ImageServiceImpl {
     }
 
     fn to_cri(&self, rec: &ImageRecord) -> proto::Image {
-        let (uid, username) = self
-            .store
-            .image_config(rec)
-            .map(|c| c.uid_or_name())
-            .unwrap_or_default();
+        let (uid, username) = match &rec.user {
+            Some(user) => super::rootfs::uid_or_name(user),
+            None => self
+                .store
+                .image_config(rec)
+                .map(|c| c.uid_or_name())
+                .unwrap_or_default(),
+        };
         proto::Image {
             id: rec.id.to_string(),
             repo_tags: rec.repo_tags.clone(),

@@ -57,6 +57,11 @@ pub struct ImageRecord {
     /// List/Status, deleted when the last container lets go.
     #[serde(default)]
     pub removed: bool,
+    /// The image config's `User`, kept here so List/Status (called by
+    /// kubelet every few seconds) need not read the config blob. `None` in
+    /// records written before it existed.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 impl ImageRecord {
@@ -322,7 +327,7 @@ impl ImageStore {
             chains.extend(rec.layers.iter().map(|l| l.chain_id.clone()));
             blobs.extend(rec.blobs().cloned());
         }
-        for chain in self.layers.list() {
+        for (chain, _) in self.layers.list() {
             if !chains.contains(&chain) {
                 if let Err(e) = self.layers.remove(&chain) {
                     tracing::warn!(error = %e, "layer garbage collection");
@@ -356,11 +361,9 @@ impl ImageStore {
     /// Bytes and inodes the image filesystem uses: blobs plus unpacked layers.
     pub fn usage(&self) -> (u64, u64) {
         let (mut bytes, mut inodes) = self.blobs.usage();
-        for chain in self.layers.list() {
-            if let Some(u) = self.layers.usage(&chain) {
-                bytes += u.bytes;
-                inodes += u.inodes;
-            }
+        for (_, u) in self.layers.list() {
+            bytes += u.bytes;
+            inodes += u.inodes;
         }
         (bytes, inodes)
     }
