@@ -206,6 +206,7 @@ pub struct Puller {
     pulls: KeyedLocks,
     blob_locks: KeyedLocks,
     downloads: std::sync::atomic::AtomicU64,
+    resumes: std::sync::atomic::AtomicU64,
 }
 
 /// A request context for one pull, for error messages.
@@ -231,12 +232,19 @@ impl Puller {
             pulls: KeyedLocks::default(),
             blob_locks: KeyedLocks::default(),
             downloads: Default::default(),
+            resumes: Default::default(),
         }
     }
 
     /// Number of blob downloads started so far (for tests and metrics).
     pub fn downloads(&self) -> u64 {
         self.downloads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Blob downloads continued from where they broke (a registry answering
+    /// a range request past byte 0 with 206), for tests and metrics.
+    pub fn resumes(&self) -> u64 {
+        self.resumes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Pulls `name` and records it; returns the record.
@@ -598,7 +606,13 @@ impl Puller {
                 writer.reset().map_err(|e| Attempt::Permanent(e.into()))?;
                 s.stream
             }
-            BlobResponse::Partial(s) => s.stream,
+            BlobResponse::Partial(s) => {
+                if writer.written() > 0 {
+                    self.resumes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                s.stream
+            }
         };
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
