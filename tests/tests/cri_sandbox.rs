@@ -384,3 +384,36 @@ async fn many_pods_in_parallel_leave_nothing_behind() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_namespaces_are_gone_comes_back_not_ready() {
+    let Some(berth) = setup("a_pod_whose_namespaces_are_gone_comes_back_not_ready") else {
+        return;
+    };
+    let dir = TestDir::new();
+    let mut d = Daemon::start(&berth, dir.path(), &[]);
+    let mut rt = RuntimeServiceClient::new(d.channel().await);
+    let id = run(&mut rt, pod("gone")).await.unwrap();
+    d.crash();
+    // What a reboot does to /run: the pinned namespace mounts are gone.
+    let ns = dir.path().join("state/pods").join(&id).join("ns");
+    for m in mounts_under(&ns) {
+        assert!(
+            Command::new("umount").arg(&m).status().unwrap().success(),
+            "umount {m}"
+        );
+    }
+    let d2 = Daemon::start(&berth, dir.path(), &[]);
+    let mut rt = RuntimeServiceClient::new(d2.channel().await);
+    let st = status(&mut rt, &id).await.unwrap();
+    assert_eq!(st.state, proto::PodSandboxState::SandboxNotready as i32);
+    rt.remove_pod_sandbox(proto::RemovePodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        status(&mut rt, &id).await.unwrap_err().code(),
+        Code::NotFound
+    );
+}
