@@ -89,23 +89,6 @@ impl RuntimeServiceImpl {
             monitor_exe,
         })
     }
-
-    /// Containers of a pod (checked again under each one's lock).
-    fn pod_containers(
-        &self,
-        sandbox: &crate::store::ObjectId,
-    ) -> Vec<crate::store::Entry<container::ContainerRecord>> {
-        self.containers
-            .registry
-            .all()
-            .into_iter()
-            .filter(|e| {
-                e.try_lock()
-                    .map(|r| r.sandbox_id == *sandbox)
-                    .unwrap_or(true)
-            })
-            .collect()
-    }
 }
 
 #[tonic::async_trait]
@@ -166,9 +149,9 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             .registry
             .get(&request.into_inner().pod_sandbox_id, "pod_sandbox_id")?;
         let mut rec = entry.lock_owned().await;
-        for c in self.pod_containers(&rec.id) {
+        for c in self.containers.registry.members(&rec.id) {
             let mut c = c.lock().await;
-            if c.sandbox_id == rec.id && !c.removed {
+            if !c.removed {
                 container_stop::stop(&self.containers, &mut c, 0).await?;
             }
         }
@@ -189,9 +172,9 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             return Ok(Response::new(proto::RemovePodSandboxResponse {}));
         };
         let mut rec = entry.lock_owned().await;
-        for c in self.pod_containers(&rec.id) {
+        for c in self.containers.registry.members(&rec.id) {
             let mut c = c.lock().await;
-            if c.sandbox_id == rec.id && !c.removed {
+            if !c.removed {
                 container_remove::remove(&self.containers, &self.images, &mut c).await?;
             }
         }

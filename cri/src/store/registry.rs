@@ -28,6 +28,26 @@ pub trait Record: Serialize + DeserializeOwned + Send + 'static {
     fn removed(&self) -> bool;
     /// Marks it deleted.
     fn set_removed(&mut self);
+    /// The object this one belongs to (a container's pod); fixed for the
+    /// record's life, so it is indexed outside the record's lock.
+    fn group(&self) -> Option<&ObjectId> {
+        None
+    }
+}
+
+/// A map slot: the immutable group next to the locked record.
+struct Slot<R> {
+    group: Option<ObjectId>,
+    entry: Entry<R>,
+}
+
+impl<R: Record> Slot<R> {
+    fn new(rec: R) -> Slot<R> {
+        Slot {
+            group: rec.group().cloned(),
+            entry: Arc::new(tokio::sync::Mutex::new(rec)),
+        }
+    }
 }
 
 /// One object: its record behind a lock that serialises RPCs on it.
@@ -36,7 +56,7 @@ pub type Entry<R> = Arc<tokio::sync::Mutex<R>>;
 /// The registry.
 pub struct Registry<R: Record> {
     records: RecordDir,
-    map: Mutex<BTreeMap<ObjectId, Entry<R>>>,
+    map: Mutex<BTreeMap<ObjectId, Slot<R>>>,
     names: Mutex<HashMap<String, ObjectId>>,
 }
 
@@ -68,7 +88,7 @@ impl<R: Record> Registry<R> {
                 }
             }
             names.insert(rec.name().to_string(), id.clone());
-            map.insert(id, Arc::new(tokio::sync::Mutex::new(rec)));
+            map.insert(id, Slot::new(rec));
         }
         Ok(Registry {
             records,
@@ -106,7 +126,7 @@ impl<R: Record> Registry<R> {
         self.map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Arc::new(tokio::sync::Mutex::new(rec)));
+            .insert(id, Slot::new(rec));
         Ok(())
     }
 
@@ -157,7 +177,7 @@ impl<R: Record> Registry<R> {
             .range(lowest..)
             .take_while(|(k, _)| k.as_str().starts_with(id));
         match (hits.next(), hits.next()) {
-            (Some((_, v)), None) => Ok(v.clone()),
+            (Some((_, v)), None) => Ok(v.entry.clone()),
             (Some(_), Some(_)) => Err(RuntimeError::invalid(
                 field,
                 format!("{id:?} matches more than one {}", R::KIND),
@@ -183,7 +203,19 @@ impl<R: Record> Registry<R> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .cloned()
+            .map(|s| s.entry.clone())
+            .collect()
+    }
+
+    /// The entries whose [`Record::group`] is `group` (a pod's containers),
+    /// found without taking any record's lock.
+    pub fn members(&self, group: &ObjectId) -> Vec<Entry<R>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.group.as_ref() == Some(group))
+            .map(|s| s.entry.clone())
             .collect()
     }
 }

@@ -124,6 +124,9 @@ impl crate::store::Record for ContainerRecord {
     fn set_removed(&mut self) {
         self.removed = true;
     }
+    fn group(&self) -> Option<&ObjectId> {
+        Some(&self.sandbox_id)
+    }
 }
 
 impl ContainerRecord {
