@@ -16,17 +16,7 @@ use nix::unistd::{getsid, Pid};
 
 const EXE: &str = env!("CARGO_BIN_EXE_berth-cri-monitor");
 
-fn privileged(test: &str) -> Option<()> {
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipped: {test}: needs root");
-        return None;
-    }
-    if berth_e2e::busybox().is_none() {
-        println!("skipped: {test}: needs a static busybox (Debian's busybox-static)");
-        return None;
-    }
-    Some(())
-}
+use berth_e2e::privileged;
 
 /// A busybox rootfs shared by the tests (never written by them), built once
 /// per machine: in a private directory, then renamed into place.

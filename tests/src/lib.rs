@@ -31,6 +31,28 @@ pub fn berth_binary(test: &str) -> Option<PathBuf> {
     }
 }
 
+/// `None`, after printing `skipped: <test>: why`, unless this runs as root
+/// with a static busybox: what the privileged container tests need.
+pub fn privileged(test: &str) -> Option<()> {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        println!("skipped: {test}: needs root");
+        return None;
+    }
+    if busybox().is_none() {
+        println!("skipped: {test}: needs a static busybox (Debian's busybox-static)");
+        return None;
+    }
+    Some(())
+}
+
 /// Debian's static busybox, if installed.
 pub fn busybox() -> Option<PathBuf> {
     ["/bin/busybox", "/usr/bin/busybox"]

@@ -16,18 +16,8 @@ pub fn init_binary() -> InitBinary {
     InitBinary::Path(env!("CARGO_BIN_EXE_berth-core-init").into())
 }
 
-/// `None` (after printing `skipped: why`) when the test cannot run here.
-pub fn privileged(test: &str) -> Option<()> {
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipped: {test}: needs root");
-        return None;
-    }
-    if berth_e2e::busybox().is_none() {
-        println!("skipped: {test}: needs a static busybox (Debian's busybox-static)");
-        return None;
-    }
-    Some(())
-}
+/// See [`berth_e2e::privileged`].
+pub use berth_e2e::privileged;
 
 /// Builds a busybox rootfs in `dir` with /etc/passwd and /etc/group listing
 /// root, alice (1000, also in `users`) and nobody.
