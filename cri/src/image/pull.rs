@@ -397,11 +397,7 @@ impl Puller {
     ) -> Result<(Vec<u8>, Digest, Endpoint), ImageError> {
         let mut last = None;
         for ep in endpoints.iter().filter(|e| e.capabilities.resolve) {
-            let result = self
-                .with_fallback(ep, ctx.auth, |client, r| async move {
-                    client.pull_manifest_raw(&r, ctx.auth, ACCEPTED).await
-                }, ctx.name.to_oci())
-                .await;
+            let result = self.pull_manifest(ep, ctx.auth, ctx.name).await;
             match result {
                 Ok((bytes, digest)) => {
                     let actual = Digest::of(&bytes);
@@ -418,7 +414,7 @@ impl Puller {
                     if digest != actual.as_str() {
                         tracing::debug!(registry_digest = %digest, %actual, "registry reported another manifest digest");
                     }
-                    return Ok((bytes.to_vec(), actual, ep.clone()));
+                    return Ok((bytes, actual, ep.clone()));
                 }
                 Err(e) => {
                     let e = self.map_err(ctx, ep, e);
@@ -442,7 +438,7 @@ impl Puller {
         endpoints: &[Endpoint],
         digest: &Digest,
     ) -> Result<Vec<u8>, ImageError> {
-        let reference = ctx.name.with_digest(digest.clone()).to_oci();
+        let by_digest = ctx.name.with_digest(digest.clone());
         let mut last = None;
         let order = std::iter::once(first).chain(
             endpoints
@@ -450,11 +446,7 @@ impl Puller {
                 .filter(|e| *e != first && e.capabilities.pull),
         );
         for ep in order {
-            let result = self
-                .with_fallback(ep, ctx.auth, |client, r| async move {
-                    client.pull_manifest_raw(&r, ctx.auth, ACCEPTED).await
-                }, reference.clone())
-                .await;
+            let result = self.pull_manifest(ep, ctx.auth, &by_digest).await;
             match result {
                 Ok((bytes, _)) => {
                     let actual = Digest::of(&bytes);
@@ -464,7 +456,7 @@ impl Puller {
                             actual,
                         }));
                     }
-                    return Ok(bytes.to_vec());
+                    return Ok(bytes);
                 }
                 Err(e) => last = Some(self.map_err(ctx, ep, e)),
             }
@@ -648,33 +640,29 @@ impl Puller {
                 .contains(&ep.host)
     }
 
-    /// Runs `op` against the endpoint; a loopback registry that does not
-    /// answer HTTPS is tried again over plain HTTP (and remembered).
-    async fn with_fallback<T, F, Fut>(
+    /// Fetches the raw manifest `name` names from `ep`; a loopback registry
+    /// that does not answer HTTPS is tried again over plain HTTP (and
+    /// remembered).
+    async fn pull_manifest(
         &self,
         ep: &Endpoint,
         auth: &RegistryAuth,
-        op: F,
-        name_ref: oci_client::Reference,
-    ) -> Result<T, OciDistributionError>
-    where
-        F: Fn(Client, oci_client::Reference) -> Fut,
-        Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
-    {
-        let mut r = name_ref;
-        let registry = r.registry().to_string();
-        let same =
-            ep.host == registry || (registry == "docker.io" && ep.host == "registry-1.docker.io");
-        if !same {
-            r.set_mirror_registry(ep.host.clone());
-        }
+        name: &ImageName,
+    ) -> Result<(Vec<u8>, String), OciDistributionError> {
+        let r = &self.reference_for(name, ep);
         let http = self.is_plain_http(ep);
-        match op(self.client(ep, http, auth), r.clone()).await {
+        let fetch = |http| async move {
+            self.client(ep, http, auth)
+                .pull_manifest_raw(r, auth, ACCEPTED)
+                .await
+                .map(|(bytes, digest)| (bytes.to_vec(), digest))
+        };
+        match fetch(http).await {
             Err(OciDistributionError::RequestError(e))
                 if !http && ep.http_fallback && (e.is_connect() || e.is_request()) =>
             {
                 tracing::info!(host = %ep.host, "HTTPS not answered on a loopback registry; using plain HTTP");
-                let result = op(self.client(ep, true, auth), r).await;
+                let result = fetch(true).await;
                 if result.is_ok() {
                     self.plain_http
                         .lock()
