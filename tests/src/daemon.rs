@@ -124,13 +124,33 @@ pub fn cleanup_dir(dir: &Path) {
         })
         .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
         .collect();
-    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+    let hierarchies: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
         .flatten()
         .flatten()
-    {
-        for id in &ids {
-            let _ = std::fs::remove_dir(hierarchy.path().join(id));
+        .map(|h| h.path())
+        .collect();
+    // A failed test can leave its container running (its monitor killed,
+    // its init not): kill what is still in the container's cgroup, by PID,
+    // before removing it.
+    for id in &ids {
+        for h in &hierarchies {
+            let procs =
+                std::fs::read_to_string(h.join(id).join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+    }
+    for id in &ids {
+        for h in &hierarchies {
+            let cg = h.join(id);
+            for _ in 0..50 {
+                if std::fs::remove_dir(&cg).is_ok() || !cg.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
     }
 }
