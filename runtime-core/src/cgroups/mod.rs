@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod stats;
+pub use stats::{read_stats, CpuStats, IoStats, MemoryStats, PidsStats, Stats};
+
 /// Where a container's cgroup goes and what it may use.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupConfig {
@@ -360,6 +363,11 @@ impl Cgroup {
             }
         }
         Ok(())
+    }
+
+    /// The cgroup's usage figures.
+    pub fn stats(&self) -> Stats {
+        read_stats(self.version, &self.root, &self.path)
     }
 
     /// Moves process `pid` (and its threads) into the cgroup.
