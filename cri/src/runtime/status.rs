@@ -45,8 +45,13 @@ pub(super) fn status(req: &proto::StatusRequest) -> proto::StatusResponse {
                 user_namespaces: false,
             }),
         }],
+        // Mount options (noexec/nodev/nosuid from kubelet) are not applied
+        // yet, so they are not claimed: kubelet then refuses such pods
+        // instead of running them without the options.
         features: Some(proto::RuntimeFeatures {
             supplemental_groups_policy: false,
+            user_namespaces_host_network: false,
+            mount_options: false,
         }),
     }
 }
