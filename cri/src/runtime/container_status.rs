@@ -34,6 +34,14 @@ pub(super) fn status(rec: &ContainerRecord, verbose: bool) -> proto::ContainerSt
             annotations: c.annotations,
             mounts: c.mounts,
             log_path: rec.log_path.clone(),
+            stop_signal: crate::spec::signal_to_cri(rec.stop_signal),
+            resources: c
+                .linux
+                .and_then(|l| l.resources)
+                .map(|r| proto::ContainerResources {
+                    linux: Some(r),
+                    windows: None,
+                }),
             ..Default::default()
         }),
         info,

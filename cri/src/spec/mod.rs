@@ -37,6 +37,9 @@ mod security;
 mod signal;
 mod user;
 
+pub(crate) use resources::{limits as cgroup_limits, parent_path};
+pub use signal::to_cri as signal_to_cri;
+
 #[cfg(test)]
 mod fixture;
 
@@ -274,7 +277,7 @@ pub fn container_spec(
     Ok(ContainerSpec {
         config,
         process,
-        stop_signal: signal::stop_signal(&image.stop_signal)?,
+        stop_signal: signal::stop_signal(req.stop_signal, &image.stop_signal)?,
         tty: req.tty,
         stdin: req.stdin,
         stdin_once: req.stdin_once,

@@ -1,4 +1,4 @@
-//! The stop signal, from the image's `StopSignal`.
+//! The stop signal, from CRI's `stop_signal` or the image's `StopSignal`.
 
 use std::str::FromStr;
 
@@ -32,13 +32,41 @@ fn realtime(name: &str) -> Option<i32> {
     (SIGRTMIN..=SIGRTMAX).contains(&n).then_some(n)
 }
 
-/// The image's `StopSignal` as a number: a name with or without `SIG`, in
-/// any case (`SIGQUIT`, `quit`), `RTMIN+n`/`RTMAX-n`, or a number 1-64;
-/// `SIGTERM` when unset. Anything else is refused, naming the image field.
-///
-/// (CRI's newer `ContainerConfig.stop_signal` is not in the vendored
-/// `api.proto` yet.)
-pub(super) fn stop_signal(image: &str) -> Result<i32, SpecError> {
+/// The stop signal: CRI's `ContainerConfig.stop_signal` (kubelet 1.33+,
+/// from the pod spec's `lifecycle.stopSignal`) when set, else the image's
+/// `StopSignal`, else `SIGTERM`.
+pub(super) fn stop_signal(requested: i32, image: &str) -> Result<i32, SpecError> {
+    if requested == 0 {
+        return image_signal(FIELD, image);
+    }
+    let field = "config.stop_signal";
+    let name = crate::proto::Signal::try_from(requested)
+        .map_err(|_| invalid(field, format!("{requested} is not a CRI Signal value")))?
+        .as_str_name();
+    // `SIGNAL_SIGRTMINPLUS3` → `RTMIN+3`; the aliases the kernel numbers
+    // the same as another signal are named by that one.
+    let name = name.strip_prefix("SIGNAL_SIG").unwrap_or(name);
+    let name = match name {
+        "CLD" => "CHLD".to_string(),
+        "POLL" => "IO".to_string(),
+        "IOT" => "ABRT".to_string(),
+        n => n.replace("MINPLUS", "MIN+").replace("MAXMINUS", "MAX-"),
+    };
+    image_signal(field, &name)
+}
+
+/// CRI's `Signal` value for signal number `n` (the canonical name where the
+/// kernel has aliases); 0 (runtime default) for a number CRI cannot name.
+pub fn to_cri(n: i32) -> i32 {
+    (1..=65)
+        .find(|v| stop_signal(*v, "").ok() == Some(n))
+        .unwrap_or(0)
+}
+
+/// A signal as images write it: a name with or without `SIG`, in any case
+/// (`SIGQUIT`, `quit`), `RTMIN+n`/`RTMAX-n`, or a number 1-64; `SIGTERM`
+/// when empty. Anything else is refused, naming `field`.
+fn image_signal(field: &str, image: &str) -> Result<i32, SpecError> {
     let s = image.trim();
     if s.is_empty() {
         return Ok(Signal::SIGTERM as i32);
@@ -47,7 +75,7 @@ pub(super) fn stop_signal(image: &str) -> Result<i32, SpecError> {
         return if (1..=SIGRTMAX).contains(&n) {
             Ok(n)
         } else {
-            Err(invalid(FIELD, format!("{n} is not a signal number (1-64)")))
+            Err(invalid(field, format!("{n} is not a signal number (1-64)")))
         };
     }
     let upper = s.to_ascii_uppercase();
@@ -57,7 +85,7 @@ pub(super) fn stop_signal(image: &str) -> Result<i32, SpecError> {
     }
     Signal::from_str(&format!("SIG{name}"))
         .map(|sig| sig as i32)
-        .map_err(|_| invalid(FIELD, format!("unknown signal {image:?}")))
+        .map_err(|_| invalid(field, format!("unknown signal {image:?}")))
 }
 
 #[cfg(test)]
@@ -122,5 +150,29 @@ mod tests {
         let mut f = Fixture::new();
         f.image.stop_signal = "65".into();
         assert_eq!(f.err_field(), FIELD);
+    }
+
+    #[test]
+    fn cri_stop_signal_overrides_the_image() {
+        use crate::proto::Signal as S;
+        assert_eq!(stop_signal(S::Sigquit as i32, "SIGUSR1").unwrap(), 3);
+        assert_eq!(stop_signal(S::Sigterm as i32, "").unwrap(), 15);
+        assert_eq!(stop_signal(S::Sigrtminplus3 as i32, "").unwrap(), 37);
+        assert_eq!(stop_signal(S::Sigrtmaxminus1 as i32, "").unwrap(), 63);
+        assert_eq!(stop_signal(S::Sigrtmax as i32, "").unwrap(), 64);
+        assert_eq!(stop_signal(S::Sigcld as i32, "").unwrap(), 17);
+        assert_eq!(stop_signal(S::Sigpoll as i32, "").unwrap(), 29);
+        assert_eq!(stop_signal(S::Sigiot as i32, "").unwrap(), 6);
+        assert_eq!(stop_signal(0, "SIGUSR1").unwrap(), 10, "unset: the image's");
+        let e = stop_signal(999, "").unwrap_err();
+        assert!(e.to_string().contains("config.stop_signal"), "{e}");
+        assert_eq!(to_cri(15), S::Sigterm as i32);
+        assert_eq!(to_cri(6), S::Sigabrt as i32, "not the SIGIOT alias");
+        assert_eq!(to_cri(37), S::Sigrtminplus3 as i32);
+        assert_eq!(to_cri(0), 0);
+        // Every CRI value maps to a signal.
+        for v in 1..=65 {
+            assert!(stop_signal(v, "").is_ok(), "CRI signal {v}");
+        }
     }
 }
