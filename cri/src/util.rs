@@ -51,9 +51,113 @@ pub(crate) fn labels_match(
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// Largest encoded batch of a list-streaming RPC: well under gRPC's default
+/// 4 MiB message limit, so any client can read it.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Splits a list into the batches of a CRI list-streaming RPC (`Stream*`):
+/// each batch non-empty and at most [`BATCH_BYTES`] encoded (a single item
+/// larger than that goes alone), every item exactly once, in order; an
+/// empty list is a stream that ends at once.
+pub(crate) fn batches<T, R>(
+    items: Vec<T>,
+    wrap: impl Fn(Vec<T>) -> R,
+) -> tonic::codegen::BoxStream<R>
+where
+    T: prost::Message,
+    R: Send + 'static,
+{
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut size = 0;
+    for item in items {
+        // Field tag + length prefix of a repeated message: at most 6 bytes.
+        let len = item.encoded_len() + 6;
+        if !cur.is_empty() && size + len > BATCH_BYTES {
+            out.push(Ok(wrap(std::mem::take(&mut cur))));
+            size = 0;
+        }
+        size += len;
+        cur.push(item);
+    }
+    if !cur.is_empty() {
+        out.push(Ok(wrap(cur)));
+    }
+    Box::pin(tokio_stream::iter(out))
+}
+
+/// Bytes (allocated blocks) and inodes under `dir`, like `du`: symlinks
+/// not followed, other file systems not entered, hard links counted once.
+/// A missing dir is `(0, 0)`; entries that vanish during the walk are
+/// skipped.
+pub(crate) fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return (0, 0);
+    };
+    let dev = top.dev();
+    let mut seen = std::collections::HashSet::new();
+    let (mut bytes, mut inodes) = (top.blocks() * 512, 1u64);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.dev() != dev {
+                continue;
+            }
+            if m.nlink() > 1 && !seen.insert(m.ino()) {
+                continue;
+            }
+            bytes += m.blocks() * 512;
+            inodes += 1;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    (bytes, inodes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn batches_split_by_size_and_keep_every_item_once() {
+        use tokio_stream::StreamExt;
+        let big = "x".repeat(300_000);
+        let items: Vec<crate::proto::KeyValue> = (0..10)
+            .map(|i| crate::proto::KeyValue {
+                key: i.to_string(),
+                value: big.clone(),
+            })
+            .collect();
+        let got: Vec<Vec<crate::proto::KeyValue>> =
+            batches(items.clone(), |v| v).map(|b| b.unwrap()).collect().await;
+        assert!(got.len() >= 3, "10 x 300 kB in batches of at most 1 MiB");
+        assert!(got.iter().all(|b| !b.is_empty()));
+        assert_eq!(got.concat(), items);
+        let none: Vec<_> = batches(Vec::<crate::proto::KeyValue>::new(), |v| v)
+            .collect::<Vec<_>>()
+            .await;
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn dir_usage_counts_inodes_and_blocks_once() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(dir_usage(&t.path().join("missing")), (0, 0));
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        std::fs::write(t.path().join("d/f"), vec![1u8; 10_000]).unwrap();
+        std::fs::hard_link(t.path().join("d/f"), t.path().join("g")).unwrap();
+        std::os::unix::fs::symlink("/usr", t.path().join("l")).unwrap();
+        let (bytes, inodes) = dir_usage(t.path());
+        assert_eq!(inodes, 4, "top, d, f (once), l");
+        assert!(bytes >= 10_000, "{bytes}");
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]

@@ -3,6 +3,7 @@
 //! config that CreateContainer merges with the request.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use berth_core::config::OverlayRootfs;
 use berth_core::ContainerId;
@@ -119,7 +120,7 @@ impl ImageStore {
             .resolve(image)
             .ok_or_else(|| ImageError::NotPresent(image.to_string()))?;
         let config = self.image_config(&rec)?;
-        let dir = self.root().join("containers").join(container.as_str());
+        let dir = self.container_dir(container);
         if dir.exists() {
             // Left by a create that crashed before it was recorded.
             std::fs::remove_dir_all(&dir).map_err(|e| ImageError::io(&dir, e))?;
@@ -153,9 +154,15 @@ impl ImageStore {
         })
     }
 
+    /// `<root>/containers/<id>`: the container's `upper` (its writable
+    /// layer) and `work` dirs.
+    pub fn container_dir(&self, container: &ContainerId) -> PathBuf {
+        self.root().join("containers").join(container.as_str())
+    }
+
     /// Deletes a container's writable layer and ends its lease on the image.
     pub fn remove_container(&self, container: &ContainerId) -> Result<(), ImageError> {
-        let dir = self.root().join("containers").join(container.as_str());
+        let dir = self.container_dir(container);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(ImageError::io(&dir, e))

@@ -141,6 +141,21 @@ impl proto::image_service_server::ImageService for ImageServiceImpl {
         Ok(Response::new(proto::ListImagesResponse { images }))
     }
 
+    async fn stream_images(
+        &self,
+        request: Request<proto::StreamImagesRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamImagesResponse>>, Status> {
+        let filter = request.into_inner().filter;
+        let images = self
+            .list_images(Request::new(proto::ListImagesRequest { filter }))
+            .await?
+            .into_inner()
+            .images;
+        Ok(Response::new(crate::util::batches(images, |images| {
+            proto::StreamImagesResponse { images }
+        })))
+    }
+
     async fn image_status(
         &self,
         request: Request<proto::ImageStatusRequest>,

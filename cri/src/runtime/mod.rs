@@ -10,8 +10,11 @@ mod container_remove;
 mod container_start;
 mod container_status;
 mod container_stop;
+mod container_update;
 pub mod error;
+mod events;
 mod exec_sync;
+mod netstats;
 mod runtime_config;
 pub mod sandbox;
 mod sandbox_list;
@@ -19,6 +22,7 @@ mod sandbox_remove;
 mod sandbox_run;
 mod sandbox_status;
 mod sandbox_stop;
+mod stats;
 mod status;
 mod version;
 
@@ -32,7 +36,7 @@ pub use error::RuntimeError;
 use sandbox::Sandboxes;
 
 use crate::image::ImageStore;
-use crate::util::blocking;
+use crate::util::{batches, blocking};
 
 use crate::proto;
 
@@ -65,6 +69,8 @@ pub struct RuntimeServiceImpl {
     containers: Arc<Containers>,
     images: Arc<ImageStore>,
     monitor_exe: PathBuf,
+    sampler: Arc<stats::Sampler>,
+    events: Arc<events::Events>,
 }
 
 impl RuntimeServiceImpl {
@@ -81,13 +87,161 @@ impl RuntimeServiceImpl {
             None => std::env::current_exe()
                 .map_err(|e| RuntimeError::io(Path::new("/proc/self/exe"), e))?,
         };
-        Ok(RuntimeServiceImpl {
+        let service = RuntimeServiceImpl {
             config,
             sandboxes: Arc::new(Sandboxes::open(root, state)?),
             containers: Arc::new(Containers::open(root, state)?),
             images,
             monitor_exe,
+            sampler: Arc::new(stats::Sampler::new(stats::default_cgroup_root())),
+            events: Arc::new(events::Events::default()),
+        };
+        // Containers that were live when the daemon stopped are watched again
+        // (their exits while the daemon was down are already in the records).
+        if tokio::runtime::Handle::try_current().is_ok() {
+            for entry in service.containers.registry.all() {
+                if let Ok(rec) = entry.try_lock() {
+                    if rec.state.is_live() {
+                        service.watch_exit(&rec);
+                    }
+                }
+            }
+        }
+        Ok(service)
+    }
+
+    /// Sends `kind` for a container, with its pod's status and the pod's
+    /// containers' statuses. Takes the pod's and containers' locks, so it
+    /// must be called with none held.
+    async fn emit(
+        &self,
+        container: &crate::store::ObjectId,
+        pod: &crate::store::ObjectId,
+        kind: proto::ContainerEventType,
+    ) {
+        if !self.events.wanted() {
+            return;
+        }
+        let mut pod_status = None;
+        if let Ok(Some(entry)) = self.sandboxes.registry.find(pod.as_str(), "pod_sandbox_id") {
+            let rec = entry.lock().await;
+            if !rec.removed {
+                pod_status = sandbox_status::status(&rec, false).status;
+            }
+        }
+        let mut statuses = Vec::new();
+        for entry in self.containers.registry.members(pod) {
+            let rec = entry.lock().await;
+            if !rec.removed {
+                statuses.extend(container_status::status(&rec, false).status);
+            }
+        }
+        self.events
+            .send(events::event(container.as_str(), kind, pod_status, statuses));
+    }
+
+    /// Watches a live container's monitor; when it exits (the container
+    /// ended), brings the record up to date and sends a stopped event.
+    fn watch_exit(&self, rec: &container::ContainerRecord) {
+        let this = self.clone();
+        let (id, pod, pid, dir) = (
+            rec.id.clone(),
+            rec.sandbox_id.clone(),
+            rec.monitor_pid,
+            rec.dir.clone(),
+        );
+        tokio::spawn(async move {
+            events::monitor_exited(pid, &dir).await;
+            let Ok(Some(entry)) = this.containers.registry.find(id.as_str(), "container_id") else {
+                return;
+            };
+            {
+                let mut rec = entry.lock().await;
+                if rec.removed {
+                    return;
+                }
+                if rec.refresh() {
+                    if let Err(e) = this.containers.registry.save(&rec) {
+                        tracing::warn!(id = %id, error = %e, "saving the exit of a container");
+                    }
+                }
+                if rec.state.is_live() {
+                    return; // the monitor was not this container's
+                }
+            }
+            this.emit(&id, &pod, proto::ContainerEventType::ContainerStoppedEvent)
+                .await;
+        });
+    }
+}
+
+impl RuntimeServiceImpl {
+    /// Views of the live (created or running) containers passing `keep`,
+    /// brought up to date with their monitors' exit records.
+    async fn live_containers(
+        &self,
+        entries: Vec<crate::store::Entry<container::ContainerRecord>>,
+        keep: impl Fn(&container::ContainerRecord) -> bool,
+    ) -> Result<Vec<stats::ContainerView>, Status> {
+        let mut out = Vec::new();
+        for entry in entries {
+            let mut rec = entry.lock().await;
+            if rec.removed {
+                continue;
+            }
+            if rec.refresh() {
+                self.containers.registry.save(&rec)?;
+            }
+            if rec.state.is_live() && keep(&rec) {
+                out.push(stats::ContainerView::of(&rec));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Samples pods (and their live containers) off the async threads.
+    async fn sample_pods(
+        &self,
+        pods: Vec<(stats::PodView, Vec<stats::ContainerView>)>,
+    ) -> Result<Vec<(stats::PodView, stats::PodSample)>, Status> {
+        let (sampler, containers, images) = (
+            self.sampler.clone(),
+            self.containers.clone(),
+            self.images.clone(),
+        );
+        blocking(move || {
+            Ok::<_, RuntimeError>(
+                pods.into_iter()
+                    .map(|(pod, members)| {
+                        let s = sampler.sample_pod(&containers, &images, &pod, members);
+                        (pod, s)
+                    })
+                    .collect(),
+            )
         })
+        .await
+    }
+
+    /// Pods passing `keep` (and not removed), with their live containers.
+    async fn pods_with_members(
+        &self,
+        keep: impl Fn(&sandbox::SandboxRecord) -> bool,
+    ) -> Result<Vec<(stats::PodView, Vec<stats::ContainerView>)>, Status> {
+        let mut pods = Vec::new();
+        for entry in self.sandboxes.registry.all() {
+            let (view, id) = {
+                let rec = entry.lock().await;
+                if rec.removed || !keep(&rec) {
+                    continue;
+                }
+                (stats::PodView::of(&rec), rec.id.clone())
+            };
+            let members = self
+                .live_containers(self.containers.registry.members(&id), |_| true)
+                .await?;
+            pods.push((view, members));
+        }
+        Ok(pods)
     }
 }
 
@@ -172,14 +326,23 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             return Ok(Response::new(proto::RemovePodSandboxResponse {}));
         };
         let mut rec = entry.lock_owned().await;
+        let mut deleted = Vec::new();
         for c in self.containers.registry.members(&rec.id) {
             let mut c = c.lock().await;
             if !c.removed {
                 container_remove::remove(&self.containers, &self.images, &mut c).await?;
+                self.sampler.forget(c.id.as_str());
+                deleted.push(c.id.clone());
             }
         }
+        self.sampler.forget(rec.id.as_str());
         let sandboxes = self.sandboxes.clone();
+        let pod = rec.id.clone();
         blocking(move || sandbox_remove::remove(&sandboxes, &mut rec)).await?;
+        for id in deleted {
+            self.emit(&id, &pod, proto::ContainerEventType::ContainerDeletedEvent)
+                .await;
+        }
         Ok(Response::new(proto::RemovePodSandboxResponse {}))
     }
 
@@ -248,6 +411,13 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         .await
         .inspect_err(|e| tracing::warn!(error = %e.message(), "CreateContainer failed"))?;
         tracing::info!(id = %rec.id, name = %rec.name, "container created");
+        self.watch_exit(&rec);
+        self.emit(
+            &rec.id,
+            &rec.sandbox_id,
+            proto::ContainerEventType::ContainerCreatedEvent,
+        )
+        .await;
         Ok(Response::new(proto::CreateContainerResponse {
             container_id: rec.id.to_string(),
         }))
@@ -262,8 +432,11 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             .registry
             .get(&request.into_inner().container_id, "container_id")?;
         let mut rec = entry.lock_owned().await;
+        let (id, pod) = (rec.id.clone(), rec.sandbox_id.clone());
         let containers = self.containers.clone();
         blocking(move || container_start::start(&containers, &mut rec)).await?;
+        self.emit(&id, &pod, proto::ContainerEventType::ContainerStartedEvent)
+            .await;
         Ok(Response::new(proto::StartContainerResponse {}))
     }
 
@@ -292,8 +465,17 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         else {
             return Ok(Response::new(proto::RemoveContainerResponse {}));
         };
-        let mut rec = entry.lock().await;
-        container_remove::remove(&self.containers, &self.images, &mut rec).await?;
+        let (id, pod) = {
+            let mut rec = entry.lock().await;
+            if rec.removed {
+                return Ok(Response::new(proto::RemoveContainerResponse {}));
+            }
+            container_remove::remove(&self.containers, &self.images, &mut rec).await?;
+            self.sampler.forget(rec.id.as_str());
+            (rec.id.clone(), rec.sandbox_id.clone())
+        };
+        self.emit(&id, &pod, proto::ContainerEventType::ContainerDeletedEvent)
+            .await;
         Ok(Response::new(proto::RemoveContainerResponse {}))
     }
 
@@ -390,5 +572,292 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         _request: Request<proto::RuntimeConfigRequest>,
     ) -> Result<Response<proto::RuntimeConfigResponse>, Status> {
         Ok(Response::new(runtime_config::runtime_config(&self.config)))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<proto::ContainerStatsRequest>,
+    ) -> Result<Response<proto::ContainerStatsResponse>, Status> {
+        let req = request.into_inner();
+        let entry = self
+            .containers
+            .registry
+            .get(&req.container_id, "container_id")?;
+        let view = {
+            let rec = entry.lock().await;
+            if rec.removed {
+                return Err(self.containers.registry.not_found(&req.container_id).into());
+            }
+            stats::ContainerView::of(&rec)
+        };
+        let (sampler, containers, images) = (
+            self.sampler.clone(),
+            self.containers.clone(),
+            self.images.clone(),
+        );
+        let stats = blocking(move || {
+            let sample = sampler.sample_container(&containers, &images, &view);
+            Ok::<_, RuntimeError>(sampler.container_stats(&images, &view, &sample))
+        })
+        .await?;
+        Ok(Response::new(proto::ContainerStatsResponse { stats: Some(stats) }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<proto::ListContainerStatsRequest>,
+    ) -> Result<Response<proto::ListContainerStatsResponse>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let views = self
+            .live_containers(self.containers.registry.all(), |rec| {
+                stats::container_matches(rec, &filter)
+            })
+            .await?;
+        let (sampler, containers, images) = (
+            self.sampler.clone(),
+            self.containers.clone(),
+            self.images.clone(),
+        );
+        let stats = blocking(move || {
+            Ok::<_, RuntimeError>(
+                views
+                    .iter()
+                    .map(|v| {
+                        let s = sampler.sample_container(&containers, &images, v);
+                        sampler.container_stats(&images, v, &s)
+                    })
+                    .collect(),
+            )
+        })
+        .await?;
+        Ok(Response::new(proto::ListContainerStatsResponse { stats }))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<proto::PodSandboxStatsRequest>,
+    ) -> Result<Response<proto::PodSandboxStatsResponse>, Status> {
+        let req = request.into_inner();
+        let entry = self
+            .sandboxes
+            .registry
+            .get(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        let (view, id) = {
+            let rec = entry.lock().await;
+            if rec.removed {
+                return Err(RuntimeError::NotFound {
+                    kind: "pod sandbox",
+                    id: req.pod_sandbox_id,
+                }
+                .into());
+            }
+            (stats::PodView::of(&rec), rec.id.clone())
+        };
+        let members = self
+            .live_containers(self.containers.registry.members(&id), |_| true)
+            .await?;
+        let mut sampled = self.sample_pods(vec![(view, members)]).await?;
+        let (pod, sample) = sampled.pop().expect("one pod sampled");
+        Ok(Response::new(proto::PodSandboxStatsResponse {
+            stats: Some(self.sampler.pod_stats(&self.images, &pod, &sample)),
+        }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<proto::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<proto::ListPodSandboxStatsResponse>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let pods = self
+            .pods_with_members(|rec| {
+                rec.state == sandbox::SandboxState::Ready && stats::pod_matches(rec, &filter)
+            })
+            .await?;
+        let stats = self
+            .sample_pods(pods)
+            .await?
+            .iter()
+            .map(|(pod, s)| self.sampler.pod_stats(&self.images, pod, s))
+            .collect();
+        Ok(Response::new(proto::ListPodSandboxStatsResponse { stats }))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<proto::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<proto::ListMetricDescriptorsResponse>, Status> {
+        Ok(Response::new(proto::ListMetricDescriptorsResponse {
+            descriptors: stats::descriptors(),
+        }))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<proto::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<proto::ListPodSandboxMetricsResponse>, Status> {
+        let pods = self
+            .pods_with_members(|rec| rec.state == sandbox::SandboxState::Ready)
+            .await?;
+        let pod_metrics = self
+            .sample_pods(pods)
+            .await?
+            .iter()
+            .map(|(pod, s)| stats::pod_metrics(pod, s))
+            .collect();
+        Ok(Response::new(proto::ListPodSandboxMetricsResponse {
+            pod_metrics,
+        }))
+    }
+
+    async fn get_container_events(
+        &self,
+        _request: Request<proto::GetEventsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<proto::ContainerEventResponse>>, Status> {
+        use tokio_stream::StreamExt;
+        let stream = tokio_stream::wrappers::BroadcastStream::new(self.events.subscribe())
+            .filter_map(|ev| match ev {
+                Ok(ev) => Some(Ok(ev)),
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    tracing::warn!(lost = n, "a container event subscriber fell behind");
+                    None
+                }
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<proto::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<proto::UpdateContainerResourcesResponse>, Status> {
+        let req = request.into_inner();
+        let limits = container_update::plan(req.linux.as_ref())?;
+        let entry = self
+            .containers
+            .registry
+            .get(&req.container_id, "container_id")?;
+        let mut rec = entry.lock_owned().await;
+        if rec.removed {
+            return Err(self.containers.registry.not_found(&req.container_id).into());
+        }
+        rec.refresh();
+        let containers = self.containers.clone();
+        let res = req.linux.unwrap_or_default();
+        blocking(move || container_update::update(&containers, &mut rec, &limits, res)).await?;
+        Ok(Response::new(proto::UpdateContainerResourcesResponse {}))
+    }
+
+    /// kubelet has already resized the pod cgroup it owns; the runtime is
+    /// told so that it can act (containerd forwards it to NRI plugins).
+    /// berth keeps no pod-level limits of its own, so it checks the pod
+    /// exists and the values are valid.
+    async fn update_pod_sandbox_resources(
+        &self,
+        request: Request<proto::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<proto::UpdatePodSandboxResourcesResponse>, Status> {
+        let req = request.into_inner();
+        for (field, res) in [("overhead", &req.overhead), ("resources", &req.resources)] {
+            if let Some(r) = res {
+                container_update::plan(Some(r)).map_err(|e| match e {
+                    RuntimeError::InvalidArgument { field: f, reason } => {
+                        RuntimeError::InvalidArgument {
+                            field: f.replacen("linux", field, 1),
+                            reason,
+                        }
+                    }
+                    other => other,
+                })?;
+            }
+        }
+        let entry = self
+            .sandboxes
+            .registry
+            .get(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        if entry.lock().await.removed {
+            return Err(RuntimeError::NotFound {
+                kind: "pod sandbox",
+                id: req.pod_sandbox_id,
+            }
+            .into());
+        }
+        Ok(Response::new(proto::UpdatePodSandboxResourcesResponse {}))
+    }
+
+    async fn stream_pod_sandboxes(
+        &self,
+        request: Request<proto::StreamPodSandboxesRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamPodSandboxesResponse>>, Status> {
+        let filter = request.into_inner().filter;
+        let items = self
+            .list_pod_sandbox(Request::new(proto::ListPodSandboxRequest { filter }))
+            .await?
+            .into_inner()
+            .items;
+        Ok(Response::new(batches(items, |pod_sandboxes| {
+            proto::StreamPodSandboxesResponse { pod_sandboxes }
+        })))
+    }
+
+    async fn stream_containers(
+        &self,
+        request: Request<proto::StreamContainersRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamContainersResponse>>, Status> {
+        let filter = request.into_inner().filter;
+        let items = self
+            .list_containers(Request::new(proto::ListContainersRequest { filter }))
+            .await?
+            .into_inner()
+            .containers;
+        Ok(Response::new(batches(items, |containers| {
+            proto::StreamContainersResponse { containers }
+        })))
+    }
+
+    async fn stream_container_stats(
+        &self,
+        request: Request<proto::StreamContainerStatsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamContainerStatsResponse>>, Status>
+    {
+        let filter = request.into_inner().filter;
+        let items = self
+            .list_container_stats(Request::new(proto::ListContainerStatsRequest { filter }))
+            .await?
+            .into_inner()
+            .stats;
+        Ok(Response::new(batches(items, |container_stats| {
+            proto::StreamContainerStatsResponse { container_stats }
+        })))
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        request: Request<proto::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamPodSandboxStatsResponse>>, Status>
+    {
+        let filter = request.into_inner().filter;
+        let items = self
+            .list_pod_sandbox_stats(Request::new(proto::ListPodSandboxStatsRequest { filter }))
+            .await?
+            .into_inner()
+            .stats;
+        Ok(Response::new(batches(items, |pod_sandbox_stats| {
+            proto::StreamPodSandboxStatsResponse { pod_sandbox_stats }
+        })))
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _request: Request<proto::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamPodSandboxMetricsResponse>>, Status>
+    {
+        let items = self
+            .list_pod_sandbox_metrics(Request::new(proto::ListPodSandboxMetricsRequest {}))
+            .await?
+            .into_inner()
+            .pod_metrics;
+        Ok(Response::new(batches(items, |pod_sandbox_metrics| {
+            proto::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            }
+        })))
     }
 }

@@ -41,6 +41,17 @@ fn expand_slice(slice: &str) -> Result<PathBuf, SpecError> {
     Ok(path)
 }
 
+/// kubelet's `cgroup_parent` as a path below the cgroup root (a systemd
+/// slice name expanded to its directory). Not checked for `..`: callers
+/// validate the joined path.
+pub(crate) fn parent_path(parent: &str) -> Result<PathBuf, SpecError> {
+    if parent.ends_with(".slice") && !parent.contains('/') {
+        expand_slice(parent)
+    } else {
+        Ok(PathBuf::from(parent))
+    }
+}
+
 /// The cgroup's path below the cgroup root: `<cgroup_parent>/<id>`, the
 /// layout containerd uses with the cgroupfs driver. kubelet's parent is
 /// taken verbatim; a systemd slice name (what kubelet sends with the systemd
@@ -50,11 +61,7 @@ fn cgroup_path(id: &str, parent: &str) -> Result<PathBuf, SpecError> {
     if id.is_empty() || id.contains(['/', '\0']) || id == "." || id == ".." {
         return Err(invalid("id", format!("{id:?} is not a valid container id")));
     }
-    let parent = if parent.ends_with(".slice") && !parent.contains('/') {
-        expand_slice(parent)?
-    } else {
-        PathBuf::from(parent)
-    };
+    let parent = parent_path(parent)?;
     let path = parent.join(id);
     cgroups::validate_path(&path)
         .map_err(|_| invalid(PARENT, format!("{:?} must be a path without '..'", parent)))?;
@@ -86,7 +93,7 @@ fn unsigned(field: &str, v: i64) -> Result<Option<u64>, SpecError> {
 /// `memory_swap_limit_in_bytes` (containerd also sets swap = memory limit
 /// when the swap controller exists). There is no per-container pids limit
 /// in CRI; kubelet sets the pod's on the pod cgroup.
-fn limits(res: &proto::LinuxContainerResources) -> Result<Resources, SpecError> {
+pub(crate) fn limits(res: &proto::LinuxContainerResources) -> Result<Resources, SpecError> {
     let r = Resources {
         memory_limit: nonzero(res.memory_limit_in_bytes),
         cpu_shares: unsigned("cpu_shares", res.cpu_shares)?,

@@ -1,0 +1,52 @@
+//! `UpdateContainerResources` and `UpdatePodSandboxResources`.
+//!
+//! Container resources are checked with the same rules as at create (an
+//! unsupported or out-of-range value is refused, naming the field), written
+//! to the live container's cgroup, then kept in the record so
+//! `ContainerStatus` reports what is in force. A container that is no longer
+//! live only has its record updated, as containerd does.
+
+use berth_core::cgroups::Resources;
+
+use super::container::{ContainerRecord, Containers};
+use super::error::RuntimeError;
+use crate::proto;
+
+/// The limits to write, checked (pure).
+pub(super) fn plan(res: Option<&proto::LinuxContainerResources>) -> Result<Resources, RuntimeError> {
+    let res = res.ok_or_else(|| RuntimeError::invalid("linux", "must be set"))?;
+    crate::spec::cgroup_limits(res).map_err(|e| match RuntimeError::from(e) {
+        // The create path names `config.linux.resources.<field>`; here the
+        // resources are the request's `linux`.
+        RuntimeError::InvalidArgument { field, reason } => RuntimeError::InvalidArgument {
+            field: field.replacen("config.linux.resources", "linux", 1),
+            reason,
+        },
+        other => other,
+    })
+}
+
+/// Applies `limits` and records `res` (blocking: cgroupfs writes).
+pub(super) fn update(
+    containers: &Containers,
+    rec: &mut ContainerRecord,
+    limits: &Resources,
+    res: proto::LinuxContainerResources,
+) -> Result<(), RuntimeError> {
+    if rec.state.is_live() {
+        let state = berth_core::container::State::load(&containers.runtime_root.join(rec.id.as_str()))
+            .map_err(|e| RuntimeError::Internal(format!("loading the container's state: {e}")))?;
+        if let Some(cg) = &state.cgroup {
+            cg.apply(limits).map_err(|e| {
+                RuntimeError::Internal(format!(
+                    "updating the cgroup: {}",
+                    crate::util::error_chain(&e)
+                ))
+            })?;
+        }
+    }
+    let mut config = rec.config();
+    config.linux.get_or_insert_with(Default::default).resources = Some(res);
+    rec.config = prost::Message::encode_to_vec(&config);
+    containers.registry.save(rec)
+}
