@@ -1,6 +1,7 @@
 //! `berth`: the binary. Thin: parses the command line, loads the
 //! configuration and hands off to berth-cri (`serve`) or berth-core (`run`).
 
+mod catch_panic;
 mod config;
 mod run;
 mod serve;

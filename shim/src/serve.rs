@@ -143,6 +143,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
+        .layer(crate::catch_panic::CatchPanicLayer)
         .add_service(
             RuntimeServiceServer::new(runtime)
                 .max_decoding_message_size(MAX_MESSAGE)
