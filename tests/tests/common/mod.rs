@@ -1,0 +1,186 @@
+//! What the CRI container tests share: a daemon with a pulled image from a
+//! real registry and one running pod, plus small client helpers.
+//! (Included by each test file with `mod common;`.)
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_cri::logs::{parse_record, Stream};
+use berth_cri::proto::image_service_client::ImageServiceClient;
+use berth_cri::proto::runtime_service_client::RuntimeServiceClient;
+use berth_cri::proto::{self, ContainerMetadata, ImageSpec, PodSandboxMetadata};
+use berth_e2e::daemon::Daemon;
+use berth_e2e::registry::Registry;
+use berth_e2e::{berth_binary, images};
+use tonic::transport::Channel;
+
+pub type Rt = RuntimeServiceClient<Channel>;
+
+pub struct Env {
+    pub _reg: Registry,
+    pub dir: tempfile::TempDir,
+    pub berth: std::path::PathBuf,
+    pub daemon: Daemon,
+    pub rt: Rt,
+    pub image: String,
+    pub pod: String,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.daemon.crash();
+        berth_e2e::daemon::cleanup_dir(self.dir.path());
+    }
+}
+
+pub async fn env(test: &str) -> Option<Env> {
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: {test}: needs root");
+        return None;
+    }
+    let berth = berth_binary(test)?;
+    let reg = match Registry::start() {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("skipped: {test}: {e}");
+            return None;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    images::configured_image(&reg.addr(), "test/conf", "v1")
+        .await
+        .unwrap();
+    let image = format!("{}/test/conf:v1", reg.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&berth, dir.path(), &[]);
+    let ch = daemon.channel().await;
+    ImageServiceClient::new(ch.clone())
+        .pull_image(proto::PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut rt = RuntimeServiceClient::new(ch);
+    let pod = rt
+        .run_pod_sandbox(proto::RunPodSandboxRequest {
+            config: Some(pod_config(dir.path())),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    Some(Env {
+        _reg: reg,
+        berth,
+        dir,
+        daemon,
+        rt,
+        image,
+        pod,
+    })
+}
+
+pub fn pod_config(dir: &Path) -> proto::PodSandboxConfig {
+    proto::PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "pod".into(),
+            uid: "uid-1".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: "pod-host".into(),
+        log_directory: dir.join("logs").to_string_lossy().into_owned(),
+        linux: Some(proto::LinuxPodSandboxConfig {
+            // Namespaced sysctls of the pod (kubelet's safe set includes it).
+            sysctls: HashMap::from([("net.ipv4.ip_unprivileged_port_start".into(), "0".into())]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn container(env: &Env, name: &str, command: &[&str], args: &[&str]) -> proto::ContainerConfig {
+    proto::ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: env.image.clone(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        labels: HashMap::from([("c".into(), name.into())]),
+        ..Default::default()
+    }
+}
+
+pub async fn create(env: &mut Env, config: proto::ContainerConfig) -> Result<String, tonic::Status> {
+    env.rt
+        .create_container(proto::CreateContainerRequest {
+            pod_sandbox_id: env.pod.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod_config(env.dir.path())),
+        })
+        .await
+        .map(|r| r.into_inner().container_id)
+}
+
+pub async fn start(rt: &mut Rt, id: &str) -> Result<(), tonic::Status> {
+    rt.start_container(proto::StartContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+pub async fn status(rt: &mut Rt, id: &str) -> proto::ContainerStatus {
+    rt.container_status(proto::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+}
+
+pub async fn wait_exited(rt: &mut Rt, id: &str) -> proto::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = status(rt, id).await;
+        if st.state == proto::ContainerState::ContainerExited as i32 {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id} did not exit: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// (stream, partial, text) records of a CRI log file.
+pub fn log_records(path: &str) -> Vec<(Stream, bool, String)> {
+    std::fs::read(path)
+        .unwrap_or_default()
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (_, s, p, c) = parse_record(l)
+                .unwrap_or_else(|| panic!("not a CRI record: {:?}", String::from_utf8_lossy(l)));
+            (s, p, String::from_utf8_lossy(&c).into_owned())
+        })
+        .collect()
+}
+
