@@ -899,3 +899,160 @@ async fn stats_events_resource_updates_and_list_streams() {
     )
     .await;
 }
+
+/// One bad field per request; each refused with the right code, the field
+/// named, and nothing left behind (no record, no state dir, no cgroup, no
+/// writable layer, the name free again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_of_bad_container_fields() {
+    let Some(mut env) = env("a_table_of_bad_container_fields").await else {
+        return;
+    };
+    type Edit = Box<dyn Fn(&mut proto::ContainerConfig)>;
+    let sc = |f: Box<dyn Fn(&mut proto::LinuxContainerSecurityContext)>| -> Edit {
+        Box::new(move |c: &mut proto::ContainerConfig| {
+            let linux = c.linux.get_or_insert_with(Default::default);
+            f(linux.security_context.get_or_insert_with(Default::default));
+        })
+    };
+    let res = |f: Box<dyn Fn(&mut proto::LinuxContainerResources)>| -> Edit {
+        Box::new(move |c: &mut proto::ContainerConfig| {
+            let linux = c.linux.get_or_insert_with(Default::default);
+            f(linux.resources.get_or_insert_with(Default::default));
+        })
+    };
+    let cases: Vec<(&str, Edit, Code, &str)> = vec![
+        (
+            "no metadata",
+            Box::new(|c| c.metadata = None),
+            Code::InvalidArgument,
+            "config.metadata",
+        ),
+        (
+            "empty name",
+            Box::new(|c| c.metadata.as_mut().unwrap().name.clear()),
+            Code::InvalidArgument,
+            "config.metadata",
+        ),
+        (
+            "NUL in the command",
+            Box::new(|c| c.command = vec!["sh\0x".into()]),
+            Code::InvalidArgument,
+            "config.command",
+        ),
+        (
+            "relative working dir",
+            Box::new(|c| c.working_dir = "tmp".into()),
+            Code::InvalidArgument,
+            "config.working_dir",
+        ),
+        (
+            "absolute log path",
+            Box::new(|c| c.log_path = "/etc/x.log".into()),
+            Code::InvalidArgument,
+            "config.log_path",
+        ),
+        (
+            "relative mount source",
+            Box::new(|c| {
+                c.mounts = vec![proto::Mount {
+                    container_path: "/data".into(),
+                    host_path: "relative/dir".into(),
+                    ..Default::default()
+                }]
+            }),
+            Code::InvalidArgument,
+            "config.mounts[0].host_path",
+        ),
+        (
+            "relative device path",
+            Box::new(|c| {
+                c.devices = vec![proto::Device {
+                    container_path: "dev/null2".into(),
+                    host_path: "/dev/null".into(),
+                    permissions: "rwm".into(),
+                }]
+            }),
+            Code::InvalidArgument,
+            "config.devices[0].container_path",
+        ),
+        (
+            "unknown capability",
+            sc(Box::new(|s| {
+                s.capabilities = Some(proto::Capability {
+                    add_capabilities: vec!["CAP_BOGUS".into()],
+                    ..Default::default()
+                })
+            })),
+            Code::InvalidArgument,
+            "config.linux.security_context.capabilities",
+        ),
+        (
+            "relative localhost seccomp profile",
+            sc(Box::new(|s| {
+                s.seccomp = Some(proto::SecurityProfile {
+                    profile_type: proto::security_profile::ProfileType::Localhost as i32,
+                    localhost_ref: "profiles/x.json".into(),
+                })
+            })),
+            Code::InvalidArgument,
+            "config.linux.security_context.seccomp",
+        ),
+        (
+            "cpu shares below 2",
+            res(Box::new(|r| r.cpu_shares = 1)),
+            Code::InvalidArgument,
+            "config.linux.resources.cpu_shares",
+        ),
+        (
+            "oom_score_adj out of range",
+            res(Box::new(|r| r.oom_score_adj = 5000)),
+            Code::InvalidArgument,
+            "config.linux.resources.oom_score_adj",
+        ),
+        (
+            "memory limit of 100 bytes",
+            res(Box::new(|r| r.memory_limit_in_bytes = 100)),
+            Code::InvalidArgument,
+            "config.linux.resources.memory_limit_in_bytes",
+        ),
+        (
+            "a stop signal CRI does not define",
+            Box::new(|c| c.stop_signal = 999),
+            Code::InvalidArgument,
+            "config.stop_signal",
+        ),
+    ];
+    for (what, edit, code, field) in cases {
+        let mut cfg = container(&env, "bad", &["true"], &[]);
+        edit(&mut cfg);
+        let err = create(&mut env, cfg).await.unwrap_err();
+        assert_eq!(err.code(), code, "{what}: {err:?}");
+        assert!(
+            err.message().contains(field),
+            "{what}: the message names {field}: {}",
+            err.message()
+        );
+    }
+    // Nothing left: no record, no volatile dir, no writable layer, and the
+    // name is free (the same name now creates).
+    let empty = |p: &Path| !p.exists() || std::fs::read_dir(p).unwrap().next().is_none();
+    assert!(
+        env.dir.path().join("root/metadata/pods").is_dir(),
+        "right place"
+    );
+    assert!(empty(&env.dir.path().join("state/containers")));
+    assert!(empty(&env.dir.path().join("root/metadata/containers")));
+    assert!(empty(&env.dir.path().join("root/containers")));
+    let cfg = container(&env, "bad", &["true"], &[]);
+    let id = create(&mut env, cfg.clone())
+        .await
+        .expect("the name was released");
+    let again = create(&mut env, cfg).await.unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+    assert!(
+        again.message().contains(&id),
+        "names the holder: {}",
+        again.message()
+    );
+}
