@@ -135,8 +135,10 @@ mod tests {
                 value: big.clone(),
             })
             .collect();
-        let got: Vec<Vec<crate::proto::KeyValue>> =
-            batches(items.clone(), |v| v).map(|b| b.unwrap()).collect().await;
+        let got: Vec<Vec<crate::proto::KeyValue>> = batches(items.clone(), |v| v)
+            .map(|b| b.unwrap())
+            .collect()
+            .await;
         assert!(got.len() >= 3, "10 x 300 kB in batches of at most 1 MiB");
         assert!(got.iter().all(|b| !b.is_empty()));
         assert_eq!(got.concat(), items);

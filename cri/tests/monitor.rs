@@ -559,3 +559,110 @@ fn container_inherits_only_its_stdio() {
     f.container().signal(libc_sigkill()).unwrap();
     assert_eq!(f.wait_exit().exit_code, 137);
 }
+
+/// KiB of private memory in the mappings of the monitor's executable (what
+/// relocation dirties).
+fn private_exe_kib(pid: i32) -> u64 {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut in_exe = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            in_exe = f.nth(4).is_some_and(|p| Path::new(p) == exe);
+        } else if in_exe && (first == "Private_Dirty:" || first == "Private_Clean:") {
+            kib += f.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    kib
+}
+
+fn ppid_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_zygote_forks_monitors_that_share_its_memory_and_outlive_it() {
+    let Some(()) = privileged("the_zygote_forks_monitors_that_share_its_memory_and_outlive_it")
+    else {
+        return;
+    };
+    let tag = tempfile::tempdir().unwrap();
+    let zygote = monitor::Zygote::new(EXE, tag.path());
+    let mut forked = Fixture::new("mon-zygote");
+    let spec = forked.spec(&["sh", "-c", "read x; exit 4"]);
+    let s = zygote.spawn(&forked.monitor_dir(), &spec).unwrap();
+    forked.spawned = Some(s);
+    let zpid = zygote.pid().expect("the zygote runs") as i32;
+
+    // Detached from both the zygote and us, named, and recognised.
+    assert_ne!(ppid_of(s.monitor_pid), zpid);
+    assert_ne!(ppid_of(s.monitor_pid), std::process::id() as i32);
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{}/comm", s.monitor_pid))
+            .unwrap()
+            .trim(),
+        "berth-monitor"
+    );
+    assert!(monitor::is_running(s.monitor_pid, &forked.monitor_dir()));
+    assert!(!monitor::is_running(zpid, &forked.monitor_dir()));
+    // It holds none of the zygote's descriptors (its request socket).
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", s.monitor_pid))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(!fds.iter().any(|f| f.starts_with("socket:")), "{fds:?}");
+
+    // The relocated pages are shared with the zygote instead of copied.
+    let mut exec = Fixture::new("mon-exec");
+    let spec2 = exec.spec(&["sleep", "100"]);
+    let e = exec.spawn(&spec2).unwrap();
+    let (forked_kib, exec_kib) = (
+        private_exe_kib(s.monitor_pid),
+        private_exe_kib(e.monitor_pid),
+    );
+    println!("private memory in the executable: forked {forked_kib} KiB, exec'd {exec_kib} KiB");
+    assert!(
+        forked_kib * 2 < exec_kib,
+        "forked {forked_kib} KiB vs exec'd {exec_kib} KiB"
+    );
+    exec.container().signal(libc_sigkill()).unwrap();
+
+    // A dead zygote is replaced; the monitors it forked carry on.
+    kill(Pid::from_raw(zpid), Signal::SIGKILL).unwrap();
+    let mut again = Fixture::new("mon-zygote2");
+    let spec3 = again.spec(&["true"]);
+    let s3 = zygote.spawn(&again.monitor_dir(), &spec3).unwrap();
+    again.spawned = Some(s3);
+    assert_ne!(zygote.pid().unwrap() as i32, zpid, "a new zygote");
+    assert!(monitor::is_running(s.monitor_pid, &forked.monitor_dir()));
+    again.release();
+    assert_eq!(again.wait_exit().reason, "Completed");
+    forked.release();
+    forked.container().signal(libc_sigkill()).unwrap();
+    assert_eq!(forked.wait_exit().exit_code, 137);
+    forked.wait_monitor_gone();
+
+    // Dropping the handle ends the zygote.
+    let last = zygote.pid().unwrap() as i32;
+    drop(zygote);
+    assert!(
+        std::fs::read_to_string(format!("/proc/{last}/stat")).is_err()
+            || std::fs::read_to_string(format!("/proc/{last}/stat"))
+                .unwrap()
+                .contains(") Z"),
+        "the zygote exited"
+    );
+}

@@ -90,7 +90,11 @@ mod tests {
         let status = tonic::Status::from_header_map(resp.headers()).expect("a grpc status");
         assert_eq!(status.code(), tonic::Code::Internal);
         assert!(status.message().contains("/boom"), "{}", status.message());
-        assert!(status.message().contains("handler bug"), "{}", status.message());
+        assert!(
+            status.message().contains("handler bug"),
+            "{}",
+            status.message()
+        );
         let resp = svc.ready().await.unwrap().call(req("/fine")).await.unwrap();
         assert_eq!(resp.into_body(), "ok");
     }

@@ -171,6 +171,29 @@ fn mem(pid: i32) -> (u64, u64) {
     (field("Pss:"), field("Rss:"))
 }
 
+/// Where a process's private memory is (KiB of Private_Clean+Private_Dirty
+/// per mapping name: the binary, `[heap]`, `[stack]`, `anon`), largest first.
+fn private_by_mapping(pid: i32) -> Vec<(String, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut by: HashMap<String, u64> = HashMap::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // address perms offset dev inode [path]
+            let path = f.nth(4).unwrap_or("anon");
+            cur = path.rsplit('/').next().unwrap_or(path).to_string();
+        } else if first == "Private_Clean:" || first == "Private_Dirty:" {
+            *by.entry(cur.clone()).or_default() +=
+                f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    let mut v: Vec<_> = by.into_iter().filter(|(_, k)| *k > 0).collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
+    v
+}
+
 /// Pids of processes whose command line contains `needle`.
 fn pids_with(needle: &str) -> Vec<i32> {
     std::fs::read_dir("/proc")
@@ -304,6 +327,21 @@ async fn main() {
             let (p, r) = mem(m);
             mp += p;
             mr += r;
+        }
+        let monitors: Vec<i32> = pids_with("__berth_monitor")
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "berth-monitor")
+            })
+            .collect();
+        if let Some(m) = monitors.first() {
+            let top: Vec<String> = private_by_mapping(*m)
+                .into_iter()
+                .take(6)
+                .map(|(k, v)| format!("{k} {v} KiB"))
+                .collect();
+            println!("one monitor's private memory: {}", top.join(", "));
         }
         let (ip, ir) = idle.unwrap_or((0, 0));
         (

@@ -27,18 +27,23 @@
 //! - `monitor.log`: the monitor's own stderr (its errors and warnings);
 //! - the exit record at [`MonitorSpec::exit_file`] (anywhere the daemon likes).
 //!
-//! Detaching: [`spawn`] starts the monitor, which at once starts a second
-//! copy of itself (argument `detached`) and exits; the daemon reaps the
-//! first, and the second — the real monitor, in its own session, a child
-//! subreaper — is reparented away from the daemon. So the daemon never
-//! accumulates zombie monitors and never has to wait for one (conmon's double
-//! fork, with `exec` instead of `fork` because this crate has no `unsafe`).
+//! Starting: the daemon asks its [`Zygote`] — one long-lived, single-threaded
+//! process running this binary — to fork each monitor, so that monitors
+//! share the zygote's relocated pages instead of each writing its own copy
+//! (see `zygote.rs`: per running pod this is most of a monitor's memory).
+//! [`spawn`] is the exec'd path, used when no zygote can run: it starts the
+//! monitor, which at once starts a second copy of itself (argument
+//! `detached`) and exits. Either way the real monitor — in its own session,
+//! a child subreaper — is reparented away from the daemon, so the daemon
+//! never accumulates zombie monitors and never has to wait for one (conmon's
+//! double fork).
 
 mod exit;
 mod pump;
 mod reopen;
 mod run;
 mod spawn;
+mod zygote;
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +52,7 @@ use serde::{Deserialize, Serialize};
 pub use exit::read_exit;
 pub use reopen::{is_running, reopen_log};
 pub use spawn::spawn;
+pub use zygote::{Zygote, ZYGOTE_ARG};
 
 pub(crate) use crate::util::{error_chain, now_nanos};
 
@@ -58,6 +64,10 @@ const DETACHED_ARG: &str = "detached";
 
 /// File name of the [`MonitorSpec`] in the monitor's directory.
 pub const SPEC_FILE: &str = "monitor.json";
+
+/// File name of the monitor's identity (`<pid> <start ticks>`) in its
+/// directory; see [`is_running`].
+pub const ID_FILE: &str = "monitor.id";
 
 /// File name of the monitor's own stderr in its directory.
 pub const LOG_FILE: &str = "monitor.log";
@@ -280,7 +290,13 @@ pub enum MonitorError {
 /// ```
 pub fn run_from_args() {
     let mut args = std::env::args_os().skip(1);
-    if args.next().as_deref() != Some(std::ffi::OsStr::new(MONITOR_ARG)) {
+    let first = args.next();
+    if first.as_deref() == Some(std::ffi::OsStr::new(ZYGOTE_ARG)) {
+        let _tag = args.next();
+        let sealed_fd = args.next().and_then(|a| a.to_str()?.parse::<i32>().ok());
+        std::process::exit(zygote::serve(sealed_fd));
+    }
+    if first.as_deref() != Some(std::ffi::OsStr::new(MONITOR_ARG)) {
         return;
     }
     let spec = args.next().map(PathBuf::from);

@@ -7,24 +7,58 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{spec_path, MonitorError, MonitorSpec, DETACHED_ARG, MONITOR_ARG};
+use super::{spec_path, MonitorError, MonitorSpec, DETACHED_ARG, ID_FILE, MONITOR_ARG};
 
 /// How long [`reopen_log`] waits for the monitor to have the new file open.
 const REOPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Whether `monitor_pid` is the (detached) monitor started by
-/// [`spawn`](super::spawn) for `dir`: its command line is
-/// `<exe> __berth_monitor <dir>/monitor.json detached`. Use it to re-attach
-/// after a daemon restart; a pid reused by another process, or the zombie of
-/// an exited monitor, is not it.
+/// Whether `monitor_pid` is the monitor of `dir`, still running. Use it to
+/// re-attach after a daemon restart; a pid reused by another process, or
+/// the zombie of an exited monitor, is not it.
+///
+/// The monitor records its pid and start time (in clock ticks since boot,
+/// `/proc/<pid>/stat` field 22) in `<dir>/monitor.id` before it reports;
+/// the pair names one process for the whole uptime. Monitors forked by the
+/// [zygote](super::Zygote) share the zygote's command line, so that is the
+/// check. Monitors started by a berth without the file are recognised by
+/// their command line, `<exe> __berth_monitor <dir>/monitor.json detached`.
 pub fn is_running(monitor_pid: i32, dir: &Path) -> bool {
-    spec_path(dir).is_ok_and(|spec| is_monitor_of(monitor_pid, &spec))
+    if monitor_pid <= 0 {
+        return false;
+    }
+    match std::fs::read_to_string(dir.join(ID_FILE)) {
+        Ok(id) => parse_id(&id)
+            .is_some_and(|(pid, start)| pid == monitor_pid && start_ticks(pid) == Some(start)),
+        Err(_) => spec_path(dir).is_ok_and(|spec| is_monitor_of(monitor_pid, &spec)),
+    }
+}
+
+/// `"<pid> <start ticks>"`.
+fn parse_id(text: &str) -> Option<(i32, u64)> {
+    let mut f = text.split_whitespace();
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// The identity line of this process (written by the monitor).
+pub(super) fn own_id() -> Option<String> {
+    let pid = std::process::id() as i32;
+    Some(format!("{pid} {}\n", start_ticks(pid)?))
+}
+
+/// Start time of a live (not zombie) process, in clock ticks since boot.
+fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields
+    // are counted after its closing parenthesis, from field 3 (state).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if matches!(fields.first(), Some(&"Z") | Some(&"X") | None) {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
 }
 
 fn is_monitor_of(pid: i32, spec: &Path) -> bool {
-    if pid <= 0 {
-        return false;
-    }
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
@@ -53,13 +87,12 @@ pub fn reopen_log(monitor_pid: i32, dir: &Path) -> Result<(), MonitorError> {
         pid: monitor_pid,
         dir: dir.to_path_buf(),
     };
-    if !is_monitor_of(monitor_pid, &spec_file) {
+    if !is_running(monitor_pid, dir) {
         return Err(not_running());
     }
     let log_path = read_log_path(&spec_file)?;
-    // The cmdline check and the signal are not atomic; a pid reused in
-    // between by a process of the same command line is not a concern, and
-    // pids are not reused that fast.
+    // The identity check and the signal are not atomic; a pid reused in
+    // between is not a concern: pids are not reused that fast.
     match kill(Pid::from_raw(monitor_pid), Signal::SIGUSR1) {
         Ok(()) => {}
         Err(nix::Error::ESRCH) => return Err(not_running()),
@@ -78,7 +111,7 @@ pub fn reopen_log(monitor_pid: i32, dir: &Path) -> Result<(), MonitorError> {
         if holds_file(monitor_pid, &log_path) {
             return Ok(());
         }
-        if !is_monitor_of(monitor_pid, &spec_file) {
+        if !is_running(monitor_pid, dir) {
             return Err(not_running());
         }
         if start.elapsed() > REOPEN_TIMEOUT {
@@ -146,5 +179,19 @@ mod tests {
         drop(f);
         assert!(!holds_file(me, &path));
         assert!(!holds_file(me, &d.path().join("missing")));
+    }
+
+    #[test]
+    fn the_identity_file_names_one_live_process() {
+        let d = tempfile::tempdir().unwrap();
+        let me = std::process::id() as i32;
+        std::fs::write(d.path().join(ID_FILE), own_id().unwrap()).unwrap();
+        assert!(is_running(me, d.path()));
+        assert!(!is_running(me + 1, d.path()), "another pid");
+        let start = start_ticks(me).unwrap();
+        std::fs::write(d.path().join(ID_FILE), format!("{me} {}\n", start + 1)).unwrap();
+        assert!(!is_running(me, d.path()), "same pid, another start: reused");
+        assert_eq!(parse_id("12 34\n"), Some((12, 34)));
+        assert_eq!(parse_id("12"), None);
     }
 }

@@ -91,6 +91,30 @@ fn adopt_sealed_init(fd: RawFd) {
     }
 }
 
+/// In the zygote, our parent is the daemon: adopts its sealed copy (fd
+/// `fd` in the daemon) for every monitor the zygote forks.
+pub(super) fn adopt_parent_sealed_init(fd: RawFd) {
+    let parent = nix::unistd::getppid();
+    match std::fs::File::open(format!("/proc/{parent}/fd/{fd}")) {
+        Ok(f) => {
+            if let Err(e) = berth_core::process::adopt_sealed_copy(
+                berth_core::InitBinary::SelfExe,
+                OwnedFd::from(f),
+            ) {
+                warn(&format!("not using the daemon's init binary copy: {e}"));
+            }
+        }
+        Err(e) => warn(&format!("the daemon's init binary copy: {e}")),
+    }
+}
+
+/// Logs `msg` and reports it as the error; returns the exit code.
+pub(super) fn fail_report(msg: &str) -> i32 {
+    warn(msg);
+    let _ = report(&Report::Error(msg.to_string()));
+    1
+}
+
 /// Marks every fd above stderr close-on-exec, so the detached monitor
 /// starts with 0, 1 and 2 only: whatever inheritable fds the daemon had (a
 /// socket-activation listener, a jobserver pipe) must not live on in every
@@ -129,7 +153,14 @@ pub(super) fn monitor(spec_path: &Path, sealed_fd: Option<RawFd>) -> i32 {
         init: handle.pid(),
         monitor: std::process::id() as i32,
     };
-    if let Err(e) = report(&created) {
+    // Who we are, for the daemon to find us again (before it learns of us).
+    let identified = super::reopen::own_id()
+        .ok_or_else(|| std::io::Error::other("reading our own /proc/self/stat"))
+        .and_then(|id| {
+            let dir = spec_path.parent().unwrap_or(Path::new("/"));
+            super::write_private(&dir.join(super::ID_FILE), id.as_bytes())
+        });
+    if let Err(e) = identified.and_then(|()| report(&created)) {
         // Nobody learnt of the container: leave nothing behind.
         warn(&format!(
             "report to the daemon: {e}; removing the container"

@@ -2,7 +2,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,39 @@ const LOG_TAIL: u64 = 2048;
 /// and then [`run_from_args`](super::run_from_args): it also becomes the
 /// container's init binary.
 pub fn spawn(exe: &Path, dir: &Path, spec: &MonitorSpec) -> Result<Spawned, MonitorError> {
+    let files = prepare(dir, spec)?;
+    let spawn_err = |source| MonitorError::Spawn {
+        exe: exe.to_path_buf(),
+        source,
+    };
+    let mut child = Command::new(exe)
+        .arg(MONITOR_ARG)
+        .arg(&files.spec)
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(files.log)
+        .spawn()
+        .map_err(spawn_err)?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    // The first stage only starts the detached monitor and exits.
+    let status = child.wait().map_err(spawn_err)?;
+    read_report(stdout, &status.to_string(), &files.log_path)
+}
+
+/// What [`prepare`] made for a monitor.
+pub(super) struct Files {
+    /// `<dir>/monitor.json`, absolute.
+    pub spec: PathBuf,
+    /// `<dir>/monitor.log`, open for appending: the monitor's stderr.
+    pub log: std::fs::File,
+    /// Its path.
+    pub log_path: PathBuf,
+}
+
+/// Creates `dir`, writes the spec atomically and opens the monitor's log.
+pub(super) fn prepare(dir: &Path, spec: &MonitorSpec) -> Result<Files, MonitorError> {
     let write_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| MonitorError::WriteSpec { path, source }
@@ -62,31 +95,26 @@ pub fn spawn(exe: &Path, dir: &Path, spec: &MonitorSpec) -> Result<Spawned, Moni
         .create(true)
         .open(&log_path)
         .map_err(write_err(&log_path))?;
+    Ok(Files {
+        spec: spec_file,
+        log,
+        log_path,
+    })
+}
 
-    let spawn_err = |source| MonitorError::Spawn {
-        exe: exe.to_path_buf(),
-        source,
-    };
-    let mut child = Command::new(exe)
-        .arg(MONITOR_ARG)
-        .arg(&spec_file)
-        .env_clear()
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .map_err(spawn_err)?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    // The first stage only starts the detached monitor and exits.
-    let status = child.wait().map_err(spawn_err)?;
-
+/// Reads the monitor's one-line report from `out` (EOF without one: the
+/// monitor died; `how` says how its starter ended, the log says why).
+pub(super) fn read_report(
+    out: impl Read,
+    how: &str,
+    log_path: &Path,
+) -> Result<Spawned, MonitorError> {
     let mut line = String::new();
-    let read = BufReader::new(stdout).read_line(&mut line);
+    let read = BufReader::new(out).read_line(&mut line);
     if matches!(read, Ok(0) | Err(_)) || !line.ends_with('\n') {
         return Err(MonitorError::NoReport {
-            status: status.to_string(),
-            log: log_tail(&log_path),
+            status: how.to_string(),
+            log: log_tail(log_path),
         });
     }
     match serde_json::from_str::<Report>(line.trim_end()) {

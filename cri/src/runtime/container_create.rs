@@ -11,7 +11,7 @@ use super::container::{ContainerRecord, ContainerState, Containers};
 use super::error::RuntimeError;
 use super::sandbox::{NsMode, SandboxRecord, SandboxState};
 use crate::image::ImageStore;
-use crate::monitor::{self, MonitorSpec};
+use crate::monitor::{self, MonitorError, MonitorSpec};
 use crate::proto;
 use crate::spec;
 use crate::store::ObjectId;
@@ -22,6 +22,8 @@ pub(super) struct CreateCtx<'a> {
     pub containers: &'a Containers,
     pub images: &'a ImageStore,
     pub monitor_exe: &'a Path,
+    /// Forks the monitors (the exec'd path is the fallback).
+    pub zygote: &'a monitor::Zygote,
 }
 
 /// The log file: `log_directory/log_path`, `log_path` relative and without
@@ -173,11 +175,23 @@ fn build(
             log_path: (!log.is_empty()).then(|| PathBuf::from(&log)),
             max_log_line: None,
             exit_file: dir.join("exit.json"),
-            sealed_init: monitor::SealedInit::of_self().ok(),
+            // The zygote's monitors inherit its copy of the init binary.
+            sealed_init: None,
         };
-        let spawned = monitor::spawn(ctx.monitor_exe, &dir, &mspec).map_err(|e| {
-            RuntimeError::FailedPrecondition(format!("creating the container: {e}"))
-        })?;
+        let spawned = match ctx.zygote.spawn(&dir, &mspec) {
+            // The zygote itself cannot run: an exec'd monitor still can.
+            Err(e @ (MonitorError::Spawn { .. } | MonitorError::Sys { .. })) => {
+                tracing::warn!(error = %crate::util::error_chain(&e), "monitor zygote unusable; exec'ing the monitor");
+                let ours = std::env::current_exe().is_ok_and(|me| me == ctx.monitor_exe);
+                let mspec = MonitorSpec {
+                    sealed_init: ours.then(monitor::SealedInit::of_self).and_then(Result::ok),
+                    ..mspec
+                };
+                monitor::spawn(ctx.monitor_exe, &dir, &mspec)
+            }
+            other => other,
+        }
+        .map_err(|e| RuntimeError::FailedPrecondition(format!("creating the container: {e}")))?;
         let rec = ContainerRecord {
             version: super::container::RECORD_VERSION,
             id: id.clone(),

@@ -13,7 +13,9 @@ use super::error::RuntimeError;
 use crate::proto;
 
 /// The limits to write, checked (pure).
-pub(super) fn plan(res: Option<&proto::LinuxContainerResources>) -> Result<Resources, RuntimeError> {
+pub(super) fn plan(
+    res: Option<&proto::LinuxContainerResources>,
+) -> Result<Resources, RuntimeError> {
     let res = res.ok_or_else(|| RuntimeError::invalid("linux", "must be set"))?;
     crate::spec::cgroup_limits(res).map_err(|e| match RuntimeError::from(e) {
         // The create path names `config.linux.resources.<field>`; here the
@@ -34,8 +36,11 @@ pub(super) fn update(
     res: proto::LinuxContainerResources,
 ) -> Result<(), RuntimeError> {
     if rec.state.is_live() {
-        let state = berth_core::container::State::load(&containers.runtime_root.join(rec.id.as_str()))
-            .map_err(|e| RuntimeError::Internal(format!("loading the container's state: {e}")))?;
+        let state =
+            berth_core::container::State::load(&containers.runtime_root.join(rec.id.as_str()))
+                .map_err(|e| {
+                    RuntimeError::Internal(format!("loading the container's state: {e}"))
+                })?;
         if let Some(cg) = &state.cgroup {
             cg.apply(limits).map_err(|e| {
                 RuntimeError::Internal(format!(

@@ -69,6 +69,7 @@ pub struct RuntimeServiceImpl {
     containers: Arc<Containers>,
     images: Arc<ImageStore>,
     monitor_exe: PathBuf,
+    zygote: Arc<crate::monitor::Zygote>,
     sampler: Arc<stats::Sampler>,
     events: Arc<events::Events>,
 }
@@ -92,6 +93,10 @@ impl RuntimeServiceImpl {
             sandboxes: Arc::new(Sandboxes::open(root, state)?),
             containers: Arc::new(Containers::open(root, state)?),
             images,
+            zygote: Arc::new(crate::monitor::Zygote::new(
+                monitor_exe.clone(),
+                state.join("containers"),
+            )),
             monitor_exe,
             sampler: Arc::new(stats::Sampler::new(stats::default_cgroup_root())),
             events: Arc::new(events::Events::default()),
@@ -136,8 +141,12 @@ impl RuntimeServiceImpl {
                 statuses.extend(container_status::status(&rec, false).status);
             }
         }
-        self.events
-            .send(events::event(container.as_str(), kind, pod_status, statuses));
+        self.events.send(events::event(
+            container.as_str(),
+            kind,
+            pod_status,
+            statuses,
+        ));
     }
 
     /// Watches a live container's monitor; when it exits (the container
@@ -400,11 +409,13 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             self.images.clone(),
             self.monitor_exe.clone(),
         );
+        let zygote = self.zygote.clone();
         let rec = blocking(move || {
             let ctx = container_create::CreateCtx {
                 containers: &containers,
                 images: &images,
                 monitor_exe: &exe,
+                zygote: &zygote,
             };
             container_create::create(&ctx, &sandbox, config)
         })
@@ -600,7 +611,9 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             Ok::<_, RuntimeError>(sampler.container_stats(&images, &view, &sample))
         })
         .await?;
-        Ok(Response::new(proto::ContainerStatsResponse { stats: Some(stats) }))
+        Ok(Response::new(proto::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_container_stats(
@@ -785,7 +798,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
     async fn stream_pod_sandboxes(
         &self,
         request: Request<proto::StreamPodSandboxesRequest>,
-    ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamPodSandboxesResponse>>, Status> {
+    ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamPodSandboxesResponse>>, Status>
+    {
         let filter = request.into_inner().filter;
         let items = self
             .list_pod_sandbox(Request::new(proto::ListPodSandboxRequest { filter }))

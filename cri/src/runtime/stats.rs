@@ -113,7 +113,9 @@ impl Sampler {
         let mut prev = self.previous.lock().unwrap_or_else(|e| e.into_inner());
         let before = prev.insert(id.to_string(), (ts, usage_ns));
         let (t0, u0) = before?;
-        let dt = u128::try_from(ts.checked_sub(t0)?).ok().filter(|d| *d > 0)?;
+        let dt = u128::try_from(ts.checked_sub(t0)?)
+            .ok()
+            .filter(|d| *d > 0)?;
         let du = u128::from(usage_ns.checked_sub(u0)?);
         u64::try_from(du * 1_000_000_000 / dt).ok()
     }
@@ -396,35 +398,92 @@ const fn net(name: &'static str, help: &'static str) -> Desc {
 /// The metrics berth serves, cAdvisor's names. CPU times are whole seconds
 /// (the CRI value is an integer), as CRI-O reports them.
 const METRICS: &[Desc] = &[
-    counter("container_cpu_usage_seconds_total", "Cumulative CPU time consumed, in seconds."),
-    counter("container_cpu_user_seconds_total", "Cumulative user CPU time, in seconds."),
-    counter("container_cpu_system_seconds_total", "Cumulative system CPU time, in seconds."),
-    counter("container_cpu_cfs_periods_total", "Elapsed enforcement periods."),
-    counter("container_cpu_cfs_throttled_periods_total", "Throttled periods."),
-    counter("container_cpu_cfs_throttled_seconds_total", "Time throttled, in seconds."),
-    gauge("container_memory_usage_bytes", "Current memory usage, including cache."),
-    gauge("container_memory_working_set_bytes", "Current working set (usage minus inactive file)."),
+    counter(
+        "container_cpu_usage_seconds_total",
+        "Cumulative CPU time consumed, in seconds.",
+    ),
+    counter(
+        "container_cpu_user_seconds_total",
+        "Cumulative user CPU time, in seconds.",
+    ),
+    counter(
+        "container_cpu_system_seconds_total",
+        "Cumulative system CPU time, in seconds.",
+    ),
+    counter(
+        "container_cpu_cfs_periods_total",
+        "Elapsed enforcement periods.",
+    ),
+    counter(
+        "container_cpu_cfs_throttled_periods_total",
+        "Throttled periods.",
+    ),
+    counter(
+        "container_cpu_cfs_throttled_seconds_total",
+        "Time throttled, in seconds.",
+    ),
+    gauge(
+        "container_memory_usage_bytes",
+        "Current memory usage, including cache.",
+    ),
+    gauge(
+        "container_memory_working_set_bytes",
+        "Current working set (usage minus inactive file).",
+    ),
     gauge("container_memory_rss", "Anonymous memory (RSS)."),
     gauge("container_memory_cache", "Page cache."),
     gauge("container_memory_swap", "Swap usage."),
-    counter("container_memory_failcnt", "Times the memory limit was hit."),
-    counter("container_oom_events_total", "Processes killed by the OOM killer."),
-    gauge("container_spec_memory_limit_bytes", "The memory limit (0: none)."),
+    counter(
+        "container_memory_failcnt",
+        "Times the memory limit was hit.",
+    ),
+    counter(
+        "container_oom_events_total",
+        "Processes killed by the OOM killer.",
+    ),
+    gauge(
+        "container_spec_memory_limit_bytes",
+        "The memory limit (0: none).",
+    ),
     gauge("container_processes", "Number of processes."),
-    counter("container_fs_reads_bytes_total", "Bytes read from block devices."),
-    counter("container_fs_writes_bytes_total", "Bytes written to block devices."),
+    counter(
+        "container_fs_reads_bytes_total",
+        "Bytes read from block devices.",
+    ),
+    counter(
+        "container_fs_writes_bytes_total",
+        "Bytes written to block devices.",
+    ),
     counter("container_fs_reads_total", "Block device reads completed."),
-    counter("container_fs_writes_total", "Block device writes completed."),
-    gauge("container_fs_usage_bytes", "Bytes used by the writable layer."),
-    gauge("container_fs_inodes_total", "Inodes used by the writable layer."),
+    counter(
+        "container_fs_writes_total",
+        "Block device writes completed.",
+    ),
+    gauge(
+        "container_fs_usage_bytes",
+        "Bytes used by the writable layer.",
+    ),
+    gauge(
+        "container_fs_inodes_total",
+        "Inodes used by the writable layer.",
+    ),
     net("container_network_receive_bytes_total", "Bytes received."),
     net("container_network_transmit_bytes_total", "Bytes sent."),
-    net("container_network_receive_packets_total", "Packets received."),
+    net(
+        "container_network_receive_packets_total",
+        "Packets received.",
+    ),
     net("container_network_transmit_packets_total", "Packets sent."),
     net("container_network_receive_errors_total", "Receive errors."),
     net("container_network_transmit_errors_total", "Send errors."),
-    net("container_network_receive_packets_dropped_total", "Received packets dropped."),
-    net("container_network_transmit_packets_dropped_total", "Sent packets dropped."),
+    net(
+        "container_network_receive_packets_dropped_total",
+        "Received packets dropped.",
+    ),
+    net(
+        "container_network_transmit_packets_dropped_total",
+        "Sent packets dropped.",
+    ),
 ];
 
 /// `ListMetricDescriptors`.

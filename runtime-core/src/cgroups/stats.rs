@@ -304,7 +304,11 @@ mod tests {
             "cache 1\nrss 2\ntotal_cache 4000\ntotal_rss 5000\ntotal_inactive_file 1500\n\
              total_pgfault 9\ntotal_pgmajfault 1\n",
         );
-        put(r, "memory/k/c/memory.limit_in_bytes", "9223372036854771712\n");
+        put(
+            r,
+            "memory/k/c/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
         put(r, "memory/k/c/memory.failcnt", "2\n");
         put(
             r,
@@ -329,13 +333,16 @@ mod tests {
         assert_eq!(s.memory.usage, 10000);
         assert_eq!(s.memory.working_set, 8500);
         assert_eq!((s.memory.rss, s.memory.cache), (5000, 4000));
-        assert_eq!(
-            (s.memory.page_faults, s.memory.major_page_faults),
-            (9, 1)
-        );
+        assert_eq!((s.memory.page_faults, s.memory.major_page_faults), (9, 1));
         assert_eq!(s.memory.limit, None, "page-rounded i64::MAX is unlimited");
         assert_eq!((s.memory.failcnt, s.memory.oom_kills), (2, 1));
-        assert_eq!(s.pids, PidsStats { current: 4, limit: None });
+        assert_eq!(
+            s.pids,
+            PidsStats {
+                current: 4,
+                limit: None
+            }
+        );
         assert_eq!((s.io.read_bytes, s.io.write_bytes), (101, 50));
     }
 
@@ -378,7 +385,13 @@ mod tests {
         assert_eq!(s.memory.limit, Some(65536));
         assert_eq!(s.memory.oom_kills, 2, "oom_kill, not oom");
         assert_eq!(s.memory.failcnt, 5);
-        assert_eq!(s.pids, PidsStats { current: 2, limit: Some(100) });
+        assert_eq!(
+            s.pids,
+            PidsStats {
+                current: 2,
+                limit: Some(100)
+            }
+        );
         assert_eq!(
             s.io,
             IoStats {

@@ -124,7 +124,10 @@ pub fn container(env: &Env, name: &str, command: &[&str], args: &[&str]) -> prot
     }
 }
 
-pub async fn create(env: &mut Env, config: proto::ContainerConfig) -> Result<String, tonic::Status> {
+pub async fn create(
+    env: &mut Env,
+    config: proto::ContainerConfig,
+) -> Result<String, tonic::Status> {
     env.rt
         .create_container(proto::CreateContainerRequest {
             pod_sandbox_id: env.pod.clone(),
@@ -183,4 +186,3 @@ pub fn log_records(path: &str) -> Vec<(Stream, bool, String)> {
         })
         .collect()
 }
-

@@ -1,0 +1,298 @@
+//! The monitor zygote: one long-lived, single-threaded process that forks
+//! every container's monitor, so monitors share its memory.
+//!
+//! Why: a monitor exec'd afresh relocates the berth binary, which writes
+//! every page of `.data.rel.ro` and `.got` (about 600 KiB of a PIE binary
+//! this size) into private memory — more than the rest of the monitor
+//! together. Those pages are written once, during relocation, then made
+//! read-only (RELRO); a monitor forked from a process that already did it
+//! shares them copy-on-write and never copies them. Measured per running
+//! pod: see the README's benchmark section.
+//!
+//! How: the daemon starts `<exe> __berth_monitor_zygote <state dir>
+//! [<sealed fd>]` with one end of a `SOCK_SEQPACKET` pair as its stdin. Each
+//! request is one message: the spec path as bytes, and two descriptors —
+//! the write end of the report pipe and `monitor.log`. The zygote forks an
+//! intermediate child, which forks the monitor and exits at once (so the
+//! monitor is reparented away, as the exec'd path's detach does); the
+//! zygote reaps the intermediate. The monitor runs exactly the code an
+//! exec'd one runs ([`run::monitor`]), reports on the pipe and from then on
+//! is independent of both the zygote and the daemon.
+//!
+//! Lifetime: the zygote exits when the daemon's end of the socket closes
+//! (the daemon exits or dies); monitors keep running. A zygote that died is
+//! started again on the next request. The zygote holds the daemon's sealed
+//! init binary copy (adopted once, as an exec'd monitor would), which forked
+//! monitors inherit and drop once their container started.
+
+use std::ffi::OsStr;
+use std::io::{IoSlice, IoSliceMut, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+use nix::unistd::ForkResult;
+
+use super::spawn::{prepare, read_report, Report};
+use super::{run, MonitorError, MonitorSpec, SealedInit, Spawned};
+
+/// `argv[1]` that makes a berth binary run as the monitor zygote.
+pub const ZYGOTE_ARG: &str = "__berth_monitor_zygote";
+
+/// Longest spec path a request carries.
+const MAX_PATH: usize = 4096;
+
+/// The daemon's handle on its zygote (started on first use).
+#[derive(Debug)]
+pub struct Zygote {
+    exe: PathBuf,
+    tag: PathBuf,
+    running: Mutex<Option<Running>>,
+}
+
+#[derive(Debug)]
+struct Running {
+    child: Child,
+    sock: OwnedFd,
+}
+
+impl Zygote {
+    /// A zygote running `exe` (a binary whose `main` calls
+    /// [`run_from_args`](super::run_from_args)); `tag` (the daemon's state
+    /// dir) goes on its command line so operators and tests can tell whose
+    /// monitors these are.
+    pub fn new(exe: impl Into<PathBuf>, tag: impl Into<PathBuf>) -> Zygote {
+        Zygote {
+            exe: exe.into(),
+            tag: tag.into(),
+            running: Mutex::new(None),
+        }
+    }
+
+    /// Like [`spawn`](super::spawn), with the monitor forked by the zygote.
+    /// Blocking.
+    pub fn spawn(&self, dir: &Path, spec: &MonitorSpec) -> Result<Spawned, MonitorError> {
+        let files = prepare(dir, spec)?;
+        let sys = |step| move |source| MonitorError::Sys { step, source };
+        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(sys("create the report pipe"))?;
+        self.send(&files.spec, &[report_w.as_raw_fd(), files.log.as_raw_fd()])?;
+        // Only the monitor may hold the write end now: EOF means it died.
+        drop(report_w);
+        drop(files.log);
+        read_report(
+            std::fs::File::from(report_r),
+            "forked by the zygote",
+            &files.log_path,
+        )
+    }
+
+    /// The zygote's pid, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        let guard = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().map(|r| r.child.id())
+    }
+
+    fn send(&self, spec: &Path, fds: &[RawFd]) -> Result<(), MonitorError> {
+        let mut guard = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = spec.as_os_str().as_bytes();
+        let mut last = None;
+        for _ in 0..2 {
+            if let Some(r) = guard.as_mut() {
+                if !matches!(r.child.try_wait(), Ok(None)) {
+                    *guard = None; // it died (and is reaped now)
+                }
+            }
+            if guard.is_none() {
+                *guard = Some(self.start()?);
+            }
+            let r = guard.as_mut().expect("started");
+            let sent = sendmsg::<()>(
+                r.sock.as_raw_fd(),
+                &[IoSlice::new(bytes)],
+                &[ControlMessage::ScmRights(fds)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            );
+            match sent {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    // A zygote that cannot take requests is replaced.
+                    let _ = r.child.kill();
+                    let _ = r.child.wait();
+                    *guard = None;
+                    last = Some(e);
+                }
+            }
+        }
+        Err(MonitorError::Sys {
+            step: "send a request to the monitor zygote",
+            source: last.unwrap_or(nix::Error::EPIPE),
+        })
+    }
+
+    fn start(&self) -> Result<Running, MonitorError> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|source| MonitorError::Sys {
+            step: "create the zygote's socket",
+            source,
+        })?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg(ZYGOTE_ARG).arg(&self.tag);
+        // The zygote (our child) reopens our sealed copy through /proc —
+        // when it runs our binary: the copy becomes its containers' init.
+        if std::env::current_exe().is_ok_and(|me| me == self.exe) {
+            if let Ok(s) = SealedInit::of_self() {
+                cmd.arg(s.fd.to_string());
+            }
+        }
+        let child = cmd
+            .env_clear()
+            .current_dir("/")
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|source| MonitorError::Spawn {
+                exe: self.exe.clone(),
+                source,
+            })?;
+        tracing::debug!(pid = child.id(), "monitor zygote started");
+        Ok(Running { child, sock: ours })
+    }
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        let guard = self.running.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut r) = guard.take() {
+            drop(r.sock); // EOF: the zygote exits
+            let _ = r.child.wait();
+        }
+    }
+}
+
+/// The zygote process (argv after [`ZYGOTE_ARG`]: the tag, then the
+/// daemon's sealed-copy fd, if any). Returns the exit code.
+pub(super) fn serve(sealed_fd: Option<RawFd>) -> i32 {
+    if !single_threaded() {
+        run::warn("the monitor zygote must be single-threaded to fork; exiting");
+        return 2;
+    }
+    if let Some(fd) = sealed_fd {
+        run::adopt_parent_sealed_init(fd);
+    }
+    let _ = nix::unistd::chdir("/");
+    let sock: RawFd = 0;
+    loop {
+        let mut buf = vec![0u8; MAX_PATH];
+        let mut cmsg = nix::cmsg_space!([RawFd; 2]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = match recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(m) => m,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => {
+                run::warn(&format!("monitor zygote: receive: {e}"));
+                return 1;
+            }
+        };
+        let n = msg.bytes;
+        let mut fds = Vec::new();
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::ScmRights(v) = c {
+                    // SAFETY: SCM_RIGHTS installed these descriptors in this
+                    // process just now; nothing else owns them.
+                    fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
+            }
+        }
+        if n == 0 && fds.is_empty() {
+            return 0; // the daemon closed its end
+        }
+        let [report, log]: [OwnedFd; 2] = match fds.try_into() {
+            Ok(v) => v,
+            Err(_) => {
+                run::warn("monitor zygote: a request without its two descriptors");
+                continue;
+            }
+        };
+        let spec = PathBuf::from(OsStr::from_bytes(&buf[..n]));
+        fork_monitor(&spec, report, log);
+    }
+}
+
+/// Forks the intermediate child (which forks the monitor) and reaps it.
+fn fork_monitor(spec: &Path, report: OwnedFd, log: OwnedFd) {
+    // SAFETY: this process is single-threaded (checked at start, and the
+    // zygote never starts a thread), so the child may run any code.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => intermediate(spec, report, log),
+        Ok(ForkResult::Parent { child }) => {
+            drop(report);
+            drop(log);
+            let _ = nix::sys::wait::waitpid(child, None);
+        }
+        Err(e) => fail(report, &format!("fork the monitor: {e}")),
+    }
+}
+
+/// In the intermediate child: fork the monitor and exit at once.
+fn intermediate(spec: &Path, report: OwnedFd, log: OwnedFd) -> ! {
+    // SAFETY: still single-threaded (a fork of the single-threaded zygote).
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => monitor(spec, report, log),
+        Ok(ForkResult::Parent { .. }) => std::process::exit(0),
+        Err(e) => {
+            fail(report, &format!("fork the monitor: {e}"));
+            std::process::exit(1)
+        }
+    }
+}
+
+/// In the monitor: stdio onto the request's descriptors, then the same code
+/// as an exec'd monitor.
+fn monitor(spec: &Path, report: OwnedFd, log: OwnedFd) -> ! {
+    let wired = std::fs::File::open("/dev/null").and_then(|null| {
+        nix::unistd::dup2(null.as_raw_fd(), 0)?; // also closes the zygote's socket
+        nix::unistd::dup2(report.as_raw_fd(), 1)?;
+        nix::unistd::dup2(log.as_raw_fd(), 2)?;
+        Ok(())
+    });
+    drop(report);
+    drop(log);
+    if let Err(e) = wired {
+        std::process::exit(run::fail_report(&format!("monitor stdio: {e}")));
+    }
+    let _ = nix::sys::prctl::set_name(c"berth-monitor");
+    std::process::exit(run::monitor(spec, None))
+}
+
+/// Writes an error report on `report` (the daemon is waiting for one).
+fn fail(report: OwnedFd, msg: &str) {
+    run::warn(msg);
+    let mut f = std::fs::File::from(report);
+    if let Ok(mut line) = serde_json::to_vec(&Report::Error(msg.to_string())) {
+        line.push(b'\n');
+        let _ = f.write_all(&line);
+    }
+}
+
+fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Threads:", "1"])
+        })
+        .unwrap_or(false)
+}
