@@ -1056,3 +1056,178 @@ async fn a_table_of_bad_container_fields() {
         again.message()
     );
 }
+
+/// Stdout of `sh -c script` run in a container by ExecSync.
+async fn sh_in(rt: &mut Rt, id: &str, script: &str) -> String {
+    let r = rt
+        .exec_sync(proto::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.exit_code,
+        0,
+        "{script}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8(r.stdout).unwrap()
+}
+
+/// Pids of `berth-pod-init` processes started by this test's daemon.
+fn pod_inits(dir: &Path) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "berth-pod-init")
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .collect()
+}
+
+const ALL_COMMS: &str = "for p in /proc/[0-9]*; do cat $p/comm; done 2>/dev/null | sort";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_and_targeted_pid_namespaces() {
+    let Some(mut env) = env("shared_and_targeted_pid_namespaces").await else {
+        return;
+    };
+    // A pod sharing one pid namespace (shareProcessNamespace: true).
+    let mut cfg = pod_config(env.dir.path());
+    cfg.metadata.as_mut().unwrap().name = "shared".into();
+    cfg.linux.as_mut().unwrap().security_context = None; // pid: POD
+    let shared = env
+        .rt
+        .run_pod_sandbox(proto::RunPodSandboxRequest {
+            config: Some(cfg),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    assert_eq!(
+        pod_inits(env.dir.path()).len(),
+        1,
+        "one init for the shared pod"
+    );
+    let in_shared = |env: &Env, name: &str| {
+        let mut c = container(env, name, &["sleep", "1000"], &[]);
+        c.linux = Some(proto::LinuxContainerConfig {
+            security_context: Some(proto::LinuxContainerSecurityContext {
+                namespace_options: Some(proto::NamespaceOption {
+                    pid: proto::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        c
+    };
+    let mut ids = Vec::new();
+    for name in ["a", "b"] {
+        let id = env
+            .rt
+            .create_container(proto::CreateContainerRequest {
+                pod_sandbox_id: shared.clone(),
+                config: Some(in_shared(&env, name)),
+                sandbox_config: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        start(&mut env.rt, &id).await.unwrap();
+        ids.push(id);
+    }
+    // Each sees the other's process and the pod's init as pid 1.
+    let seen = sh_in(&mut env.rt, &ids[1], ALL_COMMS).await;
+    assert_eq!(seen.matches("sleep").count(), 2, "{seen}");
+    assert_eq!(
+        sh_in(&mut env.rt, &ids[0], "cat /proc/1/comm").await.trim(),
+        "berth-pod-init"
+    );
+    // Not pid 1, a container's process dies of SIGTERM; the others go on.
+    env.rt
+        .stop_container(proto::StopContainerRequest {
+            container_id: ids[0].clone(),
+            timeout: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(status(&mut env.rt, &ids[0]).await.exit_code, 143);
+    let seen = sh_in(&mut env.rt, &ids[1], ALL_COMMS).await;
+    assert_eq!(seen.matches("sleep").count(), 1, "{seen}");
+    // Stopping the pod ends its init (and the namespace).
+    env.rt
+        .stop_pod_sandbox(proto::StopPodSandboxRequest {
+            pod_sandbox_id: shared.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(pod_inits(env.dir.path()).is_empty());
+    assert_eq!(
+        status(&mut env.rt, &ids[1]).await.state,
+        proto::ContainerState::ContainerExited as i32
+    );
+
+    // The per-container pod: a debug container targeting another's.
+    let target = {
+        let cfg = container(&env, "target", &["sleep", "1000"], &[]);
+        create(&mut env, cfg).await.unwrap()
+    };
+    start(&mut env.rt, &target).await.unwrap();
+    let targeting = |env: &Env, target_id: &str, pid: proto::NamespaceMode| {
+        let mut c = container(env, "debug", &["sleep", "1000"], &[]);
+        c.linux = Some(proto::LinuxContainerConfig {
+            security_context: Some(proto::LinuxContainerSecurityContext {
+                namespace_options: Some(proto::NamespaceOption {
+                    pid: pid as i32,
+                    target_id: target_id.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        c
+    };
+    let debug = {
+        let cfg = targeting(&env, &target, proto::NamespaceMode::Target);
+        create(&mut env, cfg).await.unwrap()
+    };
+    start(&mut env.rt, &debug).await.unwrap();
+    assert_eq!(
+        sh_in(&mut env.rt, &debug, "cat /proc/1/comm").await.trim(),
+        "sleep",
+        "pid 1 is the target's process"
+    );
+    // Bad targets and modes.
+    for (t, mode, code) in [
+        ("f".repeat(64), proto::NamespaceMode::Target, Code::NotFound),
+        (
+            String::new(),
+            proto::NamespaceMode::Node,
+            Code::InvalidArgument,
+        ),
+    ] {
+        let mut cfg = targeting(&env, &t, mode);
+        cfg.metadata.as_mut().unwrap().name = "bad".into();
+        let err = create(&mut env, cfg).await.unwrap_err();
+        assert_eq!(err.code(), code, "{err:?}");
+        assert!(
+            err.message().contains("namespace_options") || err.message().contains(&t),
+            "{}",
+            err.message()
+        );
+    }
+}

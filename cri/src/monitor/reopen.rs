@@ -45,8 +45,9 @@ pub(super) fn own_id() -> Option<String> {
     Some(format!("{pid} {}\n", start_ticks(pid)?))
 }
 
-/// Start time of a live (not zombie) process, in clock ticks since boot.
-fn start_ticks(pid: i32) -> Option<u64> {
+/// Start time of a live (not zombie) process, in clock ticks since boot:
+/// with the pid, a name for one process over the whole uptime.
+pub fn start_ticks(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: fields
     // are counted after its closing parenthesis, from field 3 (state).

@@ -23,6 +23,8 @@ pub(super) enum Report {
     },
     /// `{"error":"..."}`: nothing is left of the container.
     Error(String),
+    /// `{"pod_init":PID}`: a pod's pid namespace init runs (zygote only).
+    PodInit(i32),
 }
 
 /// How much of `monitor.log` goes into [`MonitorError::NoReport`].
@@ -109,6 +111,22 @@ pub(super) fn read_report(
     how: &str,
     log_path: &Path,
 ) -> Result<Spawned, MonitorError> {
+    match parse_report(out, how, log_path)? {
+        Report::Created { init, monitor } if init > 0 && monitor > 0 => Ok(Spawned {
+            monitor_pid: monitor,
+            init_pid: init,
+        }),
+        Report::Error(message) => Err(MonitorError::Create(message)),
+        other => Err(MonitorError::BadReport(format!("{other:?}"))),
+    }
+}
+
+/// Reads and parses the one-line report (see [`read_report`]).
+pub(super) fn parse_report(
+    out: impl Read,
+    how: &str,
+    log_path: &Path,
+) -> Result<Report, MonitorError> {
     let mut line = String::new();
     let read = BufReader::new(out).read_line(&mut line);
     if matches!(read, Ok(0) | Err(_)) || !line.ends_with('\n') {
@@ -117,14 +135,8 @@ pub(super) fn read_report(
             log: log_tail(log_path),
         });
     }
-    match serde_json::from_str::<Report>(line.trim_end()) {
-        Ok(Report::Created { init, monitor }) if init > 0 && monitor > 0 => Ok(Spawned {
-            monitor_pid: monitor,
-            init_pid: init,
-        }),
-        Ok(Report::Error(message)) => Err(MonitorError::Create(message)),
-        _ => Err(MonitorError::BadReport(line.trim_end().to_string())),
-    }
+    serde_json::from_str::<Report>(line.trim_end())
+        .map_err(|_| MonitorError::BadReport(line.trim_end().to_string()))
 }
 
 /// The last lines of the monitor's log, for an error message.

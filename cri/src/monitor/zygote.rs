@@ -39,7 +39,7 @@ use nix::sys::socket::{
 };
 use nix::unistd::ForkResult;
 
-use super::spawn::{prepare, read_report, Report};
+use super::spawn::{parse_report, prepare, read_report, Report};
 use super::{run, MonitorError, MonitorSpec, SealedInit, Spawned};
 
 /// `argv[1]` that makes a berth binary run as the monitor zygote.
@@ -47,6 +47,11 @@ pub const ZYGOTE_ARG: &str = "__berth_monitor_zygote";
 
 /// Longest spec path a request carries.
 const MAX_PATH: usize = 4096;
+
+/// Request: fork a monitor (the spec path follows; fds: report, log).
+const KIND_MONITOR: u8 = b'M';
+/// Request: fork a pod's pid namespace init (fds: report).
+const KIND_POD_INIT: u8 = b'P';
 
 /// The daemon's handle on its zygote (started on first use).
 #[derive(Debug)]
@@ -82,7 +87,9 @@ impl Zygote {
         let sys = |step| move |source| MonitorError::Sys { step, source };
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(sys("create the report pipe"))?;
-        self.send(&files.spec, &[report_w.as_raw_fd(), files.log.as_raw_fd()])?;
+        let mut msg = vec![KIND_MONITOR];
+        msg.extend_from_slice(files.spec.as_os_str().as_bytes());
+        self.send(&msg, &[report_w.as_raw_fd(), files.log.as_raw_fd()])?;
         // Only the monitor may hold the write end now: EOF means it died.
         drop(report_w);
         drop(files.log);
@@ -93,15 +100,36 @@ impl Zygote {
         )
     }
 
+    /// Starts the init of a pod's own pid namespace (what a pause
+    /// container is to containerd): pid 1 of a new pid namespace, in its own
+    /// session, reparented away from the zygote, reaping whatever is
+    /// orphaned in the namespace until it is killed. Returns its pid (in
+    /// our pid namespace); containers join `/proc/<pid>/ns/pid`. Blocking.
+    pub fn spawn_pod_init(&self, log_path: &Path) -> Result<i32, MonitorError> {
+        let sys = |step| move |source| MonitorError::Sys { step, source };
+        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(sys("create the report pipe"))?;
+        self.send(&[KIND_POD_INIT], &[report_w.as_raw_fd()])?;
+        drop(report_w);
+        match parse_report(
+            std::fs::File::from(report_r),
+            "forked by the zygote",
+            log_path,
+        )? {
+            Report::PodInit(pid) if pid > 0 => Ok(pid),
+            Report::Error(message) => Err(MonitorError::Create(message)),
+            other => Err(MonitorError::BadReport(format!("{other:?}"))),
+        }
+    }
+
     /// The zygote's pid, if it runs.
     pub fn pid(&self) -> Option<u32> {
         let guard = self.running.lock().unwrap_or_else(|e| e.into_inner());
         guard.as_ref().map(|r| r.child.id())
     }
 
-    fn send(&self, spec: &Path, fds: &[RawFd]) -> Result<(), MonitorError> {
+    fn send(&self, bytes: &[u8], fds: &[RawFd]) -> Result<(), MonitorError> {
         let mut guard = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let bytes = spec.as_os_str().as_bytes();
         let mut last = None;
         for _ in 0..2 {
             if let Some(r) = guard.as_mut() {
@@ -207,7 +235,7 @@ pub(super) fn serve(sealed_fd: Option<RawFd>) -> i32 {
             }
         };
         let n = msg.bytes;
-        let mut fds = Vec::new();
+        let mut fds: Vec<OwnedFd> = Vec::new();
         if let Ok(cmsgs) = msg.cmsgs() {
             for c in cmsgs {
                 if let ControlMessageOwned::ScmRights(v) = c {
@@ -220,15 +248,94 @@ pub(super) fn serve(sealed_fd: Option<RawFd>) -> i32 {
         if n == 0 && fds.is_empty() {
             return 0; // the daemon closed its end
         }
-        let [report, log]: [OwnedFd; 2] = match fds.try_into() {
-            Ok(v) => v,
-            Err(_) => {
-                run::warn("monitor zygote: a request without its two descriptors");
-                continue;
+        match (buf.first().copied(), fds.len()) {
+            (Some(KIND_MONITOR), 2) if n > 1 => {
+                let log = fds.pop().expect("two");
+                let report = fds.pop().expect("two");
+                let spec = PathBuf::from(OsStr::from_bytes(&buf[1..n]));
+                fork_monitor(&spec, report, log);
             }
-        };
-        let spec = PathBuf::from(OsStr::from_bytes(&buf[..n]));
-        fork_monitor(&spec, report, log);
+            (Some(KIND_POD_INIT), 1) => {
+                fork_pod_init(fds.pop().expect("one"));
+            }
+            _ => run::warn("monitor zygote: a malformed request, ignored"),
+        }
+    }
+}
+
+/// Forks the intermediate child that makes the pod's pid namespace and
+/// forks its init; reaps the intermediate.
+fn fork_pod_init(report: OwnedFd) {
+    // SAFETY: this process is single-threaded (see `fork_monitor`).
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            let code = match pod_init_intermediate(report) {
+                Ok(()) => 0,
+                Err((report, msg)) => {
+                    fail(report, &msg);
+                    1
+                }
+            };
+            std::process::exit(code)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(report);
+            let _ = nix::sys::wait::waitpid(child, None);
+        }
+        Err(e) => fail(report, &format!("fork the pod init: {e}")),
+    }
+}
+
+/// In the intermediate: a new pid namespace, whose first child (pid 1 in
+/// it) is the pod init; reports its pid and exits.
+fn pod_init_intermediate(report: OwnedFd) -> Result<(), (OwnedFd, String)> {
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
+        return Err((report, format!("unshare a pid namespace: {e}")));
+    }
+    // SAFETY: a fork of the single-threaded zygote is single-threaded.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            drop(report);
+            pod_init()
+        }
+        Ok(ForkResult::Parent { child }) => {
+            let mut f = std::fs::File::from(report);
+            let mut line = serde_json::to_vec(&Report::PodInit(child.as_raw()))
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .unwrap_or_default();
+            line.push(b'\n');
+            let _ = f.write_all(&line);
+            Ok(())
+        }
+        Err(e) => Err((report, format!("fork the pod init: {e}"))),
+    }
+}
+
+/// Pid 1 of a pod's pid namespace: reaps, and otherwise waits. Every signal
+/// is blocked (a pid 1 ignores those it has no handler for anyway); only
+/// `SIGKILL` from outside — StopPodSandbox — ends it, and with it every
+/// process left in the namespace.
+fn pod_init() -> ! {
+    let _ = nix::unistd::setsid();
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        for fd in 0..=2 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+        }
+    }
+    let _ = nix::sys::prctl::set_name(c"berth-pod-init");
+    let all = nix::sys::signal::SigSet::all();
+    let _ = all.thread_block();
+    let mut chld = nix::sys::signal::SigSet::empty();
+    chld.add(nix::sys::signal::Signal::SIGCHLD);
+    loop {
+        match nix::sys::wait::waitpid(None, None) {
+            Ok(_) | Err(nix::Error::EINTR) => continue,
+            // No children now: wait until one is reparented to us and exits
+            // (SIGCHLD stays pending while blocked, so none is missed).
+            Err(_) => {
+                let _ = chld.wait();
+            }
+        }
     }
 }
 

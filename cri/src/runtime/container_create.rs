@@ -136,12 +136,7 @@ fn build(
             net_ns: ns.net.as_deref(),
             ipc_ns: ns.ipc.as_deref(),
             uts_ns: ns.uts.as_deref(),
-            pid: match sandbox.pid {
-                NsMode::Node => spec::PidMode::Node,
-                // A shared pid namespace cannot be pinned (no pid 1 yet):
-                // until the pod gets its own init, each container has its own.
-                NsMode::Pod | NsMode::Container => spec::PidMode::Container,
-            },
+            pid: pid_mode(ctx, sandbox, config)?,
             shm: ns.shm.as_deref(),
             resolv_conf: &sandbox.dir.join("resolv.conf"),
             hosts: &sandbox.dir.join("hosts"),
@@ -224,6 +219,79 @@ fn build(
         undo(&dir);
     }
     result
+}
+
+/// Which pid namespace the container gets: the host's when the pod is
+/// `hostPID`; otherwise per the container's own `namespace_options.pid`
+/// (kubelet copies the pod's; absent: the pod's mode) — `POD`: the pod's
+/// shared one (its init's), `CONTAINER`: a new one, `TARGET`: that of
+/// another running container of the pod (`kubectl debug --target`).
+fn pid_mode(
+    ctx: &CreateCtx<'_>,
+    sandbox: &SandboxRecord,
+    config: &proto::ContainerConfig,
+) -> Result<spec::PidMode, RuntimeError> {
+    const FIELD: &str = "config.linux.security_context.namespace_options";
+    if sandbox.pid == NsMode::Node {
+        return Ok(spec::PidMode::Node);
+    }
+    let opts = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    let mode = match opts {
+        Some(o) => proto::NamespaceMode::try_from(o.pid).map_err(|_| {
+            RuntimeError::invalid(
+                format!("{FIELD}.pid"),
+                format!("{} is not a namespace mode", o.pid),
+            )
+        })?,
+        None if sandbox.pid == NsMode::Pod => proto::NamespaceMode::Pod,
+        None => proto::NamespaceMode::Container,
+    };
+    match mode {
+        proto::NamespaceMode::Container => Ok(spec::PidMode::Container),
+        proto::NamespaceMode::Node => Err(RuntimeError::invalid(
+            format!("{FIELD}.pid"),
+            "NODE needs a hostPID pod sandbox",
+        )),
+        // A pod without a shared namespace has no init to join: the
+        // container gets its own, as its pod asked.
+        proto::NamespaceMode::Pod if sandbox.pid != NsMode::Pod => Ok(spec::PidMode::Container),
+        proto::NamespaceMode::Pod => sandbox
+            .pid_ns()
+            .map(|p| spec::PidMode::Pod(Some(p)))
+            .ok_or_else(|| {
+                RuntimeError::FailedPrecondition(format!(
+                    "the pid namespace of pod sandbox {} is gone (its init exited)",
+                    sandbox.id
+                ))
+            }),
+        proto::NamespaceMode::Target => {
+            let target = opts.map(|o| o.target_id.as_str()).unwrap_or_default();
+            let field = format!("{FIELD}.target_id");
+            let entry = ctx.containers.registry.get(target, &field)?;
+            let mut rec = entry.blocking_lock();
+            rec.refresh();
+            if rec.removed || rec.sandbox_id != sandbox.id {
+                return Err(RuntimeError::invalid(
+                    field,
+                    format!("{target:?} is not a container of this pod"),
+                ));
+            }
+            if rec.state != ContainerState::Running {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "target container {} is not running",
+                    rec.id
+                )));
+            }
+            Ok(spec::PidMode::Pod(Some(PathBuf::from(format!(
+                "/proc/{}/ns/pid",
+                rec.init_pid
+            )))))
+        }
+    }
 }
 
 /// `stat(2)` of a CRI device's `host_path` (symlinks followed, as kubelet's

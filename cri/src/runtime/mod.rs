@@ -282,10 +282,17 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         let id = crate::store::ObjectId::random()
             .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
         self.sandboxes.registry.reserve(&plan.name, &id)?;
-        let sandboxes = self.sandboxes.clone();
+        let (sandboxes, zygote) = (self.sandboxes.clone(), self.zygote.clone());
         let (id2, plan2) = (id.clone(), plan.clone());
         let result = blocking(move || {
-            sandbox_run::create(&sandboxes, &id2, &plan2, &config, &req.runtime_handler)
+            sandbox_run::create(
+                &sandboxes,
+                &id2,
+                &plan2,
+                &config,
+                &req.runtime_handler,
+                &zygote,
+            )
         })
         .await;
         match result {

@@ -202,9 +202,11 @@ pub(super) fn create(
     plan: &SandboxPlan,
     config: &proto::PodSandboxConfig,
     runtime_handler: &str,
+    zygote: &crate::monitor::Zygote,
 ) -> Result<SandboxRecord, RuntimeError> {
     let dir = sandboxes.state_dir().join(id.as_str());
     std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
+    let mut pod_init = None;
     let result = (|| {
         files::write(
             &dir,
@@ -219,16 +221,28 @@ pub(super) fn create(
                 net: plan.network == NsMode::Pod,
                 ipc: plan.ipc == NsMode::Pod,
                 uts: plan.network == NsMode::Pod,
-                // A new pid namespace cannot be pinned: the kernel gives no
-                // handle on it before its first process (pid 1) exists, and
-                // once that process exits no other can enter it. A pod that
-                // shares its pid namespace gets one from its first
-                // container (see the container code); nothing is pinned here.
+                // A pid namespace cannot be pinned: once its pid 1 exits no
+                // process can enter it. A pod that shares one gets an init
+                // process instead (below).
                 pid: false,
                 hostname: (plan.network == NsMode::Pod).then(|| plan.hostname.clone()),
                 shm_size: (plan.ipc == NsMode::Pod).then_some(SHM_SIZE),
             },
         )?;
+        if plan.pid == NsMode::Pod {
+            let pid = zygote
+                .spawn_pod_init(&dir.join("pod-init.log"))
+                .map_err(|e| {
+                    RuntimeError::Internal(format!(
+                        "starting the pod's pid namespace init: {}",
+                        crate::util::error_chain(&e)
+                    ))
+                })?;
+            let start = crate::monitor::start_ticks(pid).ok_or_else(|| {
+                RuntimeError::Internal(format!("the pod's pid namespace init {pid} exited at once"))
+            })?;
+            pod_init = Some((pid, start));
+        }
         let rec = SandboxRecord {
             version: 1,
             id: id.clone(),
@@ -240,6 +254,7 @@ pub(super) fn create(
             network: plan.network,
             pid: plan.pid,
             ipc: plan.ipc,
+            pod_init,
             hostname: plan.hostname.clone(),
             cgroup_parent: plan.cgroup_parent.clone(),
             dir: dir.clone(),
@@ -253,6 +268,9 @@ pub(super) fn create(
         Ok(rec)
     })();
     if result.is_err() {
+        if let Some(init) = pod_init {
+            super::sandbox_stop::kill_pod_init(init);
+        }
         let _ = pin::unpin(&dir.join("ns"));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -14,14 +14,38 @@ pub(super) fn stop(sandboxes: &Sandboxes, rec: &mut SandboxRecord) -> Result<(),
             id: rec.id.to_string(),
         });
     }
-    if rec.state == SandboxState::NotReady && rec.namespaces.is_none() {
+    if rec.state == SandboxState::NotReady && rec.namespaces.is_none() && rec.pod_init.is_none() {
         return Ok(());
     }
-    // Containers of the pod are stopped here once the container RPCs exist;
-    // none can be created yet. The network is loopback only (CNI is its own
-    // issue): it goes with the namespace.
+    // The caller has stopped the pod's containers. The network is loopback
+    // only (CNI is its own issue): it goes with the namespace.
+    if let Some(init) = rec.pod_init.take() {
+        kill_pod_init(init);
+    }
     pin::unpin(&rec.dir.join("ns"))?;
     rec.namespaces = None;
     rec.state = SandboxState::NotReady;
     sandboxes.registry.save(rec)
+}
+
+/// SIGKILLs a pod's pid namespace init (and so every process left in the
+/// namespace) if it is still that process, and waits briefly for it to go.
+pub(super) fn kill_pod_init(init: (i32, u64)) {
+    if !super::sandbox::pod_init_alive(init) {
+        return;
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(init.0),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    for _ in 0..200 {
+        if !super::sandbox::pod_init_alive(init) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    tracing::warn!(
+        pid = init.0,
+        "the pod's pid namespace init is still there 1 s after SIGKILL"
+    );
 }

@@ -100,6 +100,14 @@ pub fn pod_config(dir: &Path) -> proto::PodSandboxConfig {
         linux: Some(proto::LinuxPodSandboxConfig {
             // Namespaced sysctls of the pod (kubelet's safe set includes it).
             sysctls: HashMap::from([("net.ipv4.ip_unprivileged_port_start".into(), "0".into())]),
+            // What kubelet sends for a pod without shareProcessNamespace.
+            security_context: Some(proto::LinuxSandboxSecurityContext {
+                namespace_options: Some(proto::NamespaceOption {
+                    pid: proto::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()

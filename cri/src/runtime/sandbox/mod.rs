@@ -75,6 +75,11 @@ pub struct SandboxRecord {
     pub ipc: NsMode,
     /// The pod's hostname.
     pub hostname: String,
+    /// The init of the pod's own pid namespace — pid and start ticks (see
+    /// [`crate::monitor::start_ticks`]) — when the pod shares one
+    /// (`namespace_options.pid == POD`); gone once the pod is stopped.
+    #[serde(default)]
+    pub pod_init: Option<(i32, u64)>,
     /// kubelet's `cgroup_parent`, exactly as given (containers go under it).
     pub cgroup_parent: String,
     /// `<state>/pods/<id>`: resolv.conf, hostname, hosts, ns/.
@@ -90,7 +95,18 @@ pub struct SandboxRecord {
     pub removed: bool,
 }
 
+/// Whether `(pid, start)` is still that process.
+pub fn pod_init_alive((pid, start): (i32, u64)) -> bool {
+    crate::monitor::start_ticks(pid) == Some(start)
+}
+
 impl SandboxRecord {
+    /// The pod's shared pid namespace, while its init runs.
+    pub fn pid_ns(&self) -> Option<PathBuf> {
+        let init = self.pod_init.filter(|i| pod_init_alive(*i))?;
+        Some(PathBuf::from(format!("/proc/{}/ns/pid", init.0)))
+    }
+
     /// The decoded `PodSandboxConfig`.
     pub fn config(&self) -> proto::PodSandboxConfig {
         proto::PodSandboxConfig::decode(self.config.as_slice()).unwrap_or_default()
@@ -178,7 +194,7 @@ fn namespaces_alive(rec: &SandboxRecord) -> bool {
     .all(|(p, kind)| {
         p.as_ref()
             .is_none_or(|p| berth_core::pin::is_pinned(p, kind))
-    })
+    }) && rec.pod_init.is_none_or(pod_init_alive)
 }
 
 /// CRI's `PodSandboxMetadata` → the reserved name.
