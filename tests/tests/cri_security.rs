@@ -270,7 +270,7 @@ async fn capabilities_are_added_and_dropped() {
 /// read-only paths, /sys read-write; the requested drop, seccomp and masks
 /// are ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berth bug: privileged asks for every capability the caps crate knows, not the runtime's own (cri/src/spec/security.rs:100): the init's capset fails with EPERM when the runtime lacks one"]
+
 async fn privileged_gets_every_capability_no_seccomp_and_no_masks() {
     let Some(mut env) = env("privileged_gets_every_capability_no_seccomp_and_no_masks").await
     else {
@@ -325,7 +325,7 @@ async fn privileged_gets_every_capability_no_seccomp_and_no_masks() {
 /// add_capabilities ["ALL"] (minus a drop): containerd's `allCaps`, the
 /// runtime's own current set (`cap.Current()`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berth bug: add ALL asks for every capability the caps crate knows, not the runtime's own (cri/src/spec/security.rs:63): capset EPERM when the runtime lacks one"]
+
 async fn add_all_is_every_capability_the_runtime_holds() {
     let Some(mut env) = env("add_all_is_every_capability_the_runtime_holds").await else {
         return;
@@ -589,7 +589,7 @@ async fn run_as_user_group_and_supplemental_groups() {
 /// containers will be root(0)" — for a uid without an /etc/passwd entry,
 /// containerd's `WithUserID` (and runc's `GetExecUser`) use gid 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berth bug: a uid not in /etc/passwd gets gid = uid instead of 0 (runtime-core/src/security/user.rs:175)"]
+
 async fn a_uid_without_a_passwd_entry_gets_gid_0() {
     let Some(mut env) = env("a_uid_without_a_passwd_entry_gets_gid_0").await else {
         return;
@@ -615,7 +615,7 @@ async fn a_uid_without_a_passwd_entry_gets_gid_0() {
 /// dropping to a secondary group cannot shed the primary group's
 /// restrictions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berth bug: the primary gid is not in the supplementary groups (containerd's ensureAdditionalGids)"]
+
 async fn the_primary_gid_is_a_supplementary_group() {
     let Some(mut env) = env("the_primary_gid_is_a_supplementary_group").await else {
         return;
@@ -817,7 +817,7 @@ async fn readonly_paths_cannot_be_written() {
 /// kept (`statfs` flags), so /proc/sys stays as hardened as /proc
 /// (`ro,nosuid,nodev,noexec` in a Docker or containerd container).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berth divergence: read-only paths lose /proc's nosuid,nodev,noexec (runtime-core/src/rootfs/paths.rs:112 remounts with MS_RDONLY only)"]
+
 async fn readonly_paths_keep_nosuid_nodev_noexec() {
     let Some(mut env) = env("readonly_paths_keep_nosuid_nodev_noexec").await else {
         return;

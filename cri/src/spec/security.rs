@@ -60,7 +60,7 @@ fn apply_add_drop(set: &mut Vec<Capability>, c: &proto::Capability) -> Result<()
         &c.drop_capabilities,
     )?;
     if c.add_capabilities.iter().any(|n| is_all(n)) {
-        *set = Capabilities::all().bounding;
+        *set = Capabilities::held().bounding;
     }
     if c.drop_capabilities.iter().any(|n| is_all(n)) {
         set.clear();
@@ -79,7 +79,7 @@ fn paths(field: &str, list: &[String]) -> Result<Vec<PathBuf>, SpecError> {
 
 /// Applies the security context to `config` (built by `Config::new`).
 ///
-/// - Privileged (CRI): every capability, no masked or read-only paths (and
+/// - Privileged (CRI): every capability the runtime holds, no masked or read-only paths (and
 ///   `/sys` read-write, see `mounts`; no seccomp, see `seccomp`); `add`/`drop`
 ///   are ignored, as in containerd where `WithPrivileged` comes last.
 /// - Otherwise: capabilities per [`capability_set`]; `masked_paths` and
@@ -97,7 +97,7 @@ pub(super) fn apply(
     config.no_new_privileges = sc.no_new_privs;
     config.readonly_rootfs = sc.readonly_rootfs;
     if sc.privileged {
-        config.capabilities = Capabilities::all();
+        config.capabilities = Capabilities::held();
         config.masked_paths.clear();
         config.readonly_paths.clear();
         return Ok(());
@@ -217,7 +217,7 @@ mod tests {
         f.sc().capabilities = caps(&[], &["ALL"]);
         f.sc().masked_paths = vec!["/proc/kcore".into()];
         let c = f.spec().config;
-        assert_eq!(c.capabilities, Capabilities::all());
+        assert_eq!(c.capabilities, Capabilities::held());
         assert!(c.masked_paths.is_empty() && c.readonly_paths.is_empty());
     }
 

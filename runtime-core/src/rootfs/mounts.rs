@@ -27,7 +27,7 @@ pub(crate) fn mount_raw(
 
 /// The flags of the mount at `fd` that an unprivileged remount must keep
 /// (the kernel locks them on mounts inherited into a user namespace).
-fn locked_flags(fd: BorrowedFd<'_>) -> MsFlags {
+pub(crate) fn locked_flags(fd: BorrowedFd<'_>) -> MsFlags {
     let Ok(st) = fstatvfs(fd) else {
         return MsFlags::empty();
     };

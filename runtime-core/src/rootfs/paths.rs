@@ -109,5 +109,9 @@ pub(crate) fn make_readonly(root: BorrowedFd<'_>, path: &Path) -> Result<(), Roo
     )
     .map_err(err("bind onto itself"))?;
     let top = open_in_root(root, path).map_err(resolve)?;
-    remount(top.as_fd(), MsFlags::MS_RDONLY).map_err(err("read-only remount"))
+    // Keep the mount's nosuid/nodev/noexec (those of /proc, say), as runc
+    // does: a read-only path must not gain what its mount had not.
+    let keep = super::mounts::locked_flags(top.as_fd())
+        & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+    remount(top.as_fd(), MsFlags::MS_RDONLY | keep).map_err(err("read-only remount"))
 }

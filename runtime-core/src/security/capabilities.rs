@@ -92,6 +92,23 @@ impl Capabilities {
         Self::uniform(all)
     }
 
+    /// Every capability this process holds (permitted and in its bounding
+    /// set), in bounding, effective and permitted: what a privileged
+    /// container gets, as containerd's `WithAllCurrentCapabilities` does.
+    /// A capability the runtime lacks (say `CAP_SYS_RESOURCE` in a
+    /// restricted VM or a user namespace) could not be granted anyway:
+    /// asking for it would fail the container's `capset`.
+    pub fn held() -> Self {
+        let read = |set| caps::read(None, set).unwrap_or_default();
+        let bounding = read(caps::CapSet::Bounding);
+        let mut held: Vec<Capability> = read(caps::CapSet::Permitted)
+            .into_iter()
+            .filter(|c| bounding.contains(c))
+            .collect();
+        held.sort_by_key(|c| c.index());
+        Self::uniform(held)
+    }
+
     /// `set` in bounding, effective and permitted.
     pub fn uniform(set: Vec<Capability>) -> Self {
         Self {

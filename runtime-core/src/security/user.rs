@@ -172,7 +172,9 @@ pub fn resolve(user: &User, passwd: &str, group: &str) -> Result<ResolvedUser, U
             .find(|(n, _, _)| n == name)
             .map(|(_, gid, _)| gid)
             .ok_or_else(|| UserError::UnknownGroup(name.clone()))?,
-        None => entry.as_ref().map_or(uid, |e| e.gid),
+        // A uid without a passwd entry gets group 0, as runc and containerd
+        // give it (and Kubernetes documents).
+        None => entry.as_ref().map_or(0, |e| e.gid),
     };
     let mut additional_gids = user.additional_gids.clone();
     // Like docker/containerd: a user named in /etc/passwd also gets the groups
@@ -183,6 +185,12 @@ pub fn resolve(user: &User, passwd: &str, group: &str) -> Result<ResolvedUser, U
                 additional_gids.push(g);
             }
         }
+    }
+    // The primary group is also a supplementary one (containerd and moby do
+    // this since CVE-2023-25173): otherwise a process that drops to its
+    // supplementary groups, or checks them, loses its own group.
+    if !additional_gids.contains(&gid) {
+        additional_gids.insert(0, gid);
     }
     Ok(ResolvedUser {
         uid,
@@ -213,16 +221,16 @@ mod tests {
     fn resolves_names_from_container_files() {
         let r = resolve(&"alice".parse().unwrap(), PASSWD, GROUP).unwrap();
         assert_eq!((r.uid, r.gid, r.home.as_str()), (1000, 1000, "/home/alice"));
-        assert_eq!(r.additional_gids, vec![100]);
+        assert_eq!(r.additional_gids, vec![1000, 100], "primary group first");
         let r = resolve(&"nobody:users".parse().unwrap(), PASSWD, GROUP).unwrap();
         assert_eq!((r.uid, r.gid), (65534, 100));
-        assert!(r.additional_gids.is_empty());
+        assert_eq!(r.additional_gids, vec![100], "only the primary group");
     }
 
     #[test]
-    fn numeric_unknown_user_uses_uid_as_gid() {
+    fn numeric_unknown_user_gets_group_0() {
         let r = resolve(&"4242".parse().unwrap(), PASSWD, GROUP).unwrap();
-        assert_eq!((r.uid, r.gid, r.home.as_str()), (4242, 4242, "/"));
+        assert_eq!((r.uid, r.gid, r.home.as_str()), (4242, 0, "/"));
         let r = resolve(&"1000".parse().unwrap(), PASSWD, GROUP).unwrap();
         assert_eq!(r.gid, 1000);
     }
