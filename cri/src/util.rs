@@ -51,6 +51,19 @@ pub(crate) fn labels_match(
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// Hands freed heap memory back to the kernel. A pull allocates tens of MiB
+/// of buffers across the runtime's threads; glibc keeps what is freed in
+/// its per-thread arenas, so without this a daemon that pulled once stays
+/// that large while idle. Cheap when there is nothing to release.
+pub(crate) fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only takes glibc's own arena locks; it is safe to
+    // call from any thread at any time.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
 /// Largest encoded batch of a list-streaming RPC: well under gRPC's default
 /// 4 MiB message limit, so any client can read it.
 const BATCH_BYTES: usize = 1 << 20;

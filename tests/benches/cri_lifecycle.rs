@@ -171,9 +171,9 @@ fn mem(pid: i32) -> (u64, u64) {
     (field("Pss:"), field("Rss:"))
 }
 
-/// Where a process's private memory is (KiB of Private_Clean+Private_Dirty
-/// per mapping name: the binary, `[heap]`, `[stack]`, `anon`), largest first.
-fn private_by_mapping(pid: i32) -> Vec<(String, u64)> {
+/// Where a process's memory is (KiB of the `fields` per mapping name: the
+/// binary, `[heap]`, `[stack]`, `anon`), largest first.
+fn by_mapping(pid: i32, fields: &[&str]) -> Vec<(String, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
     let mut by: HashMap<String, u64> = HashMap::new();
     let mut cur = String::new();
@@ -184,7 +184,7 @@ fn private_by_mapping(pid: i32) -> Vec<(String, u64)> {
             // address perms offset dev inode [path]
             let path = f.nth(4).unwrap_or("anon");
             cur = path.rsplit('/').next().unwrap_or(path).to_string();
-        } else if first == "Private_Clean:" || first == "Private_Dirty:" {
+        } else if fields.contains(&first) {
             *by.entry(cur.clone()).or_default() +=
                 f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
         }
@@ -271,6 +271,14 @@ async fn main() {
         .await
         .expect("PullImage");
     let idle = daemon_pid.map(mem);
+    if let Some(pid) = daemon_pid {
+        let top: Vec<String> = by_mapping(pid, &["Rss:"])
+            .into_iter()
+            .take(6)
+            .map(|(k, v)| format!("{k} {v} KiB"))
+            .collect();
+        println!("idle daemon's resident memory: {}", top.join(", "));
+    }
 
     let mut run_sandbox = Vec::new();
     let mut create_start_ms = Vec::new();
@@ -336,7 +344,7 @@ async fn main() {
             })
             .collect();
         if let Some(m) = monitors.first() {
-            let top: Vec<String> = private_by_mapping(*m)
+            let top: Vec<String> = by_mapping(*m, &["Private_Clean:", "Private_Dirty:"])
                 .into_iter()
                 .take(6)
                 .map(|(k, v)| format!("{k} {v} KiB"))

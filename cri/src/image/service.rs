@@ -206,6 +206,7 @@ impl proto::image_service_server::ImageService for ImageServiceImpl {
             Status::from(e)
         })?;
         tracing::info!(image = %name, id = %rec.id, "pulled");
+        crate::util::release_free_memory();
         Ok(Response::new(proto::PullImageResponse {
             image_ref: rec.id.to_string(),
         }))
