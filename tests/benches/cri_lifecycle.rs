@@ -11,6 +11,11 @@
 //! one after another and all at once; and the PSS/RSS of the daemon idle and
 //! per running pod (its monitors included). Figures also go to
 //! `target/bench-cri-lifecycle.json`. Under `cargo test` it is a smoke run.
+//!
+//! `-- --containerd` runs the same suite against berth and against Debian's
+//! containerd (1.6 + runc, started here on a side socket with its own
+//! directories, the local registry as mirror and a busybox `sleep` image as
+//! its pause image), both with host-network pods, and prints the ratios.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +30,16 @@ use tonic::transport::Channel;
 
 type Rt = RuntimeServiceClient<Channel>;
 
+/// Pods use the host's network (`--containerd`: containerd without a CNI
+/// plugin can only run those, so both runtimes get the same pods).
+static HOST_NETWORK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn pod_config(name: &str, logs: &Path) -> proto::PodSandboxConfig {
+    let network = if HOST_NETWORK.load(std::sync::atomic::Ordering::Relaxed) {
+        proto::NamespaceMode::Node
+    } else {
+        proto::NamespaceMode::Pod
+    };
     proto::PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.into(),
@@ -33,11 +47,18 @@ fn pod_config(name: &str, logs: &Path) -> proto::PodSandboxConfig {
             namespace: "bench".into(),
             attempt: 0,
         }),
-        hostname: name.into(),
+        // A host-network pod keeps the node's hostname (runc refuses one
+        // without a UTS namespace of its own).
+        hostname: if network == proto::NamespaceMode::Node {
+            String::new()
+        } else {
+            name.into()
+        },
         log_directory: logs.join(name).to_string_lossy().into_owned(),
         linux: Some(proto::LinuxPodSandboxConfig {
             security_context: Some(proto::LinuxSandboxSecurityContext {
                 namespace_options: Some(proto::NamespaceOption {
+                    network: network as i32,
                     pid: proto::NamespaceMode::Container as i32,
                     ..Default::default()
                 }),
@@ -216,50 +237,64 @@ fn arg(name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipped: cri_lifecycle: needs root");
-        return;
-    }
-    let iters = if full { 20 } else { 2 };
-    let pods_n = if full { 50 } else { 3 };
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    let mut _keep: (Option<Registry>, Option<Daemon>) = (None, None);
-    let (sock, image, daemon_pid): (PathBuf, String, Option<i32>) = match arg("--socket") {
-        Some(s) => (
-            s.into(),
-            arg("--image").expect("--image REF (pullable by that runtime)"),
-            None,
-        ),
-        None => {
-            let Some(berth) = berth_e2e::berth_binary("cri_lifecycle") else {
-                return;
-            };
-            let reg = match Registry::start() {
-                Ok(r) => r,
-                Err(e) => {
-                    println!("skipped: cri_lifecycle: {e}");
-                    return;
-                }
-            };
-            berth_e2e::images::busybox_image(&reg.addr(), "bench/busybox", "v1")
-                .await
-                .unwrap();
-            let image = format!("{}/bench/busybox:v1", reg.addr());
-            let d = Daemon::start(&berth, dir.path(), &[]);
-            let pid = d.child.id() as i32;
-            let sock = d.sock.clone();
-            _keep = (Some(reg), Some(d));
-            (sock, image, Some(pid))
-        }
-    };
-    let ch = berth_e2e::cri::wait_and_connect(&sock, Duration::from_secs(20))
+/// A runtime under test.
+struct Target {
+    name: &'static str,
+    sock: PathBuf,
+    image: String,
+    /// The daemon, for its memory.
+    daemon_pid: Option<i32>,
+    /// Its per-pod helper processes (berth: monitors and their zygote;
+    /// containerd: shims and pause processes), found by command line.
+    helpers: fn(&Path) -> Vec<i32>,
+}
+
+/// What one suite run measured.
+#[derive(Default)]
+struct Results {
+    /// (name, runs in ms).
+    timings: Vec<(&'static str, Vec<f64>)>,
+    sequential: f64,
+    parallel: f64,
+    /// Daemon idle (PSS, RSS) KiB.
+    idle: Option<(u64, u64)>,
+    /// Per running pod: daemon growth + helpers (PSS, RSS) KiB, helpers' PSS.
+    per_pod: Option<(f64, f64, f64)>,
+}
+
+fn berth_helpers(dir: &Path) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    pids_with("__berth_monitor")
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .collect()
+}
+
+fn containerd_helpers(dir: &Path) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut v: Vec<i32> = pids_with("containerd-shim-runc-v2")
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .collect();
+    v.extend(pids_with(PAUSE_ARG));
+    v
+}
+
+/// The pause image's argument, to find its processes.
+const PAUSE_ARG: &str = "2147483646";
+
+async fn suite(t: &Target, iters: usize, pods_n: usize, logs: &Path, dir: &Path) -> Results {
+    let ch = berth_e2e::cri::wait_and_connect(&t.sock, Duration::from_secs(30))
         .await
         .unwrap();
     let mut rt = RuntimeServiceClient::new(ch.clone());
+    let image = t.image.clone();
     ImageServiceClient::new(ch.clone())
         .pull_image(proto::PullImageRequest {
             image: Some(ImageSpec {
@@ -270,14 +305,21 @@ async fn main() {
         })
         .await
         .expect("PullImage");
-    let idle = daemon_pid.map(mem);
-    if let Some(pid) = daemon_pid {
+    let mut res = Results {
+        idle: t.daemon_pid.map(mem),
+        ..Default::default()
+    };
+    if let Some(pid) = t.daemon_pid {
         let top: Vec<String> = by_mapping(pid, &["Rss:"])
             .into_iter()
             .take(6)
             .map(|(k, v)| format!("{k} {v} KiB"))
             .collect();
-        println!("idle daemon's resident memory: {}", top.join(", "));
+        println!(
+            "{}: idle daemon's resident memory: {}",
+            t.name,
+            top.join(", ")
+        );
     }
 
     let mut run_sandbox = Vec::new();
@@ -286,11 +328,11 @@ async fn main() {
     let mut cycle = Vec::new();
     let mut exec = Vec::new();
     for i in 0..iters {
-        let t = Instant::now();
-        let pod = run_pod(&mut rt, &format!("p{i}"), &logs).await;
-        run_sandbox.push(ms(t.elapsed()));
+        let t0 = Instant::now();
+        let pod = run_pod(&mut rt, &format!("p{i}"), logs).await;
+        run_sandbox.push(ms(t0.elapsed()));
         let t2 = Instant::now();
-        let (c, started) = create_start_timed(&mut rt, &pod, &format!("p{i}"), &logs, &image).await;
+        let (c, started) = create_start_timed(&mut rt, &pod, &format!("p{i}"), logs, &image).await;
         create_start_ms.push(ms(t2.elapsed()));
         start_ms.push(ms(started));
         let t3 = Instant::now();
@@ -313,59 +355,67 @@ async fn main() {
             },
         )
         .await;
-        cycle.push(ms(t.elapsed()) - exec.last().copied().unwrap_or(0.0));
+        cycle.push(ms(t0.elapsed()) - exec.last().copied().unwrap_or(0.0));
     }
+    res.timings = vec![
+        ("RunPodSandbox", run_sandbox),
+        ("CreateContainer+StartContainer", create_start_ms),
+        ("StartContainer", start_ms),
+        ("pod cycle (run,create,start,stop,rm)", cycle),
+        ("ExecSync true", exec),
+    ];
 
     // Pods one after another, then all at once; memory with all running.
-    let t = Instant::now();
+    let t0 = Instant::now();
     let mut pods = Vec::new();
     for i in 0..pods_n {
-        let pod = run_pod(&mut rt, &format!("s{i}"), &logs).await;
-        let c = create_start(&mut rt, &pod, &format!("s{i}"), &logs, &image).await;
+        let pod = run_pod(&mut rt, &format!("s{i}"), logs).await;
+        let c = create_start(&mut rt, &pod, &format!("s{i}"), logs, &image).await;
         pods.push(Pod {
             id: pod,
             container: Some(c),
         });
     }
-    let sequential = ms(t.elapsed());
-    let per_pod = daemon_pid.map(|pid| {
+    res.sequential = ms(t0.elapsed());
+    res.per_pod = t.daemon_pid.map(|pid| {
         let (dp, dr) = mem(pid);
-        let (mut mp, mut mr) = (0, 0);
-        for m in pids_with("__berth_monitor") {
-            let (p, r) = mem(m);
-            mp += p;
-            mr += r;
+        let (mut hp, mut hr) = (0, 0);
+        for h in (t.helpers)(dir) {
+            let (p, r) = mem(h);
+            hp += p;
+            hr += r;
         }
-        let monitors: Vec<i32> = pids_with("__berth_monitor")
-            .into_iter()
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.trim() == "berth-monitor")
-            })
-            .collect();
-        if let Some(m) = monitors.first() {
-            let top: Vec<String> = by_mapping(*m, &["Private_Clean:", "Private_Dirty:"])
+        let monitor = pids_with("__berth_monitor").into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "berth-monitor")
+        });
+        if let Some(m) = monitor {
+            let top: Vec<String> = by_mapping(m, &["Private_Clean:", "Private_Dirty:"])
                 .into_iter()
                 .take(6)
                 .map(|(k, v)| format!("{k} {v} KiB"))
                 .collect();
-            println!("one monitor's private memory: {}", top.join(", "));
+            println!(
+                "{}: one monitor's private memory: {}",
+                t.name,
+                top.join(", ")
+            );
         }
-        let (ip, ir) = idle.unwrap_or((0, 0));
+        let (ip, ir) = res.idle.unwrap_or((0, 0));
         (
-            (dp.saturating_sub(ip) + mp) as f64 / pods_n as f64,
-            (dr.saturating_sub(ir) + mr) as f64 / pods_n as f64,
-            mp as f64 / pods_n as f64,
+            (dp.saturating_sub(ip) + hp) as f64 / pods_n as f64,
+            (dr.saturating_sub(ir) + hr) as f64 / pods_n as f64,
+            hp as f64 / pods_n as f64,
         )
     });
     for p in &pods {
         teardown(&mut rt, p).await;
     }
-    let t = Instant::now();
+    let t0 = Instant::now();
     let tasks: Vec<_> = (0..pods_n)
         .map(|i| {
             let mut rt = rt.clone();
-            let (logs, image) = (logs.clone(), image.clone());
+            let (logs, image) = (logs.to_path_buf(), image.clone());
             tokio::spawn(async move {
                 let pod = run_pod(&mut rt, &format!("q{i}"), &logs).await;
                 let c = create_start(&mut rt, &pod, &format!("q{i}"), &logs, &image).await;
@@ -380,13 +430,16 @@ async fn main() {
     for task in tasks {
         pods.push(task.await.unwrap());
     }
-    let parallel = ms(t.elapsed());
+    res.parallel = ms(t0.elapsed());
     for p in &pods {
         teardown(&mut rt, p).await;
     }
+    res
+}
 
+fn report(name: &str, iters: usize, pods_n: usize, r: &Results) -> serde_json::Value {
     println!(
-        "CRI lifecycle ({iters} runs; {} build)",
+        "{name}: CRI lifecycle ({iters} runs; {} build)",
         if cfg!(debug_assertions) {
             "debug"
         } else {
@@ -394,39 +447,37 @@ async fn main() {
         }
     );
     println!("{:<40} {:>9} {:>9} {:>9}", "ms", "median", "min", "max");
-    let mut json = HashMap::new();
-    for (name, v) in [
-        ("RunPodSandbox", run_sandbox),
-        ("CreateContainer+StartContainer", create_start_ms),
-        ("StartContainer", start_ms),
-        ("pod cycle (run,create,start,stop,rm)", cycle),
-        ("ExecSync true", exec),
-    ] {
-        let (m, lo, hi) = stats(v);
-        println!("{name:<40} {m:>9.2} {lo:>9.2} {hi:>9.2}");
+    let mut json = serde_json::Map::new();
+    for (n, v) in &r.timings {
+        let (m, lo, hi) = stats(v.clone());
+        println!("{n:<40} {m:>9.2} {lo:>9.2} {hi:>9.2}");
         json.insert(
-            name.to_string(),
+            n.to_string(),
             serde_json::json!({"median_ms": m, "min_ms": lo, "max_ms": hi}),
         );
     }
     println!(
-        "{pods_n} pods+containers one after another: {sequential:.0} ms ({:.1} ms each)",
-        sequential / pods_n as f64
+        "{pods_n} pods+containers one after another: {:.0} ms ({:.1} ms each)",
+        r.sequential,
+        r.sequential / pods_n as f64
     );
-    println!("{pods_n} pods+containers at once: {parallel:.0} ms");
-    json.insert("sequential_total_ms".into(), serde_json::json!(sequential));
-    json.insert("parallel_total_ms".into(), serde_json::json!(parallel));
-    if let (Some((ip, ir)), Some((pp, pr, mp))) = (idle, per_pod) {
+    println!("{pods_n} pods+containers at once: {:.0} ms", r.parallel);
+    json.insert(
+        "sequential_total_ms".into(),
+        serde_json::json!(r.sequential),
+    );
+    json.insert("parallel_total_ms".into(), serde_json::json!(r.parallel));
+    if let (Some((ip, ir)), Some((pp, pr, hp))) = (r.idle, r.per_pod) {
         println!(
             "daemon idle: PSS {:.1} MiB, RSS {:.1} MiB",
             ip as f64 / 1024.0,
             ir as f64 / 1024.0
         );
         println!(
-            "per running pod (daemon growth + monitors): PSS {:.2} MiB, RSS {:.2} MiB (monitor alone PSS {:.2} MiB)",
+            "per running pod (daemon growth + helpers): PSS {:.2} MiB, RSS {:.2} MiB (helpers alone PSS {:.2} MiB)",
             pp / 1024.0,
             pr / 1024.0,
-            mp / 1024.0
+            hp / 1024.0
         );
         json.insert(
             "daemon_idle_kib".into(),
@@ -434,9 +485,200 @@ async fn main() {
         );
         json.insert(
             "per_pod_kib".into(),
-            serde_json::json!({"pss": pp, "rss": pr, "monitor_pss": mp}),
+            serde_json::json!({"pss": pp, "rss": pr, "helpers_pss": hp}),
         );
     }
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-cri-lifecycle.json");
-    let _ = std::fs::write(out, serde_json::to_string_pretty(&json).unwrap_or_default());
+    serde_json::Value::Object(json)
+}
+
+/// The benchmark's containerd: SIGTERMed and waited for on drop (also when
+/// a step panics), so no daemon outlives the run.
+struct Containerd(std::process::Child);
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts Debian's containerd on a side socket, everything under `dir`.
+fn start_containerd(dir: &Path, registry: &str, pause: &str) -> Option<Containerd> {
+    let bin = ["/usr/bin/containerd", "/usr/local/bin/containerd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(bin) = bin else {
+        println!("skipped: containerd comparison: containerd is not installed (apt install containerd runc)");
+        return None;
+    };
+    let d = dir.join("containerd");
+    let certs = d.join("certs.d").join(registry);
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::write(
+        certs.join("hosts.toml"),
+        format!("server = \"http://{registry}\"\n[host.\"http://{registry}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+    )
+    .unwrap();
+    let config = format!(
+        r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  disable_apparmor = true
+  # The pause container's -998 needs CAP_SYS_RESOURCE, which root lacks
+  # on some hosts (this VM): keep scores >= containerd's own.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{certs}"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni}"
+    conf_dir = "{cni}"
+"#,
+        root = d.join("root").display(),
+        state = d.join("state").display(),
+        sock = d.join("containerd.sock").display(),
+        certs = d.join("certs.d").display(),
+        cni = d.join("cni").display(),
+    );
+    std::fs::write(d.join("config.toml"), config).unwrap();
+    let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+    Some(Containerd(
+        std::process::Command::new(bin)
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd"),
+    ))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let compare = std::env::args().any(|a| a == "--containerd");
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: cri_lifecycle: needs root");
+        return;
+    }
+    let iters = if full { 20 } else { 2 };
+    let pods_n = if full { 50 } else { 3 };
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let mut out = serde_json::Map::new();
+    if let Some(s) = arg("--socket") {
+        let t = Target {
+            name: "runtime",
+            sock: s.into(),
+            image: arg("--image").expect("--image REF (pullable by that runtime)"),
+            daemon_pid: None,
+            helpers: |_| Vec::new(),
+        };
+        let r = suite(&t, iters, pods_n, &logs, dir.path()).await;
+        out.insert(t.name.into(), report(t.name, iters, pods_n, &r));
+    } else {
+        let Some(berth) = berth_e2e::berth_binary("cri_lifecycle") else {
+            return;
+        };
+        let reg = match Registry::start() {
+            Ok(r) => r,
+            Err(e) => {
+                println!("skipped: cri_lifecycle: {e}");
+                return;
+            }
+        };
+        berth_e2e::images::busybox_image(&reg.addr(), "bench/busybox", "v1")
+            .await
+            .unwrap();
+        let image = format!("{}/bench/busybox:v1", reg.addr());
+        HOST_NETWORK.store(compare, std::sync::atomic::Ordering::Relaxed);
+        std::fs::create_dir_all(dir.path().join("berth")).unwrap();
+        let d = Daemon::start(&berth, &dir.path().join("berth"), &[]);
+        let t = Target {
+            name: "berth",
+            sock: d.sock.clone(),
+            image: image.clone(),
+            daemon_pid: Some(d.child.id() as i32),
+            helpers: berth_helpers,
+        };
+        let rb = suite(&t, iters, pods_n, &logs, dir.path()).await;
+        drop(d);
+        berth_e2e::daemon::cleanup_dir(&dir.path().join("berth"));
+        out.insert("berth".into(), report("berth", iters, pods_n, &rb));
+        if compare {
+            let pause = format!("{}/bench/pause:v1", reg.addr());
+            berth_e2e::images::pause_image(&reg.addr(), "bench/pause", "v1", PAUSE_ARG)
+                .await
+                .unwrap();
+            if let Some(containerd) = start_containerd(dir.path(), &reg.addr(), &pause) {
+                let t = Target {
+                    name: "containerd",
+                    sock: dir.path().join("containerd/containerd.sock"),
+                    image,
+                    daemon_pid: Some(containerd.0.id() as i32),
+                    helpers: containerd_helpers,
+                };
+                let rc = suite(&t, iters, pods_n, &logs, dir.path()).await;
+                drop(containerd);
+                berth_e2e::daemon::cleanup_dir(&dir.path().join("containerd"));
+                out.insert(
+                    "containerd".into(),
+                    report("containerd", iters, pods_n, &rc),
+                );
+                println!("berth / containerd (medians; lower is better for berth)");
+                for ((n, b), (_, c)) in rb.timings.iter().zip(&rc.timings) {
+                    let (bm, cm) = (stats(b.clone()).0, stats(c.clone()).0);
+                    println!("{n:<40} {bm:>9.2} {cm:>9.2} {:>8.2}x", bm / cm);
+                }
+                println!(
+                    "{:<40} {:>9.0} {:>9.0} {:>8.2}x",
+                    "50 pods one after another",
+                    rb.sequential,
+                    rc.sequential,
+                    rb.sequential / rc.sequential
+                );
+                println!(
+                    "{:<40} {:>9.0} {:>9.0} {:>8.2}x",
+                    "50 pods at once",
+                    rb.parallel,
+                    rc.parallel,
+                    rb.parallel / rc.parallel
+                );
+                if let (Some(bp), Some(cp), Some(bi), Some(ci)) =
+                    (rb.per_pod, rc.per_pod, rb.idle, rc.idle)
+                {
+                    println!(
+                        "{:<40} {:>9.2} {:>9.2} {:>8.2}x",
+                        "per pod PSS MiB",
+                        bp.0 / 1024.0,
+                        cp.0 / 1024.0,
+                        bp.0 / cp.0
+                    );
+                    println!(
+                        "{:<40} {:>9.1} {:>9.1} {:>8.2}x",
+                        "daemon idle RSS MiB",
+                        bi.1 as f64 / 1024.0,
+                        ci.1 as f64 / 1024.0,
+                        bi.1 as f64 / ci.1 as f64
+                    );
+                }
+            }
+        }
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-cri-lifecycle.json");
+    let _ = std::fs::write(
+        path,
+        serde_json::to_string_pretty(&serde_json::Value::Object(out)).unwrap_or_default(),
+    );
 }

@@ -654,6 +654,20 @@ pub async fn busybox_image(addr: &str, repo: &str, tag: &str) -> Result<PushedIm
     push_image(addr, repo, tag, &spec, None).await
 }
 
+/// Busybox whose default command sleeps `seconds`: a stand-in pause image
+/// for another runtime's pod sandboxes (the benchmark's containerd).
+pub async fn pause_image(
+    addr: &str,
+    repo: &str,
+    tag: &str,
+    seconds: &str,
+) -> Result<PushedImage, String> {
+    let mut config = busybox_config();
+    config["Cmd"] = json!(["sleep", seconds]);
+    let spec = ImageSpec::new(vec![busybox_layer().map_err(io_err)?], config);
+    push_image(addr, repo, tag, &spec, None).await
+}
+
 /// Two gzip layers exercising whiteouts. Layer 1: the busybox rootfs (so a
 /// container can look at the result) plus `a/keep`, `a/gone`, `opq/old`.
 /// Layer 2: a whiteout of `a/gone`, `opq/` made opaque with a new
