@@ -621,6 +621,15 @@ async fn main() {
             berth_e2e::images::pause_image(&reg.addr(), "bench/pause", "v1", PAUSE_ARG)
                 .await
                 .unwrap();
+            // containerd puts its containers under `k8s.io` in every
+            // hierarchy; what it created for us is removed afterwards.
+            let k8s_io: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("k8s.io"))
+                .filter(|p| !p.exists())
+                .collect();
             if let Some(containerd) = start_containerd(dir.path(), &reg.addr(), &pause) {
                 let t = Target {
                     name: "containerd",
@@ -631,6 +640,9 @@ async fn main() {
                 };
                 let rc = suite(&t, iters, pods_n, &logs, dir.path()).await;
                 drop(containerd);
+                for p in &k8s_io {
+                    let _ = std::fs::remove_dir(p); // only if empty
+                }
                 berth_e2e::daemon::cleanup_dir(&dir.path().join("containerd"));
                 out.insert(
                     "containerd".into(),
