@@ -225,7 +225,7 @@ const BUSYBOX_APPLETS: &[&str] = &[
 
 /// A small root filesystem around the host's static busybox: /bin/busybox
 /// and symlinks to it for `BUSYBOX_APPLETS`, /etc/passwd and /etc/group with
-/// root and nobody (65534), a 1777 /tmp, and empty /root, /proc, /sys, /dev
+/// root and nobody (65534, also in group staff 50), a 1777 /tmp, and empty /root, /proc, /sys, /dev
 /// for the runtime to mount on.
 pub fn busybox_entries() -> io::Result<Vec<Entry>> {
     let busybox = crate::busybox().ok_or_else(|| {
@@ -248,7 +248,13 @@ pub fn busybox_entries() -> io::Result<Vec<Entry>> {
             0o644,
             "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
         ),
-        Entry::file("etc/group", 0o644, "root:x:0:\nnogroup:x:65534:\n"),
+        // nobody is also a member of staff (50): the Merge/Strict
+        // supplementary-groups policies differ on it.
+        Entry::file(
+            "etc/group",
+            0o644,
+            "root:x:0:\nstaff:x:50:nobody\nnogroup:x:65534:\n",
+        ),
         Entry::dir("tmp", 0o1777),
         Entry::dir("root", 0o700),
         Entry::dir("proc", 0o555),

@@ -837,3 +837,51 @@ async fn readonly_paths_keep_nosuid_nodev_noexec() {
         assert!(sys_flags.contains(f), "/proc/sys lacks {f}: {sys_flags:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supplemental_groups_policies_and_the_reported_user() {
+    let Some(mut env) = env("supplemental_groups_policies_and_the_reported_user").await else {
+        return;
+    };
+    // nobody (65534) is listed in the image's group staff (50).
+    let merge = Sc {
+        run_as_user: uid(65534),
+        supplemental_groups: vec![4000],
+        ..Default::default()
+    };
+    let p = probe(&mut env, "merge", merge.clone(), vec![], STATUS)
+        .await
+        .unwrap();
+    assert_eq!(p.groups(), BTreeSet::from([50, 4000, 65534]), "Merge");
+    let strict = Sc {
+        supplemental_groups_policy: proto::SupplementalGroupsPolicy::Strict as i32,
+        ..merge
+    };
+    let p = probe(&mut env, "strict", strict.clone(), vec![], STATUS)
+        .await
+        .unwrap();
+    assert_eq!(p.groups(), BTreeSet::from([4000, 65534]), "Strict");
+
+    // ContainerStatus reports the identity the process really has.
+    let cfg = probe_config(&env, "reported", strict, "true");
+    let id = create(&mut env, cfg).await.unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+    let user = status(&mut env.rt, &id)
+        .await
+        .user
+        .and_then(|u| u.linux)
+        .expect("a running container reports its user");
+    assert_eq!((user.uid, user.gid), (65534, 65534));
+    let mut groups = user.supplemental_groups;
+    groups.sort();
+    assert_eq!(groups, vec![4000, 65534]);
+    let features = env
+        .rt
+        .status(proto::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .features
+        .unwrap();
+    assert!(features.supplemental_groups_policy);
+}

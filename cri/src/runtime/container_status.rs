@@ -35,6 +35,9 @@ pub(super) fn status(rec: &ContainerRecord, verbose: bool) -> proto::ContainerSt
             mounts: c.mounts,
             log_path: rec.log_path.clone(),
             stop_signal: crate::spec::signal_to_cri(rec.stop_signal),
+            user: (rec.state == super::container::ContainerState::Running)
+                .then(|| effective_user(rec.init_pid))
+                .flatten(),
             resources: c
                 .linux
                 .and_then(|l| l.resources)
@@ -46,6 +49,35 @@ pub(super) fn status(rec: &ContainerRecord, verbose: bool) -> proto::ContainerSt
         }),
         info,
     }
+}
+
+/// The identity the container's process runs with (uid, gid and
+/// supplementary groups as the kernel has them), which kubelet reports in
+/// the pod status; from `/proc/<pid>/status` of the running init.
+fn effective_user(pid: i32) -> Option<proto::ContainerUser> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_user(&status)
+}
+
+/// `Uid:` (real), `Gid:` (real) and `Groups:` of a `/proc/<pid>/status`.
+fn parse_user(status: &str) -> Option<proto::ContainerUser> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .filter_map(|v| v.parse::<i64>().ok())
+                    .collect::<Vec<_>>()
+            })
+    };
+    Some(proto::ContainerUser {
+        linux: Some(proto::LinuxContainerUser {
+            uid: *field("Uid:")?.first()?,
+            gid: *field("Gid:")?.first()?,
+            supplemental_groups: field("Groups:").unwrap_or_default(),
+        }),
+    })
 }
 
 /// Whether a container passes the filter (pure).
@@ -70,4 +102,20 @@ pub(super) fn matches(rec: &ContainerRecord, filter: &proto::ContainerFilter) ->
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_view_of_the_user() {
+        let status = "Name:\tsleep\nUid:\t1000\t1000\t1000\t1000\nGid:\t3000\t3000\t3000\t3000\nGroups:\t3000 4000 \n";
+        let u = parse_user(status).unwrap().linux.unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 3000));
+        assert_eq!(u.supplemental_groups, vec![3000, 4000]);
+        let none = parse_user("Name:\tx\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n").unwrap();
+        assert!(none.linux.unwrap().supplemental_groups.is_empty());
+        assert!(parse_user("Name:\tgone\n").is_none());
+    }
 }

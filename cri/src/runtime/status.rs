@@ -49,7 +49,7 @@ pub(super) fn status(req: &proto::StatusRequest) -> proto::StatusResponse {
         // yet, so they are not claimed: kubelet then refuses such pods
         // instead of running them without the options.
         features: Some(proto::RuntimeFeatures {
-            supplemental_groups_policy: false,
+            supplemental_groups_policy: true,
             user_namespaces_host_network: false,
             mount_options: false,
         }),

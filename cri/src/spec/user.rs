@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use berth_core::security::user::{IdOrName, User};
 
-use super::{invalid, unsupported, SpecError};
+use super::{invalid, SpecError};
 use crate::proto;
 
 const SC: &str = "config.linux.security_context";
@@ -28,8 +28,9 @@ fn id(field: &str, v: i64) -> Result<u32, SpecError> {
 /// - A requested user without `run_as_group` takes the user's group from
 ///   the container's `/etc/passwd`; the image's group is not used
 ///   (containerd builds the user string from the request alone).
-/// - `supplemental_groups_policy: Strict` is refused: runtime-core always
-///   merges the user's `/etc/group` memberships (that is `Merge`).
+/// - `supplemental_groups_policy`: `Merge` adds the user's memberships in
+///   the container's `/etc/group`; `Strict` only the listed groups (and the
+///   primary one).
 pub(super) fn user(
     sc: &proto::LinuxContainerSecurityContext,
     image_user: &str,
@@ -62,6 +63,7 @@ pub(super) fn user(
             user,
             group: group.map(IdOrName::Id),
             additional_gids: Vec::new(),
+            image_groups: true,
         },
         None if group.is_some() => {
             return Err(invalid(
@@ -73,6 +75,7 @@ pub(super) fn user(
             user: IdOrName::Id(0),
             group: None,
             additional_gids: Vec::new(),
+            image_groups: true,
         },
         None => {
             User::from_str(image_user).map_err(|e| invalid("image.config.User", e.to_string()))?
@@ -80,12 +83,7 @@ pub(super) fn user(
     };
     match proto::SupplementalGroupsPolicy::try_from(sc.supplemental_groups_policy) {
         Ok(proto::SupplementalGroupsPolicy::Merge) => {}
-        Ok(proto::SupplementalGroupsPolicy::Strict) => {
-            return Err(unsupported(
-                format!("{SC}.supplemental_groups_policy"),
-                "Strict (the image's /etc/group memberships are always merged)",
-            ))
-        }
+        Ok(proto::SupplementalGroupsPolicy::Strict) => user.image_groups = false,
         Err(_) => {
             return Err(invalid(
                 format!("{SC}.supplemental_groups_policy"),
@@ -229,9 +227,12 @@ mod tests {
     }
 
     #[test]
-    fn strict_supplemental_groups_policy_is_unsupported() {
+    fn supplemental_groups_policies() {
         let mut f = Fixture::new();
+        assert!(user_of(&f).image_groups, "Merge is the default");
         f.sc().supplemental_groups_policy = proto::SupplementalGroupsPolicy::Strict as i32;
-        assert!(matches!(f.run(), Err(SpecError::Unsupported { .. })));
+        assert!(!user_of(&f).image_groups);
+        f.sc().supplemental_groups_policy = 7;
+        assert!(matches!(f.run(), Err(SpecError::InvalidArgument { .. })));
     }
 }

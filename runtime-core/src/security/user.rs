@@ -46,6 +46,16 @@ pub struct User {
     /// Supplementary groups.
     #[serde(default)]
     pub additional_gids: Vec<u32>,
+    /// Also the groups of the container's `/etc/group` that list a named
+    /// user as a member, when no group is given (Docker's and Kubernetes'
+    /// `Merge`); `false`: only `additional_gids` and the primary group
+    /// (Kubernetes' `supplementalGroupsPolicy: Strict`).
+    #[serde(default = "yes")]
+    pub image_groups: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for User {
@@ -66,6 +76,7 @@ impl User {
             user: IdOrName::Id(uid),
             group: Some(IdOrName::Id(gid)),
             additional_gids: Vec::new(),
+            image_groups: true,
         }
     }
 }
@@ -86,6 +97,7 @@ impl FromStr for User {
             user: IdOrName::parse(u),
             group: g.map(IdOrName::parse),
             additional_gids: Vec::new(),
+            image_groups: true,
         })
     }
 }
@@ -179,7 +191,7 @@ pub fn resolve(user: &User, passwd: &str, group: &str) -> Result<ResolvedUser, U
     let mut additional_gids = user.additional_gids.clone();
     // Like docker/containerd: a user named in /etc/passwd also gets the groups
     // that list it as a member, when no group was given explicitly.
-    if let (Some(e), None) = (&entry, &user.group) {
+    if let (Some(e), None, true) = (&entry, &user.group, user.image_groups) {
         for (_, g, members) in group_entries(group) {
             if members.contains(&e.name) && g != gid && !additional_gids.contains(&g) {
                 additional_gids.push(g);
@@ -225,6 +237,14 @@ mod tests {
         let r = resolve(&"nobody:users".parse().unwrap(), PASSWD, GROUP).unwrap();
         assert_eq!((r.uid, r.gid), (65534, 100));
         assert_eq!(r.additional_gids, vec![100], "only the primary group");
+    }
+
+    #[test]
+    fn strict_leaves_out_the_image_groups() {
+        let mut u: User = "alice".parse().unwrap();
+        u.image_groups = false;
+        let r = resolve(&u, PASSWD, GROUP).unwrap();
+        assert_eq!(r.additional_gids, vec![1000], "the primary group only");
     }
 
     #[test]
