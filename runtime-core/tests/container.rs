@@ -187,7 +187,7 @@ fn rlimits_mounts_and_user_by_name() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines[0],
-        "uid=1000(alice) gid=1000(alice) groups=100(users)"
+        "uid=1000(alice) gid=1000(alice) groups=100(users),1000(alice)"
     );
     assert_eq!(lines[1], "/home/alice");
     assert_eq!(&lines[2..5], ["crw-rw-rw-"; 3]);

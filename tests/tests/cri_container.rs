@@ -1231,3 +1231,122 @@ async fn shared_and_targeted_pid_namespaces() {
         );
     }
 }
+
+/// Runs `mount(8)` with `args` (for the test's own mounts).
+fn mount_cmd(args: &[&str]) {
+    let st = std::process::Command::new("mount")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount {args:?}");
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_propagation_host_to_container_and_bidirectional() {
+    let Some(mut env) = env("mount_propagation_host_to_container_and_bidirectional").await else {
+        return;
+    };
+    // The test's own shared mount, as kubelet makes /var/lib/kubelet.
+    let src = env.dir.path().join("shared");
+    std::fs::create_dir_all(src.join("from-host")).unwrap();
+    std::fs::create_dir_all(src.join("from-container")).unwrap();
+    let src_s = src.to_string_lossy().into_owned();
+    mount_cmd(&["--bind", &src_s, &src_s]);
+    mount_cmd(&["--make-shared", &src_s]);
+
+    let volume = |propagation: proto::MountPropagation| proto::Mount {
+        container_path: "/data".into(),
+        host_path: src_s.clone(),
+        propagation: propagation as i32,
+        ..Default::default()
+    };
+    // Bidirectional (privileged, as Kubernetes requires): a mount made in
+    // the container shows on the host.
+    let mut bidi = container(
+        &env,
+        "bidi",
+        &["sh", "-c"],
+        &["mount -t tmpfs -o size=1m tmpfs /data/from-container && echo hi > /data/from-container/f && exec sleep 1000"],
+    );
+    bidi.mounts = vec![volume(proto::MountPropagation::PropagationBidirectional)];
+    bidi.linux = Some(proto::LinuxContainerConfig {
+        security_context: Some(proto::LinuxContainerSecurityContext {
+            privileged: true,
+            run_as_user: Some(proto::Int64Value { value: 0 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let bidi = create(&mut env, bidi).await.unwrap();
+    start(&mut env.rt, &bidi).await.unwrap();
+    let f = src.join("from-container/f");
+    wait_for("the container's mount on the host", || {
+        std::fs::read_to_string(&f).is_ok_and(|s| s == "hi\n")
+    });
+    // Host to container: a later host mount shows inside (here in both).
+    let mut h2c = container(&env, "h2c", &["sleep", "1000"], &[]);
+    h2c.mounts = vec![volume(proto::MountPropagation::PropagationHostToContainer)];
+    let h2c = create(&mut env, h2c).await.unwrap();
+    start(&mut env.rt, &h2c).await.unwrap();
+    let host_sub = src.join("from-host").to_string_lossy().into_owned();
+    mount_cmd(&["-t", "tmpfs", "-o", "size=1m", "tmpfs", &host_sub]);
+    std::fs::write(src.join("from-host/g"), "ho\n").unwrap();
+    for id in [&h2c, &bidi] {
+        assert_eq!(
+            sh_in(&mut env.rt, id, "cat /data/from-host/g").await,
+            "ho\n"
+        );
+    }
+    // A private volume sees neither later mount.
+    let mut private = container(&env, "private", &["sleep", "1000"], &[]);
+    private.mounts = vec![volume(proto::MountPropagation::PropagationPrivate)];
+    let private = create(&mut env, private).await.unwrap();
+    start(&mut env.rt, &private).await.unwrap();
+    let seen = sh_in(
+        &mut env.rt,
+        &private,
+        "cat /data/from-host/g /data/from-container/f 2>&1 || true",
+    )
+    .await;
+    assert!(
+        seen.contains("hi") && seen.contains("ho"),
+        "mounts before its start are there: {seen}"
+    );
+    let late = src.join("from-host/late");
+    std::fs::create_dir_all(&late).unwrap();
+    mount_cmd(&[
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=1m",
+        "tmpfs",
+        &late.to_string_lossy(),
+    ]);
+    std::fs::write(late.join("x"), "x").unwrap();
+    assert_eq!(
+        sh_in(&mut env.rt, &private, "ls /data/from-host/late | wc -l")
+            .await
+            .trim(),
+        "0",
+        "a private volume does not get later host mounts"
+    );
+    assert_eq!(
+        sh_in(&mut env.rt, &h2c, "cat /data/from-host/late/x").await,
+        "x"
+    );
+    // None of the containers' own mounts (rootfs, /proc, ...) reached the host.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let leaked: Vec<&str> = mountinfo
+        .lines()
+        .filter(|l| l.contains("/state/containers/"))
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:?}");
+}

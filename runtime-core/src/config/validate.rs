@@ -78,7 +78,9 @@ pub enum ConfigError {
     },
     /// Only recursive private/slave/unbindable root propagation is supported
     /// (a shared or non-recursive one would let container mounts reach the host).
-    #[error("rootfs_propagation {0:?} is not supported (use rprivate, rslave or runbindable)")]
+    #[error(
+        "rootfs_propagation {0:?} is not supported (use rprivate, rslave, rshared or runbindable)"
+    )]
     RootfsPropagation(Propagation),
     /// oom_score_adj out of range.
     #[error("oom_score_adj {0} is outside -1000..=1000")]
@@ -261,7 +263,10 @@ impl Config {
         }
         if !matches!(
             self.rootfs_propagation,
-            Propagation::RPrivate | Propagation::RSlave | Propagation::RUnbindable
+            Propagation::RPrivate
+                | Propagation::RSlave
+                | Propagation::RShared
+                | Propagation::RUnbindable
         ) {
             return Err(ConfigError::RootfsPropagation(self.rootfs_propagation));
         }
@@ -538,11 +543,13 @@ mod tests {
             c.validate(),
             Err(ConfigError::RootfsPropagation(_))
         ));
-        c.rootfs_propagation = Propagation::RShared;
+        c.rootfs_propagation = Propagation::Shared;
         assert!(matches!(
             c.validate(),
             Err(ConfigError::RootfsPropagation(_))
         ));
+        c.rootfs_propagation = Propagation::RShared;
+        c.validate().unwrap();
         c.rootfs_propagation = Propagation::RSlave;
         c.validate().unwrap();
         c.mounts.push(Mount::bind("relative/src", "/x", &[]));

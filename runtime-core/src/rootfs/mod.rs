@@ -115,6 +115,16 @@ pub(crate) fn setup(
     )
     .map_err(RootfsError::RootPropagation)?;
     let rootfs = &config.rootfs;
+    let shared = config.rootfs_propagation == crate::config::Propagation::RShared;
+    if shared {
+        // `/` is rshared so that bind mounts whose host source is shared
+        // stay in the host's peer group (bidirectional volumes). Nothing
+        // else may propagate: the mount holding the rootfs's directory is
+        // made private first (in this namespace only), so the overlay, the
+        // rootfs bind and every mount under them stay ours (runc's
+        // rootfsParentMountPrivate).
+        parent_mount_private(rootfs).map_err(RootfsError::RootPropagation)?;
+    }
     let bind_err = |source| RootfsError::BindRootfs {
         path: rootfs.clone(),
         source,
@@ -186,12 +196,33 @@ pub(crate) fn setup(
     for p in &config.readonly_paths {
         paths::make_readonly(root.as_fd(), p)?;
     }
+    if shared {
+        // pivot_root refuses a shared current root; only the root mount
+        // itself changes (the shared binds are mounts of their own).
+        mounts::mount_raw(None, Path::new("/"), None, MsFlags::MS_PRIVATE, None)
+            .map_err(RootfsError::RootPropagation)?;
+    }
     pivot::switch_root(root.as_fd(), rootfs, config.no_pivot_root)?;
     if config.readonly_rootfs {
         mounts::remount_path(Path::new("/"), MsFlags::MS_RDONLY)
             .map_err(RootfsError::ReadonlyRootfs)?;
     }
     Ok(pty)
+}
+
+/// Makes the mount that holds `rootfs`'s parent directory private: tries
+/// each ancestor until one is a mount point (`EINVAL` from a directory
+/// that is not one).
+fn parent_mount_private(rootfs: &Path) -> nix::Result<()> {
+    let mut dir = rootfs.parent().unwrap_or(Path::new("/"));
+    loop {
+        match mounts::mount_raw(None, dir, None, MsFlags::MS_PRIVATE, None) {
+            Err(nix::Error::EINVAL) if dir != Path::new("/") => {
+                dir = dir.parent().unwrap_or(Path::new("/"));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn open_dir(path: &Path) -> nix::Result<OwnedFd> {

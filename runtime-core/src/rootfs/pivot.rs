@@ -28,12 +28,26 @@ pub(crate) fn switch_root(
         path: rootfs.into(),
         source,
     };
+    // A handle on the old root, to reach its mount after the pivot (a path
+    // of "." would name the new root's mount, under the stacked old one).
+    let old_root = nix::fcntl::open(
+        "/",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(err)?;
+    // SAFETY: open returned a new fd that we own.
+    let old_root: std::os::fd::OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(old_root) };
     fchdir(root.as_raw_fd()).map_err(err)?;
     if !no_pivot {
         match pivot_root(".", ".") {
             Ok(()) => {
-                // The old root is now stacked on "."; detach it without letting
-                // the unmount propagate to the host.
+                // The old root is now stacked on the new one. Make its whole
+                // tree a slave first, so detaching it cannot propagate an
+                // unmount to the host; only the old tree: the new root's
+                // mounts keep their propagation (a bidirectional volume must
+                // stay in the host's peer group).
+                fchdir(old_root.as_raw_fd()).map_err(err)?;
                 mount_raw(
                     None,
                     Path::new("."),
