@@ -54,6 +54,13 @@ pub struct PinRequest {
     /// When set, a tmpfs of this many bytes (> 0) for the pod's `/dev/shm`
     /// is mounted at `dir/shm` (mode 1777, `nosuid,nodev,noexec`).
     pub shm_size: Option<u64>,
+    /// Also the user namespace (requires [`PinRequest::from_pid`]: a thread
+    /// of a multi-threaded process cannot make one).
+    pub user: bool,
+    /// Pin the namespaces of this process, already set up (see
+    /// [`unshare_pod_namespaces`]), instead of creating them; `hostname`
+    /// must then be `None` (the process has set it).
+    pub from_pid: Option<i32>,
 }
 
 /// The pinned namespaces of one pod: paths of bind-mounted namespace files
@@ -68,6 +75,10 @@ pub struct PinnedNamespaces {
     pub ipc: Option<PathBuf>,
     /// `dir/uts`: the UTS namespace.
     pub uts: Option<PathBuf>,
+    /// `dir/user`: the user namespace that owns the others (a pod with
+    /// `hostUsers: false`).
+    #[serde(default)]
+    pub user: Option<PathBuf>,
     /// Always `None`: a pid namespace cannot be pinned (see the module docs).
     #[serde(default)]
     pub pid: Option<PathBuf>,
@@ -187,7 +198,8 @@ pub enum PinError {
 
 /// The namespaces pin handles, with their file names in the pin directory
 /// (the same as in `/proc/PID/ns/`).
-const KINDS: [NamespaceKind; 3] = [
+const KINDS: [NamespaceKind; 4] = [
+    NamespaceKind::User,
     NamespaceKind::Network,
     NamespaceKind::Ipc,
     NamespaceKind::Uts,
@@ -205,6 +217,7 @@ impl PinRequest {
             NamespaceKind::Network => self.net,
             NamespaceKind::Ipc => self.ipc,
             NamespaceKind::Uts => self.uts,
+            NamespaceKind::User => self.user,
             _ => false,
         }
     }
@@ -212,6 +225,16 @@ impl PinRequest {
     fn check(&self) -> Result<(), PinError> {
         if self.pid {
             return Err(PinError::PidNamespace);
+        }
+        if self.user && self.from_pid.is_none() {
+            return Err(PinError::Request(
+                "a user namespace is pinned from a process (from_pid)",
+            ));
+        }
+        if self.hostname.is_some() && self.from_pid.is_some() {
+            return Err(PinError::Request(
+                "with from_pid the process sets the hostname",
+            ));
         }
         if self.hostname.is_some() && !self.uts {
             return Err(PinError::Request("hostname requires a new UTS namespace"));
@@ -311,13 +334,21 @@ pub fn pin(dir: &Path, req: &PinRequest) -> Result<PinnedNamespaces, PinError> {
 
 /// The namespaces (in a scoped thread of their own) and the shm mount.
 fn pin_into(d: &File, dir: &Path, req: &PinRequest) -> Result<PinnedNamespaces, PinError> {
-    std::thread::scope(|s| {
-        let worker = std::thread::Builder::new()
-            .name("berth-pinns".into())
-            .spawn_scoped(s, || pin_in_this_thread(d, dir, req))
-            .map_err(PinError::SpawnThread)?;
-        worker.join().map_err(|_| PinError::ThreadPanicked)?
-    })?;
+    match req.from_pid {
+        Some(pid) => {
+            for kind in KINDS.into_iter().filter(|k| req.wants(*k)) {
+                let name = kind.proc_name();
+                bind_ns(d, dir, kind, &format!("/proc/{pid}/ns/{name}"))?;
+            }
+        }
+        None => std::thread::scope(|s| {
+            let worker = std::thread::Builder::new()
+                .name("berth-pinns".into())
+                .spawn_scoped(s, || pin_in_this_thread(d, dir, req))
+                .map_err(PinError::SpawnThread)?;
+            worker.join().map_err(|_| PinError::ThreadPanicked)?
+        })?,
+    }
     let shm = match req.shm_size {
         Some(size) => Some(mount_shm(d, dir, size)?),
         None => None,
@@ -328,6 +359,7 @@ fn pin_into(d: &File, dir: &Path, req: &PinRequest) -> Result<PinnedNamespaces, 
         net: path(NamespaceKind::Network),
         ipc: path(NamespaceKind::Ipc),
         uts: path(NamespaceKind::Uts),
+        user: path(NamespaceKind::User),
         pid: None,
         shm,
     })
@@ -362,29 +394,59 @@ fn pin_in_this_thread(d: &File, dir: &Path, req: &PinRequest) -> Result<(), PinE
             }
             _ => {}
         }
-        let path = dir.join(name);
-        // O_EXCL: a file of ours, never one planted (or a symlink) in its place.
-        let target = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o444)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(fd_path(d, name))
-            .map_err(|source| PinError::CreateMountPoint {
-                path: path.clone(),
-                source,
-            })?;
-        let source = format!("/proc/thread-self/ns/{name}");
-        mount(
-            Some(source.as_str()),
-            &fd_path(&target, ""),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|source| PinError::BindMount {
-            path,
-            namespace: kind,
+        bind_ns(d, dir, kind, &format!("/proc/thread-self/ns/{name}"))?;
+    }
+    Ok(())
+}
+
+/// Bind-mounts the namespace file `source` onto a new `dir/<kind>`.
+fn bind_ns(d: &File, dir: &Path, kind: NamespaceKind, source: &str) -> Result<(), PinError> {
+    let name = kind.proc_name();
+    let path = dir.join(name);
+    // O_EXCL: a file of ours, never one planted (or a symlink) in its place.
+    let target = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(fd_path(d, name))
+        .map_err(|source| PinError::CreateMountPoint {
+            path: path.clone(),
+            source,
+        })?;
+    mount(
+        Some(source),
+        &fd_path(&target, ""),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|source| PinError::BindMount {
+        path,
+        namespace: kind,
+        source,
+    })
+}
+
+/// In a single-threaded process (a fork of one): new user, network, IPC and
+/// UTS namespaces at once — the others owned by the new user namespace, so
+/// the pod's root has its capabilities over them — with `lo` up and the
+/// hostname set. The process has every capability in the new user
+/// namespace, mapped or not; its parent writes the id maps, then pins them
+/// with [`PinRequest::from_pid`].
+pub fn unshare_pod_namespaces(hostname: Option<&str>) -> Result<(), PinError> {
+    let flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
+    unshare(flags).map_err(|source| PinError::Unshare {
+        namespace: NamespaceKind::User,
+        source,
+    })?;
+    crate::sys::interface_up(c"lo").map_err(PinError::LoopbackUp)?;
+    if let Some(h) = hostname {
+        nix::unistd::sethostname(h).map_err(|source| PinError::SetHostname {
+            hostname: h.to_string(),
             source,
         })?;
     }

@@ -122,6 +122,8 @@ fn container_joins_pinned_namespaces() {
         pid: false,
         hostname: Some("pod-a".into()),
         shm_size: Some(8 << 20),
+        user: false,
+        from_pid: None,
     };
     let p = pin(&dir, &req).unwrap();
     // The caller's own thread is untouched (the work ran in a thread of its own).
@@ -133,6 +135,7 @@ fn container_joins_pinned_namespaces() {
             net: Some(dir.join("net")),
             ipc: Some(dir.join("ipc")),
             uts: Some(dir.join("uts")),
+            user: None,
             pid: None,
             shm: Some(dir.join("shm")),
         }
@@ -339,6 +342,8 @@ fn failure_midway_undoes_everything() {
         pid: false,
         hostname: Some("h".repeat(65)),
         shm_size: Some(1 << 20),
+        user: false,
+        from_pid: None,
     };
     let dir = scratch.pod("fresh");
     let e = pin(&dir, &req).unwrap_err();
@@ -474,4 +479,83 @@ fn pid_namespace_needs_a_living_init() {
         panic!("joined a pid namespace whose init is dead");
     };
     assert!(err.contains("ENOMEM"), "{err}");
+}
+
+#[test]
+fn a_user_namespace_and_its_namespaces_are_pinned_from_a_process() {
+    let Some(()) = privileged("a_user_namespace_and_its_namespaces_are_pinned_from_a_process")
+    else {
+        return;
+    };
+    if std::process::Command::new("unshare")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: a_user_namespace_...: no unshare(1)");
+        return;
+    }
+    let scratch = Scratch::new();
+    let dir = scratch.pod("userns");
+    // A user namespace of its own owning new net/ipc/uts, as the zygote's
+    // holder makes them.
+    let mut holder = std::process::Command::new("unshare")
+        .args(["--user", "--net", "--ipc", "--uts", "sleep", "100"])
+        .spawn()
+        .unwrap();
+    let pid = holder.id() as i32;
+    // Wait for unshare to have exec'd sleep in the new namespaces.
+    let own = std::fs::read_link("/proc/self/ns/user").unwrap();
+    for _ in 0..200 {
+        if std::fs::read_link(format!("/proc/{pid}/ns/user")).is_ok_and(|l| l != own) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::fs::write(format!("/proc/{pid}/uid_map"), "0 500000 65536\n").unwrap();
+    std::fs::write(format!("/proc/{pid}/gid_map"), "0 500000 65536\n").unwrap();
+    // A hostname with from_pid is refused: the process sets its own.
+    let bad = PinRequest {
+        uts: true,
+        hostname: Some("x".into()),
+        from_pid: Some(pid),
+        ..Default::default()
+    };
+    assert!(matches!(pin(&dir, &bad), Err(PinError::Request(_))));
+    // A user namespace without a process is refused (a thread cannot make one).
+    let bad = PinRequest {
+        user: true,
+        ..Default::default()
+    };
+    assert!(matches!(pin(&dir, &bad), Err(PinError::Request(_))));
+    let req = PinRequest {
+        net: true,
+        ipc: true,
+        uts: true,
+        user: true,
+        from_pid: Some(pid),
+        ..Default::default()
+    };
+    let p = pin(&dir, &req).unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    // The namespaces outlive the process.
+    let user = p.user.clone().unwrap();
+    assert!(is_pinned(&user, NamespaceKind::User));
+    assert!(is_pinned(p.net.as_ref().unwrap(), NamespaceKind::Network));
+    let uid_map = |path: &std::path::Path| {
+        // A process joining the pinned user namespace sees the map.
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--user={}", path.display()))
+            .args(["cat", "/proc/self/uid_map"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(uid_map(&user), "0 500000 65536");
+    unpin(&dir).unwrap();
+    assert!(!dir.exists());
 }

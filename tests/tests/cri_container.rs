@@ -1350,3 +1350,150 @@ async fn mount_propagation_host_to_container_and_bidirectional() {
         .collect();
     assert!(leaked.is_empty(), "{leaked:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_with_its_own_user_namespace() {
+    let Some(mut env) = env("a_pod_with_its_own_user_namespace").await else {
+        return;
+    };
+    let features = env
+        .rt
+        .status(proto::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers;
+    assert!(features[0].features.as_ref().unwrap().user_namespaces);
+    const HOST: u32 = 300_000;
+    let maps = vec![proto::IdMapping {
+        host_id: HOST,
+        container_id: 0,
+        length: 65536,
+    }];
+    let userns = proto::UserNamespace {
+        mode: proto::NamespaceMode::Pod as i32,
+        uids: maps.clone(),
+        gids: maps.clone(),
+    };
+    let mut cfg = pod_config(env.dir.path());
+    cfg.metadata.as_mut().unwrap().name = "userns".into();
+    cfg.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap()
+        .userns_options = Some(userns.clone());
+    let pod = env
+        .rt
+        .run_pod_sandbox(proto::RunPodSandboxRequest {
+            config: Some(cfg),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    // A volume idmapped into the pod's user namespace, as kubelet asks.
+    let vol = env.dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    let mut c = container(
+        &env,
+        "root-inside",
+        &["sh", "-c"],
+        &["touch /in-rootfs /vol/in-volume && exec sleep 1000"],
+    );
+    c.mounts = vec![proto::Mount {
+        container_path: "/vol".into(),
+        host_path: vol.to_string_lossy().into_owned(),
+        uid_mappings: maps.clone(),
+        gid_mappings: maps.clone(),
+        ..Default::default()
+    }];
+    c.linux = Some(proto::LinuxContainerConfig {
+        security_context: Some(proto::LinuxContainerSecurityContext {
+            run_as_user: Some(proto::Int64Value { value: 0 }),
+            namespace_options: Some(proto::NamespaceOption {
+                pid: proto::NamespaceMode::Container as i32,
+                userns_options: Some(userns),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = env
+        .rt
+        .create_container(proto::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(c),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    start(&mut env.rt, &id).await.unwrap();
+    // Root inside, mapped; the image's files are root's; the pod's own
+    // hostname, and its sysctl set in a network namespace the user
+    // namespace owns.
+    let out = sh_in(
+        &mut env.rt,
+        &id,
+        "id -u; cat /proc/self/uid_map | tr -s ' '; stat -c %u:%g /bin/busybox; hostname; \
+         cat /proc/sys/net/ipv4/ip_unprivileged_port_start",
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        ["0", &format!("0 {HOST} 65536"), "0:0", "pod-host", "0"],
+        "root inside, the image's files root's, the pod's hostname and sysctl: {out}"
+    );
+    // The host sees the mapped uid on the process, and files written through
+    // the idmapped layer and volume as uid 0 on disk.
+    let init = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.starts_with("sleep\x001000"))
+                && std::fs::read_to_string(format!("/proc/{p}/status"))
+                    .is_ok_and(|s| s.contains(&format!("Uid:\t{HOST}\t")))
+        });
+    assert!(
+        init.is_some(),
+        "the container's process runs as host uid {HOST}"
+    );
+    let owner = |p: &Path| std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(p).unwrap());
+    wait_for("the volume file", || vol.join("in-volume").exists());
+    assert_eq!(owner(&vol.join("in-volume")), 0);
+    let upper = env
+        .dir
+        .path()
+        .join(format!("root/containers/{id}/upper/in-rootfs"));
+    assert_eq!(owner(&upper), 0, "the writable layer holds uid 0 files");
+    // A pod without a user namespace cannot take idmapped mounts.
+    let mut bad = container(&env, "bad", &["true"], &[]);
+    bad.mounts = vec![proto::Mount {
+        container_path: "/vol".into(),
+        host_path: vol.to_string_lossy().into_owned(),
+        uid_mappings: maps,
+        ..Default::default()
+    }];
+    let err = create(&mut env, bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // Stopping the pod releases the user namespace with the others.
+    env.rt
+        .stop_pod_sandbox(proto::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    let ns = env.dir.path().join(format!("state/pods/{pod}/ns"));
+    assert!(!ns.exists(), "pins released");
+}

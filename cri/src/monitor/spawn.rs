@@ -25,6 +25,9 @@ pub(super) enum Report {
     Error(String),
     /// `{"pod_init":PID}`: a pod's pid namespace init runs (zygote only).
     PodInit(i32),
+    /// `{"holder":PID}`: a process holds a pod's new user, network, IPC and
+    /// UTS namespaces for the daemon to map and pin (zygote only).
+    Holder(i32),
 }
 
 /// How much of `monitor.log` goes into [`MonitorError::NoReport`].

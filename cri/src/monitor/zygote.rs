@@ -52,6 +52,9 @@ const MAX_PATH: usize = 4096;
 const KIND_MONITOR: u8 = b'M';
 /// Request: fork a pod's pid namespace init (fds: report).
 const KIND_POD_INIT: u8 = b'P';
+/// Request: fork a holder of a pod's new user-owned namespaces (the
+/// hostname follows; fds: report, hold).
+const KIND_USERNS: u8 = b'U';
 
 /// The daemon's handle on its zygote (started on first use).
 #[derive(Debug)]
@@ -117,6 +120,38 @@ impl Zygote {
             log_path,
         )? {
             Report::PodInit(pid) if pid > 0 => Ok(pid),
+            Report::Error(message) => Err(MonitorError::Create(message)),
+            other => Err(MonitorError::BadReport(format!("{other:?}"))),
+        }
+    }
+
+    /// Starts a process in new user, network, IPC and UTS namespaces (the
+    /// others owned by the user namespace; `lo` up, `hostname` set), for a
+    /// pod with its own user namespace: the caller writes its id maps and
+    /// pins its namespaces, then drops the returned descriptor, and the
+    /// process exits. A thread of the (multi-threaded) daemon cannot
+    /// unshare a user namespace, a fork of the zygote can. Blocking.
+    pub fn spawn_userns_holder(
+        &self,
+        hostname: &str,
+        log_path: &Path,
+    ) -> Result<(i32, OwnedFd), MonitorError> {
+        let sys = |step| move |source| MonitorError::Sys { step, source };
+        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(sys("create the report pipe"))?;
+        let (hold_r, hold_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(sys("create the hold pipe"))?;
+        let mut msg = vec![KIND_USERNS];
+        msg.extend_from_slice(hostname.as_bytes());
+        self.send(&msg, &[report_w.as_raw_fd(), hold_r.as_raw_fd()])?;
+        drop(report_w);
+        drop(hold_r);
+        match parse_report(
+            std::fs::File::from(report_r),
+            "forked by the zygote",
+            log_path,
+        )? {
+            Report::Holder(pid) if pid > 0 => Ok((pid, hold_w)),
             Report::Error(message) => Err(MonitorError::Create(message)),
             other => Err(MonitorError::BadReport(format!("{other:?}"))),
         }
@@ -258,6 +293,12 @@ pub(super) fn serve(sealed_fd: Option<RawFd>) -> i32 {
             (Some(KIND_POD_INIT), 1) => {
                 fork_pod_init(fds.pop().expect("one"));
             }
+            (Some(KIND_USERNS), 2) => {
+                let hold = fds.pop().expect("two");
+                let report = fds.pop().expect("two");
+                let hostname = String::from_utf8_lossy(&buf[1..n]).into_owned();
+                fork_userns_holder(&hostname, report, hold);
+            }
             _ => run::warn("monitor zygote: a malformed request, ignored"),
         }
     }
@@ -309,6 +350,52 @@ fn pod_init_intermediate(report: OwnedFd) -> Result<(), (OwnedFd, String)> {
         }
         Err(e) => Err((report, format!("fork the pod init: {e}"))),
     }
+}
+
+/// Forks the intermediate child that forks the holder (so the holder is
+/// not the zygote's child to reap); reaps the intermediate.
+fn fork_userns_holder(hostname: &str, report: OwnedFd, hold: OwnedFd) {
+    // SAFETY: this process is single-threaded (see `fork_monitor`).
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            // SAFETY: a fork of the single-threaded zygote is single-threaded.
+            match unsafe { nix::unistd::fork() } {
+                Ok(ForkResult::Child) => userns_holder(hostname, report, hold),
+                Ok(ForkResult::Parent { .. }) => std::process::exit(0),
+                Err(e) => {
+                    fail(report, &format!("fork the namespace holder: {e}"));
+                    std::process::exit(1)
+                }
+            }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(report);
+            drop(hold);
+            let _ = nix::sys::wait::waitpid(child, None);
+        }
+        Err(e) => fail(report, &format!("fork the namespace holder: {e}")),
+    }
+}
+
+/// The holder: unshares the pod's namespaces, reports its pid, and waits
+/// for the daemon to close the hold pipe.
+fn userns_holder(hostname: &str, report: OwnedFd, hold: OwnedFd) -> ! {
+    let _ = nix::sys::prctl::set_name(c"berth-pod-ns");
+    let hostname = (!hostname.is_empty()).then_some(hostname);
+    if let Err(e) = berth_core::pin::unshare_pod_namespaces(hostname) {
+        fail(report, &crate::util::error_chain(&e));
+        std::process::exit(1);
+    }
+    let mut f = std::fs::File::from(report);
+    let mut line =
+        serde_json::to_vec(&Report::Holder(std::process::id() as i32)).unwrap_or_default();
+    line.push(b'\n');
+    let _ = f.write_all(&line);
+    drop(f);
+    // Until the daemon is done with our namespaces (EOF, or its death).
+    let mut byte = [0u8; 1];
+    let _ = nix::unistd::read(hold.as_raw_fd(), &mut byte);
+    std::process::exit(0)
 }
 
 /// Pid 1 of a pod's pid namespace: reaps, and otherwise waits. Every signal

@@ -136,6 +136,14 @@ fn build(
             net_ns: ns.net.as_deref(),
             ipc_ns: ns.ipc.as_deref(),
             uts_ns: ns.uts.as_deref(),
+            user_ns: match (&ns.user, &sandbox.userns) {
+                (Some(path), Some(u)) => Some(spec::PodUserns {
+                    path,
+                    uids: &u.uids,
+                    gids: &u.gids,
+                }),
+                _ => None,
+            },
             pid: pid_mode(ctx, sandbox, config)?,
             shm: ns.shm.as_deref(),
             resolv_conf: &sandbox.dir.join("resolv.conf"),

@@ -8,7 +8,9 @@ use berth_core::pin::{self, PinRequest};
 use prost::Message;
 
 use super::error::RuntimeError;
-use super::sandbox::{files, sandbox_name, NsMode, SandboxRecord, SandboxState, Sandboxes};
+use berth_core::config::IdMap;
+
+use super::sandbox::{files, sandbox_name, NsMode, SandboxRecord, SandboxState, Sandboxes, Userns};
 use crate::proto;
 use crate::store::ObjectId;
 
@@ -24,6 +26,37 @@ pub(super) struct SandboxPlan {
     pub pid: NsMode,
     pub ipc: NsMode,
     pub cgroup_parent: String,
+    /// The pod's own user namespace (`hostUsers: false`).
+    pub userns: Option<Userns>,
+}
+
+/// Id ranges to check (pure): non-empty, no zero-length or overflowing
+/// range, container id 0 mapped (the container's root).
+fn id_maps(field: &str, maps: &[proto::IdMapping]) -> Result<Vec<IdMap>, RuntimeError> {
+    if maps.is_empty() || maps.len() > 340 {
+        return Err(RuntimeError::invalid(field, "must hold 1 to 340 ranges"));
+    }
+    let mut out = Vec::new();
+    for (i, m) in maps.iter().enumerate() {
+        let ok = m.length > 0
+            && m.container_id.checked_add(m.length).is_some()
+            && m.host_id.checked_add(m.length).is_some();
+        if !ok {
+            return Err(RuntimeError::invalid(
+                format!("{field}[{i}]"),
+                "must have a length > 0 and stay within 32-bit ids",
+            ));
+        }
+        out.push(IdMap {
+            container_id: m.container_id,
+            host_id: m.host_id,
+            size: m.length,
+        });
+    }
+    if !out.iter().any(|m| m.container_id == 0) {
+        return Err(RuntimeError::invalid(field, "must map container id 0"));
+    }
+    Ok(out)
 }
 
 fn mode(value: i32, field: &str, allowed: &[NsMode]) -> Result<NsMode, RuntimeError> {
@@ -126,16 +159,27 @@ pub(super) fn plan(
         "config.linux.security_context.namespace_options.ipc",
         &[NsMode::Pod, NsMode::Node],
     )?;
-    if opts
-        .userns_options
-        .as_ref()
-        .is_some_and(|u| u.mode != proto::NamespaceMode::Node as i32)
-    {
-        return Err(RuntimeError::invalid(
-            "config.linux.security_context.namespace_options.userns_options",
-            "pod user namespaces are not supported yet (Status reports user_namespaces=false)",
-        ));
-    }
+    const USERNS: &str = "config.linux.security_context.namespace_options.userns_options";
+    let userns = match opts.userns_options.as_ref() {
+        None => None,
+        Some(u) => match mode(
+            u.mode,
+            &format!("{USERNS}.mode"),
+            &[NsMode::Pod, NsMode::Node],
+        )? {
+            NsMode::Node => None,
+            _ if network == NsMode::Node => {
+                return Err(RuntimeError::invalid(
+                    USERNS,
+                    "a pod user namespace needs the pod's own network namespace",
+                ))
+            }
+            _ => Some(Userns {
+                uids: id_maps(&format!("{USERNS}.uids"), &u.uids)?,
+                gids: id_maps(&format!("{USERNS}.gids"), &u.gids)?,
+            }),
+        },
+    };
     let hostname = if network == NsMode::Node {
         nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
@@ -192,6 +236,7 @@ pub(super) fn plan(
         pid,
         ipc,
         cgroup_parent: linux.cgroup_parent.clone(),
+        userns,
     })
 }
 
@@ -215,20 +260,46 @@ pub(super) fn create(
             plan.network == NsMode::Node,
         )
         .map_err(|e| RuntimeError::io(&dir, e))?;
-        let pinned = pin::pin(
-            &dir.join("ns"),
-            &PinRequest {
-                net: plan.network == NsMode::Pod,
-                ipc: plan.ipc == NsMode::Pod,
-                uts: plan.network == NsMode::Pod,
-                // A pid namespace cannot be pinned: once its pid 1 exits no
-                // process can enter it. A pod that shares one gets an init
-                // process instead (below).
-                pid: false,
-                hostname: (plan.network == NsMode::Pod).then(|| plan.hostname.clone()),
-                shm_size: (plan.ipc == NsMode::Pod).then_some(SHM_SIZE),
-            },
-        )?;
+        let mut req = PinRequest {
+            net: plan.network == NsMode::Pod,
+            ipc: plan.ipc == NsMode::Pod,
+            uts: plan.network == NsMode::Pod,
+            // A pid namespace cannot be pinned: once its pid 1 exits no
+            // process can enter it. A pod that shares one gets an init
+            // process instead (below).
+            pid: false,
+            hostname: (plan.network == NsMode::Pod).then(|| plan.hostname.clone()),
+            shm_size: (plan.ipc == NsMode::Pod).then_some(SHM_SIZE),
+            user: false,
+            from_pid: None,
+        };
+        // With a user namespace, a holder process makes all of them (owned
+        // by it); we map it and pin its namespaces, then let it go.
+        let mut hold = None;
+        if let Some(u) = &plan.userns {
+            let (pid, fd) = zygote
+                .spawn_userns_holder(&plan.hostname, &dir.join("pod-ns.log"))
+                .map_err(|e| {
+                    RuntimeError::Internal(format!(
+                        "creating the pod's user namespace: {}",
+                        crate::util::error_chain(&e)
+                    ))
+                })?;
+            hold = Some(fd);
+            write_id_maps(pid, u)?;
+            req = PinRequest {
+                net: true,
+                ipc: true,
+                uts: true,
+                user: true,
+                hostname: None,
+                from_pid: Some(pid),
+                ..req
+            };
+        }
+        let pinned = pin::pin(&dir.join("ns"), &req);
+        drop(hold); // the holder exits: the pins keep the namespaces
+        let pinned = pinned?;
         if plan.pid == NsMode::Pod {
             let pid = zygote
                 .spawn_pod_init(&dir.join("pod-init.log"))
@@ -255,6 +326,7 @@ pub(super) fn create(
             pid: plan.pid,
             ipc: plan.ipc,
             pod_init,
+            userns: plan.userns.clone(),
             hostname: plan.hostname.clone(),
             cgroup_parent: plan.cgroup_parent.clone(),
             dir: dir.clone(),
@@ -275,6 +347,21 @@ pub(super) fn create(
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
+}
+
+/// Writes the pod's id maps for the holder `pid` (we are root in its
+/// parent user namespace).
+fn write_id_maps(pid: i32, u: &Userns) -> Result<(), RuntimeError> {
+    let text = |maps: &[IdMap]| {
+        maps.iter()
+            .map(|m| format!("{} {} {}\n", m.container_id, m.host_id, m.size))
+            .collect::<String>()
+    };
+    for (file, maps) in [("uid_map", &u.uids), ("gid_map", &u.gids)] {
+        let path = std::path::PathBuf::from(format!("/proc/{pid}/{file}"));
+        std::fs::write(&path, text(maps)).map_err(|e| RuntimeError::io(&path, e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -36,13 +36,14 @@ pub(super) fn status(req: &proto::StatusRequest) -> proto::StatusResponse {
         status: Some(proto::RuntimeStatus { conditions }),
         info,
         // The default handler, with what CreateContainer really does:
-        // recursive read-only mounts (mount_setattr, Linux 5.12+); pod user
-        // namespaces are not wired through CRI yet.
+        // recursive read-only mounts (mount_setattr, Linux 5.12+) and pod
+        // user namespaces, whose image layers are idmapped under an overlay
+        // (overlayfs on idmapped layers: Linux 5.19+).
         runtime_handlers: vec![proto::RuntimeHandler {
             name: String::new(),
             features: Some(proto::RuntimeHandlerFeatures {
                 recursive_read_only_mounts: kernel_at_least(5, 12),
-                user_namespaces: false,
+                user_namespaces: kernel_at_least(5, 19),
             }),
         }],
         // Mount options (noexec/nodev/nosuid from kubelet) are not applied

@@ -111,6 +111,7 @@ impl Fixture {
         PodContext {
             hostname: &self.hostname,
             net_ns: self.net_ns.as_deref(),
+            user_ns: None,
             ipc_ns: self.ipc_ns.as_deref(),
             uts_ns: self.uts_ns.as_deref(),
             pid: self.pid.clone(),

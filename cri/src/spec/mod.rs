@@ -79,6 +79,10 @@ pub struct PodContext<'a> {
     pub ipc_ns: Option<&'a Path>,
     /// The pod's pinned UTS namespace to join; `None`: the host's.
     pub uts_ns: Option<&'a Path>,
+    /// The pod's pinned user namespace to join, with its uid and gid maps
+    /// (`hostUsers: false`); `None`: the host's. The image's layers are
+    /// then idmapped into it.
+    pub user_ns: Option<PodUserns<'a>>,
     /// The pid namespace.
     pub pid: PidMode,
     /// The pod's `/dev/shm` tmpfs, bound on the container's `/dev/shm`.
@@ -97,6 +101,17 @@ pub struct PodContext<'a> {
     /// The pod's namespaced sysctls, applied by every container's init into
     /// the namespaces it joins.
     pub sysctls: &'a BTreeMap<String, String>,
+}
+
+/// A pod's user namespace, as [`PodContext::user_ns`].
+#[derive(Debug, Clone, Copy)]
+pub struct PodUserns<'a> {
+    /// The pinned namespace file.
+    pub path: &'a Path,
+    /// Its uid ranges.
+    pub uids: &'a [berth_core::config::IdMap],
+    /// Its gid ranges.
+    pub gids: &'a [berth_core::config::IdMap],
 }
 
 /// A host device node, as the caller's `host_device` lookup reports it
@@ -263,6 +278,9 @@ pub fn container_spec(
     security::apply(&mut config, sc)?;
     config.seccomp = seccomp::profile(sc, &config.capabilities.bounding, seccomp_profile)?;
     config.cgroup = Some(resources::cgroup(id, pod.cgroup_parent, res)?);
+    // In the pod's user namespace the image's root-owned files must stay
+    // root's: each layer is idmapped into it (nothing is chowned).
+    config.idmap_rootfs = pod.user_ns.is_some();
     config.oom_score_adj = resources::oom_score_adj(res)?;
 
     let process = ProcessSpec {

@@ -22,6 +22,8 @@ struct Bind {
     readonly: bool,
     recursive_readonly: bool,
     propagation: Propagation,
+    /// Idmapped into the container's user namespace.
+    idmap: bool,
 }
 
 impl Bind {
@@ -32,7 +34,11 @@ impl Bind {
             _ => "rprivate",
         };
         let mode = if self.readonly { "ro" } else { "rw" };
-        let mut m = Mount::bind(self.source, self.destination, &[propagation, mode]);
+        let mut opts = vec![propagation, mode];
+        if self.idmap {
+            opts.push("idmap");
+        }
+        let mut m = Mount::bind(self.source, self.destination, &opts);
         m.recursive_readonly = self.recursive_readonly;
         m
     }
@@ -46,9 +52,10 @@ fn depth(p: &Path) -> usize {
 
 /// One CRI `Mount`, checked: `container_path` and `host_path` absolute,
 /// `container_path` without `..`; `recursive_read_only` only with
-/// `readonly` and private propagation (CRI); no id-mapped or image mounts.
+/// `readonly` and private propagation (CRI); id-mapped only into the pod's
+/// user namespace, with its maps (what kubelet sends); no image mounts.
 /// `selinux_relabel` is ignored: this node has no SELinux.
-fn cri_bind(i: usize, m: &proto::Mount) -> Result<Bind, SpecError> {
+fn cri_bind(i: usize, m: &proto::Mount, pod: &PodContext<'_>) -> Result<Bind, SpecError> {
     let field = |name: &str| format!("config.mounts[{i}].{name}");
     let destination = clean_absolute(&field("container_path"), &m.container_path)?;
     if m.image.as_ref().is_some_and(|img| !img.image.is_empty()) {
@@ -63,11 +70,29 @@ fn cri_bind(i: usize, m: &proto::Mount) -> Result<Bind, SpecError> {
             format!("{:?} must be an absolute path", m.host_path),
         ));
     }
-    if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-        return Err(unsupported(
-            field("uidMappings"),
-            "id-mapped mounts (user namespaces)",
-        ));
+    let idmap = !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty();
+    if idmap {
+        let same = |cri: &[proto::IdMapping], ours: &[berth_core::config::IdMap]| {
+            cri.len() == ours.len()
+                && cri.iter().zip(ours).all(|(c, o)| {
+                    (c.container_id, c.host_id, c.length) == (o.container_id, o.host_id, o.size)
+                })
+        };
+        match pod.user_ns {
+            None => {
+                return Err(invalid(
+                    field("uidMappings"),
+                    "an id-mapped mount needs a pod with its own user namespace",
+                ))
+            }
+            Some(u) if !same(&m.uid_mappings, u.uids) || !same(&m.gid_mappings, u.gids) => {
+                return Err(unsupported(
+                    field("uidMappings"),
+                    "id maps other than the pod user namespace's",
+                ))
+            }
+            Some(_) => {}
+        }
     }
     let propagation = match proto::MountPropagation::try_from(m.propagation) {
         Ok(proto::MountPropagation::PropagationPrivate) => Propagation::RPrivate,
@@ -92,6 +117,7 @@ fn cri_bind(i: usize, m: &proto::Mount) -> Result<Bind, SpecError> {
         readonly: m.readonly,
         recursive_readonly: m.recursive_read_only,
         propagation,
+        idmap,
     })
 }
 
@@ -123,6 +149,7 @@ fn pod_binds(pod: &PodContext<'_>, readonly_rootfs: bool, taken: &[PathBuf]) -> 
                 readonly,
                 recursive_readonly: false,
                 propagation: Propagation::RPrivate,
+                idmap: false,
             })
         })
         .collect()
@@ -153,7 +180,7 @@ pub(super) fn mounts(
         .mounts
         .iter()
         .enumerate()
-        .map(|(i, m)| cri_bind(i, m))
+        .map(|(i, m)| cri_bind(i, m, pod))
         .collect::<Result<Vec<_>, _>>()?;
     let taken: Vec<PathBuf> = binds.iter().map(|b| b.destination.clone()).collect();
     binds.extend(pod_binds(pod, readonly_rootfs, &taken));

@@ -18,17 +18,31 @@ pub(super) fn namespaces(
     pod: &PodContext<'_>,
     sc: &proto::LinuxContainerSecurityContext,
 ) -> Result<Vec<Namespace>, SpecError> {
+    const USERNS: &str = "config.linux.security_context.namespace_options.userns_options";
     let userns = sc
         .namespace_options
         .as_ref()
         .and_then(|o| o.userns_options.as_ref());
-    if userns.is_some_and(|u| u.mode != proto::NamespaceMode::Node as i32) {
-        return Err(unsupported(
-            "config.linux.security_context.namespace_options.userns_options",
-            "user namespaces",
-        ));
-    }
+    // kubelet copies the pod's user namespace options to its containers:
+    // POD joins the pod's; NODE only in a pod without one.
     let mut out = vec![Namespace::new(NamespaceKind::Mount)];
+    match (userns.map(|u| u.mode), pod.user_ns) {
+        (None, None) => {}
+        (Some(m), None) if m == proto::NamespaceMode::Node as i32 => {}
+        (Some(_), None) => {
+            return Err(unsupported(
+                USERNS,
+                "a user namespace in a pod sandbox without one",
+            ))
+        }
+        (Some(m), Some(_)) if m != proto::NamespaceMode::Pod as i32 => {
+            return Err(super::invalid(
+                format!("{USERNS}.mode"),
+                "the pod has its own user namespace: only POD",
+            ))
+        }
+        (_, Some(u)) => out.push(Namespace::join(NamespaceKind::User, u.path)),
+    }
     for (kind, path) in [
         (NamespaceKind::Network, pod.net_ns),
         (NamespaceKind::Ipc, pod.ipc_ns),

@@ -217,8 +217,23 @@ impl Config {
         if !self.uid_mappings.is_empty() || !self.gid_mappings.is_empty() {
             needs("uid_mappings", NamespaceKind::User)?;
         }
+        // Idmapped mounts take the container's user namespace, new or joined.
+        let in_user_ns = |field: &str| {
+            if self
+                .namespaces
+                .iter()
+                .any(|n| n.kind == NamespaceKind::User)
+            {
+                Ok(())
+            } else {
+                Err(ConfigError::NeedsNamespace {
+                    field: field.to_string(),
+                    needs: NamespaceKind::User,
+                })
+            }
+        };
         if self.idmap_rootfs {
-            needs("idmap_rootfs", NamespaceKind::User)?;
+            in_user_ns("idmap_rootfs")?;
         }
         if let Some(o) = &self.overlay {
             let all = o.lowerdirs.iter().chain([&o.upperdir, &o.workdir]);
@@ -248,7 +263,7 @@ impl Config {
             }
         }
         if self.mounts.iter().any(|m| m.idmap) {
-            needs("mounts idmap", NamespaceKind::User)?;
+            in_user_ns("mounts idmap")?;
             if let Some(m) = self.mounts.iter().find(|m| m.idmap && !m.is_bind()) {
                 return Err(ConfigError::BadPath {
                     field: "mounts.idmap (bind mounts only)",

@@ -45,6 +45,12 @@ pub(super) struct IdmapSources {
     pub layers: Vec<std::path::PathBuf>,
 }
 
+impl IdmapSources {
+    fn is_empty(&self) -> bool {
+        self.rootfs.is_none() && self.mounts.is_empty() && self.layers.is_empty()
+    }
+}
+
 /// Clones each source as a detached mount tree and idmaps it through the
 /// bootstrap's (new) user namespace. Done here, by the runtime: creating an
 /// idmapped mount needs privilege over the source mount, which the init,
@@ -241,6 +247,9 @@ fn drive(
         join,
         clone_flags: l.clone_flags,
         new_user_ns: l.new_user_ns,
+        idmap_in_joined_userns: !l.new_user_ns
+            && l.join.iter().any(|(k, _)| *k == NamespaceKind::User)
+            && !l.idmap.is_empty(),
         listener,
     }));
     ch.send(&msg, &fds)?;
@@ -262,9 +271,11 @@ fn drive(
             Err(e) => return Err(e.into()),
         };
         match msg {
-            FromInit::NeedIdMaps => {
-                write_id_map(bootstrap_pid, "uid_map", l.uid_mappings)?;
-                write_id_map(bootstrap_pid, "gid_map", l.gid_mappings)?;
+            FromInit::NeedIdMaps | FromInit::NeedIdTrees => {
+                if matches!(msg, FromInit::NeedIdMaps) {
+                    write_id_map(bootstrap_pid, "uid_map", l.uid_mappings)?;
+                    write_id_map(bootstrap_pid, "gid_map", l.gid_mappings)?;
+                }
                 let (trees, fds) = idmapped_trees(bootstrap_pid, &l.idmap)?;
                 let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
                 ch.send(&ToInit::IdMapsWritten(trees), &borrowed)?;

@@ -92,10 +92,14 @@ fn stage_one(ch: &mut Channel, b: Bootstrap, fds: Vec<OwnedFd>) -> Result<(), In
     }
     drop(joins);
     let mut idmapped = crate::rootfs::Idmapped::default();
-    if b.new_user_ns {
-        unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| fail("create the user namespace", e))?;
-        ch.send(&FromInit::NeedIdMaps, &[])
-            .map_err(|e| fail("ask for id maps", e))?;
+    if b.new_user_ns || b.idmap_in_joined_userns {
+        let ask = if b.new_user_ns {
+            unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| fail("create the user namespace", e))?;
+            FromInit::NeedIdMaps
+        } else {
+            FromInit::NeedIdTrees
+        };
+        ch.send(&ask, &[]).map_err(|e| fail("ask for id maps", e))?;
         match ch.recv::<ToInit>() {
             Ok((ToInit::IdMapsWritten(trees), tree_fds)) => {
                 let mut tree_fds: Vec<Option<OwnedFd>> = tree_fds.into_iter().map(Some).collect();

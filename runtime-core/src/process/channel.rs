@@ -44,6 +44,10 @@ pub(crate) struct Bootstrap {
     pub clone_flags: i32,
     /// Create a new user namespace (the runtime then writes the id maps).
     pub new_user_ns: bool,
+    /// A joined user namespace and idmapped mounts: once in it, ask the
+    /// runtime for the idmapped trees ([`FromInit::NeedIdTrees`]).
+    #[serde(default)]
+    pub idmap_in_joined_userns: bool,
     /// Index of the start listener in the fds (init only).
     pub listener: Option<usize>,
 }
@@ -74,6 +78,9 @@ pub(crate) struct IdmappedTrees {
 pub(crate) enum FromInit {
     /// A new user namespace was created: write its id maps.
     NeedIdMaps,
+    /// The bootstrap joined its user namespace: make the idmapped trees
+    /// (answered with `IdMapsWritten`, no maps written).
+    NeedIdTrees,
     /// The container's process was created with this host pid.
     Child { pid: i32 },
     /// The master side of the process's pty (passed with the message).

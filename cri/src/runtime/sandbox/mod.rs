@@ -80,6 +80,10 @@ pub struct SandboxRecord {
     /// (`namespace_options.pid == POD`); gone once the pod is stopped.
     #[serde(default)]
     pub pod_init: Option<(i32, u64)>,
+    /// The pod's own user namespace's id maps (`hostUsers: false`); the
+    /// namespace itself is pinned with the others.
+    #[serde(default)]
+    pub userns: Option<Userns>,
     /// kubelet's `cgroup_parent`, exactly as given (containers go under it).
     pub cgroup_parent: String,
     /// `<state>/pods/<id>`: resolv.conf, hostname, hosts, ns/.
@@ -93,6 +97,15 @@ pub struct SandboxRecord {
     /// back to disk).
     #[serde(skip)]
     pub removed: bool,
+}
+
+/// The id maps of a pod's user namespace (container id → host id ranges).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Userns {
+    /// uid ranges.
+    pub uids: Vec<berth_core::config::IdMap>,
+    /// gid ranges.
+    pub gids: Vec<berth_core::config::IdMap>,
 }
 
 /// Whether `(pid, start)` is still that process.
@@ -185,6 +198,7 @@ fn namespaces_alive(rec: &SandboxRecord) -> bool {
         return true;
     };
     [
+        (&ns.user, NamespaceKind::User),
         (&ns.net, NamespaceKind::Network),
         (&ns.ipc, NamespaceKind::Ipc),
         (&ns.uts, NamespaceKind::Uts),
