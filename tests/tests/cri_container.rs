@@ -1497,3 +1497,42 @@ async fn a_pod_with_its_own_user_namespace() {
     let ns = env.dir.path().join(format!("state/pods/{pod}/ns"));
     assert!(!ns.exists(), "pins released");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_options_noexec_nodev_nosuid_apply() {
+    let Some(mut env) = env("mount_options_noexec_nodev_nosuid_apply").await else {
+        return;
+    };
+    let features = env
+        .rt
+        .status(proto::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .features
+        .unwrap();
+    assert!(features.mount_options);
+    let vol = env.dir.path().join("noexec-vol");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::copy("/bin/busybox", vol.join("bb")).unwrap();
+    let mut c = container(&env, "opts", &["sleep", "1000"], &[]);
+    c.mounts = vec![proto::Mount {
+        container_path: "/data".into(),
+        host_path: vol.to_string_lossy().into_owned(),
+        mount_options: vec!["noexec".into(), "nodev".into(), "nosuid".into()],
+        ..Default::default()
+    }];
+    let id = create(&mut env, c).await.unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+    let out = sh_in(
+        &mut env.rt,
+        &id,
+        "/data/bb true 2>/dev/null; echo exit=$?; grep ' /data ' /proc/self/mountinfo",
+    )
+    .await;
+    assert!(out.contains("exit=126"), "not executable: {out}");
+    let opts = out.lines().nth(1).unwrap_or_default();
+    for flag in ["noexec", "nodev", "nosuid"] {
+        assert!(opts.contains(flag), "{flag} in {opts}");
+    }
+}

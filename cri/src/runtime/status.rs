@@ -46,13 +46,11 @@ pub(super) fn status(req: &proto::StatusRequest) -> proto::StatusResponse {
                 user_namespaces: kernel_at_least(5, 19),
             }),
         }],
-        // Mount options (noexec/nodev/nosuid from kubelet) are not applied
-        // yet, so they are not claimed: kubelet then refuses such pods
-        // instead of running them without the options.
+        // Mount options: noexec/nodev/nosuid on bind mounts, applied.
         features: Some(proto::RuntimeFeatures {
             supplemental_groups_policy: true,
             user_namespaces_host_network: false,
-            mount_options: false,
+            mount_options: true,
         }),
     }
 }

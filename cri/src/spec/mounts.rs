@@ -24,6 +24,8 @@ struct Bind {
     propagation: Propagation,
     /// Idmapped into the container's user namespace.
     idmap: bool,
+    /// CRI `mount_options`: `noexec`, `nodev`, `nosuid`.
+    flags: Vec<&'static str>,
 }
 
 impl Bind {
@@ -38,6 +40,7 @@ impl Bind {
         if self.idmap {
             opts.push("idmap");
         }
+        opts.extend(self.flags);
         let mut m = Mount::bind(self.source, self.destination, &opts);
         m.recursive_readonly = self.recursive_readonly;
         m
@@ -94,6 +97,24 @@ fn cri_bind(i: usize, m: &proto::Mount, pod: &PodContext<'_>) -> Result<Bind, Sp
             Some(_) => {}
         }
     }
+    // kubelet 1.37+ sends only these (RuntimeFeatures.mount_options).
+    let mut flags = Vec::new();
+    for (j, o) in m.mount_options.iter().enumerate() {
+        let flag = match o.as_str() {
+            "noexec" => "noexec",
+            "nodev" => "nodev",
+            "nosuid" => "nosuid",
+            _ => {
+                return Err(invalid(
+                    field(&format!("mount_options[{j}]")),
+                    format!("{o:?} is not one of noexec, nodev, nosuid"),
+                ))
+            }
+        };
+        if !flags.contains(&flag) {
+            flags.push(flag);
+        }
+    }
     let propagation = match proto::MountPropagation::try_from(m.propagation) {
         Ok(proto::MountPropagation::PropagationPrivate) => Propagation::RPrivate,
         Ok(proto::MountPropagation::PropagationHostToContainer) => Propagation::RSlave,
@@ -118,6 +139,7 @@ fn cri_bind(i: usize, m: &proto::Mount, pod: &PodContext<'_>) -> Result<Bind, Sp
         recursive_readonly: m.recursive_read_only,
         propagation,
         idmap,
+        flags,
     })
 }
 
@@ -150,6 +172,7 @@ fn pod_binds(pod: &PodContext<'_>, readonly_rootfs: bool, taken: &[PathBuf]) -> 
                 recursive_readonly: false,
                 propagation: Propagation::RPrivate,
                 idmap: false,
+                flags: Vec::new(),
             })
         })
         .collect()
@@ -459,5 +482,33 @@ mod tests {
         });
         f.req.mounts = vec![m];
         assert!(matches!(f.run(), Err(SpecError::Unsupported { .. })));
+    }
+
+    #[test]
+    fn mount_options_become_bind_flags() {
+        let mut f = Fixture::new();
+        f.req.mounts = vec![proto::Mount {
+            container_path: "/data".into(),
+            host_path: "/srv/data".into(),
+            mount_options: vec!["noexec".into(), "nosuid".into(), "noexec".into()],
+            ..Default::default()
+        }];
+        let m = f
+            .spec()
+            .config
+            .mounts
+            .into_iter()
+            .find(|m| m.destination == Path::new("/data"))
+            .unwrap();
+        let flags = m.ms_flags();
+        assert_ne!(flags & nix::libc::MS_NOEXEC, 0);
+        assert_ne!(flags & nix::libc::MS_NOSUID, 0);
+        assert_eq!(flags & nix::libc::MS_NODEV, 0);
+        f.req.mounts[0].mount_options = vec!["ro".into()];
+        let e = f.run().unwrap_err();
+        assert!(
+            e.to_string().contains("config.mounts[0].mount_options[0]"),
+            "{e}"
+        );
     }
 }
