@@ -287,6 +287,25 @@ async fn bad_sandbox_requests_get_the_right_code_and_leave_nothing() {
     let dir = TestDir::new();
     let d = Daemon::start(&berth, dir.path(), &[]);
     let mut rt = RuntimeServiceClient::new(d.channel().await);
+    // kubelet's pod CIDR: taken when it is one, refused naming the field.
+    let cidr = |c: &str| proto::UpdateRuntimeConfigRequest {
+        runtime_config: Some(proto::RuntimeConfig {
+            network_config: Some(proto::NetworkConfig { pod_cidr: c.into() }),
+        }),
+    };
+    rt.update_runtime_config(cidr("10.88.0.0/16,fd00:88::/64"))
+        .await
+        .unwrap();
+    let err = rt
+        .update_runtime_config(cidr("10.88.0.0/40"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("pod_cidr"), "{}", err.message());
+    // What other issues bring answers Unimplemented, saying what.
+    let err = rt.exec(proto::ExecRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("Exec"), "{}", err.message());
     let mut no_uid = pod("x");
     no_uid.metadata.as_mut().unwrap().uid.clear();
     let mut escape_logs = pod("y");

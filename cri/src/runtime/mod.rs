@@ -72,6 +72,8 @@ pub struct RuntimeServiceImpl {
     zygote: Arc<crate::monitor::Zygote>,
     sampler: Arc<stats::Sampler>,
     events: Arc<events::Events>,
+    /// kubelet's pod CIDR (UpdateRuntimeConfig), for the network plugin.
+    pod_cidr: Arc<std::sync::Mutex<String>>,
 }
 
 impl RuntimeServiceImpl {
@@ -100,6 +102,7 @@ impl RuntimeServiceImpl {
             monitor_exe,
             sampler: Arc::new(stats::Sampler::new(stats::default_cgroup_root())),
             events: Arc::new(events::Events::default()),
+            pod_cidr: Arc::default(),
         };
         // Containers that were live when the daemon stopped are watched again
         // (their exits while the daemon was down are already in the records).
@@ -880,5 +883,99 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
                 pod_sandbox_metrics,
             }
         })))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        request: Request<proto::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<proto::UpdateRuntimeConfigResponse>, Status> {
+        let cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        if !cidr.is_empty() {
+            for part in cidr.split(',') {
+                if part.trim().parse::<ipnet_like::Cidr>().is_err() {
+                    return Err(RuntimeError::invalid(
+                        "runtime_config.network_config.pod_cidr",
+                        format!("{part:?} is not an IP prefix"),
+                    )
+                    .into());
+                }
+            }
+            tracing::info!(pod_cidr = %cidr, "pod CIDR from kubelet");
+        }
+        *self.pod_cidr.lock().unwrap_or_else(|e| e.into_inner()) = cidr;
+        Ok(Response::new(proto::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn exec(
+        &self,
+        _request: Request<proto::ExecRequest>,
+    ) -> Result<Response<proto::ExecResponse>, Status> {
+        Err(not_yet("Exec (the streaming server for kubectl exec)"))
+    }
+
+    async fn attach(
+        &self,
+        _request: Request<proto::AttachRequest>,
+    ) -> Result<Response<proto::AttachResponse>, Status> {
+        Err(not_yet("Attach (the streaming server for kubectl attach)"))
+    }
+
+    async fn port_forward(
+        &self,
+        _request: Request<proto::PortForwardRequest>,
+    ) -> Result<Response<proto::PortForwardResponse>, Status> {
+        Err(not_yet(
+            "PortForward (the streaming server for kubectl port-forward)",
+        ))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _request: Request<proto::CheckpointContainerRequest>,
+    ) -> Result<Response<proto::CheckpointContainerResponse>, Status> {
+        Err(not_yet("CheckpointContainer (CRIU)"))
+    }
+
+    async fn checkpoint_pod(
+        &self,
+        _request: Request<proto::CheckpointPodRequest>,
+    ) -> Result<Response<proto::CheckpointPodResponse>, Status> {
+        Err(not_yet("CheckpointPod"))
+    }
+
+    async fn restore_pod(
+        &self,
+        _request: Request<proto::RestorePodRequest>,
+    ) -> Result<Response<proto::RestorePodResponse>, Status> {
+        Err(not_yet("RestorePod"))
+    }
+}
+
+/// `Unimplemented`, saying what is missing (kubelet logs the message).
+fn not_yet(what: &str) -> Status {
+    Status::unimplemented(format!("berth does not implement {what} yet"))
+}
+
+/// Just enough of an IP prefix parser to check kubelet's pod CIDR.
+mod ipnet_like {
+    /// `addr/len` with an IPv4 or IPv6 address and a length in range.
+    pub struct Cidr;
+
+    impl std::str::FromStr for Cidr {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Cidr, ()> {
+            let (addr, len) = s.split_once('/').ok_or(())?;
+            let len: u8 = len.parse().map_err(|_| ())?;
+            match addr.parse::<std::net::IpAddr>().map_err(|_| ())? {
+                std::net::IpAddr::V4(_) if len <= 32 => Ok(Cidr),
+                std::net::IpAddr::V6(_) if len <= 128 => Ok(Cidr),
+                _ => Err(()),
+            }
+        }
     }
 }
