@@ -289,7 +289,14 @@ fn containerd_helpers(dir: &Path) -> Vec<i32> {
 /// The pause image's argument, to find its processes.
 const PAUSE_ARG: &str = "2147483646";
 
-async fn suite(t: &Target, iters: usize, pods_n: usize, logs: &Path, dir: &Path) -> Results {
+async fn suite(
+    t: &Target,
+    iters: usize,
+    pods_n: usize,
+    logs: &Path,
+    dir: &Path,
+    settle: bool,
+) -> Results {
     let ch = berth_e2e::cri::wait_and_connect(&t.sock, Duration::from_secs(30))
         .await
         .unwrap();
@@ -305,6 +312,20 @@ async fn suite(t: &Target, iters: usize, pods_n: usize, logs: &Path, dir: &Path)
         })
         .await
         .expect("PullImage");
+    // Idle: once the pull's worker threads have ended (tokio keeps idle
+    // blocking threads 10 s); the figure right after the pull too.
+    if let Some(pid) = t.daemon_pid {
+        let (p, r) = mem(pid);
+        println!(
+            "{}: daemon right after the pull: PSS {:.1} MiB, RSS {:.1} MiB",
+            t.name,
+            p as f64 / 1024.0,
+            r as f64 / 1024.0
+        );
+        if settle {
+            tokio::time::sleep(Duration::from_secs(12)).await;
+        }
+    }
     let mut res = Results {
         idle: t.daemon_pid.map(mem),
         ..Default::default()
@@ -585,7 +606,7 @@ async fn main() {
             daemon_pid: None,
             helpers: |_| Vec::new(),
         };
-        let r = suite(&t, iters, pods_n, &logs, dir.path()).await;
+        let r = suite(&t, iters, pods_n, &logs, dir.path(), full).await;
         out.insert(t.name.into(), report(t.name, iters, pods_n, &r));
     } else {
         let Some(berth) = berth_e2e::berth_binary("cri_lifecycle") else {
@@ -612,7 +633,7 @@ async fn main() {
             daemon_pid: Some(d.child.id() as i32),
             helpers: berth_helpers,
         };
-        let rb = suite(&t, iters, pods_n, &logs, dir.path()).await;
+        let rb = suite(&t, iters, pods_n, &logs, dir.path(), full).await;
         drop(d);
         berth_e2e::daemon::cleanup_dir(&dir.path().join("berth"));
         out.insert("berth".into(), report("berth", iters, pods_n, &rb));
@@ -638,7 +659,7 @@ async fn main() {
                     daemon_pid: Some(containerd.0.id() as i32),
                     helpers: containerd_helpers,
                 };
-                let rc = suite(&t, iters, pods_n, &logs, dir.path()).await;
+                let rc = suite(&t, iters, pods_n, &logs, dir.path(), full).await;
                 drop(containerd);
                 for p in &k8s_io {
                     let _ = std::fs::remove_dir(p); // only if empty
