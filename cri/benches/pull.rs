@@ -16,90 +16,13 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_cri::image::service::ImageServiceConfig;
 use berth_cri::proto::image_service_client::ImageServiceClient;
 use berth_cri::proto::{PullImageRequest, RemoveImageRequest};
-
-struct Containerd {
-    child: Child,
-    sock: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Containerd {
-    /// Starts containerd with its own root, state, socket and a certs.d that
-    /// sends the registry to plain HTTP; nothing of the host's is used.
-    fn start(registry: &str) -> std::io::Result<Containerd> {
-        let dir = tempfile::tempdir()?;
-        let d = dir.path();
-        let certs = d.join("certs.d").join(registry);
-        std::fs::create_dir_all(&certs)?;
-        std::fs::write(
-            certs.join("hosts.toml"),
-            format!("server = \"http://{registry}\"\n"),
-        )?;
-        let config = format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "{d}/containerd.sock"
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{d}/certs.d"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    conf_dir = "{d}/cni"
-    bin_dir = "{d}/cnibin"
-"#,
-            d = d.display()
-        );
-        std::fs::write(d.join("config.toml"), config)?;
-        let log = std::fs::File::create(d.join("containerd.log"))?;
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        let sock = d.join("containerd.sock");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !sock.exists() {
-            if Instant::now() > deadline {
-                return Err(std::io::Error::other(
-                    "containerd did not create its socket in 20 s",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Containerd {
-            child,
-            sock,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        // Only the containerd this benchmark started, by its PID.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
 
 async fn pull(sock: &Path, image: &str) -> Result<Duration, String> {
     let mut client = ImageServiceClient::new(common::connect(sock).await);
@@ -180,7 +103,9 @@ async fn main() {
         berth.push(pull(&sock, &image).await.expect("berth pull").as_secs_f64());
         drop(s);
         if have_containerd {
-            let c = Containerd::start(&addr).expect("starting containerd");
+            let cdir = tempfile::tempdir().expect("a directory for containerd");
+            let c = berth_e2e::containerd::Containerd::start(cdir.path(), &addr, None)
+                .expect("starting containerd");
             // containerd's CRI plugin comes up just after the socket.
             let mut last = Err(String::new());
             for _ in 0..50 {

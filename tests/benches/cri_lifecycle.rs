@@ -512,79 +512,6 @@ fn report(name: &str, iters: usize, pods_n: usize, r: &Results) -> serde_json::V
     serde_json::Value::Object(json)
 }
 
-/// The benchmark's containerd: SIGTERMed and waited for on drop (also when
-/// a step panics), so no daemon outlives the run.
-struct Containerd(std::process::Child);
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts Debian's containerd on a side socket, everything under `dir`.
-fn start_containerd(dir: &Path, registry: &str, pause: &str) -> Option<Containerd> {
-    let bin = ["/usr/bin/containerd", "/usr/local/bin/containerd"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    let Some(bin) = bin else {
-        println!("skipped: containerd comparison: containerd is not installed (apt install containerd runc)");
-        return None;
-    };
-    let d = dir.join("containerd");
-    let certs = d.join("certs.d").join(registry);
-    std::fs::create_dir_all(&certs).unwrap();
-    std::fs::write(
-        certs.join("hosts.toml"),
-        format!("server = \"http://{registry}\"\n[host.\"http://{registry}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
-    )
-    .unwrap();
-    let config = format!(
-        r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  disable_apparmor = true
-  # The pause container's -998 needs CAP_SYS_RESOURCE, which root lacks
-  # on some hosts (this VM): keep scores >= containerd's own.
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{certs}"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{cni}"
-    conf_dir = "{cni}"
-"#,
-        root = d.join("root").display(),
-        state = d.join("state").display(),
-        sock = d.join("containerd.sock").display(),
-        certs = d.join("certs.d").display(),
-        cni = d.join("cni").display(),
-    );
-    std::fs::write(d.join("config.toml"), config).unwrap();
-    let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-    Some(Containerd(
-        std::process::Command::new(bin)
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd"),
-    ))
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -642,29 +569,24 @@ async fn main() {
             berth_e2e::images::pause_image(&reg.addr(), "bench/pause", "v1", PAUSE_ARG)
                 .await
                 .unwrap();
-            // containerd puts its containers under `k8s.io` in every
-            // hierarchy; what it created for us is removed afterwards.
-            let k8s_io: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path().join("k8s.io"))
-                .filter(|p| !p.exists())
-                .collect();
-            if let Some(containerd) = start_containerd(dir.path(), &reg.addr(), &pause) {
+            let cdir = dir.path().join("containerd");
+            std::fs::create_dir_all(&cdir).unwrap();
+            let started =
+                berth_e2e::containerd::Containerd::start(&cdir, &reg.addr(), Some(&pause));
+            if let Err(e) = &started {
+                println!("skipped: containerd comparison: {e} (apt install containerd runc)");
+            }
+            if let Ok(containerd) = started {
                 let t = Target {
                     name: "containerd",
-                    sock: dir.path().join("containerd/containerd.sock"),
+                    sock: containerd.sock.clone(),
                     image,
-                    daemon_pid: Some(containerd.0.id() as i32),
+                    daemon_pid: Some(containerd.pid()),
                     helpers: containerd_helpers,
                 };
                 let rc = suite(&t, iters, pods_n, &logs, dir.path(), full).await;
                 drop(containerd);
-                for p in &k8s_io {
-                    let _ = std::fs::remove_dir(p); // only if empty
-                }
-                berth_e2e::daemon::cleanup_dir(&dir.path().join("containerd"));
+                berth_e2e::daemon::cleanup_dir(&cdir);
                 out.insert(
                     "containerd".into(),
                     report("containerd", iters, pods_n, &rc),

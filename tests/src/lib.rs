@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod containerd;
 pub mod cri;
 pub mod daemon;
 pub mod images;
