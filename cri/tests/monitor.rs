@@ -179,18 +179,8 @@ fn exit_code_and_both_streams_logged() {
         getsid(Some(Pid::from_raw(s.monitor_pid))).unwrap().as_raw(),
         s.monitor_pid
     );
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.monitor_pid)).unwrap();
-    let ppid: i32 = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
     assert_ne!(
-        ppid,
+        ppid_of(s.monitor_pid),
         std::process::id() as i32,
         "the monitor is not our child"
     );

@@ -124,33 +124,36 @@ pub fn cleanup_dir(dir: &Path) {
         })
         .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
         .collect();
+    let dirs = container_cgroup_dirs(&ids);
+    // A failed test can leave its container running (its monitor killed,
+    // its init not): kill what is still in the container's cgroup, by PID,
+    // before removing it.
+    for cg in &dirs {
+        let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    for cg in &dirs {
+        for _ in 0..50 {
+            if std::fs::remove_dir(cg).is_ok() || !cg.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// The cgroup dirs of containers `ids` in every hierarchy (without a
+/// cgroup_parent a container's cgroup is `<hierarchy>/<id>`).
+pub fn container_cgroup_dirs(ids: &[String]) -> Vec<PathBuf> {
     let hierarchies: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
         .flatten()
         .flatten()
         .map(|h| h.path())
         .collect();
-    // A failed test can leave its container running (its monitor killed,
-    // its init not): kill what is still in the container's cgroup, by PID,
-    // before removing it.
-    for id in &ids {
-        for h in &hierarchies {
-            let procs =
-                std::fs::read_to_string(h.join(id).join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-    }
-    for id in &ids {
-        for h in &hierarchies {
-            let cg = h.join(id);
-            for _ in 0..50 {
-                if std::fs::remove_dir(&cg).is_ok() || !cg.exists() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-        }
-    }
+    ids.iter()
+        .flat_map(|id| hierarchies.iter().map(move |h| h.join(id)))
+        .collect()
 }

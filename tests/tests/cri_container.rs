@@ -575,6 +575,18 @@ async fn event_for(
     }
 }
 
+/// Every message of a server stream.
+async fn batches<T>(
+    call: impl std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+) -> Vec<T> {
+    let mut s = call.await.unwrap().into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = s.message().await.unwrap() {
+        out.push(m);
+    }
+    out
+}
+
 fn value(v: &Option<proto::UInt64Value>) -> u64 {
     v.as_ref().map(|v| v.value).expect("a value")
 }
@@ -796,62 +808,55 @@ async fn stats_events_resource_updates_and_list_streams() {
         .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
 
-    // The list streams carry what the unary lists do.
-    let mut containers = Vec::new();
-    let mut s = env
-        .rt
-        .stream_containers(proto::StreamContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(batch) = s.message().await.unwrap() {
-        assert!(!batch.containers.is_empty(), "batches are never empty");
-        containers.extend(batch.containers.into_iter().map(|c| c.id));
-    }
+    // The list streams carry what the unary lists do, in non-empty batches.
+    let containers = batches(
+        env.rt
+            .stream_containers(proto::StreamContainersRequest::default()),
+    )
+    .await
+    .into_iter()
+    .map(|b| b.containers)
+    .inspect(|b| assert!(!b.is_empty(), "batches are never empty"))
+    .flatten()
+    .map(|c| c.id)
+    .collect::<Vec<_>>();
     assert_eq!(containers, vec![busy.clone()]);
-    let mut pods = Vec::new();
-    let mut s = env
-        .rt
-        .stream_pod_sandboxes(proto::StreamPodSandboxesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(batch) = s.message().await.unwrap() {
-        pods.extend(batch.pod_sandboxes.into_iter().map(|p| p.id));
-    }
+    let pods = batches(
+        env.rt
+            .stream_pod_sandboxes(proto::StreamPodSandboxesRequest::default()),
+    )
+    .await
+    .into_iter()
+    .flat_map(|b| b.pod_sandboxes)
+    .map(|p| p.id)
+    .collect::<Vec<_>>();
     assert_eq!(pods, vec![env.pod.clone()]);
-    let mut n = 0;
-    let mut s = env
-        .rt
-        .stream_container_stats(proto::StreamContainerStatsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(batch) = s.message().await.unwrap() {
-        n += batch.container_stats.len();
-    }
+    let n = batches(
+        env.rt
+            .stream_container_stats(proto::StreamContainerStatsRequest::default()),
+    )
+    .await
+    .iter()
+    .map(|b| b.container_stats.len())
+    .sum::<usize>();
     assert_eq!(n, 1);
-    let mut n = 0;
-    let mut s = env
-        .rt
-        .stream_pod_sandbox_stats(proto::StreamPodSandboxStatsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(batch) = s.message().await.unwrap() {
-        n += batch.pod_sandbox_stats.len();
-    }
+    let n = batches(
+        env.rt
+            .stream_pod_sandbox_stats(proto::StreamPodSandboxStatsRequest::default()),
+    )
+    .await
+    .iter()
+    .map(|b| b.pod_sandbox_stats.len())
+    .sum::<usize>();
     assert_eq!(n, 1);
-    let mut n = 0;
-    let mut s = env
-        .rt
-        .stream_pod_sandbox_metrics(proto::StreamPodSandboxMetricsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(batch) = s.message().await.unwrap() {
-        n += batch.pod_sandbox_metrics.len();
-    }
+    let n = batches(
+        env.rt
+            .stream_pod_sandbox_metrics(proto::StreamPodSandboxMetricsRequest {}),
+    )
+    .await
+    .iter()
+    .map(|b| b.pod_sandbox_metrics.len())
+    .sum::<usize>();
     assert_eq!(n, 1);
 
     // An exit nobody asks about is still reported, with its code.

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -175,19 +175,6 @@ fn leftover_processes(dir: &Path, helpers: &BTreeSet<u32>, ids: &[String]) -> Ve
         .collect()
 }
 
-/// Container cgroups: without a cgroup_parent, `<hierarchy>/<id>`.
-fn cgroup_dirs(ids: &[String]) -> Vec<PathBuf> {
-    let hierarchies: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|h| h.path())
-        .collect();
-    ids.iter()
-        .flat_map(|id| hierarchies.iter().map(move |h| h.join(id)))
-        .collect()
-}
-
 /// Removes what a failed run can leave of the test's containers that
 /// `cleanup_dir` cannot find any more (it looks for containers through
 /// their metadata, gone once RemoveContainer succeeded): their cgroups,
@@ -196,7 +183,7 @@ struct CgroupGuard(Vec<String>);
 
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
-        let dirs = cgroup_dirs(&self.0);
+        let dirs = berth_e2e::daemon::container_cgroup_dirs(&self.0);
         for cg in &dirs {
             let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
             for pid in procs.split_whitespace() {
@@ -340,7 +327,10 @@ async fn a_hundred_pods_in_parallel_leak_nothing() {
     // The leak checks below look in the right places: while running, every
     // pod has mounts there, every container a cgroup and a process.
     let mounts = mounts_under(&mountinfos[0], &dir).len();
-    let cgroups = cgroup_dirs(&ids).iter().filter(|p| p.exists()).count();
+    let cgroups = berth_e2e::daemon::container_cgroup_dirs(&ids)
+        .iter()
+        .filter(|p| p.exists())
+        .count();
     let procs = leftover_processes(&dir, &helpers, &ids).len();
     println!(
         "with {PODS} running containers: daemon {} fds, {mounts} mounts, \
@@ -422,7 +412,7 @@ async fn a_hundred_pods_in_parallel_leak_nothing() {
     }
     // No container cgroups.
     let left = settle(|| {
-        cgroup_dirs(&all_ids)
+        berth_e2e::daemon::container_cgroup_dirs(&all_ids)
             .into_iter()
             .filter(|p| p.exists())
             .collect()

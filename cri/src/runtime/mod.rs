@@ -811,14 +811,13 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
     ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamPodSandboxesResponse>>, Status>
     {
         let filter = request.into_inner().filter;
-        let items = self
-            .list_pod_sandbox(Request::new(proto::ListPodSandboxRequest { filter }))
-            .await?
-            .into_inner()
-            .items;
-        Ok(Response::new(batches(items, |pod_sandboxes| {
-            proto::StreamPodSandboxesResponse { pod_sandboxes }
-        })))
+        let list = self.list_pod_sandbox(Request::new(proto::ListPodSandboxRequest { filter }));
+        streamed(
+            list,
+            |r| r.items,
+            |pod_sandboxes| proto::StreamPodSandboxesResponse { pod_sandboxes },
+        )
+        .await
     }
 
     async fn stream_containers(
@@ -826,14 +825,13 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         request: Request<proto::StreamContainersRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamContainersResponse>>, Status> {
         let filter = request.into_inner().filter;
-        let items = self
-            .list_containers(Request::new(proto::ListContainersRequest { filter }))
-            .await?
-            .into_inner()
-            .containers;
-        Ok(Response::new(batches(items, |containers| {
-            proto::StreamContainersResponse { containers }
-        })))
+        let list = self.list_containers(Request::new(proto::ListContainersRequest { filter }));
+        streamed(
+            list,
+            |r| r.containers,
+            |containers| proto::StreamContainersResponse { containers },
+        )
+        .await
     }
 
     async fn stream_container_stats(
@@ -842,14 +840,14 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
     ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamContainerStatsResponse>>, Status>
     {
         let filter = request.into_inner().filter;
-        let items = self
-            .list_container_stats(Request::new(proto::ListContainerStatsRequest { filter }))
-            .await?
-            .into_inner()
-            .stats;
-        Ok(Response::new(batches(items, |container_stats| {
-            proto::StreamContainerStatsResponse { container_stats }
-        })))
+        let list =
+            self.list_container_stats(Request::new(proto::ListContainerStatsRequest { filter }));
+        streamed(
+            list,
+            |r| r.stats,
+            |container_stats| proto::StreamContainerStatsResponse { container_stats },
+        )
+        .await
     }
 
     async fn stream_pod_sandbox_stats(
@@ -858,14 +856,14 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
     ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamPodSandboxStatsResponse>>, Status>
     {
         let filter = request.into_inner().filter;
-        let items = self
-            .list_pod_sandbox_stats(Request::new(proto::ListPodSandboxStatsRequest { filter }))
-            .await?
-            .into_inner()
-            .stats;
-        Ok(Response::new(batches(items, |pod_sandbox_stats| {
-            proto::StreamPodSandboxStatsResponse { pod_sandbox_stats }
-        })))
+        let list =
+            self.list_pod_sandbox_stats(Request::new(proto::ListPodSandboxStatsRequest { filter }));
+        streamed(
+            list,
+            |r| r.stats,
+            |pod_sandbox_stats| proto::StreamPodSandboxStatsResponse { pod_sandbox_stats },
+        )
+        .await
     }
 
     async fn stream_pod_sandbox_metrics(
@@ -873,16 +871,16 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         _request: Request<proto::StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamPodSandboxMetricsResponse>>, Status>
     {
-        let items = self
-            .list_pod_sandbox_metrics(Request::new(proto::ListPodSandboxMetricsRequest {}))
-            .await?
-            .into_inner()
-            .pod_metrics;
-        Ok(Response::new(batches(items, |pod_sandbox_metrics| {
-            proto::StreamPodSandboxMetricsResponse {
+        let list =
+            self.list_pod_sandbox_metrics(Request::new(proto::ListPodSandboxMetricsRequest {}));
+        streamed(
+            list,
+            |r| r.pod_metrics,
+            |pod_sandbox_metrics| proto::StreamPodSandboxMetricsResponse {
                 pod_sandbox_metrics,
-            }
-        })))
+            },
+        )
+        .await
     }
 
     async fn update_runtime_config(
@@ -954,6 +952,20 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
     ) -> Result<Response<proto::RestorePodResponse>, Status> {
         Err(not_yet("RestorePod"))
     }
+}
+
+/// A list-streaming RPC: its unary twin's result, in batches.
+async fn streamed<L, T, R>(
+    list: impl std::future::Future<Output = Result<Response<L>, Status>>,
+    items: impl FnOnce(L) -> Vec<T>,
+    wrap: impl Fn(Vec<T>) -> R,
+) -> Result<Response<tonic::codegen::BoxStream<R>>, Status>
+where
+    T: prost::Message,
+    R: Send + 'static,
+{
+    let all = items(list.await?.into_inner());
+    Ok(Response::new(batches(all, wrap)))
 }
 
 /// `Unimplemented`, saying what is missing (kubelet logs the message).
