@@ -124,10 +124,14 @@ pub fn cleanup_dir(dir: &Path) {
         })
         .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
         .collect();
-    let dirs = container_cgroup_dirs(&ids);
-    // A failed test can leave its container running (its monitor killed,
-    // its init not): kill what is still in the container's cgroup, by PID,
-    // before removing it.
+    remove_container_cgroups(&ids);
+}
+
+/// Removes the cgroups of containers `ids` (see [`container_cgroup_dirs`]):
+/// a failed test can leave a container running (its monitor killed, its
+/// init not), so what is still in a cgroup is killed first, by PID.
+pub fn remove_container_cgroups(ids: &[String]) {
+    let dirs = container_cgroup_dirs(ids);
     for cg in &dirs {
         let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
         for pid in procs.split_whitespace() {

@@ -9,7 +9,6 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_cri::proto::runtime_service_client::RuntimeServiceClient;
@@ -183,21 +182,7 @@ struct CgroupGuard(Vec<String>);
 
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
-        let dirs = berth_e2e::daemon::container_cgroup_dirs(&self.0);
-        for cg in &dirs {
-            let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-        for cg in &dirs {
-            for _ in 0..50 {
-                if !cg.exists() || std::fs::remove_dir(cg).is_ok() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        berth_e2e::daemon::remove_container_cgroups(&self.0);
     }
 }
 
