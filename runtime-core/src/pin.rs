@@ -15,10 +15,14 @@
 //! exists in it (`pidns_for_children_get` checks `child_reaper`), and once
 //! that init exits the namespace takes no new process (`clone` fails with
 //! ENOMEM, `disable_pid_allocation`). A pod that shares one pid namespace
-//! therefore needs a living process as its pid 1 — its first container's
-//! init, with the others joining `/proc/<that pid>/ns/pid` — which is why
-//! CRI-O keeps an infra container for such pods. See `pid_namespaces(7)`
-//! and the test `pid_namespace_needs_a_living_init`.
+//! therefore needs a living process as its pid 1 (berth's CRI layer starts
+//! a small one; CRI-O keeps an infra container for such pods). See
+//! `pid_namespaces(7)` and the test `pid_namespace_needs_a_living_init`.
+//!
+//! A user namespace cannot be unshared by a thread of a multi-threaded
+//! process either: a pod with its own is made by a single-threaded process
+//! ([`unshare_pod_namespaces`]) and pinned from it
+//! ([`PinRequest::from_pid`]).
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;

@@ -5,15 +5,16 @@ use berth_core::config::{Namespace, NamespaceKind};
 use super::{unsupported, PidMode, PodContext, SpecError};
 use crate::proto;
 
-/// A new mount namespace always; the pod's pinned network, IPC and UTS
-/// namespaces joined when the pod has them, the host's otherwise (no new
-/// one: `hostNetwork`/`hostIPC`); the pid namespace per [`PidMode`]; no
-/// user or cgroup namespace.
+/// A new mount namespace always; the pod's pinned user (when it has one),
+/// network, IPC and UTS namespaces joined when the pod has them, the host's
+/// otherwise (no new one: `hostNetwork`/`hostIPC`); the pid namespace per
+/// [`PidMode`]; no cgroup namespace.
 ///
-/// The container's own `namespace_options` are not read: kubelet copies
-/// the pod's, and the caller has already turned them into `pod` (including
+/// The caller has turned the pid options into `pod.pid` (including
 /// `TARGET`, which becomes [`PidMode::Pod`] with the target's namespace).
-/// Only a user namespace request is refused, as pods refuse it.
+/// The container's user namespace options must agree with the pod's
+/// (kubelet copies them): `POD` in a pod with its own, `NODE` or none in a
+/// pod without.
 pub(super) fn namespaces(
     pod: &PodContext<'_>,
     sc: &proto::LinuxContainerSecurityContext,
