@@ -171,10 +171,31 @@ async fn stop_signals_then_kills_and_exits_survive_a_daemon_crash() {
     );
     let id = create(&mut env, cfg).await.unwrap();
     start(&mut env.rt, &id).await.unwrap();
+    // And one that exits after the restart: the new daemon watches it again.
+    let cfg = container(&env, "later", &["sh", "-c", "sleep 6; exit 5"], &[]);
+    let later = create(&mut env, cfg).await.unwrap();
+    start(&mut env.rt, &later).await.unwrap();
     env.daemon.crash();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let d2 = Daemon::start(&env.berth, env.dir.path(), &[]);
     let mut rt = RuntimeServiceClient::new(d2.channel().await);
+    let mut events = rt
+        .get_container_events(proto::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let ev = event_for(
+        &mut events,
+        &later,
+        proto::ContainerEventType::ContainerStoppedEvent,
+    )
+    .await;
+    let st = ev
+        .containers_statuses
+        .iter()
+        .find(|c| c.id == later)
+        .unwrap();
+    assert_eq!(st.exit_code, 5, "an exit after the restart is an event too");
     let st = wait_exited(&mut rt, &id).await;
     assert_eq!(
         st.exit_code, 7,
