@@ -685,6 +685,27 @@ pub async fn multilayer_whiteouts_image(
     repo: &str,
     tag: &str,
 ) -> Result<PushedImage, String> {
+    whiteouts_image_with(addr, repo, tag, busybox_config()).await
+}
+
+/// [`multilayer_whiteouts_image`] declaring `Volumes` `/a`, `/opq` and
+/// `/empty` (which no layer has).
+pub async fn whiteouts_volumes_image(
+    addr: &str,
+    repo: &str,
+    tag: &str,
+) -> Result<PushedImage, String> {
+    let mut config = busybox_config();
+    config["Volumes"] = json!({ "/a": {}, "/opq": {}, "/empty": {} });
+    whiteouts_image_with(addr, repo, tag, config).await
+}
+
+async fn whiteouts_image_with(
+    addr: &str,
+    repo: &str,
+    tag: &str,
+    config: Value,
+) -> Result<PushedImage, String> {
     let mut lower = busybox_entries().map_err(io_err)?;
     lower.extend([
         Entry::dir("a", 0o755),
@@ -706,14 +727,7 @@ pub async fn multilayer_whiteouts_image(
         Layer::tar_gz(&lower).map_err(io_err)?,
         Layer::tar_gz(&upper).map_err(io_err)?,
     ];
-    push_image(
-        addr,
-        repo,
-        tag,
-        &ImageSpec::new(layers, busybox_config()),
-        None,
-    )
-    .await
+    push_image(addr, repo, tag, &ImageSpec::new(layers, config), None).await
 }
 
 /// The busybox rootfs as one zstd layer (`...tar+zstd`).

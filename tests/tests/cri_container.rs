@@ -1562,3 +1562,72 @@ async fn mount_options_noexec_nodev_nosuid_apply() {
         assert!(opts.contains(flag), "{flag} in {opts}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_volumes_get_the_images_content_and_stay_writable() {
+    let Some(mut env) = env("image_volumes_get_the_images_content_and_stay_writable").await else {
+        return;
+    };
+    let reg = &env._reg;
+    berth_e2e::images::whiteouts_volumes_image(&reg.addr(), "test/vols", "v1")
+        .await
+        .unwrap();
+    let image = format!("{}/test/vols:v1", reg.addr());
+    berth_cri::proto::image_service_client::ImageServiceClient::new(env.daemon.channel().await)
+        .pull_image(proto::PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut c = container(&env, "vols", &["sleep", "1000"], &[]);
+    c.image = Some(ImageSpec {
+        image,
+        ..Default::default()
+    });
+    c.linux = Some(proto::LinuxContainerConfig {
+        security_context: Some(proto::LinuxContainerSecurityContext {
+            readonly_rootfs: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    // A CRI mount on /opq takes its place: no image volume there.
+    let own = env.dir.path().join("own-opq");
+    std::fs::create_dir(&own).unwrap();
+    c.mounts = vec![proto::Mount {
+        container_path: "/opq".into(),
+        host_path: own.to_string_lossy().into_owned(),
+        ..Default::default()
+    }];
+    let id = create(&mut env, c).await.unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+    let out = sh_in(
+        &mut env.rt,
+        &id,
+        "ls /a | tr '\\n' ' '; echo; cat /a/keep; ls -A /opq | wc -l; \
+         touch /a/new /empty/new && echo writable; touch /x 2>/dev/null || echo ro-root",
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        ["keep", "keep", "0", "writable", "ro-root"],
+        "the merged image content (no whiteout), a CRI mount wins, writable under a read-only root: {out}"
+    );
+    let vols = env.dir.path().join(format!("root/containers/{id}/volumes"));
+    assert!(
+        std::fs::read_dir(&vols).unwrap().count() == 2,
+        "/a and /empty only"
+    );
+    env.rt
+        .remove_pod_sandbox(proto::RemovePodSandboxRequest {
+            pod_sandbox_id: env.pod.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(!vols.exists(), "removed with the container");
+}

@@ -506,7 +506,6 @@ async fn readonly_rootfs_leaves_mounts_writable() {
 /// their own, so `/data` of `configured_image` stays writable with a
 /// read-only rootfs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "berth divergence: image-defined Volumes get no directory of their own (ImageConfig::volumes is parsed, never used)"]
 async fn image_volumes_are_writable_under_a_readonly_rootfs() {
     let Some(mut env) = env("image_volumes_are_writable_under_a_readonly_rootfs").await else {
         return;

@@ -22,6 +22,7 @@ pub mod rootfs;
 pub mod service;
 pub mod store;
 pub mod unpack;
+pub mod volumes;
 
 pub use error::ImageError;
 pub use reference::{Digest, ImageName};

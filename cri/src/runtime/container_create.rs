@@ -163,6 +163,13 @@ fn build(
             &load_localhost_seccomp,
         )
         .map_err(RuntimeError::from)?;
+        // The image's own volumes: a directory each, with what the image
+        // has there (the spec binds them).
+        for (dest, source) in spec::image_volumes(&prepared.config, config, &prepared.rootfs)? {
+            std::fs::create_dir_all(&source).map_err(|e| RuntimeError::io(&source, e))?;
+            crate::image::volumes::copy_up(&prepared.rootfs.lowerdirs, &dest, &source)
+                .map_err(|e| RuntimeError::io(&source, e))?;
+        }
         if !log.is_empty() {
             if let Some(parent) = Path::new(&log).parent() {
                 std::fs::create_dir_all(parent).map_err(|e| RuntimeError::io(parent, e))?;

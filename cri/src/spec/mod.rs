@@ -37,6 +37,7 @@ mod security;
 mod signal;
 mod user;
 
+pub use mounts::image_volumes;
 pub(crate) use resources::{limits as cgroup_limits, parent_path};
 pub use signal::to_cri as signal_to_cri;
 
@@ -271,7 +272,11 @@ pub fn container_spec(
     config.loopback = false;
     config.namespaces = namespaces::namespaces(pod, sc)?;
     config.sysctls = pod.sysctls.clone();
-    let planned = mounts::mounts(req, pod, sc.readonly_rootfs, sc.privileged)?;
+    let volumes = match &config.overlay {
+        Some(o) => mounts::image_volumes(image, req, o)?,
+        None => Vec::new(),
+    };
+    let planned = mounts::mounts(req, pod, sc.readonly_rootfs, sc.privileged, volumes)?;
     config.mounts = planned.mounts;
     config.rootfs_propagation = planned.rootfs_propagation;
     config.devices = devices::devices(req, host_device)?;

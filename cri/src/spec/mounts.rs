@@ -143,6 +143,38 @@ fn cri_bind(i: usize, m: &proto::Mount, pod: &PodContext<'_>) -> Result<Bind, Sp
     })
 }
 
+/// The image's `Volumes` that no CRI mount covers (same destination, as
+/// containerd decides), each with its directory under the container's
+/// image-store directory (`<upperdir>/../volumes/<n>`): CreateContainer
+/// fills each with the image's content there ([`crate::image::volumes`])
+/// and they are bound read-write. A path that is not absolute, or has
+/// `..`, is refused.
+pub fn image_volumes(
+    image: &crate::image::rootfs::ImageConfig,
+    req: &proto::ContainerConfig,
+    rootfs: &berth_core::config::OverlayRootfs,
+) -> Result<Vec<(PathBuf, PathBuf)>, SpecError> {
+    let base = rootfs
+        .upperdir
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join("volumes");
+    let taken: Vec<PathBuf> = req
+        .mounts
+        .iter()
+        .filter_map(|m| clean_absolute("", &m.container_path).ok())
+        .collect();
+    let mut out = Vec::new();
+    for (i, v) in image.volumes.iter().enumerate() {
+        let dest = clean_absolute(&format!("image.config.Volumes[{v:?}]"), v)?;
+        if dest == Path::new("/") || taken.contains(&dest) {
+            continue;
+        }
+        out.push((dest, base.join(i.to_string())));
+    }
+    Ok(out)
+}
+
 /// The pod's files and `/dev/shm`, for destinations the request does not
 /// mount itself (kubelet mounts its own `/etc/hosts` for most pods).
 /// As containerd's `linuxContainerMounts`: the files are read-write unless
@@ -198,6 +230,7 @@ pub(super) fn mounts(
     pod: &PodContext<'_>,
     readonly_rootfs: bool,
     privileged: bool,
+    volumes: Vec<(PathBuf, PathBuf)>,
 ) -> Result<Planned, SpecError> {
     let mut binds = req
         .mounts
@@ -205,6 +238,16 @@ pub(super) fn mounts(
         .enumerate()
         .map(|(i, m)| cri_bind(i, m, pod))
         .collect::<Result<Vec<_>, _>>()?;
+    binds.extend(volumes.into_iter().map(|(destination, source)| Bind {
+        source,
+        destination,
+        readonly: false,
+        recursive_readonly: false,
+        propagation: Propagation::RPrivate,
+        // Filled with uid 0 files: idmapped like the layers they come from.
+        idmap: pod.user_ns.is_some(),
+        flags: Vec::new(),
+    }));
     let taken: Vec<PathBuf> = binds.iter().map(|b| b.destination.clone()).collect();
     binds.extend(pod_binds(pod, readonly_rootfs, &taken));
     binds.sort_by_key(|b| depth(&b.destination));
