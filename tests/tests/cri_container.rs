@@ -1631,3 +1631,100 @@ async fn image_volumes_get_the_images_content_and_stay_writable() {
         .unwrap();
     assert!(!vols.exists(), "removed with the container");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_mounted_as_a_volume() {
+    let Some(mut env) = env("an_image_mounted_as_a_volume").await else {
+        return;
+    };
+    let reg = &env._reg;
+    berth_e2e::images::multilayer_whiteouts_image(&reg.addr(), "test/layers", "v1")
+        .await
+        .unwrap();
+    let volume_image = format!("{}/test/layers:v1", reg.addr());
+    let mut images =
+        berth_cri::proto::image_service_client::ImageServiceClient::new(env.daemon.channel().await);
+    images
+        .pull_image(proto::PullImageRequest {
+            image: Some(ImageSpec {
+                image: volume_image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let image_mount = |path: &str, sub: &str| proto::Mount {
+        container_path: path.into(),
+        image: Some(ImageSpec {
+            image: volume_image.clone(),
+            ..Default::default()
+        }),
+        image_sub_path: sub.into(),
+        readonly: true,
+        ..Default::default()
+    };
+    let mut c = container(&env, "img", &["sleep", "1000"], &[]);
+    c.mounts = vec![
+        // The whole image: an overlay of its two layers.
+        image_mount("/img", ""),
+        // A directory only the upper layer has: a bind of it.
+        image_mount("/top", "top"),
+    ];
+    let id = create(&mut env, c).await.unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+    let out = sh_in(
+        &mut env.rt,
+        &id,
+        "ls /img/a /img/opq | tr '\\n' ' '; echo; cat /top/file; \
+         touch /img/x 2>/dev/null || echo read-only",
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        ["/img/a: keep  /img/opq: new", "top", "read-only"],
+        "the merged image (whiteout and opaque dir applied), a sub path, read-only: {out}"
+    );
+    // A sub path the image does not have is refused, naming the field.
+    let mut bad = container(&env, "bad", &["true"], &[]);
+    bad.mounts = vec![image_mount("/img", "nope")];
+    let err = create(&mut env, bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("image_sub_path"),
+        "{}",
+        err.message()
+    );
+    // The image stays while a container mounts it.
+    let err = images
+        .remove_image(proto::RemoveImageRequest {
+            image: Some(ImageSpec {
+                image: volume_image.clone(),
+                ..Default::default()
+            }),
+        })
+        .await;
+    assert!(err.is_ok(), "removal is deferred, not refused: {err:?}");
+    let layers = env.dir.path().join("root/layers");
+    let top_layer_exists = || {
+        std::fs::read_dir(&layers)
+            .unwrap()
+            .flatten()
+            .any(|l| l.path().join("fs/top/file").exists())
+    };
+    assert!(top_layer_exists(), "the layers stay while leased");
+    // Removing the container ends the lease: the image goes.
+    env.rt
+        .stop_container(proto::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    env.rt
+        .remove_container(proto::RemoveContainerRequest { container_id: id })
+        .await
+        .unwrap();
+    assert!(!top_layer_exists(), "collected once unleased");
+}

@@ -130,12 +130,7 @@ impl ImageStore {
         for d in [&upperdir, &workdir] {
             std::fs::create_dir_all(d).map_err(|e| ImageError::io(d, e))?;
         }
-        let mut lowerdirs: Vec<_> = rec
-            .layers
-            .iter()
-            .rev()
-            .map(|l| self.layers().fs_path(&l.chain_id))
-            .collect();
+        let mut lowerdirs = self.layer_dirs(&rec);
         if lowerdirs.is_empty() {
             // overlayfs needs a lower dir; an image without layers gets an empty one.
             let empty = dir.join("empty");

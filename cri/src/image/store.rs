@@ -288,26 +288,63 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Ends a container's lease; an image removed while in use goes now.
+    /// Leases `image` for a container's image volume number `n` (a lease
+    /// of its own, `<container>.vol<n>`, ended with the container's).
+    pub fn lease_volume(
+        &self,
+        image: &Digest,
+        container: &ContainerId,
+        n: usize,
+    ) -> Result<(), ImageError> {
+        let name = format!("{}.vol{n}", container.as_str());
+        let mut inner = self.lock();
+        let p = self.root.join("leases").join(&name);
+        write_atomic(&p, image.as_str().as_bytes()).map_err(|e| ImageError::io(&p, e))?;
+        inner.leases.insert(name, image.clone());
+        Ok(())
+    }
+
+    /// Ends a container's leases (its image's and its image volumes');
+    /// an image removed while in use goes now.
     pub fn release(&self, container: &ContainerId) -> Result<(), ImageError> {
         let mut inner = self.lock();
-        let p = self.root.join("leases").join(container.as_str());
-        match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(ImageError::io(&p, e))
+        let prefix = format!("{}.vol", container.as_str());
+        let names: Vec<String> = inner
+            .leases
+            .keys()
+            .filter(|k| k.as_str() == container.as_str() || k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for name in names {
+            let p = self.root.join("leases").join(&name);
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ImageError::io(&p, e))
+                }
+                _ => {}
             }
-            _ => {}
-        }
-        let Some(image) = inner.leases.remove(container.as_str()) else {
-            return Ok(());
-        };
-        let orphan = inner.images.get(&image).is_some_and(|r| r.removed)
-            && !inner.leases.values().any(|i| *i == image);
-        if orphan {
-            self.delete_record(&mut inner, &image)?;
-            self.collect_or_defer(&mut inner);
+            let Some(image) = inner.leases.remove(&name) else {
+                continue;
+            };
+            let orphan = inner.images.get(&image).is_some_and(|r| r.removed)
+                && !inner.leases.values().any(|i| *i == image);
+            if orphan {
+                self.delete_record(&mut inner, &image)?;
+                self.collect_or_defer(&mut inner);
+            }
         }
         Ok(())
+    }
+
+    /// The unpacked layer directories of `image`, top first (what an
+    /// overlay of it takes as `lowerdir`).
+    pub fn layer_dirs(&self, image: &ImageRecord) -> Vec<PathBuf> {
+        image
+            .layers
+            .iter()
+            .rev()
+            .map(|l| self.layers().fs_path(&l.chain_id))
+            .collect()
     }
 
     fn collect_or_defer(&self, inner: &mut Inner) {

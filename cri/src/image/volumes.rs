@@ -45,6 +45,15 @@ fn is_opaque(dir: &Path) -> bool {
 /// absolute path in the container) into the existing directory `dest`.
 /// Nothing at `path`, or not a directory there: nothing is copied.
 pub fn copy_up(layers: &[PathBuf], path: &Path, dest: &Path) -> io::Result<()> {
+    merge(&layer_dirs(layers, path)?, dest)
+}
+
+/// The directories that make up `path` (absolute in the container, or
+/// relative) in the merged view of `layers` (top first): `<layer>/<path>`
+/// of each layer that has it as a directory reached without a symlink,
+/// top first, down to the first opaque one or the first layer where a
+/// file, whiteout or symlink hides it.
+pub fn layer_dirs(layers: &[PathBuf], path: &Path) -> io::Result<Vec<PathBuf>> {
     let rel: Vec<_> = path
         .components()
         .filter_map(|c| match c {
@@ -52,28 +61,30 @@ pub fn copy_up(layers: &[PathBuf], path: &Path, dest: &Path) -> io::Result<()> {
             _ => None,
         })
         .collect();
-    let mut sources = Vec::new();
+    let mut dirs = Vec::new();
     for layer in layers {
         match resolve(layer, &rel)? {
             Found::Dir(d) => {
                 let opaque = is_opaque(&d);
-                sources.push(d);
+                dirs.push(d);
                 if opaque {
                     break;
                 }
             }
             Found::Missing => continue,
-            // A file, whiteout or symlink at (or above) the path hides the
-            // layers below.
             Found::Hidden => break,
         }
     }
-    merge(&sources, dest)
+    Ok(dirs)
 }
 
+/// What a path is in one layer.
 enum Found {
+    /// A directory, reached without a symlink.
     Dir(PathBuf),
+    /// Not there.
     Missing,
+    /// A file, whiteout or symlink at or above it.
     Hidden,
 }
 

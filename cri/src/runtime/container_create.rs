@@ -152,6 +152,15 @@ fn build(
             cgroup_parent: &sandbox.cgroup_parent,
             sysctls: &sysctls,
         };
+        // Image volumes: the pulled image's layers that have the sub path.
+        let image_layers = |r: &str, sub: &Path| -> Result<Vec<PathBuf>, String> {
+            let rec = ctx
+                .images
+                .resolve(r)
+                .ok_or_else(|| format!("image {r:?} is not pulled"))?;
+            crate::image::volumes::layer_dirs(&ctx.images.layer_dirs(&rec), sub)
+                .map_err(|e| format!("reading the layers of {r}: {e}"))
+        };
         let cs = spec::container_spec(
             id.as_str(),
             config,
@@ -161,8 +170,17 @@ fn build(
             &rootfs_dir,
             &host_device,
             &load_localhost_seccomp,
+            &image_layers,
         )
         .map_err(RuntimeError::from)?;
+        // The image volumes' images stay while the container does.
+        for (n, m) in config.mounts.iter().enumerate() {
+            if let Some(img) = m.image.as_ref().filter(|i| !i.image.is_empty()) {
+                if let Some(rec) = ctx.images.resolve(&img.image) {
+                    ctx.images.lease_volume(&rec.id, &cid, n)?;
+                }
+            }
+        }
         // The image's own volumes: a directory each, with what the image
         // has there (the spec binds them).
         for (dest, source) in spec::image_volumes(&prepared.config, config, &prepared.rootfs)? {

@@ -145,6 +145,22 @@ impl Fixture {
             Path::new("/run/berth/c1/rootfs"),
             &devices,
             &seccomp,
+            &|r: &str, sub: &Path| {
+                let layers: Vec<PathBuf> = match r {
+                    "vol:1" => vec!["/var/lib/berth/layers/v1/fs".into()],
+                    "vol:2" => vec![
+                        "/var/lib/berth/layers/v2b/fs".into(),
+                        "/var/lib/berth/layers/v2a/fs".into(),
+                    ],
+                    _ => return Err("not pulled".to_string()),
+                };
+                // In this fake every layer has every sub path but `missing`.
+                Ok(if sub == Path::new("missing") {
+                    Vec::new()
+                } else {
+                    layers.into_iter().map(|l| l.join(sub)).collect()
+                })
+            },
         )
     }
 

@@ -142,6 +142,13 @@ pub type HostDeviceLookup<'a> = &'a dyn Fn(&Path) -> Option<HostDevice>;
 /// `localhost/` prefix); the error is a message for the user.
 pub type SeccompLoader<'a> = &'a dyn Fn(&str) -> Result<SeccompProfile, String>;
 
+/// The caller's lookup for an image volume (CRI `Mount.image`): given the
+/// image and a relative sub path, the pulled image's unpacked layer
+/// directories that have that path as a directory (reached without a
+/// symlink), top first, as `<layer>/<sub>`; the error is a message for the
+/// user (not pulled).
+pub type ImageLayersLookup<'a> = &'a dyn Fn(&str, &Path) -> Result<Vec<PathBuf>, String>;
+
 /// The translated container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
@@ -242,7 +249,8 @@ pub(crate) fn clean_absolute(field: &str, p: &str) -> Result<PathBuf, SpecError>
 /// - `rootfs`: the overlay of the image's layers, mounted by the init at
 ///   `rootfs_dir` (which becomes [`Config::rootfs`]);
 /// - `host_device`: looks up a CRI device's host node;
-/// - `seccomp_profile`: loads a `Localhost` seccomp profile.
+/// - `seccomp_profile`: loads a `Localhost` seccomp profile;
+/// - `image_layers`: finds the layers of an image volume's image.
 ///
 /// The result still goes through [`Config::validate`] in `Container::create`.
 #[allow(clippy::too_many_arguments)] // the signature CreateContainer calls; all are distinct inputs
@@ -255,6 +263,7 @@ pub fn container_spec(
     rootfs_dir: &Path,
     host_device: HostDeviceLookup<'_>,
     seccomp_profile: SeccompLoader<'_>,
+    image_layers: ImageLayersLookup<'_>,
 ) -> Result<ContainerSpec, SpecError> {
     let no_sc = proto::LinuxContainerSecurityContext::default();
     let linux = req.linux.as_ref();
@@ -276,7 +285,14 @@ pub fn container_spec(
         Some(o) => mounts::image_volumes(image, req, o)?,
         None => Vec::new(),
     };
-    let planned = mounts::mounts(req, pod, sc.readonly_rootfs, sc.privileged, volumes)?;
+    let planned = mounts::mounts(
+        req,
+        pod,
+        sc.readonly_rootfs,
+        sc.privileged,
+        volumes,
+        image_layers,
+    )?;
     config.mounts = planned.mounts;
     config.rootfs_propagation = planned.rootfs_propagation;
     config.devices = devices::devices(req, host_device)?;

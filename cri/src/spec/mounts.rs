@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use berth_core::config::{Mount, MountFlag, MountKind, Propagation};
 use berth_core::Config;
 
-use super::{clean_absolute, invalid, unsupported, PodContext, SpecError};
+use super::{clean_absolute, invalid, unsupported, ImageLayersLookup, PodContext, SpecError};
 use crate::proto;
 
 /// The mounts and the propagation the container's `/` needs for them.
@@ -26,6 +26,9 @@ struct Bind {
     idmap: bool,
     /// CRI `mount_options`: `noexec`, `nodev`, `nosuid`.
     flags: Vec<&'static str>,
+    /// An image volume of several layers: a read-only overlay of these
+    /// directories (top first) instead of a bind of `source`.
+    overlay: Option<Vec<PathBuf>>,
 }
 
 impl Bind {
@@ -36,6 +39,13 @@ impl Bind {
             _ => "rprivate",
         };
         let mode = if self.readonly { "ro" } else { "rw" };
+        if let Some(lowers) = self.overlay {
+            let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+            let data = format!("lowerdir={}", lower.join(":"));
+            let mut opts = vec!["ro", data.as_str()];
+            opts.extend(self.flags);
+            return Mount::fs("overlay", self.destination, &opts);
+        }
         let mut opts = vec![propagation, mode];
         if self.idmap {
             opts.push("idmap");
@@ -58,11 +68,16 @@ fn depth(p: &Path) -> usize {
 /// `readonly` and private propagation (CRI); id-mapped only into the pod's
 /// user namespace, with its maps (what kubelet sends); no image mounts.
 /// `selinux_relabel` is ignored: this node has no SELinux.
-fn cri_bind(i: usize, m: &proto::Mount, pod: &PodContext<'_>) -> Result<Bind, SpecError> {
+fn cri_bind(
+    i: usize,
+    m: &proto::Mount,
+    pod: &PodContext<'_>,
+    image_layers: ImageLayersLookup<'_>,
+) -> Result<Bind, SpecError> {
     let field = |name: &str| format!("config.mounts[{i}].{name}");
     let destination = clean_absolute(&field("container_path"), &m.container_path)?;
-    if m.image.as_ref().is_some_and(|img| !img.image.is_empty()) {
-        return Err(unsupported(field("image"), "image volume mounts"));
+    if let Some(img) = m.image.as_ref().filter(|img| !img.image.is_empty()) {
+        return image_volume(i, m, &img.image, destination, pod, image_layers);
     }
     if m.host_path.is_empty() {
         return Err(invalid(field("host_path"), "must be set"));
@@ -140,6 +155,69 @@ fn cri_bind(i: usize, m: &proto::Mount, pod: &PodContext<'_>) -> Result<Bind, Sp
         propagation,
         idmap,
         flags,
+        overlay: None,
+    })
+}
+
+/// An image volume (CRI `Mount.image`, the OCI volume source): the pulled
+/// image's layers at `image_sub_path`, read-only — a bind of the one layer
+/// that has it, or a read-only overlay of those that do. Whiteouts of the
+/// sub path itself in upper layers are not honoured (overlayfs applies
+/// them below it). Not in a pod with its own user namespace (the layers
+/// would need idmapping).
+fn image_volume(
+    i: usize,
+    m: &proto::Mount,
+    image: &str,
+    destination: PathBuf,
+    pod: &PodContext<'_>,
+    image_layers: ImageLayersLookup<'_>,
+) -> Result<Bind, SpecError> {
+    let field = |name: &str| format!("config.mounts[{i}].{name}");
+    if pod.user_ns.is_some() {
+        return Err(unsupported(
+            field("image"),
+            "image volumes in a pod with its own user namespace",
+        ));
+    }
+    let sub = m.image_sub_path.trim_start_matches('/');
+    let sub = if sub.is_empty() {
+        PathBuf::new()
+    } else {
+        let p = clean_absolute(&field("image_sub_path"), &format!("/{sub}"))?;
+        p.strip_prefix("/").map(Path::to_path_buf).unwrap_or(p)
+    };
+    let lowers = image_layers(image, &sub).map_err(|e| invalid(field("image"), e))?;
+    // overlayfs' lowerdir list is split on ':' (and options on ',').
+    if let Some(p) = lowers.iter().find(|p| {
+        p.as_os_str()
+            .to_str()
+            .is_none_or(|s| s.contains([',', ':']))
+    }) {
+        return Err(unsupported(
+            field("image"),
+            format!("a layer path with ',' or ':' ({})", p.display()),
+        ));
+    }
+    if lowers.is_empty() {
+        return Err(invalid(
+            field("image_sub_path"),
+            format!("{:?} is not a directory in image {image}", m.image_sub_path),
+        ));
+    }
+    let (source, overlay) = match lowers.len() {
+        1 => (lowers[0].clone(), None),
+        _ => (PathBuf::new(), Some(lowers)),
+    };
+    Ok(Bind {
+        source,
+        destination,
+        readonly: true,
+        recursive_readonly: false,
+        propagation: Propagation::RPrivate,
+        idmap: false,
+        flags: Vec::new(),
+        overlay,
     })
 }
 
@@ -205,6 +283,7 @@ fn pod_binds(pod: &PodContext<'_>, readonly_rootfs: bool, taken: &[PathBuf]) -> 
                 propagation: Propagation::RPrivate,
                 idmap: false,
                 flags: Vec::new(),
+                overlay: None,
             })
         })
         .collect()
@@ -231,12 +310,13 @@ pub(super) fn mounts(
     readonly_rootfs: bool,
     privileged: bool,
     volumes: Vec<(PathBuf, PathBuf)>,
+    image_layers: ImageLayersLookup<'_>,
 ) -> Result<Planned, SpecError> {
     let mut binds = req
         .mounts
         .iter()
         .enumerate()
-        .map(|(i, m)| cri_bind(i, m, pod))
+        .map(|(i, m)| cri_bind(i, m, pod, image_layers))
         .collect::<Result<Vec<_>, _>>()?;
     binds.extend(volumes.into_iter().map(|(destination, source)| Bind {
         source,
@@ -247,6 +327,7 @@ pub(super) fn mounts(
         // Filled with uid 0 files: idmapped like the layers they come from.
         idmap: pod.user_ns.is_some(),
         flags: Vec::new(),
+        overlay: None,
     }));
     let taken: Vec<PathBuf> = binds.iter().map(|b| b.destination.clone()).collect();
     binds.extend(pod_binds(pod, readonly_rootfs, &taken));
@@ -516,18 +597,6 @@ mod tests {
     }
 
     #[test]
-    fn image_volume_mount_is_unsupported() {
-        let mut f = Fixture::new();
-        let mut m = cri_mount("/models", "");
-        m.image = Some(proto::ImageSpec {
-            image: "sha256:abc".into(),
-            ..Default::default()
-        });
-        f.req.mounts = vec![m];
-        assert!(matches!(f.run(), Err(SpecError::Unsupported { .. })));
-    }
-
-    #[test]
     fn mount_options_become_bind_flags() {
         let mut f = Fixture::new();
         f.req.mounts = vec![proto::Mount {
@@ -553,5 +622,49 @@ mod tests {
             e.to_string().contains("config.mounts[0].mount_options[0]"),
             "{e}"
         );
+    }
+
+    fn image_mount(image: &str, sub: &str) -> proto::Mount {
+        proto::Mount {
+            container_path: "/img".into(),
+            image: Some(proto::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            image_sub_path: sub.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn image_volumes_are_read_only_binds_or_overlays() {
+        let mut f = Fixture::new();
+        f.req.mounts = vec![image_mount("vol:1", "")];
+        let m = mount_at(&f, "/img").unwrap();
+        assert!(m.is_bind());
+        assert_eq!(
+            m.source.as_deref(),
+            Some(Path::new("/var/lib/berth/layers/v1/fs"))
+        );
+        assert_ne!(m.ms_flags() & nix::libc::MS_RDONLY, 0);
+
+        f.req.mounts = vec![image_mount("vol:2", "/etc/conf")];
+        let m = mount_at(&f, "/img").unwrap();
+        assert!(matches!(&m.kind, MountKind::Fs { fstype } if fstype == "overlay"));
+        assert_eq!(
+            m.data,
+            "lowerdir=/var/lib/berth/layers/v2b/fs/etc/conf:/var/lib/berth/layers/v2a/fs/etc/conf"
+        );
+        assert_ne!(m.ms_flags() & nix::libc::MS_RDONLY, 0);
+
+        for (image, sub, field) in [
+            ("vol:9", "", "config.mounts[0].image"),
+            ("vol:1", "missing", "config.mounts[0].image_sub_path"),
+            ("vol:1", "a/../../x", "config.mounts[0].image_sub_path"),
+        ] {
+            f.req.mounts = vec![image_mount(image, sub)];
+            let e = f.run().unwrap_err();
+            assert!(e.to_string().contains(field), "{image} {sub}: {e}");
+        }
     }
 }
