@@ -16,6 +16,8 @@
 //! containerd (1.6 + runc, started here on a side socket with its own
 //! directories, the local registry as mirror and a busybox `sleep` image as
 //! its pause image), both with host-network pods, and prints the ratios.
+//! `BENCH_DUMP_ANON=1` also lists the idle daemon's mappings over 256 KiB
+//! resident (where its memory is).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -336,6 +338,22 @@ async fn suite(
             .take(6)
             .map(|(k, v)| format!("{k} {v} KiB"))
             .collect();
+        if std::env::var_os("BENCH_DUMP_ANON").is_some() {
+            let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+            let mut hdr = String::new();
+            for line in smaps.lines() {
+                if line.split_whitespace().next().is_some_and(|f| {
+                    f.contains('-') && f.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+                }) {
+                    hdr = line.to_string();
+                } else if let Some(v) = line.strip_prefix("Rss:") {
+                    let kb: u64 = v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
+                    if kb >= 256 {
+                        println!("  {kb:>6} KiB  {hdr}");
+                    }
+                }
+            }
+        }
         println!(
             "{}: idle daemon's resident memory: {}",
             t.name,
