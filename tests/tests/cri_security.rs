@@ -884,3 +884,34 @@ async fn supplemental_groups_policies_and_the_reported_user() {
         .unwrap();
     assert!(features.supplemental_groups_policy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_cgroup_denies_nodes_a_container_makes() {
+    let Some(mut env) = env("the_device_cgroup_denies_nodes_a_container_makes").await else {
+        return;
+    };
+    if !std::path::Path::new("/sys/fs/cgroup/devices").is_dir() {
+        println!("skipped: the_device_cgroup_...: no v1 devices controller (v2 needs the eBPF program, not built yet)");
+        return;
+    }
+    // Root with CAP_MKNOD may create any node, but open only what the
+    // device cgroup allows: /dev/kmsg's numbers are not on the list.
+    let script = "rm -f /tmp/k /tmp/z; mknod /tmp/k c 1 11 && echo made; \
+                  { echo berth-device-cgroup-test > /tmp/k; } 2>/dev/null && echo opened || echo denied; \
+                  mknod /tmp/z c 1 5 && head -c 1 /tmp/z >/dev/null && echo zero-ok";
+    let p = probe(&mut env, "devices", root(), vec![], script)
+        .await
+        .unwrap();
+    let lines: Vec<&str> = p.init.lines().collect();
+    assert_eq!(lines, ["made", "denied", "zero-ok"], "{}", p.init);
+    // A privileged container may use every device.
+    let privileged = Sc {
+        privileged: true,
+        ..root()
+    };
+    let p = probe(&mut env, "devices-privileged", privileged, vec![], script)
+        .await
+        .unwrap();
+    let lines: Vec<&str> = p.init.lines().collect();
+    assert_eq!(lines, ["made", "opened", "zero-ok"], "{}", p.init);
+}

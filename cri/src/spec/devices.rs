@@ -1,5 +1,6 @@
 //! CRI devices: host device nodes recreated in the container's `/dev`.
 
+use berth_core::cgroups::{default_device_rules, DeviceRule, DeviceType};
 use berth_core::config::{Device, DeviceKind};
 use berth_core::Config;
 
@@ -11,9 +12,8 @@ use crate::proto;
 /// `oci.DeviceFromPath`) at `container_path` (which must be under `/dev`,
 /// where runtime-core creates nodes), replacing a default of the same path.
 ///
-/// `permissions` (`r`, `w`, `m`) is checked but not enforced: it is a device
-/// cgroup rule, and berth-core has no device cgroup yet; the node's mode
-/// and the container's capabilities are what limit access.
+/// `permissions` (`r`, `w`, `m`) becomes the device's cgroup rule (see
+/// [`rules`]).
 ///
 /// A privileged container does not get all host devices (CRI: "All devices
 /// from the host's /dev are available"): listing them is I/O, so it would
@@ -70,6 +70,47 @@ pub(super) fn devices(
         }
     }
     Ok(out)
+}
+
+/// The container's device cgroup rules: everything for a privileged
+/// container (as containerd's `WithDevices` allow-all); otherwise runc's
+/// default allow list plus each CRI device with its `permissions`, after
+/// denying everything else — so a node made with `mknod` (allowed) cannot
+/// be opened unless it is one of these.
+pub(super) fn rules(
+    req: &proto::ContainerConfig,
+    devices: &[Device],
+    privileged: bool,
+) -> Vec<DeviceRule> {
+    if privileged {
+        return vec![DeviceRule::allow_all()];
+    }
+    let mut rules = default_device_rules();
+    for d in &req.devices {
+        let Some(dev) = devices
+            .iter()
+            .find(|x| x.path.as_os_str() == d.container_path.trim_end_matches('/'))
+        else {
+            continue;
+        };
+        let kind = match dev.kind {
+            DeviceKind::Block => DeviceType::Block,
+            _ => DeviceType::Char,
+        };
+        let access = if d.permissions.is_empty() {
+            "rwm".to_string()
+        } else {
+            d.permissions.clone()
+        };
+        rules.push(DeviceRule {
+            allow: true,
+            kind,
+            major: u32::try_from(dev.major).ok(),
+            minor: u32::try_from(dev.minor).ok(),
+            access,
+        });
+    }
+    rules
 }
 
 #[cfg(test)]
@@ -185,5 +226,33 @@ mod tests {
             name: "vendor.com/gpu=0".into(),
         }];
         assert!(matches!(f.run(), Err(SpecError::Unsupported { .. })));
+    }
+
+    #[test]
+    fn device_cgroup_rules() {
+        let mut f = Fixture::new();
+        let rules = f.spec().config.cgroup.unwrap().resources.devices.unwrap();
+        assert_eq!(rules, default_device_rules(), "the default allow list");
+        f.req.devices = vec![proto::Device {
+            permissions: "rw".into(),
+            ..cri_device("/dev/fuse", "/dev/fuse")
+        }];
+        f.host_devices.insert(
+            PathBuf::from("/dev/fuse"),
+            HostDevice {
+                kind: DeviceKind::Char,
+                major: 10,
+                minor: 229,
+                file_mode: 0o666,
+                uid: 0,
+                gid: 0,
+            },
+        );
+        let rules = f.spec().config.cgroup.unwrap().resources.devices.unwrap();
+        assert_eq!(rules.last().unwrap().v1_line(), "c 10:229 rw");
+        f.sc().privileged = true;
+        let rules = f.spec().config.cgroup.unwrap().resources.devices.unwrap();
+        assert_eq!(rules, vec![DeviceRule::allow_all()]);
+        assert_eq!(rules[0].v1_line(), "a *:* rwm");
     }
 }

@@ -296,9 +296,12 @@ pub fn container_spec(
     config.mounts = planned.mounts;
     config.rootfs_propagation = planned.rootfs_propagation;
     config.devices = devices::devices(req, host_device)?;
+    let device_rules = devices::rules(req, &config.devices, sc.privileged);
     security::apply(&mut config, sc)?;
     config.seccomp = seccomp::profile(sc, &config.capabilities.bounding, seccomp_profile)?;
-    config.cgroup = Some(resources::cgroup(id, pod.cgroup_parent, res)?);
+    let mut cgroup = resources::cgroup(id, pod.cgroup_parent, res)?;
+    cgroup.resources.devices = Some(device_rules);
+    config.cgroup = Some(cgroup);
     // In the pod's user namespace the image's root-owned files must stay
     // root's: each layer is idmapped into it (nothing is chowned).
     config.idmap_rootfs = pod.user_ns.is_some();

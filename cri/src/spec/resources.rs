@@ -100,6 +100,9 @@ pub(crate) fn limits(res: &proto::LinuxContainerResources) -> Result<Resources, 
         cpu_quota: nonzero(res.cpu_quota),
         cpu_period: unsigned("cpu_period", res.cpu_period)?,
         pids_limit: None,
+        // Device rules come from the devices and privilege, not resources
+        // (an update leaves them as they are).
+        devices: None,
     };
     cgroups::validate_resources(&r).map_err(|e| match e {
         CgroupError::BadValue { field, reason } => {
@@ -200,7 +203,14 @@ mod tests {
     #[test]
     fn no_resources_means_no_limits() {
         let f = Fixture::new();
-        assert_eq!(cgroup_of(&f).resources, Resources::default());
+        assert_eq!(
+            cgroup_of(&f).resources,
+            Resources {
+                devices: Some(berth_core::cgroups::default_device_rules()),
+                ..Resources::default()
+            },
+            "only the device rules"
+        );
     }
 
     #[test]
@@ -228,6 +238,7 @@ mod tests {
                 cpu_quota: Some(50_000),
                 cpu_period: Some(100_000),
                 pids_limit: None,
+                devices: Some(berth_core::cgroups::default_device_rules()),
             }
         );
     }

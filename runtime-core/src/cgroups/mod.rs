@@ -43,6 +43,100 @@ pub struct Resources {
     /// Maximum number of tasks (`-1`: unlimited).
     #[serde(default)]
     pub pids_limit: Option<i64>,
+    /// Device access rules, applied in order after denying everything
+    /// (`None`: the device controller is left as it is). Enforced through
+    /// the v1 `devices` controller; on v2 (an eBPF program) not yet.
+    #[serde(default)]
+    pub devices: Option<Vec<DeviceRule>>,
+}
+
+/// Which devices a [`DeviceRule`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceType {
+    /// Every device (`a`).
+    All,
+    /// Character devices (`c`).
+    Char,
+    /// Block devices (`b`).
+    Block,
+}
+
+/// One device cgroup rule, as in the OCI spec (`linux.resources.devices`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRule {
+    /// Allow (`true`) or deny.
+    pub allow: bool,
+    /// Device type.
+    pub kind: DeviceType,
+    /// Major number (`None`: any).
+    pub major: Option<u32>,
+    /// Minor number (`None`: any).
+    pub minor: Option<u32>,
+    /// Any of `r` (read), `w` (write), `m` (mknod).
+    pub access: String,
+}
+
+impl DeviceRule {
+    /// An allow rule for character device `major:minor` (`None`: any).
+    pub fn allow_char(major: Option<u32>, minor: Option<u32>, access: &str) -> Self {
+        DeviceRule {
+            allow: true,
+            kind: DeviceType::Char,
+            major,
+            minor,
+            access: access.into(),
+        }
+    }
+
+    /// Every device, every access (a privileged container).
+    pub fn allow_all() -> Self {
+        DeviceRule {
+            allow: true,
+            kind: DeviceType::All,
+            major: None,
+            minor: None,
+            access: "rwm".into(),
+        }
+    }
+
+    /// The v1 `devices.allow`/`devices.deny` line: `c 1:3 rwm`, `a *:* rwm`.
+    pub fn v1_line(&self) -> String {
+        let t = match self.kind {
+            DeviceType::All => 'a',
+            DeviceType::Char => 'c',
+            DeviceType::Block => 'b',
+        };
+        let n = |v: Option<u32>| v.map_or("*".to_string(), |v| v.to_string());
+        format!("{t} {}:{} {}", n(self.major), n(self.minor), self.access)
+    }
+}
+
+/// What every container may use, as runc allows it (`specconv.AllowedDevices`):
+/// creating any node (`m`), and using the nodes a container's `/dev` has —
+/// null, zero, full, random, urandom, tty, ptmx and the pts, and
+/// `/dev/net/tun`. Anything else (a host disk made with `mknod`, say) is
+/// denied even to the container's root.
+pub fn default_device_rules() -> Vec<DeviceRule> {
+    let c = |major, minor| DeviceRule::allow_char(Some(major), minor, "rwm");
+    vec![
+        DeviceRule::allow_char(None, None, "m"),
+        DeviceRule {
+            allow: true,
+            kind: DeviceType::Block,
+            major: None,
+            minor: None,
+            access: "m".into(),
+        },
+        c(1, Some(3)),
+        c(1, Some(8)),
+        c(1, Some(7)),
+        c(5, Some(0)),
+        c(1, Some(5)),
+        c(1, Some(9)),
+        c(136, None),
+        c(5, Some(2)),
+        c(10, Some(200)),
+    ]
 }
 
 /// A cgroup operation failed.
@@ -103,7 +197,9 @@ pub enum Version {
 }
 
 /// v1 controllers berth places containers in (those that are mounted).
-const V1_CONTROLLERS: [&str; 6] = ["cpu", "cpuacct", "memory", "pids", "freezer", "blkio"];
+const V1_CONTROLLERS: [&str; 7] = [
+    "cpu", "cpuacct", "memory", "pids", "freezer", "blkio", "devices",
+];
 
 /// The cgroup of one container, as recorded in its state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +282,14 @@ pub fn validate_resources(r: &Resources) -> Result<(), CgroupError> {
     if let Some(p) = r.pids_limit {
         if p == 0 || p < -1 {
             return bad("pids_limit", "must be -1 (unlimited) or positive");
+        }
+    }
+    for d in r.devices.iter().flatten() {
+        if d.access.is_empty() || !d.access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+            return bad("devices", "access must be made of r, w and m");
+        }
+        if d.kind == DeviceType::All && (d.major.is_some() || d.minor.is_some()) {
+            return bad("devices", "a rule for all devices takes no numbers");
         }
     }
     Ok(())
@@ -327,6 +431,17 @@ impl Cgroup {
                         p.to_string()
                     };
                     write(d.join("pids.max"), v)?;
+                }
+                if let (Some(rules), Some(d)) = (&r.devices, self.dir_of("devices")) {
+                    write(d.join("devices.deny"), "a".into())?;
+                    for rule in rules {
+                        let file = if rule.allow {
+                            "devices.allow"
+                        } else {
+                            "devices.deny"
+                        };
+                        write(d.join(file), rule.v1_line())?;
+                    }
                 }
             }
             Version::V2 => {
@@ -473,10 +588,16 @@ mod tests {
                 cpu_quota: Some(50_000),
                 cpu_period: Some(100_000),
                 pids_limit: Some(10),
+                devices: Some(vec![DeviceRule::allow_char(Some(1), Some(3), "rw")]),
             },
         };
         let cg = Cgroup::create(t.path(), &cfg).unwrap();
         assert_eq!(cg.version, Version::V1);
+        // Everything denied first, then the rules (the fake keeps the last
+        // line written to each file).
+        let rd0 = |p: &str| fs::read_to_string(t.path().join(p)).unwrap();
+        assert_eq!(rd0("devices/existing/ctr/devices.deny"), "a");
+        assert_eq!(rd0("devices/existing/ctr/devices.allow"), "c 1:3 rw");
         let rd = |p: &str| fs::read_to_string(t.path().join(p)).unwrap();
         assert_eq!(rd("memory/existing/ctr/memory.limit_in_bytes"), "67108864");
         assert_eq!(rd("cpu/existing/ctr/cpu.shares"), "512");
@@ -579,6 +700,16 @@ mod tests {
             })
         ));
         assert_eq!(shares_to_weight(2), 1);
+        let r = Resources {
+            devices: Some(vec![DeviceRule::allow_char(None, None, "rx")]),
+            ..Default::default()
+        };
+        assert!(validate_resources(&r).is_err());
+        assert_eq!(
+            default_device_rules()[0].v1_line(),
+            "c *:* m",
+            "any node may be created, none used unless allowed"
+        );
         assert_eq!(shares_to_weight(262_144), 10000);
     }
 }
