@@ -783,15 +783,56 @@ async fn stats_events_resource_updates_and_list_streams() {
         assert_eq!(cg("memory", "memory.limit_in_bytes"), "67108864");
         assert_eq!(cg("cpu", "cpu.cfs_quota_us"), "50000");
         assert_eq!(cg("cpu", "cpu.shares"), "512");
+        if Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
+            assert_eq!(
+                cg("memory", "memory.memsw.limit_in_bytes"),
+                "67108864",
+                "no swap unless asked"
+            );
+        }
+        // Pinned to the last CPU: the kernel's view from inside agrees.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let last = (cpus - 1).to_string();
+        env.rt
+            .update_container_resources(proto::UpdateContainerResourcesRequest {
+                container_id: busy.clone(),
+                linux: Some(proto::LinuxContainerResources {
+                    cpuset_cpus: last.clone(),
+                    memory_limit_in_bytes: 128 << 20,
+                    ..res.clone()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(cg("cpuset", "cpuset.cpus"), last);
+        assert_eq!(
+            cg("memory", "memory.limit_in_bytes"),
+            "134217728",
+            "raised past the old memory+swap"
+        );
+        let seen = sh_in(
+            &mut env.rt,
+            &busy,
+            "grep Cpus_allowed_list /proc/self/status",
+        )
+        .await;
+        assert!(seen.trim().ends_with(&format!("\t{last}")), "{seen}");
     } else {
         println!("skipped: cgroup file checks: no v1 memory hierarchy here");
     }
     let st = status(&mut env.rt, &busy).await;
+    let expected: i64 = if Path::new("/sys/fs/cgroup/memory").is_dir() {
+        128 << 20 // the second update
+    } else {
+        64 << 20
+    };
     assert_eq!(
         st.resources
             .and_then(|r| r.linux)
             .map(|l| l.memory_limit_in_bytes),
-        Some(64 << 20)
+        Some(expected),
+        "the status reports the resources in force"
     );
     let bad = env
         .rt

@@ -17,10 +17,13 @@ pub(super) fn start(
     let next = rec.state.start()?;
     let mut c = berth_core::Container::load(&containers.runtime_root, rec.id.as_str())
         .map_err(|e| RuntimeError::FailedPrecondition(format!("container {}: {e}", rec.id)))?;
+    // Stamped before the release: a process that exits at once must not
+    // look as if it had finished before it started.
+    let started_at = now_nanos();
     c.release().map_err(|e| {
         RuntimeError::FailedPrecondition(format!("starting container {}: {e}", rec.id))
     })?;
     rec.state = next;
-    rec.started_at = now_nanos();
+    rec.started_at = started_at;
     containers.registry.save(rec)
 }

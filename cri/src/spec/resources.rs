@@ -84,32 +84,47 @@ fn unsigned(field: &str, v: i64) -> Result<Option<u64>, SpecError> {
     }
 }
 
-/// The limits berth-core's cgroup has: CFS period and quota, shares and the
-/// memory limit (CRI's 0 means "not set"), checked with berth-core's own
-/// rules so a bad value is refused here, naming the CRI field.
-///
-/// Not applied (berth-core has no such controls yet): `cpuset_cpus`,
-/// `cpuset_mems`, `hugepage_limits`, `unified` and
-/// `memory_swap_limit_in_bytes` (containerd also sets swap = memory limit
-/// when the swap controller exists). There is no per-container pids limit
-/// in CRI; kubelet sets the pod's on the pod cgroup.
+/// The limits: CFS period and quota, shares, the memory limit, swap,
+/// cpuset, huge pages and v2 `unified` files (CRI's 0 or empty means "not
+/// set"), checked with berth-core's own rules so a bad value is refused
+/// here, naming the CRI field. Without `memory_swap_limit_in_bytes`, a
+/// memory limit also caps memory plus swap at the same value — no swap —
+/// as containerd does (where the kernel accounts swap). There is no
+/// per-container pids limit in CRI; kubelet sets the pod's on the pod
+/// cgroup.
 pub(crate) fn limits(res: &proto::LinuxContainerResources) -> Result<Resources, SpecError> {
+    let memory_limit = nonzero(res.memory_limit_in_bytes);
     let r = Resources {
-        memory_limit: nonzero(res.memory_limit_in_bytes),
+        memory_limit,
         cpu_shares: unsigned("cpu_shares", res.cpu_shares)?,
         cpu_quota: nonzero(res.cpu_quota),
         cpu_period: unsigned("cpu_period", res.cpu_period)?,
         pids_limit: None,
+        cpuset_cpus: (!res.cpuset_cpus.is_empty()).then(|| res.cpuset_cpus.clone()),
+        cpuset_mems: (!res.cpuset_mems.is_empty()).then(|| res.cpuset_mems.clone()),
+        memory_reservation: None,
+        memory_swap: nonzero(res.memory_swap_limit_in_bytes).or(memory_limit.filter(|m| *m > 0)),
+        hugepage_limits: res
+            .hugepage_limits
+            .iter()
+            .map(|h| (h.page_size.clone(), h.limit))
+            .collect(),
+        blkio_weight: None,
+        unified: res
+            .unified
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         // Device rules come from the devices and privilege, not resources
         // (an update leaves them as they are).
         devices: None,
     };
     cgroups::validate_resources(&r).map_err(|e| match e {
         CgroupError::BadValue { field, reason } => {
-            let field = if field == "memory_limit" {
-                "memory_limit_in_bytes"
-            } else {
-                field
+            let field = match field {
+                "memory_limit" => "memory_limit_in_bytes",
+                "memory_swap" => "memory_swap_limit_in_bytes",
+                f => f,
             };
             invalid(format!("{RES}.{field}"), reason)
         }
@@ -238,9 +253,45 @@ mod tests {
                 cpu_quota: Some(50_000),
                 cpu_period: Some(100_000),
                 pids_limit: None,
+                memory_swap: Some(256 << 20),
                 devices: Some(berth_core::cgroups::default_device_rules()),
-            }
+                ..Default::default()
+            },
+            "a memory limit without a swap limit means no swap"
         );
+    }
+
+    #[test]
+    fn cpuset_hugepages_unified_and_swap_are_mapped() {
+        let mut f = Fixture::new();
+        *f.resources() = proto::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            memory_swap_limit_in_bytes: 128 << 20,
+            cpuset_cpus: "0-1".into(),
+            cpuset_mems: "0".into(),
+            hugepage_limits: vec![proto::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 4 << 20,
+            }],
+            unified: [("memory.high".to_string(), "60M".to_string())].into(),
+            ..Default::default()
+        };
+        let r = cgroup_of(&f).resources;
+        assert_eq!(r.memory_swap, Some(128 << 20));
+        assert_eq!(r.cpuset_cpus.as_deref(), Some("0-1"));
+        assert_eq!(r.cpuset_mems.as_deref(), Some("0"));
+        assert_eq!(r.hugepage_limits, vec![("2MB".to_string(), 4 << 20)]);
+        assert_eq!(
+            r.unified.get("memory.high").map(String::as_str),
+            Some("60M")
+        );
+        f.resources().memory_swap_limit_in_bytes = 1 << 20;
+        let e = f.run().unwrap_err();
+        assert!(e.to_string().contains("memory_swap_limit_in_bytes"), "{e}");
+        f.resources().memory_swap_limit_in_bytes = 0;
+        f.resources().cpuset_cpus = "a-b".into();
+        let e = f.run().unwrap_err();
+        assert!(e.to_string().contains("cpuset_cpus"), "{e}");
     }
 
     #[test]

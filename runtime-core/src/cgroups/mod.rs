@@ -43,6 +43,33 @@ pub struct Resources {
     /// Maximum number of tasks (`-1`: unlimited).
     #[serde(default)]
     pub pids_limit: Option<i64>,
+    /// CPUs the tasks may run on (`0-3,6`).
+    #[serde(default)]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes they may use (`0`).
+    #[serde(default)]
+    pub cpuset_mems: Option<String>,
+    /// Memory reservation, the soft limit (v1 `memory.soft_limit_in_bytes`,
+    /// v2 `memory.low`); `-1`: none.
+    #[serde(default)]
+    pub memory_reservation: Option<i64>,
+    /// Memory plus swap (Docker's and CRI's meaning; v1
+    /// `memory.memsw.limit_in_bytes`, v2 `memory.swap.max` = this − the
+    /// memory limit); `-1`: unlimited. Left alone, as containerd does, when
+    /// the kernel has no swap accounting.
+    #[serde(default)]
+    pub memory_swap: Option<i64>,
+    /// Huge page limits: page size as the kernel names it (`2MB`, `1GB`)
+    /// and bytes.
+    #[serde(default)]
+    pub hugepage_limits: Vec<(String, u64)>,
+    /// Block I/O weight, 10–1000 (v1 `blkio.weight`; v2 `io.weight`, scaled
+    /// to 1–10000).
+    #[serde(default)]
+    pub blkio_weight: Option<u16>,
+    /// cgroup v2 files to write as they are (CRI `unified`); refused on v1.
+    #[serde(default)]
+    pub unified: std::collections::BTreeMap<String, String>,
     /// Device access rules, applied in order after denying everything
     /// (`None`: the device controller is left as it is). Enforced through
     /// the v1 `devices` controller; on v2 (an eBPF program) not yet.
@@ -197,8 +224,8 @@ pub enum Version {
 }
 
 /// v1 controllers berth places containers in (those that are mounted).
-const V1_CONTROLLERS: [&str; 7] = [
-    "cpu", "cpuacct", "memory", "pids", "freezer", "blkio", "devices",
+const V1_CONTROLLERS: [&str; 9] = [
+    "cpu", "cpuacct", "memory", "pids", "freezer", "blkio", "devices", "cpuset", "hugetlb",
 ];
 
 /// The cgroup of one container, as recorded in its state.
@@ -240,6 +267,13 @@ pub fn validate_path(path: &Path) -> Result<PathBuf, CgroupError> {
         return Err(CgroupError::BadPath(path.into()));
     }
     Ok(out)
+}
+
+fn missing(field: &'static str, controller: &str) -> CgroupError {
+    CgroupError::BadValue {
+        field,
+        reason: format!("the {controller} controller is not mounted on this host"),
+    }
 }
 
 /// Checks the values of `r`.
@@ -284,6 +318,68 @@ pub fn validate_resources(r: &Resources) -> Result<(), CgroupError> {
             return bad("pids_limit", "must be -1 (unlimited) or positive");
         }
     }
+    let cpu_list = |v: &str| {
+        !v.is_empty()
+            && v.split(',').all(|part| {
+                let mut it = part.splitn(2, '-');
+                let ok = |n: Option<&str>| {
+                    n.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                };
+                let a = it.next();
+                match it.next() {
+                    None => ok(a),
+                    Some(b) => ok(a) && ok(Some(b)),
+                }
+            })
+    };
+    if r.cpuset_cpus.as_deref().is_some_and(|v| !cpu_list(v)) {
+        return bad("cpuset_cpus", "must be a CPU list like 0-3,6");
+    }
+    if r.cpuset_mems.as_deref().is_some_and(|v| !cpu_list(v)) {
+        return bad("cpuset_mems", "must be a node list like 0-1");
+    }
+    if let Some(m) = r.memory_reservation {
+        if m != -1 && m < 0 {
+            return bad("memory_reservation", "must be -1 (none) or positive");
+        }
+    }
+    if let Some(m) = r.memory_swap {
+        if m != -1 && m < r.memory_limit.unwrap_or(0) {
+            return bad(
+                "memory_swap",
+                "must be -1 (unlimited) or at least the memory limit (it counts memory plus swap)",
+            );
+        }
+    }
+    for (size, _) in &r.hugepage_limits {
+        let digits = size.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = &size[digits.len()..];
+        if digits.is_empty()
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+            || !matches!(unit, "KB" | "MB" | "GB")
+        {
+            return bad("hugepage_limits", "page size must be like 2MB or 1GB");
+        }
+    }
+    if let Some(w) = r.blkio_weight {
+        if !(10..=1000).contains(&w) {
+            return bad("blkio_weight", "must be between 10 and 1000");
+        }
+    }
+    for k in r.unified.keys() {
+        let ok = !k.is_empty()
+            && !k.contains(['/', '\0'])
+            && k != "."
+            && k != ".."
+            && !k.starts_with("cgroup.")
+            && k.contains('.');
+        if !ok {
+            return bad(
+                "unified",
+                "keys must be cgroup file names like memory.high (not cgroup.*)",
+            );
+        }
+    }
     for d in r.devices.iter().flatten() {
         if d.access.is_empty() || !d.access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
             return bad("devices", "access must be made of r, w and m");
@@ -299,6 +395,12 @@ pub fn validate_resources(r: &Resources) -> Result<(), CgroupError> {
 /// `1 + ((shares - 2) * 9999) / 262142`.
 pub fn shares_to_weight(shares: u64) -> u64 {
     1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
+}
+
+/// The blkio weight (10–1000) as a v2 `io.weight` (1–10000), as runc
+/// converts it.
+pub fn blkio_to_io_weight(w: u16) -> u64 {
+    1 + (u64::from(w.clamp(10, 1000)) - 10) * 9999 / 990
 }
 
 fn write(path: PathBuf, value: String) -> Result<(), CgroupError> {
@@ -324,6 +426,27 @@ fn mkdir_recorded(root: &Path, rel: &Path, created: &mut Vec<PathBuf>) -> Result
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Err(CgroupError::Exists(cur)),
             Err(source) => return Err(CgroupError::Create { path: cur, source }),
         }
+    }
+    Ok(())
+}
+
+/// A new v1 cpuset cgroup starts with no CPUs and no memory nodes (no task
+/// could join it): each level of `rel` below `croot` that has none takes
+/// its parent's, as runc does.
+fn inherit_cpuset(croot: &Path, rel: &Path) -> Result<(), CgroupError> {
+    let mut parent = croot.to_path_buf();
+    for c in rel.components() {
+        let dir = parent.join(c);
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            let own = fs::read_to_string(dir.join(file)).unwrap_or_default();
+            if own.trim().is_empty() {
+                let from = fs::read_to_string(parent.join(file)).unwrap_or_default();
+                if !from.trim().is_empty() {
+                    write(dir.join(file), from.trim().to_string())?;
+                }
+            }
+        }
+        parent = dir;
     }
     Ok(())
 }
@@ -360,6 +483,9 @@ impl Cgroup {
                         continue; // controller not mounted here
                     }
                     mkdir_recorded(&croot, &self.path, &mut self.created)?;
+                    if ctrl == "cpuset" {
+                        inherit_cpuset(&croot, &self.path)?;
+                    }
                     self.dirs.push(croot.join(&self.path));
                 }
             }
@@ -369,7 +495,7 @@ impl Cgroup {
                 for c in self.path.components() {
                     let avail =
                         fs::read_to_string(cur.join("cgroup.controllers")).unwrap_or_default();
-                    let want: Vec<String> = ["cpu", "memory", "pids", "io"]
+                    let want: Vec<String> = ["cpu", "cpuset", "memory", "pids", "io", "hugetlb"]
                         .iter()
                         .filter(|c| avail.split_whitespace().any(|a| a == **c))
                         .map(|c| format!("+{c}"))
@@ -410,8 +536,24 @@ impl Cgroup {
         validate_resources(r)?;
         match self.version {
             Version::V1 => {
-                if let (Some(m), Some(d)) = (r.memory_limit, self.dir_of("memory")) {
-                    write(d.join("memory.limit_in_bytes"), m.to_string())?;
+                if let Some(d) = self.dir_of("memory") {
+                    let memsw = d.join("memory.memsw.limit_in_bytes");
+                    // No swap accounting: swap is left alone (containerd too).
+                    let swap = r.memory_swap.filter(|_| memsw.exists());
+                    // v1 wants memory <= memory+swap at every step: raise
+                    // the total first when the memory limit would pass it.
+                    match (r.memory_limit, swap) {
+                        (Some(m), Some(t)) => {
+                            if write(d.join("memory.limit_in_bytes"), m.to_string()).is_err() {
+                                write(memsw.clone(), t.to_string())?;
+                                write(d.join("memory.limit_in_bytes"), m.to_string())?;
+                            }
+                            write(memsw, t.to_string())?;
+                        }
+                        (Some(m), None) => write(d.join("memory.limit_in_bytes"), m.to_string())?,
+                        (None, Some(t)) => write(memsw, t.to_string())?,
+                        (None, None) => {}
+                    }
                 }
                 if let Some(d) = self.dir_of("cpu") {
                     if let Some(s) = r.cpu_shares {
@@ -431,6 +573,42 @@ impl Cgroup {
                         p.to_string()
                     };
                     write(d.join("pids.max"), v)?;
+                }
+                if let Some(d) = self.dir_of("cpuset") {
+                    if let Some(c) = &r.cpuset_cpus {
+                        write(d.join("cpuset.cpus"), c.clone())?;
+                    }
+                    if let Some(m) = &r.cpuset_mems {
+                        write(d.join("cpuset.mems"), m.clone())?;
+                    }
+                } else if r.cpuset_cpus.is_some() || r.cpuset_mems.is_some() {
+                    return Err(missing("cpuset_cpus", "cpuset"));
+                }
+                if let (Some(m), Some(d)) = (r.memory_reservation, self.dir_of("memory")) {
+                    write(d.join("memory.soft_limit_in_bytes"), m.to_string())?;
+                }
+                if !r.hugepage_limits.is_empty() {
+                    let d = self
+                        .dir_of("hugetlb")
+                        .ok_or_else(|| missing("hugepage_limits", "hugetlb"))?;
+                    for (size, limit) in &r.hugepage_limits {
+                        write(
+                            d.join(format!("hugetlb.{size}.limit_in_bytes")),
+                            limit.to_string(),
+                        )?;
+                    }
+                }
+                if let Some(w) = r.blkio_weight {
+                    let d = self
+                        .dir_of("blkio")
+                        .ok_or_else(|| missing("blkio_weight", "blkio"))?;
+                    write(d.join("blkio.weight"), w.to_string())?;
+                }
+                if !r.unified.is_empty() {
+                    return Err(CgroupError::BadValue {
+                        field: "unified",
+                        reason: "needs cgroup v2 (this host's hierarchy is v1)".into(),
+                    });
                 }
                 if let (Some(rules), Some(d)) = (&r.devices, self.dir_of("devices")) {
                     write(d.join("devices.deny"), "a".into())?;
@@ -474,6 +652,42 @@ impl Cgroup {
                         p.to_string()
                     };
                     write(d.join("pids.max"), v)?;
+                }
+                if let Some(c) = &r.cpuset_cpus {
+                    write(d.join("cpuset.cpus"), c.clone())?;
+                }
+                if let Some(m) = &r.cpuset_mems {
+                    write(d.join("cpuset.mems"), m.clone())?;
+                }
+                if let Some(m) = r.memory_reservation {
+                    let v = if m == -1 {
+                        "0".to_string()
+                    } else {
+                        m.to_string()
+                    };
+                    write(d.join("memory.low"), v)?;
+                }
+                if let Some(total) = r.memory_swap {
+                    if d.join("memory.swap.max").exists() {
+                        let v = match (total, r.memory_limit) {
+                            (-1, _) => "max".to_string(),
+                            (t, Some(m)) if m > 0 => (t - m).max(0).to_string(),
+                            (t, _) => t.to_string(),
+                        };
+                        write(d.join("memory.swap.max"), v)?;
+                    }
+                }
+                for (size, limit) in &r.hugepage_limits {
+                    write(d.join(format!("hugetlb.{size}.max")), limit.to_string())?;
+                }
+                if let Some(w) = r.blkio_weight {
+                    write(
+                        d.join("io.weight"),
+                        format!("default {}", blkio_to_io_weight(w)),
+                    )?;
+                }
+                for (k, v) in &r.unified {
+                    write(d.join(k), v.clone())?;
                 }
             }
         }
@@ -589,6 +803,7 @@ mod tests {
                 cpu_period: Some(100_000),
                 pids_limit: Some(10),
                 devices: Some(vec![DeviceRule::allow_char(Some(1), Some(3), "rw")]),
+                ..Default::default()
             },
         };
         let cg = Cgroup::create(t.path(), &cfg).unwrap();
@@ -711,5 +926,142 @@ mod tests {
             "any node may be created, none used unless allowed"
         );
         assert_eq!(shares_to_weight(262_144), 10000);
+    }
+
+    #[test]
+    fn v1_cpuset_inherits_and_the_other_controls_land() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path());
+        fs::write(t.path().join("cpuset/cpuset.cpus"), "0-1\n").unwrap();
+        fs::write(t.path().join("cpuset/cpuset.mems"), "0\n").unwrap();
+        let r = Resources {
+            memory_limit: Some(64 << 20),
+            memory_reservation: Some(32 << 20),
+            memory_swap: Some(128 << 20),
+            blkio_weight: Some(500),
+            ..Default::default()
+        };
+        let cg = Cgroup::create(
+            t.path(),
+            &CgroupConfig {
+                path: "pod/ctr".into(),
+                resources: r,
+            },
+        )
+        .unwrap();
+        let rd = |p: &str| fs::read_to_string(t.path().join(p)).unwrap_or_default();
+        // Each new level got its parent's CPUs and nodes.
+        assert_eq!(rd("cpuset/pod/cpuset.cpus"), "0-1");
+        assert_eq!(rd("cpuset/pod/ctr/cpuset.mems"), "0");
+        assert_eq!(rd("memory/pod/ctr/memory.soft_limit_in_bytes"), "33554432");
+        assert_eq!(rd("blkio/pod/ctr/blkio.weight"), "500");
+        assert_eq!(
+            rd("memory/pod/ctr/memory.memsw.limit_in_bytes"),
+            "",
+            "no swap accounting (no memsw file): left alone"
+        );
+        let set = Resources {
+            cpuset_cpus: Some("1".into()),
+            ..Default::default()
+        };
+        cg.apply(&set).unwrap();
+        assert_eq!(rd("cpuset/pod/ctr/cpuset.cpus"), "1");
+        let v2_only = Resources {
+            unified: [("memory.high".to_string(), "1G".to_string())].into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            cg.apply(&v2_only),
+            Err(CgroupError::BadValue {
+                field: "unified",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn v2_swap_io_weight_hugetlb_and_unified() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(
+            t.path().join("cgroup.controllers"),
+            "cpu io memory pids hugetlb",
+        )
+        .unwrap();
+        fs::create_dir(t.path().join("a")).unwrap();
+        fs::write(t.path().join("a/memory.swap.max"), "").unwrap();
+        let cg = Cgroup {
+            version: Version::V2,
+            root: t.path().into(),
+            path: "a".into(),
+            dirs: vec![t.path().join("a")],
+            created: vec![],
+        };
+        cg.apply(&Resources {
+            memory_limit: Some(100 << 20),
+            memory_swap: Some(150 << 20),
+            blkio_weight: Some(1000),
+            hugepage_limits: vec![("2MB".into(), 4 << 20)],
+            unified: [("memory.high".to_string(), "90M".to_string())].into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let rd = |p: &str| fs::read_to_string(t.path().join("a").join(p)).unwrap();
+        assert_eq!(
+            rd("memory.swap.max"),
+            (50u64 << 20).to_string(),
+            "swap = total - memory"
+        );
+        assert_eq!(rd("io.weight"), "default 10000");
+        assert_eq!(rd("hugetlb.2MB.max"), (4u64 << 20).to_string());
+        assert_eq!(rd("memory.high"), "90M");
+    }
+
+    #[test]
+    fn bad_extended_values_name_their_field() {
+        for (r, field) in [
+            (
+                Resources {
+                    cpuset_cpus: Some("0-".into()),
+                    ..Default::default()
+                },
+                "cpuset_cpus",
+            ),
+            (
+                Resources {
+                    hugepage_limits: vec![("2XB".into(), 1)],
+                    ..Default::default()
+                },
+                "hugepage_limits",
+            ),
+            (
+                Resources {
+                    blkio_weight: Some(5),
+                    ..Default::default()
+                },
+                "blkio_weight",
+            ),
+            (
+                Resources {
+                    unified: [("cgroup.procs".to_string(), "1".to_string())].into(),
+                    ..Default::default()
+                },
+                "unified",
+            ),
+            (
+                Resources {
+                    memory_limit: Some(1 << 30),
+                    memory_swap: Some(1 << 20),
+                    ..Default::default()
+                },
+                "memory_swap",
+            ),
+        ] {
+            match validate_resources(&r) {
+                Err(CgroupError::BadValue { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert_eq!(blkio_to_io_weight(10), 1);
+        assert_eq!(blkio_to_io_weight(500), 4950);
     }
 }
