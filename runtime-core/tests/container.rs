@@ -669,3 +669,104 @@ fn hostile_etc_passwd_and_missing_cwd() {
     assert!(rootfs.join("work/dir").is_dir());
     c.destroy().unwrap();
 }
+
+#[test]
+fn pause_freezes_the_container_and_resume_thaws_it() {
+    let Some(()) = privileged("pause_freezes_the_container_and_resume_thaws_it") else {
+        return;
+    };
+    let root = std::path::Path::new(berth_core::container::DEFAULT_CGROUP_ROOT);
+    if !root.join("freezer/cgroup.procs").exists() && !root.join("cgroup.freeze").exists() {
+        println!("skipped: pause_...: no freezer (v1) or cgroup.freeze (v2) here");
+        return;
+    }
+    let mut config = base_config(rootfs());
+    let rel = format!("berth-test/{}", unique_id("frz"));
+    config.cgroup = Some(CgroupConfig {
+        path: rel.clone().into(),
+        resources: Resources::default(),
+    });
+    let state = state_root();
+    let id = unique_id("frz");
+    let mut c = Container::create(state.path(), &id, config)
+        .unwrap()
+        .with_init_binary(init_binary());
+    // A busy loop: its CPU time is the counter.
+    let h = c
+        .run(Process::new(["sh", "-c", "while :; do :; done"]))
+        .unwrap();
+    let usage = |c: &Container| c.state().cgroup.as_ref().unwrap().stats().cpu.usage_ns;
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(usage(&c) > 0);
+    c.pause().unwrap();
+    assert_eq!(c.status(), berth_core::Status::Paused);
+    assert!(c.pause().is_err(), "pausing twice is an invalid state");
+    let frozen = usage(&c);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(usage(&c), frozen, "no CPU time while paused");
+    c.resume().unwrap();
+    assert_eq!(c.status(), berth_core::Status::Running);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(usage(&c) > frozen, "running again");
+    // A paused container is destroyed all the same.
+    c.pause().unwrap();
+    c.destroy().unwrap();
+    let _ = h.wait();
+    assert!(!root.join("freezer").join(&rel).exists());
+}
+
+#[test]
+fn pids_and_cpu_quota_limits_bite() {
+    let Some(()) = privileged("pids_and_cpu_quota_limits_bite") else {
+        return;
+    };
+    let root = std::path::Path::new(berth_core::container::DEFAULT_CGROUP_ROOT);
+    if berth_core::cgroups::detect(root) != berth_core::cgroups::Version::V1
+        || !root.join("pids/cgroup.procs").exists()
+    {
+        println!(
+            "skipped: pids_and_cpu_quota_limits_bite: needs the v1 pids and cpu controllers here"
+        );
+        return;
+    }
+    let mut config = base_config(rootfs());
+    let rel = format!("berth-test/{}", unique_id("lim"));
+    config.cgroup = Some(CgroupConfig {
+        path: rel.clone().into(),
+        resources: Resources {
+            pids_limit: Some(6),
+            cpu_quota: Some(10_000),
+            cpu_period: Some(100_000),
+            ..Default::default()
+        },
+    });
+    let state = state_root();
+    let mut c = Container::create(state.path(), &unique_id("lim"), config)
+        .unwrap()
+        .with_init_binary(init_binary());
+    // Ten background sleeps in a 6-task cgroup: some forks must fail. Then
+    // a busy loop at 10% of a CPU: throttled.
+    let mut p = Process::new([
+        "sh",
+        "-c",
+        "(for i in 1 2 3 4 5 6 7 8 9 10; do sleep 1 & done); \
+         i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; echo done",
+    ]);
+    let (o, e) = capture(&mut p);
+    let h = c.run(p).unwrap();
+    let (stdout, stderr) = collect(o, e);
+    assert!(h.wait().unwrap().success(), "{stderr}");
+    assert!(
+        stderr.contains("fork") || stderr.contains("Resource temporarily unavailable"),
+        "forks past the pids limit fail: {stderr:?}"
+    );
+    assert!(stdout.contains("done"));
+    let stats = c.state().cgroup.as_ref().unwrap().stats();
+    assert!(
+        stats.cpu.throttled_periods > 0,
+        "the quota throttled the loop: {:?}",
+        stats.cpu
+    );
+    assert_eq!(stats.pids.limit, Some(6));
+    c.destroy().unwrap();
+}

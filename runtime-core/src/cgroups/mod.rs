@@ -699,6 +699,58 @@ impl Cgroup {
         read_stats(self.version, &self.root, &self.path)
     }
 
+    /// Freezes (`true`) or thaws the cgroup's processes — v1 `freezer.state`
+    /// FROZEN/THAWED, v2 `cgroup.freeze` — and waits (up to 5 s) until the
+    /// kernel reports the new state settled (a freeze takes effect task by
+    /// task).
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let (file, value, done): (PathBuf, &str, Box<dyn Fn(&str) -> bool>) = match self.version {
+            Version::V1 => {
+                let d = self
+                    .dir_of("freezer")
+                    .ok_or_else(|| missing("freeze", "freezer"))?;
+                let want = if frozen { "FROZEN" } else { "THAWED" };
+                (
+                    d.join("freezer.state"),
+                    want,
+                    Box::new(move |s: &str| s.trim() == want),
+                )
+            }
+            Version::V2 => {
+                let d = self
+                    .dirs
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| missing("freeze", "cgroup"))?;
+                let want = if frozen { "frozen 1" } else { "frozen 0" };
+                (
+                    d.join("cgroup.freeze"),
+                    if frozen { "1" } else { "0" },
+                    Box::new(move |events: &str| events.lines().any(|l| l.trim() == want)),
+                )
+            }
+        };
+        write(file.clone(), value.to_string())?;
+        let check = match self.version {
+            Version::V1 => file,
+            Version::V2 => file.with_file_name("cgroup.events"),
+        };
+        for _ in 0..1000 {
+            if fs::read_to_string(&check).is_ok_and(|s| done(&s)) {
+                return Ok(());
+            }
+            // v1 FREEZING: asking again moves stragglers along.
+            if self.version == Version::V1 && frozen {
+                let _ = fs::write(&check, value);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Err(CgroupError::BadValue {
+            field: "freeze",
+            reason: format!("{} did not settle within 5 s", check.display()),
+        })
+    }
+
     /// Moves process `pid` (and its threads) into the cgroup.
     pub fn add_pid(&self, pid: i32) -> Result<(), CgroupError> {
         for d in &self.dirs {
@@ -721,6 +773,10 @@ impl Cgroup {
 
     /// SIGKILLs every process in the cgroup until it is empty (v2: `cgroup.kill`).
     pub fn kill_all(&self) {
+        // A frozen task takes SIGKILL only once thawed.
+        if let Some(d) = self.dir_of("freezer") {
+            let _ = fs::write(d.join("freezer.state"), "THAWED");
+        }
         if self.version == Version::V2 {
             if let Some(d) = self.dirs.first() {
                 if fs::write(d.join("cgroup.kill"), "1").is_ok() {

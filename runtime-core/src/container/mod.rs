@@ -47,6 +47,10 @@ pub enum Operation {
     Exec,
     /// [`Container::signal`]
     Signal,
+    /// [`Container::pause`]
+    Pause,
+    /// [`Container::resume`]
+    Resume,
 }
 
 impl Status {
@@ -61,6 +65,8 @@ impl Status {
                     Status::Created | Status::Running | Status::Paused,
                     Operation::Signal
                 )
+                | (Status::Running, Operation::Pause)
+                | (Status::Paused, Operation::Resume)
         )
     }
 
@@ -299,6 +305,30 @@ impl Container {
             fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
                 || fs::read_to_string(d.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1")
         })
+    }
+
+    /// Freezes every process of the container (its cgroup's freezer) and
+    /// returns once the kernel reports them frozen. Needs a cgroup.
+    pub fn pause(&self) -> Result<(), ContainerError> {
+        self.status().check(Operation::Pause)?;
+        self.freezer()?.freeze(true).map_err(ContainerError::from)
+    }
+
+    /// Thaws a paused container.
+    pub fn resume(&self) -> Result<(), ContainerError> {
+        self.status().check(Operation::Resume)?;
+        self.freezer()?.freeze(false).map_err(ContainerError::from)
+    }
+
+    fn freezer(&self) -> Result<&crate::cgroups::Cgroup, ContainerError> {
+        self.state
+            .cgroup
+            .as_ref()
+            .ok_or(CgroupError::BadValue {
+                field: "cgroup",
+                reason: "pausing needs the container to have a cgroup".into(),
+            })
+            .map_err(ContainerError::from)
     }
 
     /// Sends `sig` to the init (never to another process that reused its pid).
