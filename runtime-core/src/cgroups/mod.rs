@@ -704,17 +704,14 @@ impl Cgroup {
     /// kernel reports the new state settled (a freeze takes effect task by
     /// task).
     pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
-        let (file, value, done): (PathBuf, &str, Box<dyn Fn(&str) -> bool>) = match self.version {
+        // (file to write, value, file to watch, the line it shows when done)
+        let (file, value, check, want) = match self.version {
             Version::V1 => {
                 let d = self
                     .dir_of("freezer")
                     .ok_or_else(|| missing("freeze", "freezer"))?;
-                let want = if frozen { "FROZEN" } else { "THAWED" };
-                (
-                    d.join("freezer.state"),
-                    want,
-                    Box::new(move |s: &str| s.trim() == want),
-                )
+                let v = if frozen { "FROZEN" } else { "THAWED" };
+                (d.join("freezer.state"), v, d.join("freezer.state"), v)
             }
             Version::V2 => {
                 let d = self
@@ -722,26 +719,24 @@ impl Cgroup {
                     .first()
                     .cloned()
                     .ok_or_else(|| missing("freeze", "cgroup"))?;
-                let want = if frozen { "frozen 1" } else { "frozen 0" };
-                (
-                    d.join("cgroup.freeze"),
-                    if frozen { "1" } else { "0" },
-                    Box::new(move |events: &str| events.lines().any(|l| l.trim() == want)),
-                )
+                let (v, w) = if frozen {
+                    ("1", "frozen 1")
+                } else {
+                    ("0", "frozen 0")
+                };
+                (d.join("cgroup.freeze"), v, d.join("cgroup.events"), w)
             }
         };
         write(file.clone(), value.to_string())?;
-        let check = match self.version {
-            Version::V1 => file,
-            Version::V2 => file.with_file_name("cgroup.events"),
-        };
         for _ in 0..1000 {
-            if fs::read_to_string(&check).is_ok_and(|s| done(&s)) {
+            let settled =
+                fs::read_to_string(&check).is_ok_and(|s| s.lines().any(|l| l.trim() == want));
+            if settled {
                 return Ok(());
             }
             // v1 FREEZING: asking again moves stragglers along.
             if self.version == Version::V1 && frozen {
-                let _ = fs::write(&check, value);
+                let _ = fs::write(&file, value);
             }
             std::thread::sleep(Duration::from_millis(5));
         }
