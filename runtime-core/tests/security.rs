@@ -285,3 +285,59 @@ fn runtime_default_profile_blocks_namespace_escapes() {
         out.stderr
     );
 }
+
+#[test]
+fn the_v2_device_program_denies_what_the_rules_do_not_allow() {
+    let Some(()) = privileged("the_v2_device_program_denies_what_the_rules_do_not_allow") else {
+        return;
+    };
+    // A cgroup v2 hierarchy: the host's own when it is v2, or the empty
+    // unified one of a hybrid host (this machine's), where a program
+    // attached to a cgroup applies to its tasks all the same.
+    let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|p| p.join("cgroup.controllers").exists());
+    let Some(root) = root else {
+        println!("skipped: the_v2_device_program_...: no cgroup v2 hierarchy mounted");
+        return;
+    };
+    let dir = root.join(format!("berth-test-devfilter-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            for _ in 0..100 {
+                if std::fs::remove_dir(&self.0).is_ok() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+    let _rm = Rm(dir.clone());
+    berth_core::cgroups::devicefilter::attach(&dir, &berth_core::cgroups::default_device_rules())
+        .unwrap();
+    // A shell that moves itself into the cgroup, then tries: /dev/null
+    // (allowed), a /dev/kmsg node it makes (mknod allowed, writing not).
+    let t = tempfile::tempdir().unwrap();
+    let script = format!(
+        "echo $$ > {procs} && \
+         echo x > /dev/null && echo null-ok; \
+         mknod {k} c 1 11 && echo mknod-ok; \
+         {{ echo berth-devfilter-test > {k}; }} 2>/dev/null && echo kmsg-ok || echo kmsg-denied",
+        procs = dir.join("cgroup.procs").display(),
+        k = t.path().join("kmsg").display(),
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["null-ok", "mknod-ok", "kmsg-denied"],
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod devicefilter;
 mod stats;
 pub use stats::{read_stats, CpuStats, IoStats, MemoryStats, PidsStats, Stats};
 
@@ -71,8 +72,8 @@ pub struct Resources {
     #[serde(default)]
     pub unified: std::collections::BTreeMap<String, String>,
     /// Device access rules, applied in order after denying everything
-    /// (`None`: the device controller is left as it is). Enforced through
-    /// the v1 `devices` controller; on v2 (an eBPF program) not yet.
+    /// (`None`: left as they are): the v1 `devices` controller, or on v2
+    /// an eBPF program attached to the cgroup ([`devicefilter`]).
     #[serde(default)]
     pub devices: Option<Vec<DeviceRule>>,
 }
@@ -688,6 +689,13 @@ impl Cgroup {
                 }
                 for (k, v) in &r.unified {
                     write(d.join(k), v.clone())?;
+                }
+                if let Some(rules) = &r.devices {
+                    devicefilter::attach(&d, rules).map_err(|source| CgroupError::Write {
+                        path: d.clone(),
+                        value: "device program".into(),
+                        source,
+                    })?;
                 }
             }
         }
