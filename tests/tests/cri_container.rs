@@ -1769,3 +1769,48 @@ async fn an_image_mounted_as_a_volume() {
         .unwrap();
     assert!(!top_layer_exists(), "collected once unleased");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_sees_its_own_cgroup_limits() {
+    let Some(mut env) = env("a_container_sees_its_own_cgroup_limits").await else {
+        return;
+    };
+    let mut c = container(&env, "limits", &["sleep", "1000"], &[]);
+    c.linux = Some(proto::LinuxContainerConfig {
+        resources: Some(proto::LinuxContainerResources {
+            memory_limit_in_bytes: 96 << 20,
+            ..Default::default()
+        }),
+        security_context: Some(proto::LinuxContainerSecurityContext {
+            run_as_user: Some(proto::Int64Value { value: 0 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(&mut env, c).await.unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let (file, procs) = if v2 {
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/cgroup.procs")
+    } else {
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/cgroup.procs",
+        )
+    };
+    let out = sh_in(
+        &mut env.rt,
+        &id,
+        &format!(
+            "cat {file}; wc -l < {procs}; \
+             {{ echo 1 > {file}; }} 2>/dev/null && echo writable || echo read-only"
+        ),
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        ["100663296", "3", "read-only"],
+        "its own limit, its own processes (the sleep, this shell, wc), read-only: {out}"
+    );
+}

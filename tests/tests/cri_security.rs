@@ -893,7 +893,9 @@ async fn the_device_cgroup_denies_nodes_a_container_makes() {
     if !std::path::Path::new("/sys/fs/cgroup/devices").is_dir()
         && !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
     {
-        println!("skipped: the_device_cgroup_...: neither a v1 devices controller nor cgroup v2 here");
+        println!(
+            "skipped: the_device_cgroup_...: neither a v1 devices controller nor cgroup v2 here"
+        );
         return;
     }
     // Root with CAP_MKNOD may create any node, but open only what the

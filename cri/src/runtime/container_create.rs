@@ -136,6 +136,7 @@ fn build(
             net_ns: ns.net.as_deref(),
             ipc_ns: ns.ipc.as_deref(),
             uts_ns: ns.uts.as_deref(),
+            cgroup_view: Some(cgroup_view()),
             user_ns: match (&ns.user, &sandbox.userns) {
                 (Some(path), Some(u)) => Some(spec::PodUserns {
                     path,
@@ -252,6 +253,21 @@ fn build(
         undo(&dir);
     }
     result
+}
+
+/// The node's cgroup hierarchy (for the container's `/sys/fs/cgroup`).
+fn cgroup_view() -> spec::CgroupView {
+    let root = Path::new(berth_core::container::DEFAULT_CGROUP_ROOT);
+    match berth_core::cgroups::detect(root) {
+        berth_core::cgroups::Version::V2 => spec::CgroupView::V2,
+        berth_core::cgroups::Version::V1 => spec::CgroupView::V1 {
+            root: root.to_path_buf(),
+            controllers: berth_core::cgroups::v1_controllers(root)
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        },
+    }
 }
 
 /// Which pid namespace the container gets: the host's when the pod is

@@ -23,6 +23,7 @@ pub(super) struct Fixture {
     pub pid: PidMode,
     pub shm: Option<PathBuf>,
     pub cgroup_parent: String,
+    pub cgroup_view: Option<super::CgroupView>,
     pub sysctls: BTreeMap<String, String>,
     /// Host device nodes the fake lookup knows.
     pub host_devices: HashMap<PathBuf, HostDevice>,
@@ -83,6 +84,7 @@ impl Fixture {
             pid: PidMode::Container,
             shm: Some(format!("{POD_DIR}/ns/shm").into()),
             cgroup_parent: "/kubepods/burstable/pod1234".into(),
+            cgroup_view: None,
             sysctls: BTreeMap::new(),
             host_devices,
             seccomp_files: HashMap::new(),
@@ -112,6 +114,7 @@ impl Fixture {
             hostname: &self.hostname,
             net_ns: self.net_ns.as_deref(),
             user_ns: None,
+            cgroup_view: self.cgroup_view.clone(),
             ipc_ns: self.ipc_ns.as_deref(),
             uts_ns: self.uts_ns.as_deref(),
             pid: self.pid.clone(),

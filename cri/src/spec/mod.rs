@@ -80,6 +80,9 @@ pub struct PodContext<'a> {
     pub ipc_ns: Option<&'a Path>,
     /// The pod's pinned UTS namespace to join; `None`: the host's.
     pub uts_ns: Option<&'a Path>,
+    /// What the node's cgroup hierarchy looks like, for the container's
+    /// own view of its cgroup at `/sys/fs/cgroup` (`None`: no view).
+    pub cgroup_view: Option<CgroupView>,
     /// The pod's pinned user namespace to join, with its uid and gid maps
     /// (`hostUsers: false`); `None`: the host's. The image's layers are
     /// then idmapped into it.
@@ -102,6 +105,20 @@ pub struct PodContext<'a> {
     /// The pod's namespaced sysctls, applied by every container's init into
     /// the namespaces it joins.
     pub sysctls: &'a BTreeMap<String, String>,
+}
+
+/// The node's cgroup hierarchy, as [`PodContext::cgroup_view`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupView {
+    /// v1: these controllers are mounted under `root`.
+    V1 {
+        /// The cgroup root (`/sys/fs/cgroup`).
+        root: PathBuf,
+        /// Mounted controllers berth uses.
+        controllers: Vec<String>,
+    },
+    /// v2: the unified hierarchy.
+    V2,
 }
 
 /// A pod's user namespace, as [`PodContext::user_ns`].
@@ -285,6 +302,7 @@ pub fn container_spec(
         Some(o) => mounts::image_volumes(image, req, o)?,
         None => Vec::new(),
     };
+    let cgroup_rel = resources::cgroup(id, pod.cgroup_parent, None)?.path;
     let planned = mounts::mounts(
         req,
         pod,
@@ -292,6 +310,7 @@ pub fn container_spec(
         sc.privileged,
         volumes,
         image_layers,
+        &cgroup_rel,
     )?;
     config.mounts = planned.mounts;
     config.rootfs_propagation = planned.rootfs_propagation;

@@ -311,6 +311,7 @@ pub(super) fn mounts(
     privileged: bool,
     volumes: Vec<(PathBuf, PathBuf)>,
     image_layers: ImageLayersLookup<'_>,
+    cgroup_rel: &Path,
 ) -> Result<Planned, SpecError> {
     let mut binds = req
         .mounts
@@ -355,6 +356,50 @@ pub(super) fn mounts(
             }
         }
     }
+    // The container's own cgroup at /sys/fs/cgroup, read-only unless
+    // privileged (what JVMs and Go runtimes read their limits from), as
+    // runc and containerd give it — unless the request mounts something
+    // there itself.
+    let sys_kept = out.iter().any(|m| m.destination == Path::new("/sys"));
+    let cgroup_taken = bound
+        .iter()
+        .any(|b| b.starts_with("/sys/fs/cgroup") || Path::new("/sys/fs/cgroup").starts_with(b));
+    let mut cgroup_binds = Vec::new();
+    match (&pod.cgroup_view, sys_kept && !cgroup_taken) {
+        (Some(super::CgroupView::V2), true) => {
+            let mut opts = vec!["nosuid", "noexec", "nodev", "relatime"];
+            if !privileged {
+                opts.push("ro");
+            }
+            // Mounted inside the container's cgroup namespace: its root
+            // is the container's cgroup.
+            out.push(Mount::fs("cgroup2", "/sys/fs/cgroup", &opts));
+        }
+        (Some(super::CgroupView::V1 { root, controllers }), true) => {
+            out.push(Mount::fs(
+                "tmpfs",
+                "/sys/fs/cgroup",
+                &["nosuid", "noexec", "nodev", "mode=755", "size=64k"],
+            ));
+            // Each controller: the container's own directory there.
+            for c in controllers {
+                cgroup_binds.push(Bind {
+                    source: root
+                        .join(c)
+                        .join(cgroup_rel.strip_prefix("/").unwrap_or(cgroup_rel)),
+                    destination: Path::new("/sys/fs/cgroup").join(c),
+                    readonly: !privileged,
+                    recursive_readonly: false,
+                    propagation: Propagation::RPrivate,
+                    idmap: false,
+                    flags: vec!["nosuid", "noexec", "nodev"],
+                    overlay: None,
+                });
+            }
+        }
+        _ => {}
+    }
+    out.extend(cgroup_binds.into_iter().map(Bind::into_mount));
     out.extend(binds.into_iter().map(Bind::into_mount));
     Ok(Planned {
         mounts: out,
@@ -666,5 +711,49 @@ mod tests {
             let e = f.run().unwrap_err();
             assert!(e.to_string().contains(field), "{image} {sub}: {e}");
         }
+    }
+
+    #[test]
+    fn the_containers_cgroup_at_sys_fs_cgroup() {
+        let mut f = Fixture::new();
+        f.cgroup_view = Some(super::super::CgroupView::V1 {
+            root: "/sys/fs/cgroup".into(),
+            controllers: vec!["memory".into(), "cpu".into()],
+        });
+        let tmpfs = mount_at(&f, "/sys/fs/cgroup").unwrap();
+        assert!(matches!(&tmpfs.kind, MountKind::Fs { fstype } if fstype == "tmpfs"));
+        let mem = mount_at(&f, "/sys/fs/cgroup/memory").unwrap();
+        assert_eq!(
+            mem.source.as_deref(),
+            Some(Path::new(
+                "/sys/fs/cgroup/memory/kubepods/burstable/pod1234/c1"
+            ))
+        );
+        assert_ne!(mem.ms_flags() & nix::libc::MS_RDONLY, 0, "read-only");
+        let d = destinations(&f);
+        let pos = |p: &str| d.iter().position(|x| x == p).unwrap();
+        assert!(
+            pos("/sys") < pos("/sys/fs/cgroup")
+                && pos("/sys/fs/cgroup") < pos("/sys/fs/cgroup/cpu")
+        );
+        f.sc().privileged = true;
+        assert_eq!(
+            mount_at(&f, "/sys/fs/cgroup/memory").unwrap().ms_flags() & nix::libc::MS_RDONLY,
+            0
+        );
+
+        f.sc().privileged = false;
+        f.cgroup_view = Some(super::super::CgroupView::V2);
+        let cg2 = mount_at(&f, "/sys/fs/cgroup").unwrap();
+        assert!(matches!(&cg2.kind, MountKind::Fs { fstype } if fstype == "cgroup2"));
+        assert!(f
+            .spec()
+            .config
+            .namespaces
+            .iter()
+            .any(|n| n.kind == berth_core::config::NamespaceKind::Cgroup && n.path.is_none()));
+        // A request's own /sys/fs/cgroup mount wins.
+        f.req.mounts = vec![cri_mount("/sys/fs/cgroup", "/sys/fs/cgroup")];
+        assert!(mount_at(&f, "/sys/fs/cgroup").unwrap().is_bind());
     }
 }

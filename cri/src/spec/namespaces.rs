@@ -53,6 +53,11 @@ pub(super) fn namespaces(
             out.push(Namespace::join(kind, path));
         }
     }
+    // On v2 the container's view of /sys/fs/cgroup is a cgroup2 mount in a
+    // cgroup namespace rooted at its own cgroup.
+    if pod.cgroup_view == Some(super::CgroupView::V2) {
+        out.push(Namespace::new(NamespaceKind::Cgroup));
+    }
     match &pod.pid {
         PidMode::Container | PidMode::Pod(None) => out.push(Namespace::new(NamespaceKind::Pid)),
         PidMode::Pod(Some(path)) => out.push(Namespace::join(NamespaceKind::Pid, path)),

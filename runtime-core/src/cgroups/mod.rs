@@ -244,6 +244,15 @@ pub struct Cgroup {
     pub created: Vec<PathBuf>,
 }
 
+/// The v1 controllers mounted under `root` that berth places containers
+/// in (each container gets a directory in every one of them).
+pub fn v1_controllers(root: &Path) -> Vec<&'static str> {
+    V1_CONTROLLERS
+        .into_iter()
+        .filter(|c| root.join(c).join("cgroup.procs").exists())
+        .collect()
+}
+
 /// Detects the hierarchy under `root`: v2 when `root/cgroup.controllers`
 /// exists (a pure unified mount), v1 otherwise.
 pub fn detect(root: &Path) -> Version {
