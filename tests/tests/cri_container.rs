@@ -1785,7 +1785,6 @@ async fn a_container_sees_its_own_cgroup_limits() {
             run_as_user: Some(proto::Int64Value { value: 0 }),
             ..Default::default()
         }),
-        ..Default::default()
     });
     let id = create(&mut env, c).await.unwrap();
     start(&mut env.rt, &id).await.unwrap();
