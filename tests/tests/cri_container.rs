@@ -435,12 +435,7 @@ async fn recursive_read_only_mounts_cover_submounts() {
     let Some(mut env) = env("recursive_read_only_mounts_cover_submounts").await else {
         return;
     };
-    let st = env
-        .rt
-        .status(proto::StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let st = runtime_status(&mut env.rt).await;
     assert!(
         st.runtime_handlers[0]
             .features
@@ -1423,13 +1418,7 @@ async fn a_pod_with_its_own_user_namespace() {
     let Some(mut env) = env("a_pod_with_its_own_user_namespace").await else {
         return;
     };
-    let features = env
-        .rt
-        .status(proto::StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .runtime_handlers;
+    let features = runtime_status(&mut env.rt).await.runtime_handlers;
     assert!(features[0].features.as_ref().unwrap().user_namespaces);
     const HOST: u32 = 300_000;
     let maps = vec![proto::IdMapping {
@@ -1570,14 +1559,7 @@ async fn mount_options_noexec_nodev_nosuid_apply() {
     let Some(mut env) = env("mount_options_noexec_nodev_nosuid_apply").await else {
         return;
     };
-    let features = env
-        .rt
-        .status(proto::StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .features
-        .unwrap();
+    let features = runtime_status(&mut env.rt).await.features.unwrap();
     assert!(features.mount_options);
     let vol = env.dir.path().join("noexec-vol");
     std::fs::create_dir(&vol).unwrap();
@@ -1614,16 +1596,7 @@ async fn image_volumes_get_the_images_content_and_stay_writable() {
         .await
         .unwrap();
     let image = format!("{}/test/vols:v1", reg.addr());
-    berth_cri::proto::image_service_client::ImageServiceClient::new(env.daemon.channel().await)
-        .pull_image(proto::PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    pull(env.daemon.channel().await, &image).await;
     let mut c = container(&env, "vols", &["sleep", "1000"], &[]);
     c.image = Some(ImageSpec {
         image,
@@ -1683,18 +1656,9 @@ async fn an_image_mounted_as_a_volume() {
         .await
         .unwrap();
     let volume_image = format!("{}/test/layers:v1", reg.addr());
+    pull(env.daemon.channel().await, &volume_image).await;
     let mut images =
         berth_cri::proto::image_service_client::ImageServiceClient::new(env.daemon.channel().await);
-    images
-        .pull_image(proto::PullImageRequest {
-            image: Some(ImageSpec {
-                image: volume_image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
     let image_mount = |path: &str, sub: &str| proto::Mount {
         container_path: path.into(),
         image: Some(ImageSpec {

@@ -874,14 +874,7 @@ async fn supplemental_groups_policies_and_the_reported_user() {
     let mut groups = user.supplemental_groups;
     groups.sort();
     assert_eq!(groups, vec![4000, 65534]);
-    let features = env
-        .rt
-        .status(proto::StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .features
-        .unwrap();
+    let features = runtime_status(&mut env.rt).await.features.unwrap();
     assert!(features.supplemental_groups_policy);
 }
 

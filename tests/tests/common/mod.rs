@@ -56,16 +56,7 @@ pub async fn env(test: &str) -> Option<Env> {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(&berth, dir.path(), &[]);
     let ch = daemon.channel().await;
-    ImageServiceClient::new(ch.clone())
-        .pull_image(proto::PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    pull(ch.clone(), &image).await;
     let mut rt = RuntimeServiceClient::new(ch);
     let pod = rt
         .run_pod_sandbox(proto::RunPodSandboxRequest {
@@ -85,6 +76,28 @@ pub async fn env(test: &str) -> Option<Env> {
         image,
         pod,
     })
+}
+
+/// Pulls `image` through the daemon's ImageService.
+pub async fn pull(ch: Channel, image: &str) {
+    ImageServiceClient::new(ch)
+        .pull_image(proto::PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// The runtime's Status (what it says it supports).
+pub async fn runtime_status(rt: &mut Rt) -> proto::StatusResponse {
+    rt.status(proto::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 pub fn pod_config(dir: &Path) -> proto::PodSandboxConfig {
