@@ -403,7 +403,7 @@ fn cgroup_limits_and_destroy_leaves_nothing() {
         return;
     }
     let mut config = base_config(rootfs());
-    let rel = format!("berth-test/{}", unique_id("cg"));
+    let rel = format!("berth-test-{}/c", unique_id("cg"));
     config.cgroup = Some(CgroupConfig {
         path: rel.clone().into(),
         resources: Resources {
@@ -459,11 +459,12 @@ fn cgroup_limits_and_destroy_leaves_nothing() {
         );
     }
     for ctrl in ["memory", "pids", "cpu", "freezer"] {
-        assert!(!root
-            .join(ctrl)
-            .join("berth-test")
-            .join(rel.rsplit('/').next().unwrap())
-            .exists());
+        let parent = root.join(ctrl).join(rel.split('/').next().unwrap());
+        assert!(
+            !parent.exists(),
+            "{} and the parent it made are gone",
+            parent.display()
+        );
     }
     assert!(!state.path().join(&id).exists(), "no state left");
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -670,6 +671,21 @@ fn hostile_etc_passwd_and_missing_cwd() {
     c.destroy().unwrap();
 }
 
+/// Destroys a test's container on drop, also when an assertion failed
+/// first: no cgroup, mount or process of a failed run stays behind.
+struct DestroyOnDrop {
+    state: std::path::PathBuf,
+    id: String,
+}
+
+impl Drop for DestroyOnDrop {
+    fn drop(&mut self) {
+        if let Ok(c) = Container::load(&self.state, &self.id) {
+            let _ = c.destroy();
+        }
+    }
+}
+
 #[test]
 fn pause_freezes_the_container_and_resume_thaws_it() {
     let Some(()) = privileged("pause_freezes_the_container_and_resume_thaws_it") else {
@@ -681,7 +697,7 @@ fn pause_freezes_the_container_and_resume_thaws_it() {
         return;
     }
     let mut config = base_config(rootfs());
-    let rel = format!("berth-test/{}", unique_id("frz"));
+    let rel = format!("berth-test-{}/c", unique_id("frz"));
     config.cgroup = Some(CgroupConfig {
         path: rel.clone().into(),
         resources: Resources::default(),
@@ -691,6 +707,10 @@ fn pause_freezes_the_container_and_resume_thaws_it() {
     let mut c = Container::create(state.path(), &id, config)
         .unwrap()
         .with_init_binary(init_binary());
+    let _cleanup = DestroyOnDrop {
+        state: state.path().into(),
+        id: id.clone(),
+    };
     // A busy loop: its CPU time is the counter.
     let h = c
         .run(Process::new(["sh", "-c", "while :; do :; done"]))
@@ -730,7 +750,7 @@ fn pids_and_cpu_quota_limits_bite() {
         return;
     }
     let mut config = base_config(rootfs());
-    let rel = format!("berth-test/{}", unique_id("lim"));
+    let rel = format!("berth-test-{}/c", unique_id("lim"));
     config.cgroup = Some(CgroupConfig {
         path: rel.clone().into(),
         resources: Resources {
@@ -741,9 +761,14 @@ fn pids_and_cpu_quota_limits_bite() {
         },
     });
     let state = state_root();
-    let mut c = Container::create(state.path(), &unique_id("lim"), config)
+    let id = unique_id("lim");
+    let mut c = Container::create(state.path(), &id, config)
         .unwrap()
         .with_init_binary(init_binary());
+    let _cleanup = DestroyOnDrop {
+        state: state.path().into(),
+        id: id.clone(),
+    };
     // Ten background sleeps in a 6-task cgroup: some forks must fail. Then
     // a busy loop at 10% of a CPU: throttled.
     let mut p = Process::new([
