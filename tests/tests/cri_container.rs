@@ -1176,11 +1176,10 @@ async fn shared_and_targeted_pid_namespaces() {
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
-    assert_eq!(
-        pod_inits(env.dir.path()).len(),
-        1,
-        "one init for the shared pod"
-    );
+    // The init names itself just after the fork that RunPodSandbox waited
+    // for: give it a moment.
+    let dir = env.dir.path().to_path_buf();
+    wait_for("the pod's init", || pod_inits(&dir).len() == 1);
     let in_shared = |env: &Env, name: &str| {
         let mut c = container(env, name, &["sleep", "1000"], &[]);
         c.linux = Some(proto::LinuxContainerConfig {
