@@ -50,7 +50,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use exit::read_exit;
-pub use reopen::{is_running, reopen_log, start_ticks};
+pub use reopen::{is_running, reopen_log};
 pub use spawn::spawn;
 pub use zygote::{Zygote, ZYGOTE_ARG};
 

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use berth_core::process::start_ticks;
+
 use super::{spec_path, MonitorError, MonitorSpec, DETACHED_ARG, ID_FILE, MONITOR_ARG};
 
 /// How long [`reopen_log`] waits for the monitor to have the new file open.
@@ -43,20 +45,6 @@ fn parse_id(text: &str) -> Option<(i32, u64)> {
 pub(super) fn own_id() -> Option<String> {
     let pid = std::process::id() as i32;
     Some(format!("{pid} {}\n", start_ticks(pid)?))
-}
-
-/// Start time of a live (not zombie) process, in clock ticks since boot:
-/// with the pid, a name for one process over the whole uptime.
-pub fn start_ticks(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: fields
-    // are counted after its closing parenthesis, from field 3 (state).
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if matches!(fields.first(), Some(&"Z") | Some(&"X") | None) {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
 }
 
 fn is_monitor_of(pid: i32, spec: &Path) -> bool {

@@ -309,7 +309,7 @@ pub(super) fn create(
                         crate::util::error_chain(&e)
                     ))
                 })?;
-            let start = crate::monitor::start_ticks(pid).ok_or_else(|| {
+            let start = berth_core::process::start_ticks(pid).ok_or_else(|| {
                 RuntimeError::Internal(format!("the pod's pid namespace init {pid} exited at once"))
             })?;
             pod_init = Some((pid, start));

@@ -398,8 +398,7 @@ impl Container {
 
 /// Whether the recorded init still exists (not a zombie, not a reused pid).
 fn alive(init: &InitState) -> bool {
-    sys::proc_stat(init.pid)
-        .is_some_and(|s| s.start_ticks == init.start_ticks && !matches!(s.state, 'Z' | 'X'))
+    crate::process::start_ticks(init.pid) == Some(init.start_ticks)
 }
 
 #[cfg(test)]

@@ -87,6 +87,16 @@ pub struct ConsoleSize {
     pub cols: u16,
 }
 
+/// The start time of live process `pid` (clock ticks since boot,
+/// `/proc/<pid>/stat` field 22); `None` when it is gone or a zombie. With
+/// the pid, it names one process for the whole uptime (a reused pid has
+/// another start time).
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    crate::sys::proc_stat(pid)
+        .filter(|s| !matches!(s.state, 'Z' | 'X'))
+        .map(|s| s.start_ticks)
+}
+
 /// Sets the window size of the terminal whose master is `console` (the
 /// process sees it, and gets SIGWINCH).
 pub fn resize_console(console: BorrowedFd<'_>, size: ConsoleSize) -> nix::Result<()> {

@@ -76,7 +76,7 @@ pub struct SandboxRecord {
     /// The pod's hostname.
     pub hostname: String,
     /// The init of the pod's own pid namespace — pid and start ticks (see
-    /// [`crate::monitor::start_ticks`]) — when the pod shares one
+    /// [`berth_core::process::start_ticks`]) — when the pod shares one
     /// (`namespace_options.pid == POD`); gone once the pod is stopped.
     #[serde(default)]
     pub pod_init: Option<(i32, u64)>,
@@ -110,7 +110,7 @@ pub struct Userns {
 
 /// Whether `(pid, start)` is still that process.
 pub fn pod_init_alive((pid, start): (i32, u64)) -> bool {
-    crate::monitor::start_ticks(pid) == Some(start)
+    berth_core::process::start_ticks(pid) == Some(start)
 }
 
 impl SandboxRecord {
