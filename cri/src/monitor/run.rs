@@ -78,24 +78,20 @@ fn adopt_sealed_init(fd: RawFd) {
     // The inherited number is closed either way: it must not stay open in
     // the monitor (nor reach the container, where every fd is close-on-exec).
     let _ = nix::unistd::close(fd);
-    match opened {
-        Ok(f) => {
-            if let Err(e) = berth_core::process::adopt_sealed_copy(
-                berth_core::InitBinary::SelfExe,
-                OwnedFd::from(f),
-            ) {
-                warn(&format!("not using the daemon's init binary copy: {e}"));
-            }
-        }
-        Err(e) => warn(&format!("inherited init binary copy: {e}")),
-    }
+    adopt(opened);
 }
 
 /// In the zygote, our parent is the daemon: adopts its sealed copy (fd
 /// `fd` in the daemon) for every monitor the zygote forks.
 pub(super) fn adopt_parent_sealed_init(fd: RawFd) {
     let parent = nix::unistd::getppid();
-    match std::fs::File::open(format!("/proc/{parent}/fd/{fd}")) {
+    adopt(std::fs::File::open(format!("/proc/{parent}/fd/{fd}")));
+}
+
+/// Hands the daemon's sealed copy, opened anew, to runtime-core; a copy
+/// that cannot be used is only a warning (the monitor makes its own).
+fn adopt(opened: std::io::Result<std::fs::File>) {
+    match opened {
         Ok(f) => {
             if let Err(e) = berth_core::process::adopt_sealed_copy(
                 berth_core::InitBinary::SelfExe,
