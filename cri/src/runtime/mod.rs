@@ -72,8 +72,6 @@ pub struct RuntimeServiceImpl {
     zygote: Arc<crate::monitor::Zygote>,
     sampler: Arc<stats::Sampler>,
     events: Arc<events::Events>,
-    /// kubelet's pod CIDR (UpdateRuntimeConfig), for the network plugin.
-    pod_cidr: Arc<std::sync::Mutex<String>>,
 }
 
 impl RuntimeServiceImpl {
@@ -100,9 +98,10 @@ impl RuntimeServiceImpl {
                 state.join("containers"),
             )),
             monitor_exe,
-            sampler: Arc::new(stats::Sampler::new(stats::default_cgroup_root())),
+            sampler: Arc::new(stats::Sampler::new(
+                berth_core::container::DEFAULT_CGROUP_ROOT,
+            )),
             events: Arc::new(events::Events::default()),
-            pod_cidr: Arc::default(),
         };
         // Containers that were live when the daemon stopped are watched again
         // (their exits while the daemon was down are already in the records).
@@ -905,7 +904,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             }
             tracing::info!(pod_cidr = %cidr, "pod CIDR from kubelet");
         }
-        *self.pod_cidr.lock().unwrap_or_else(|e| e.into_inner()) = cidr;
+        // Nothing takes it yet: loopback-only pods need no CIDR (the CNI
+        // issue stores it and hands it to the plugins).
         Ok(Response::new(proto::UpdateRuntimeConfigResponse {}))
     }
 

@@ -6,11 +6,10 @@
 //! (the overlay `upper` dir, walked like `du`) and, for pods, kubelet's pod
 //! cgroup (`cgroup_parent`, read only) and the pinned netns' interface
 //! counters. `usage_nano_cores` is the rate between this sample and the
-//! previous one of the same object (as containerd computes it), so the first
-//! sample has none.
+//! previous one of the same object, so the first sample has none.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 use berth_core::cgroups::{self, Stats};
@@ -395,8 +394,8 @@ const fn net(name: &'static str, help: &'static str) -> Desc {
     }
 }
 
-/// The metrics berth serves, cAdvisor's names. CPU times are whole seconds
-/// (the CRI value is an integer), as CRI-O reports them.
+/// The metrics berth serves, cAdvisor's names. CPU times are whole seconds:
+/// the CRI value is an integer.
 const METRICS: &[Desc] = &[
     counter(
         "container_cpu_usage_seconds_total",
@@ -618,14 +617,14 @@ pub(super) fn container_matches(rec: &ContainerRecord, f: &proto::ContainerStats
 
 /// Whether a pod passes a stats filter (pure).
 pub(super) fn pod_matches(rec: &SandboxRecord, f: &proto::PodSandboxStatsFilter) -> bool {
-    (f.id.is_empty() || rec.id.as_str().starts_with(&f.id))
-        && (f.label_selector.is_empty()
-            || crate::util::labels_match(&rec.config().labels, &f.label_selector))
-}
-
-/// The cgroup root stats are read under by default.
-pub fn default_cgroup_root() -> &'static Path {
-    Path::new(berth_core::container::DEFAULT_CGROUP_ROOT)
+    super::sandbox_list::matches(
+        rec,
+        &proto::PodSandboxFilter {
+            id: f.id.clone(),
+            state: None,
+            label_selector: f.label_selector.clone(),
+        },
+    )
 }
 
 #[cfg(test)]
