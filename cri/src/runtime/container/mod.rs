@@ -150,7 +150,7 @@ impl ContainerRecord {
             Some(exit) => {
                 self.state = ContainerState::Exited;
                 self.exit_code = exit.exit_code;
-                self.finished_at = exit.finished_at.max(self.started_at);
+                self.finished_at = exit.finished_at;
                 self.reason = exit.reason;
                 self.message = exit.message;
                 true
