@@ -390,18 +390,31 @@ fn user_namespace_mapping() {
     );
 }
 
+/// The cgroup root when it is v1 with `controllers` mounted; `None` after
+/// printing `skipped: ...` otherwise (the v2 runs are the cgroups issue's).
+fn v1_cgroups(test: &str, controllers: &[&str]) -> Option<&'static std::path::Path> {
+    let root = std::path::Path::new(berth_core::container::DEFAULT_CGROUP_ROOT);
+    let have = berth_core::cgroups::detect(root) == berth_core::cgroups::Version::V1
+        && controllers
+            .iter()
+            .all(|c| root.join(c).join("cgroup.procs").exists());
+    if !have {
+        println!("skipped: {test}: needs the cgroup v1 controllers {controllers:?} here");
+    }
+    have.then_some(root)
+}
+
 #[test]
 fn cgroup_limits_and_destroy_leaves_nothing() {
     let Some(()) = privileged("cgroup_limits_and_destroy_leaves_nothing") else {
         return;
     };
-    let root = std::path::Path::new(berth_core::container::DEFAULT_CGROUP_ROOT);
-    if berth_core::cgroups::detect(root) != berth_core::cgroups::Version::V1
-        || !root.join("memory/cgroup.procs").exists()
-    {
-        println!("skipped: cgroup_limits_and_destroy_leaves_nothing: needs cgroup v1 controllers (the v2 run is the cgroups issue's)");
+    let Some(root) = v1_cgroups(
+        "cgroup_limits_and_destroy_leaves_nothing",
+        &["memory", "pids", "cpu"],
+    ) else {
         return;
-    }
+    };
     let mut config = base_config(rootfs());
     let rel = format!("berth-test-{}/c", unique_id("cg"));
     config.cgroup = Some(CgroupConfig {
@@ -740,13 +753,7 @@ fn pids_and_cpu_quota_limits_bite() {
     let Some(()) = privileged("pids_and_cpu_quota_limits_bite") else {
         return;
     };
-    let root = std::path::Path::new(berth_core::container::DEFAULT_CGROUP_ROOT);
-    if berth_core::cgroups::detect(root) != berth_core::cgroups::Version::V1
-        || !root.join("pids/cgroup.procs").exists()
-    {
-        println!(
-            "skipped: pids_and_cpu_quota_limits_bite: needs the v1 pids and cpu controllers here"
-        );
+    if v1_cgroups("pids_and_cpu_quota_limits_bite", &["pids", "cpu"]).is_none() {
         return;
     }
     let mut config = base_config(rootfs());

@@ -110,9 +110,18 @@ mod tests {
 
     #[test]
     fn reads_its_own_netns() {
-        // The thread joins the netns it is already in: no privilege needed
-        // beyond reading /proc, and the result is this netns' interfaces.
-        let v = read_in_netns(Path::new("/proc/self/ns/net")).unwrap();
-        assert!(v.iter().all(|i| i.name != "lo"));
+        // The thread joins the netns it is already in (setns needs root),
+        // so it must see what /proc/net/dev shows.
+        let got: Vec<String> = read_in_netns(Path::new("/proc/self/ns/net"))
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        let want: Vec<String> = parse_net_dev(&std::fs::read_to_string("/proc/net/dev").unwrap())
+            .into_iter()
+            .map(|i| i.name)
+            .filter(|n| n != "lo")
+            .collect();
+        assert_eq!(got, want, "the same interfaces, lo left out");
     }
 }
