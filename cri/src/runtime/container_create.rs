@@ -24,6 +24,8 @@ pub(super) struct CreateCtx<'a> {
     pub monitor_exe: &'a Path,
     /// Forks the monitors (the exec'd path is the fallback).
     pub zygote: &'a monitor::Zygote,
+    /// The node's cgroup layout ([`cgroup_view`], read once at start).
+    pub cgroup_view: &'a spec::CgroupView,
 }
 
 /// The log file: `log_directory/log_path`, `log_path` relative and without
@@ -136,7 +138,7 @@ fn build(
             net_ns: ns.net.as_deref(),
             ipc_ns: ns.ipc.as_deref(),
             uts_ns: ns.uts.as_deref(),
-            cgroup_view: Some(cgroup_view()),
+            cgroup_view: Some(ctx.cgroup_view.clone()),
             user_ns: match (&ns.user, &sandbox.userns) {
                 (Some(path), Some(u)) => Some(spec::PodUserns {
                     path,
@@ -256,7 +258,7 @@ fn build(
 }
 
 /// The node's cgroup hierarchy (for the container's `/sys/fs/cgroup`).
-fn cgroup_view() -> spec::CgroupView {
+pub(super) fn cgroup_view() -> spec::CgroupView {
     let root = Path::new(berth_core::container::DEFAULT_CGROUP_ROOT);
     match berth_core::cgroups::detect(root) {
         berth_core::cgroups::Version::V2 => spec::CgroupView::V2,

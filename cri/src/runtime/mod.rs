@@ -72,6 +72,8 @@ pub struct RuntimeServiceImpl {
     zygote: Arc<crate::monitor::Zygote>,
     sampler: Arc<stats::Sampler>,
     events: Arc<events::Events>,
+    /// The node's cgroup layout, for containers' `/sys/fs/cgroup`.
+    cgroup_view: Arc<crate::spec::CgroupView>,
 }
 
 impl RuntimeServiceImpl {
@@ -102,6 +104,7 @@ impl RuntimeServiceImpl {
                 berth_core::container::DEFAULT_CGROUP_ROOT,
             )),
             events: Arc::new(events::Events::default()),
+            cgroup_view: Arc::new(container_create::cgroup_view()),
         };
         // Containers that were live when the daemon stopped are watched again
         // (their exits while the daemon was down are already in the records).
@@ -419,12 +422,14 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             self.monitor_exe.clone(),
         );
         let zygote = self.zygote.clone();
+        let cgroup_view = self.cgroup_view.clone();
         let rec = blocking(move || {
             let ctx = container_create::CreateCtx {
                 containers: &containers,
                 images: &images,
                 monitor_exe: &exe,
                 zygote: &zygote,
+                cgroup_view: &cgroup_view,
             };
             container_create::create(&ctx, &sandbox, config)
         })
