@@ -10,6 +10,10 @@
 #   docker-registry required: the image tests pull from a real registry (the
 #                   CNCF distribution registry) that they start on loopback
 #   apache2-utils   required: `htpasswd` for the registry's auth tests
+#   containernetworking-plugins  required: the pod network tests run the
+#                   real CNI plugins (bridge, host-local, loopback, portmap,
+#                   firewall, tuning) from /usr/lib/cni
+#   iptables        required: the portmap and firewall plugins run it
 #   runc, crun      optional: only the lifecycle benchmark compares against
 #                   them; failing to install them is a warning, not an error
 #   containerd      optional: only the pull benchmark compares against its CRI
@@ -19,7 +23,7 @@
 #   --no-bench   install only the required packages (skip runc, crun, containerd)
 set -euo pipefail
 
-required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils)
+required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils containernetworking-plugins iptables)
 optional=(runc crun containerd)
 
 case "${1:-}" in

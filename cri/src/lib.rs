@@ -5,7 +5,9 @@
 //! - [`image`]: the ImageService — pulling from OCI registries, the
 //!   content-addressed blob store, layer unpacking, image metadata and GC.
 //! - [`runtime`]: the RuntimeService (pods and containers).
+//! - [`cni`]: pod networking through CNI plugins.
 
+pub mod cni;
 pub mod image;
 pub mod logs;
 pub mod monitor;

@@ -42,6 +42,17 @@ max_concurrent_layers = 4
 [runtime]
 # "cgroupfs" or "systemd"; must match kubelet's cgroupDriver.
 cgroup_driver = "cgroupfs"
+
+[network]
+# CNI network configurations: the first .conflist/.conf/.json file in
+# lexical order is used; the directory is watched, so a config installed
+# later (by a CNI DaemonSet) takes effect without a restart.
+cni_conf_dir = "/etc/cni/net.d"
+# Where CNI plugins are looked for, in order (the CNI project's install path,
+# then Debian's containernetworking-plugins package).
+cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+# How long one plugin call may take before it is killed.
+plugin_timeout_seconds = 120
 "#;
 
 /// Log output format.
@@ -65,6 +76,27 @@ pub struct Config {
     pub log_format: LogFormat,
     pub image: ImageSection,
     pub runtime: RuntimeSection,
+    pub network: NetworkSection,
+}
+
+/// `[network]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSection {
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dirs: Vec<PathBuf>,
+    pub plugin_timeout_seconds: u64,
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        let d = berth_cri::cni::CniSettings::default();
+        NetworkSection {
+            cni_conf_dir: d.conf_dir,
+            cni_bin_dirs: d.bin_dirs,
+            plugin_timeout_seconds: d.plugin_timeout.as_secs(),
+        }
+    }
 }
 
 /// `[image]`.
@@ -93,6 +125,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             image: ImageSection::default(),
             runtime: RuntimeSection::default(),
+            network: NetworkSection::default(),
         }
     }
 }
@@ -143,6 +176,14 @@ impl Config {
         }
         if self.root == self.state {
             bail!("root and state must be different directories");
+        }
+        if !self.network.cni_conf_dir.is_absolute()
+            || self.network.cni_bin_dirs.iter().any(|d| !d.is_absolute())
+        {
+            bail!("network.cni_conf_dir and network.cni_bin_dirs must be absolute paths");
+        }
+        if self.network.plugin_timeout_seconds == 0 {
+            bail!("network.plugin_timeout_seconds must be at least 1");
         }
         if self.image.max_concurrent_layers == 0 {
             bail!("image.max_concurrent_layers must be at least 1");

@@ -46,6 +46,13 @@ pub struct ServeArgs {
     /// containerd-style certs.d directory for registry hosts.
     #[arg(long)]
     registry_config_dir: Option<PathBuf>,
+    /// CNI network configuration directory.
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin directory; repeat for several (replaces the configured
+    /// list).
+    #[arg(long)]
+    cni_bin_dir: Vec<PathBuf>,
 }
 
 impl ServeArgs {
@@ -67,6 +74,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.registry_config_dir {
             c.image.registry_config_dir = v;
+        }
+        if let Some(v) = self.cni_conf_dir {
+            c.network.cni_conf_dir = v;
+        }
+        if !self.cni_bin_dir.is_empty() {
+            c.network.cni_bin_dirs = self.cni_bin_dir;
         }
         c
     }
@@ -128,6 +141,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         RuntimeServiceConfig {
             cgroup_driver: config.runtime.cgroup_driver,
             monitor_exe: None,
+            cni: Some(berth_cri::cni::CniSettings {
+                conf_dir: config.network.cni_conf_dir.clone(),
+                bin_dirs: config.network.cni_bin_dirs.clone(),
+                plugin_timeout: std::time::Duration::from_secs(
+                    config.network.plugin_timeout_seconds,
+                ),
+            }),
         },
         images.store().clone(),
     )

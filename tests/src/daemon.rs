@@ -4,6 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// Debian's containernetworking-plugins install their plugins here.
+pub const DEBIAN_CNI_BIN: &str = "/usr/lib/cni";
+
+/// A network of the `loopback` plugin only: pods get `lo`, nothing else.
+pub const LOOPBACK_CONFLIST: &str =
+    r#"{"cniVersion":"1.0.0","name":"berth-test-lo","plugins":[{"type":"loopback"}]}"#;
+
 /// A running `berth serve` with its socket, root and state under one
 /// directory; killed (by its PID) on drop.
 pub struct Daemon {
@@ -15,9 +22,24 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `berth serve` with `--listen DIR/berth.sock --root DIR/root
     /// --state DIR/state`, JSON debug logs to DIR/berth.log, plus `extra`.
+    /// Unless `extra` names a `--cni-conf-dir`, pods get a loopback-only
+    /// network through the real `loopback` CNI plugin (a config written to
+    /// DIR/net.d; plugins from Debian's /usr/lib/cni), so the node's own
+    /// /etc/cni/net.d never matters.
     pub fn start(berth: &Path, dir: &Path, extra: &[&str]) -> Daemon {
         let sock = dir.join("berth.sock");
         let log = dir.join("berth.log");
+        let mut cni = Vec::new();
+        if !extra.contains(&"--cni-conf-dir") {
+            let conf = dir.join("net.d");
+            std::fs::create_dir_all(&conf).expect("CNI config dir");
+            std::fs::write(conf.join("10-lo.conflist"), LOOPBACK_CONFLIST).expect("CNI config");
+            cni.push("--cni-conf-dir".to_string());
+            cni.push(conf.to_string_lossy().into_owned());
+            if !extra.contains(&"--cni-bin-dir") {
+                cni.extend(["--cni-bin-dir".to_string(), DEBIAN_CNI_BIN.to_string()]);
+            }
+        }
         let child = Command::new(berth)
             .arg("serve")
             .arg("--listen")
@@ -28,6 +50,7 @@ impl Daemon {
             .arg(dir.join("state"))
             .args(["--log-format", "json", "--log-level", "debug"])
             .args(extra)
+            .args(&cni)
             .stdout(Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()

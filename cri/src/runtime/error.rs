@@ -54,6 +54,9 @@ pub enum RuntimeError {
         /// The error.
         source: std::io::Error,
     },
+    /// The pod network (CNI).
+    #[error(transparent)]
+    Network(#[from] crate::cni::CniError),
     /// A bug or an impossible state.
     #[error("internal error: {0}")]
     Internal(String),
@@ -112,6 +115,18 @@ impl From<RuntimeError> for tonic::Status {
                 Code::InvalidArgument
             }
             RuntimeError::Image(_) => Code::Internal,
+            RuntimeError::Network(n) => {
+                use crate::cni::{exec::PluginError, CniError};
+                match n {
+                    CniError::NotReady(_) => Code::FailedPrecondition,
+                    CniError::Invalid { .. } => Code::InvalidArgument,
+                    CniError::Plugin(PluginError::Timeout { .. }) => Code::DeadlineExceeded,
+                    // A plugin's own failure: neither the request's fault
+                    // nor berth's (containerd also answers Unknown).
+                    CniError::Plugin(_) => Code::Unknown,
+                    CniError::Cache { .. } => Code::Internal,
+                }
+            }
             RuntimeError::Pin(_) | RuntimeError::Io { .. } | RuntimeError::Internal(_) => {
                 Code::Internal
             }

@@ -59,6 +59,10 @@ pub struct RuntimeServiceConfig {
     /// The executable run as each container's monitor (`None`: this
     /// process's own, which must call `monitor::run_from_args` in main).
     pub monitor_exe: Option<PathBuf>,
+    /// Pod networking through CNI. `None`: no network plugin at all — pods
+    /// get loopback only and `NetworkReady` stays false (for embeddings
+    /// and tests that want no pod network; `berth serve` always sets it).
+    pub cni: Option<crate::cni::CniSettings>,
 }
 
 /// The runtime service.
@@ -74,6 +78,8 @@ pub struct RuntimeServiceImpl {
     events: Arc<events::Events>,
     /// The node's cgroup layout, for containers' `/sys/fs/cgroup`.
     cgroup_view: Arc<crate::spec::CgroupView>,
+    /// The pod network, when configured.
+    cni: Option<Arc<crate::cni::Cni>>,
 }
 
 impl RuntimeServiceImpl {
@@ -90,8 +96,13 @@ impl RuntimeServiceImpl {
             None => std::env::current_exe()
                 .map_err(|e| RuntimeError::io(Path::new("/proc/self/exe"), e))?,
         };
+        let cni = config
+            .cni
+            .clone()
+            .map(|s| crate::cni::Cni::start(s, root.join("cni")));
         let service = RuntimeServiceImpl {
             config,
+            cni,
             sandboxes: Arc::new(Sandboxes::open(root, state)?),
             containers: Arc::new(Containers::open(root, state)?),
             images,
@@ -106,6 +117,7 @@ impl RuntimeServiceImpl {
             events: Arc::new(events::Events::default()),
             cgroup_view: Arc::new(container_create::cgroup_view()),
         };
+        service.clean_up_networks();
         // Containers that were live when the daemon stopped are watched again
         // (their exits while the daemon was down are already in the records).
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -190,6 +202,40 @@ impl RuntimeServiceImpl {
 }
 
 impl RuntimeServiceImpl {
+    /// In the background: DEL for attachments whose pod record is gone (a
+    /// RunPodSandbox that failed and whose DEL failed too, or a crash
+    /// between ADD and the record), then CNI 1.1 GC with the pods that
+    /// remain.
+    fn clean_up_networks(&self) {
+        let Some(cni) = self.cni.clone() else {
+            return;
+        };
+        let known: std::collections::HashSet<String> = self
+            .sandboxes
+            .registry
+            .all()
+            .iter()
+            .filter_map(|e| e.try_lock().ok().map(|r| r.id.to_string()))
+            .collect();
+        std::thread::spawn(move || {
+            for pod in cni.cached_pods() {
+                if !known.contains(&pod) {
+                    match cni.teardown(&pod) {
+                        Ok(()) => {
+                            tracing::info!(pod = %pod, "released the network of a pod with no record")
+                        }
+                        Err(e) => {
+                            tracing::warn!(pod = %pod, error = %e, "releasing the network of a pod with no record")
+                        }
+                    }
+                }
+            }
+            if let Err(e) = cni.gc(&cni.cached_pods()) {
+                tracing::warn!(error = %e, "CNI GC");
+            }
+        });
+    }
+
     /// Views of the live (created or running) containers passing `keep`,
     /// brought up to date with their monitors' exit records.
     async fn live_containers(
@@ -272,7 +318,16 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
-        Ok(Response::new(status::status(&request.into_inner())))
+        let req = request.into_inner();
+        let cni = self.cni.clone();
+        let (network, described) = blocking(move || {
+            Ok::<_, RuntimeError>(match &cni {
+                Some(c) => (c.network_status(), req.verbose.then(|| c.describe())),
+                None => (Err("no pod network plugin configured".to_string()), None),
+            })
+        })
+        .await?;
+        Ok(Response::new(status::status(&req, network, described)))
     }
 
     async fn run_pod_sandbox(
@@ -288,7 +343,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
         self.sandboxes.registry.reserve(&plan.name, &id)?;
         let (sandboxes, zygote) = (self.sandboxes.clone(), self.zygote.clone());
-        let (id2, plan2) = (id.clone(), plan.clone());
+        let (id2, plan2, cni) = (id.clone(), plan.clone(), self.cni.clone());
         let result = blocking(move || {
             sandbox_run::create(
                 &sandboxes,
@@ -297,6 +352,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
                 &config,
                 &req.runtime_handler,
                 &zygote,
+                cni.as_deref(),
             )
         })
         .await;
@@ -330,8 +386,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
                 container_stop::stop(&self.containers, &mut c, 0).await?;
             }
         }
-        let sandboxes = self.sandboxes.clone();
-        blocking(move || sandbox_stop::stop(&sandboxes, &mut rec)).await?;
+        let (sandboxes, cni) = (self.sandboxes.clone(), self.cni.clone());
+        blocking(move || sandbox_stop::stop(&sandboxes, &mut rec, cni.as_deref())).await?;
         Ok(Response::new(proto::StopPodSandboxResponse {}))
     }
 
@@ -357,9 +413,9 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             }
         }
         self.sampler.forget(rec.id.as_str());
-        let sandboxes = self.sandboxes.clone();
+        let (sandboxes, cni) = (self.sandboxes.clone(), self.cni.clone());
         let pod = rec.id.clone();
-        blocking(move || sandbox_remove::remove(&sandboxes, &mut rec)).await?;
+        blocking(move || sandbox_remove::remove(&sandboxes, &mut rec, cni.as_deref())).await?;
         for id in deleted {
             self.emit(&id, &pod, proto::ContainerEventType::ContainerDeletedEvent)
                 .await;
@@ -384,7 +440,20 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             }
             .into());
         }
-        Ok(Response::new(sandbox_status::status(&rec, req.verbose)))
+        let mut resp = sandbox_status::status(&rec, req.verbose);
+        drop(rec);
+        // Verbose: CNI CHECK of the pod's attachment, as an operator's probe.
+        if let (true, Some(cni)) = (req.verbose, self.cni.clone()) {
+            let id = entry.lock().await.id.to_string();
+            let check = blocking(move || Ok::<_, RuntimeError>(cni.check(&id))).await?;
+            let text = match check {
+                Ok(true) => "ok".to_string(),
+                Ok(false) => "not checked (no attachment, or CHECK not in this config)".into(),
+                Err(e) => e.to_string(),
+            };
+            resp.info.insert("networkCheck".into(), text);
+        }
+        Ok(Response::new(resp))
     }
 
     async fn list_pod_sandbox(
@@ -909,8 +978,16 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             }
             tracing::info!(pod_cidr = %cidr, "pod CIDR from kubelet");
         }
-        // Nothing takes it yet: loopback-only pods need no CIDR (the CNI
-        // issue stores it and hands it to the plugins).
+        // Kept for plugins that take the `ipRanges` capability (an empty
+        // value clears it).
+        if let Some(cni) = &self.cni {
+            cni.set_pod_cidrs(
+                cidr.split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+            );
+        }
         Ok(Response::new(proto::UpdateRuntimeConfigResponse {}))
     }
 

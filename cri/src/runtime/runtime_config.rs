@@ -29,6 +29,7 @@ mod tests {
             let r = runtime_config(&RuntimeServiceConfig {
                 cgroup_driver: d,
                 monitor_exe: None,
+                cni: None,
             });
             assert_eq!(r.linux.unwrap().cgroup_driver, want as i32);
         }

@@ -6,11 +6,15 @@ use super::sandbox::{SandboxRecord, Sandboxes};
 use super::sandbox_stop;
 
 /// Removes a sandbox whose lock the caller holds (blocking).
-pub(super) fn remove(sandboxes: &Sandboxes, rec: &mut SandboxRecord) -> Result<(), RuntimeError> {
+pub(super) fn remove(
+    sandboxes: &Sandboxes,
+    rec: &mut SandboxRecord,
+    cni: Option<&crate::cni::Cni>,
+) -> Result<(), RuntimeError> {
     if rec.removed {
         return Ok(());
     }
-    sandbox_stop::stop(sandboxes, rec)?;
+    sandbox_stop::stop(sandboxes, rec, cni)?;
     match std::fs::remove_dir_all(&rec.dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(RuntimeError::io(&rec.dir, e))

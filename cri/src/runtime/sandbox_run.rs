@@ -131,10 +131,11 @@ pub(super) fn plan(
         if v.is_empty() {
             return Err(RuntimeError::invalid(field, "must not be empty"));
         }
-        if v.contains(['/', '\0', '\n']) || v.len() > 253 {
+        // `;` and `=` would break CNI_ARGS, where these go.
+        if v.contains(['/', '\0', '\n', ';', '=']) || v.len() > 253 {
             return Err(RuntimeError::invalid(
                 field,
-                "must be at most 253 characters, without / or control characters",
+                "must be at most 253 characters, without /, ;, = or control characters",
             ));
         }
     }
@@ -180,6 +181,10 @@ pub(super) fn plan(
             }),
         },
     };
+    if network == NsMode::Pod {
+        crate::cni::caps::bandwidth(&config.annotations)
+            .map_err(|b| RuntimeError::invalid(b.field, b.reason))?;
+    }
     let hostname = if network == NsMode::Node {
         nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
@@ -248,10 +253,14 @@ pub(super) fn create(
     config: &proto::PodSandboxConfig,
     runtime_handler: &str,
     zygote: &crate::monitor::Zygote,
+    cni: Option<&crate::cni::Cni>,
 ) -> Result<SandboxRecord, RuntimeError> {
     let dir = sandboxes.state_dir().join(id.as_str());
     std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
     let mut pod_init = None;
+    // Without a CNI manager (an embedding that wants none) a pod network
+    // is loopback only.
+    let cni = cni.filter(|_| plan.network == NsMode::Pod);
     let result = (|| {
         files::write(
             &dir,
@@ -300,6 +309,21 @@ pub(super) fn create(
         let pinned = pin::pin(&dir.join("ns"), &req);
         drop(hold); // the holder exits: the pins keep the namespaces
         let pinned = pinned?;
+        let mut ips = Vec::new();
+        if let Some(cni) = cni {
+            let netns = pinned.net.clone().ok_or_else(|| {
+                RuntimeError::Internal("the pod's network namespace was not pinned".into())
+            })?;
+            ips = cni
+                .setup(crate::cni::PodRef {
+                    id: id.as_str(),
+                    netns: &netns,
+                    config,
+                })?
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+        }
         if plan.pid == NsMode::Pod {
             let pid = zygote
                 .spawn_pod_init(&dir.join("pod-init.log"))
@@ -327,6 +351,7 @@ pub(super) fn create(
             ipc: plan.ipc,
             pod_init,
             userns: plan.userns.clone(),
+            ips,
             hostname: plan.hostname.clone(),
             cgroup_parent: plan.cgroup_parent.clone(),
             dir: dir.clone(),
@@ -340,6 +365,13 @@ pub(super) fn create(
         Ok(rec)
     })();
     if result.is_err() {
+        if let Some(cni) = cni {
+            // Only a failure after ADD leaves an attachment: setup undoes
+            // its own.
+            if let Err(e) = cni.teardown(id.as_str()) {
+                tracing::warn!(pod = %id, error = %e, "DEL after a failed RunPodSandbox");
+            }
+        }
         if let Some(init) = pod_init {
             super::sandbox_stop::kill_pod_init(init);
         }

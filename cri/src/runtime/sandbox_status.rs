@@ -21,6 +21,7 @@ pub(super) fn status(rec: &SandboxRecord, verbose: bool) -> proto::PodSandboxSta
             "name": rec.name,
             "hostname": rec.hostname,
             "cgroupParent": rec.cgroup_parent,
+            "ips": rec.ips,
             "namespaces": rec.namespaces,
             "dir": rec.dir,
             "logDirectory": c.log_directory,
@@ -33,8 +34,16 @@ pub(super) fn status(rec: &SandboxRecord, verbose: bool) -> proto::PodSandboxSta
             metadata: c.metadata.clone(),
             state: rec.state.to_cri() as i32,
             created_at: rec.created_at,
-            // Loopback only until CNI lands: no pod IP to report.
-            network: Some(proto::PodSandboxNetworkStatus::default()),
+            // From the CNI result: the primary IP (IPv4 first) and the rest.
+            network: Some(proto::PodSandboxNetworkStatus {
+                ip: rec.ips.first().cloned().unwrap_or_default(),
+                additional_ips: rec
+                    .ips
+                    .iter()
+                    .skip(1)
+                    .map(|ip| proto::PodIp { ip: ip.clone() })
+                    .collect(),
+            }),
             linux: Some(proto::LinuxPodSandboxStatus {
                 namespaces: Some(proto::Namespace {
                     options: Some(proto::NamespaceOption {

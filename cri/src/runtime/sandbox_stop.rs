@@ -1,5 +1,7 @@
 //! `StopPodSandbox`: release the pod's network and namespaces; the record
-//! stays (NotReady) until `RemovePodSandbox`. Idempotent.
+//! stays (NotReady) until `RemovePodSandbox`. Idempotent: CNI DEL runs once
+//! (its cache entry goes when it succeeds); a failed DEL fails the call and
+//! keeps the netns, so the next Stop or Remove retries it.
 
 use berth_core::pin;
 
@@ -7,18 +9,33 @@ use super::error::RuntimeError;
 use super::sandbox::{SandboxRecord, SandboxState, Sandboxes};
 
 /// Stops a sandbox whose lock the caller holds (blocking: unmounts).
-pub(super) fn stop(sandboxes: &Sandboxes, rec: &mut SandboxRecord) -> Result<(), RuntimeError> {
+pub(super) fn stop(
+    sandboxes: &Sandboxes,
+    rec: &mut SandboxRecord,
+    cni: Option<&crate::cni::Cni>,
+) -> Result<(), RuntimeError> {
     if rec.removed {
         return Err(RuntimeError::NotFound {
             kind: "pod sandbox",
             id: rec.id.to_string(),
         });
     }
-    if rec.state == SandboxState::NotReady && rec.namespaces.is_none() && rec.pod_init.is_none() {
+    let attached = cni.is_some_and(|c| c.attached(rec.id.as_str()));
+    if rec.state == SandboxState::NotReady
+        && rec.namespaces.is_none()
+        && rec.pod_init.is_none()
+        && !attached
+    {
         return Ok(());
     }
-    // The caller has stopped the pod's containers. The network is loopback
-    // only (CNI is its own issue): it goes with the namespace.
+    // The caller has stopped the pod's containers.
+    if let Some(cni) = cni {
+        cni.teardown(rec.id.as_str())?;
+        if !rec.ips.is_empty() {
+            rec.ips.clear();
+            sandboxes.registry.save(rec)?;
+        }
+    }
     if let Some(init) = rec.pod_init.take() {
         kill_pod_init(init);
     }

@@ -7,7 +7,13 @@ use crate::proto;
 const RUNTIME_READY: &str = "RuntimeReady";
 const NETWORK_READY: &str = "NetworkReady";
 
-pub(super) fn status(req: &proto::StatusRequest) -> proto::StatusResponse {
+/// `network`: whether pods can get a network, or why not; `cni`: what the
+/// verbose answer shows of the CNI setup.
+pub(super) fn status(
+    req: &proto::StatusRequest,
+    network: Result<(), String>,
+    cni: Option<serde_json::Value>,
+) -> proto::StatusResponse {
     let conditions = vec![
         proto::RuntimeCondition {
             r#type: RUNTIME_READY.into(),
@@ -15,13 +21,21 @@ pub(super) fn status(req: &proto::StatusRequest) -> proto::StatusResponse {
             reason: String::new(),
             message: String::new(),
         },
-        // No pod network yet: kubelet keeps the node NotReady until a CNI
-        // configuration is loaded (the CNI issue), which is the truth.
-        proto::RuntimeCondition {
-            r#type: NETWORK_READY.into(),
-            status: false,
-            reason: "NetworkPluginNotReady".into(),
-            message: "berth: no pod network configured (CNI support is not built yet)".into(),
+        // kubelet keeps the node NotReady until this is true; pods with
+        // host networking are accepted meanwhile (a CNI DaemonSet's own).
+        match network {
+            Ok(()) => proto::RuntimeCondition {
+                r#type: NETWORK_READY.into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            Err(why) => proto::RuntimeCondition {
+                r#type: NETWORK_READY.into(),
+                status: false,
+                reason: "NetworkPluginNotReady".into(),
+                message: format!("berth: network plugin not ready: {why}"),
+            },
         },
     ];
     let mut info = std::collections::HashMap::new();
@@ -31,6 +45,9 @@ pub(super) fn status(req: &proto::StatusRequest) -> proto::StatusResponse {
             serde_json::json!({ "runtime": "berth", "version": env!("CARGO_PKG_VERSION") })
                 .to_string(),
         );
+        if let Some(cni) = cni {
+            info.insert("cniconfig".into(), cni.to_string());
+        }
     }
     proto::StatusResponse {
         status: Some(proto::RuntimeStatus { conditions }),
@@ -72,12 +89,18 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn runtime_ready_network_not_yet() {
-        let s = super::status(&crate::proto::StatusRequest { verbose: true });
+    fn runtime_ready_network_as_told() {
+        let req = crate::proto::StatusRequest { verbose: true };
+        let s = super::status(&req, Err("no config in /x".into()), None);
         let c = s.status.unwrap().conditions;
         assert!(c.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
         let net = c.iter().find(|c| c.r#type == "NetworkReady").unwrap();
-        assert!(!net.status && !net.reason.is_empty() && !net.message.is_empty());
+        assert!(!net.status && net.reason == "NetworkPluginNotReady");
+        assert!(net.message.contains("no config in /x"));
         assert!(s.info.contains_key("config"));
+        let s = super::status(&req, Ok(()), Some(serde_json::json!({"network": "pods"})));
+        let c = s.status.unwrap().conditions;
+        assert!(c.iter().all(|c| c.status));
+        assert!(s.info["cniconfig"].contains("pods"));
     }
 }

@@ -84,6 +84,10 @@ pub struct SandboxRecord {
     /// namespace itself is pinned with the others.
     #[serde(default)]
     pub userns: Option<Userns>,
+    /// The pod's IPs from its CNI result, primary first (empty without a
+    /// pod network, and once the pod is stopped).
+    #[serde(default)]
+    pub ips: Vec<String>,
     /// kubelet's `cgroup_parent`, exactly as given (containers go under it).
     pub cgroup_parent: String,
     /// `<state>/pods/<id>`: resolv.conf, hostname, hosts, ns/.
