@@ -801,9 +801,21 @@ async fn the_network_is_torn_down_after_a_daemon_restart() {
     let id = run(&mut net.rt, pod("survivor", false)).await.unwrap();
     let ip = pod_ip(&mut net.rt, &id).await;
     assert_eq!(net.allocated(), [ip.clone()]);
+    // A second pod whose netns will be gone, as after a reboot.
+    let lost = run(&mut net.rt, pod("lost", false)).await.unwrap();
+    assert_eq!(net.allocated().len(), 2);
 
     // kill -9 the daemon; meanwhile the config changes (the cached one
     // must be used for DEL, not the new one).
+    if let Some(d) = &mut net.daemon {
+        d.crash();
+    }
+    let pinned = net.path().join("state/pods").join(&lost).join("ns/net");
+    assert!(Command::new("umount")
+        .arg(&pinned)
+        .status()
+        .unwrap()
+        .success());
     net.restart().await;
     std::fs::write(
         net.path().join("net.d/10-test.conflist"),
@@ -818,8 +830,12 @@ async fn the_network_is_torn_down_after_a_daemon_restart() {
     let dels = net.calls("DEL");
     stop(&mut net.rt, &id).await.unwrap();
     assert_eq!(net.calls("DEL"), dels + 1, "{}", net.daemon_log());
-    assert!(net.allocated().is_empty(), "{:?}", net.allocated());
+    assert_eq!(net.allocated().len(), 1, "{:?}", net.allocated());
     remove(&mut net.rt, &id).await.unwrap();
+    // The pod without its netns: DEL with an empty CNI_NETNS still frees
+    // its address.
+    remove(&mut net.rt, &lost).await.unwrap();
+    assert!(net.allocated().is_empty(), "{:?}", net.allocated());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

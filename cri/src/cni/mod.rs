@@ -377,9 +377,10 @@ impl Cni {
             path: self.cache_path(pod_id),
             reason,
         })?;
-        // The netns is gone after a reboot: plugins are then called with
-        // an empty CNI_NETNS, as the spec asks, to free what they hold.
-        let netns = if att.netns.exists() {
+        // The netns is gone after a reboot (the pin file may stay, no
+        // longer a namespace): plugins are then called with an empty
+        // CNI_NETNS, as the spec asks, to free what they hold.
+        let netns = if is_namespace(&att.netns) {
             att.netns.to_string_lossy().into_owned()
         } else {
             String::new()
@@ -466,6 +467,12 @@ impl Cni {
             })
             .collect()
     }
+}
+
+/// Whether `path` is a namespace file (nsfs), not a leftover mount point.
+fn is_namespace(path: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
 }
 
 /// One plugin's stdin: its object with the list's name and version, the
