@@ -16,6 +16,10 @@
 //! containerd (1.6 + runc, started here on a side socket with its own
 //! directories, the local registry as mirror and a busybox `sleep` image as
 //! its pause image), both with host-network pods, and prints the ratios.
+//! `-- --cni` gives pods a real network instead: Debian's CNI plugins
+//! (bridge + host-local + portmap) on a private /24 and bridge per runtime
+//! (containerd too, with `--containerd`), so RunPodSandbox includes CNI ADD
+//! and teardown includes DEL. The bridges are deleted at the end.
 //! `BENCH_DUMP_ANON=1` also lists the idle daemon's mappings over 256 KiB
 //! resident (where its memory is).
 
@@ -31,6 +35,33 @@ use berth_e2e::registry::Registry;
 use tonic::transport::Channel;
 
 type Rt = RuntimeServiceClient<Channel>;
+
+/// A CNI config in `conf_dir`: bridge `bridge` on 10.251.`net`.0/24 with
+/// host-local (its data in `conf_dir/../ipam`), then portmap.
+fn write_cni_config(conf_dir: &Path, bridge: &str, net: u8) {
+    std::fs::create_dir_all(conf_dir).unwrap();
+    let ipam = conf_dir.parent().unwrap().join("ipam");
+    let list = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "berth-bench",
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.251.{net}.0/24")}]],
+                      "dataDir": ipam}},
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+        ],
+    });
+    std::fs::write(conf_dir.join("10-bench.conflist"), list.to_string()).unwrap();
+}
+
+/// Deletes a bridge the benchmark's CNI config made (by its name).
+fn delete_bridge(bridge: &str) {
+    if Path::new("/sys/class/net").join(bridge).exists() {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", bridge])
+            .status();
+    }
+}
 
 /// Pods use the host's network (`--containerd`: containerd without a CNI
 /// plugin can only run those, so both runtimes get the same pods).
@@ -534,6 +565,15 @@ fn report(name: &str, iters: usize, pods_n: usize, r: &Results) -> serde_json::V
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let compare = std::env::args().any(|a| a == "--containerd");
+    let cni = std::env::args().any(|a| a == "--cni");
+    if cni
+        && !Path::new(berth_e2e::daemon::DEBIAN_CNI_BIN)
+            .join("bridge")
+            .exists()
+    {
+        println!("skipped: cri_lifecycle --cni: no CNI plugins (apt install containernetworking-plugins)");
+        return;
+    }
     if !nix::unistd::geteuid().is_root() {
         println!("skipped: cri_lifecycle: needs root");
         return;
@@ -568,9 +608,16 @@ async fn main() {
             .await
             .unwrap();
         let image = format!("{}/bench/busybox:v1", reg.addr());
-        HOST_NETWORK.store(compare, std::sync::atomic::Ordering::Relaxed);
-        std::fs::create_dir_all(dir.path().join("berth")).unwrap();
-        let d = Daemon::start(&berth, &dir.path().join("berth"), &[]);
+        HOST_NETWORK.store(compare && !cni, std::sync::atomic::Ordering::Relaxed);
+        let bdir = dir.path().join("berth");
+        std::fs::create_dir_all(&bdir).unwrap();
+        let conf = bdir.join("cni");
+        let mut args = Vec::new();
+        if cni {
+            write_cni_config(&conf, "brt-bench-b", 200);
+            args = vec!["--cni-conf-dir", conf.to_str().unwrap()];
+        }
+        let d = Daemon::start(&berth, &bdir, &args);
         let t = Target {
             name: "berth",
             sock: d.sock.clone(),
@@ -581,6 +628,7 @@ async fn main() {
         let rb = suite(&t, iters, pods_n, &logs, dir.path(), full).await;
         drop(d);
         berth_e2e::daemon::cleanup_dir(&dir.path().join("berth"));
+        delete_bridge("brt-bench-b");
         out.insert("berth".into(), report("berth", iters, pods_n, &rb));
         if compare {
             let pause = format!("{}/bench/pause:v1", reg.addr());
@@ -589,6 +637,20 @@ async fn main() {
                 .unwrap();
             let cdir = dir.path().join("containerd");
             std::fs::create_dir_all(&cdir).unwrap();
+            if cni {
+                // containerd's conf_dir and bin_dir (tests/src/containerd.rs).
+                write_cni_config(&cdir.join("cni"), "brt-bench-c", 201);
+                std::fs::create_dir_all(cdir.join("cnibin")).unwrap();
+                for p in std::fs::read_dir(berth_e2e::daemon::DEBIAN_CNI_BIN)
+                    .unwrap()
+                    .flatten()
+                {
+                    let _ = std::os::unix::fs::symlink(
+                        p.path(),
+                        cdir.join("cnibin").join(p.file_name()),
+                    );
+                }
+            }
             let started =
                 berth_e2e::containerd::Containerd::start(&cdir, &reg.addr(), Some(&pause));
             if let Err(e) = &started {
@@ -605,6 +667,7 @@ async fn main() {
                 let rc = suite(&t, iters, pods_n, &logs, dir.path(), full).await;
                 drop(containerd);
                 berth_e2e::daemon::cleanup_dir(&cdir);
+                delete_bridge("brt-bench-c");
                 out.insert(
                     "containerd".into(),
                     report("containerd", iters, pods_n, &rc),

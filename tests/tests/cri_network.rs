@@ -800,7 +800,7 @@ async fn the_network_is_torn_down_after_a_daemon_restart() {
     net.wait_network_ready().await;
     let id = run(&mut net.rt, pod("survivor", false)).await.unwrap();
     let ip = pod_ip(&mut net.rt, &id).await;
-    assert_eq!(net.allocated(), [ip.clone()]);
+    assert_eq!(net.allocated(), std::slice::from_ref(&ip));
     // A second pod whose netns will be gone, as after a reboot.
     let lost = run(&mut net.rt, pod("lost", false)).await.unwrap();
     assert_eq!(net.allocated().len(), 2);
@@ -912,4 +912,45 @@ async fn bad_requests_are_refused_and_pod_cidr_reaches_plugins() {
     assert!(!add.contains("portMappings"), "{add}");
     stop(&mut net.rt, &id).await.unwrap();
     remove(&mut net.rt, &id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cni_1_1_status_and_gc() {
+    let Some(mut net) = Net::start("cni_1_1_status_and_gc", "gc", 7, false).await else {
+        return;
+    };
+    // A CNI 1.1 list (Debian's plugins speak up to 1.0, so only ours).
+    let mut plugin = net.fail_plugin();
+    plugin["failStatusIf"] = json!(net.path().join("fail-status"));
+    let list = json!({"cniVersion": "1.1.0", "name": "berth-test-11", "plugins": [plugin]});
+    std::fs::write(net.path().join("net.d/10-v11.conflist"), list.to_string()).unwrap();
+    net.wait_network_ready().await;
+    assert!(net.calls("STATUS") >= 1, "STATUS is part of NetworkReady");
+    // A plugin that answers STATUS with an error makes the node not ready,
+    // with the plugin's message.
+    std::fs::write(net.path().join("fail-status"), "").unwrap();
+    let (ready, msg) = network_ready(&mut net.rt).await;
+    assert!(!ready && msg.contains("STATUS fails on demand"), "{msg}");
+    std::fs::remove_file(net.path().join("fail-status")).unwrap();
+    net.wait_network_ready().await;
+
+    // GC at start names the attachments still valid: the live pod's, not
+    // the removed one's.
+    let keep = run(&mut net.rt, pod("keep", false)).await.unwrap();
+    let gone = run(&mut net.rt, pod("gone", false)).await.unwrap();
+    remove(&mut net.rt, &gone).await.unwrap();
+    net.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while net.calls("GC") == 0 {
+        assert!(Instant::now() < deadline, "no GC after the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = std::fs::read_to_string(net.path().join("calls")).unwrap();
+    let gc = calls.lines().find(|l| l.starts_with("GC ")).unwrap();
+    assert!(
+        gc.contains(&format!(r#"{{"containerID":"{keep}","ifname":"eth0"}}"#))
+            && !gc.contains(&gone),
+        "{gc}"
+    );
+    remove(&mut net.rt, &keep).await.unwrap();
 }

@@ -471,8 +471,8 @@ impl Cni {
 
 /// Whether `path` is a namespace file (nsfs), not a leftover mount point.
 fn is_namespace(path: &Path) -> bool {
-    const NSFS_MAGIC: i64 = 0x6e73_6673;
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+    use nix::sys::statfs::{statfs, NSFS_MAGIC};
+    statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
 }
 
 /// One plugin's stdin: its object with the list's name and version, the

@@ -6,8 +6,9 @@
 //!   {"type": "berth-test-fail", "failAddIf": "/tmp/x/fail-add",
 //!    "failDelIf": "/tmp/x/fail-del", "log": "/tmp/x/calls"}
 //!
-//! Each call appends `<CNI_COMMAND> <CNI_CONTAINERID> <runtimeConfig>` to
-//! `log` when given.
+//! `failStatusIf` does the same for STATUS. Each call appends
+//! `<CNI_COMMAND> <CNI_CONTAINERID> <runtimeConfig> <valid-attachments>`
+//! to `log` when given.
 
 use std::io::{Read, Write};
 
@@ -25,13 +26,18 @@ fn main() {
         {
             let id = std::env::var("CNI_CONTAINERID").unwrap_or_default();
             let rc = conf.get("runtimeConfig").cloned().unwrap_or_default();
-            let _ = writeln!(f, "{command} {id} {rc}");
+            let valid = conf
+                .get("cni.dev/valid-attachments")
+                .cloned()
+                .unwrap_or_default();
+            let _ = writeln!(f, "{command} {id} {rc} {valid}");
         }
     }
     let version = field("cniVersion").unwrap_or_else(|| "1.0.0".into());
     let fail_flag = match command.as_str() {
         "ADD" => field("failAddIf"),
         "DEL" => field("failDelIf"),
+        "STATUS" => field("failStatusIf"),
         _ => None,
     };
     if fail_flag.is_some_and(|f| std::path::Path::new(&f).exists()) {
