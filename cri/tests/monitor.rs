@@ -455,6 +455,7 @@ fn oom_kill_is_reported() {
     let mut spec = f.spec(&["sh", "-c", "a=xxxxxxxx; while :; do a=$a$a; done"]);
     spec.config.cgroup = Some(CgroupConfig {
         path: format!("berth-test-{}/c", f.id).into(),
+        driver: Default::default(),
         resources: Resources {
             memory_limit: Some(16 << 20),
             ..Default::default()

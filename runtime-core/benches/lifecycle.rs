@@ -127,6 +127,7 @@ fn bench_berth(rootfs: &Path, state: &Path, n: usize, cgroup: bool) -> Vec<f64> 
         if cgroup {
             config.cgroup = Some(CgroupConfig {
                 path: format!("berth-bench/c{i}").into(),
+                driver: Default::default(),
                 resources: Resources {
                     pids_limit: Some(100),
                     ..Default::default()

@@ -419,6 +419,7 @@ fn cgroup_limits_and_destroy_leaves_nothing() {
     let rel = format!("berth-test-{}/c", unique_id("cg"));
     config.cgroup = Some(CgroupConfig {
         path: rel.clone().into(),
+        driver: Default::default(),
         resources: Resources {
             memory_limit: Some(64 << 20),
             pids_limit: Some(32),
@@ -713,6 +714,7 @@ fn pause_freezes_the_container_and_resume_thaws_it() {
     let rel = format!("berth-test-{}/c", unique_id("frz"));
     config.cgroup = Some(CgroupConfig {
         path: rel.clone().into(),
+        driver: Default::default(),
         resources: Resources::default(),
     });
     let state = state_root();
@@ -760,6 +762,7 @@ fn pids_and_cpu_quota_limits_bite() {
     let rel = format!("berth-test-{}/c", unique_id("lim"));
     config.cgroup = Some(CgroupConfig {
         path: rel.clone().into(),
+        driver: Default::default(),
         resources: Resources {
             pids_limit: Some(6),
             cpu_quota: Some(10_000),

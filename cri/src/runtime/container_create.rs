@@ -26,6 +26,8 @@ pub(super) struct CreateCtx<'a> {
     pub zygote: &'a monitor::Zygote,
     /// The node's cgroup layout ([`cgroup_view`], read once at start).
     pub cgroup_view: &'a spec::CgroupView,
+    /// kubelet's cgroup driver.
+    pub cgroup_driver: super::CgroupDriver,
 }
 
 /// The log file: `log_directory/log_path`, `log_path` relative and without
@@ -153,6 +155,7 @@ fn build(
             hosts: &sandbox.dir.join("hosts"),
             hostname_file: &sandbox.dir.join("hostname"),
             cgroup_parent: &sandbox.cgroup_parent,
+            cgroup_driver: ctx.cgroup_driver,
             sysctls: &sysctls,
         };
         // Image volumes: the pulled image's layers that have the sub path.

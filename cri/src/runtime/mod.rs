@@ -40,16 +40,9 @@ use crate::util::{batches, blocking};
 
 use crate::proto;
 
-/// Which cgroup driver berth uses; must match kubelet's `cgroupDriver`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CgroupDriver {
-    /// cgroupfs: berth writes the cgroup tree itself.
-    #[default]
-    Cgroupfs,
-    /// systemd: cgroups as transient systemd units.
-    Systemd,
-}
+/// Which cgroup driver berth uses; must match kubelet's `cgroupDriver`
+/// (runtime-core's driver: cgroupfs, or systemd scopes over D-Bus).
+pub use berth_core::cgroups::Driver as CgroupDriver;
 
 /// Settings of the runtime service.
 #[derive(Debug, Clone, Default)]
@@ -492,6 +485,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         );
         let zygote = self.zygote.clone();
         let cgroup_view = self.cgroup_view.clone();
+        let cgroup_driver = self.config.cgroup_driver;
         let rec = blocking(move || {
             let ctx = container_create::CreateCtx {
                 containers: &containers,
@@ -499,6 +493,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
                 monitor_exe: &exe,
                 zygote: &zygote,
                 cgroup_view: &cgroup_view,
+                cgroup_driver,
             };
             container_create::create(&ctx, &sandbox, config)
         })

@@ -23,6 +23,7 @@ pub(super) struct Fixture {
     pub pid: PidMode,
     pub shm: Option<PathBuf>,
     pub cgroup_parent: String,
+    pub cgroup_driver: berth_core::cgroups::Driver,
     pub cgroup_view: Option<super::CgroupView>,
     pub sysctls: BTreeMap<String, String>,
     /// Host device nodes the fake lookup knows.
@@ -84,6 +85,7 @@ impl Fixture {
             pid: PidMode::Container,
             shm: Some(format!("{POD_DIR}/ns/shm").into()),
             cgroup_parent: "/kubepods/burstable/pod1234".into(),
+            cgroup_driver: Default::default(),
             cgroup_view: None,
             sysctls: BTreeMap::new(),
             host_devices,
@@ -123,6 +125,7 @@ impl Fixture {
             hosts: Path::new("/run/berth/pods/p1/hosts"),
             hostname_file: Path::new("/run/berth/pods/p1/hostname"),
             cgroup_parent: &self.cgroup_parent,
+            cgroup_driver: self.cgroup_driver,
             sysctls: &self.sysctls,
         }
     }

@@ -102,6 +102,8 @@ pub struct PodContext<'a> {
     /// kubelet's `cgroup_parent`, verbatim (a cgroupfs path, or a systemd
     /// slice name such as `kubepods-besteffort-pod1.slice`).
     pub cgroup_parent: &'a str,
+    /// The cgroup driver (kubelet's `cgroupDriver`, from berth's config).
+    pub cgroup_driver: berth_core::cgroups::Driver,
     /// The pod's namespaced sysctls, applied by every container's init into
     /// the namespaces it joins.
     pub sysctls: &'a BTreeMap<String, String>,
@@ -302,7 +304,7 @@ pub fn container_spec(
         Some(o) => mounts::image_volumes(image, req, o)?,
         None => Vec::new(),
     };
-    let cgroup_rel = resources::cgroup(id, pod.cgroup_parent, None)?.path;
+    let cgroup_rel = resources::cgroup_dir(id, pod.cgroup_parent, pod.cgroup_driver)?;
     let planned = mounts::mounts(
         req,
         pod,
@@ -318,7 +320,7 @@ pub fn container_spec(
     let device_rules = devices::rules(req, &config.devices, sc.privileged);
     security::apply(&mut config, sc)?;
     config.seccomp = seccomp::profile(sc, &config.capabilities.bounding, seccomp_profile)?;
-    let mut cgroup = resources::cgroup(id, pod.cgroup_parent, res)?;
+    let mut cgroup = resources::cgroup(id, pod.cgroup_parent, pod.cgroup_driver, res)?;
     cgroup.resources.devices = Some(device_rules);
     config.cgroup = Some(cgroup);
     // In the pod's user namespace the image's root-owned files must stay

@@ -11,34 +11,15 @@ use crate::proto;
 const RES: &str = "config.linux.resources";
 const PARENT: &str = "sandbox_config.linux.cgroup_parent";
 
-/// A systemd slice name as its path in the hierarchy, as systemd (and
-/// runc's `ExpandSlice`) lay slices out: `kubepods-besteffort-pod1.slice`
-/// is `kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice`;
-/// `-.slice` is the root.
+/// A systemd slice name as its path in the hierarchy (runtime-core's
+/// [`cgroups::systemd::expand_slice`]), the error naming kubelet's field.
 fn expand_slice(slice: &str) -> Result<PathBuf, SpecError> {
-    let bad = || {
+    cgroups::systemd::expand_slice(slice).map_err(|_| {
         invalid(
             PARENT,
             format!("{slice:?} is not a valid systemd slice name"),
         )
-    };
-    let name = slice.strip_suffix(".slice").ok_or_else(bad)?;
-    if name == "-" {
-        return Ok(PathBuf::new());
-    }
-    if name.is_empty() || name.starts_with('-') || name.ends_with('-') || name.contains("--") {
-        return Err(bad());
-    }
-    let mut path = PathBuf::new();
-    let mut prefix = String::new();
-    for part in name.split('-') {
-        if !prefix.is_empty() {
-            prefix.push('-');
-        }
-        prefix.push_str(part);
-        path.push(format!("{prefix}.slice"));
-    }
-    Ok(path)
+    })
 }
 
 /// kubelet's `cgroup_parent` as a path below the cgroup root (a systemd
@@ -110,6 +91,8 @@ pub(crate) fn limits(res: &proto::LinuxContainerResources) -> Result<Resources, 
             .map(|h| (h.page_size.clone(), h.limit))
             .collect(),
         blkio_weight: None,
+        // CRI has no per-device throttles (only through `unified`).
+        io_throttle: Vec::new(),
         unified: res
             .unified
             .iter()
@@ -133,16 +116,63 @@ pub(crate) fn limits(res: &proto::LinuxContainerResources) -> Result<Resources, 
     Ok(r)
 }
 
-/// The cgroup config: path per [`cgroup_path`], limits per [`limits`].
+/// The systemd driver's scope prefix: containers are `berth-<id>.scope`
+/// (containerd's are `cri-containerd-<id>.scope`, CRI-O's `crio-<id>.scope`).
+const SCOPE_PREFIX: &str = "berth";
+
+/// With the systemd driver kubelet's parent is a slice (or nothing: the
+/// system slice).
+fn systemd_slice(parent: &str) -> Result<&str, SpecError> {
+    if parent.is_empty() {
+        return Ok("");
+    }
+    if !(parent.ends_with(".slice") && !parent.contains('/')) {
+        return Err(invalid(
+            PARENT,
+            format!("{parent:?}: with the systemd cgroup driver this must be a slice name (kubelet must run with cgroupDriver: systemd too)"),
+        ));
+    }
+    expand_slice(parent)?;
+    Ok(parent)
+}
+
+/// The cgroup config: path per [`cgroup_path`] (cgroupfs) or
+/// `slice:berth:<id>` (systemd), limits per [`limits`].
 pub(super) fn cgroup(
     id: &str,
     parent: &str,
+    driver: cgroups::Driver,
     res: Option<&proto::LinuxContainerResources>,
 ) -> Result<CgroupConfig, SpecError> {
+    let path = match driver {
+        cgroups::Driver::Cgroupfs => cgroup_path(id, parent)?,
+        cgroups::Driver::Systemd => {
+            cgroup_path(id, "")?; // the id's own checks
+            PathBuf::from(format!("{}:{SCOPE_PREFIX}:{id}", systemd_slice(parent)?))
+        }
+    };
     Ok(CgroupConfig {
-        path: cgroup_path(id, parent)?,
+        path,
+        driver,
         resources: res.map(limits).transpose()?.unwrap_or_default(),
     })
+}
+
+/// The container's cgroup directory below the root, whichever the driver.
+pub(super) fn cgroup_dir(
+    id: &str,
+    parent: &str,
+    driver: cgroups::Driver,
+) -> Result<PathBuf, SpecError> {
+    match driver {
+        cgroups::Driver::Cgroupfs => cgroup_path(id, parent),
+        cgroups::Driver::Systemd => {
+            let path = format!("{}:{SCOPE_PREFIX}:{id}", systemd_slice(parent)?);
+            cgroups::systemd::parse(&path, &Resources::default())
+                .and_then(|s| cgroups::systemd::scope_path(&s))
+                .map_err(|e| invalid(PARENT, e.to_string()))
+        }
+    }
 }
 
 /// `oom_score_adj` of the init: set whenever the request has resources (as
@@ -192,6 +222,26 @@ mod tests {
                 "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12.slice/c1"
             )
         );
+    }
+
+    #[test]
+    fn systemd_driver_names_a_scope_in_the_pod_slice() {
+        let mut f = Fixture::new();
+        f.cgroup_driver = cgroups::Driver::Systemd;
+        f.cgroup_parent = "kubepods-besteffort-pod12.slice".into();
+        let c = cgroup_of(&f);
+        assert_eq!(c.driver, cgroups::Driver::Systemd);
+        assert_eq!(
+            c.path,
+            PathBuf::from("kubepods-besteffort-pod12.slice:berth:c1")
+        );
+        assert_eq!(
+            cgroup_dir("c1", &f.cgroup_parent, f.cgroup_driver).unwrap(),
+            PathBuf::from("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12.slice/berth-c1.scope")
+        );
+        // A cgroupfs path as parent does not fit the systemd driver.
+        f.cgroup_parent = "/kubepods/besteffort/pod12".into();
+        assert!(f.run().is_err());
     }
 
     #[test]

@@ -14,13 +14,53 @@ use serde::{Deserialize, Serialize};
 
 pub mod devicefilter;
 mod stats;
+pub mod systemd;
 pub use stats::{read_stats, CpuStats, IoStats, MemoryStats, PidsStats, Stats};
+
+/// One device's I/O limits; `None` leaves a direction unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoThrottle {
+    /// Block device major number.
+    pub major: u32,
+    /// Block device minor number.
+    pub minor: u32,
+    /// Bytes read per second.
+    #[serde(default)]
+    pub read_bps: Option<u64>,
+    /// Bytes written per second.
+    #[serde(default)]
+    pub write_bps: Option<u64>,
+    /// Read operations per second.
+    #[serde(default)]
+    pub read_iops: Option<u64>,
+    /// Write operations per second.
+    #[serde(default)]
+    pub write_iops: Option<u64>,
+}
+
+/// Which driver manages a container's cgroup (kubelet's `cgroupDriver`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// berth writes the cgroup tree itself (v1 or v2).
+    #[default]
+    Cgroupfs,
+    /// A transient systemd scope under a slice, created over D-Bus
+    /// (cgroup v2 only); `path` is then `slice:prefix:name`.
+    Systemd,
+}
 
 /// Where a container's cgroup goes and what it may use.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupConfig {
-    /// Path below the cgroup root (`/kubepods/pod1/ctr`, leading `/` optional).
+    /// Path below the cgroup root (`/kubepods/pod1/ctr`, leading `/`
+    /// optional); with the systemd driver `slice:prefix:name`
+    /// (`kubepods-besteffort-pod1.slice:berth:<id>` → the scope
+    /// `berth-<id>.scope` in that slice).
     pub path: PathBuf,
+    /// The driver.
+    #[serde(default)]
+    pub driver: Driver,
     /// Limits.
     #[serde(default)]
     pub resources: Resources,
@@ -68,6 +108,9 @@ pub struct Resources {
     /// to 1–10000).
     #[serde(default)]
     pub blkio_weight: Option<u16>,
+    /// Per-device I/O limits (v1 `blkio.throttle.*`, v2 `io.max`).
+    #[serde(default)]
+    pub io_throttle: Vec<IoThrottle>,
     /// cgroup v2 files to write as they are (CRI `unified`); refused on v1.
     #[serde(default)]
     pub unified: std::collections::BTreeMap<String, String>,
@@ -204,6 +247,9 @@ pub enum CgroupError {
         #[source]
         source: std::io::Error,
     },
+    /// systemd (the systemd driver) refused or failed.
+    #[error("systemd: {0}")]
+    Systemd(String),
     /// Removing a directory failed.
     #[error("remove cgroup {path}")]
     Remove {
@@ -242,6 +288,10 @@ pub struct Cgroup {
     pub dirs: Vec<PathBuf>,
     /// Directories berth created (deepest last); only these are removed.
     pub created: Vec<PathBuf>,
+    /// With the systemd driver: the scope unit that owns the cgroup
+    /// (systemd creates and removes its directory).
+    #[serde(default)]
+    pub systemd: Option<systemd::Scope>,
 }
 
 /// The v1 controllers mounted under `root` that berth places containers
@@ -261,6 +311,59 @@ pub fn detect(root: &Path) -> Version {
     } else {
         Version::V1
     }
+}
+
+/// How the machine's cgroup hierarchies are mounted (from
+/// `/proc/self/mountinfo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// Only v1 controller hierarchies.
+    Legacy,
+    /// v1 controllers plus an (empty or systemd-only) v2 mount.
+    Hybrid,
+    /// Only the unified v2 hierarchy.
+    Unified,
+    /// No cgroup file system mounted.
+    None,
+}
+
+impl Mode {
+    /// Words for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Mode::Legacy => "cgroup v1",
+            Mode::Hybrid => "hybrid: v1 controllers plus a v2 mount",
+            Mode::Unified => "cgroup v2",
+            Mode::None => "no cgroup file system",
+        }
+    }
+}
+
+/// Reads the hierarchy mode from a mountinfo text (pure).
+pub fn mode_from_mountinfo(mountinfo: &str) -> Mode {
+    let (mut v1, mut v2) = (false, false);
+    for line in mountinfo.lines() {
+        // `... - <fstype> <source> <options>`
+        let Some((_, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        match after.split_whitespace().next() {
+            Some("cgroup") => v1 = true,
+            Some("cgroup2") => v2 = true,
+            _ => {}
+        }
+    }
+    match (v1, v2) {
+        (true, true) => Mode::Hybrid,
+        (true, false) => Mode::Legacy,
+        (false, true) => Mode::Unified,
+        (false, false) => Mode::None,
+    }
+}
+
+/// This machine's hierarchy mode.
+pub fn hierarchy_mode() -> Mode {
+    mode_from_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
 }
 
 /// Checks `path` is a plain relative path (after an optional leading `/`).
@@ -390,6 +493,15 @@ pub fn validate_resources(r: &Resources) -> Result<(), CgroupError> {
             );
         }
     }
+    for t in &r.io_throttle {
+        let vals = [t.read_bps, t.write_bps, t.read_iops, t.write_iops];
+        if vals.iter().all(Option::is_none) {
+            return bad("io_throttle", "a device entry needs at least one limit");
+        }
+        if vals.iter().flatten().any(|v| *v == 0) {
+            return bad("io_throttle", "limits must be positive");
+        }
+    }
     for d in r.devices.iter().flatten() {
         if d.access.is_empty() || !d.access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
             return bad("devices", "access must be made of r, w and m");
@@ -464,16 +576,46 @@ fn inherit_cpuset(croot: &Path, rel: &Path) -> Result<(), CgroupError> {
 impl Cgroup {
     /// Creates the cgroup of `config` under `root` and applies its limits.
     /// On failure, whatever was created is removed again.
+    ///
+    /// With the systemd driver nothing exists until the first pid is added
+    /// ([`Cgroup::add_pid`] starts the scope unit with it).
     pub fn create(root: &Path, config: &CgroupConfig) -> Result<Self, CgroupError> {
-        let path = validate_path(&config.path)?;
         validate_resources(&config.resources)?;
         let version = detect(root);
+        if config.driver == Driver::Systemd {
+            if version != Version::V2 {
+                return Err(CgroupError::BadValue {
+                    field: "driver",
+                    reason: format!(
+                        "the systemd driver needs the unified cgroup v2 hierarchy ({} is {})",
+                        root.display(),
+                        hierarchy_mode().describe()
+                    ),
+                });
+            }
+            let scope = systemd::parse(&config.path.to_string_lossy(), &config.resources)?;
+            let path = systemd::scope_path(&scope)?;
+            let dir = root.join(&path);
+            if dir.exists() {
+                return Err(CgroupError::Exists(dir));
+            }
+            return Ok(Cgroup {
+                version,
+                root: root.to_path_buf(),
+                path,
+                dirs: vec![dir],
+                created: Vec::new(),
+                systemd: Some(scope),
+            });
+        }
+        let path = validate_path(&config.path)?;
         let mut cg = Cgroup {
             version,
             root: root.to_path_buf(),
             path: path.clone(),
             dirs: Vec::new(),
             created: Vec::new(),
+            systemd: None,
         };
         let res = cg.make_dirs().and_then(|()| cg.apply(&config.resources));
         if let Err(e) = res {
@@ -541,9 +683,19 @@ impl Cgroup {
         }
     }
 
-    /// Writes the limits of `r`.
+    /// Writes the limits of `r` (systemd driver: as unit properties too,
+    /// so systemd keeps them).
     pub fn apply(&self, r: &Resources) -> Result<(), CgroupError> {
         validate_resources(r)?;
+        if let Some(scope) = &self.systemd {
+            if !self.dirs.iter().all(|d| d.exists()) {
+                return Err(CgroupError::Systemd(format!(
+                    "{} is not running",
+                    scope.unit
+                )));
+            }
+            systemd::set(scope, r)?;
+        }
         match self.version {
             Version::V1 => {
                 if let Some(d) = self.dir_of("memory") {
@@ -613,6 +765,23 @@ impl Cgroup {
                         .dir_of("blkio")
                         .ok_or_else(|| missing("blkio_weight", "blkio"))?;
                     write(d.join("blkio.weight"), w.to_string())?;
+                }
+                if !r.io_throttle.is_empty() {
+                    let d = self
+                        .dir_of("blkio")
+                        .ok_or_else(|| missing("io_throttle", "blkio"))?;
+                    for t in &r.io_throttle {
+                        for (file, v) in [
+                            ("blkio.throttle.read_bps_device", t.read_bps),
+                            ("blkio.throttle.write_bps_device", t.write_bps),
+                            ("blkio.throttle.read_iops_device", t.read_iops),
+                            ("blkio.throttle.write_iops_device", t.write_iops),
+                        ] {
+                            if let Some(v) = v {
+                                write(d.join(file), format!("{}:{} {v}", t.major, t.minor))?;
+                            }
+                        }
+                    }
                 }
                 if !r.unified.is_empty() {
                     return Err(CgroupError::BadValue {
@@ -696,6 +865,20 @@ impl Cgroup {
                         format!("default {}", blkio_to_io_weight(w)),
                     )?;
                 }
+                for t in &r.io_throttle {
+                    let mut line = format!("{}:{}", t.major, t.minor);
+                    for (key, v) in [
+                        ("rbps", t.read_bps),
+                        ("wbps", t.write_bps),
+                        ("riops", t.read_iops),
+                        ("wiops", t.write_iops),
+                    ] {
+                        if let Some(v) = v {
+                            line.push_str(&format!(" {key}={v}"));
+                        }
+                    }
+                    write(d.join("io.max"), line)?;
+                }
                 for (k, v) in &r.unified {
                     write(d.join(k), v.clone())?;
                 }
@@ -763,8 +946,20 @@ impl Cgroup {
         })
     }
 
-    /// Moves process `pid` (and its threads) into the cgroup.
+    /// Moves process `pid` (and its threads) into the cgroup. With the
+    /// systemd driver the first pid starts the scope, then the limits
+    /// systemd has no property for are written.
     pub fn add_pid(&self, pid: i32) -> Result<(), CgroupError> {
+        if let Some(scope) = &self.systemd {
+            if !self.dirs.iter().all(|d| d.exists()) {
+                systemd::start(&self.root, scope, pid)?;
+                let fs_only = Cgroup {
+                    systemd: None,
+                    ..self.clone()
+                };
+                return fs_only.apply(&scope.resources);
+            }
+        }
         for d in &self.dirs {
             write(d.join("cgroup.procs"), pid.to_string())?;
         }
@@ -816,6 +1011,9 @@ impl Cgroup {
     /// berth created but that another cgroup still uses is left in place
     /// (its last user removes it). Missing directories are fine.
     pub fn remove(&self) -> Result<(), CgroupError> {
+        if let Some(scope) = &self.systemd {
+            return systemd::stop(&self.root, scope);
+        }
         let mut created = self.created.clone();
         created.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         for dir in created {
@@ -864,6 +1062,7 @@ mod tests {
         fs::create_dir(t.path().join("memory/existing")).unwrap();
         let cfg = CgroupConfig {
             path: "/existing/ctr".into(),
+            driver: Default::default(),
             resources: Resources {
                 memory_limit: Some(64 << 20),
                 cpu_shares: Some(512),
@@ -912,6 +1111,7 @@ mod tests {
         fake_v1(t.path());
         let cfg = |p: &str| CgroupConfig {
             path: p.into(),
+            driver: Default::default(),
             resources: Resources::default(),
         };
         let a = Cgroup::create(t.path(), &cfg("shared/a")).unwrap();
@@ -930,6 +1130,7 @@ mod tests {
         fs::create_dir(t.path().join("pids/system.slice")).unwrap();
         let cfg = CgroupConfig {
             path: "system.slice".into(),
+            driver: Default::default(),
             resources: Resources::default(),
         };
         assert!(matches!(
@@ -945,6 +1146,7 @@ mod tests {
         fs::write(t.path().join("cgroup.controllers"), "cpu io memory pids").unwrap();
         let cfg = CgroupConfig {
             path: "a".into(),
+            driver: Default::default(),
             resources: Resources {
                 memory_limit: Some(1 << 20),
                 cpu_shares: Some(1024),
@@ -1013,6 +1215,7 @@ mod tests {
             t.path(),
             &CgroupConfig {
                 path: "pod/ctr".into(),
+                driver: Default::default(),
                 resources: r,
             },
         )
@@ -1063,6 +1266,7 @@ mod tests {
             path: "a".into(),
             dirs: vec![t.path().join("a")],
             created: vec![],
+            systemd: None,
         };
         cg.apply(&Resources {
             memory_limit: Some(100 << 20),
@@ -1131,5 +1335,85 @@ mod tests {
         }
         assert_eq!(blkio_to_io_weight(10), 1);
         assert_eq!(blkio_to_io_weight(500), 4950);
+    }
+
+    #[test]
+    fn io_throttles_on_both_versions() {
+        let r = Resources {
+            io_throttle: vec![IoThrottle {
+                major: 8,
+                minor: 0,
+                read_bps: Some(1 << 20),
+                write_iops: Some(100),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path());
+        let cfg = CgroupConfig {
+            path: "io".into(),
+            driver: Driver::Cgroupfs,
+            resources: r.clone(),
+        };
+        Cgroup::create(t.path(), &cfg).unwrap();
+        let rd = |p: &str| fs::read_to_string(t.path().join(p)).unwrap_or_default();
+        assert_eq!(rd("blkio/io/blkio.throttle.read_bps_device"), "8:0 1048576");
+        assert_eq!(rd("blkio/io/blkio.throttle.write_iops_device"), "8:0 100");
+        assert_eq!(rd("blkio/io/blkio.throttle.write_bps_device"), "");
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("cgroup.controllers"), "io").unwrap();
+        Cgroup::create(t.path(), &cfg).unwrap();
+        assert_eq!(
+            fs::read_to_string(t.path().join("io/io.max")).unwrap(),
+            "8:0 rbps=1048576 wiops=100"
+        );
+        let empty = Resources {
+            io_throttle: vec![IoThrottle::default()],
+            ..Default::default()
+        };
+        assert!(validate_resources(&empty).is_err());
+    }
+
+    #[test]
+    fn hierarchy_mode_from_mountinfo() {
+        let v1 = "30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        let v2 = "31 25 0:27 / /sys/fs/cgroup rw shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(mode_from_mountinfo(v1), Mode::Legacy);
+        assert_eq!(mode_from_mountinfo(v2), Mode::Unified);
+        assert_eq!(mode_from_mountinfo(&format!("{v1}{v2}")), Mode::Hybrid);
+        assert_eq!(mode_from_mountinfo(""), Mode::None);
+    }
+
+    #[test]
+    fn the_systemd_driver_wants_v2_and_a_scope_path() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path());
+        let cfg = CgroupConfig {
+            path: "kubepods.slice:berth:abc".into(),
+            driver: Driver::Systemd,
+            resources: Resources::default(),
+        };
+        assert!(matches!(
+            Cgroup::create(t.path(), &cfg),
+            Err(CgroupError::BadValue {
+                field: "driver",
+                ..
+            })
+        ));
+        // On v2 nothing is made until the first pid (the scope needs one).
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("cgroup.controllers"), "memory").unwrap();
+        let cg = Cgroup::create(t.path(), &cfg).unwrap();
+        assert_eq!(
+            cg.dirs,
+            vec![t.path().join("kubepods.slice/berth-abc.scope")]
+        );
+        assert!(cg.created.is_empty() && !cg.dirs[0].exists());
+        let bad = CgroupConfig {
+            path: "kubepods/pod1/c".into(),
+            ..cfg
+        };
+        assert!(Cgroup::create(t.path(), &bad).is_err());
     }
 }
