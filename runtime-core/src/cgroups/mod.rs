@@ -1,5 +1,21 @@
-//! Cgroup placement and the basic resource limits (memory, cpu, pids) on the
-//! cgroupfs drivers, v1 and v2.
+//! Container cgroups: placement, resources, device rules, freeze, stats,
+//! live updates, OOM counts and removal.
+//!
+//! [`Cgroup`] is the one interface; its implementation is chosen at run
+//! time and recorded in the container's state, so a restarted daemon or
+//! monitor drives the same one: cgroupfs v1 (a directory per controller),
+//! cgroupfs v2 (the unified hierarchy, eBPF device program, `cgroup.kill`),
+//! or the systemd driver ([`systemd`]: a transient scope over D-Bus, then
+//! cgroupfs v2 for what systemd has no property for). The version comes
+//! from the hierarchy ([`detect`], [`hierarchy_mode`] from mountinfo), the
+//! driver from configuration ([`Driver`]).
+//!
+//! Not built on the `cgroups-rs` crate (Kata): its 0.5 has a `Manager`
+//! trait with cgroupfs and systemd (zbus) managers, but takes resources as
+//! oci-spec's `LinuxResources` and keeps its state in a live manager
+//! object, while berth validates its own [`Resources`] (errors name the
+//! field) and must record exactly which directories it created — it never
+//! adopts or removes a cgroup it did not make — in state it reloads later.
 //!
 //! The code takes the cgroup root as a parameter so unit tests run against a
 //! temporary directory that mimics cgroupfs. It only ever removes directories
