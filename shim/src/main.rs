@@ -2,7 +2,9 @@
 //! configuration and hands off to berth-cri (`serve`) or berth-core (`run`).
 
 mod catch_panic;
+mod check;
 mod config;
+mod notify;
 mod run;
 mod serve;
 
@@ -25,6 +27,13 @@ struct Cli {
 enum Command {
     /// Serve the CRI (RuntimeService and ImageService) on a unix socket.
     Serve(serve::ServeArgs),
+    /// Check this node: kernel features, cgroups, CRIU, CNI — what is ready
+    /// and what is missing (exit code 1 when something required is).
+    Check {
+        /// Configuration file (default: /etc/berth/config.toml when it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -67,6 +76,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::main(args).map(|()| 0),
+        Command::Check { config } => check::main(config.as_deref()),
         Command::Config {
             command: ConfigCommand::Default,
         } => {

@@ -161,6 +161,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "berth serving CRI"
     );
+    // systemd's Type=notify: ready once the socket accepts.
+    if let Err(e) = crate::notify::ready() {
+        tracing::warn!(error = %e, "telling systemd we are ready (NOTIFY_SOCKET)");
+    }
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
         .layer(crate::catch_panic::CatchPanicLayer)
