@@ -53,6 +53,13 @@ cni_conf_dir = "/etc/cni/net.d"
 cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 # How long one plugin call may take before it is killed.
 plugin_timeout_seconds = 120
+
+[metrics]
+# Prometheus metrics on http://<listen>/metrics and a health check on
+# /healthz: CRI calls (count, latency), pods, containers, monitors, image
+# pulls.
+enabled = false
+listen = "127.0.0.1:9323"
 "#;
 
 /// Log output format.
@@ -77,6 +84,24 @@ pub struct Config {
     pub image: ImageSection,
     pub runtime: RuntimeSection,
     pub network: NetworkSection,
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    pub enabled: bool,
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            enabled: false,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9323)),
+        }
+    }
 }
 
 /// `[network]`.
@@ -126,6 +151,7 @@ impl Default for Config {
             image: ImageSection::default(),
             runtime: RuntimeSection::default(),
             network: NetworkSection::default(),
+            metrics: MetricsSection::default(),
         }
     }
 }

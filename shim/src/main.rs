@@ -4,6 +4,7 @@
 mod catch_panic;
 mod check;
 mod config;
+mod metrics;
 mod notify;
 mod run;
 mod serve;

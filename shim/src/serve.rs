@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// containerd-style certs.d directory for registry hosts.
     #[arg(long)]
     registry_config_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics and /healthz on this address (turns
+    /// `[metrics]` on).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// CNI network configuration directory.
     #[arg(long)]
     cni_conf_dir: Option<PathBuf>,
@@ -74,6 +78,10 @@ impl ServeArgs {
         }
         if let Some(v) = self.registry_config_dir {
             c.image.registry_config_dir = v;
+        }
+        if let Some(v) = self.metrics_listen {
+            c.metrics.enabled = true;
+            c.metrics.listen = v;
         }
         if let Some(v) = self.cni_conf_dir {
             c.network.cni_conf_dir = v;
@@ -153,6 +161,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     )
     .context("opening the pod and container records")?;
 
+    let metrics = crate::metrics::Metrics::new();
+    if config.metrics.enabled {
+        let addr = crate::metrics::serve(
+            config.metrics.listen,
+            metrics.clone(),
+            runtime.clone(),
+            images.puller().clone(),
+        )
+        .await?;
+        tracing::info!(address = %addr, "metrics on /metrics, health on /healthz");
+    }
     let listener = bind(&config.listen).await?;
     tracing::info!(
         socket = %config.listen.display(),
@@ -168,6 +187,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
         .layer(crate::catch_panic::CatchPanicLayer)
+        .layer(crate::metrics::MetricsLayer(metrics))
         .add_service(
             RuntimeServiceServer::new(runtime)
                 .max_decoding_message_size(MAX_MESSAGE)

@@ -211,3 +211,96 @@ fn config_default_is_printed_and_bad_config_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("root must be an absolute path"));
 }
+
+/// `GET path` on `addr` (HTTP/1.0, whole answer).
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_calls_and_pods_and_healthz_answers() {
+    const T: &str = "metrics_count_calls_and_pods_and_healthz_answers";
+    if !is_root() {
+        println!("skipped: {T}: needs root");
+        return;
+    }
+    let Some(berth) = berth_binary(T) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&berth, dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let mut rt = RuntimeServiceClient::new(d.channel().await);
+    // The bound address is in the log (port 0 asked for any).
+    let addr = d
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["fields"]["address"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no metrics address logged:\n{}", d.log()));
+    rt.version(proto::VersionRequest::default()).await.unwrap();
+    rt.version(proto::VersionRequest::default()).await.unwrap();
+    let err = rt
+        .pod_sandbox_status(proto::PodSandboxStatusRequest {
+            pod_sandbox_id: "nope".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let pod = rt
+        .run_pod_sandbox(proto::RunPodSandboxRequest {
+            config: Some(proto::PodSandboxConfig {
+                metadata: Some(proto::PodSandboxMetadata {
+                    name: "m".into(),
+                    uid: "uid-m".into(),
+                    namespace: "default".into(),
+                    attempt: 0,
+                }),
+                ..Default::default()
+            }),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+
+    let addr2 = addr.clone();
+    let body = tokio::task::spawn_blocking(move || http_get(&addr2, "/metrics"))
+        .await
+        .unwrap();
+    assert!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "{body}"
+    );
+    for want in [
+        r#"berth_cri_requests_total{method="Version",code="OK"} 2"#,
+        r#"berth_cri_requests_total{method="PodSandboxStatus",code="NotFound"} 1"#,
+        r#"berth_cri_request_duration_seconds_count{method="RunPodSandbox"} 1"#,
+        r#"berth_pods{state="SANDBOX_READY"} 1"#,
+        "berth_monitors 0",
+        "berth_image_pull_bytes_total 0",
+    ] {
+        assert!(body.contains(want), "{want} missing in:\n{body}");
+    }
+    let addr2 = addr.clone();
+    let health = tokio::task::spawn_blocking(move || http_get(&addr2, "/healthz"))
+        .await
+        .unwrap();
+    assert!(
+        health.contains("200 OK") && health.ends_with("ok\n"),
+        "{health}"
+    );
+    rt.remove_pod_sandbox(proto::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    drop(d);
+    berth_e2e::daemon::cleanup_dir(dir.path());
+}

@@ -207,6 +207,7 @@ pub struct Puller {
     blob_locks: KeyedLocks,
     downloads: std::sync::atomic::AtomicU64,
     resumes: std::sync::atomic::AtomicU64,
+    downloaded_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// A request context for one pull, for error messages.
@@ -233,12 +234,19 @@ impl Puller {
             blob_locks: KeyedLocks::default(),
             downloads: Default::default(),
             resumes: Default::default(),
+            downloaded_bytes: Default::default(),
         }
     }
 
     /// Number of blob downloads started so far (for tests and metrics).
     pub fn downloads(&self) -> u64 {
         self.downloads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes of blobs downloaded and verified so far (for metrics).
+    pub fn downloaded_bytes(&self) -> u64 {
+        self.downloaded_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Blob downloads continued from where they broke (a registry answering
@@ -567,6 +575,8 @@ impl Puller {
         tokio::task::spawn_blocking(move || writer.commit())
             .await
             .map_err(|e| ImageError::Internal(format!("commit task: {e}")))??;
+        self.downloaded_bytes
+            .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -194,7 +194,48 @@ impl RuntimeServiceImpl {
     }
 }
 
+/// What the runtime holds, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    /// Pods by CRI state name (`SANDBOX_READY`, `SANDBOX_NOTREADY`).
+    pub pods: std::collections::BTreeMap<&'static str, u64>,
+    /// Containers by CRI state name (`CONTAINER_RUNNING`, ...).
+    pub containers: std::collections::BTreeMap<&'static str, u64>,
+    /// Container monitors alive (one per created or running container).
+    pub monitors: u64,
+}
+
 impl RuntimeServiceImpl {
+    /// Counts pods and containers by state and the live monitors (their
+    /// records brought up to date with the monitors' exit records).
+    pub async fn inventory(&self) -> Inventory {
+        let mut inv = Inventory::default();
+        for entry in self.sandboxes.registry.all() {
+            let rec = entry.lock().await;
+            if !rec.removed {
+                *inv.pods
+                    .entry(rec.state.to_cri().as_str_name())
+                    .or_default() += 1;
+            }
+        }
+        for entry in self.containers.registry.all() {
+            let mut rec = entry.lock().await;
+            if rec.removed {
+                continue;
+            }
+            if rec.refresh() {
+                let _ = self.containers.registry.save(&rec);
+            }
+            *inv.containers
+                .entry(rec.state.to_cri().as_str_name())
+                .or_default() += 1;
+            if rec.state.is_live() && crate::monitor::is_running(rec.monitor_pid, &rec.dir) {
+                inv.monitors += 1;
+            }
+        }
+        inv
+    }
+
     /// In the background: DEL for attachments whose pod record is gone (a
     /// RunPodSandbox that failed and whose DEL failed too, or a crash
     /// between ADD and the record), then CNI 1.1 GC with the pods that
