@@ -39,6 +39,7 @@ mod tests {
         // (only this test sets it, and it is removed at once).
         unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
         let r = super::ready();
+        // SAFETY: as above.
         unsafe { std::env::remove_var("NOTIFY_SOCKET") };
         r.unwrap();
         let mut buf = [0u8; 64];

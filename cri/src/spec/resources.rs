@@ -126,7 +126,7 @@ fn systemd_slice(parent: &str) -> Result<&str, SpecError> {
     if parent.is_empty() {
         return Ok("");
     }
-    if !(parent.ends_with(".slice") && !parent.contains('/')) {
+    if !parent.ends_with(".slice") || parent.contains('/') {
         return Err(invalid(
             PARENT,
             format!("{parent:?}: with the systemd cgroup driver this must be a slice name (kubelet must run with cgroupDriver: systemd too)"),
