@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs the Debian packages the tests need, then runs the
 # whole suite (unit tests, privileged integration tests, end-to-end tests,
-# doctests). Must run as root.
+# doctests), then berth-core's cgroup tests again in QEMU guests with a pure
+# cgroup v2 hierarchy, one with systemd as PID 1 (scripts/cgroup2-guest/).
+# Must run as root.
 #
 # `--all-targets` also compiles the examples and benchmarks so they cannot rot.
 # The build goes to $CARGO_TARGET_DIR when set (so CI can cache it), else to
@@ -41,5 +43,52 @@ run cargo test --workspace --all-targets
 
 phase "cargo test --workspace --doc"
 run cargo test --workspace --doc
+
+# The path of berth-core's test binary `tests/$1.rs` (built if needed).
+test_binary() {
+    cargo test -p berth-core --test "$1" --no-run --message-format=json |
+        grep '"reason":"compiler-artifact"' | grep "\"name\":\"$1\"" |
+        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
+}
+
+# Runs berth-core's test binary `tests/$1.rs` in a QEMU guest: `$2` is
+# guest-a (pure cgroup v2, no systemd: run.sh) or guest-b (systemd as PID 1
+# on cgroup v2: run-systemd.sh). See scripts/cgroup2-guest/ and the README.
+# BERTH_TEST_NO_SKIP makes a test that would skip there fail instead.
+guest_tests() {
+    local name=$1 guest=$2 runner bin rc=0 t0=$SECONDS
+    case $guest in
+        guest-a) runner=run.sh ;;
+        guest-b) runner=run-systemd.sh ;;
+    esac
+    bin=$(test_binary "$name") || true
+    if [[ -z $bin || ! -x $bin ]]; then
+        echo "==> FAILED: no test binary for berth-core's tests/$name.rs" >&2
+        exit 1
+    fi
+    echo "test binary: $bin (built in $((SECONDS - t0))s)"
+    bash scripts/cgroup2-guest/build.sh "$guest" || rc=$?
+    if [[ $rc -eq 77 ]]; then
+        echo "skipped: $name in the $guest QEMU guest: QEMU cannot be installed or run here"
+        return 0
+    elif [[ $rc -ne 0 ]]; then
+        echo "==> FAILED (exit $rc): scripts/cgroup2-guest/build.sh $guest" >&2
+        exit "$rc"
+    fi
+    echo "guest ready after $((SECONDS - t0))s"
+    BERTH_TEST_NO_SKIP=1 BERTH_GUEST_ENV=BERTH_TEST_NO_SKIP \
+        run bash "scripts/cgroup2-guest/$runner" "$bin" --test-threads=1
+    echo "$name in the $guest guest: passed, $((SECONDS - t0))s for the phase"
+}
+
+phase "cgroup v2 tests in a QEMU guest (berth-core tests/cgroups.rs; scripts/cgroup2-guest/run.sh)"
+guest_tests cgroups guest-a
+
+# Hook for the systemd cgroup driver's tests: they need systemd as PID 1 and
+# its D-Bus API, so they run in guest B, once tests/cgroups_systemd.rs exists.
+if [[ -f runtime-core/tests/cgroups_systemd.rs ]]; then
+    phase "systemd cgroup driver tests in a QEMU guest with systemd (tests/cgroups_systemd.rs; run-systemd.sh)"
+    guest_tests cgroups_systemd guest-b
+fi
 
 phase "all tests passed"

@@ -37,6 +37,32 @@ const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
 const BPF_CGROUP_DEVICE: u32 = 6;
 const BPF_F_ALLOW_MULTI: u32 = 2;
+const BPF_PROG_DETACH: libc::c_long = 9;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_PROG_QUERY: libc::c_long = 16;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is a bpf_attr for `cmd`; the pointers in it outlive the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as u32) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Ids of the device programs attached to the cgroup `cg` itself.
+fn attached(cg: &std::fs::File) -> std::io::Result<Vec<u32>> {
+    let mut ids = [0u32; 64];
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(cg.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&BPF_CGROUP_DEVICE.to_ne_bytes());
+    attr[16..24].copy_from_slice(&(ids.as_mut_ptr() as u64).to_ne_bytes());
+    attr[24..28].copy_from_slice(&(ids.len() as u32).to_ne_bytes());
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    let n = u32::from_ne_bytes(attr[24..28].try_into().unwrap()) as usize;
+    Ok(ids[..n.min(ids.len())].to_vec())
+}
 
 /// One `struct bpf_insn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,28 +196,44 @@ pub fn attach(dir: &Path, rules: &[DeviceRule]) -> std::io::Result<()> {
     // SAFETY: the syscall returned a new program fd that we own.
     let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let cg = std::fs::File::open(dir)?;
+    // Programs a previous apply attached: replaced, not kept (with
+    // BPF_F_ALLOW_MULTI every attached program must allow, so a kept old
+    // list would still deny what the new one allows).
+    let old = attached(&cg).unwrap_or_default();
     // BPF_PROG_ATTACH: target_fd, attach_bpf_fd, attach_type, attach_flags.
     let mut attr = [0u8; 128];
     attr[0..4].copy_from_slice(&(cg.as_raw_fd() as u32).to_ne_bytes());
     attr[4..8].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
     attr[8..12].copy_from_slice(&BPF_CGROUP_DEVICE.to_ne_bytes());
     attr[12..16].copy_from_slice(&BPF_F_ALLOW_MULTI.to_ne_bytes());
-    // SAFETY: `attr` is a valid bpf_attr for BPF_PROG_ATTACH; both fds are
-    // open for the duration of the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_ATTACH,
-            attr.as_mut_ptr(),
-            attr.len() as u32,
-        )
-    };
-    if r < 0 {
-        let err = std::io::Error::last_os_error();
-        return Err(std::io::Error::new(
+    bpf(BPF_PROG_ATTACH, &mut attr).map_err(|err| {
+        std::io::Error::new(
             err.kind(),
             format!("attach the device program to {}: {err}", dir.display()),
-        ));
+        )
+    })?;
+    // The new program is in force; only now do the old ones go.
+    for id in old {
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&id.to_ne_bytes());
+        let Ok(fd) = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr) else {
+            continue; // already gone
+        };
+        // SAFETY: a new fd that we own.
+        let old_prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&(cg.as_raw_fd() as u32).to_ne_bytes());
+        attr[4..8].copy_from_slice(&(old_prog.as_raw_fd() as u32).to_ne_bytes());
+        attr[8..12].copy_from_slice(&BPF_CGROUP_DEVICE.to_ne_bytes());
+        bpf(BPF_PROG_DETACH, &mut attr).map_err(|err| {
+            std::io::Error::new(
+                err.kind(),
+                format!(
+                    "detach the old device program from {}: {err}",
+                    dir.display()
+                ),
+            )
+        })?;
     }
     // The attachment keeps the program; our fd can go.
     Ok(())
