@@ -14,6 +14,11 @@
 #                   real CNI plugins (bridge, host-local, loopback, portmap,
 #                   firewall, tuning) from /usr/lib/cni
 #   iptables        required: the portmap and firewall plugins run it
+#   golang-go, golang-github-docker-spdystream-dev  required: the SPDY/3.1
+#                   interop test builds a Go peer on spdystream, the library
+#                   Kubernetes' SPDY transport uses (offline, GOPATH mode)
+#   python3-websocket required: websocket-client, the streaming tests' client
+#                   that berth did not write (run with Debian's /usr/bin/python3)
 #   runc, crun      optional: only the lifecycle benchmark compares against
 #                   them; failing to install them is a warning, not an error
 #   containerd      optional: only the pull benchmark compares against its CRI
@@ -23,7 +28,7 @@
 #   --no-bench   install only the required packages (skip runc, crun, containerd)
 set -euo pipefail
 
-required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils containernetworking-plugins iptables)
+required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils containernetworking-plugins iptables python3-websocket golang-go golang-github-docker-spdystream-dev)
 optional=(runc crun containerd)
 
 case "${1:-}" in

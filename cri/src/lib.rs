@@ -6,6 +6,7 @@
 //!   content-addressed blob store, layer unpacking, image metadata and GC.
 //! - [`runtime`]: the RuntimeService (pods and containers).
 //! - [`cni`]: pod networking through CNI plugins.
+//! - [`stream`]: the streaming server of Exec, Attach and PortForward.
 
 pub mod cni;
 pub mod image;
@@ -14,6 +15,7 @@ pub mod monitor;
 pub mod runtime;
 pub mod spec;
 pub mod store;
+pub mod stream;
 mod util;
 
 /// CRI v1 (`runtime.v1`) messages and services generated from `proto/api.proto`.

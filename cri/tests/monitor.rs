@@ -85,6 +85,8 @@ impl Fixture {
             max_log_line: None,
             exit_file: self.exit_file(),
             sealed_init: None,
+            stdin: false,
+            stdin_once: false,
         }
     }
 

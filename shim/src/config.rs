@@ -54,6 +54,12 @@ cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 # How long one plugin call may take before it is killed.
 plugin_timeout_seconds = 120
 
+[stream]
+# The streaming server behind Exec and PortForward (kubectl exec and
+# port-forward reach it through kubelet): port 0 picks a free port. Keep it
+# on loopback unless kubelet's API server proxy must reach it otherwise.
+listen = "127.0.0.1:0"
+
 [metrics]
 # Prometheus metrics on http://<listen>/metrics and a health check on
 # /healthz: CRI calls (count, latency), pods, containers, monitors, image
@@ -84,7 +90,23 @@ pub struct Config {
     pub image: ImageSection,
     pub runtime: RuntimeSection,
     pub network: NetworkSection,
+    pub stream: StreamSection,
     pub metrics: MetricsSection,
+}
+
+/// `[stream]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamSection {
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for StreamSection {
+    fn default() -> Self {
+        StreamSection {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
+    }
 }
 
 /// `[metrics]`.
@@ -151,6 +173,7 @@ impl Default for Config {
             image: ImageSection::default(),
             runtime: RuntimeSection::default(),
             network: NetworkSection::default(),
+            stream: StreamSection::default(),
             metrics: MetricsSection::default(),
         }
     }

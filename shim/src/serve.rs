@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// containerd-style certs.d directory for registry hosts.
     #[arg(long)]
     registry_config_dir: Option<PathBuf>,
+    /// Address of the streaming server (Exec, PortForward).
+    #[arg(long)]
+    stream_listen: Option<std::net::SocketAddr>,
     /// Serve Prometheus metrics and /healthz on this address (turns
     /// `[metrics]` on).
     #[arg(long)]
@@ -78,6 +81,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.registry_config_dir {
             c.image.registry_config_dir = v;
+        }
+        if let Some(v) = self.stream_listen {
+            c.stream.listen = v;
         }
         if let Some(v) = self.metrics_listen {
             c.metrics.enabled = true;
@@ -156,6 +162,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     config.network.plugin_timeout_seconds,
                 ),
             }),
+            stream_addr: Some(config.stream.listen),
         },
         images.store().clone(),
     )

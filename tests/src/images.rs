@@ -220,7 +220,7 @@ fn rel(path: &str) -> &str {
 /// The applets linked in the busybox layer's /bin.
 const BUSYBOX_APPLETS: &[&str] = &[
     "sh", "ls", "cat", "echo", "id", "sleep", "true", "false", "env", "pwd", "test", "stat", "wc",
-    "head", "mkdir", "ip", "nc", "httpd", "printf",
+    "head", "mkdir", "ip", "nc", "httpd", "printf", "stty", "ps", "dd", "kill",
 ];
 
 /// A small root filesystem around the host's static busybox: /bin/busybox

@@ -38,6 +38,7 @@
 //! never accumulates zombie monitors and never has to wait for one (conmon's
 //! double fork).
 
+pub mod attach;
 mod exit;
 mod pump;
 mod reopen;
@@ -106,6 +107,14 @@ pub struct MonitorSpec {
     /// gone or unsealed): the monitor makes its own.
     #[serde(default)]
     pub sealed_init: Option<SealedInit>,
+    /// The container reads stdin (CRI `stdin`): the monitor holds the
+    /// other end for attached clients.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Close the container's stdin when the first attached client that
+    /// wrote to it goes (CRI `stdin_once`).
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// Where a monitor finds the daemon's sealed init binary.

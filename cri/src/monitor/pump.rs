@@ -62,6 +62,10 @@ enum Slot {
     Signals,
     Init,
     Source(usize),
+    AttachAccept,
+    /// Client `i`; whether it hung up or failed.
+    AttachClient(usize, bool),
+    AttachStdin,
 }
 
 /// The monitor's loop state.
@@ -75,10 +79,17 @@ pub(super) struct Pump {
     exit: Option<ExitStatus>,
     write_errors: u64,
     first_write_error: Option<String>,
+    /// Attached clients and the container's stdin (`None`: no attach).
+    attach: Option<super::attach::Attach>,
 }
 
 impl Pump {
-    pub(super) fn new(sources: Vec<Source>, log: Option<LogFile>, signals: SignalFd) -> Self {
+    pub(super) fn new(
+        sources: Vec<Source>,
+        log: Option<LogFile>,
+        signals: SignalFd,
+        attach: Option<super::attach::Attach>,
+    ) -> Self {
         Pump {
             sources: sources.into_iter().map(Some).collect(),
             log,
@@ -87,6 +98,7 @@ impl Pump {
             exit: None,
             write_errors: 0,
             first_write_error: None,
+            attach,
         }
     }
 
@@ -117,6 +129,13 @@ impl Pump {
                     continue;
                 }
             };
+            // Attached clients in descending order: handling one may drop
+            // it, which shifts the ones after it.
+            let mut ready = ready;
+            ready.sort_by_key(|s| match s {
+                Slot::AttachClient(i, _) => std::cmp::Reverse(*i),
+                _ => std::cmp::Reverse(usize::MAX),
+            });
             for slot in ready {
                 match slot {
                     Slot::Signals => self.signals(init.pid()),
@@ -124,6 +143,28 @@ impl Pump {
                     Slot::Source(i) => {
                         if self.read(i) {
                             last_data = Instant::now();
+                        }
+                    }
+                    Slot::AttachAccept => {
+                        if let Some(a) = &mut self.attach {
+                            a.accept();
+                        }
+                    }
+                    Slot::AttachClient(i, hung_up) => {
+                        if let Some(a) = &mut self.attach {
+                            if hung_up {
+                                // Gone for good (poll reports a hang-up even
+                                // when not asked: it must not spin us).
+                                a.detach(i);
+                                continue;
+                            }
+                            a.flush(i);
+                            a.read(i);
+                        }
+                    }
+                    Slot::AttachStdin => {
+                        if let Some(a) = &mut self.attach {
+                            a.write_stdin();
                         }
                     }
                 }
@@ -161,12 +202,48 @@ impl Pump {
                 fds.push(PollFd::new(s.fd.as_fd(), PollFlags::POLLIN));
             }
         }
+        // Attach only while the container runs (its output drained after
+        // the exit goes to the clients already attached).
+        if let (Some(a), None) = (&self.attach, self.exit) {
+            use super::attach::Want;
+            for w in a.wants() {
+                match w {
+                    Want::Accept(fd) => {
+                        slots.push(Slot::AttachAccept);
+                        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                    }
+                    Want::Client(i, fd, read, write) => {
+                        let mut flags = PollFlags::empty();
+                        if read {
+                            flags |= PollFlags::POLLIN;
+                        }
+                        if write {
+                            flags |= PollFlags::POLLOUT;
+                        }
+                        slots.push(Slot::AttachClient(i, false));
+                        fds.push(PollFd::new(fd, flags));
+                    }
+                    Want::Stdin(fd) => {
+                        slots.push(Slot::AttachStdin);
+                        fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+                    }
+                }
+            }
+        }
         poll(&mut fds, timeout)?;
         Ok(slots
             .into_iter()
             .zip(&fds)
-            .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
-            .map(|(slot, _)| slot)
+            .filter_map(|(slot, fd)| {
+                let r = fd.revents().filter(|r| !r.is_empty())?;
+                Some(match slot {
+                    Slot::AttachClient(i, _) => Slot::AttachClient(
+                        i,
+                        r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL),
+                    ),
+                    other => other,
+                })
+            })
             .collect())
     }
 
@@ -253,6 +330,13 @@ impl Pump {
         match nix::unistd::read(src.fd.as_raw_fd(), &mut self.buf) {
             Ok(0) => {}
             Ok(n) => {
+                if let Some(a) = &mut self.attach {
+                    let kind = match src.splitter.stream() {
+                        Stream::Stderr => super::attach::OUT_STDERR,
+                        _ => super::attach::OUT_STDOUT,
+                    };
+                    a.broadcast(kind, &self.buf[..n]);
+                }
                 if let Some(log) = &mut self.log {
                     let result = src.splitter.feed(&self.buf[..n], SystemTime::now(), log);
                     self.note_write(result);

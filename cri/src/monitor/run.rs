@@ -214,7 +214,7 @@ fn start(
         None => None,
     };
     let max_line = Some(spec.max_log_line.unwrap_or(DEFAULT_MAX_LINE_SIZE));
-    let (process, readers) = process_with_pipes(spec.process.clone())?;
+    let (process, readers, stdin_w) = process_with_pipes(spec.process.clone(), spec.stdin)?;
 
     let container_err = |step| {
         let id = spec.container_id.clone();
@@ -242,6 +242,8 @@ fn start(
     // process: free it (the container's init keeps its own mapping until it
     // execs the container's process).
     berth_core::process::forget_sealed_copies();
+    let mut stdin = stdin_w;
+    let mut pty = None;
     let sources = match readers {
         Some((out, err)) => vec![
             Source::new(out, Stream::Stdout, max_line, false),
@@ -249,7 +251,14 @@ fn start(
         ],
         // A terminal merges both streams; CRI logs it as stdout.
         None => match handle.take_console() {
-            Some(console) => vec![Source::new(console, Stream::Stdout, max_line, true)],
+            Some(console) => {
+                // Attached clients write to it and resize it.
+                pty = console.try_clone().ok();
+                if spec.stdin {
+                    stdin = console.try_clone().ok();
+                }
+                vec![Source::new(console, Stream::Stdout, max_line, true)]
+            }
             None => {
                 kill_and_destroy(&spec, &handle);
                 return Err(MonitorError::Sys {
@@ -267,25 +276,37 @@ fn start(
             return Err(e);
         }
     };
-    let pump = Pump::new(sources, log, signals);
+    // `kubectl attach` reaches the container through this socket in its
+    // directory; without it the container still runs, unattachable.
+    let attach = spec.exit_file.parent().and_then(|dir| {
+        super::attach::Attach::listen(dir, stdin, spec.stdin_once, pty)
+            .map_err(|e| warn(&format!("attach socket: {e}")))
+            .ok()
+    });
+    let pump = Pump::new(sources, log, signals, attach);
     Ok((spec, handle, pump))
 }
 
-/// The container's process with stdin on `/dev/null` and stdout and stderr
-/// on new pipes, whose read ends are returned — or, when it asks for a
-/// terminal, no pipes (runtime-core hands us the console instead).
+/// Read ends of the container's stdout and stderr pipes.
+type Readers = Option<(OwnedFd, OwnedFd)>;
+
+/// The container's process with stdout and stderr on new pipes, whose read
+/// ends are returned, and stdin on `/dev/null` — or, with `stdin`, on a
+/// pipe whose write end is returned too. When it asks for a terminal: no
+/// pipes (runtime-core hands us the console instead).
 fn process_with_pipes(
     spec: ProcessSpec,
-) -> Result<(Process, Option<(OwnedFd, OwnedFd)>), MonitorError> {
+    stdin: bool,
+) -> Result<(Process, Readers, Option<OwnedFd>), MonitorError> {
     let mut process = Process::new(Vec::<String>::new());
     let terminal = spec.terminal.is_some();
     process.spec = spec;
     if terminal {
-        return Ok((process, None));
+        return Ok((process, None, None));
     }
     let pipe = || {
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|source| MonitorError::Sys {
-            step: "create the output pipes",
+            step: "create the container's stdio pipes",
             source,
         })
     };
@@ -293,7 +314,13 @@ fn process_with_pipes(
     let (err_r, err_w) = pipe()?;
     process.stdout = out_w.into();
     process.stderr = err_w.into();
-    Ok((process, Some((out_r, err_r))))
+    let mut stdin_w = None;
+    if stdin {
+        let (in_r, in_w) = pipe()?;
+        process.stdin = in_r.into();
+        stdin_w = Some(in_w);
+    }
+    Ok((process, Some((out_r, err_r)), stdin_w))
 }
 
 pub(super) fn set_nonblocking(fd: &OwnedFd) -> Result<(), MonitorError> {

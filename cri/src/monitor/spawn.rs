@@ -193,6 +193,8 @@ mod tests {
             max_log_line: None,
             exit_file: d.path().join("exit.json"),
             sealed_init: None,
+            stdin: false,
+            stdin_once: false,
         };
         let dir = d.path().join("m");
         // `true` ignores its arguments and prints nothing.

@@ -199,18 +199,26 @@ fn build(
                 std::fs::create_dir_all(parent).map_err(|e| RuntimeError::io(parent, e))?;
             }
         }
+        let mut process = cs.process;
+        if cs.tty {
+            // The monitor reads (and logs) the terminal; attached clients
+            // resize it.
+            process.terminal = Some(berth_core::process::ConsoleSize { rows: 24, cols: 80 });
+        }
         let mspec = MonitorSpec {
             version: 1,
             container_id: id.to_string(),
             state_root: ctx.containers.runtime_root.clone(),
             cgroup_root: None,
             config: cs.config,
-            process: cs.process,
+            process,
             log_path: (!log.is_empty()).then(|| PathBuf::from(&log)),
             max_log_line: None,
             exit_file: dir.join("exit.json"),
             // The zygote's monitors inherit its copy of the init binary.
             sealed_init: None,
+            stdin: cs.stdin,
+            stdin_once: cs.stdin_once,
         };
         let spawned = match ctx.zygote.spawn(&dir, &mspec) {
             // The zygote itself cannot run: an exec'd monitor still can.

@@ -31,26 +31,8 @@ pub(super) fn exec_sync(
     cmd: Vec<String>,
     timeout: i64,
 ) -> Result<proto::ExecSyncResponse, RuntimeError> {
-    if cmd.is_empty() {
-        return Err(RuntimeError::invalid("cmd", "must not be empty"));
-    }
-    if rec.state != ContainerState::Running {
-        return Err(RuntimeError::FailedPrecondition(format!(
-            "container {} is {:?}, not running",
-            rec.id, rec.state
-        )));
-    }
-    let spec_path = rec.dir.join(SPEC_FILE);
-    let spec: MonitorSpec = std::fs::read(&spec_path)
-        .map_err(|e| RuntimeError::io(&spec_path, e))
-        .and_then(|b| {
-            serde_json::from_slice(&b)
-                .map_err(|e| RuntimeError::Internal(format!("{}: {e}", spec_path.display())))
-        })?;
-    let mut process = berth_core::Process::new(cmd);
-    process.spec.env = spec.process.env;
-    process.spec.cwd = spec.process.cwd;
-    process.spec.user = spec.process.user;
+    let mut process = berth_core::Process::new(cmd.clone());
+    process.spec = process_spec(rec, cmd)?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     process.stdout = berth_core::Stdio::Fd(out_w);
@@ -78,6 +60,36 @@ pub(super) fn exec_sync(
         stderr,
         exit_code: status.code(),
     })
+}
+
+/// The spec of a process `cmd` joining running container `rec`: its
+/// environment, working directory and user are the container's own (as
+/// containerd and CRI-O exec).
+pub(super) fn process_spec(
+    rec: &ContainerRecord,
+    cmd: Vec<String>,
+) -> Result<berth_core::process::ProcessSpec, RuntimeError> {
+    if cmd.is_empty() {
+        return Err(RuntimeError::invalid("cmd", "must not be empty"));
+    }
+    if rec.state != ContainerState::Running {
+        return Err(RuntimeError::FailedPrecondition(format!(
+            "container {} is {:?}, not running",
+            rec.id, rec.state
+        )));
+    }
+    let spec_path = rec.dir.join(SPEC_FILE);
+    let spec: MonitorSpec = std::fs::read(&spec_path)
+        .map_err(|e| RuntimeError::io(&spec_path, e))
+        .and_then(|b| {
+            serde_json::from_slice(&b)
+                .map_err(|e| RuntimeError::Internal(format!("{}: {e}", spec_path.display())))
+        })?;
+    let mut process = berth_core::Process::new(cmd);
+    process.spec.env = spec.process.env;
+    process.spec.cwd = spec.process.cwd;
+    process.spec.user = spec.process.user;
+    Ok(process.spec)
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {

@@ -56,6 +56,10 @@ pub struct RuntimeServiceConfig {
     /// get loopback only and `NetworkReady` stays false (for embeddings
     /// and tests that want no pod network; `berth serve` always sets it).
     pub cni: Option<crate::cni::CniSettings>,
+    /// Where the streaming server of Exec/PortForward listens (port 0: any
+    /// free one). `None`: no streaming server; those RPCs answer
+    /// Unavailable.
+    pub stream_addr: Option<std::net::SocketAddr>,
 }
 
 /// The runtime service.
@@ -73,6 +77,8 @@ pub struct RuntimeServiceImpl {
     cgroup_view: Arc<crate::spec::CgroupView>,
     /// The pod network, when configured.
     cni: Option<Arc<crate::cni::Cni>>,
+    /// The streaming server, when configured.
+    stream: Option<Arc<crate::stream::StreamServer>>,
 }
 
 impl RuntimeServiceImpl {
@@ -93,9 +99,20 @@ impl RuntimeServiceImpl {
             .cni
             .clone()
             .map(|s| crate::cni::Cni::start(s, root.join("cni")));
+        let stream =
+            match config.stream_addr {
+                Some(addr) => Some(crate::stream::StreamServer::start(addr).map_err(|e| {
+                    RuntimeError::Internal(format!("streaming server on {addr}: {e}"))
+                })?),
+                None => None,
+            };
+        if let Some(s) = &stream {
+            tracing::info!(url = %s.base(), "streaming server (exec, port-forward)");
+        }
         let service = RuntimeServiceImpl {
             config,
             cni,
+            stream,
             sandboxes: Arc::new(Sandboxes::open(root, state)?),
             containers: Arc::new(Containers::open(root, state)?),
             images,
@@ -1029,25 +1046,163 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
 
     async fn exec(
         &self,
-        _request: Request<proto::ExecRequest>,
+        request: Request<proto::ExecRequest>,
     ) -> Result<Response<proto::ExecResponse>, Status> {
-        Err(not_yet("Exec (the streaming server for kubectl exec)"))
+        let req = request.into_inner();
+        if req.tty && req.stderr {
+            return Err(RuntimeError::invalid(
+                "stderr",
+                "tty and stderr cannot both be true (the terminal carries both)",
+            )
+            .into());
+        }
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(RuntimeError::invalid(
+                "stdin",
+                "one of stdin, stdout or stderr must be true",
+            )
+            .into());
+        }
+        let stream = self.streaming()?;
+        let entry = self
+            .containers
+            .registry
+            .get(&req.container_id, "container_id")?;
+        let target = {
+            let mut rec = entry.lock().await;
+            if rec.removed {
+                return Err(self.containers.registry.not_found(&req.container_id).into());
+            }
+            if rec.refresh() {
+                self.containers.registry.save(&rec)?;
+            }
+            let spec = exec_sync::process_spec(&rec, req.cmd)?;
+            crate::stream::exec::ExecTarget {
+                runtime_root: self.containers.runtime_root.clone(),
+                container_id: rec.id.to_string(),
+                spec,
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                tty: req.tty,
+            }
+        };
+        let url = stream
+            .issue(crate::stream::StreamRequest::Exec(Box::new(target)))
+            .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
+        Ok(Response::new(proto::ExecResponse { url }))
     }
 
     async fn attach(
         &self,
-        _request: Request<proto::AttachRequest>,
+        request: Request<proto::AttachRequest>,
     ) -> Result<Response<proto::AttachResponse>, Status> {
-        Err(not_yet("Attach (the streaming server for kubectl attach)"))
+        let req = request.into_inner();
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(RuntimeError::invalid(
+                "stdin",
+                "one of stdin, stdout or stderr must be true",
+            )
+            .into());
+        }
+        let stream = self.streaming()?;
+        let entry = self
+            .containers
+            .registry
+            .get(&req.container_id, "container_id")?;
+        let target = {
+            let mut rec = entry.lock().await;
+            if rec.removed {
+                return Err(self.containers.registry.not_found(&req.container_id).into());
+            }
+            if rec.refresh() {
+                self.containers.registry.save(&rec)?;
+            }
+            if rec.state != container::ContainerState::Running {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "container {} is {:?}, not running",
+                    rec.id, rec.state
+                ))
+                .into());
+            }
+            let config = rec.config();
+            if req.stdin && !config.stdin {
+                return Err(RuntimeError::invalid(
+                    "stdin",
+                    "the container was not created with stdin: true",
+                )
+                .into());
+            }
+            // The container's terminal decides (as containerd does): one
+            // stream, no stderr.
+            crate::stream::attach::AttachTarget {
+                dir: rec.dir.clone(),
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr && !config.tty,
+                tty: config.tty,
+            }
+        };
+        let url = stream
+            .issue(crate::stream::StreamRequest::Attach(target))
+            .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
+        Ok(Response::new(proto::AttachResponse { url }))
     }
 
     async fn port_forward(
         &self,
-        _request: Request<proto::PortForwardRequest>,
+        request: Request<proto::PortForwardRequest>,
     ) -> Result<Response<proto::PortForwardResponse>, Status> {
-        Err(not_yet(
-            "PortForward (the streaming server for kubectl port-forward)",
-        ))
+        let req = request.into_inner();
+        let stream = self.streaming()?;
+        let mut ports = Vec::new();
+        for (i, p) in req.port.iter().enumerate() {
+            match u16::try_from(*p) {
+                Ok(p) if p > 0 => ports.push(p),
+                _ => {
+                    return Err(RuntimeError::invalid(
+                        format!("port[{i}]"),
+                        format!("{p} is not a TCP port"),
+                    )
+                    .into())
+                }
+            }
+        }
+        let entry = self
+            .sandboxes
+            .registry
+            .get(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        let netns = {
+            let rec = entry.lock().await;
+            if rec.removed {
+                return Err(RuntimeError::NotFound {
+                    kind: "pod sandbox",
+                    id: req.pod_sandbox_id,
+                }
+                .into());
+            }
+            if rec.state != sandbox::SandboxState::Ready {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "pod sandbox {} is not ready",
+                    rec.id
+                ))
+                .into());
+            }
+            match (
+                rec.network,
+                rec.namespaces.as_ref().and_then(|n| n.net.clone()),
+            ) {
+                (sandbox::NsMode::Pod, Some(net)) => net,
+                // Host network: the host's namespace (the daemon's).
+                _ => std::path::PathBuf::from("/proc/self/ns/net"),
+            }
+        };
+        let url = stream
+            .issue(crate::stream::StreamRequest::PortForward(
+                crate::stream::portforward::Target { netns, ports },
+            ))
+            .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
+        Ok(Response::new(proto::PortForwardResponse { url }))
     }
 
     async fn checkpoint_container(
@@ -1069,6 +1224,16 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         _request: Request<proto::RestorePodRequest>,
     ) -> Result<Response<proto::RestorePodResponse>, Status> {
         Err(not_yet("RestorePod"))
+    }
+}
+
+impl RuntimeServiceImpl {
+    fn streaming(&self) -> Result<&Arc<crate::stream::StreamServer>, Status> {
+        self.stream.as_ref().ok_or_else(|| {
+            Status::unavailable(
+                "berth runs without a streaming server (stream_addr not configured)",
+            )
+        })
     }
 }
 

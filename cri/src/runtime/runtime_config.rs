@@ -30,6 +30,7 @@ mod tests {
                 cgroup_driver: d,
                 monitor_exe: None,
                 cni: None,
+                stream_addr: None,
             });
             assert_eq!(r.linux.unwrap().cgroup_driver, want as i32);
         }

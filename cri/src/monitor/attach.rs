@@ -1,0 +1,298 @@
+//! Attach: the monitor owns the container's stdin (a pipe, or the
+//! terminal) and its output, so `kubectl attach` goes through it. The
+//! monitor listens on `<dir>/attach.sock` (in the container's private
+//! directory); each connected client — the daemon's streaming server —
+//! gets every output chunk as it is logged, and may send stdin, close
+//! stdin, or resize the terminal.
+//!
+//! Frames both ways are `[kind: u8][length: u32 big endian][payload]`:
+//! monitor → client [`OUT_STDOUT`]/[`OUT_STDERR`] with data; client →
+//! monitor [`IN_STDIN`] data, [`IN_CLOSE_STDIN`], [`IN_RESIZE`] with rows
+//! and columns as two big-endian u16. `stdin_once`: the container's stdin
+//! is closed when the first client that sent stdin detaches or closes it.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+
+/// Output on the container's stdout (or its terminal).
+pub const OUT_STDOUT: u8 = 1;
+/// Output on its stderr.
+pub const OUT_STDERR: u8 = 2;
+/// Bytes for the container's stdin.
+pub const IN_STDIN: u8 = 0;
+/// The client is done writing stdin.
+pub const IN_CLOSE_STDIN: u8 = 1;
+/// A terminal size: rows, columns.
+pub const IN_RESIZE: u8 = 2;
+
+/// The socket's name in the container's directory.
+pub const SOCKET: &str = "attach.sock";
+
+/// Output queued for a slow client before it is dropped (a client must not
+/// make the monitor's memory grow without bound).
+const MAX_QUEUED: usize = 4 << 20;
+/// stdin queued for the container before clients are read no further.
+const MAX_STDIN_QUEUED: usize = 1 << 20;
+
+/// A path for `name` in directory `dir` short enough for a unix socket
+/// (108 bytes): through `/proc/self/fd` of an open directory fd, which the
+/// caller keeps open while it uses the path.
+pub fn short_path(dir: &Path, name: &str) -> std::io::Result<(std::fs::File, String)> {
+    let d = std::fs::File::open(dir)?;
+    let p = format!("/proc/self/fd/{}/{name}", d.as_raw_fd());
+    Ok((d, p))
+}
+
+struct Client {
+    sock: UnixStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    sent_stdin: bool,
+    /// The client half-closed: it sends nothing more but still reads.
+    done_sending: bool,
+}
+
+/// The monitor's side.
+pub struct Attach {
+    listener: UnixListener,
+    clients: Vec<Client>,
+    /// The container's stdin (pipe write end or a dup of the terminal).
+    stdin: Option<OwnedFd>,
+    stdin_queue: Vec<u8>,
+    stdin_once: bool,
+    /// The terminal, for resizes.
+    pty: Option<OwnedFd>,
+}
+
+impl std::fmt::Debug for Attach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attach")
+            .field("clients", &self.clients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn nonblocking(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?;
+    fcntl(
+        fd.as_raw_fd(),
+        FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
+    )?;
+    Ok(())
+}
+
+nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, libc::winsize);
+
+/// What to poll for.
+pub enum Want<'a> {
+    /// New clients.
+    Accept(BorrowedFd<'a>),
+    /// Client `i`: readable, and writable when output is queued.
+    Client(usize, BorrowedFd<'a>, bool, bool),
+    /// The container's stdin is writable again.
+    Stdin(BorrowedFd<'a>),
+}
+
+impl Attach {
+    /// Listens on `dir/attach.sock` (mode 0600: root only).
+    pub fn listen(
+        dir: &Path,
+        stdin: Option<OwnedFd>,
+        stdin_once: bool,
+        pty: Option<OwnedFd>,
+    ) -> std::io::Result<Attach> {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dirfd, path) = short_path(dir, SOCKET)?;
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        listener.set_nonblocking(true)?;
+        if let Some(s) = &stdin {
+            nonblocking(s.as_fd())?;
+        }
+        Ok(Attach {
+            listener,
+            clients: Vec::new(),
+            stdin,
+            stdin_queue: Vec::new(),
+            stdin_once,
+            pty,
+        })
+    }
+
+    /// The fds to poll and why.
+    pub fn wants(&self) -> Vec<Want<'_>> {
+        let mut w = vec![Want::Accept(self.listener.as_fd())];
+        let room = self.stdin_queue.len() < MAX_STDIN_QUEUED;
+        for (i, c) in self.clients.iter().enumerate() {
+            let read = room && !c.done_sending;
+            w.push(Want::Client(i, c.sock.as_fd(), read, !c.output.is_empty()));
+        }
+        if let (Some(s), false) = (&self.stdin, self.stdin_queue.is_empty()) {
+            w.push(Want::Stdin(s.as_fd()));
+        }
+        w
+    }
+
+    /// New connections.
+    pub fn accept(&mut self) {
+        while let Ok((sock, _)) = self.listener.accept() {
+            if sock.set_nonblocking(true).is_ok() {
+                self.clients.push(Client {
+                    sock,
+                    input: Vec::new(),
+                    output: Vec::new(),
+                    sent_stdin: false,
+                    done_sending: false,
+                });
+            }
+        }
+    }
+
+    /// An output chunk for every client.
+    pub fn broadcast(&mut self, kind: u8, data: &[u8]) {
+        if self.clients.is_empty() || data.is_empty() {
+            return;
+        }
+        let mut frame = Vec::with_capacity(data.len() + 5);
+        frame.push(kind);
+        frame.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        frame.extend_from_slice(data);
+        for c in &mut self.clients {
+            c.output.extend_from_slice(&frame);
+        }
+        for i in (0..self.clients.len()).rev() {
+            self.flush(i);
+        }
+    }
+
+    /// Writes what is queued for client `i`; drops it when it is gone or
+    /// too far behind.
+    pub fn flush(&mut self, i: usize) {
+        let Some(c) = self.clients.get_mut(i) else {
+            return;
+        };
+        while !c.output.is_empty() {
+            match c.sock.write(&c.output) {
+                Ok(0) => return self.drop_client(i),
+                Ok(n) => {
+                    c.output.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return self.drop_client(i),
+            }
+        }
+        if c.output.len() > MAX_QUEUED {
+            self.drop_client(i);
+        }
+    }
+
+    /// Reads from client `i` and acts on its complete frames.
+    pub fn read(&mut self, i: usize) {
+        let Some(c) = self.clients.get_mut(i) else {
+            return;
+        };
+        if c.done_sending {
+            return;
+        }
+        let mut buf = [0u8; 32 << 10];
+        match c.sock.read(&mut buf) {
+            // A half-close: no more input (for `stdin_once`, the end of
+            // stdin); the client still gets output until it goes.
+            Ok(0) => {
+                c.done_sending = true;
+                if c.sent_stdin && self.stdin_once {
+                    self.close_stdin();
+                }
+                return;
+            }
+            Ok(n) => c.input.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(_) => return self.drop_client(i),
+        }
+        loop {
+            let c = &mut self.clients[i];
+            if c.input.len() < 5 {
+                return;
+            }
+            let len = u32::from_be_bytes([c.input[1], c.input[2], c.input[3], c.input[4]]) as usize;
+            if len > 1 << 20 {
+                return self.drop_client(i);
+            }
+            if c.input.len() < 5 + len {
+                return;
+            }
+            let kind = c.input[0];
+            let payload: Vec<u8> = c.input[5..5 + len].to_vec();
+            c.input.drain(..5 + len);
+            match kind {
+                IN_STDIN if self.stdin.is_some() => {
+                    self.clients[i].sent_stdin = true;
+                    self.stdin_queue.extend_from_slice(&payload);
+                    self.write_stdin();
+                }
+                IN_CLOSE_STDIN if self.stdin_once => self.close_stdin(),
+                IN_RESIZE if payload.len() == 4 => {
+                    if let Some(pty) = &self.pty {
+                        let ws = libc::winsize {
+                            ws_row: u16::from_be_bytes([payload[0], payload[1]]),
+                            ws_col: u16::from_be_bytes([payload[2], payload[3]]),
+                            ws_xpixel: 0,
+                            ws_ypixel: 0,
+                        };
+                        // SAFETY: TIOCSWINSZ reads one winsize from a live
+                        // local; the fd is the container's terminal.
+                        let _ = unsafe { set_winsize(pty.as_raw_fd(), &ws) };
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Moves queued stdin into the container.
+    pub fn write_stdin(&mut self) {
+        let Some(s) = &self.stdin else {
+            self.stdin_queue.clear();
+            return;
+        };
+        while !self.stdin_queue.is_empty() {
+            match nix::unistd::write(s, &self.stdin_queue) {
+                Ok(n) => {
+                    self.stdin_queue.drain(..n);
+                }
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => {
+                    // The container closed its stdin.
+                    self.stdin = None;
+                    self.stdin_queue.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn close_stdin(&mut self) {
+        self.write_stdin();
+        self.stdin = None;
+        self.stdin_queue.clear();
+    }
+
+    /// Client `i` hung up.
+    pub fn detach(&mut self, i: usize) {
+        if i < self.clients.len() {
+            self.drop_client(i);
+        }
+    }
+
+    fn drop_client(&mut self, i: usize) {
+        let c = self.clients.remove(i);
+        if c.sent_stdin && self.stdin_once {
+            self.close_stdin();
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! Exec over a stream: a new process joining the container (runtime-core's
+//! `exec`), its stdio piped to the client's channels or one pseudo-terminal
+//! when `tty`, terminal resizes applied, and the exit status reported the
+//! way Kubernetes' remotecommand does. A client that goes away takes the
+//! process with it (SIGKILL): nothing is left behind.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use berth_core::process::{ConsoleSize, ProcessSpec};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::mpsc;
+
+/// What an exec URL was issued for (validated by the Exec RPC).
+#[derive(Debug, Clone)]
+pub struct ExecTarget {
+    /// runtime-core's state root.
+    pub runtime_root: PathBuf,
+    /// The container.
+    pub container_id: String,
+    /// The process (command, env, cwd, user from the container's own).
+    pub spec: ProcessSpec,
+    /// The client sends stdin.
+    pub stdin: bool,
+    /// The client wants stdout.
+    pub stdout: bool,
+    /// The client wants stderr (never with `tty`: one terminal carries both).
+    pub stderr: bool,
+    /// One pseudo-terminal.
+    pub tty: bool,
+}
+
+/// The client side of a session, whatever the transport.
+pub struct ExecIo {
+    /// What the client types (EOF: it closed stdin).
+    pub stdin: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    /// Where the process's output goes (the terminal's, with `tty`).
+    pub stdout: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    /// Where its errors go.
+    pub stderr: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    /// Terminal sizes as the client's window changes.
+    pub resize: Option<mpsc::Receiver<ConsoleSize>>,
+}
+
+/// How the process ended, or why it could not run.
+pub type Outcome = Result<berth_core::ExitStatus, String>;
+
+/// A non-blocking fd (pipe end or pty master) as tokio I/O.
+struct FdIo {
+    fd: AsyncFd<OwnedFd>,
+    /// A pty master reads EIO once the terminal's last user is gone: EOF.
+    eio_is_eof: bool,
+}
+
+impl FdIo {
+    fn new(fd: OwnedFd, eio_is_eof: bool) -> io::Result<FdIo> {
+        let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        // SAFETY: `fd` is an owned, open descriptor; the AsyncFd owns it from
+        // here until it is dropped, so it stays the same open file.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(FdIo { fd, eio_is_eof })
+    }
+}
+
+impl AsyncRead for FdIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard
+                .try_io(|fd| nix::unistd::read(fd.as_raw_fd(), unfilled).map_err(io::Error::from))
+            {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) if self.eio_is_eof && e.raw_os_error() == Some(libc::EIO) => {
+                    return Poll::Ready(Ok(()))
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for FdIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            match guard.try_io(|fd| nix::unistd::write(fd, data).map_err(io::Error::from)) {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+/// Copies `from` to `to` until EOF, then shuts `to` down.
+async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
+    let mut buf = vec![0u8; 32 << 10];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, libc::winsize);
+
+fn resize_pty(fd: &impl AsRawFd, size: ConsoleSize) {
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which points
+    // to a live local; the fd is our pty master.
+    let _ = unsafe { set_winsize(fd.as_raw_fd(), &ws) };
+}
+
+/// Runs the process with `io` until it ends or `gone` resolves (the client
+/// left: the process is killed). Output is flushed to the client before
+/// returning.
+pub async fn run(
+    target: ExecTarget,
+    mut io: ExecIo,
+    gone: impl std::future::Future<Output = ()> + Send,
+) -> Outcome {
+    let mut process = berth_core::Process::new(target.spec.args.clone());
+    process.spec = target.spec.clone();
+    let mut ours_in = None;
+    let mut ours_out = Vec::new();
+    let mut first_size = None;
+    if target.tty {
+        // The first size, if the client sent one already.
+        if let Some(r) = io.resize.as_mut() {
+            first_size = r.try_recv().ok();
+        }
+        process.spec.terminal = Some(first_size.unwrap_or(ConsoleSize { rows: 24, cols: 80 }));
+    } else {
+        if target.stdin {
+            let (r, w) = pipe().map_err(|e| e.to_string())?;
+            process.stdin = berth_core::Stdio::Fd(r);
+            ours_in = Some(w);
+        }
+        if target.stdout {
+            let (r, w) = pipe().map_err(|e| e.to_string())?;
+            process.stdout = berth_core::Stdio::Fd(w);
+            ours_out.push((1, r));
+        }
+        if target.stderr {
+            let (r, w) = pipe().map_err(|e| e.to_string())?;
+            process.stderr = berth_core::Stdio::Fd(w);
+            ours_out.push((2, r));
+        }
+    }
+    let (root, id) = (target.runtime_root.clone(), target.container_id.clone());
+    let mut handle = tokio::task::spawn_blocking(move || {
+        let c =
+            berth_core::Container::load(&root, &id).map_err(|e| format!("container {id}: {e}"))?;
+        c.exec(process)
+            .map_err(|e| format!("exec in container {id}: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let mut pumps = Vec::new();
+    let mut resize_task = None;
+    if target.tty {
+        let master = handle.take_console().ok_or("the process got no terminal")?;
+        let dup = master.try_clone().map_err(|e| e.to_string())?;
+        let resize_fd = master.try_clone().map_err(|e| e.to_string())?;
+        let reader = FdIo::new(master, true).map_err(|e| e.to_string())?;
+        let writer = FdIo::new(dup, true).map_err(|e| e.to_string())?;
+        if let Some(out) = io.stdout.take() {
+            pumps.push(tokio::spawn(pump(reader, out)));
+        }
+        if let Some(input) = io.stdin.take() {
+            tokio::spawn(pump(input, writer));
+        }
+        if let Some(mut sizes) = io.resize.take() {
+            resize_task = Some(tokio::spawn(async move {
+                while let Some(s) = sizes.recv().await {
+                    resize_pty(&resize_fd, s);
+                }
+            }));
+        }
+    } else {
+        if let (Some(w), Some(input)) = (ours_in, io.stdin.take()) {
+            let w = FdIo::new(w, false).map_err(|e| e.to_string())?;
+            tokio::spawn(pump(input, w));
+        }
+        for (n, r) in ours_out {
+            let out = if n == 1 {
+                io.stdout.take()
+            } else {
+                io.stderr.take()
+            };
+            let r = FdIo::new(r, false).map_err(|e| e.to_string())?;
+            if let Some(out) = out {
+                pumps.push(tokio::spawn(pump(r, out)));
+            }
+        }
+    }
+    let handle = Arc::new(handle);
+    let h = handle.clone();
+    let mut wait = tokio::task::spawn_blocking(move || h.wait());
+    let status = tokio::select! {
+        s = &mut wait => s,
+        () = gone => {
+            let _ = handle.signal(libc::SIGKILL);
+            (&mut wait).await
+        }
+    };
+    // Output written before the exit is delivered; a background child
+    // that keeps the pipe open does not hold the answer for long.
+    for p in pumps {
+        let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+    }
+    if let Some(t) = resize_task {
+        t.abort();
+    }
+    status
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("waiting for the process: {e}"))
+}
+
+/// The v4+ exit status message (a Kubernetes `metav1.Status`).
+pub fn status_json(outcome: &Outcome) -> String {
+    match outcome {
+        Ok(s) if s.success() => r#"{"metadata":{},"status":"Success"}"#.to_string(),
+        Ok(s) => serde_json::json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: exit code {}", s.code()),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": s.code().to_string()}]},
+        })
+        .to_string(),
+        Err(e) => serde_json::json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": e,
+            "reason": "InternalError",
+        })
+        .to_string(),
+    }
+}
+
+/// What pre-v4 protocols put on the error channel: nothing on success, an
+/// error text otherwise.
+pub fn status_text(outcome: &Outcome) -> Option<String> {
+    match outcome {
+        Ok(s) if s.success() => None,
+        Ok(s) => Some(format!(
+            "command terminated with non-zero exit code: exit code {}",
+            s.code()
+        )),
+        Err(e) => Some(e.clone()),
+    }
+}
+
+/// Reads resize events — concatenated JSON objects `{"Width":w,"Height":h}`
+/// — from `r` into a channel.
+pub fn resize_events(
+    mut r: impl AsyncRead + Unpin + Send + 'static,
+) -> mpsc::Receiver<ConsoleSize> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Size {
+        width: u16,
+        height: u16,
+    }
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        let mut pending = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&buf[..n]);
+            let mut consumed = 0;
+            let mut it = serde_json::Deserializer::from_slice(&pending).into_iter::<Size>();
+            while let Some(Ok(s)) = it.next() {
+                consumed = it.byte_offset();
+                let _ = tx
+                    .send(ConsoleSize {
+                        rows: s.height,
+                        cols: s.width,
+                    })
+                    .await;
+            }
+            pending.drain(..consumed);
+            if pending.len() > 64 << 10 {
+                return; // not resize events
+            }
+        }
+    });
+    rx
+}
+
+/// An exec or an attach: the same channels, a different process behind.
+#[derive(Debug, Clone)]
+pub enum Job {
+    /// A new process.
+    Exec(Box<ExecTarget>),
+    /// The container's own process, through its monitor.
+    Attach(super::attach::AttachTarget),
+}
+
+/// The stdio a session carries.
+#[derive(Debug, Clone, Copy)]
+pub struct Opts {
+    /// stdin from the client.
+    pub stdin: bool,
+    /// stdout to it.
+    pub stdout: bool,
+    /// stderr to it.
+    pub stderr: bool,
+    /// One terminal.
+    pub tty: bool,
+}
+
+impl Job {
+    fn opts(&self) -> Opts {
+        match self {
+            Job::Exec(t) => Opts {
+                stdin: t.stdin,
+                stdout: t.stdout,
+                stderr: t.stderr,
+                tty: t.tty,
+            },
+            Job::Attach(t) => Opts {
+                stdin: t.stdin,
+                stdout: t.stdout,
+                stderr: t.stderr,
+                tty: t.tty,
+            },
+        }
+    }
+
+    async fn run(self, io: ExecIo, gone: impl std::future::Future<Output = ()> + Send) -> Outcome {
+        match self {
+            Job::Exec(t) => run(*t, io, gone).await,
+            Job::Attach(t) => super::attach::run(t, io, gone).await,
+        }
+    }
+}
+
+/// Exec or attach over a WebSocket channel protocol.
+pub async fn serve_ws<S>(
+    ws: tokio_tungstenite::WebSocketStream<S>,
+    proto: super::ws::Protocol,
+    job: Job,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let target = job.opts();
+    const STDIN: u8 = 0;
+    const STDOUT: u8 = 1;
+    const STDERR: u8 = 2;
+    const ERROR: u8 = 3;
+    const RESIZE: u8 = 4;
+    let mut inputs = vec![];
+    if target.stdin {
+        inputs.push(STDIN);
+    }
+    if target.tty {
+        inputs.push(RESIZE);
+    }
+    let mut outputs = vec![];
+    if target.stdout {
+        outputs.push(STDOUT);
+    }
+    if target.stderr && !target.tty {
+        outputs.push(STDERR);
+    }
+    let mut mux = super::ws::Mux::start(ws, proto, &inputs, &outputs);
+    // An empty message on the lowest channel we write: the client knows
+    // the session is up (as kubelet's server does).
+    let first = outputs.first().copied().unwrap_or(ERROR);
+    mux.send(first, Vec::new()).await;
+    let io = ExecIo {
+        stdin: mux
+            .readers
+            .remove(&STDIN)
+            .map(|r| Box::new(r) as Box<dyn AsyncRead + Send + Unpin>),
+        stdout: mux
+            .writers
+            .remove(&STDOUT)
+            .map(|w| Box::new(w) as Box<dyn AsyncWrite + Send + Unpin>),
+        stderr: mux
+            .writers
+            .remove(&STDERR)
+            .map(|w| Box::new(w) as Box<dyn AsyncWrite + Send + Unpin>),
+        resize: mux.readers.remove(&RESIZE).map(resize_events),
+    };
+    let outcome = job.run(io, mux.gone()).await;
+    let last = if proto.version >= 4 {
+        Some((ERROR, status_json(&outcome).into_bytes()))
+    } else {
+        status_text(&outcome).map(|t| (ERROR, t.into_bytes()))
+    };
+    mux.finish(last).await;
+}
+
+/// Exec or attach over SPDY: the client opens one stream per `streamType` (error,
+/// stdin, stdout, stderr, resize) before any data flows.
+pub async fn serve_spdy(mut session: super::spdy::Session, job: Job, proto: &str) {
+    let target = job.opts();
+    let mut want = vec!["error"];
+    if target.stdin {
+        want.push("stdin");
+    }
+    if target.stdout {
+        want.push("stdout");
+    }
+    if target.stderr && !target.tty {
+        want.push("stderr");
+    }
+    if target.tty && proto != "v2.channel.k8s.io" && proto != "channel.k8s.io" {
+        want.push("resize");
+    }
+    let mut streams = std::collections::HashMap::new();
+    let accepted = tokio::time::timeout(Duration::from_secs(30), async {
+        while streams.len() < want.len() {
+            let Some(s) = session.accept().await else {
+                return false;
+            };
+            let ty = s.header("streamtype").unwrap_or("").to_string();
+            if want.contains(&ty.as_str()) {
+                streams.insert(ty, s);
+            } else {
+                s.reset();
+            }
+        }
+        true
+    })
+    .await;
+    if accepted != Ok(true) {
+        session.close().await;
+        return;
+    }
+    let take = |streams: &mut std::collections::HashMap<String, super::spdy::Stream>, k: &str| {
+        streams.remove(k)
+    };
+    let error = take(&mut streams, "error");
+    let (stdin_r, _) = match take(&mut streams, "stdin") {
+        Some(s) => {
+            let (r, w) = tokio::io::split(s);
+            (Some(r), Some(w))
+        }
+        None => (None, None),
+    };
+    let io = ExecIo {
+        stdin: stdin_r.map(|r| Box::new(r) as Box<dyn AsyncRead + Send + Unpin>),
+        stdout: take(&mut streams, "stdout")
+            .map(|w| Box::new(w) as Box<dyn AsyncWrite + Send + Unpin>),
+        stderr: take(&mut streams, "stderr")
+            .map(|w| Box::new(w) as Box<dyn AsyncWrite + Send + Unpin>),
+        resize: take(&mut streams, "resize").map(resize_events),
+    };
+    // The client is gone when the session ends: no more streams, no data.
+    let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = tokio::spawn(async move {
+        while session.accept().await.is_some() {}
+        let _ = gone_tx.send(());
+        session
+    });
+    let outcome = job
+        .run(io, async move {
+            let _ = gone_rx.await;
+        })
+        .await;
+    if let Some(mut e) = error {
+        let msg = if proto == "v4.channel.k8s.io" {
+            Some(status_json(&outcome))
+        } else {
+            status_text(&outcome)
+        };
+        if let Some(m) = msg {
+            let _ = e.write_all(m.as_bytes()).await;
+        }
+        let _ = e.shutdown().await;
+    }
+    watcher.abort();
+}
