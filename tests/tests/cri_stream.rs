@@ -665,3 +665,154 @@ async fn attach_to_output_stdin_terminal_and_stdin_once() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
 }
+
+/// Upgrades a streaming URL to SPDY/3.1 as client-go's round tripper does
+/// (offering `protocol`), then runs our own SPDY client session on it.
+async fn spdy_connect(
+    url: &str,
+    protocol: &str,
+) -> Result<berth_cri::stream::spdy::Session, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+    tcp.write_all(
+        format!(
+            "POST /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {protocol}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Byte by byte: what follows the headers is already SPDY.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        if tcp.read(&mut b).await.unwrap() == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    if !head.starts_with("HTTP/1.1 101") {
+        return Err(head);
+    }
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("x-stream-protocol-version: {protocol}")),
+        "{head}"
+    );
+    Ok(berth_cri::stream::spdy::Session::client(tcp))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_and_port_forward_over_spdy() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(mut env) = env("exec_and_port_forward_over_spdy").await else {
+        return;
+    };
+    let id = sleeper(&mut env, "spdy").await;
+
+    // Exec, as kubectl's SPDY transport opens it: error stream first, then
+    // one stream per stdio.
+    let url = exec_url(
+        &mut env,
+        &id,
+        &["sh", "-c", "cat; echo err >&2; exit 2"],
+        true,
+        false,
+    )
+    .await;
+    let session = spdy_connect(&url, "v4.channel.k8s.io").await.unwrap();
+    let mut error = session.open(&[("streamtype", "error")]).await.unwrap();
+    let mut stdin = session.open(&[("streamtype", "stdin")]).await.unwrap();
+    let mut stdout = session.open(&[("streamtype", "stdout")]).await.unwrap();
+    let mut stderr = session.open(&[("streamtype", "stderr")]).await.unwrap();
+    let payload: Vec<u8> = (0..(3 << 20)).map(|i| (i % 251) as u8).collect();
+    let p2 = payload.clone();
+    let writer = tokio::spawn(async move {
+        stdin.write_all(&p2).await.unwrap();
+        stdin.shutdown().await.unwrap();
+    });
+    let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Vec::new());
+    let (a, b, c) = tokio::join!(
+        stdout.read_to_end(&mut out),
+        stderr.read_to_end(&mut err),
+        error.read_to_end(&mut status)
+    );
+    a.unwrap();
+    b.unwrap();
+    c.unwrap();
+    writer.await.unwrap();
+    assert!(
+        out == payload,
+        "3 MiB through cat over SPDY: {} bytes back",
+        out.len()
+    );
+    assert_eq!(err, b"err\n");
+    let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    assert_eq!(status["details"]["causes"][0]["message"], "2", "{status}");
+    session.close().await;
+
+    // An unsupported protocol version is refused before the upgrade.
+    let url = exec_url(&mut env, &id, &["true"], false, false).await;
+    let refused = spdy_connect(&url, "v9.channel.k8s.io").await.err().unwrap();
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+
+    // Port-forward: one session, many connections (error + data stream
+    // pairs by requestID).
+    let cfg = container(
+        &env,
+        "httpd",
+        &["httpd", "-f", "-p", "8080", "-h", "/etc"],
+        &[],
+    );
+    let httpd = create(&mut env, cfg).await.unwrap();
+    start(&mut env.rt, &httpd).await.unwrap();
+    let url = env
+        .rt
+        .port_forward(proto::PortForwardRequest {
+            pod_sandbox_id: env.pod.clone(),
+            port: vec![8080],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let session = std::sync::Arc::new(spdy_connect(&url, "portforward.k8s.io").await.unwrap());
+    let get = |n: usize| {
+        let session = session.clone();
+        async move {
+            let rid = n.to_string();
+            let headers = |ty: &'static str| vec![("streamtype", ty), ("port", "8080")];
+            let mut h = headers("error");
+            h.push(("requestid", &rid));
+            let _err = session.open(&h).await.unwrap();
+            let mut h = headers("data");
+            h.push(("requestid", &rid));
+            let mut data = session.open(&h).await.unwrap();
+            data.write_all(b"GET /passwd HTTP/1.0\r\n\r\n")
+                .await
+                .unwrap();
+            data.shutdown().await.unwrap();
+            let mut body = Vec::new();
+            let _ = data.read_to_end(&mut body).await;
+            String::from_utf8_lossy(&body).into_owned()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !get(0).await.contains("200 OK") {
+        assert!(
+            Instant::now() < deadline,
+            "httpd never answered through SPDY"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all = futures::future::join_all((1..=50).map(get)).await;
+    for body in &all {
+        assert!(
+            body.contains("200 OK") && body.contains("root:x:0:0"),
+            "{body:?}"
+        );
+    }
+}
