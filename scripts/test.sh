@@ -91,4 +91,7 @@ if [[ -f runtime-core/tests/cgroups_systemd.rs ]]; then
     guest_tests cgroups_systemd guest-b
 fi
 
+phase "Helm chart: templates rendered and checked, installer run against temporary host roots"
+run bash charts/berth/tests/run.sh
+
 phase "all tests passed"
