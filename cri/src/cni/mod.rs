@@ -368,15 +368,7 @@ impl Cni {
         let Some(att) = self.read_cache(pod_id)? else {
             return Ok(());
         };
-        let list = NetworkList::parse(
-            &serde_json::to_vec(&att.config).unwrap_or_default(),
-            false,
-            &self.cache_path(pod_id),
-        )
-        .map_err(|reason| CniError::Cache {
-            path: self.cache_path(pod_id),
-            reason,
-        })?;
+        let list = self.cached_list(pod_id, &att)?;
         // The netns is gone after a reboot (the pin file may stay, no
         // longer a namespace): plugins are then called with an empty
         // CNI_NETNS, as the spec asks, to free what they hold.
@@ -399,6 +391,17 @@ impl Cni {
         }
     }
 
+    /// The configuration list an attachment was made with.
+    fn cached_list(&self, pod_id: &str, att: &Attachment) -> Result<NetworkList, CniError> {
+        let path = self.cache_path(pod_id);
+        NetworkList::parse(
+            &serde_json::to_vec(&att.config).unwrap_or_default(),
+            false,
+            &path,
+        )
+        .map_err(|reason| CniError::Cache { path, reason })
+    }
+
     /// Whether the pod has an attachment that DEL has not removed yet.
     pub fn attached(&self, pod_id: &str) -> bool {
         self.cache_path(pod_id).exists()
@@ -413,15 +416,7 @@ impl Cni {
         let Some(result) = att.result.as_ref() else {
             return Ok(false);
         };
-        let list = NetworkList::parse(
-            &serde_json::to_vec(&att.config).unwrap_or_default(),
-            false,
-            &self.cache_path(pod_id),
-        )
-        .map_err(|reason| CniError::Cache {
-            path: self.cache_path(pod_id),
-            reason,
-        })?;
+        let list = self.cached_list(pod_id, &att)?;
         if !list.has_check() || list.disable_check {
             return Ok(false);
         }

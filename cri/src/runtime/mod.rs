@@ -671,20 +671,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         request: Request<proto::ExecSyncRequest>,
     ) -> Result<Response<proto::ExecSyncResponse>, Status> {
         let req = request.into_inner();
-        let entry = self
-            .containers
-            .registry
-            .get(&req.container_id, "container_id")?;
-        let rec = {
-            let mut rec = entry.lock().await;
-            if rec.removed {
-                return Err(self.containers.registry.not_found(&req.container_id).into());
-            }
-            if rec.refresh() {
-                self.containers.registry.save(&rec)?;
-            }
-            rec.clone()
-        };
+        let rec = self.current_container(&req.container_id).await?;
         let containers = self.containers.clone();
         let resp =
             blocking(move || exec_sync::exec_sync(&containers, &rec, req.cmd, req.timeout)).await?;
@@ -1064,18 +1051,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             .into());
         }
         let stream = self.streaming()?;
-        let entry = self
-            .containers
-            .registry
-            .get(&req.container_id, "container_id")?;
         let target = {
-            let mut rec = entry.lock().await;
-            if rec.removed {
-                return Err(self.containers.registry.not_found(&req.container_id).into());
-            }
-            if rec.refresh() {
-                self.containers.registry.save(&rec)?;
-            }
+            let rec = self.current_container(&req.container_id).await?;
             let spec = exec_sync::process_spec(&rec, req.cmd)?;
             crate::stream::exec::ExecTarget {
                 runtime_root: self.containers.runtime_root.clone(),
@@ -1106,18 +1083,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             .into());
         }
         let stream = self.streaming()?;
-        let entry = self
-            .containers
-            .registry
-            .get(&req.container_id, "container_id")?;
         let target = {
-            let mut rec = entry.lock().await;
-            if rec.removed {
-                return Err(self.containers.registry.not_found(&req.container_id).into());
-            }
-            if rec.refresh() {
-                self.containers.registry.save(&rec)?;
-            }
+            let rec = self.current_container(&req.container_id).await?;
             if rec.state != container::ContainerState::Running {
                 return Err(RuntimeError::FailedPrecondition(format!(
                     "container {} is {:?}, not running",
@@ -1228,6 +1195,20 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
 }
 
 impl RuntimeServiceImpl {
+    /// A copy of container `id`'s record, brought up to date with its
+    /// monitor's exit record; NotFound when it is gone.
+    async fn current_container(&self, id: &str) -> Result<container::ContainerRecord, Status> {
+        let entry = self.containers.registry.get(id, "container_id")?;
+        let mut rec = entry.lock().await;
+        if rec.removed {
+            return Err(self.containers.registry.not_found(id).into());
+        }
+        if rec.refresh() {
+            self.containers.registry.save(&rec)?;
+        }
+        Ok(rec.clone())
+    }
+
     fn streaming(&self) -> Result<&Arc<crate::stream::StreamServer>, Status> {
         self.stream.as_ref().ok_or_else(|| {
             Status::unavailable(
