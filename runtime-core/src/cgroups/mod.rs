@@ -308,6 +308,60 @@ pub struct Cgroup {
     /// (systemd creates and removes its directory).
     #[serde(default)]
     pub systemd: Option<systemd::Scope>,
+    /// The ledger of parent cgroups berth created, shared by the containers
+    /// of one state root (see [`Ledger`]).
+    #[serde(default)]
+    pub ledger: Option<PathBuf>,
+}
+
+/// Parent cgroups berth created (`a` of `a/ctr`), shared by all containers
+/// of one state root: a file of absolute paths, changed under `flock`. A
+/// parent made by one container and shared with others is removed by the
+/// last of them, whichever created it — and never one berth did not make
+/// (kubelet's pod cgroups are kubelet's).
+#[derive(Debug)]
+pub struct Ledger {
+    file: std::fs::File,
+    dirs: std::collections::BTreeSet<PathBuf>,
+}
+
+impl Ledger {
+    /// Opens (creating) and locks the ledger at `path`; the lock holds
+    /// until the value is dropped.
+    pub fn lock(path: &Path) -> std::io::Result<Ledger> {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        // SAFETY: flock on an fd we own; blocks until the lock is ours.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        let dirs = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        Ok(Ledger { file, dirs })
+    }
+
+    fn save(&mut self) -> std::io::Result<()> {
+        use std::io::{Seek, Write};
+        let text: String = self
+            .dirs
+            .iter()
+            .map(|d| format!("{}\n", d.display()))
+            .collect();
+        self.file.set_len(0)?;
+        self.file.seek(std::io::SeekFrom::Start(0))?;
+        self.file.write_all(text.as_bytes())
+    }
 }
 
 /// The v1 controllers mounted under `root` that berth places containers
@@ -596,6 +650,17 @@ impl Cgroup {
     /// With the systemd driver nothing exists until the first pid is added
     /// ([`Cgroup::add_pid`] starts the scope unit with it).
     pub fn create(root: &Path, config: &CgroupConfig) -> Result<Self, CgroupError> {
+        Cgroup::create_with_ledger(root, config, None)
+    }
+
+    /// [`Cgroup::create`], recording the parents it makes in the shared
+    /// [`Ledger`] at `ledger`, so whichever container is the last to use
+    /// one removes it.
+    pub fn create_with_ledger(
+        root: &Path,
+        config: &CgroupConfig,
+        ledger: Option<&Path>,
+    ) -> Result<Self, CgroupError> {
         validate_resources(&config.resources)?;
         let version = detect(root);
         if config.driver == Driver::Systemd {
@@ -622,6 +687,7 @@ impl Cgroup {
                 dirs: vec![dir],
                 created: Vec::new(),
                 systemd: Some(scope),
+                ledger: None,
             });
         }
         let path = validate_path(&config.path)?;
@@ -632,8 +698,31 @@ impl Cgroup {
             dirs: Vec::new(),
             created: Vec::new(),
             systemd: None,
+            ledger: ledger.map(Path::to_path_buf),
         };
-        let res = cg.make_dirs().and_then(|()| cg.apply(&config.resources));
+        // Held while directories are made, so a parent cannot vanish under
+        // us (its last user removing it) between its check and our mkdir.
+        let mut book = match ledger {
+            Some(p) => Some(Ledger::lock(p).map_err(|source| CgroupError::Create {
+                path: p.to_path_buf(),
+                source,
+            })?),
+            None => None,
+        };
+        let res = cg.make_dirs().and_then(|()| {
+            if let Some(b) = &mut book {
+                for d in cg.created.iter().filter(|d| !cg.dirs.contains(d)) {
+                    b.dirs.insert(d.clone());
+                }
+                b.save().map_err(|source| CgroupError::Create {
+                    path: cg.ledger.clone().unwrap_or_default(),
+                    source,
+                })?;
+            }
+            Ok(())
+        });
+        drop(book);
+        let res = res.and_then(|()| cg.apply(&config.resources));
         if let Err(e) = res {
             // Only what this call created is removed; nothing is killed.
             let _ = cg.remove();
@@ -1056,6 +1145,48 @@ impl Cgroup {
                 }
             }
         }
+        self.remove_ledger_parents()
+    }
+
+    /// Removes the empty parents the ledger says berth made, nearest first,
+    /// up to the first that is still in use (or not berth's).
+    fn remove_ledger_parents(&self) -> Result<(), CgroupError> {
+        let Some(path) = &self.ledger else {
+            return Ok(());
+        };
+        let mut book = match Ledger::lock(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(CgroupError::Remove {
+                    path: path.clone(),
+                    source,
+                })
+            }
+        };
+        let before = book.dirs.len();
+        for own in &self.dirs {
+            let mut cur = own.parent();
+            while let Some(dir) = cur {
+                if !dir.starts_with(&self.root) || dir == self.root || !book.dirs.contains(dir) {
+                    break;
+                }
+                match fs::remove_dir(dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    // Another container's cgroup is still in it.
+                    Err(_) => break,
+                }
+                book.dirs.remove(dir);
+                cur = dir.parent();
+            }
+        }
+        if book.dirs.len() != before {
+            book.save().map_err(|source| CgroupError::Remove {
+                path: path.clone(),
+                source,
+            })?;
+        }
         Ok(())
     }
 }
@@ -1283,6 +1414,7 @@ mod tests {
             dirs: vec![t.path().join("a")],
             created: vec![],
             systemd: None,
+            ledger: None,
         };
         cg.apply(&Resources {
             memory_limit: Some(100 << 20),
@@ -1431,5 +1563,48 @@ mod tests {
             ..cfg
         };
         assert!(Cgroup::create(t.path(), &bad).is_err());
+    }
+
+    #[test]
+    fn the_last_user_of_a_shared_parent_removes_it_whoever_made_it() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("cg");
+        fs::create_dir(&root).unwrap();
+        fs::write(root.join("cgroup.controllers"), "").unwrap();
+        let ledger = t.path().join("ledger");
+        fs::create_dir(root.join("kubelet-made")).unwrap();
+        let cfg = |p: &str| CgroupConfig {
+            path: p.into(),
+            driver: Driver::Cgroupfs,
+            resources: Resources::default(),
+        };
+        let a = Cgroup::create_with_ledger(&root, &cfg("shared/deep/a"), Some(&ledger)).unwrap();
+        let b = Cgroup::create_with_ledger(&root, &cfg("shared/deep/b"), Some(&ledger)).unwrap();
+        let k = Cgroup::create_with_ledger(&root, &cfg("kubelet-made/c"), Some(&ledger)).unwrap();
+        // (The fake cgroupfs keeps files in the leaves: empty them so rmdir works.)
+        for cg in [&a, &b, &k] {
+            for d in &cg.dirs {
+                for f in fs::read_dir(d).unwrap() {
+                    fs::remove_file(f.unwrap().path()).unwrap();
+                }
+            }
+        }
+        for d in ["shared", "shared/deep"] {
+            for f in fs::read_dir(root.join(d)).unwrap().flatten() {
+                if f.path().is_file() {
+                    fs::remove_file(f.path()).unwrap();
+                }
+            }
+        }
+        // The creator goes first: the parent stays for b...
+        a.remove().unwrap();
+        assert!(root.join("shared/deep/b").is_dir());
+        // ...and b, which did not make it, removes it last.
+        b.remove().unwrap();
+        assert!(!root.join("shared").exists(), "no empty cgroup left behind");
+        // A parent berth did not make is never removed.
+        k.remove().unwrap();
+        assert!(root.join("kubelet-made").is_dir());
+        assert_eq!(fs::read_to_string(&ledger).unwrap(), "");
     }
 }

@@ -66,7 +66,10 @@ impl Container {
         let config = self.state.config.clone();
         let cgroup = match &config.cgroup {
             Some(c) => {
-                let cg = Cgroup::create(&self.cgroup_root, c)?;
+                // Parents made for it are shared with the other containers
+                // of this state root: whichever goes last removes them.
+                let ledger = self.dir.parent().map(|root| root.join(".cgroup-parents"));
+                let cg = Cgroup::create_with_ledger(&self.cgroup_root, c, ledger.as_deref())?;
                 // Recorded at once so that destroy cleans it up whatever happens next.
                 self.state.cgroup = Some(cg.clone());
                 if let Err(e) = self.save() {
