@@ -609,14 +609,32 @@ fn the_zygote_forks_monitors_that_share_its_memory_and_outlive_it() {
     );
     assert!(monitor::is_running(s.monitor_pid, &forked.monitor_dir()));
     assert!(!monitor::is_running(zpid, &forked.monitor_dir()));
-    // It holds none of the zygote's descriptors (its request socket).
+    // It holds none of the zygote's descriptors (its request socket): its
+    // only socket is its own attach listener.
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", s.monitor_pid))
         .unwrap()
         .flatten()
         .filter_map(|e| std::fs::read_link(e.path()).ok())
         .map(|p| p.display().to_string())
         .collect();
-    assert!(!fds.iter().any(|f| f.starts_with("socket:")), "{fds:?}");
+    // /proc/net/unix: "... Inode Path" per socket.
+    let unix = std::fs::read_to_string("/proc/net/unix").unwrap();
+    let path_of = |inode: &str| -> String {
+        unix.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.get(6) == Some(&inode))
+            .and_then(|f| f.get(7).map(|p| p.to_string()))
+            .unwrap_or_default()
+    };
+    let sockets: Vec<String> = fds
+        .iter()
+        .filter_map(|f| f.strip_prefix("socket:[")?.strip_suffix(']'))
+        .map(path_of)
+        .collect();
+    assert!(
+        sockets.iter().all(|p| p.ends_with("/attach.sock")),
+        "{fds:?} {sockets:?}"
+    );
 
     // The relocated pages are shared with the zygote instead of copied.
     let mut exec = Fixture::new("mon-exec");

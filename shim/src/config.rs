@@ -59,6 +59,9 @@ plugin_timeout_seconds = 120
 # port-forward reach it through kubelet): port 0 picks a free port. Keep it
 # on loopback unless kubelet's API server proxy must reach it otherwise.
 listen = "127.0.0.1:0"
+# HTTPS for it: a PEM certificate chain and key (both, or neither).
+# tls_cert = "/etc/berth/stream.crt"
+# tls_key = "/etc/berth/stream.key"
 
 [metrics]
 # Prometheus metrics on http://<listen>/metrics and a health check on
@@ -99,12 +102,16 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct StreamSection {
     pub listen: std::net::SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for StreamSection {
     fn default() -> Self {
         StreamSection {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -230,6 +237,9 @@ impl Config {
             || self.network.cni_bin_dirs.iter().any(|d| !d.is_absolute())
         {
             bail!("network.cni_conf_dir and network.cni_bin_dirs must be absolute paths");
+        }
+        if self.stream.tls_cert.is_some() != self.stream.tls_key.is_some() {
+            bail!("stream.tls_cert and stream.tls_key go together");
         }
         if self.network.plugin_timeout_seconds == 0 {
             bail!("network.plugin_timeout_seconds must be at least 1");

@@ -46,9 +46,15 @@ pub struct ServeArgs {
     /// containerd-style certs.d directory for registry hosts.
     #[arg(long)]
     registry_config_dir: Option<PathBuf>,
-    /// Address of the streaming server (Exec, PortForward).
+    /// Address of the streaming server (Exec, Attach, PortForward).
     #[arg(long)]
     stream_listen: Option<std::net::SocketAddr>,
+    /// PEM certificate chain for HTTPS on the streaming server.
+    #[arg(long, requires = "stream_tls_key")]
+    stream_tls_cert: Option<PathBuf>,
+    /// Its PEM private key.
+    #[arg(long, requires = "stream_tls_cert")]
+    stream_tls_key: Option<PathBuf>,
     /// Serve Prometheus metrics and /healthz on this address (turns
     /// `[metrics]` on).
     #[arg(long)]
@@ -84,6 +90,10 @@ impl ServeArgs {
         }
         if let Some(v) = self.stream_listen {
             c.stream.listen = v;
+        }
+        if self.stream_tls_cert.is_some() {
+            c.stream.tls_cert = self.stream_tls_cert;
+            c.stream.tls_key = self.stream_tls_key;
         }
         if let Some(v) = self.metrics_listen {
             c.metrics.enabled = true;
@@ -163,6 +173,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 ),
             }),
             stream_addr: Some(config.stream.listen),
+            stream_tls: match (&config.stream.tls_cert, &config.stream.tls_key) {
+                (Some(cert), Some(key)) => Some(berth_cri::stream::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
         },
         images.store().clone(),
     )

@@ -816,3 +816,97 @@ async fn exec_and_port_forward_over_spdy() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streaming_server_speaks_tls_when_given_a_certificate() {
+    const T: &str = "the_streaming_server_speaks_tls_when_given_a_certificate";
+    let python = "/usr/bin/python3";
+    let have = std::process::Command::new(python)
+        .args(["-c", "import websocket"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have || !std::path::Path::new("/usr/bin/openssl").exists() {
+        println!("skipped: {T}: needs /usr/bin/openssl and Debian's python3-websocket");
+        return;
+    }
+    let Some(mut env) = env(T).await else {
+        return;
+    };
+    // A self-signed certificate for 127.0.0.1; the daemon is restarted on
+    // the same directories with it (pods and images stay).
+    let dir = env.dir.path().to_path_buf();
+    let (cert, key) = (dir.join("stream.crt"), dir.join("stream.key"));
+    let ok = std::process::Command::new("/usr/bin/openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    env.daemon.crash();
+    let args = [
+        "--stream-tls-cert",
+        cert.to_str().unwrap(),
+        "--stream-tls-key",
+        key.to_str().unwrap(),
+    ];
+    env.daemon = berth_e2e::daemon::Daemon::start(&env.berth, &dir, &args);
+    env.rt = berth_cri::proto::runtime_service_client::RuntimeServiceClient::new(
+        env.daemon.channel().await,
+    );
+    let id = sleeper(&mut env, "tls").await;
+    let url = exec_url(&mut env, &id, &["echo", "over tls"], false, false).await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let script = r#"
+import json, ssl, sys, websocket
+ws = websocket.create_connection(sys.argv[1].replace("https://", "wss://", 1),
+    subprotocols=["v5.channel.k8s.io"], sslopt={"ca_certs": sys.argv[2]})
+out = b""
+while True:
+    try:
+        m = ws.recv()
+    except websocket.WebSocketConnectionClosedException:
+        break
+    if not m:
+        break
+    if m[0] == 1:
+        out += m[1:]
+print(out.decode(), end="")
+"#;
+    let cert2 = cert.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .args(["-c", script, &url])
+            .arg(&cert2)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "over tls\n");
+}

@@ -60,6 +60,9 @@ pub struct RuntimeServiceConfig {
     /// free one). `None`: no streaming server; those RPCs answer
     /// Unavailable.
     pub stream_addr: Option<std::net::SocketAddr>,
+    /// TLS for the streaming server (`None`: plain HTTP, keep it on
+    /// loopback).
+    pub stream_tls: Option<crate::stream::TlsFiles>,
 }
 
 /// The runtime service.
@@ -99,13 +102,14 @@ impl RuntimeServiceImpl {
             .cni
             .clone()
             .map(|s| crate::cni::Cni::start(s, root.join("cni")));
-        let stream =
-            match config.stream_addr {
-                Some(addr) => Some(crate::stream::StreamServer::start(addr).map_err(|e| {
-                    RuntimeError::Internal(format!("streaming server on {addr}: {e}"))
-                })?),
-                None => None,
-            };
+        let stream = match config.stream_addr {
+            Some(addr) => Some(
+                crate::stream::StreamServer::start(addr, config.stream_tls.as_ref()).map_err(
+                    |e| RuntimeError::Internal(format!("streaming server on {addr}: {e}")),
+                )?,
+            ),
+            None => None,
+        };
         if let Some(s) = &stream {
             tracing::info!(url = %s.base(), "streaming server (exec, port-forward)");
         }

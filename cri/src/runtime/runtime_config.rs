@@ -31,6 +31,7 @@ mod tests {
                 monitor_exe: None,
                 cni: None,
                 stream_addr: None,
+                stream_tls: None,
             });
             assert_eq!(r.linux.unwrap().cgroup_driver, want as i32);
         }

@@ -98,28 +98,34 @@ impl StreamServer {
 
     /// Binds `addr` (port 0: any free port), serves on it in the
     /// background (on the current tokio runtime), and returns the server.
-    pub fn start(addr: SocketAddr) -> std::io::Result<Arc<StreamServer>> {
+    /// With `tls` (certificate chain and key, PEM files) it speaks HTTPS.
+    pub fn start(addr: SocketAddr, tls: Option<&TlsFiles>) -> std::io::Result<Arc<StreamServer>> {
+        let acceptor = tls.map(tls_acceptor).transpose()?;
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let local = listener.local_addr()?;
-        let server = StreamServer::new(format!("http://{local}"), TOKEN_TTL);
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let server = StreamServer::new(format!("{scheme}://{local}"), TOKEN_TTL);
         let s = server.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((conn, _)) = listener.accept().await else {
                     continue;
                 };
-                let s = s.clone();
+                let (s, acceptor) = (s.clone(), acceptor.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let s = s.clone();
-                        async move { Ok::<_, std::convert::Infallible>(s.handle(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(conn), svc)
-                        .with_upgrades()
-                        .await;
+                    match acceptor {
+                        None => serve_conn(conn, s).await,
+                        Some(a) => {
+                            // A client that does not finish its handshake
+                            // does not hold a task for long.
+                            let hs = tokio::time::timeout(Duration::from_secs(10), a.accept(conn));
+                            if let Ok(Ok(tls)) = hs.await {
+                                serve_conn(tls, s).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -203,6 +209,50 @@ impl StreamServer {
             spdy_upgrade(req, target)
         }
     }
+}
+
+/// The streaming server's certificate chain and private key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// Its private key.
+    pub key: std::path::PathBuf,
+}
+
+fn tls_acceptor(files: &TlsFiles) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &std::path::Path, e: &dyn std::fmt::Display| {
+        std::io::Error::other(format!("{}: {e}", what.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(&files.cert, &e))?;
+    if certs.is_empty() {
+        return Err(bad(&files.cert, &"no certificate in it"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad(&files.key, &e))?;
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad(&files.cert, &e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one connection.
+async fn serve_conn<IO>(io: IO, s: Arc<StreamServer>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let s = s.clone();
+        async move { Ok::<_, std::convert::Infallible>(s.handle(req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .with_upgrades()
+        .await;
 }
 
 /// The SPDY side: `101` with `Upgrade: SPDY/3.1` and the negotiated
