@@ -303,9 +303,20 @@ async fn bad_sandbox_requests_get_the_right_code_and_leave_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("pod_cidr"), "{}", err.message());
     // What other issues bring answers Unimplemented, saying what.
-    let err = rt.exec(proto::ExecRequest::default()).await.unwrap_err();
+    let err = rt
+        .checkpoint_container(proto::CheckpointContainerRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("Exec"), "{}", err.message());
+    assert!(
+        err.message().contains("CheckpointContainer"),
+        "{}",
+        err.message()
+    );
+    // Exec without any stream asked for names the field.
+    let err = rt.exec(proto::ExecRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("stdin"), "{}", err.message());
     let mut no_uid = pod("x");
     no_uid.metadata.as_mut().unwrap().uid.clear();
     let mut escape_logs = pod("y");
