@@ -263,6 +263,15 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_shows_the_default_configuration() {
+        let readme = include_str!("../../README.md");
+        assert!(
+            readme.contains(&format!("```toml\n{DEFAULT_TOML}```")),
+            "README.md's Configuration reference must be `berth config default` verbatim"
+        );
+    }
+
+    #[test]
     fn partial_files_keep_defaults_and_typos_are_refused() {
         let c: Config =
             toml::from_str("root = \"/srv/berth\"\n[image]\npinned_images = [\"pause\"]\n")
