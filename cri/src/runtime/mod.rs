@@ -1047,14 +1047,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             )
             .into());
         }
-        if !(req.stdin || req.stdout || req.stderr) {
-            return Err(RuntimeError::invalid(
-                "stdin",
-                "one of stdin, stdout or stderr must be true",
-            )
-            .into());
-        }
-        let stream = self.streaming()?;
+        let stream = self.streaming_for(req.stdin, req.stdout, req.stderr)?;
         let target = {
             let rec = self.current_container(&req.container_id).await?;
             let spec = exec_sync::process_spec(&rec, req.cmd)?;
@@ -1079,14 +1072,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         request: Request<proto::AttachRequest>,
     ) -> Result<Response<proto::AttachResponse>, Status> {
         let req = request.into_inner();
-        if !(req.stdin || req.stdout || req.stderr) {
-            return Err(RuntimeError::invalid(
-                "stdin",
-                "one of stdin, stdout or stderr must be true",
-            )
-            .into());
-        }
-        let stream = self.streaming()?;
+        let stream = self.streaming_for(req.stdin, req.stdout, req.stderr)?;
         let target = {
             let rec = self.current_container(&req.container_id).await?;
             if rec.state != container::ContainerState::Running {
@@ -1211,6 +1197,24 @@ impl RuntimeServiceImpl {
             self.containers.registry.save(&rec)?;
         }
         Ok(rec.clone())
+    }
+
+    /// The streaming server, for a session that carries at least one of
+    /// the three streams.
+    fn streaming_for(
+        &self,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Result<&Arc<crate::stream::StreamServer>, Status> {
+        if !(stdin || stdout || stderr) {
+            return Err(RuntimeError::invalid(
+                "stdin",
+                "one of stdin, stdout or stderr must be true",
+            )
+            .into());
+        }
+        self.streaming()
     }
 
     fn streaming(&self) -> Result<&Arc<crate::stream::StreamServer>, Status> {
