@@ -218,11 +218,6 @@ pub fn run(plugin: &str, config: &Value, inv: &Invocation) -> Result<Option<Valu
     })
 }
 
-/// The plugin directories' value for `CNI_PATH` and messages.
-pub fn path_string(dirs: &[PathBuf]) -> String {
-    join_paths(dirs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

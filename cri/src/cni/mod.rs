@@ -152,11 +152,6 @@ impl Cni {
         cni
     }
 
-    /// The settings in use.
-    pub fn settings(&self) -> &CniSettings {
-        &self.settings
-    }
-
     fn current(&self) -> Arc<Loaded> {
         self.loaded
             .read()

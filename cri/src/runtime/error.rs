@@ -122,7 +122,7 @@ impl From<RuntimeError> for tonic::Status {
                     CniError::Invalid { .. } => Code::InvalidArgument,
                     CniError::Plugin(PluginError::Timeout { .. }) => Code::DeadlineExceeded,
                     // A plugin's own failure: neither the request's fault
-                    // nor berth's (containerd also answers Unknown).
+                    // nor berth's.
                     CniError::Plugin(_) => Code::Unknown,
                     CniError::Cache { .. } => Code::Internal,
                 }

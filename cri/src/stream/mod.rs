@@ -292,6 +292,7 @@ fn spdy_upgrade(
             ),
         );
     };
+    let negotiated = proto.clone();
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
@@ -310,19 +311,8 @@ fn spdy_upgrade(
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(hyper::header::CONNECTION, "Upgrade")
         .header(hyper::header::UPGRADE, "SPDY/3.1")
-        .header(
-            "X-Stream-Protocol-Version",
-            proto_header(&offered, supported),
-        )
+        .header("X-Stream-Protocol-Version", negotiated)
         .body(Full::new(Bytes::new()))
-        .unwrap_or_default()
-}
-
-fn proto_header(offered: &[String], supported: &[&str]) -> String {
-    offered
-        .iter()
-        .find(|p| supported.contains(&p.as_str()))
-        .cloned()
         .unwrap_or_default()
 }
 
