@@ -20,6 +20,18 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Sets `O_NONBLOCK` on `fd` (a pipe end, a terminal, a socket).
+pub(crate) fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?;
+    fcntl(
+        fd.as_raw_fd(),
+        FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
+    )?;
+    Ok(())
+}
+
 /// Nanoseconds since the epoch (CRI timestamps).
 pub(crate) fn now_nanos() -> i64 {
     std::time::SystemTime::now()

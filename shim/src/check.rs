@@ -36,26 +36,11 @@ fn finding(level: Level, item: &'static str, detail: impl Into<String>) -> Findi
     }
 }
 
-fn kernel() -> (u32, u32, String) {
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        release,
-    )
-}
-
 /// Every check, in order.
 pub fn findings(config: &Config) -> Vec<Finding> {
     let mut out = Vec::new();
-    let (major, minor, release) = kernel();
-    let at_least = |a: u32, b: u32| (major, minor) >= (a, b);
+    let release = berth_core::kernel::release();
+    let at_least = berth_core::kernel::at_least;
     out.push(finding(
         if at_least(5, 4) {
             Level::Ok
@@ -107,7 +92,7 @@ pub fn findings(config: &Config) -> Vec<Finding> {
         if at_least(5, 19) {
             "overlayfs over idmapped layers (kernel 5.19+)".to_string()
         } else {
-            format!("kernel {major}.{minor}: user-namespaced pods need 5.19+")
+            format!("kernel {release}: user-namespaced pods need 5.19+")
         },
     ));
     let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();

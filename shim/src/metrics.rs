@@ -187,27 +187,13 @@ fn method_of(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// The gRPC status name for a numeric code.
-fn code_name(code: &str) -> &'static str {
-    match code {
-        "0" => "OK",
-        "1" => "Cancelled",
-        "2" => "Unknown",
-        "3" => "InvalidArgument",
-        "4" => "DeadlineExceeded",
-        "5" => "NotFound",
-        "6" => "AlreadyExists",
-        "7" => "PermissionDenied",
-        "8" => "ResourceExhausted",
-        "9" => "FailedPrecondition",
-        "10" => "Aborted",
-        "11" => "OutOfRange",
-        "12" => "Unimplemented",
-        "13" => "Internal",
-        "14" => "Unavailable",
-        "15" => "DataLoss",
-        "16" => "Unauthenticated",
-        _ => "Unknown",
+/// The gRPC status name for a numeric code (`5` → `NotFound`; `OK` for 0,
+/// as gRPC spells it).
+fn code_name(code: &str) -> String {
+    match code.parse::<i32>().map(tonic::Code::from) {
+        Ok(tonic::Code::Ok) => "OK".to_string(),
+        Ok(c) => format!("{c:?}"),
+        Err(_) => "Unknown".to_string(),
     }
 }
 
@@ -261,10 +247,10 @@ where
                     .headers()
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok())
-                    .map_or("OK", code_name),
-                Err(_) => "Unknown",
+                    .map_or_else(|| "OK".to_string(), code_name),
+                Err(_) => "Unknown".to_string(),
             };
-            metrics.record_call(&method, code, start.elapsed().as_secs_f64());
+            metrics.record_call(&method, &code, start.elapsed().as_secs_f64());
             res
         }
         .boxed()
@@ -356,7 +342,7 @@ mod tests {
     fn calls_are_counted_by_method_and_code() {
         let m = Metrics::new();
         m.record_call(method_of("/runtime.v1.RuntimeService/Version"), "OK", 0.001);
-        m.record_call("RunPodSandbox", code_name("9"), 0.002);
+        m.record_call("RunPodSandbox", &code_name("9"), 0.002);
         m.record_call("PullImage", "OK", 1.5);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap();

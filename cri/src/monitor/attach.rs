@@ -74,18 +74,6 @@ impl std::fmt::Debug for Attach {
     }
 }
 
-fn nonblocking(fd: BorrowedFd<'_>) -> std::io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?;
-    fcntl(
-        fd.as_raw_fd(),
-        FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
-    )?;
-    Ok(())
-}
-
-nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, libc::winsize);
-
 /// What to poll for.
 pub enum Want<'a> {
     /// New clients.
@@ -111,7 +99,7 @@ impl Attach {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         if let Some(s) = &stdin {
-            nonblocking(s.as_fd())?;
+            crate::util::set_nonblocking(s.as_fd())?;
         }
         Ok(Attach {
             listener,
@@ -237,15 +225,11 @@ impl Attach {
                 IN_CLOSE_STDIN if self.stdin_once => self.close_stdin(),
                 IN_RESIZE if payload.len() == 4 => {
                     if let Some(pty) = &self.pty {
-                        let ws = libc::winsize {
-                            ws_row: u16::from_be_bytes([payload[0], payload[1]]),
-                            ws_col: u16::from_be_bytes([payload[2], payload[3]]),
-                            ws_xpixel: 0,
-                            ws_ypixel: 0,
+                        let size = berth_core::process::ConsoleSize {
+                            rows: u16::from_be_bytes([payload[0], payload[1]]),
+                            cols: u16::from_be_bytes([payload[2], payload[3]]),
                         };
-                        // SAFETY: TIOCSWINSZ reads one winsize from a live
-                        // local; the fd is the container's terminal.
-                        let _ = unsafe { set_winsize(pty.as_raw_fd(), &ws) };
+                        let _ = berth_core::process::resize_console(pty.as_fd(), size);
                     }
                 }
                 _ => {}

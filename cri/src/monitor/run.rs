@@ -324,14 +324,10 @@ fn process_with_pipes(
 }
 
 pub(super) fn set_nonblocking(fd: &OwnedFd) -> Result<(), MonitorError> {
-    let sys = |source| MonitorError::Sys {
+    crate::util::set_nonblocking(std::os::fd::AsFd::as_fd(fd)).map_err(|source| MonitorError::Sys {
         step: "make a pipe non-blocking",
         source,
-    };
-    let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(sys)?;
-    let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
-    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(sys)?;
-    Ok(())
+    })
 }
 
 fn read_spec(path: &Path) -> Result<MonitorSpec, MonitorError> {

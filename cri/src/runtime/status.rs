@@ -59,8 +59,8 @@ pub(super) fn status(
         runtime_handlers: vec![proto::RuntimeHandler {
             name: String::new(),
             features: Some(proto::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: kernel_at_least(5, 12),
-                user_namespaces: kernel_at_least(5, 19),
+                recursive_read_only_mounts: berth_core::kernel::at_least(5, 12),
+                user_namespaces: berth_core::kernel::at_least(5, 19),
             }),
         }],
         // Mount options: noexec/nodev/nosuid on bind mounts, applied.
@@ -70,20 +70,6 @@ pub(super) fn status(
             mount_options: true,
         }),
     }
-}
-
-/// Whether the running kernel is at least `major.minor`.
-fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let Ok(u) = nix::sys::utsname::uname() else {
-        return false;
-    };
-    let release = u.release().to_string_lossy().into_owned();
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (ma, mi) >= (major, minor)
 }
 
 #[cfg(test)]

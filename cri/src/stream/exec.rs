@@ -5,7 +5,7 @@
 //! process with it (SIGKILL): nothing is left behind.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -60,9 +60,7 @@ struct FdIo {
 
 impl FdIo {
     fn new(fd: OwnedFd, eio_is_eof: bool) -> io::Result<FdIo> {
-        let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
-        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        crate::util::set_nonblocking(fd.as_fd())?;
         // SAFETY: `fd` is an owned, open descriptor; the AsyncFd owns it from
         // here until it is dropped, so it stays the same open file.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| io::Error::other(e.to_string()))?;
@@ -138,20 +136,6 @@ async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin)
     let _ = to.shutdown().await;
 }
 
-nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, libc::winsize);
-
-fn resize_pty(fd: &impl AsRawFd, size: ConsoleSize) {
-    let ws = libc::winsize {
-        ws_row: size.rows,
-        ws_col: size.cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which points
-    // to a live local; the fd is our pty master.
-    let _ = unsafe { set_winsize(fd.as_raw_fd(), &ws) };
-}
-
 /// Runs the process with `io` until it ends or `gone` resolves (the client
 /// left: the process is killed). Output is flushed to the client before
 /// returning.
@@ -214,7 +198,7 @@ pub async fn run(
         if let Some(mut sizes) = io.resize.take() {
             resize_task = Some(tokio::spawn(async move {
                 while let Some(s) = sizes.recv().await {
-                    resize_pty(&resize_fd, s);
+                    let _ = berth_core::process::resize_console(resize_fd.as_fd(), s);
                 }
             }));
         }

@@ -542,7 +542,7 @@ pub(crate) fn runtime_default(caps: &[Capability]) -> SeccompProfile {
             .iter()
             .map(|&persona| allow_if("personality", 0, Op::Equal, persona)),
     );
-    if kernel_at_least(4, 8) {
+    if crate::kernel::at_least(4, 8) {
         syscalls.push(allow(PTRACE_SINCE_4_8));
     }
     syscalls.push(allow(ARCH_X86_64));
@@ -610,30 +610,6 @@ fn fail(names: &[&str], errno: u32) -> SyscallRule {
         errno_ret: Some(errno),
         args: Vec::new(),
     }
-}
-
-/// Whether the running kernel is at least `major.minor` (false when its
-/// release cannot be read, as containerd does).
-fn kernel_at_least(major: u32, minor: u32) -> bool {
-    nix::sys::utsname::uname()
-        .ok()
-        .and_then(|uts| uts.release().to_str().and_then(parse_kernel_release))
-        .is_some_and(|version| version >= (major, minor))
-}
-
-/// `(major, minor)` of a kernel release string such as `6.18.0-1-amd64`.
-fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split('.');
-    let number = |part: Option<&str>| -> Option<u32> {
-        let part = part?;
-        let end = part
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(part.len());
-        part[..end].parse().ok()
-    };
-    let major = number(parts.next())?;
-    let minor = number(parts.next())?;
-    Some((major, minor))
 }
 
 #[cfg(test)]
@@ -837,16 +813,6 @@ mod tests {
     fn allow_list_has_no_duplicates() {
         let unique: BTreeSet<_> = ALLOWED.iter().collect();
         assert_eq!(unique.len(), ALLOWED.len());
-    }
-
-    #[test]
-    fn kernel_release_parsing() {
-        assert_eq!(parse_kernel_release("6.18.0-1-amd64"), Some((6, 18)));
-        assert_eq!(parse_kernel_release("4.8"), Some((4, 8)));
-        assert_eq!(parse_kernel_release("5.10.0+"), Some((5, 10)));
-        assert_eq!(parse_kernel_release("5.4-rc1"), Some((5, 4)));
-        assert_eq!(parse_kernel_release("garbage"), None);
-        assert_eq!(parse_kernel_release("6"), None);
     }
 
     #[test]
