@@ -17,6 +17,8 @@ source scripts/common.sh
 require_root
 ensure_cargo
 export RUST_BACKTRACE=1
+# Incremental artifacts only help edit-compile loops and cost gigabytes here.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 phase() {
     echo
