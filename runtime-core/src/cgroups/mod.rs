@@ -778,7 +778,7 @@ impl Cgroup {
         Ok(())
     }
 
-    fn dir_of(&self, ctrl: &str) -> Option<PathBuf> {
+    pub(crate) fn dir_of(&self, ctrl: &str) -> Option<PathBuf> {
         match self.version {
             Version::V1 => {
                 let d = self.root.join(ctrl).join(&self.path);

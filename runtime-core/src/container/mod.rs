@@ -1,6 +1,7 @@
 //! The container object: create, load, start, run, exec, signal, processes,
 //! state, status, destroy.
 
+pub mod checkpoint;
 mod destroy;
 mod exec;
 mod launch;
@@ -51,6 +52,8 @@ pub enum Operation {
     Pause,
     /// [`Container::resume`]
     Resume,
+    /// [`Container::checkpoint`]
+    Checkpoint,
 }
 
 impl Status {
@@ -148,6 +151,30 @@ pub enum ContainerError {
     /// The container's processes are gone.
     #[error("container {0} is not running")]
     NotRunning(ContainerId),
+    /// What the container is made of cannot be checkpointed or restored.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// A checkpoint's files are missing or malformed.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// CRIU failed; its log has the details.
+    #[error("{message} (log: {})", log.display())]
+    Criu {
+        /// `dump` or `restore`.
+        step: &'static str,
+        /// What failed, with the errors CRIU logged.
+        message: String,
+        /// CRIU's log file.
+        log: PathBuf,
+    },
+    /// CRIU did not finish in time (it was killed).
+    #[error("criu {step} did not finish within {after:?}")]
+    Timeout {
+        /// `dump` or `restore`.
+        step: &'static str,
+        /// The timeout.
+        after: std::time::Duration,
+    },
 }
 
 /// A container: its id, state directory and persisted [`State`].
@@ -288,7 +315,7 @@ impl Container {
         if !alive(init) {
             return Status::Stopped;
         }
-        if self.dir.join(state::START_SOCKET).exists() {
+        if init.restored_stopped || self.dir.join(state::START_SOCKET).exists() {
             return Status::Created;
         }
         if self.is_frozen() {

@@ -63,24 +63,7 @@ impl Container {
         }
         self.status().check(Operation::Start)?;
         validate_process(&process.spec)?;
-        let config = self.state.config.clone();
-        let cgroup = match &config.cgroup {
-            Some(c) => {
-                // Parents made for it are shared with the other containers
-                // of this state root: whichever goes last removes them.
-                let ledger = self.dir.parent().map(|root| root.join(".cgroup-parents"));
-                let cg = Cgroup::create_with_ledger(&self.cgroup_root, c, ledger.as_deref())?;
-                // Recorded at once so that destroy cleans it up whatever happens next.
-                self.state.cgroup = Some(cg.clone());
-                if let Err(e) = self.save() {
-                    let _ = cg.remove();
-                    self.state.cgroup = None;
-                    return Err(e);
-                }
-                self.state.cgroup.clone()
-            }
-            None => None,
-        };
+        let cgroup = self.create_cgroup()?;
         let sock_path = self.start_socket_path();
         let res = self.start_init(process, cgroup.as_ref(), &sock_path);
         if res.is_err() {
@@ -93,6 +76,25 @@ impl Container {
             let _ = self.save();
         }
         res
+    }
+
+    /// Creates the container's cgroup (if its config has one) and records it
+    /// at once, so that destroy cleans it up whatever happens next.
+    pub(super) fn create_cgroup(&mut self) -> Result<Option<Cgroup>, ContainerError> {
+        let Some(c) = self.state.config.cgroup.clone() else {
+            return Ok(None);
+        };
+        // Parents made for it are shared with the other containers of this
+        // state root: whichever goes last removes them.
+        let ledger = self.dir.parent().map(|root| root.join(".cgroup-parents"));
+        let cg = Cgroup::create_with_ledger(&self.cgroup_root, &c, ledger.as_deref())?;
+        self.state.cgroup = Some(cg.clone());
+        if let Err(e) = self.save() {
+            let _ = cg.remove();
+            self.state.cgroup = None;
+            return Err(e);
+        }
+        Ok(Some(cg))
     }
 
     fn start_init(
@@ -172,6 +174,7 @@ impl Container {
             pid,
             start_ticks,
             started_unix_nanos: None,
+            restored_stopped: false,
         });
         if let Err(e) = self.save() {
             kill_init();
@@ -185,6 +188,9 @@ impl Container {
     /// (runc's `start`). Works from any process, e.g. after [`Container::load`].
     pub fn release(&mut self) -> Result<(), ContainerError> {
         self.status().check(Operation::Release)?;
+        if self.state.init.as_ref().is_some_and(|i| i.restored_stopped) {
+            return self.continue_restored();
+        }
         let path = self.start_socket_path();
         let io = |source| ContainerError::StateIo {
             path: path.clone(),
@@ -205,6 +211,22 @@ impl Container {
             return Err(ContainerError::Init(failure));
         }
         if let Some(init) = &mut self.state.init {
+            init.started_unix_nanos = Some(now_nanos());
+        }
+        self.save()
+    }
+
+    /// A restored tree was left stopped: every process of it continues.
+    fn continue_restored(&mut self) -> Result<(), ContainerError> {
+        for pid in self.processes() {
+            // ESRCH: it exited meanwhile.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::SIGCONT,
+            );
+        }
+        if let Some(init) = &mut self.state.init {
+            init.restored_stopped = false;
             init.started_unix_nanos = Some(now_nanos());
         }
         self.save()

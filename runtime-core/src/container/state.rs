@@ -50,6 +50,10 @@ pub struct InitState {
     /// When the user process was released to run, nanoseconds since the epoch.
     #[serde(default)]
     pub started_unix_nanos: Option<u64>,
+    /// Restored from a checkpoint and held stopped (`SIGSTOP`) until
+    /// [`crate::Container::release`] continues it.
+    #[serde(default)]
+    pub restored_stopped: bool,
 }
 
 pub(crate) fn now_nanos() -> u64 {
@@ -149,6 +153,7 @@ mod tests {
                 pid: 42,
                 start_ticks: 7,
                 started_unix_nanos: None,
+                restored_stopped: false,
             }),
             cgroup: None,
         };

@@ -1,0 +1,698 @@
+//! Checkpoint and restore through CRIU.
+//!
+//! berth runs the `criu` command line tool (`criu dump`, `criu restore`)
+//! rather than its RPC service (`criu swrk` with the `rust-criu` crate):
+//! every option this needs is a documented flag there (`--inherit-fd`,
+//! `--external`, `--restore-sibling`, `--leave-stopped`), the tool's exit
+//! status and its log file are the whole error report, and one process per
+//! checkpoint costs nothing next to the dump itself. The RPC crate would add
+//! a protobuf stack to the daemon for the same requests.
+//!
+//! How a container maps onto CRIU:
+//! - The pod's network namespace, joined by path, is declared **external**
+//!   (`net[<inode>]:berth-net` at dump); restore hands CRIU the new
+//!   container's own network namespace for that key (`--inherit-fd`).
+//! - IPC and UTS namespaces joined by path: CRIU itself runs in them, so
+//!   they are not dumped and the restored tasks inherit the new ones.
+//! - Bind mounts (`mnt[<destination>]`) and masked files (binds of the null
+//!   device) are external mounts: restore binds the new container's sources.
+//! - The init's standard fds must be pipes (or sockets): their identities are
+//!   kept in `descriptors.json` next to the images, and restore gives CRIU
+//!   the new container's pipe ends for them (`--inherit-fd`).
+//! - The restored tree is created in the new container's cgroup (CRIU runs
+//!   there, with `--manage-cgroups=ignore`), in a fresh pid and mount
+//!   namespace whose root is the new rootfs, as a child of the caller
+//!   (`--restore-sibling`), stopped (`--leave-stopped`) until
+//!   [`Container::release`].
+//!
+//! Not supported (a clear [`ContainerError::Unsupported`]): containers in a
+//! user namespace or without a pid namespace of their own.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::state::InitState;
+use super::{Container, ContainerError, Status};
+use crate::config::{MountKind, NamespaceKind};
+use crate::process::ProcessHandle;
+use crate::sys;
+
+/// File (in the images directory) naming the init's fds 0, 1 and 2 as
+/// `readlink(/proc/PID/fd/N)` showed them at dump time — runc's name and
+/// format, which CRI-O and Podman archives carry too.
+pub const DESCRIPTORS_FILE: &str = "descriptors.json";
+/// CRIU's log of a dump, in the work directory.
+pub const DUMP_LOG: &str = "dump.log";
+/// CRIU's log of a restore, in the work directory.
+pub const RESTORE_LOG: &str = "restore.log";
+/// The key of the pod's network namespace in the images.
+const NET_KEY: &str = "berth-net";
+
+/// How to run CRIU: shared by checkpoint and restore.
+#[derive(Debug, Clone)]
+pub struct CriuOptions {
+    /// The `criu` binary (default: `criu`, looked up in `PATH`).
+    pub criu: PathBuf,
+    /// Where the CRIU images are (written by a checkpoint).
+    pub images_dir: PathBuf,
+    /// CRIU's work directory: its log and pid file.
+    pub work_dir: PathBuf,
+    /// Dump and restore established TCP connections (`--tcp-established`).
+    pub tcp_established: bool,
+    /// Dump and restore file locks (`--file-locks`).
+    pub file_locks: bool,
+    /// The tree is a shell job: its session or process group leader is
+    /// outside (`--shell-job`).
+    pub shell_job: bool,
+    /// Give up (killing CRIU) after this long.
+    pub timeout: Option<Duration>,
+}
+
+impl CriuOptions {
+    /// Defaults with `images_dir` and `work_dir`: established TCP
+    /// connections and file locks included, as Kubernetes checkpoints ask.
+    pub fn new(images_dir: impl Into<PathBuf>, work_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            criu: PathBuf::from("criu"),
+            images_dir: images_dir.into(),
+            work_dir: work_dir.into(),
+            tcp_established: true,
+            file_locks: true,
+            shell_job: false,
+            timeout: None,
+        }
+    }
+}
+
+/// What a checkpoint does besides dumping.
+#[derive(Debug, Clone)]
+pub struct CheckpointOptions {
+    /// CRIU itself.
+    pub criu: CriuOptions,
+    /// Keep the container running after the dump (`--leave-running`);
+    /// otherwise CRIU kills its processes once they are dumped.
+    pub leave_running: bool,
+}
+
+/// The standard fds of the init at dump time, as [`DESCRIPTORS_FILE`] holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Descriptors(pub Vec<String>);
+
+impl Container {
+    /// Dumps the container's process tree with CRIU into
+    /// `opts.criu.images_dir` (created if missing), plus
+    /// [`DESCRIPTORS_FILE`]; CRIU's log goes to `work_dir/dump.log`.
+    ///
+    /// A running container is seized with ptrace; a paused one is dumped
+    /// through its frozen cgroup and stays paused (callers that also copy
+    /// the rootfs pause first, so files and memory agree).
+    pub fn checkpoint(&self, opts: &CheckpointOptions) -> Result<(), ContainerError> {
+        let status = self.status();
+        if !matches!(status, Status::Running | Status::Paused) {
+            return Err(ContainerError::InvalidState {
+                op: super::Operation::Checkpoint,
+                status,
+            });
+        }
+        self.check_checkpointable()?;
+        let init = self
+            .state
+            .init
+            .as_ref()
+            .ok_or_else(|| ContainerError::NotRunning(self.state.id.clone()))?;
+        let pid = init.pid;
+        let c = &opts.criu;
+        for d in [&c.images_dir, &c.work_dir] {
+            std::fs::create_dir_all(d).map_err(|source| ContainerError::StateIo {
+                path: d.clone(),
+                source,
+            })?;
+        }
+        let descriptors = stdio_descriptors(pid)?;
+        write_json(&c.images_dir.join(DESCRIPTORS_FILE), &descriptors)?;
+
+        let mut args: Vec<String> = vec![
+            "dump".into(),
+            "--tree".into(),
+            pid.to_string(),
+            "--log-file".into(),
+            DUMP_LOG.into(),
+            "-v4".into(),
+        ];
+        args.extend(common_args(c));
+        if opts.leave_running {
+            args.push("--leave-running".into());
+        }
+        if status == Status::Paused {
+            if let Some(dir) = self.freezer_dir() {
+                args.push("--freeze-cgroup".into());
+                args.push(dir.display().to_string());
+            }
+        }
+        if let Some(ino) = self.joined_net_inode(pid) {
+            args.push("--external".into());
+            args.push(format!("net[{ino}]:{NET_KEY}"));
+        }
+        for key in self.external_mount_keys(pid) {
+            args.push("--external".into());
+            args.push(format!("mnt[{key}]:{key}"));
+        }
+        let join = self.joined_ipc_uts()?;
+        let mut cmd = criu_command(c, &args);
+        let fds: Vec<RawFd> = join.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
+        let nstypes: Vec<libc::c_int> = join.iter().map(|(_, t)| *t).collect();
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes raw syscalls on fds opened before the fork (no allocation,
+        // no locks), which is what async-signal-safety requires.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (fd, t) in fds.iter().zip(&nstypes) {
+                    if libc::setns(*fd, *t) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        run_criu(cmd, c, DUMP_LOG, "dump")?;
+        drop(join);
+        Ok(())
+    }
+
+    /// Restores a checkpoint written by [`Container::checkpoint`] into this
+    /// container, which must be created and never started: its config gives
+    /// the rootfs (mounted anew), the namespaces to rejoin, the cgroup and
+    /// the sources of the external mounts. `stdio` are the new ends of the
+    /// init's fds 0, 1 and 2 (pipes, as at dump time).
+    ///
+    /// The restored init is a child of the caller, stopped: the container
+    /// is [`Status::Created`] until [`Container::release`] lets it go on.
+    pub fn restore(
+        &mut self,
+        opts: &CriuOptions,
+        stdio: [OwnedFd; 3],
+    ) -> Result<ProcessHandle, ContainerError> {
+        if self.state.init.is_some() {
+            return Err(ContainerError::AlreadyStarted(self.state.id.clone()));
+        }
+        self.check_checkpointable()?;
+        let descriptors: Descriptors = read_json(&opts.images_dir.join(DESCRIPTORS_FILE))?;
+        if descriptors.0.len() != 3 {
+            return Err(ContainerError::Checkpoint(format!(
+                "{}: expected 3 descriptors, found {}",
+                DESCRIPTORS_FILE,
+                descriptors.0.len()
+            )));
+        }
+        std::fs::create_dir_all(&opts.work_dir).map_err(|source| ContainerError::StateIo {
+            path: opts.work_dir.clone(),
+            source,
+        })?;
+        let cgroup = self.create_cgroup()?;
+        let res = self.restore_tree(opts, stdio, &descriptors, cgroup.as_ref());
+        if res.is_err() {
+            if let Some(cg) = &cgroup {
+                cg.kill_all();
+                let _ = cg.remove();
+            }
+            self.state.cgroup = None;
+            self.state.init = None;
+            let _ = self.save();
+        }
+        res
+    }
+
+    fn restore_tree(
+        &mut self,
+        opts: &CriuOptions,
+        stdio: [OwnedFd; 3],
+        descriptors: &Descriptors,
+        cgroup: Option<&crate::cgroups::Cgroup>,
+    ) -> Result<ProcessHandle, ContainerError> {
+        let config = self.state.config.clone();
+        let pidfile = opts.work_dir.join("restore.pid");
+        let _ = std::fs::remove_file(&pidfile);
+        let mut args: Vec<String> = vec![
+            "restore".into(),
+            "--log-file".into(),
+            RESTORE_LOG.into(),
+            "-v4".into(),
+            "--root".into(),
+            config.rootfs.display().to_string(),
+            "--restore-detached".into(),
+            "--restore-sibling".into(),
+            "--leave-stopped".into(),
+            "--manage-cgroups=ignore".into(),
+            "--pidfile".into(),
+            pidfile.display().to_string(),
+        ];
+        args.extend(common_args(opts));
+        // Fds handed to CRIU: moved to fixed numbers in the child.
+        let mut inherit: Vec<(OwnedFd, String)> = Vec::new();
+        for (fd, desc) in stdio.into_iter().zip(&descriptors.0) {
+            if desc.starts_with("pipe:") || desc.starts_with("socket:") {
+                inherit.push((fd, desc.clone()));
+            }
+        }
+        if let Some(ns) = config
+            .namespaces
+            .iter()
+            .find(|n| n.kind == NamespaceKind::Network)
+            .and_then(|n| n.path.as_ref())
+        {
+            let f = std::fs::File::open(ns).map_err(|source| ContainerError::StateIo {
+                path: ns.clone(),
+                source,
+            })?;
+            inherit.push((OwnedFd::from(f), NET_KEY.to_string()));
+        }
+        const FIRST_FD: RawFd = 10;
+        for (i, (_, key)) in inherit.iter().enumerate() {
+            args.push("--inherit-fd".into());
+            args.push(format!("fd[{}]:{key}", FIRST_FD + i as RawFd));
+        }
+        for m in &config.mounts {
+            if let (MountKind::Bind { .. }, Some(src)) = (&m.kind, &m.source) {
+                args.push("--external".into());
+                args.push(format!(
+                    "mnt[{}]:{}",
+                    m.destination.display(),
+                    src.display()
+                ));
+            }
+        }
+        for p in &config.masked_paths {
+            args.push("--external".into());
+            args.push(format!("mnt[{}]:/dev/null", p.display()));
+        }
+
+        // Everything the child needs, prepared before the fork.
+        let join = self.joined_ipc_uts()?;
+        let procs: Vec<OwnedFd> = match cgroup {
+            Some(cg) => cg
+                .dirs
+                .iter()
+                .map(|d| {
+                    let p = d.join("cgroup.procs");
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&p)
+                        .map(OwnedFd::from)
+                        .map_err(|source| ContainerError::StateIo { path: p, source })
+                })
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+        let rootfs = cstring(&config.rootfs)?;
+        let overlay = match &config.overlay {
+            Some(o) => Some(CString::new(o.mount_data()).map_err(|_| {
+                ContainerError::Checkpoint("overlay mount data has a NUL byte".into())
+            })?),
+            None => None,
+        };
+        let mut cmd = criu_command(opts, &args);
+        let ns_fds: Vec<(RawFd, libc::c_int)> =
+            join.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
+        let proc_fds: Vec<RawFd> = procs.iter().map(|f| f.as_raw_fd()).collect();
+        let inherit_fds: Vec<RawFd> = inherit.iter().map(|(f, _)| f.as_raw_fd()).collect();
+        // SAFETY: runs in the forked child before exec; only raw syscalls on
+        // fds and C strings prepared before the fork (no allocation, no
+        // locks). The mount namespace it makes is CRIU's own, private: the
+        // rootfs mounted there is seen by nobody else and goes with it.
+        unsafe {
+            cmd.pre_exec(move || {
+                let ok = |r: libc::c_int| {
+                    if r < 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(())
+                    }
+                };
+                for (fd, t) in &ns_fds {
+                    ok(libc::setns(*fd, *t))?;
+                }
+                // Into the container's cgroup: "0" is the writer itself.
+                for fd in &proc_fds {
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                ok(libc::unshare(libc::CLONE_NEWNS))?;
+                ok(libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                match &overlay {
+                    Some(data) => ok(libc::mount(
+                        c"overlay".as_ptr(),
+                        rootfs.as_ptr(),
+                        c"overlay".as_ptr(),
+                        0,
+                        data.as_ptr().cast(),
+                    ))?,
+                    None => ok(libc::mount(
+                        rootfs.as_ptr(),
+                        rootfs.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ))?,
+                }
+                // Fds for --inherit-fd: first out of the way (above any
+                // target number), then onto their numbers, inheritable.
+                let mut high = [0 as RawFd; 16];
+                for (i, fd) in inherit_fds.iter().enumerate().take(high.len()) {
+                    let h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100);
+                    ok(h)?;
+                    high[i] = h;
+                }
+                for (i, h) in high.iter().take(inherit_fds.len()).enumerate() {
+                    ok(libc::dup2(*h, FIRST_FD + i as RawFd))?;
+                }
+                Ok(())
+            });
+        }
+        run_criu(cmd, opts, RESTORE_LOG, "restore")?;
+        drop((join, procs, inherit));
+
+        let text = std::fs::read_to_string(&pidfile).map_err(|source| ContainerError::StateIo {
+            path: pidfile.clone(),
+            source,
+        })?;
+        let pid: i32 = text.trim().parse().map_err(|_| {
+            ContainerError::Checkpoint(format!("{}: not a pid: {text:?}", pidfile.display()))
+        })?;
+        let kill = || {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::SIGKILL,
+            );
+            let _ = crate::process::wait_child(pid);
+        };
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(source) => {
+                kill();
+                return Err(ContainerError::Sys {
+                    step: "open a pidfd of the restored init",
+                    source,
+                });
+            }
+        };
+        let Some(start_ticks) = sys::process_start_time(pid) else {
+            kill();
+            return Err(ContainerError::InitExited(None));
+        };
+        self.state.init = Some(InitState {
+            pid,
+            start_ticks,
+            started_unix_nanos: None,
+            restored_stopped: true,
+        });
+        if let Err(e) = self.save() {
+            kill();
+            return Err(e);
+        }
+        Ok(ProcessHandle::new(pid, pidfd, None))
+    }
+
+    /// Refuses what CRIU cannot dump and restore here.
+    fn check_checkpointable(&self) -> Result<(), ContainerError> {
+        let c = &self.state.config;
+        if c.has(NamespaceKind::User) {
+            return Err(ContainerError::Unsupported(
+                "checkpoint of a container in a user namespace".into(),
+            ));
+        }
+        if !c.creates(NamespaceKind::Pid) {
+            return Err(ContainerError::Unsupported(
+                "checkpoint of a container that shares a pid namespace (it needs its own)".into(),
+            ));
+        }
+        if !c.creates(NamespaceKind::Mount) {
+            return Err(ContainerError::Unsupported(
+                "checkpoint of a container without its own mount namespace".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The cgroup directory whose freezer state CRIU reads.
+    fn freezer_dir(&self) -> Option<PathBuf> {
+        let cg = self.state.cgroup.as_ref()?;
+        match cg.version {
+            crate::cgroups::Version::V1 => cg.dir_of("freezer"),
+            crate::cgroups::Version::V2 => cg.dirs.first().cloned(),
+        }
+    }
+
+    /// The inode of the network namespace the container joined by path.
+    fn joined_net_inode(&self, pid: i32) -> Option<u64> {
+        let joined = self
+            .state
+            .config
+            .namespaces
+            .iter()
+            .any(|n| n.kind == NamespaceKind::Network && n.path.is_some());
+        if !joined {
+            return None;
+        }
+        std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .ok()
+            .map(|m| m.ino())
+    }
+
+    /// Mount points the container got from outside its mount namespace:
+    /// bind mounts, and masked files (binds of the null device).
+    fn external_mount_keys(&self, pid: i32) -> Vec<String> {
+        let c = &self.state.config;
+        let mut keys: Vec<String> = c
+            .mounts
+            .iter()
+            .filter(|m| matches!(m.kind, MountKind::Bind { .. }))
+            .map(|m| m.destination.display().to_string())
+            .collect();
+        for p in &c.masked_paths {
+            // Directories are masked with a tmpfs, which CRIU dumps itself;
+            // paths that do not exist were not masked. Only looked at
+            // (stat), through the init's root.
+            let inside = format!("/proc/{pid}/root{}", p.display());
+            if std::fs::metadata(&inside).is_ok_and(|m| !m.is_dir()) {
+                keys.push(p.display().to_string());
+            }
+        }
+        keys
+    }
+
+    /// Fds of the IPC and UTS namespaces the container joined by path, with
+    /// their `setns` types: CRIU runs in them.
+    fn joined_ipc_uts(&self) -> Result<Vec<(OwnedFd, libc::c_int)>, ContainerError> {
+        let mut out = Vec::new();
+        for ns in &self.state.config.namespaces {
+            let (Some(path), true) = (
+                &ns.path,
+                matches!(ns.kind, NamespaceKind::Ipc | NamespaceKind::Uts),
+            ) else {
+                continue;
+            };
+            let f = std::fs::File::open(path).map_err(|source| ContainerError::StateIo {
+                path: path.clone(),
+                source,
+            })?;
+            out.push((OwnedFd::from(f), ns.kind.clone_flag()));
+        }
+        Ok(out)
+    }
+}
+
+/// Flags of both dump and restore.
+fn common_args(c: &CriuOptions) -> Vec<String> {
+    let mut args = vec![
+        "--images-dir".to_string(),
+        c.images_dir.display().to_string(),
+        "--work-dir".into(),
+        c.work_dir.display().to_string(),
+    ];
+    if c.tcp_established {
+        args.push("--tcp-established".into());
+    }
+    if c.file_locks {
+        args.push("--file-locks".into());
+    }
+    if c.shell_job {
+        args.push("--shell-job".into());
+    }
+    args
+}
+
+fn criu_command(c: &CriuOptions, args: &[String]) -> Command {
+    let mut cmd = Command::new(&c.criu);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs CRIU to the end or the timeout; a failure quotes the errors of its
+/// log (`work_dir/log`).
+fn run_criu(
+    mut cmd: Command,
+    c: &CriuOptions,
+    log: &str,
+    step: &'static str,
+) -> Result<(), ContainerError> {
+    let log_path = c.work_dir.join(log);
+    let mut child = cmd.spawn().map_err(|source| ContainerError::Criu {
+        step,
+        message: format!("run {}: {source}", c.criu.display()),
+        log: log_path.clone(),
+    })?;
+    let deadline = c.timeout.map(|t| (Instant::now() + t, t));
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) => {}
+            Err(source) => {
+                return Err(ContainerError::Criu {
+                    step,
+                    message: format!("wait for criu: {source}"),
+                    log: log_path,
+                })
+            }
+        }
+        if let Some((at, t)) = deadline {
+            if Instant::now() >= at {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ContainerError::Timeout { step, after: t });
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let from_log = std::fs::read_to_string(&log_path)
+        .map(|s| log_errors(&s))
+        .unwrap_or_default();
+    let message = if from_log.is_empty() {
+        format!("criu {step} failed ({status}): {}", stderr.trim())
+    } else {
+        format!("criu {step} failed ({status}): {from_log}")
+    };
+    Err(ContainerError::Criu {
+        step,
+        message,
+        log: log_path,
+    })
+}
+
+/// The error lines of a CRIU log (`Error (file:line): ...`), the last few.
+pub fn log_errors(log: &str) -> String {
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Error (") || l.contains("Error:"))
+        .map(|l| l.split_once("Error").map_or(l, |(_, rest)| rest).trim())
+        .collect();
+    let tail = &errors[errors.len().saturating_sub(3)..];
+    tail.join("; ")
+}
+
+/// The init's fds 0, 1, 2 as `readlink` shows them; each must be something
+/// restore can hand back (a pipe or a socket), never a host file.
+fn stdio_descriptors(pid: i32) -> Result<Descriptors, ContainerError> {
+    let mut out = Vec::new();
+    for n in 0..3 {
+        let link = format!("/proc/{pid}/fd/{n}");
+        let target = std::fs::read_link(&link).map_err(|source| ContainerError::StateIo {
+            path: link.clone().into(),
+            source,
+        })?;
+        let s = target.display().to_string();
+        if !(s.starts_with("pipe:") || s.starts_with("socket:")) {
+            return Err(ContainerError::Unsupported(format!(
+                "checkpoint of a container whose fd {n} is {s} (only pipes and sockets can be re-wired on restore; a terminal cannot)"
+            )));
+        }
+        out.push(s);
+    }
+    Ok(Descriptors(out))
+}
+
+fn cstring(p: &Path) -> Result<CString, ContainerError> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| ContainerError::Checkpoint(format!("{}: NUL byte in path", p.display())))
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ContainerError> {
+    let bytes = serde_json::to_vec(v).map_err(std::io::Error::other);
+    bytes
+        .and_then(|b| std::fs::write(path, b))
+        .map_err(|source| ContainerError::StateIo {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ContainerError> {
+    let bytes = std::fs::read(path).map_err(|source| ContainerError::StateIo {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ContainerError::Checkpoint(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_errors_keeps_the_last_error_lines() {
+        let log = "(00.001) Version: 4.1\n(00.002) Error (criu/mount.c:12): mnt: no such mount\n(00.003) ok\n(00.004) Error (criu/cr-restore.c:3): Restoring FAILED.\n";
+        assert_eq!(
+            log_errors(log),
+            "(criu/mount.c:12): mnt: no such mount; (criu/cr-restore.c:3): Restoring FAILED."
+        );
+        assert_eq!(log_errors("all fine\n"), "");
+    }
+
+    #[test]
+    fn common_args_follow_the_options() {
+        let mut o = CriuOptions::new("/i", "/w");
+        let a = common_args(&o);
+        assert_eq!(
+            a,
+            [
+                "--images-dir",
+                "/i",
+                "--work-dir",
+                "/w",
+                "--tcp-established",
+                "--file-locks"
+            ]
+        );
+        o.tcp_established = false;
+        o.file_locks = false;
+        o.shell_job = true;
+        assert_eq!(common_args(&o)[4..], ["--shell-job"]);
+    }
+}

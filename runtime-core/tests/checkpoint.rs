@@ -1,0 +1,191 @@
+//! Privileged integration test of checkpoint and restore with the real
+//! CRIU: a counting container is dumped out of one pod's namespaces and
+//! restored into another's, and counts on.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use berth_core::cgroups::CgroupConfig;
+use berth_core::container::checkpoint::{CheckpointOptions, CriuOptions, DESCRIPTORS_FILE};
+use berth_core::pin::{pin, unpin, PinRequest};
+use berth_core::{Config, Container, Namespace, NamespaceKind, Process, Status, Stdio};
+use common::*;
+
+/// A `criu` that works on this kernel, or why not.
+fn criu() -> Result<PathBuf, String> {
+    let out = std::process::Command::new("criu")
+        .arg("check")
+        .output()
+        .map_err(|e| format!("criu: {e} (scripts/install-criu.sh installs it)"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`criu check` fails: {} (scripts/install-criu.sh builds a working one)",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(PathBuf::from("criu"))
+}
+
+/// Pinned pod namespaces, unpinned on drop.
+struct Pod(PathBuf, berth_core::pin::PinnedNamespaces);
+
+impl Pod {
+    fn new(dir: &Path, hostname: &str) -> Pod {
+        let req = PinRequest {
+            net: true,
+            ipc: true,
+            uts: true,
+            hostname: Some(hostname.into()),
+            ..Default::default()
+        };
+        Pod(dir.to_path_buf(), pin(dir, &req).unwrap())
+    }
+
+    /// `config` joining this pod's network, IPC and UTS namespaces.
+    fn join(&self, config: &mut Config) {
+        config.namespaces.retain(|n| {
+            !matches!(
+                n.kind,
+                NamespaceKind::Network | NamespaceKind::Ipc | NamespaceKind::Uts
+            )
+        });
+        for (kind, path) in [
+            (NamespaceKind::Network, &self.1.net),
+            (NamespaceKind::Ipc, &self.1.ipc),
+            (NamespaceKind::Uts, &self.1.uts),
+        ] {
+            let mut ns = Namespace::new(kind);
+            ns.path = path.clone();
+            config.namespaces.push(ns);
+        }
+        config.hostname = None;
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = unpin(&self.0);
+    }
+}
+
+/// stdin (a pipe nobody writes to), stdout and stderr pipes: the ends for
+/// the container and the stdout reader.
+fn stdio() -> ([OwnedFd; 3], OwnedFd) {
+    let (in_r, _in_w) = pipe();
+    let (out_r, out_w) = pipe();
+    let (_err_r, err_w) = pipe();
+    ([in_r, out_w, err_w], out_r)
+}
+
+fn next_number(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> Option<u64> {
+    lines.next()?.ok()?.trim().parse().ok()
+}
+
+#[test]
+fn a_counter_restored_into_another_pod_counts_on() {
+    let Some(()) = privileged("a_counter_restored_into_another_pod_counts_on") else {
+        return;
+    };
+    let criu = match criu() {
+        Ok(c) => c,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("berth-ckpt")
+        .tempdir()
+        .unwrap();
+    let (_rootdir, rootfs) = private_rootfs("berth-ckpt-rootfs");
+    let pod_a = Pod::new(&scratch.path().join("pod-a"), "pod-a");
+    let pod_b = Pod::new(&scratch.path().join("pod-b"), "pod-b");
+    let state = state_root();
+    let cgroup = |id: &str| CgroupConfig {
+        path: format!("berth-test-ckpt/{id}").into(),
+        ..Default::default()
+    };
+
+    // The counter, in pod A: one line per number, also kept in a file.
+    let id = unique_id("ckpt");
+    let mut config = base_config(&rootfs);
+    pod_a.join(&mut config);
+    config.cgroup = Some(cgroup(&id));
+    let mut c = Container::create(state.path(), &id, config.clone())
+        .unwrap()
+        .with_init_binary(init_binary());
+    let mut p = Process::new([
+        "/bin/sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i > /count; echo $i; sleep 0.05; done",
+    ]);
+    let ([i, o, e], out) = stdio();
+    (p.stdin, p.stdout, p.stderr) = (Stdio::Fd(i), Stdio::Fd(o), Stdio::Fd(e));
+    let h = c.run(p).unwrap();
+    let mut lines = BufReader::new(std::fs::File::from(out)).lines();
+    for want in 1..=5 {
+        assert_eq!(next_number(&mut lines), Some(want));
+    }
+
+    // Dumped while frozen, then killed by CRIU.
+    let images = scratch.path().join("images");
+    let mut criu_opts = CriuOptions::new(&images, scratch.path().join("work"));
+    criu_opts.criu = criu;
+    criu_opts.timeout = Some(std::time::Duration::from_secs(60));
+    c.pause().unwrap();
+    c.checkpoint(&CheckpointOptions {
+        criu: criu_opts.clone(),
+        leave_running: false,
+    })
+    .unwrap_or_else(|e| panic!("checkpoint: {}", chain(&e)));
+    let status = h.wait().unwrap();
+    assert_eq!(status.code(), 128 + 9, "CRIU kills the dumped tree");
+    let mut last = 5;
+    while let Some(n) = next_number(&mut lines) {
+        last = n;
+    }
+    assert!(images.join(DESCRIPTORS_FILE).exists());
+    assert!(images.join("inventory.img").exists());
+    c.destroy().unwrap();
+
+    // Restored into pod B: stopped until released, then counting on.
+    let id2 = unique_id("restored");
+    let mut config2 = config.clone();
+    pod_b.join(&mut config2);
+    config2.cgroup = Some(cgroup(&id2));
+    let mut c2 = Container::create(state.path(), &id2, config2)
+        .unwrap()
+        .with_init_binary(init_binary());
+    let (fds, out2) = stdio();
+    let h2 = c2
+        .restore(&criu_opts, fds)
+        .unwrap_or_else(|e| panic!("restore: {}", chain(&e)));
+    assert_eq!(c2.status(), Status::Created);
+    assert_eq!(c2.processes().len(), 2, "sh and its sleep, in the new cgroup");
+    c2.release().unwrap();
+    assert_eq!(c2.status(), Status::Running);
+    let mut lines2 = BufReader::new(std::fs::File::from(out2)).lines();
+    assert_eq!(next_number(&mut lines2), Some(last + 1), "continues, not from 0");
+    assert_eq!(next_number(&mut lines2), Some(last + 2));
+    // In pod B's namespaces.
+    let pid = h2.pid();
+    for kind in ["net", "uts", "ipc"] {
+        assert_eq!(
+            std::fs::metadata(format!("/proc/{pid}/ns/{kind}")).map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.ino()
+            }).unwrap(),
+            {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(pod_b.0.join(kind)).unwrap().ino()
+            },
+            "{kind} namespace"
+        );
+    }
+    c2.signal(9).unwrap();
+    h2.wait().unwrap();
+    c2.destroy().unwrap();
+}
