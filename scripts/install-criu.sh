@@ -9,8 +9,13 @@
 # signature and checksum checks. The system's apt sources are not changed:
 # the trixie source index lives in a private apt state directory.
 #
+# CRIU 4.1.1 cannot dump any TCP socket on Linux 6.16 and later (it asks for
+# SO_PASSSEC, which the kernel now refuses on inet sockets: criu issue
+# #2705); scripts/criu-sockopt-6.16.patch, applied here, is the fix.
+#
 # Idempotent: does nothing when the `criu` found first on PATH (or
-# $CRIU_DEST) is at least 4.0 and `criu check` passes.
+# $CRIU_DEST) is at least 4.0, passes `criu check`, and can dump a process
+# with a TCP socket on this kernel.
 #
 # Environment: CRIU_DEST (default /usr/local/sbin/criu), CRIU_WORKDIR (build
 # cache, default /var/cache/berth-test/criu), DEBIAN_MIRROR, CRIU_SUITE
@@ -28,14 +33,28 @@ die() { log "error: $*"; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "must run as root"
 
-# A criu that is new enough and passes `criu check` on this kernel.
+# A criu that is new enough, passes `criu check` on this kernel, and can
+# dump (leaving it running) a process that listens on a TCP socket.
 good_criu() {
-    local bin=$1 version major
+    local bin=$1 version major probe pid rc=0
     [[ -x $bin ]] || return 1
     version=$("$bin" --version 2>/dev/null | awk '/^Version:/ {print $2}')
     major=${version%%.*}
     [[ $major =~ ^[0-9]+$ && $major -ge 4 ]] || return 1
-    "$bin" check >/dev/null 2>&1
+    "$bin" check >/dev/null 2>&1 || return 1
+    command -v python3 >/dev/null || return 1
+    probe=$(mktemp -d)
+    setsid python3 -c 'import socket, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); time.sleep(60)' \
+        </dev/null >/dev/null 2>&1 &
+    pid=$!
+    sleep 0.3
+    "$bin" dump --tree "$pid" --images-dir "$probe" --leave-running --tcp-established \
+        --log-file dump.log >/dev/null 2>&1 || rc=1
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    rm -rf "$probe"
+    return $rc
 }
 
 if [[ ${FORCE:-0} != 1 ]]; then
@@ -49,7 +68,7 @@ fi
 
 # Build dependencies from bookworm, plus what criu runs for network
 # namespaces (ip, iptables) at dump and restore time.
-deps=(build-essential pkgconf debian-archive-keyring libbsd-dev libcap-dev
+deps=(build-essential pkgconf patch python3 debian-archive-keyring libbsd-dev libcap-dev
     libgnutls28-dev libnet1-dev libnftables-dev libnl-3-dev libprotobuf-c-dev
     libprotobuf-dev protobuf-c-compiler protobuf-compiler uuid-dev iproute2 iptables)
 missing=()
@@ -93,14 +112,20 @@ if ! echo "$sha  $tarball" | sha256sum -c --status 2>/dev/null; then
 fi
 
 src=$work/src/criu-$upstream
-if [[ ! -f $src/.unpacked || ${FORCE:-0} == 1 ]]; then
+patches=("$(dirname "${BASH_SOURCE[0]}")"/criu-*.patch)
+stamp=$(cat "${patches[@]}" | sha256sum | cut -d' ' -f1)
+if [[ ! -f $src/.unpacked || $(cat "$src/.unpacked") != "$stamp" || ${FORCE:-0} == 1 ]]; then
     rm -rf "$src"
     tar -C "$work/src" -xf "$tarball"
-    touch "$src/.unpacked"
+    for p in "${patches[@]}"; do
+        log "applying $(basename "$p")"
+        patch -d "$src" -p1 --quiet <"$p" || die "$p does not apply to criu $upstream"
+    done
+    echo "$stamp" >"$src/.unpacked"
 fi
 log "building criu $upstream (log: $work/build.log)"
 make -C "$src" -j"$(nproc)" criu >"$work/build.log" 2>&1 ||
     { tail -n 30 "$work/build.log" >&2; die "build failed"; }
 install -D -m 0755 "$src/criu/criu" "$dest"
-"$dest" check >/dev/null 2>&1 || die "$dest check fails: $("$dest" check 2>&1 | tail -n 1)"
-log "installed $dest (criu $upstream, criu check passes)"
+good_criu "$dest" || die "$dest fails \`criu check\` or cannot dump a TCP socket here"
+log "installed $dest (criu $upstream, patched; criu check passes)"

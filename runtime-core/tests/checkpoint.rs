@@ -164,20 +164,30 @@ fn a_counter_restored_into_another_pod_counts_on() {
         .restore(&criu_opts, fds)
         .unwrap_or_else(|e| panic!("restore: {}", chain(&e)));
     assert_eq!(c2.status(), Status::Created);
-    assert_eq!(c2.processes().len(), 2, "sh and its sleep, in the new cgroup");
+    assert_eq!(
+        c2.processes().len(),
+        2,
+        "sh and its sleep, in the new cgroup"
+    );
     c2.release().unwrap();
     assert_eq!(c2.status(), Status::Running);
     let mut lines2 = BufReader::new(std::fs::File::from(out2)).lines();
-    assert_eq!(next_number(&mut lines2), Some(last + 1), "continues, not from 0");
+    assert_eq!(
+        next_number(&mut lines2),
+        Some(last + 1),
+        "continues, not from 0"
+    );
     assert_eq!(next_number(&mut lines2), Some(last + 2));
     // In pod B's namespaces.
     let pid = h2.pid();
     for kind in ["net", "uts", "ipc"] {
         assert_eq!(
-            std::fs::metadata(format!("/proc/{pid}/ns/{kind}")).map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                m.ino()
-            }).unwrap(),
+            std::fs::metadata(format!("/proc/{pid}/ns/{kind}"))
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.ino()
+                })
+                .unwrap(),
             {
                 use std::os::unix::fs::MetadataExt;
                 std::fs::metadata(pod_b.0.join(kind)).unwrap().ino()

@@ -180,6 +180,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 }),
                 _ => None,
             },
+            criu: None,
         },
         images.store().clone(),
     )

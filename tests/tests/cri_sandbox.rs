@@ -302,17 +302,13 @@ async fn bad_sandbox_requests_get_the_right_code_and_leave_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("pod_cidr"), "{}", err.message());
-    // What other issues bring answers Unimplemented, saying what.
+    // A checkpoint needs a place for its archive.
     let err = rt
         .checkpoint_container(proto::CheckpointContainerRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(
-        err.message().contains("CheckpointContainer"),
-        "{}",
-        err.message()
-    );
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("location"), "{}", err.message());
     // Exec without any stream asked for names the field.
     let err = rt.exec(proto::ExecRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);

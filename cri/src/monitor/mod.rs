@@ -115,6 +115,21 @@ pub struct MonitorSpec {
     /// wrote to it goes (CRI `stdin_once`).
     #[serde(default)]
     pub stdin_once: bool,
+    /// Restore the init from a checkpoint instead of starting `process`
+    /// (which then only describes it).
+    #[serde(default)]
+    pub restore: Option<RestoreFrom>,
+}
+
+/// Where a restored container's checkpoint is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreFrom {
+    /// The `criu` binary.
+    pub criu: PathBuf,
+    /// The CRIU images.
+    pub images_dir: PathBuf,
+    /// CRIU's work directory (its `restore.log`).
+    pub work_dir: PathBuf,
 }
 
 /// Where a monitor finds the daemon's sealed init binary.

@@ -226,7 +226,11 @@ fn start(
     if let Some(root) = &spec.cgroup_root {
         container = container.with_cgroup_root(root);
     }
-    let mut handle = match container.start(process) {
+    let started = match &spec.restore {
+        None => container.start(process),
+        Some(r) => restore(&mut container, r, process),
+    };
+    let mut handle = match started {
         Ok(h) => h,
         Err(e) => {
             if let Err(d) = container.destroy() {
@@ -235,7 +239,12 @@ fn start(
                     error_chain(&d)
                 ));
             }
-            return Err(container_err("start")(e));
+            let step = if spec.restore.is_some() {
+                "restore"
+            } else {
+                "start"
+            };
+            return Err(container_err(step)(e));
         }
     };
     // The sealed copy of the binary (tens of MB) is not needed again by this
@@ -287,13 +296,35 @@ fn start(
     Ok((spec, handle, pump))
 }
 
+/// Restores the container's init from its checkpoint, with the pipes of
+/// `process` as its stdio.
+fn restore(
+    container: &mut Container,
+    from: &super::RestoreFrom,
+    process: Process,
+) -> Result<ProcessHandle, berth_core::ContainerError> {
+    let fd = |s: berth_core::Stdio| match s {
+        berth_core::Stdio::Fd(fd) => Ok(fd),
+        _ => Err(berth_core::ContainerError::Unsupported(
+            "restoring a container with a terminal".into(),
+        )),
+    };
+    let stdio = [fd(process.stdin)?, fd(process.stdout)?, fd(process.stderr)?];
+    let mut opts =
+        berth_core::container::checkpoint::CriuOptions::new(&from.images_dir, &from.work_dir);
+    opts.criu = from.criu.clone();
+    container.restore(&opts, stdio)
+}
+
 /// Read ends of the container's stdout and stderr pipes.
 type Readers = Option<(OwnedFd, OwnedFd)>;
 
 /// The container's process with stdout and stderr on new pipes, whose read
-/// ends are returned, and stdin on `/dev/null` — or, with `stdin`, on a
-/// pipe whose write end is returned too. When it asks for a terminal: no
-/// pipes (runtime-core hands us the console instead).
+/// ends are returned, and stdin on a pipe whose write end is returned with
+/// `stdin` — or else closed at once, so the container reads end-of-file as
+/// from `/dev/null` (a pipe, not a host file, so that CRIU can checkpoint
+/// it). When it asks for a terminal: no pipes (runtime-core hands us the
+/// console instead).
 fn process_with_pipes(
     spec: ProcessSpec,
     stdin: bool,
@@ -314,12 +345,9 @@ fn process_with_pipes(
     let (err_r, err_w) = pipe()?;
     process.stdout = out_w.into();
     process.stderr = err_w.into();
-    let mut stdin_w = None;
-    if stdin {
-        let (in_r, in_w) = pipe()?;
-        process.stdin = in_r.into();
-        stdin_w = Some(in_w);
-    }
+    let (in_r, in_w) = pipe()?;
+    process.stdin = in_r.into();
+    let stdin_w = stdin.then_some(in_w);
     Ok((process, Some((out_r, err_r)), stdin_w))
 }
 

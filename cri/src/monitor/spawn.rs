@@ -195,6 +195,7 @@ mod tests {
             sealed_init: None,
             stdin: false,
             stdin_once: false,
+            restore: None,
         };
         let dir = d.path().join("m");
         // `true` ignores its arguments and prints nothing.

@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use berth_core::ContainerId;
 
 use super::container::{ContainerRecord, ContainerState, Containers};
+use super::container_checkpoint;
 use super::error::RuntimeError;
 use super::sandbox::{NsMode, SandboxRecord, SandboxState};
 use crate::image::ImageStore;
@@ -16,6 +17,10 @@ use crate::proto;
 use crate::spec;
 use crate::store::ObjectId;
 use crate::util::now_nanos;
+
+/// Where a checkpoint archive is unpacked in the container's directory
+/// while it is restored.
+const RESTORE_DIR: &str = "restore";
 
 /// Everything CreateContainer needs from the service.
 pub(super) struct CreateCtx<'a> {
@@ -28,6 +33,8 @@ pub(super) struct CreateCtx<'a> {
     pub cgroup_view: &'a spec::CgroupView,
     /// kubelet's cgroup driver.
     pub cgroup_driver: super::CgroupDriver,
+    /// The `criu` binary (restoring from a checkpoint archive).
+    pub criu: &'a Path,
 }
 
 /// The log file: `log_directory/log_path`, `log_path` relative and without
@@ -116,7 +123,35 @@ fn build(
         let _ = std::fs::remove_dir_all(dir);
     };
     let result = (|| {
+        // A checkpoint archive: its rootfs image, changes and CRIU images.
+        let restore = if container_checkpoint::is_archive(image) {
+            Some(container_checkpoint::unpack(
+                Path::new(image),
+                &dir.join(RESTORE_DIR),
+            )?)
+        } else {
+            None
+        };
+        let image = match &restore {
+            Some(u) => {
+                let c = &u.config;
+                [&c.rootfs_image_name, &c.rootfs_image_ref]
+                    .into_iter()
+                    .find(|r| !r.is_empty() && ctx.images.resolve(r).is_some())
+                    .ok_or_else(|| {
+                        RuntimeError::FailedPrecondition(format!(
+                            "the checkpoint's rootfs image {:?} ({}) is not present: pull it first",
+                            c.rootfs_image_name, c.rootfs_image_ref
+                        ))
+                    })?
+                    .as_str()
+            }
+            None => image,
+        };
         let prepared = ctx.images.prepare_container(image, &cid)?;
+        if let Some(u) = &restore {
+            container_checkpoint::apply_rootfs_diff(u, &prepared.rootfs.upperdir)?;
+        }
         let rootfs_dir = dir.join("rootfs");
         std::fs::create_dir_all(&rootfs_dir).map_err(|e| RuntimeError::io(&rootfs_dir, e))?;
         let ns = sandbox.namespaces.clone().ok_or_else(|| {
@@ -219,6 +254,11 @@ fn build(
             sealed_init: None,
             stdin: cs.stdin,
             stdin_once: cs.stdin_once,
+            restore: restore.as_ref().map(|u| monitor::RestoreFrom {
+                criu: ctx.criu.to_path_buf(),
+                images_dir: u.images_dir(),
+                work_dir: dir.clone(),
+            }),
         };
         let spawned = match ctx.zygote.spawn(&dir, &mspec) {
             // The zygote itself cannot run: an exec'd monitor still can.
@@ -234,6 +274,10 @@ fn build(
             other => other,
         }
         .map_err(|e| RuntimeError::FailedPrecondition(format!("creating the container: {e}")))?;
+        if let Some(u) = &restore {
+            // Restored (or failed and cleaned up): the images are done with.
+            let _ = std::fs::remove_dir_all(&u.dir);
+        }
         let rec = ContainerRecord {
             version: super::container::RECORD_VERSION,
             id: id.clone(),

@@ -26,7 +26,7 @@ pub(super) fn status(rec: &ContainerRecord, verbose: bool) -> proto::ContainerSt
             started_at: rec.started_at,
             finished_at: rec.finished_at,
             exit_code: rec.exit_code,
-            image: c.image,
+            image: rec.image_spec(c.image),
             image_ref: rec.image_ref.clone(),
             reason: rec.reason.clone(),
             message: rec.message.clone(),

@@ -5,6 +5,7 @@
 //! kubelet and crictl get a clear code rather than a hang.
 
 pub mod container;
+mod container_checkpoint;
 mod container_create;
 mod container_remove;
 mod container_start;
@@ -63,6 +64,8 @@ pub struct RuntimeServiceConfig {
     /// TLS for the streaming server (`None`: plain HTTP, keep it on
     /// loopback).
     pub stream_tls: Option<crate::stream::TlsFiles>,
+    /// The `criu` binary for checkpoint and restore (`None`: `criu` in `PATH`).
+    pub criu: Option<PathBuf>,
 }
 
 /// The runtime service.
@@ -73,6 +76,8 @@ pub struct RuntimeServiceImpl {
     containers: Arc<Containers>,
     images: Arc<ImageStore>,
     monitor_exe: PathBuf,
+    /// The `criu` binary.
+    criu: PathBuf,
     zygote: Arc<crate::monitor::Zygote>,
     sampler: Arc<stats::Sampler>,
     events: Arc<events::Events>,
@@ -114,6 +119,10 @@ impl RuntimeServiceImpl {
             tracing::info!(url = %s.base(), "streaming server (exec, port-forward)");
         }
         let service = RuntimeServiceImpl {
+            criu: config
+                .criu
+                .clone()
+                .unwrap_or_else(|| crate::util::find_in_path("criu")),
             config,
             cni,
             stream,
@@ -548,6 +557,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         let zygote = self.zygote.clone();
         let cgroup_view = self.cgroup_view.clone();
         let cgroup_driver = self.config.cgroup_driver;
+        let criu = self.criu.clone();
         let rec = blocking(move || {
             let ctx = container_create::CreateCtx {
                 containers: &containers,
@@ -556,6 +566,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
                 zygote: &zygote,
                 cgroup_view: &cgroup_view,
                 cgroup_driver,
+                criu: &criu,
             };
             container_create::create(&ctx, &sandbox, config)
         })
@@ -1162,11 +1173,68 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         Ok(Response::new(proto::PortForwardResponse { url }))
     }
 
+    /// Dumps a running container with CRIU into a checkpoint archive at
+    /// `location`, leaving it running (see `container_checkpoint`).
     async fn checkpoint_container(
         &self,
-        _request: Request<proto::CheckpointContainerRequest>,
+        request: Request<proto::CheckpointContainerRequest>,
     ) -> Result<Response<proto::CheckpointContainerResponse>, Status> {
-        Err(not_yet("CheckpointContainer (CRIU)"))
+        let req = request.into_inner();
+        container_checkpoint::check_location(&req.location)?;
+        let entry = self
+            .containers
+            .registry
+            .get(&req.container_id, "container_id")?;
+        let mut rec = entry.lock_owned().await;
+        if rec.removed {
+            return Err(self.containers.registry.not_found(&req.container_id).into());
+        }
+        if rec.refresh() {
+            self.containers.registry.save(&rec)?;
+        }
+        if rec.state != container::ContainerState::Running {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is {:?}: only a running container can be checkpointed",
+                rec.id, rec.state
+            ))
+            .into());
+        }
+        let mut pod = container_checkpoint::PodMeta {
+            id: rec.sandbox_id.to_string(),
+            ..Default::default()
+        };
+        if let Ok(Some(entry)) = self
+            .sandboxes
+            .registry
+            .find(rec.sandbox_id.as_str(), "pod_sandbox_id")
+        {
+            let s = entry.lock().await;
+            if let Some(m) = s.config().metadata {
+                (pod.name, pod.namespace, pod.uid) = (m.name, m.namespace, m.uid);
+            }
+        }
+        let runtime_root = self.containers.runtime_root.clone();
+        let criu = self.criu.clone();
+        let t0 = std::time::Instant::now();
+        let id = rec.id.to_string();
+        blocking(move || {
+            container_checkpoint::checkpoint(
+                &rec,
+                &container_checkpoint::CheckpointRequest {
+                    runtime_root: &runtime_root,
+                    criu: &criu,
+                    pod,
+                    location: &req.location,
+                    timeout_secs: req.timeout,
+                },
+            )
+        })
+        .await
+        .inspect_err(
+            |e| tracing::warn!(id = %id, error = %e.message(), "CheckpointContainer failed"),
+        )?;
+        tracing::info!(id = %id, took = ?t0.elapsed(), "container checkpointed");
+        Ok(Response::new(proto::CheckpointContainerResponse {}))
     }
 
     async fn checkpoint_pod(

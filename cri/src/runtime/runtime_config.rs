@@ -32,6 +32,7 @@ mod tests {
                 cni: None,
                 stream_addr: None,
                 stream_tls: None,
+                criu: None,
             });
             assert_eq!(r.linux.unwrap().cgroup_driver, want as i32);
         }

@@ -395,10 +395,8 @@ impl Container {
             ContainerError::Checkpoint(format!("{}: not a pid: {text:?}", pidfile.display()))
         })?;
         let kill = || {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::SIGKILL,
-            );
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
             let _ = crate::process::wait_child(pid);
         };
         let pidfd = match sys::pidfd_open(pid) {

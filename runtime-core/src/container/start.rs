@@ -220,10 +220,8 @@ impl Container {
     fn continue_restored(&mut self) -> Result<(), ContainerError> {
         for pid in self.processes() {
             // ESRCH: it exited meanwhile.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::SIGCONT,
-            );
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGCONT);
         }
         if let Some(init) = &mut self.state.init {
             init.restored_stopped = false;

@@ -169,6 +169,15 @@ impl ContainerRecord {
         }
     }
 
+    /// The image it runs, as CRI reports it: the request's spec, naming the
+    /// image actually used (a container restored from a checkpoint archive
+    /// runs the archive's rootfs image, not the archive).
+    pub fn image_spec(&self, requested: Option<proto::ImageSpec>) -> Option<proto::ImageSpec> {
+        let mut spec = requested.unwrap_or_default();
+        spec.image = self.image.clone();
+        Some(spec)
+    }
+
     /// CRI `Container` (for List).
     pub fn to_cri(&self) -> proto::Container {
         let c = self.config();
@@ -176,7 +185,7 @@ impl ContainerRecord {
             id: self.id.to_string(),
             pod_sandbox_id: self.sandbox_id.to_string(),
             metadata: c.metadata,
-            image: c.image,
+            image: self.image_spec(c.image),
             image_ref: self.image_ref.clone(),
             state: self.state.to_cri() as i32,
             created_at: self.created_at,

@@ -1,0 +1,655 @@
+//! `CheckpointContainer`, and restoring a container from the archive it
+//! writes (`CreateContainer` whose image is the archive's path).
+//!
+//! The archive is an uncompressed tar in the layout CRI-O and containerd
+//! write, so their tools (checkpointctl) read ours and we read theirs:
+//!
+//! - `checkpoint/`: CRIU's images (and runc's `descriptors.json`);
+//! - `config.dump`: the container's id, name, rootfs image and times (JSON,
+//!   CRI-O's `ContainerConfig` fields);
+//! - `spec.dump`: the container's OCI runtime spec (JSON) with the
+//!   `io.kubernetes.*` annotations naming its pod and container;
+//! - `rootfs-diff.tar`: what the container changed in its writable layer, as
+//!   an OCI layer (an opaque directory is a `.wh..wh..opq` entry);
+//! - `deleted.files`: image files the container removed (JSON list);
+//! - `stats-dump`, `dump.log`: CRIU's statistics and log.
+//!
+//! The container is paused (cgroup freezer) while CRIU dumps it and its
+//! writable layer is copied, so memory and files agree, then resumed: it
+//! keeps running, as kubelet's checkpoint API expects.
+
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::container::ContainerRecord;
+use super::error::RuntimeError;
+use crate::proto;
+
+/// CRIU's images in the archive.
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+/// The container's identity and rootfs image.
+pub const CONFIG_DUMP: &str = "config.dump";
+/// The container's OCI runtime spec.
+pub const SPEC_DUMP: &str = "spec.dump";
+/// The writable layer's changes.
+pub const ROOTFS_DIFF: &str = "rootfs-diff.tar";
+/// Image files the container deleted.
+pub const DELETED_FILES: &str = "deleted.files";
+/// CRIU's dump statistics.
+pub const STATS_DUMP: &str = "stats-dump";
+
+/// How long a checkpoint may take when the request says 0 ("the CRI
+/// default"): kubelet's own runtime request timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `config.dump`: CRI-O's `ContainerConfig` (checkpointctl reads it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigDump {
+    /// Container id.
+    pub id: String,
+    /// Container name (`<name>_<pod>_<attempt>`).
+    pub name: String,
+    /// The rootfs image's id.
+    #[serde(default)]
+    pub rootfs_image: String,
+    /// The rootfs image's id (what it resolved to).
+    #[serde(default)]
+    pub rootfs_image_ref: String,
+    /// The rootfs image as requested (a pullable reference).
+    #[serde(default)]
+    pub rootfs_image_name: String,
+    /// The runtime that wrote it.
+    #[serde(default, rename = "runtime")]
+    pub oci_runtime: String,
+    /// RFC 3339.
+    #[serde(default)]
+    pub created_time: String,
+    /// RFC 3339.
+    #[serde(default)]
+    pub checkpointed_time: String,
+}
+
+/// The pod a checkpointed container belongs to (for the annotations).
+#[derive(Debug, Clone, Default)]
+pub struct PodMeta {
+    /// Sandbox id.
+    pub id: String,
+    /// Pod name.
+    pub name: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod uid.
+    pub uid: String,
+}
+
+/// What a checkpoint needs besides the container.
+pub(super) struct CheckpointRequest<'a> {
+    /// runtime-core's state root.
+    pub runtime_root: &'a Path,
+    /// The `criu` binary.
+    pub criu: &'a Path,
+    /// The container's pod.
+    pub pod: PodMeta,
+    /// Where the archive goes.
+    pub location: &'a str,
+    /// CRI `timeout` in seconds (0: [`DEFAULT_TIMEOUT`]).
+    pub timeout_secs: i64,
+}
+
+/// The archive path: absolute, not a directory, in an existing directory.
+pub(super) fn check_location(location: &str) -> Result<PathBuf, RuntimeError> {
+    let bad = |reason: &str| RuntimeError::invalid("location", format!("{location:?} {reason}"));
+    let p = Path::new(location);
+    if location.is_empty() {
+        return Err(RuntimeError::invalid("location", "must not be empty"));
+    }
+    if !p.is_absolute() || location.contains('\0') || location.ends_with('/') {
+        return Err(bad("must be an absolute file path"));
+    }
+    if p.is_dir() {
+        return Err(bad("is a directory"));
+    }
+    match p.parent() {
+        Some(d) if d.is_dir() => Ok(p.to_path_buf()),
+        _ => Err(bad("is not in an existing directory")),
+    }
+}
+
+/// Checkpoints a running container into the archive (blocking). The caller
+/// holds the container's lock and has checked that it runs.
+pub(super) fn checkpoint(
+    rec: &ContainerRecord,
+    req: &CheckpointRequest<'_>,
+) -> Result<(), RuntimeError> {
+    use berth_core::container::checkpoint::{CheckpointOptions, CriuOptions};
+    let location = check_location(req.location)?;
+    let timeout = match req.timeout_secs {
+        t if t < 0 => return Err(RuntimeError::invalid("timeout", "must not be negative")),
+        0 => DEFAULT_TIMEOUT,
+        t => Duration::from_secs(t as u64),
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let c = berth_core::Container::load(req.runtime_root, rec.id.as_str())
+        .map_err(|e| RuntimeError::FailedPrecondition(format!("container {}: {e}", rec.id)))?;
+    let spec = read_monitor_spec(&rec.dir)?;
+    let work = Work::new(&rec.dir)?;
+    let mut opts = CriuOptions::new(work.0.join(CHECKPOINT_DIR), &work.0);
+    opts.criu = req.criu.to_path_buf();
+    opts.timeout = Some(timeout);
+
+    // Frozen while CRIU reads its memory and we copy its files.
+    c.pause().map_err(core_error)?;
+    let dumped = c
+        .checkpoint(&CheckpointOptions {
+            criu: opts,
+            leave_running: true,
+        })
+        .map_err(core_error)
+        .and_then(|()| match &c.config().overlay {
+            Some(o) => rootfs_diff(&o.upperdir, &work.0),
+            None => write_json(&work.0.join(DELETED_FILES), &Vec::<String>::new()),
+        });
+    let resumed = c.resume().map_err(core_error);
+    dumped?;
+    resumed?;
+    // CRIU writes its statistics to the work directory; older versions put
+    // them with the images.
+    let stats = work.0.join(STATS_DUMP);
+    let in_images = work.0.join(CHECKPOINT_DIR).join(STATS_DUMP);
+    if !stats.exists() && in_images.exists() {
+        std::fs::rename(&in_images, &stats).map_err(|e| RuntimeError::io(&stats, e))?;
+    }
+
+    let now = crate::logs::rfc3339_nano(std::time::SystemTime::now());
+    let created = crate::logs::rfc3339_nano(
+        std::time::UNIX_EPOCH + Duration::from_nanos(rec.created_at.max(0) as u64),
+    );
+    let config_dump = ConfigDump {
+        id: rec.id.to_string(),
+        name: rec.name.clone(),
+        rootfs_image: rec.image_ref.clone(),
+        rootfs_image_ref: rec.image_ref.clone(),
+        rootfs_image_name: rec.image.clone(),
+        oci_runtime: "berth".into(),
+        created_time: created,
+        checkpointed_time: now,
+    };
+    write_json(&work.0.join(CONFIG_DUMP), &config_dump)?;
+    let cri_config = rec.config();
+    write_json(
+        &work.0.join(SPEC_DUMP),
+        &spec_dump(&spec, &cri_config, rec, &req.pod),
+    )?;
+    if std::time::Instant::now() >= deadline {
+        return Err(RuntimeError::DeadlineExceeded(format!(
+            "checkpoint of {} did not finish within {timeout:?}",
+            rec.id
+        )));
+    }
+    write_archive(&work.0, &location)
+}
+
+/// A work directory in the container's own directory, removed on drop.
+struct Work(PathBuf);
+
+impl Work {
+    fn new(container_dir: &Path) -> Result<Work, RuntimeError> {
+        let id = crate::store::ObjectId::random()
+            .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
+        let dir = container_dir.join(format!(".checkpoint-{}", &id.as_str()[..12]));
+        std::fs::create_dir(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
+        Ok(Work(dir))
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn core_error(e: berth_core::ContainerError) -> RuntimeError {
+    use berth_core::ContainerError as E;
+    let msg = crate::util::error_chain(&e);
+    match e {
+        E::Unsupported(_) | E::InvalidState { .. } | E::NotRunning(_) => {
+            RuntimeError::FailedPrecondition(msg)
+        }
+        E::Timeout { .. } => RuntimeError::DeadlineExceeded(msg),
+        _ => RuntimeError::Internal(msg),
+    }
+}
+
+fn read_monitor_spec(dir: &Path) -> Result<crate::monitor::MonitorSpec, RuntimeError> {
+    let p = dir.join(crate::monitor::SPEC_FILE);
+    let bytes = std::fs::read(&p).map_err(|e| RuntimeError::io(&p, e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| RuntimeError::Internal(format!("{}: {e}", p.display())))
+}
+
+fn write_json<T: Serialize + ?Sized>(path: &Path, v: &T) -> Result<(), RuntimeError> {
+    let bytes = serde_json::to_vec_pretty(v).map_err(|e| RuntimeError::Internal(e.to_string()))?;
+    std::fs::write(path, bytes).map_err(|e| RuntimeError::io(path, e))
+}
+
+/// The container's OCI runtime spec, as `spec.dump` holds it.
+fn spec_dump(
+    spec: &crate::monitor::MonitorSpec,
+    cri: &proto::ContainerConfig,
+    rec: &ContainerRecord,
+    pod: &PodMeta,
+) -> serde_json::Value {
+    use berth_core::config::MountKind;
+    let c = &spec.config;
+    let p = &spec.process;
+    let container_name = cri
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let mut annotations: serde_json::Map<String, serde_json::Value> = cri
+        .annotations
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    for (k, v) in [
+        ("io.kubernetes.pod.name", &pod.name),
+        ("io.kubernetes.pod.namespace", &pod.namespace),
+        ("io.kubernetes.pod.uid", &pod.uid),
+        ("io.kubernetes.container.name", &container_name),
+        ("io.kubernetes.cri.container-type", &"container".to_string()),
+        ("io.kubernetes.cri.container-name", &container_name),
+        ("io.kubernetes.cri.sandbox-id", &pod.id),
+        ("io.kubernetes.cri.sandbox-name", &pod.name),
+        ("io.kubernetes.cri.sandbox-namespace", &pod.namespace),
+        ("io.kubernetes.cri.sandbox-uid", &pod.uid),
+        ("io.kubernetes.cri.image-name", &rec.image),
+    ] {
+        annotations.insert(k.into(), v.clone().into());
+    }
+    let mounts: Vec<serde_json::Value> = c
+        .mounts
+        .iter()
+        .map(|m| {
+            let (kind, mut options) = match &m.kind {
+                MountKind::Bind { recursive } => (
+                    "bind".to_string(),
+                    vec![if *recursive { "rbind" } else { "bind" }.to_string()],
+                ),
+                MountKind::Fs { fstype } => (fstype.clone(), Vec::new()),
+            };
+            options.extend(
+                m.flags
+                    .iter()
+                    .filter_map(|f| serde_json::to_value(f).ok()?.as_str().map(String::from)),
+            );
+            serde_json::json!({
+                "destination": m.destination,
+                "type": kind,
+                "source": m.source.clone().unwrap_or_else(|| PathBuf::from(&kind)),
+                "options": options,
+            })
+        })
+        .collect();
+    let namespaces: Vec<serde_json::Value> = c
+        .namespaces
+        .iter()
+        .map(|n| {
+            let kind = match n.kind.proc_name() {
+                "net" => "network",
+                "mnt" => "mount",
+                other => other,
+            };
+            match &n.path {
+                Some(path) => serde_json::json!({"type": kind, "path": path}),
+                None => serde_json::json!({"type": kind}),
+            }
+        })
+        .collect();
+    let user = serde_json::to_value(&p.user).unwrap_or_default();
+    serde_json::json!({
+        "ociVersion": "1.2.0",
+        "process": {
+            "terminal": p.terminal.is_some(),
+            "user": user,
+            "args": p.args,
+            "env": p.env,
+            "cwd": p.cwd,
+        },
+        "root": {"path": c.rootfs, "readonly": c.readonly_rootfs},
+        "hostname": c.hostname,
+        "mounts": mounts,
+        "annotations": annotations,
+        "linux": {
+            "namespaces": namespaces,
+            "cgroupsPath": c.cgroup.as_ref().map(|g| g.path.clone()),
+            "maskedPaths": c.masked_paths,
+            "readonlyPaths": c.readonly_paths,
+        },
+    })
+}
+
+const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// Writes `rootfs-diff.tar` (the upper directory as an OCI layer, without
+/// its whiteouts) and `deleted.files` (the whiteouts' paths) into `out`.
+/// The container is frozen: nothing changes while the tree is walked, and
+/// no symlink in it is followed.
+fn rootfs_diff(upper: &Path, out: &Path) -> Result<(), RuntimeError> {
+    let tar_path = out.join(ROOTFS_DIFF);
+    let file = std::fs::File::create(&tar_path).map_err(|e| RuntimeError::io(&tar_path, e))?;
+    let mut b = tar::Builder::new(std::io::BufWriter::new(file));
+    b.follow_symlinks(false);
+    let mut deleted = Vec::new();
+    walk_upper(&mut b, upper, Path::new(""), &mut deleted)
+        .map_err(|e| RuntimeError::io(upper, e))?;
+    b.into_inner()
+        .and_then(|mut w| w.flush())
+        .map_err(|e| RuntimeError::io(&tar_path, e))?;
+    write_json(&out.join(DELETED_FILES), &deleted)
+}
+
+fn walk_upper<W: Write>(
+    b: &mut tar::Builder<W>,
+    dir: &Path,
+    rel: &Path,
+    deleted: &mut Vec<String>,
+) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let name = rel.join(e.file_name());
+        let m = std::fs::symlink_metadata(&path)?;
+        if m.file_type().is_char_device() && m.rdev() == 0 {
+            deleted.push(format!("/{}", name.display()));
+            continue;
+        }
+        b.append_path_with_name(&path, &name)?;
+        if m.is_dir() {
+            let opaque =
+                rustix::fs::lgetxattr(&path, OPAQUE_XATTR, &mut [0u8; 4]).is_ok_and(|n| n == 1);
+            if opaque {
+                let mut h = empty_file_header();
+                b.append_data(&mut h, name.join(".wh..wh..opq"), std::io::empty())?;
+            }
+            walk_upper(b, &path, &name, deleted)?;
+        }
+    }
+    Ok(())
+}
+
+/// The header of an empty root-owned file: what marks a whiteout or an
+/// opaque directory in an OCI layer.
+fn empty_file_header() -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(0);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h
+}
+
+/// Tars `dir` into `location` (through a temporary file next to it, renamed
+/// into place once complete).
+fn write_archive(dir: &Path, location: &Path) -> Result<(), RuntimeError> {
+    let name = location
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = location.with_file_name(format!(".{name}.berth-tmp"));
+    let res = (|| {
+        let file = std::fs::File::create(&tmp)?;
+        let mut b = tar::Builder::new(std::io::BufWriter::new(file));
+        b.follow_symlinks(false);
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            if e.file_type()?.is_dir() {
+                b.append_dir_all(e.file_name(), e.path())?;
+            } else {
+                b.append_path_with_name(e.path(), e.file_name())?;
+            }
+        }
+        let w = b.into_inner()?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, location)
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(RuntimeError::io(location, e));
+    }
+    Ok(())
+}
+
+/// Whether CreateContainer's image names a checkpoint archive: an absolute
+/// path to a file (an image reference never starts with `/`).
+pub(super) fn is_archive(image: &str) -> bool {
+    image.starts_with('/') && Path::new(image).is_file()
+}
+
+/// A checkpoint archive unpacked for restore.
+#[derive(Debug)]
+pub(super) struct Unpacked {
+    /// Where it was unpacked.
+    pub dir: PathBuf,
+    /// Its `config.dump`.
+    pub config: ConfigDump,
+}
+
+impl Unpacked {
+    /// CRIU's images.
+    pub fn images_dir(&self) -> PathBuf {
+        self.dir.join(CHECKPOINT_DIR)
+    }
+}
+
+/// Unpacks the archive at `archive` into `dest` (created) with the image
+/// layer unpacker (no entry can land outside `dest`) and checks that it is
+/// a checkpoint: CRIU images, `config.dump`, `spec.dump`.
+pub(super) fn unpack(archive: &Path, dest: &Path) -> Result<Unpacked, RuntimeError> {
+    const FIELD: &str = "config.image.image";
+    let bad = |reason: String| {
+        RuntimeError::invalid(
+            FIELD,
+            format!(
+                "{} is not a checkpoint archive: {reason}",
+                archive.display()
+            ),
+        )
+    };
+    std::fs::create_dir_all(dest).map_err(|e| RuntimeError::io(dest, e))?;
+    let file = std::fs::File::open(archive).map_err(|e| bad(e.to_string()))?;
+    crate::image::unpack::unpack_untrusted(std::io::BufReader::new(file), dest)
+        .map_err(|e| bad(crate::util::error_chain(&e)))?;
+    for need in [
+        format!("{CHECKPOINT_DIR}/inventory.img"),
+        format!(
+            "{CHECKPOINT_DIR}/{}",
+            berth_core::container::checkpoint::DESCRIPTORS_FILE
+        ),
+        SPEC_DUMP.to_string(),
+    ] {
+        if !dest.join(&need).is_file() {
+            return Err(bad(format!("{need} is missing")));
+        }
+    }
+    let read = |name: &str| -> Result<Vec<u8>, RuntimeError> {
+        std::fs::read(dest.join(name)).map_err(|e| bad(format!("{name}: {e}")))
+    };
+    let config: ConfigDump = serde_json::from_slice(&read(CONFIG_DUMP)?)
+        .map_err(|e| bad(format!("{CONFIG_DUMP}: {e}")))?;
+    serde_json::from_slice::<serde_json::Value>(&read(SPEC_DUMP)?)
+        .map_err(|e| bad(format!("{SPEC_DUMP}: {e}")))?;
+    if config.rootfs_image_name.is_empty() && config.rootfs_image_ref.is_empty() {
+        return Err(bad(format!("{CONFIG_DUMP} names no rootfs image")));
+    }
+    Ok(Unpacked {
+        dir: dest.to_path_buf(),
+        config,
+    })
+}
+
+/// Applies the checkpoint's `rootfs-diff.tar` to the new container's
+/// writable layer and whites out its `deleted.files`.
+pub(super) fn apply_rootfs_diff(unpacked: &Unpacked, upper: &Path) -> Result<(), RuntimeError> {
+    let bad = |what: &str, e: String| {
+        RuntimeError::invalid(
+            "config.image.image",
+            format!("the checkpoint's {what} cannot be applied: {e}"),
+        )
+    };
+    let diff = unpacked.dir.join(ROOTFS_DIFF);
+    if diff.exists() {
+        let f = std::fs::File::open(&diff).map_err(|e| bad(ROOTFS_DIFF, e.to_string()))?;
+        crate::image::unpack::unpack_untrusted(std::io::BufReader::new(f), upper)
+            .map_err(|e| bad(ROOTFS_DIFF, crate::util::error_chain(&e)))?;
+    }
+    let deleted_path = unpacked.dir.join(DELETED_FILES);
+    let deleted: Vec<String> = match std::fs::read(&deleted_path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| bad(DELETED_FILES, e.to_string()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(bad(DELETED_FILES, e.to_string())),
+    };
+    if deleted.is_empty() {
+        return Ok(());
+    }
+    // As an OCI layer of whiteouts, through the same safe unpacker.
+    let mut b = tar::Builder::new(Vec::new());
+    for p in &deleted {
+        let rel = Path::new(p.trim_start_matches('/'));
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Err(bad(DELETED_FILES, format!("{p:?} is not a file path")));
+        };
+        let mut wh = std::ffi::OsString::from(".wh.");
+        wh.push(name);
+        let mut h = empty_file_header();
+        b.append_data(&mut h, parent.join(wh), std::io::empty())
+            .map_err(|e| bad(DELETED_FILES, format!("{p:?}: {e}")))?;
+    }
+    let bytes = b
+        .into_inner()
+        .map_err(|e| bad(DELETED_FILES, e.to_string()))?;
+    crate::image::unpack::unpack_untrusted(bytes.as_slice(), upper)
+        .map_err(|e| bad(DELETED_FILES, crate::util::error_chain(&e)))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let ok = d.path().join("c.tar");
+        assert_eq!(check_location(ok.to_str().unwrap()).unwrap(), ok);
+        for bad in ["", "rel.tar", "/nonexistent-dir/c.tar", "/tmp/"] {
+            let e = check_location(bad).unwrap_err();
+            assert!(
+                matches!(&e, RuntimeError::InvalidArgument { field, .. } if field == "location"),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = check_location(d.path().to_str().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+    }
+
+    #[test]
+    fn rootfs_diff_round_trips_files_and_deletions() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let upper = d.path().join("upper");
+        std::fs::create_dir_all(upper.join("etc/sub")).unwrap();
+        std::fs::write(upper.join("etc/new"), "hello").unwrap();
+        std::fs::set_permissions(
+            upper.join("etc/new"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/etc/new", upper.join("link")).unwrap();
+        // An overlay whiteout: a 0/0 character device.
+        nix::sys::stat::mknod(
+            &upper.join("etc/gone"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .unwrap();
+        let out = d.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        rootfs_diff(&upper, &out).unwrap();
+        let deleted: Vec<String> =
+            serde_json::from_slice(&std::fs::read(out.join(DELETED_FILES)).unwrap()).unwrap();
+        assert_eq!(deleted, ["/etc/gone"]);
+
+        let unpacked = Unpacked {
+            dir: out.clone(),
+            config: ConfigDump {
+                id: "x".into(),
+                name: "x".into(),
+                rootfs_image: String::new(),
+                rootfs_image_ref: String::new(),
+                rootfs_image_name: "img".into(),
+                oci_runtime: String::new(),
+                created_time: String::new(),
+                checkpointed_time: String::new(),
+            },
+        };
+        let upper2 = d.path().join("upper2");
+        std::fs::create_dir(&upper2).unwrap();
+        apply_rootfs_diff(&unpacked, &upper2).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(upper2.join("etc/new")).unwrap(),
+            "hello"
+        );
+        let mode = std::fs::metadata(upper2.join("etc/new"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640);
+        assert_eq!(
+            std::fs::read_link(upper2.join("link")).unwrap(),
+            Path::new("/etc/new")
+        );
+        assert!(upper2.join("etc/sub").is_dir());
+        let wh = std::fs::symlink_metadata(upper2.join("etc/gone")).unwrap();
+        assert!(
+            wh.file_type().is_char_device() && wh.rdev() == 0,
+            "whiteout"
+        );
+    }
+
+    #[test]
+    fn a_truncated_or_foreign_archive_is_refused_by_field() {
+        let d = tempfile::tempdir().unwrap();
+        let junk = d.path().join("junk.tar");
+        std::fs::write(&junk, vec![7u8; 3000]).unwrap();
+        let e = unpack(&junk, &d.path().join("x")).unwrap_err();
+        assert!(
+            matches!(&e, RuntimeError::InvalidArgument { field, .. } if field == "config.image.image"),
+            "{e}"
+        );
+        // A valid tar that is not a checkpoint.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = empty_file_header();
+        h.set_size(2);
+        b.append_data(&mut h, "hello", &b"hi"[..]).unwrap();
+        let other = d.path().join("other.tar");
+        std::fs::write(&other, b.into_inner().unwrap()).unwrap();
+        let e = unpack(&other, &d.path().join("y")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("checkpoint/inventory.img is missing"),
+            "{e}"
+        );
+    }
+}
