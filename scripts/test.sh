@@ -37,6 +37,11 @@ run() {
 phase "installing test dependencies"
 run bash scripts/install-test-deps.sh
 
+phase "installing CRIU (checkpoint/restore tests; skipped when a working one is on PATH)"
+run bash scripts/install-criu.sh
+# Where install-criu.sh puts it, first: the tests and the daemon look it up.
+export PATH="/usr/local/sbin:$PATH"
+
 phase "cargo build --workspace --bins (the end-to-end tests drive the real binary)"
 run cargo build --workspace --bins
 

@@ -164,11 +164,9 @@ fn a_counter_restored_into_another_pod_counts_on() {
         .restore(&criu_opts, fds)
         .unwrap_or_else(|e| panic!("restore: {}", chain(&e)));
     assert_eq!(c2.status(), Status::Created);
-    assert_eq!(
-        c2.processes().len(),
-        2,
-        "sh and its sleep, in the new cgroup"
-    );
+    // The shell (and its sleep, if one was running at the dump) in the new
+    // container's cgroup.
+    assert!(c2.processes().contains(&h2.pid()), "{:?}", c2.processes());
     c2.release().unwrap();
     assert_eq!(c2.status(), Status::Running);
     let mut lines2 = BufReader::new(std::fs::File::from(out2)).lines();

@@ -90,10 +90,9 @@ async fn serve_answers_cri_and_pulls_through_the_configured_mirror() {
         cfg.linux.unwrap().cgroup_driver,
         proto::CgroupDriver::Cgroupfs as i32
     );
-    // An RPC berth does not serve yet answers Unimplemented (checkpointing
-    // is its own issue).
+    // An RPC berth does not serve answers Unimplemented.
     let err = rt
-        .checkpoint_container(proto::CheckpointContainerRequest::default())
+        .checkpoint_pod(proto::CheckpointPodRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
