@@ -146,6 +146,21 @@ pub(crate) fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
     (bytes, inodes)
 }
 
+/// `name` found in the directories of `PATH` (as an absolute path), for
+/// helpers run from processes with another environment (monitors); `name`
+/// itself when it is not there.
+pub fn find_in_path(name: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| name.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,19 +220,4 @@ mod tests {
         ));
         assert!(labels_match(&labels, &HashMap::new()));
     }
-}
-
-/// `name` found in the directories of `PATH` (as an absolute path), for
-/// helpers run from processes with another environment (monitors); `name`
-/// itself when it is not there.
-pub fn find_in_path(name: &str) -> std::path::PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(name))
-        .find(|p| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .unwrap_or_else(|| name.into())
 }

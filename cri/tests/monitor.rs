@@ -546,10 +546,7 @@ fn container_inherits_only_its_stdio() {
     assert_eq!(fds.len(), 3, "{fds:?}");
     // All three pipes, none a host file (CRIU can dump pipes); stdin's
     // write end is already closed: reading gives end-of-file.
-    assert!(
-        fds.iter().all(|(_, t)| t.starts_with("pipe:")),
-        "{fds:?}"
-    );
+    assert!(fds.iter().all(|(_, t)| t.starts_with("pipe:")), "{fds:?}");
     assert_ne!(fds[1].1, fds[2].1, "stdout and stderr are two pipes");
     f.container().signal(libc_sigkill()).unwrap();
     assert_eq!(f.wait_exit().exit_code, 137);

@@ -120,7 +120,11 @@ async fn remove(rt: &mut Rt, id: &str) {
 async fn wait_ready(log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !std::fs::read_to_string(log).is_ok_and(|s| s.contains("ready")) {
-        assert!(Instant::now() < deadline, "{} never said ready", log.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never said ready",
+            log.display()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -192,7 +192,7 @@ fn tar_entries(bytes: &[u8]) -> HashMap<String, Vec<u8>> {
 /// The daemon's per-container directories (state) — what a failed restore
 /// must not leave.
 fn container_dirs(env: &Env) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = ["state/containers", "state/runtime"]
+    let mut out: Vec<PathBuf> = ["state/containers", "state/runtime", "root/checkpoints"]
         .iter()
         .flat_map(|d| {
             std::fs::read_dir(env.dir.path().join(d))
@@ -297,6 +297,15 @@ async fn a_counter_checkpointed_and_restored_into_a_new_pod_counts_on() {
     let st = status(&mut env.rt, &restored).await;
     assert_eq!(st.state, proto::ContainerState::ContainerCreated as i32);
     assert_eq!(st.image.as_ref().unwrap().image, env.image);
+    // The restored tree waits, stopped, under its monitor: a daemon crash
+    // and restart in between changes nothing.
+    env.daemon.crash();
+    env.daemon = berth_e2e::daemon::Daemon::start(&env.berth, env.dir.path(), &[]);
+    env.rt = berth_cri::proto::runtime_service_client::RuntimeServiceClient::new(
+        env.daemon.channel().await,
+    );
+    let st = status(&mut env.rt, &restored).await;
+    assert_eq!(st.state, proto::ContainerState::ContainerCreated as i32);
     start(&mut env.rt, &restored).await.unwrap();
     let log2 = env.dir.path().join("pod2/counter/0.log");
     let log2 = log2.to_str().unwrap();
@@ -411,7 +420,9 @@ async fn checkpoint_and_restore_errors_leave_nothing_behind() {
     tty.tty = true;
     let tty = create(&mut env, tty).await.unwrap();
     start(&mut env.rt, &tty).await.unwrap();
-    let err = checkpoint(&mut env.rt, &tty, &archive, 0).await.unwrap_err();
+    let err = checkpoint(&mut env.rt, &tty, &archive, 0)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
     assert!(err.message().contains("terminal"), "{}", err.message());
     assert!(!archive.exists());
@@ -434,6 +445,12 @@ async fn checkpoint_and_restore_errors_leave_nothing_behind() {
             assert_eq!(e.code(), Code::DeadlineExceeded, "{}", e.message());
             assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
             assert!(!archive.exists());
+            let work = env.dir.path().join("root/checkpoints");
+            assert_eq!(
+                std::fs::read_dir(&work).unwrap().count(),
+                0,
+                "no work dir left"
+            );
             let n = numbers(log).len();
             wait_numbers(log, n + 3).await;
             let st = status(&mut env.rt, &id).await;

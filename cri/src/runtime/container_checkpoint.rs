@@ -91,6 +91,8 @@ pub struct PodMeta {
 pub(super) struct CheckpointRequest<'a> {
     /// runtime-core's state root.
     pub runtime_root: &'a Path,
+    /// Where the work directory is made ([`super::container::Containers::checkpoint_dir`]).
+    pub work_parent: &'a Path,
     /// The `criu` binary.
     pub criu: &'a Path,
     /// The container's pod.
@@ -137,7 +139,7 @@ pub(super) fn checkpoint(
     let c = berth_core::Container::load(req.runtime_root, rec.id.as_str())
         .map_err(|e| RuntimeError::FailedPrecondition(format!("container {}: {e}", rec.id)))?;
     let spec = read_monitor_spec(&rec.dir)?;
-    let work = Work::new(&rec.dir)?;
+    let work = Work::new(req.work_parent)?;
     let mut opts = CriuOptions::new(work.0.join(CHECKPOINT_DIR), &work.0);
     opts.criu = req.criu.to_path_buf();
     opts.timeout = Some(timeout);
@@ -194,14 +196,14 @@ pub(super) fn checkpoint(
     write_archive(&work.0, &location)
 }
 
-/// A work directory in the container's own directory, removed on drop.
-struct Work(PathBuf);
+/// A fresh work directory, removed (with everything in it) on drop.
+pub(super) struct Work(pub PathBuf);
 
 impl Work {
-    fn new(container_dir: &Path) -> Result<Work, RuntimeError> {
+    pub(super) fn new(parent: &Path) -> Result<Work, RuntimeError> {
         let id = crate::store::ObjectId::random()
             .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
-        let dir = container_dir.join(format!(".checkpoint-{}", &id.as_str()[..12]));
+        let dir = parent.join(&id.as_str()[..16]);
         std::fs::create_dir(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
         Ok(Work(dir))
     }

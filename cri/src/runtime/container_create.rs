@@ -18,10 +18,6 @@ use crate::spec;
 use crate::store::ObjectId;
 use crate::util::now_nanos;
 
-/// Where a checkpoint archive is unpacked in the container's directory
-/// while it is restored.
-const RESTORE_DIR: &str = "restore";
-
 /// Everything CreateContainer needs from the service.
 pub(super) struct CreateCtx<'a> {
     pub containers: &'a Containers,
@@ -123,15 +119,16 @@ fn build(
         let _ = std::fs::remove_dir_all(dir);
     };
     let result = (|| {
-        // A checkpoint archive: its rootfs image, changes and CRIU images.
-        let restore = if container_checkpoint::is_archive(image) {
-            Some(container_checkpoint::unpack(
-                Path::new(image),
-                &dir.join(RESTORE_DIR),
-            )?)
-        } else {
-            None
-        };
+        // A checkpoint archive: its rootfs image, changes and CRIU images,
+        // unpacked into a work directory that goes when this returns (the
+        // restore is done by then, or has failed).
+        let work = container_checkpoint::is_archive(image)
+            .then(|| container_checkpoint::Work::new(&ctx.containers.checkpoint_dir))
+            .transpose()?;
+        let restore = work
+            .as_ref()
+            .map(|w| container_checkpoint::unpack(Path::new(image), &w.0))
+            .transpose()?;
         let image = match &restore {
             Some(u) => {
                 let c = &u.config;
@@ -274,10 +271,6 @@ fn build(
             other => other,
         }
         .map_err(|e| RuntimeError::FailedPrecondition(format!("creating the container: {e}")))?;
-        if let Some(u) = &restore {
-            // Restored (or failed and cleaned up): the images are done with.
-            let _ = std::fs::remove_dir_all(&u.dir);
-        }
         let rec = ContainerRecord {
             version: super::container::RECORD_VERSION,
             id: id.clone(),

@@ -1213,7 +1213,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
                 (pod.name, pod.namespace, pod.uid) = (m.name, m.namespace, m.uid);
             }
         }
-        let runtime_root = self.containers.runtime_root.clone();
+        let containers = self.containers.clone();
         let criu = self.criu.clone();
         let t0 = std::time::Instant::now();
         let id = rec.id.to_string();
@@ -1221,7 +1221,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             container_checkpoint::checkpoint(
                 &rec,
                 &container_checkpoint::CheckpointRequest {
-                    runtime_root: &runtime_root,
+                    runtime_root: &containers.runtime_root,
+                    work_parent: &containers.checkpoint_dir,
                     criu: &criu,
                     pod,
                     location: &req.location,

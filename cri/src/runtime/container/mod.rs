@@ -204,6 +204,10 @@ pub struct Containers {
     pub state_dir: PathBuf,
     /// runtime-core's state root, `<state>/runtime`.
     pub runtime_root: PathBuf,
+    /// `<root>/checkpoints`: work directories of checkpoints being written
+    /// and archives being restored (on disk, not in the volatile state: a
+    /// checkpoint is as big as the container's memory).
+    pub checkpoint_dir: PathBuf,
 }
 
 impl Containers {
@@ -211,10 +215,17 @@ impl Containers {
     /// the daemon was down are brought up to date.
     pub fn open(root: &Path, state: &Path) -> Result<Containers, RuntimeError> {
         let registry = Registry::open(&root.join("metadata/containers"), ContainerRecord::refresh)?;
+        let checkpoint_dir = root.join("checkpoints");
+        // Only work directories live there: any left are from a daemon that
+        // died mid-checkpoint or mid-restore.
+        let _ = std::fs::remove_dir_all(&checkpoint_dir);
+        std::fs::create_dir_all(&checkpoint_dir)
+            .map_err(|e| RuntimeError::io(&checkpoint_dir, e))?;
         Ok(Containers {
             registry,
             state_dir: state.join("containers"),
             runtime_root: state.join("runtime"),
+            checkpoint_dir,
         })
     }
 }
