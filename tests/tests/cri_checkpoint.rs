@@ -242,6 +242,10 @@ async fn a_counter_checkpointed_and_restored_into_a_new_pod_counts_on() {
     assert_eq!(st.state, proto::ContainerState::ContainerRunning as i32);
     wait_numbers(log, before + 3).await;
 
+    // Holding the container's memory, it is root's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&archive).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
     // The archive: CRI-O's and containerd's layout.
     let entries = archive_entries(&archive);
     for need in [
@@ -331,6 +335,11 @@ async fn a_counter_checkpointed_and_restored_into_a_new_pod_counts_on() {
         exec(&mut env.rt, &restored, "busybox hostname").await.1,
         "pod2-host\n"
     );
+    // In the new container's cgroup (berth's cgroup path ends with the id;
+    // on a v1 host, as here, CRI containers have no cgroup namespace).
+    let cg = exec(&mut env.rt, &restored, "cat /proc/1/cgroup").await.1;
+    let memory = cg.lines().find(|l| l.contains(":memory:")).unwrap_or(&cg);
+    assert!(memory.ends_with(&format!("/{restored}")), "{cg}");
     let st = status(&mut env.rt, &restored).await;
     assert_eq!(st.state, proto::ContainerState::ContainerRunning as i32);
     remove_container(&mut env.rt, &restored).await;

@@ -19,7 +19,7 @@
 //! keeps running, as kubelet's checkpoint API expects.
 
 use std::io::Write;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -204,7 +204,10 @@ impl Work {
         let id = crate::store::ObjectId::random()
             .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
         let dir = parent.join(&id.as_str()[..16]);
-        std::fs::create_dir(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| RuntimeError::io(&dir, e))?;
         Ok(Work(dir))
     }
 }
@@ -408,7 +411,13 @@ fn write_archive(dir: &Path, location: &Path) -> Result<(), RuntimeError> {
         .unwrap_or_default();
     let tmp = location.with_file_name(format!(".{name}.berth-tmp"));
     let res = (|| {
-        let file = std::fs::File::create(&tmp)?;
+        // The container's memory, secrets included: for root only.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         let mut b = tar::Builder::new(std::io::BufWriter::new(file));
         b.follow_symlinks(false);
         let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;

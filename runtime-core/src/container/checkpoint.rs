@@ -20,8 +20,10 @@
 //!   kept in `descriptors.json` next to the images, and restore gives CRIU
 //!   the new container's pipe ends for them (`--inherit-fd`).
 //! - The restored tree is created in the new container's cgroup (CRIU runs
-//!   there, with `--manage-cgroups=ignore`), in a fresh pid and mount
-//!   namespace whose root is the new rootfs, as a child of the caller
+//!   there; `--cgroup-root` maps the dumped cgroup onto it, `soft` mode
+//!   leaves its limits to berth), with its cgroup namespace rooted there, in
+//!   a fresh pid and mount namespace whose root is the new rootfs, as a
+//!   child of the caller
 //!   (`--restore-sibling`), stopped (`--leave-stopped`) until
 //!   [`Container::release`].
 //!
@@ -251,11 +253,12 @@ impl Container {
             "--restore-detached".into(),
             "--restore-sibling".into(),
             "--leave-stopped".into(),
-            "--manage-cgroups=ignore".into(),
+            "--manage-cgroups=soft".into(),
             "--pidfile".into(),
             pidfile.display().to_string(),
         ];
         args.extend(common_args(opts));
+        args.extend(cgroup_root_args(cgroup));
         // Fds handed to CRIU: moved to fixed numbers in the child.
         let mut inherit: Vec<(OwnedFd, String)> = Vec::new();
         for (fd, desc) in stdio.into_iter().zip(&descriptors.0) {
@@ -512,6 +515,32 @@ impl Container {
             out.push((OwnedFd::from(f), ns.kind.clone_flag()));
         }
         Ok(out)
+    }
+}
+
+/// `--cgroup-root` for each hierarchy of the new cgroup: the dumped
+/// container's cgroup maps onto it, so the tasks land there and their cgroup
+/// namespace is rooted there. Only the controllers the container has: the
+/// others (v1 named hierarchies) keep the dumped paths, which `soft` mode
+/// finds existing rather than creating anything berth did not.
+fn cgroup_root_args(cgroup: Option<&crate::cgroups::Cgroup>) -> Vec<String> {
+    let Some(cg) = cgroup else {
+        return Vec::new();
+    };
+    let rel = format!("/{}", cg.path.display());
+    match cg.version {
+        crate::cgroups::Version::V2 => vec!["--cgroup-root".into(), rel],
+        crate::cgroups::Version::V1 => cg
+            .dirs
+            .iter()
+            .filter_map(|d| d.strip_prefix(&cg.root).ok()?.components().next())
+            .flat_map(|ctrl| {
+                [
+                    "--cgroup-root".to_string(),
+                    format!("{}:{rel}", ctrl.as_os_str().to_string_lossy()),
+                ]
+            })
+            .collect(),
     }
 }
 
