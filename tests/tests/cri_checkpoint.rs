@@ -164,16 +164,7 @@ async fn restore(
 
 /// The archive's entries: path → contents (directories empty).
 fn archive_entries(path: &Path) -> HashMap<String, Vec<u8>> {
-    let mut out = HashMap::new();
-    let mut a = tar::Archive::new(std::fs::File::open(path).unwrap());
-    for e in a.entries().unwrap() {
-        let mut e = e.unwrap();
-        let name = e.path().unwrap().display().to_string();
-        let mut data = Vec::new();
-        e.read_to_end(&mut data).unwrap();
-        out.insert(name.trim_end_matches('/').to_string(), data);
-    }
-    out
+    tar_entries(&std::fs::read(path).unwrap())
 }
 
 fn tar_entries(bytes: &[u8]) -> HashMap<String, Vec<u8>> {

@@ -646,17 +646,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         request: Request<proto::ContainerStatusRequest>,
     ) -> Result<Response<proto::ContainerStatusResponse>, Status> {
         let req = request.into_inner();
-        let entry = self
-            .containers
-            .registry
-            .get(&req.container_id, "container_id")?;
-        let mut rec = entry.lock().await;
-        if rec.removed {
-            return Err(self.containers.registry.not_found(&req.container_id).into());
-        }
-        if rec.refresh() {
-            self.containers.registry.save(&rec)?;
-        }
+        let rec = self.locked_container(&req.container_id).await?;
         Ok(Response::new(container_status::status(&rec, req.verbose)))
     }
 
@@ -1181,17 +1171,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
     ) -> Result<Response<proto::CheckpointContainerResponse>, Status> {
         let req = request.into_inner();
         container_checkpoint::check_location(&req.location)?;
-        let entry = self
-            .containers
-            .registry
-            .get(&req.container_id, "container_id")?;
-        let mut rec = entry.lock_owned().await;
-        if rec.removed {
-            return Err(self.containers.registry.not_found(&req.container_id).into());
-        }
-        if rec.refresh() {
-            self.containers.registry.save(&rec)?;
-        }
+        let rec = self.locked_container(&req.container_id).await?;
         if rec.state != container::ContainerState::Running {
             return Err(RuntimeError::FailedPrecondition(format!(
                 "container {} is {:?}: only a running container can be checkpointed",
@@ -1257,15 +1237,24 @@ impl RuntimeServiceImpl {
     /// A copy of container `id`'s record, brought up to date with its
     /// monitor's exit record; NotFound when it is gone.
     async fn current_container(&self, id: &str) -> Result<container::ContainerRecord, Status> {
+        Ok(self.locked_container(id).await?.clone())
+    }
+
+    /// Container `id`'s record, locked (until the guard goes) and brought up
+    /// to date with its monitor's exit record; NotFound when it is gone.
+    async fn locked_container(
+        &self,
+        id: &str,
+    ) -> Result<tokio::sync::OwnedMutexGuard<container::ContainerRecord>, Status> {
         let entry = self.containers.registry.get(id, "container_id")?;
-        let mut rec = entry.lock().await;
+        let mut rec = entry.lock_owned().await;
         if rec.removed {
             return Err(self.containers.registry.not_found(id).into());
         }
         if rec.refresh() {
             self.containers.registry.save(&rec)?;
         }
-        Ok(rec.clone())
+        Ok(rec)
     }
 
     /// The streaming server, for a session that carries at least one of

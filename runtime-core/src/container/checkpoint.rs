@@ -41,11 +41,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::state::InitState;
 use super::{Container, ContainerError, Status};
 use crate::config::{MountKind, NamespaceKind};
 use crate::process::ProcessHandle;
-use crate::sys;
 
 /// File (in the images directory) naming the init's fds 0, 1 and 2 as
 /// `readlink(/proc/PID/fd/N)` showed them at dump time — runc's name and
@@ -397,36 +395,8 @@ impl Container {
         let pid: i32 = text.trim().parse().map_err(|_| {
             ContainerError::Checkpoint(format!("{}: not a pid: {text:?}", pidfile.display()))
         })?;
-        let kill = || {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-            let _ = crate::process::wait_child(pid);
-        };
-        let pidfd = match sys::pidfd_open(pid) {
-            Ok(fd) => fd,
-            Err(source) => {
-                kill();
-                return Err(ContainerError::Sys {
-                    step: "open a pidfd of the restored init",
-                    source,
-                });
-            }
-        };
-        let Some(start_ticks) = sys::process_start_time(pid) else {
-            kill();
-            return Err(ContainerError::InitExited(None));
-        };
-        self.state.init = Some(InitState {
-            pid,
-            start_ticks,
-            started_unix_nanos: None,
-            restored_stopped: true,
-        });
-        if let Err(e) = self.save() {
-            kill();
-            return Err(e);
-        }
-        Ok(ProcessHandle::new(pid, pidfd, None))
+        // A child of ours (`--restore-sibling`), not reaped yet.
+        self.record_init(pid, None, true)
     }
 
     /// Refuses what CRIU cannot dump and restore here.

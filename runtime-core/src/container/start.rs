@@ -150,12 +150,23 @@ impl Container {
                     .collect(),
             },
         })?;
+        self.record_init(pid, console, false)
+    }
+
+    /// Records `pid`, a child of this process that is not reaped yet (so its
+    /// pid is stable), as the container's init and returns its handle; kills
+    /// and reaps it if that fails. `restored_stopped`: see [`InitState`].
+    pub(super) fn record_init(
+        &mut self,
+        pid: i32,
+        console: Option<OwnedFd>,
+        restored_stopped: bool,
+    ) -> Result<ProcessHandle, ContainerError> {
         let kill_init = || {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
             let _ = crate::process::wait_child(pid);
         };
-        // The child is ours (CLONE_PARENT) and not reaped: its pid is stable.
         let pidfd = match sys::pidfd_open(pid) {
             Ok(fd) => fd,
             Err(source) => {
@@ -174,7 +185,7 @@ impl Container {
             pid,
             start_ticks,
             started_unix_nanos: None,
-            restored_stopped: false,
+            restored_stopped,
         });
         if let Err(e) = self.save() {
             kill_init();
