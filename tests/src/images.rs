@@ -325,6 +325,8 @@ pub struct ImageSpec {
     pub os: String,
     pub architecture: String,
     pub variant: Option<String>,
+    /// The manifest's `annotations` (none when empty).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 impl ImageSpec {
@@ -340,6 +342,7 @@ impl ImageSpec {
             os: platform.os.clone(),
             architecture: platform.architecture.clone(),
             variant: platform.variant.clone(),
+            annotations: Default::default(),
         }
     }
 
@@ -505,12 +508,11 @@ async fn push_config_and_manifest(
     r: &Reference,
     tag: Option<&str>,
     format: Format,
-    platform: &Platform,
-    config: &Value,
+    spec: &ImageSpec,
     layers: &[PushedLayer],
 ) -> Result<PushedImage, String> {
-    let config_json =
-        serde_json::to_vec(&image_config(platform, config, layers)).map_err(|e| e.to_string())?;
+    let config_json = serde_json::to_vec(&image_config(&spec.platform(), &spec.config, layers))
+        .map_err(|e| e.to_string())?;
     let config_blob = push_blob(client, r, config_json).await?;
     let mut layer_descs = Vec::new();
     for l in layers {
@@ -520,7 +522,7 @@ async fn push_config_and_manifest(
             "size": l.size,
         }));
     }
-    let manifest = json!({
+    let mut manifest = json!({
         "schemaVersion": 2,
         "mediaType": format.manifest_type(),
         "config": {
@@ -530,6 +532,9 @@ async fn push_config_and_manifest(
         },
         "layers": layer_descs,
     });
+    if !spec.annotations.is_empty() {
+        manifest["annotations"] = json!(spec.annotations);
+    }
     let (manifest_digest, manifest_size) =
         push_manifest(client, r, tag, format.manifest_type(), &manifest).await?;
     Ok(PushedImage {
@@ -583,8 +588,7 @@ async fn push_with_format(
     for layer in &spec.layers {
         layers.push(push_layer(&client, &r, layer).await?);
     }
-    let platform = spec.platform();
-    push_config_and_manifest(&client, &r, tag, format, &platform, &spec.config, &layers).await
+    push_config_and_manifest(&client, &r, tag, format, spec, &layers).await
 }
 
 /// Pushes `spec` as `registry_addr/repo:tag` with an OCI image manifest.
@@ -836,16 +840,6 @@ pub async fn large_image(
         let layer = Layer::gzip_tar(tar, flate2::Compression::none()).map_err(io_err)?;
         pushed.push(push_layer(&client, &r, &layer).await?);
     }
-    let config = json!({ "Cmd": ["/bin/sh"] });
-    let platform = Platform::host();
-    push_config_and_manifest(
-        &client,
-        &r,
-        Some(tag),
-        Format::Oci,
-        &platform,
-        &config,
-        &pushed,
-    )
-    .await
+    let spec = ImageSpec::new(Vec::new(), json!({ "Cmd": ["/bin/sh"] }));
+    push_config_and_manifest(&client, &r, Some(tag), Format::Oci, &spec, &pushed).await
 }

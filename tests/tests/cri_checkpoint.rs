@@ -506,3 +506,79 @@ async fn checkpoint_and_restore_errors_leave_nothing_behind() {
     start(&mut env.rt, &id).await.unwrap();
     remove_container(&mut env.rt, &id).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_image_from_a_registry_restores() {
+    let test = "a_checkpoint_image_from_a_registry_restores";
+    let Some(mut env) = env_with_criu(test).await else {
+        return;
+    };
+    let script = "i=0; while :; do i=$((i+1)); echo $i > /count; echo $i; sleep 0.1; done";
+    let id = create_sh(&mut env, "counter", script).await.unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+    let log = env.dir.path().join("logs/counter/0.log");
+    wait_numbers(log.to_str().unwrap(), 5).await;
+    let archive = env.dir.path().join("counter.tar");
+    checkpoint(&mut env.rt, &id, &archive, 0).await.unwrap();
+    remove_container(&mut env.rt, &id).await;
+    let diff = tar_entries(&archive_entries(&archive)["rootfs-diff.tar"]);
+    let dumped: u64 = String::from_utf8_lossy(&diff["count"])
+        .trim()
+        .parse()
+        .unwrap();
+
+    // The archive as the one layer of an image (what `buildah add` of the
+    // archive makes), annotated as checkpointctl does; pushed and pulled.
+    let bytes = std::fs::read(&archive).unwrap();
+    let layer = berth_e2e::images::Layer {
+        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        diff_id: berth_e2e::images::sha256_digest(&bytes),
+        blob: bytes,
+    };
+    let mut spec = berth_e2e::images::ImageSpec::new(vec![layer], serde_json::json!({}));
+    spec.annotations.insert(
+        "org.criu.checkpoint.container.name".into(),
+        "counter".into(),
+    );
+    let addr = env._reg.addr();
+    berth_e2e::images::push_image(&addr, "test/counter-checkpoint", "v1", &spec, None)
+        .await
+        .unwrap();
+    let image = format!("{addr}/test/counter-checkpoint:v1");
+    pull(env.daemon.channel().await, &image).await;
+
+    let (pod2, pod2_cfg) = second_pod(&mut env, "pod2").await;
+    for round in 0..2 {
+        let mut cfg = container(&env, "counter", &[], &[]);
+        cfg.metadata.as_mut().unwrap().attempt = round;
+        cfg.log_path = format!("counter/{round}.log");
+        cfg.image = Some(proto::ImageSpec {
+            image: image.clone(),
+            ..Default::default()
+        });
+        let restored = env
+            .rt
+            .create_container(proto::CreateContainerRequest {
+                pod_sandbox_id: pod2.clone(),
+                config: Some(cfg),
+                sandbox_config: Some(pod2_cfg.clone()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("restore from {image}: {}", e.message()))
+            .into_inner()
+            .container_id;
+        assert_eq!(
+            status(&mut env.rt, &restored).await.image.unwrap().image,
+            env.image
+        );
+        start(&mut env.rt, &restored).await.unwrap();
+        let log2 = env.dir.path().join(format!("pod2/counter/{round}.log"));
+        let got = wait_numbers(log2.to_str().unwrap(), 2).await;
+        assert!(
+            got[0] == dumped || got[0] == dumped + 1,
+            "round {round}: dumped at {dumped}, restored log starts {got:?}"
+        );
+        // The image's layer is only read: the same checkpoint restores again.
+        remove_container(&mut env.rt, &restored).await;
+    }
+}

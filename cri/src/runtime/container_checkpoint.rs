@@ -463,24 +463,65 @@ impl Unpacked {
     }
 }
 
+/// Manifest annotations that mark a checkpoint image: checkpointctl's
+/// `org.criu.checkpoint.*` family, and CRI-O's (what `buildah config
+/// --annotation` sets on an image made from an archive).
+const CHECKPOINT_IMAGE_PREFIX: &str = "org.criu.checkpoint.";
+const CRIO_CHECKPOINT_ANNOTATION: &str = "io.kubernetes.cri-o.annotations.checkpoint.name";
+
+/// When `image` names a pulled checkpoint image — one layer holding an
+/// archive's contents, the manifest annotated as such — that layer's
+/// directory; `None` for any other image (or one not pulled).
+pub(super) fn checkpoint_image_dir(
+    images: &crate::image::ImageStore,
+    image: &str,
+) -> Result<Option<PathBuf>, RuntimeError> {
+    let Some(rec) = images.resolve(image) else {
+        return Ok(None);
+    };
+    let Ok(manifest) = images.blobs().read(&rec.manifest) else {
+        return Ok(None);
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap_or_default();
+    let marked = manifest["annotations"].as_object().is_some_and(|a| {
+        a.keys()
+            .any(|k| k.starts_with(CHECKPOINT_IMAGE_PREFIX) || k == CRIO_CHECKPOINT_ANNOTATION)
+    });
+    if !marked {
+        return Ok(None);
+    }
+    match images.layer_dirs(&rec).as_slice() {
+        [one] => Ok(Some(one.clone())),
+        more => Err(RuntimeError::invalid(
+            "config.image.image",
+            format!(
+                "{image} is annotated as a checkpoint image but has {} layers (one is expected)",
+                more.len()
+            ),
+        )),
+    }
+}
+
 /// Unpacks the archive at `archive` into `dest` (created) with the image
 /// layer unpacker (no entry can land outside `dest`) and checks that it is
-/// a checkpoint: CRIU images, `config.dump`, `spec.dump`.
+/// a checkpoint ([`open`]).
 pub(super) fn unpack(archive: &Path, dest: &Path) -> Result<Unpacked, RuntimeError> {
-    const FIELD: &str = "config.image.image";
-    let bad = |reason: String| {
-        RuntimeError::invalid(
-            FIELD,
-            format!(
-                "{} is not a checkpoint archive: {reason}",
-                archive.display()
-            ),
-        )
-    };
+    let what = format!("{} is not a checkpoint archive", archive.display());
+    let bad =
+        |reason: String| RuntimeError::invalid("config.image.image", format!("{what}: {reason}"));
     std::fs::create_dir_all(dest).map_err(|e| RuntimeError::io(dest, e))?;
     let file = std::fs::File::open(archive).map_err(|e| bad(e.to_string()))?;
     crate::image::unpack::unpack_untrusted(std::io::BufReader::new(file), dest)
         .map_err(|e| bad(crate::util::error_chain(&e)))?;
+    open(dest, &what)
+}
+
+/// Checks that `dest` holds a checkpoint — CRIU images, `config.dump`
+/// naming a rootfs image, `spec.dump` — and reads its `config.dump`. `what`
+/// starts the error messages.
+pub(super) fn open(dest: &Path, what: &str) -> Result<Unpacked, RuntimeError> {
+    let bad =
+        |reason: String| RuntimeError::invalid("config.image.image", format!("{what}: {reason}"));
     for need in [
         format!("{CHECKPOINT_DIR}/inventory.img"),
         format!(

@@ -121,14 +121,21 @@ fn build(
     let result = (|| {
         // A checkpoint archive: its rootfs image, changes and CRIU images,
         // unpacked into a work directory that goes when this returns (the
-        // restore is done by then, or has failed).
+        // restore is done by then, or has failed). CRIU only reads them.
         let work = container_checkpoint::is_archive(image)
             .then(|| container_checkpoint::Work::new(&ctx.containers.checkpoint_dir))
             .transpose()?;
-        let restore = work
-            .as_ref()
-            .map(|w| container_checkpoint::unpack(Path::new(image), &w.0))
-            .transpose()?;
+        let restore = match &work {
+            Some(w) => Some(container_checkpoint::unpack(Path::new(image), &w.0)?),
+            // Or a checkpoint image: its one layer is the unpacked archive.
+            None => match container_checkpoint::checkpoint_image_dir(ctx.images, image)? {
+                Some(dir) => Some(container_checkpoint::open(
+                    &dir,
+                    &format!("checkpoint image {image} is not usable"),
+                )?),
+                None => None,
+            },
+        };
         let image = match &restore {
             Some(u) => {
                 let c = &u.config;
