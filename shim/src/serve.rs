@@ -184,7 +184,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
         images.store().clone(),
     )
-    .context("opening the pod and container records")?;
+    .context("opening the pod and container records")?
+    .with_puller(images.puller().clone());
 
     let metrics = crate::metrics::Metrics::new();
     if config.metrics.enabled {

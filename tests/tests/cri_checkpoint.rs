@@ -283,8 +283,23 @@ async fn a_counter_checkpointed_and_restored_into_a_new_pod_counts_on() {
         .unwrap();
     assert!(dumped >= 5, "{dumped}");
 
-    // The original goes; the archive is restored into another pod.
+    // The original goes, and its image too (restore pulls it again); the
+    // archive is restored into another pod.
     remove_container(&mut env.rt, &id).await;
+    let mut img =
+        berth_cri::proto::image_service_client::ImageServiceClient::new(env.daemon.channel().await);
+    let image_name = env.image.clone();
+    let image_spec = || {
+        Some(proto::ImageSpec {
+            image: image_name.clone(),
+            ..Default::default()
+        })
+    };
+    img.remove_image(proto::RemoveImageRequest {
+        image: image_spec(),
+    })
+    .await
+    .unwrap();
     let (pod2, pod2_cfg) = second_pod(&mut env, "pod2").await;
     let restored = restore(&mut env, &pod2, &pod2_cfg, "counter", &archive)
         .await
@@ -292,6 +307,15 @@ async fn a_counter_checkpointed_and_restored_into_a_new_pod_counts_on() {
     let st = status(&mut env.rt, &restored).await;
     assert_eq!(st.state, proto::ContainerState::ContainerCreated as i32);
     assert_eq!(st.image.as_ref().unwrap().image, env.image);
+    let pulled = img
+        .image_status(proto::ImageStatusRequest {
+            image: image_spec(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(pulled.image.is_some(), "the rootfs image was pulled again");
     // The restored tree waits, stopped, under its monitor: a daemon crash
     // and restart in between changes nothing.
     env.daemon.crash();

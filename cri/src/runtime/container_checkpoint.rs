@@ -463,6 +463,32 @@ impl Unpacked {
     }
 }
 
+/// The `config.dump` of the checkpoint that CreateContainer's `image` names
+/// (an archive path or a pulled checkpoint image), read without unpacking;
+/// `None` for an ordinary image or one that cannot be read (CreateContainer
+/// then reports why).
+pub(super) fn peek_config(images: &crate::image::ImageStore, image: &str) -> Option<ConfigDump> {
+    let bytes = if is_archive(image) {
+        let mut a = tar::Archive::new(std::io::BufReader::new(std::fs::File::open(image).ok()?));
+        let mut found = None;
+        for e in a.entries().ok()? {
+            let mut e = e.ok()?;
+            let path = e.path().ok()?;
+            if path.as_os_str() == CONFIG_DUMP || path == Path::new(".").join(CONFIG_DUMP) {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::Read::take(&mut e, 1 << 20), &mut buf)
+                    .ok()?;
+                found = Some(buf);
+                break;
+            }
+        }
+        found?
+    } else {
+        std::fs::read(checkpoint_image_dir(images, image).ok()??.join(CONFIG_DUMP)).ok()?
+    };
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// Manifest annotations that mark a checkpoint image: checkpointctl's
 /// `org.criu.checkpoint.*` family, and CRI-O's (what `buildah config
 /// --annotation` sets on an image made from an archive).
