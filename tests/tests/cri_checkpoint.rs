@@ -538,7 +538,21 @@ async fn a_checkpoint_image_from_a_registry_restores() {
         return;
     };
     let script = "i=0; while :; do i=$((i+1)); echo $i > /count; echo $i; sleep 0.1; done";
-    let id = create_sh(&mut env, "counter", script).await.unwrap();
+    // Under the runtime's default seccomp profile (kubelet's
+    // seccompDefault): CRIU carries the filter over.
+    let mut cfg = root_sh(&env, "counter", script);
+    let sc = cfg
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap();
+    sc.seccomp = Some(proto::SecurityProfile {
+        profile_type: proto::security_profile::ProfileType::RuntimeDefault as i32,
+        localhost_ref: String::new(),
+    });
+    let id = create(&mut env, cfg).await.unwrap();
     start(&mut env.rt, &id).await.unwrap();
     let log = env.dir.path().join("logs/counter/0.log");
     wait_numbers(log.to_str().unwrap(), 5).await;
@@ -596,6 +610,11 @@ async fn a_checkpoint_image_from_a_registry_restores() {
             env.image
         );
         start(&mut env.rt, &restored).await.unwrap();
+        let (_, st) = exec(&mut env.rt, &restored, "grep Seccomp: /proc/1/status").await;
+        assert!(
+            st.contains("Seccomp:\t2"),
+            "filter mode after restore: {st:?}"
+        );
         let log2 = env.dir.path().join(format!("pod2/counter/{round}.log"));
         let got = wait_numbers(log2.to_str().unwrap(), 2).await;
         assert!(
