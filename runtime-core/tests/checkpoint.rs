@@ -71,6 +71,28 @@ impl Drop for Pod {
     }
 }
 
+/// Containers of a state root killed and destroyed on drop, so that a
+/// failed assertion leaves no process or cgroup behind.
+struct Cleanup<'a>(&'a Path, Vec<String>);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for id in &self.1 {
+            if let Ok(c) = Container::load(self.0, id) {
+                let _ = c.signal(9);
+                for pid in c.processes() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::SIGKILL,
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let _ = c.destroy();
+            }
+        }
+    }
+}
+
 /// stdin (a pipe nobody writes to), stdout and stderr pipes: the ends for
 /// the container and the stdout reader.
 fn stdio() -> ([OwnedFd; 3], OwnedFd) {
@@ -111,6 +133,8 @@ fn a_counter_restored_into_another_pod_counts_on() {
 
     // The counter, in pod A: one line per number, also kept in a file.
     let id = unique_id("ckpt");
+    let id2 = unique_id("restored");
+    let _cleanup = Cleanup(state.path(), vec![id.clone(), id2.clone()]);
     let mut config = base_config(&rootfs);
     pod_a.join(&mut config);
     config.cgroup = Some(cgroup(&id));
@@ -152,7 +176,6 @@ fn a_counter_restored_into_another_pod_counts_on() {
     c.destroy().unwrap();
 
     // Restored into pod B: stopped until released, then counting on.
-    let id2 = unique_id("restored");
     let mut config2 = config.clone();
     pod_b.join(&mut config2);
     config2.cgroup = Some(cgroup(&id2));

@@ -129,6 +129,15 @@ async fn wait_ready(log: &Path) {
     }
 }
 
+/// Runs [`berth_e2e::daemon::cleanup_dir`] on drop.
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        berth_e2e::daemon::cleanup_dir(&self.0);
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -169,6 +178,9 @@ async fn main() {
     let image = format!("{}/bench/busybox:v1", reg.addr());
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
+    // Whatever happens (a failed expectation panics), the daemon's
+    // monitors, mounts and cgroups go: dropped after the daemon.
+    let _cleanup = Cleanup(dir.path().join("berth"));
     let d = Daemon::start(&berth, &dir.path().join("berth"), &[]);
     let ch = d.channel().await;
     ImageServiceClient::new(ch.clone())
@@ -264,7 +276,6 @@ async fn main() {
             .await;
     }
     drop(d);
-    berth_e2e::daemon::cleanup_dir(&dir.path().join("berth"));
     if full {
         let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
         let _ = std::fs::write(
