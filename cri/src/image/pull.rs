@@ -106,6 +106,8 @@ struct Manifest {
     layers: Option<Vec<Descriptor>>,
     #[serde(default)]
     manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,6 +360,7 @@ impl Puller {
             user: super::rootfs::ImageConfig::parse(&config_bytes)
                 .ok()
                 .map(|c| c.user),
+            checkpoint: super::store::marks_checkpoint(&manifest.annotations),
         };
         self.store.add(record)
     }

@@ -62,6 +62,22 @@ pub struct ImageRecord {
     /// records written before it existed.
     #[serde(default)]
     pub user: Option<String>,
+    /// The manifest marks the image as a container checkpoint
+    /// ([`marks_checkpoint`]): CreateContainer restores it instead of
+    /// running it. Kept here so CreateContainer need not read the manifest.
+    #[serde(default)]
+    pub checkpoint: bool,
+}
+
+/// Manifest annotations that mark a checkpoint image (one layer holding a
+/// checkpoint archive's contents): checkpointctl's `org.criu.checkpoint.*`
+/// family, and CRI-O's, which `buildah config --annotation` sets on an image
+/// made from an archive.
+pub fn marks_checkpoint(annotations: &std::collections::BTreeMap<String, String>) -> bool {
+    annotations.keys().any(|k| {
+        k.starts_with("org.criu.checkpoint.")
+            || k == "io.kubernetes.cri-o.annotations.checkpoint.name"
+    })
 }
 
 impl ImageRecord {

@@ -463,59 +463,61 @@ impl Unpacked {
     }
 }
 
-/// The `config.dump` of the checkpoint that CreateContainer's `image` names
-/// (an archive path or a pulled checkpoint image), read without unpacking;
-/// `None` for an ordinary image or one that cannot be read (CreateContainer
-/// then reports why).
-pub(super) fn peek_config(images: &crate::image::ImageStore, image: &str) -> Option<ConfigDump> {
-    let bytes = if is_archive(image) {
-        let mut a = tar::Archive::new(std::io::BufReader::new(std::fs::File::open(image).ok()?));
-        let mut found = None;
-        for e in a.entries().ok()? {
-            let mut e = e.ok()?;
-            let path = e.path().ok()?;
-            if path.as_os_str() == CONFIG_DUMP || path == Path::new(".").join(CONFIG_DUMP) {
-                let mut buf = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::Read::take(&mut e, 1 << 20), &mut buf)
-                    .ok()?;
-                found = Some(buf);
-                break;
-            }
-        }
-        found?
-    } else {
-        std::fs::read(checkpoint_image_dir(images, image).ok()??.join(CONFIG_DUMP)).ok()?
+/// The checkpoint's rootfs image (`config.dump`'s name, else its ref), as
+/// the image store resolves it. When it is not here and a `puller` is
+/// given, it is pulled first — anonymously, through the configured registry
+/// hosts, as CRI-O does (blocking: called from CreateContainer's blocking
+/// task, inside the runtime).
+pub(super) fn rootfs_image(
+    images: &crate::image::ImageStore,
+    puller: Option<&crate::image::pull::Puller>,
+    c: &ConfigDump,
+) -> Result<String, RuntimeError> {
+    let present = || {
+        [&c.rootfs_image_name, &c.rootfs_image_ref]
+            .into_iter()
+            .find(|r| !r.is_empty() && images.resolve(r).is_some())
+            .cloned()
     };
-    serde_json::from_slice(&bytes).ok()
+    if let Some(r) = present() {
+        return Ok(r);
+    }
+    let name = &c.rootfs_image_name;
+    if let (Some(puller), false) = (puller, name.is_empty()) {
+        let parsed = crate::image::reference::ImageName::parse(name).map_err(|e| {
+            RuntimeError::FailedPrecondition(format!(
+                "the checkpoint's rootfs image {name:?} is not a pullable reference: {e}"
+            ))
+        })?;
+        tracing::info!(image = %name, "pulling the rootfs image of a checkpoint");
+        tokio::runtime::Handle::current()
+            .block_on(puller.pull(&parsed, &oci_client::secrets::RegistryAuth::Anonymous))
+            .map_err(|e| {
+                RuntimeError::FailedPrecondition(format!(
+                    "pulling the checkpoint's rootfs image {name}: {}",
+                    crate::util::error_chain(&e)
+                ))
+            })?;
+    }
+    present().ok_or_else(|| {
+        RuntimeError::FailedPrecondition(format!(
+            "the checkpoint's rootfs image {:?} ({}) is not present: pull it first",
+            c.rootfs_image_name, c.rootfs_image_ref
+        ))
+    })
 }
 
-/// Manifest annotations that mark a checkpoint image: checkpointctl's
-/// `org.criu.checkpoint.*` family, and CRI-O's (what `buildah config
-/// --annotation` sets on an image made from an archive).
-const CHECKPOINT_IMAGE_PREFIX: &str = "org.criu.checkpoint.";
-const CRIO_CHECKPOINT_ANNOTATION: &str = "io.kubernetes.cri-o.annotations.checkpoint.name";
-
 /// When `image` names a pulled checkpoint image — one layer holding an
-/// archive's contents, the manifest annotated as such — that layer's
-/// directory; `None` for any other image (or one not pulled).
+/// archive's contents, the manifest annotated as such
+/// ([`crate::image::store::marks_checkpoint`]) — that layer's directory;
+/// `None` for any other image (or one not pulled).
 pub(super) fn checkpoint_image_dir(
     images: &crate::image::ImageStore,
     image: &str,
 ) -> Result<Option<PathBuf>, RuntimeError> {
-    let Some(rec) = images.resolve(image) else {
+    let Some(rec) = images.resolve(image).filter(|r| r.checkpoint) else {
         return Ok(None);
     };
-    let Ok(manifest) = images.blobs().read(&rec.manifest) else {
-        return Ok(None);
-    };
-    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap_or_default();
-    let marked = manifest["annotations"].as_object().is_some_and(|a| {
-        a.keys()
-            .any(|k| k.starts_with(CHECKPOINT_IMAGE_PREFIX) || k == CRIO_CHECKPOINT_ANNOTATION)
-    });
-    if !marked {
-        return Ok(None);
-    }
     match images.layer_dirs(&rec).as_slice() {
         [one] => Ok(Some(one.clone())),
         more => Err(RuntimeError::invalid(

@@ -31,6 +31,8 @@ pub(super) struct CreateCtx<'a> {
     pub cgroup_driver: super::CgroupDriver,
     /// The `criu` binary (restoring from a checkpoint archive).
     pub criu: &'a Path,
+    /// Pulls a checkpoint's missing rootfs image (`None`: it must be here).
+    pub puller: Option<&'a crate::image::pull::Puller>,
 }
 
 /// The log file: `log_directory/log_path`, `log_path` relative and without
@@ -136,22 +138,11 @@ fn build(
                 None => None,
             },
         };
-        let image = match &restore {
-            Some(u) => {
-                let c = &u.config;
-                [&c.rootfs_image_name, &c.rootfs_image_ref]
-                    .into_iter()
-                    .find(|r| !r.is_empty() && ctx.images.resolve(r).is_some())
-                    .ok_or_else(|| {
-                        RuntimeError::FailedPrecondition(format!(
-                            "the checkpoint's rootfs image {:?} ({}) is not present: pull it first",
-                            c.rootfs_image_name, c.rootfs_image_ref
-                        ))
-                    })?
-                    .as_str()
-            }
-            None => image,
-        };
+        let rootfs_image = restore
+            .as_ref()
+            .map(|u| container_checkpoint::rootfs_image(ctx.images, ctx.puller, &u.config))
+            .transpose()?;
+        let image = rootfs_image.as_deref().unwrap_or(image);
         let prepared = ctx.images.prepare_container(image, &cid)?;
         if let Some(u) = &restore {
             container_checkpoint::apply_rootfs_diff(u, &prepared.rootfs.upperdir)?;

@@ -560,11 +560,9 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         );
         let zygote = self.zygote.clone();
         let cgroup_view = self.cgroup_view.clone();
-        if let Some(image) = config.image.as_ref().map(|i| i.image.clone()) {
-            self.pull_checkpoint_rootfs(&image).await?;
-        }
         let cgroup_driver = self.config.cgroup_driver;
         let criu = self.criu.clone();
+        let puller = self.puller.clone();
         let rec = blocking(move || {
             let ctx = container_create::CreateCtx {
                 containers: &containers,
@@ -574,6 +572,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
                 cgroup_view: &cgroup_view,
                 cgroup_driver,
                 criu: &criu,
+                puller: puller.as_deref(),
             };
             container_create::create(&ctx, &sandbox, config)
         })
@@ -1246,47 +1245,6 @@ impl RuntimeServiceImpl {
     pub fn with_puller(mut self, puller: Arc<crate::image::pull::Puller>) -> Self {
         self.puller = Some(puller);
         self
-    }
-
-    /// When `image` is a checkpoint (archive or checkpoint image) whose
-    /// rootfs image is not here, pulls it (anonymously, through the
-    /// configured registry hosts).
-    async fn pull_checkpoint_rootfs(&self, image: &str) -> Result<(), Status> {
-        let Some(puller) = &self.puller else {
-            return Ok(());
-        };
-        let (images, spec) = (self.images.clone(), image.to_string());
-        let Some(dump) =
-            tokio::task::spawn_blocking(move || container_checkpoint::peek_config(&images, &spec))
-                .await
-                .ok()
-                .flatten()
-        else {
-            return Ok(());
-        };
-        let name = &dump.rootfs_image_name;
-        if name.is_empty()
-            || self.images.resolve(name).is_some()
-            || self.images.resolve(&dump.rootfs_image_ref).is_some()
-        {
-            return Ok(());
-        }
-        let parsed = crate::image::reference::ImageName::parse(name).map_err(|e| {
-            RuntimeError::FailedPrecondition(format!(
-                "the checkpoint's rootfs image {name:?} is not a pullable reference: {e}"
-            ))
-        })?;
-        tracing::info!(image = %name, "pulling the rootfs image of a checkpoint");
-        puller
-            .pull(&parsed, &oci_client::secrets::RegistryAuth::Anonymous)
-            .await
-            .map_err(|e| {
-                RuntimeError::FailedPrecondition(format!(
-                    "pulling the checkpoint's rootfs image {name}: {}",
-                    crate::util::error_chain(&e)
-                ))
-            })?;
-        Ok(())
     }
 
     /// A copy of container `id`'s record, brought up to date with its
