@@ -1,83 +1,27 @@
 //! Checkpoint/restore benchmark, measured at the CRI call.
 //!
 //! `cargo bench -p berth-e2e --bench cri_checkpoint` starts the workspace's
-//! `berth serve` on private directories and a loopback registry with a
-//! busybox image, then for two containers — `small` (a shell loop) and
-//! `200MiB` (a shell holding a 200 MiB string: its RSS) — measures N times:
-//! CheckpointContainer (CRIU dump, rootfs diff, archive written), and the
-//! restore: CreateContainer from the archive (unpack, CRIU restore) plus
+//! `berth serve` with a loopback registry and a busybox image (the shared
+//! environment of the CRI tests, `tests/tests/common`), then for two
+//! containers — `small` (a shell loop) and `200MiB` (a shell holding a
+//! 200 MiB string: its RSS) — measures N times: CheckpointContainer (CRIU
+//! dump, rootfs diff, archive written), and the restore into a second pod:
+//! CreateContainer from the archive (unpack, CRIU restore) plus
 //! StartContainer. Reports median, min and max in ms and the archive size;
 //! figures also go to `target/bench-cri-checkpoint.json`. Under
 //! `cargo test` it is a smoke run (one round of the small container).
 //! Needs root and a working `criu` (scripts/install-criu.sh).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_cri::proto::image_service_client::ImageServiceClient;
-use berth_cri::proto::runtime_service_client::RuntimeServiceClient;
-use berth_cri::proto::{self, ContainerMetadata, ImageSpec, PodSandboxMetadata};
-use berth_e2e::daemon::Daemon;
-use berth_e2e::registry::Registry;
-use tonic::transport::Channel;
+use berth_cri::proto;
+use common::*;
 
-type Rt = RuntimeServiceClient<Channel>;
-
-fn pod_config(name: &str, logs: &Path) -> proto::PodSandboxConfig {
-    proto::PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        log_directory: logs.join(name).display().to_string(),
-        // What kubelet sends for a pod without shareProcessNamespace (a
-        // container in a shared pid namespace cannot be checkpointed).
-        linux: Some(proto::LinuxPodSandboxConfig {
-            security_context: Some(proto::LinuxSandboxSecurityContext {
-                namespace_options: Some(proto::NamespaceOption {
-                    pid: proto::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, image: &str, script: &str) -> proto::ContainerConfig {
-    proto::ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
-}
-
-async fn run_pod(rt: &mut Rt, name: &str, logs: &Path) -> (String, proto::PodSandboxConfig) {
-    let cfg = pod_config(name, logs);
-    let id = rt
-        .run_pod_sandbox(proto::RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    (id, cfg)
-}
-
+/// CreateContainer + StartContainer; the container's id.
 async fn create_start(
     rt: &mut Rt,
     pod: &str,
@@ -94,11 +38,7 @@ async fn create_start(
         .expect("CreateContainer")
         .into_inner()
         .container_id;
-    rt.start_container(proto::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("StartContainer");
+    start(rt, &id).await.expect("StartContainer");
     id
 }
 
@@ -129,15 +69,6 @@ async fn wait_ready(log: &Path) {
     }
 }
 
-/// Runs [`berth_e2e::daemon::cleanup_dir`] on drop.
-struct Cleanup(std::path::PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        berth_e2e::daemon::cleanup_dir(&self.0);
-    }
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -162,40 +93,17 @@ async fn main() {
         println!("skipped: cri_checkpoint: no working criu (scripts/install-criu.sh)");
         return;
     }
-    let Some(berth) = berth_e2e::berth_binary("cri_checkpoint") else {
+    // The daemon, its pod "pod" (A) and a second pod (B); everything is
+    // cleaned up when `env` goes, even after a failed expectation.
+    let Some(mut env) = env("cri_checkpoint").await else {
         return;
     };
-    let reg = match Registry::start() {
-        Ok(r) => r,
-        Err(e) => {
-            println!("skipped: cri_checkpoint: {e}");
-            return;
-        }
-    };
-    berth_e2e::images::busybox_image(&reg.addr(), "bench/busybox", "v1")
-        .await
-        .unwrap();
-    let image = format!("{}/bench/busybox:v1", reg.addr());
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    // Whatever happens (a failed expectation panics), the daemon's
-    // monitors, mounts and cgroups go: dropped after the daemon.
-    let _cleanup = Cleanup(dir.path().join("berth"));
-    let d = Daemon::start(&berth, &dir.path().join("berth"), &[]);
-    let ch = d.channel().await;
-    ImageServiceClient::new(ch.clone())
-        .pull_image(proto::PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("PullImage");
-    let mut rt = RuntimeServiceClient::new(ch);
-    let (pod_a, pod_a_cfg) = run_pod(&mut rt, "a", &logs).await;
-    let (pod_b, pod_b_cfg) = run_pod(&mut rt, "b", &logs).await;
+    let dir = env.dir.path().to_path_buf();
+    let (pod_a, pod_a_cfg) = (env.pod.clone(), pod_config(&dir));
+    let mut pod_b_cfg = pod_config(&dir);
+    pod_b_cfg.metadata.as_mut().unwrap().name = "b".into();
+    pod_b_cfg.log_directory = dir.join("logs-b").display().to_string();
+    let pod_b = run_pod(&mut env.rt, pod_b_cfg.clone()).await;
 
     let cases: Vec<(&str, &str, usize)> = {
         let small = "echo ready; i=0; while :; do i=$((i+1)); sleep 0.1; done";
@@ -216,33 +124,39 @@ async fn main() {
         let (mut dump, mut restore, mut size) = (Vec::new(), Vec::new(), 0u64);
         for i in 0..runs {
             let cname = format!("{name}-{i}");
-            let id = create_start(
-                &mut rt,
-                &pod_a,
-                &pod_a_cfg,
-                container_config(&cname, &image, script),
-            )
-            .await;
-            wait_ready(&logs.join("a").join(format!("{cname}.log"))).await;
-            let archive = dir.path().join(format!("{cname}.tar"));
+            let mut cfg = container(&env, &cname, &["/bin/sh", "-c", script], &[]);
+            // As root: CRIU reads a task's rlimits with prlimit(2), which for
+            // another user's task needs CAP_SYS_RESOURCE — which root lacks
+            // on the machine this was written on.
+            cfg.linux = Some(proto::LinuxContainerConfig {
+                security_context: Some(proto::LinuxContainerSecurityContext {
+                    run_as_user: Some(proto::Int64Value { value: 0 }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let id = create_start(&mut env.rt, &pod_a, &pod_a_cfg, cfg).await;
+            wait_ready(&dir.join("logs").join(&cname).join("0.log")).await;
+            let archive = dir.join(format!("{cname}.tar"));
             let t0 = Instant::now();
-            rt.checkpoint_container(proto::CheckpointContainerRequest {
-                container_id: id.clone(),
-                location: archive.display().to_string(),
-                timeout: 0,
-            })
-            .await
-            .expect("CheckpointContainer");
+            env.rt
+                .checkpoint_container(proto::CheckpointContainerRequest {
+                    container_id: id.clone(),
+                    location: archive.display().to_string(),
+                    timeout: 0,
+                })
+                .await
+                .expect("CheckpointContainer");
             dump.push(ms(t0.elapsed()));
             size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
-            remove(&mut rt, &id).await;
+            remove(&mut env.rt, &id).await;
 
-            let mut from = container_config(&cname, &archive.display().to_string(), "");
-            from.command.clear();
+            let mut from = container(&env, &cname, &[], &[]);
+            from.image.as_mut().unwrap().image = archive.display().to_string();
             let t0 = Instant::now();
-            let restored = create_start(&mut rt, &pod_b, &pod_b_cfg, from).await;
+            let restored = create_start(&mut env.rt, &pod_b, &pod_b_cfg, from).await;
             restore.push(ms(t0.elapsed()));
-            remove(&mut rt, &restored).await;
+            remove(&mut env.rt, &restored).await;
             let _ = std::fs::remove_file(&archive);
         }
         let (dm, dl, dh) = stats(dump);
@@ -263,19 +177,6 @@ async fn main() {
             }),
         );
     }
-    for pod in [pod_a, pod_b] {
-        let _ = rt
-            .stop_pod_sandbox(proto::StopPodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await;
-        let _ = rt
-            .remove_pod_sandbox(proto::RemovePodSandboxRequest {
-                pod_sandbox_id: pod,
-            })
-            .await;
-    }
-    drop(d);
     if full {
         let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
         let _ = std::fs::write(

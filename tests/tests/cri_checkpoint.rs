@@ -126,16 +126,7 @@ async fn second_pod(env: &mut Env, name: &str) -> (String, proto::PodSandboxConf
     m.uid = format!("uid-{name}");
     cfg.hostname = format!("{name}-host");
     cfg.log_directory = env.dir.path().join(name).display().to_string();
-    let id = env
-        .rt
-        .run_pod_sandbox(proto::RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let id = run_pod(&mut env.rt, cfg.clone()).await;
     (id, cfg)
 }
 

@@ -507,16 +507,7 @@ async fn a_container_over_its_memory_limit_is_oom_killed() {
     let mut pod = pod_config(env.dir.path());
     pod.metadata.as_mut().unwrap().name = "oom".into();
     pod.linux.as_mut().unwrap().cgroup_parent = format!("/{parent}/podoom");
-    let pod_id = env
-        .rt
-        .run_pod_sandbox(proto::RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod_id = run_pod(&mut env.rt, pod.clone()).await;
     let mut cfg = container(
         &env,
         "hog",
@@ -1173,16 +1164,7 @@ async fn shared_and_targeted_pid_namespaces() {
     let mut cfg = pod_config(env.dir.path());
     cfg.metadata.as_mut().unwrap().name = "shared".into();
     cfg.linux.as_mut().unwrap().security_context = None; // pid: POD
-    let shared = env
-        .rt
-        .run_pod_sandbox(proto::RunPodSandboxRequest {
-            config: Some(cfg),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let shared = run_pod(&mut env.rt, cfg).await;
     // The init names itself just after the fork that RunPodSandbox waited
     // for: give it a moment.
     let dir = env.dir.path().to_path_buf();
@@ -1449,16 +1431,7 @@ async fn a_pod_with_its_own_user_namespace() {
         .as_mut()
         .unwrap()
         .userns_options = Some(userns.clone());
-    let pod = env
-        .rt
-        .run_pod_sandbox(proto::RunPodSandboxRequest {
-            config: Some(cfg),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut env.rt, cfg).await;
     // A volume idmapped into the pod's user namespace, as kubelet asks.
     let vol = env.dir.path().join("vol");
     std::fs::create_dir(&vol).unwrap();

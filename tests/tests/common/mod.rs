@@ -58,15 +58,7 @@ pub async fn env(test: &str) -> Option<Env> {
     let ch = daemon.channel().await;
     pull(ch.clone(), &image).await;
     let mut rt = RuntimeServiceClient::new(ch);
-    let pod = rt
-        .run_pod_sandbox(proto::RunPodSandboxRequest {
-            config: Some(pod_config(dir.path())),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut rt, pod_config(dir.path())).await;
     Some(Env {
         _reg: reg,
         berth,
@@ -76,6 +68,18 @@ pub async fn env(test: &str) -> Option<Env> {
         image,
         pod,
     })
+}
+
+/// RunPodSandbox with `config` (default runtime handler); the pod's id.
+pub async fn run_pod(rt: &mut Rt, config: proto::PodSandboxConfig) -> String {
+    rt.run_pod_sandbox(proto::RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pod_sandbox_id
 }
 
 /// Pulls `image` through the daemon's ImageService.
