@@ -12,7 +12,7 @@
 //!   read from the records at each scrape.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -64,7 +64,6 @@ pub struct Metrics {
     latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     pulls: Histogram,
     pull_bytes: Counter,
-    pull_bytes_seen: Arc<Mutex<u64>>,
     pods: Family<StateLabels, Gauge>,
     containers: Family<StateLabels, Gauge>,
     monitors: Gauge,
@@ -120,7 +119,6 @@ impl Metrics {
             latency,
             pulls,
             pull_bytes,
-            pull_bytes_seen: Arc::default(),
             pods,
             containers,
             monitors,
@@ -147,37 +145,32 @@ impl Metrics {
     /// Brings the scrape-time series up to date and encodes everything.
     async fn scrape(&self, runtime: &RuntimeServiceImpl, puller: &Puller) -> String {
         let inv = runtime.inventory().await;
-        // Series of states that have no member any more read 0.
-        self.pods.clear();
-        for (state, n) in &inv.pods {
-            self.pods
-                .get_or_create(&StateLabels {
-                    state: state.to_string(),
-                })
-                .set(i64::try_from(*n).unwrap_or(i64::MAX));
-        }
-        self.containers.clear();
-        for (state, n) in &inv.containers {
-            self.containers
-                .get_or_create(&StateLabels {
-                    state: state.to_string(),
-                })
-                .set(i64::try_from(*n).unwrap_or(i64::MAX));
-        }
+        // Series of states that have no member any more are dropped.
+        set_states(&self.pods, &inv.pods);
+        set_states(&self.containers, &inv.containers);
         self.monitors
             .set(i64::try_from(inv.monitors).unwrap_or(i64::MAX));
-        {
-            let now = puller.downloaded_bytes();
-            let mut seen = self
-                .pull_bytes_seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.pull_bytes.inc_by(now.saturating_sub(*seen));
-            *seen = now;
-        }
+        // The puller's own running total: the counter follows it (fetch_max
+        // keeps it monotonic when two scrapes race).
+        self.pull_bytes.inner().fetch_max(
+            puller.downloaded_bytes(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Sets one gauge per state to its count, dropping the states not listed.
+fn set_states(family: &Family<StateLabels, Gauge>, counts: &std::collections::BTreeMap<&str, u64>) {
+    family.clear();
+    for (state, n) in counts {
+        family
+            .get_or_create(&StateLabels {
+                state: state.to_string(),
+            })
+            .set(i64::try_from(*n).unwrap_or(i64::MAX));
     }
 }
 

@@ -213,7 +213,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
         .layer(crate::catch_panic::CatchPanicLayer)
-        .layer(crate::metrics::MetricsLayer(metrics))
+        // Calls are only timed when someone can read the figures.
+        .layer(tower::util::option_layer(
+            config
+                .metrics
+                .enabled
+                .then(|| crate::metrics::MetricsLayer(metrics)),
+        ))
         .add_service(
             RuntimeServiceServer::new(runtime)
                 .max_decoding_message_size(MAX_MESSAGE)

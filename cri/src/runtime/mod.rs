@@ -263,7 +263,9 @@ impl RuntimeServiceImpl {
             *inv.containers
                 .entry(rec.state.to_cri().as_str_name())
                 .or_default() += 1;
-            if rec.state.is_live() && crate::monitor::is_running(rec.monitor_pid, &rec.dir) {
+            // Still live after refresh: refresh found its monitor running
+            // (or its exit record being written this instant).
+            if rec.state.is_live() {
                 inv.monitors += 1;
             }
         }
