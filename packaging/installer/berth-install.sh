@@ -565,9 +565,7 @@ do_uninstall() {
             *) warn "unknown manifest line: $kind $a $b" ;;
         esac
         # Keep the record exact if we die half way.
-        grep -vxF "$kind $a${b:+ $b}" "$WORK/manifest" >"$WORK/manifest.new" || true
-        mv -f "$WORK/manifest.new" "$WORK/manifest"
-        m_save
+        m_del "$kind $a${b:+ $b}"
     done <"$WORK/reverse"
     if [ "$UNIT_FILES_CHANGED" = 1 ] && have_systemd; then
         systemctl_host daemon-reload
