@@ -1119,7 +1119,15 @@ impl Cgroup {
         if let Some(scope) = &self.systemd {
             return systemd::stop(&self.root, scope);
         }
-        let mut created = self.created.clone();
+        // With a ledger, the parents are removed under its lock (below), as
+        // they are made under it: removing one here could pull it from under
+        // a container being created in it.
+        let mut created: Vec<PathBuf> = self
+            .created
+            .iter()
+            .filter(|d| self.ledger.is_none() || self.dirs.contains(d))
+            .cloned()
+            .collect();
         created.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         for dir in created {
             let own = self.dirs.contains(&dir);
