@@ -280,8 +280,9 @@ impl Cni {
     }
 
     /// Attaches the pod to the network (ADD through the chain) and returns
-    /// its IPs. On failure everything is undone (DEL through the chain),
-    /// so no address stays allocated.
+    /// its IPs. On failure the attachment stays cached: the caller undoes it
+    /// with [`Cni::teardown`] (DEL through the chain), once, so no address
+    /// stays allocated.
     pub fn setup(&self, pod: PodRef) -> Result<Vec<IpAddr>, CniError> {
         let list = match &*self.current() {
             Loaded::Ready(l) => l.clone(),
@@ -323,18 +324,10 @@ impl Cni {
             Ok(result) => {
                 let ips = result.as_ref().map(result::pod_ips).unwrap_or_default();
                 att.result = result;
-                if let Err(e) = self.write_cache(pod.id, &att) {
-                    let _ = self.teardown(pod.id);
-                    return Err(e);
-                }
+                self.write_cache(pod.id, &att)?;
                 Ok(ips)
             }
-            Err(e) => {
-                if let Err(del) = self.teardown(pod.id) {
-                    tracing::warn!(pod = pod.id, error = %del, "DEL after a failed ADD failed too (retried at StopPodSandbox)");
-                }
-                Err(e.into())
-            }
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -366,8 +366,9 @@ pub(super) fn create(
     })();
     if result.is_err() {
         if let Some(cni) = cni {
-            // Only a failure after ADD leaves an attachment: setup undoes
-            // its own.
+            // The one DEL for a failed RunPodSandbox, whether ADD or a later
+            // step failed (a no-op when nothing was cached). If it fails too,
+            // the cache stays and the next daemon start DELs it.
             if let Err(e) = cni.teardown(id.as_str()) {
                 tracing::warn!(pod = %id, error = %e, "DEL after a failed RunPodSandbox");
             }
