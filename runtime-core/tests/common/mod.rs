@@ -150,6 +150,21 @@ pub fn run(config: Config, args: &[&str]) -> Output {
     }
 }
 
+/// Whether a test that cannot run here must fail rather than skip: the QEMU
+/// guests of `scripts/test.sh` set `BERTH_TEST_NO_SKIP` (there, every test
+/// must run).
+pub fn no_skip() -> bool {
+    std::env::var_os("BERTH_TEST_NO_SKIP").is_some()
+}
+
+/// `None` after printing `skipped: <test>: <why>` — or a panic under
+/// [`no_skip`].
+pub fn skip<T>(test: &str, why: &str) -> Option<T> {
+    assert!(!no_skip(), "{test} would be skipped: {why}");
+    println!("skipped: {test}: {why}");
+    None
+}
+
 /// An id unique in this machine's run.
 pub fn unique_id(prefix: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
