@@ -283,9 +283,9 @@ impl RuntimeServiceImpl {
         let known: std::collections::HashSet<String> = self
             .sandboxes
             .registry
-            .all()
+            .ids()
             .iter()
-            .filter_map(|e| e.try_lock().ok().map(|r| r.id.to_string()))
+            .map(ToString::to_string)
             .collect();
         std::thread::spawn(move || {
             for pod in cni.cached_pods() {

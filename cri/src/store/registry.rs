@@ -197,6 +197,16 @@ impl<R: Record> Registry<R> {
         }
     }
 
+    /// The ids of every record (without taking any record's lock).
+    pub fn ids(&self) -> Vec<ObjectId> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Every entry.
     pub fn all(&self) -> Vec<Entry<R>> {
         self.map
