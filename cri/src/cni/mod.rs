@@ -175,8 +175,10 @@ impl Cni {
     /// `Ok` when pods can get a network (for `NetworkReady`); with a CNI
     /// 1.1 configuration the plugins' STATUS must succeed too.
     pub fn network_status(&self) -> Result<(), String> {
-        let list = match &*self.current() {
-            Loaded::Ready(l) => l.clone(),
+        // The loaded config is shared (an Arc), not copied per call.
+        let loaded = self.current();
+        let list = match &*loaded {
+            Loaded::Ready(l) => l,
             Loaded::NotReady(why) => return Err(why.clone()),
         };
         if list.has_status_and_gc() {
@@ -284,8 +286,9 @@ impl Cni {
     /// with [`Cni::teardown`] (DEL through the chain), once, so no address
     /// stays allocated.
     pub fn setup(&self, pod: PodRef) -> Result<Vec<IpAddr>, CniError> {
-        let list = match &*self.current() {
-            Loaded::Ready(l) => l.clone(),
+        let loaded = self.current();
+        let list = match &*loaded {
+            Loaded::Ready(l) => l,
             Loaded::NotReady(why) => return Err(CniError::NotReady(why.clone())),
         };
         let cidrs = self
@@ -420,8 +423,9 @@ impl Cni {
     /// they free the rest (addresses of pods lost in a crash). Only with a
     /// 1.1 configuration that does not disable it.
     pub fn gc(&self, valid_pods: &[String]) -> Result<(), CniError> {
-        let list = match &*self.current() {
-            Loaded::Ready(l) if l.has_status_and_gc() && !l.disable_gc => l.clone(),
+        let loaded = self.current();
+        let list = match &*loaded {
+            Loaded::Ready(l) if l.has_status_and_gc() && !l.disable_gc => l,
             _ => return Ok(()),
         };
         let valid: Vec<Value> = valid_pods
