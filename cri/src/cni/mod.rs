@@ -183,7 +183,7 @@ impl Cni {
         };
         if list.has_status_and_gc() {
             for p in &list.plugins {
-                let conf = plugin_config(p, &list, None, None);
+                let conf = plugin_config(p, list, None, None);
                 self.invoke(p, &conf, "STATUS", "", "", &[])
                     .map_err(|e| e.to_string())?;
             }
@@ -323,7 +323,7 @@ impl Cni {
         // Cached before ADD: a daemon that dies mid-ADD still knows what
         // to DEL.
         self.write_cache(pod.id, &att)?;
-        match self.add_chain(&list, &att) {
+        match self.add_chain(list, &att) {
             Ok(result) => {
                 let ips = result.as_ref().map(result::pod_ips).unwrap_or_default();
                 att.result = result;
@@ -433,7 +433,7 @@ impl Cni {
             .map(|id| serde_json::json!({"containerID": id, "ifname": IFNAME}))
             .collect();
         for p in &list.plugins {
-            let mut conf = plugin_config(p, &list, None, None);
+            let mut conf = plugin_config(p, list, None, None);
             conf["cni.dev/valid-attachments"] = Value::Array(valid.clone());
             self.invoke(p, &conf, "GC", "", "", &[])?;
         }
