@@ -146,19 +146,23 @@ pub(crate) fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
     (bytes, inodes)
 }
 
+/// The first `dir/name` that is an executable file.
+pub(crate) fn find_executable(
+    name: &str,
+    dirs: impl IntoIterator<Item = std::path::PathBuf>,
+) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    dirs.into_iter().map(|d| d.join(name)).find(|p| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
 /// `name` found in the directories of `PATH` (as an absolute path), for
 /// helpers run from processes with another environment (monitors); `name`
 /// itself when it is not there.
 pub fn find_in_path(name: &str) -> std::path::PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(name))
-        .find(|p| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .unwrap_or_else(|| name.into())
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    find_executable(name, std::env::split_paths(&path)).unwrap_or_else(|| name.into())
 }
 
 #[cfg(test)]

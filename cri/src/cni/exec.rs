@@ -77,21 +77,13 @@ pub enum PluginError {
 
 /// Finds the executable for `plugin` in `dirs` (first match).
 pub fn find(plugin: &str, dirs: &[PathBuf]) -> Result<PathBuf, PluginError> {
-    use std::os::unix::fs::PermissionsExt;
-    if super::config::valid_type(plugin) {
-        for d in dirs {
-            let p = d.join(plugin);
-            if let Ok(m) = std::fs::metadata(&p) {
-                if m.is_file() && m.permissions().mode() & 0o111 != 0 {
-                    return Ok(p);
-                }
-            }
-        }
-    }
-    Err(PluginError::NotFound {
-        plugin: plugin.to_string(),
-        dirs: join_paths(dirs),
-    })
+    super::config::valid_type(plugin)
+        .then(|| crate::util::find_executable(plugin, dirs.iter().cloned()))
+        .flatten()
+        .ok_or_else(|| PluginError::NotFound {
+            plugin: plugin.to_string(),
+            dirs: join_paths(dirs),
+        })
 }
 
 fn join_paths(dirs: &[PathBuf]) -> String {
