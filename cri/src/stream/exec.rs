@@ -415,17 +415,25 @@ pub async fn serve_ws<S>(
         resize: mux.readers.remove(&RESIZE).map(resize_events),
     };
     let outcome = job.run(io, mux.gone()).await;
-    let last = if proto.version >= 4 {
-        Some((ERROR, status_json(&outcome).into_bytes()))
-    } else {
-        status_text(&outcome).map(|t| (ERROR, t.into_bytes()))
-    };
+    let last = final_status(&outcome, proto.version).map(|t| (ERROR, t.into_bytes()));
     mux.finish(last).await;
 }
 
+/// What the error channel/stream carries at the end: a JSON `Status` from
+/// protocol version 4 on, before that the failure's text (nothing on
+/// success).
+fn final_status(outcome: &Outcome, version: u8) -> Option<String> {
+    if version >= 4 {
+        Some(status_json(outcome))
+    } else {
+        status_text(outcome)
+    }
+}
+
 /// Exec or attach over SPDY: the client opens one stream per `streamType` (error,
-/// stdin, stdout, stderr, resize) before any data flows.
-pub async fn serve_spdy(mut session: super::spdy::Session, job: Job, proto: &str) {
+/// stdin, stdout, stderr, resize) before any data flows. `version`: the
+/// negotiated remotecommand protocol's (1 for `channel.k8s.io`).
+pub async fn serve_spdy(mut session: super::spdy::Session, job: Job, version: u8) {
     let target = job.opts();
     let mut want = vec!["error"];
     if target.stdin {
@@ -437,7 +445,8 @@ pub async fn serve_spdy(mut session: super::spdy::Session, job: Job, proto: &str
     if target.stderr && !target.tty {
         want.push("stderr");
     }
-    if target.tty && proto != "v2.channel.k8s.io" && proto != "channel.k8s.io" {
+    // Resize streams came with version 3.
+    if target.tty && version >= 3 {
         want.push("resize");
     }
     let mut streams = std::collections::HashMap::new();
@@ -460,24 +469,18 @@ pub async fn serve_spdy(mut session: super::spdy::Session, job: Job, proto: &str
         session.close().await;
         return;
     }
-    let take = |streams: &mut std::collections::HashMap<String, super::spdy::Stream>, k: &str| {
-        streams.remove(k)
-    };
-    let error = take(&mut streams, "error");
-    let (stdin_r, _) = match take(&mut streams, "stdin") {
-        Some(s) => {
-            let (r, w) = tokio::io::split(s);
-            (Some(r), Some(w))
-        }
-        None => (None, None),
-    };
+    let error = streams.remove("error");
     let io = ExecIo {
-        stdin: stdin_r.map(|r| Box::new(r) as Box<dyn AsyncRead + Send + Unpin>),
-        stdout: take(&mut streams, "stdout")
+        stdin: streams
+            .remove("stdin")
+            .map(|r| Box::new(r) as Box<dyn AsyncRead + Send + Unpin>),
+        stdout: streams
+            .remove("stdout")
             .map(|w| Box::new(w) as Box<dyn AsyncWrite + Send + Unpin>),
-        stderr: take(&mut streams, "stderr")
+        stderr: streams
+            .remove("stderr")
             .map(|w| Box::new(w) as Box<dyn AsyncWrite + Send + Unpin>),
-        resize: take(&mut streams, "resize").map(resize_events),
+        resize: streams.remove("resize").map(resize_events),
     };
     // The client is gone when the session ends: no more streams, no data.
     let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
@@ -492,12 +495,7 @@ pub async fn serve_spdy(mut session: super::spdy::Session, job: Job, proto: &str
         })
         .await;
     if let Some(mut e) = error {
-        let msg = if proto == "v4.channel.k8s.io" {
-            Some(status_json(&outcome))
-        } else {
-            status_text(&outcome)
-        };
-        if let Some(m) = msg {
+        if let Some(m) = final_status(&outcome, version) {
             let _ = e.write_all(m.as_bytes()).await;
         }
         let _ = e.shutdown().await;

@@ -299,10 +299,11 @@ fn spdy_upgrade(
             return;
         };
         let session = spdy::Session::server(hyper_util::rt::TokioIo::new(upgraded));
+        let version = ws::Protocol::parse(&proto).map_or(1, |p| p.version);
         match target {
-            StreamRequest::Exec(t) => exec::serve_spdy(session, exec::Job::Exec(t), &proto).await,
+            StreamRequest::Exec(t) => exec::serve_spdy(session, exec::Job::Exec(t), version).await,
             StreamRequest::Attach(t) => {
-                exec::serve_spdy(session, exec::Job::Attach(t), &proto).await
+                exec::serve_spdy(session, exec::Job::Attach(t), version).await
             }
             StreamRequest::PortForward(t) => portforward::serve_spdy(session, t).await,
         }
