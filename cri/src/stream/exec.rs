@@ -121,18 +121,9 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Copies `from` to `to` until EOF, then shuts `to` down.
-async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
-    let mut buf = vec![0u8; 32 << 10];
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
+async fn pump(from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
+    let mut from = tokio::io::BufReader::with_capacity(32 << 10, from);
+    let _ = tokio::io::copy_buf(&mut from, &mut to).await;
     let _ = to.shutdown().await;
 }
 

@@ -77,12 +77,9 @@ pub enum TokenError {
     Expired,
 }
 
+/// 256 random bits, hex: safe in a URL path.
 fn random_token() -> std::io::Result<String> {
-    use base64::Engine;
-    use std::io::Read;
-    let mut b = [0u8; 18];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+    crate::store::ObjectId::random().map(|id| id.to_string())
 }
 
 impl StreamServer {
