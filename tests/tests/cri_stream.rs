@@ -173,6 +173,15 @@ async fn exec_streams_10_mib_and_a_terminal_with_resizes() {
     )
     .await;
     let (mut ws, _) = connect(&url, "v5.channel.k8s.io").await.unwrap();
+    // A client that does not read: dd's 10 MiB must wait in the kernel's
+    // pipes, not pile up in the daemon (flow control end to end).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stalled = rss(daemon);
+    println!("daemon RSS: {before} KiB before, {stalled} KiB with 10 MiB unread");
+    assert!(
+        stalled < before + 6 * 1024,
+        "the daemon buffered what the client did not read: {before} KiB -> {stalled} KiB"
+    );
     let mut stdout = 0usize;
     let mut status = Vec::new();
     while let Some(Ok(m)) = ws.next().await {
