@@ -30,6 +30,37 @@ pub const IN_RESIZE: u8 = 2;
 /// The socket's name in the container's directory.
 pub const SOCKET: &str = "attach.sock";
 
+/// Bytes before a frame's payload: kind and length.
+pub const HEADER_LEN: usize = 5;
+
+/// A frame: `[kind][length: u32 big endian][payload]`.
+pub fn encode_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(HEADER_LEN + payload.len());
+    f.push(kind);
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The payload length a frame header (at least [`HEADER_LEN`] bytes) gives.
+pub fn frame_len(header: &[u8]) -> usize {
+    u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize
+}
+
+/// The payload of [`IN_RESIZE`]: rows and columns, big-endian u16 each.
+pub fn resize_payload(size: berth_core::process::ConsoleSize) -> [u8; 4] {
+    let [r0, r1] = size.rows.to_be_bytes();
+    let [c0, c1] = size.cols.to_be_bytes();
+    [r0, r1, c0, c1]
+}
+
+fn parse_resize(p: [u8; 4]) -> berth_core::process::ConsoleSize {
+    berth_core::process::ConsoleSize {
+        rows: u16::from_be_bytes([p[0], p[1]]),
+        cols: u16::from_be_bytes([p[2], p[3]]),
+    }
+}
+
 /// Output queued for a slow client before it is dropped (a client must not
 /// make the monitor's memory grow without bound).
 const MAX_QUEUED: usize = 4 << 20;
@@ -145,10 +176,7 @@ impl Attach {
         if self.clients.is_empty() || data.is_empty() {
             return;
         }
-        let mut frame = Vec::with_capacity(data.len() + 5);
-        frame.push(kind);
-        frame.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        frame.extend_from_slice(data);
+        let frame = encode_frame(kind, data);
         for c in &mut self.clients {
             c.output.extend_from_slice(&frame);
         }
@@ -203,19 +231,19 @@ impl Attach {
         }
         loop {
             let c = &mut self.clients[i];
-            if c.input.len() < 5 {
+            if c.input.len() < HEADER_LEN {
                 return;
             }
-            let len = u32::from_be_bytes([c.input[1], c.input[2], c.input[3], c.input[4]]) as usize;
+            let len = frame_len(&c.input);
             if len > 1 << 20 {
                 return self.drop_client(i);
             }
-            if c.input.len() < 5 + len {
+            if c.input.len() < HEADER_LEN + len {
                 return;
             }
             let kind = c.input[0];
-            let payload: Vec<u8> = c.input[5..5 + len].to_vec();
-            c.input.drain(..5 + len);
+            let payload: Vec<u8> = c.input[HEADER_LEN..HEADER_LEN + len].to_vec();
+            c.input.drain(..HEADER_LEN + len);
             match kind {
                 IN_STDIN if self.stdin.is_some() => {
                     self.clients[i].sent_stdin = true;
@@ -223,13 +251,9 @@ impl Attach {
                     self.write_stdin();
                 }
                 IN_CLOSE_STDIN if self.stdin_once => self.close_stdin(),
-                IN_RESIZE if payload.len() == 4 => {
-                    if let Some(pty) = &self.pty {
-                        let size = berth_core::process::ConsoleSize {
-                            rows: u16::from_be_bytes([payload[0], payload[1]]),
-                            cols: u16::from_be_bytes([payload[2], payload[3]]),
-                        };
-                        let _ = berth_core::process::resize_console(pty.as_fd(), size);
+                IN_RESIZE => {
+                    if let (Some(pty), Ok(p)) = (&self.pty, <[u8; 4]>::try_from(&payload[..])) {
+                        let _ = berth_core::process::resize_console(pty.as_fd(), parse_resize(p));
                     }
                 }
                 _ => {}

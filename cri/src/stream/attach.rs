@@ -25,14 +25,6 @@ pub struct AttachTarget {
     pub tty: bool,
 }
 
-fn frame(kind: u8, data: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(data.len() + 5);
-    f.push(kind);
-    f.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    f.extend_from_slice(data);
-    f
-}
-
 /// Relays until the container's output ends (it exited: success) or the
 /// client leaves (`gone`: the container goes on).
 pub async fn run(
@@ -64,22 +56,31 @@ pub async fn run(
                 match input.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        if tx.send(frame(proto::IN_STDIN, &buf[..n])).await.is_err() {
+                        if tx
+                            .send(proto::encode_frame(proto::IN_STDIN, &buf[..n]))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
                 }
             }
-            let _ = tx.send(frame(proto::IN_CLOSE_STDIN, &[])).await;
+            let _ = tx
+                .send(proto::encode_frame(proto::IN_CLOSE_STDIN, &[]))
+                .await;
         }));
     }
     if let Some(mut sizes) = io.resize.take() {
         let tx = tx.clone();
         helpers.push(tokio::spawn(async move {
             while let Some(s) = sizes.recv().await {
-                let mut p = s.rows.to_be_bytes().to_vec();
-                p.extend_from_slice(&s.cols.to_be_bytes());
-                if tx.send(frame(proto::IN_RESIZE, &p)).await.is_err() {
+                let p = proto::resize_payload(s);
+                if tx
+                    .send(proto::encode_frame(proto::IN_RESIZE, &p))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -90,14 +91,13 @@ pub async fn run(
     let _keep_writing = tx;
     let (mut out, mut err) = (io.stdout.take(), io.stderr.take());
     let relay = async {
-        let mut hdr = [0u8; 5];
+        let mut hdr = [0u8; proto::HEADER_LEN];
         let mut buf = Vec::new();
         loop {
             if rd.read_exact(&mut hdr).await.is_err() {
                 break;
             }
-            let len = u32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
-            buf.resize(len, 0);
+            buf.resize(proto::frame_len(&hdr), 0);
             if rd.read_exact(&mut buf).await.is_err() {
                 break;
             }
