@@ -498,23 +498,12 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         request: Request<proto::PodSandboxStatusRequest>,
     ) -> Result<Response<proto::PodSandboxStatusResponse>, Status> {
         let req = request.into_inner();
-        let entry = self
-            .sandboxes
-            .registry
-            .get(&req.pod_sandbox_id, "pod_sandbox_id")?;
-        let rec = entry.lock().await;
-        if rec.removed {
-            return Err(RuntimeError::NotFound {
-                kind: "pod sandbox",
-                id: req.pod_sandbox_id,
-            }
-            .into());
-        }
+        let rec = self.locked_sandbox(&req.pod_sandbox_id).await?;
         let mut resp = sandbox_status::status(&rec, req.verbose);
+        let id = rec.id.to_string();
         drop(rec);
         // Verbose: CNI CHECK of the pod's attachment, as an operator's probe.
         if let (true, Some(cni)) = (req.verbose, self.cni.clone()) {
-            let id = entry.lock().await.id.to_string();
             let check = blocking(move || Ok::<_, RuntimeError>(cni.check(&id))).await?;
             let text = match check {
                 Ok(true) => "ok".to_string(),
@@ -787,19 +776,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         request: Request<proto::PodSandboxStatsRequest>,
     ) -> Result<Response<proto::PodSandboxStatsResponse>, Status> {
         let req = request.into_inner();
-        let entry = self
-            .sandboxes
-            .registry
-            .get(&req.pod_sandbox_id, "pod_sandbox_id")?;
         let (view, id) = {
-            let rec = entry.lock().await;
-            if rec.removed {
-                return Err(RuntimeError::NotFound {
-                    kind: "pod sandbox",
-                    id: req.pod_sandbox_id,
-                }
-                .into());
-            }
+            let rec = self.locked_sandbox(&req.pod_sandbox_id).await?;
             (stats::PodView::of(&rec), rec.id.clone())
         };
         let members = self
@@ -917,17 +895,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
                 })?;
             }
         }
-        let entry = self
-            .sandboxes
-            .registry
-            .get(&req.pod_sandbox_id, "pod_sandbox_id")?;
-        if entry.lock().await.removed {
-            return Err(RuntimeError::NotFound {
-                kind: "pod sandbox",
-                id: req.pod_sandbox_id,
-            }
-            .into());
-        }
+        self.locked_sandbox(&req.pod_sandbox_id).await?;
         Ok(Response::new(proto::UpdatePodSandboxResourcesResponse {}))
     }
 
@@ -1134,19 +1102,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
                 }
             }
         }
-        let entry = self
-            .sandboxes
-            .registry
-            .get(&req.pod_sandbox_id, "pod_sandbox_id")?;
         let netns = {
-            let rec = entry.lock().await;
-            if rec.removed {
-                return Err(RuntimeError::NotFound {
-                    kind: "pod sandbox",
-                    id: req.pod_sandbox_id,
-                }
-                .into());
-            }
+            let rec = self.locked_sandbox(&req.pod_sandbox_id).await?;
             if rec.state != sandbox::SandboxState::Ready {
                 return Err(RuntimeError::FailedPrecondition(format!(
                     "pod sandbox {} is not ready",
@@ -1247,6 +1204,20 @@ impl RuntimeServiceImpl {
     pub fn with_puller(mut self, puller: Arc<crate::image::pull::Puller>) -> Self {
         self.puller = Some(puller);
         self
+    }
+
+    /// Pod sandbox `id`'s record, locked (until the guard goes); NotFound
+    /// when it is gone.
+    async fn locked_sandbox(
+        &self,
+        id: &str,
+    ) -> Result<tokio::sync::OwnedMutexGuard<sandbox::SandboxRecord>, Status> {
+        let entry = self.sandboxes.registry.get(id, "pod_sandbox_id")?;
+        let rec = entry.lock_owned().await;
+        if rec.removed {
+            return Err(self.sandboxes.registry.not_found(id).into());
+        }
+        Ok(rec)
     }
 
     /// A copy of container `id`'s record, brought up to date with its
