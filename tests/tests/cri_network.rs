@@ -467,7 +467,9 @@ async fn network_ready_follows_the_config_dir() {
     let host = run(&mut net.rt, pod("cni-daemonset", true)).await.unwrap();
     assert_eq!(pod_ip(&mut net.rt, &host).await, "");
 
-    // A config appears (as a CNI DaemonSet installs one): ready, no restart.
+    // A config appears (as a CNI DaemonSet installs one): ready, no restart
+    // — and a broken file sorted first is skipped.
+    std::fs::write(net.path().join("net.d/00-broken.conflist"), "{").unwrap();
     net.write_config(vec![]);
     net.wait_network_ready().await;
     let (_, msg) = network_ready(&mut net.rt).await;
@@ -478,9 +480,7 @@ async fn network_ready_follows_the_config_dir() {
     let p = run(&mut net.rt, pod("late", false)).await.unwrap();
     let ip = pod_ip(&mut net.rt, &p).await;
     assert!(ip.starts_with(&format!("{}.", net.subnet_prefix)), "{ip}");
-    // A broken file sorted first is skipped.
-    std::fs::write(net.path().join("net.d/00-broken.conflist"), "{").unwrap();
-    // Removing the config turns it false again.
+    // Removing the config turns it false again (naming the broken one).
     std::fs::remove_file(net.path().join("net.d/10-test.conflist")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
