@@ -13,7 +13,6 @@
 //! Syscalls go through `rustix`, whose `*at` calls return `OwnedFd`: nix 0.29 returns
 //! `RawFd`, and turning that into an owned fd needs `unsafe`, which this crate does not use.
 
-use std::cell::Cell;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -24,7 +23,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, FileType, Gid, Mode, OFlags, Stat, Timespec, Timestamps};
 use rustix::fs::{Uid, XattrFlags};
 use rustix::io::Errno;
-use sha2::{Digest, Sha256};
+
+use stream::{Digesting, Progress};
 
 /// Longest entry path accepted, in bytes: Linux's `PATH_MAX`. A longer path could not be
 /// opened inside the container anyway, and the bound keeps directory recursion shallow.
@@ -239,32 +239,39 @@ fn unpack_tar<R: Read>(
         path: dest.to_owned(),
         source: e.into(),
     })?;
-    let source_failed = Cell::new(false);
-    let mut archive = tar::Archive::new(Digesting {
-        inner: stream,
-        hasher: Sha256::new(),
-        failed: &source_failed,
-    });
+    let progress = Progress::default();
+    let mut archive = tar::Archive::new(Digesting::new(stream, &progress));
     let mut unpacker = Unpacker {
         root,
         usage: LayerUsage::default(),
         dir_times: Vec::new(),
         buf: vec![0; 128 * 1024],
-        source_failed: &source_failed,
+        progress: &progress,
     };
     let mut last = String::from("(start of archive)");
+    // Where the previous entry's data ended in the stream (none before the first header).
+    let mut data_end = None;
     let entries = archive
         .entries()
         .map_err(|e| unpacker.read_error(&last, e))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| unpacker.read_error(&format!("after {last}"), e))?;
+        let mut entry = match entry {
+            Ok(entry) => entry,
+            Err(_) if data_end.is_some_and(|end| progress.ended_in_padding(end)) => break,
+            Err(e) => return Err(unpacker.read_error(&format!("after {last}"), e)),
+        };
         last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let size = entry
+            .header()
+            .entry_size()
+            .map_err(|e| unpacker.read_error(&last, e))?;
+        data_end = Some(entry.raw_file_position().saturating_add(size));
         unpacker.entry(&mut entry, &last)?;
     }
     // Hash what follows the end-of-archive marker too: the diff_id covers the whole stream.
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(UnpackError::Decompress)?;
-    let actual = hex::encode(rest.hasher.finalize());
+    let actual = rest.finish();
     if let Some(expected_hex) = expected_hex.filter(|e| *e != actual) {
         return Err(UnpackError::DiffIdMismatch {
             expected: format!("sha256:{expected_hex}"),
@@ -273,35 +280,6 @@ fn unpack_tar<R: Read>(
     }
     unpacker.apply_dir_times()?;
     Ok(unpacker.usage)
-}
-
-/// Hashes everything read through it, and records whether the underlying blob or
-/// decompressor failed (so that failure is reported as such, not as a tar format error).
-struct Digesting<'a, R> {
-    inner: R,
-    hasher: Sha256,
-    failed: &'a Cell<bool>,
-}
-
-impl<R: Read> Read for Digesting<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.inner.read(buf) {
-            Ok(n) => {
-                let read = buf.get(..n).ok_or_else(|| {
-                    self.failed.set(true);
-                    io::Error::other("reader returned more bytes than its buffer holds")
-                })?;
-                self.hasher.update(read);
-                Ok(n)
-            }
-            Err(e) => {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    self.failed.set(true);
-                }
-                Err(e)
-            }
-        }
-    }
 }
 
 /// Owner, mode, times and xattrs of an entry, parsed before anything is created.
@@ -335,12 +313,12 @@ struct Unpacker<'a> {
     /// Directory mtimes, applied after the last entry since adding children changes them.
     dir_times: Vec<(Vec<OsString>, Timestamps)>,
     buf: Vec<u8>,
-    source_failed: &'a Cell<bool>,
+    progress: &'a Progress,
 }
 
 impl Unpacker<'_> {
     fn read_error(&self, label: &str, source: io::Error) -> UnpackError {
-        if self.source_failed.get() {
+        if self.progress.failed() {
             UnpackError::Decompress(source)
         } else {
             UnpackError::ReadArchive {
@@ -922,524 +900,6 @@ fn xattr_err<'a>(label: &'a str, name: &'a str) -> impl FnOnce(Errno) -> UnpackE
     }
 }
 
+mod stream;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-    use tar::{EntryType, Header};
-
-    const MTIME: u64 = 1_600_000_000;
-
-    fn header(kind: EntryType, path: &[u8], mode: u32, size: u64) -> Header {
-        let mut h = Header::new_gnu();
-        h.set_entry_type(kind);
-        // Raw bytes, so the tests can write names tar::Builder would refuse.
-        let gnu = h.as_gnu_mut().unwrap();
-        gnu.name = [0; 100];
-        gnu.name[..path.len()].copy_from_slice(path);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(MTIME);
-        h.set_size(size);
-        h.set_cksum();
-        h
-    }
-
-    fn with_link(mut h: Header, target: &[u8]) -> Header {
-        let gnu = h.as_gnu_mut().unwrap();
-        gnu.linkname = [0; 100];
-        gnu.linkname[..target.len()].copy_from_slice(target);
-        h.set_cksum();
-        h
-    }
-
-    fn owned(mut h: Header, uid: u64, gid: u64) -> Header {
-        h.set_uid(uid);
-        h.set_gid(gid);
-        h.set_cksum();
-        h
-    }
-
-    struct Tar(tar::Builder<Vec<u8>>);
-
-    impl Tar {
-        fn new() -> Self {
-            Tar(tar::Builder::new(Vec::new()))
-        }
-        fn add(mut self, h: Header, data: &[u8]) -> Self {
-            self.0.append(&h, data).unwrap();
-            self
-        }
-        fn file(self, path: &str, mode: u32, data: &[u8]) -> Self {
-            let h = header(EntryType::Regular, path.as_bytes(), mode, data.len() as u64);
-            self.add(h, data)
-        }
-        fn dir(self, path: &str, mode: u32) -> Self {
-            self.add(
-                header(EntryType::Directory, path.as_bytes(), mode, 0),
-                &[][..],
-            )
-        }
-        fn pax(mut self, records: &[(&str, &[u8])]) -> Self {
-            self.0
-                .append_pax_extensions(records.iter().copied())
-                .unwrap();
-            self
-        }
-        fn finish(self) -> Vec<u8> {
-            self.0.into_inner().unwrap()
-        }
-    }
-
-    fn diff_id(tar: &[u8]) -> String {
-        format!("sha256:{}", hex::encode(Sha256::digest(tar)))
-    }
-
-    fn unpack(tar: &[u8]) -> (tempfile::TempDir, Result<LayerUsage, UnpackError>) {
-        let dir = tempfile::tempdir().unwrap();
-        let res = unpack_layer(tar, Compression::None, dir.path(), &diff_id(tar));
-        (dir, res)
-    }
-
-    fn is_root() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
-
-    fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
-        let mut buf = vec![0u8; 256];
-        let n = rfs::lgetxattr(path, name, &mut buf).ok()?;
-        buf.truncate(n);
-        Some(buf)
-    }
-
-    /// trusted.* needs CAP_SYS_ADMIN and a filesystem that stores it.
-    fn trusted_xattrs_unsupported() -> Option<String> {
-        let dir = tempfile::tempdir().unwrap();
-        match rfs::lsetxattr(dir.path(), "trusted.berth-probe", b"1", XattrFlags::empty()) {
-            Ok(()) => None,
-            Err(e) => Some(format!(
-                "trusted.* xattrs unsupported on the temp dir ({e})"
-            )),
-        }
-    }
-
-    #[test]
-    fn media_types() {
-        use Compression as C;
-        assert_eq!(
-            C::from_media_type("application/vnd.oci.image.layer.v1.tar"),
-            Some(C::None)
-        );
-        assert_eq!(
-            C::from_media_type("application/vnd.oci.image.layer.v1.tar+gzip"),
-            Some(C::Gzip)
-        );
-        assert_eq!(
-            C::from_media_type("application/vnd.oci.image.layer.v1.tar+zstd"),
-            Some(C::Zstd)
-        );
-        assert_eq!(
-            C::from_media_type("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"),
-            Some(C::Gzip)
-        );
-        assert_eq!(
-            C::from_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip"),
-            Some(C::Gzip)
-        );
-        assert_eq!(
-            C::from_media_type("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"),
-            Some(C::Gzip)
-        );
-        assert_eq!(
-            C::from_media_type("application/vnd.oci.image.config.v1+json"),
-            None
-        );
-    }
-
-    #[test]
-    fn regular_file_content_mode_mtime_and_usage() {
-        let tar = Tar::new()
-            .dir("./d/", 0o750)
-            .add(
-                owned(header(EntryType::Regular, b"./d/f", 0o777, 5), 1000, 1001),
-                &b"hello"[..],
-            )
-            .finish();
-        let (dir, res) = unpack(&tar);
-        let usage = res.unwrap();
-        let f = dir.path().join("d/f");
-        assert_eq!(std::fs::read(&f).unwrap(), b"hello");
-        let md = std::fs::symlink_metadata(&f).unwrap();
-        // 0777 survives the process umask.
-        assert_eq!(md.permissions().mode() & 0o7777, 0o777);
-        assert_eq!((md.uid(), md.gid()), (1000, 1001));
-        assert_eq!(md.mtime(), MTIME as i64);
-        // The directory's mtime is set after its child was created.
-        let d = std::fs::symlink_metadata(dir.path().join("d")).unwrap();
-        assert_eq!(d.mtime(), MTIME as i64);
-        assert_eq!(d.permissions().mode() & 0o7777, 0o750);
-        assert_eq!(usage.inodes, 2);
-        assert!(usage.bytes >= 4096, "{usage:?}");
-    }
-
-    #[test]
-    fn later_entry_replaces_earlier_and_implicit_parents() {
-        let tar = Tar::new()
-            .file("a/b/f", 0o644, b"one")
-            .file("./a/b/f", 0o600, b"two")
-            .add(
-                with_link(header(EntryType::Symlink, b"a/b/f", 0o777, 0), b"x"),
-                &[][..],
-            )
-            .finish();
-        let (dir, res) = unpack(&tar);
-        assert_eq!(res.unwrap().inodes, 3);
-        assert_eq!(
-            std::fs::read_link(dir.path().join("a/b/f")).unwrap(),
-            Path::new("x")
-        );
-        let a = std::fs::symlink_metadata(dir.path().join("a")).unwrap();
-        assert_eq!(a.permissions().mode() & 0o7777, 0o755);
-        assert_eq!((a.uid(), a.gid()), (0, 0));
-    }
-
-    #[test]
-    fn setuid_bit_kept_after_chown() {
-        let tar = Tar::new()
-            .add(
-                owned(header(EntryType::Regular, b"suid", 0o4755, 1), 1000, 1000),
-                &b"x"[..],
-            )
-            .add(
-                owned(header(EntryType::Directory, b"sgid", 0o2775, 0), 1000, 1000),
-                &[][..],
-            )
-            .finish();
-        let (dir, res) = unpack(&tar);
-        res.unwrap();
-        let md = std::fs::metadata(dir.path().join("suid")).unwrap();
-        assert_eq!(md.permissions().mode() & 0o7777, 0o4755);
-        assert_eq!(md.uid(), 1000);
-        let md = std::fs::metadata(dir.path().join("sgid")).unwrap();
-        assert_eq!(md.permissions().mode() & 0o7777, 0o2775);
-    }
-
-    #[test]
-    fn symlink_target_kept_and_not_followed() {
-        let outside = tempfile::tempdir().unwrap();
-        let victim = outside.path().join("victim");
-        std::fs::write(&victim, b"keep").unwrap();
-        let target = victim.as_os_str().as_bytes();
-        let h = owned(
-            with_link(header(EntryType::Symlink, b"link", 0o777, 0), target),
-            1234,
-            1234,
-        );
-        let (dir, res) = unpack(&Tar::new().add(h, &[][..]).finish());
-        res.unwrap();
-        let link = dir.path().join("link");
-        assert_eq!(std::fs::read_link(&link).unwrap(), victim);
-        let md = std::fs::symlink_metadata(&link).unwrap();
-        assert!(md.file_type().is_symlink());
-        assert_eq!((md.uid(), md.mtime()), (1234, MTIME as i64));
-        let v = std::fs::metadata(&victim).unwrap();
-        assert_eq!(v.uid(), 0, "chown went through the symlink");
-        assert_ne!(
-            v.mtime(),
-            MTIME as i64,
-            "utimensat went through the symlink"
-        );
-    }
-
-    #[test]
-    fn hard_link_shares_inode() {
-        let tar = Tar::new()
-            .file("dir/orig", 0o640, b"data")
-            .add(
-                with_link(
-                    header(EntryType::Link, b"other/link", 0o640, 0),
-                    b"./dir/orig",
-                ),
-                &[][..],
-            )
-            .finish();
-        let (dir, res) = unpack(&tar);
-        let usage = res.unwrap();
-        let a = std::fs::metadata(dir.path().join("dir/orig")).unwrap();
-        let b = std::fs::metadata(dir.path().join("other/link")).unwrap();
-        assert_eq!(a.ino(), b.ino());
-        assert_eq!(a.nlink(), 2);
-        assert_eq!(usage.inodes, 3, "dir, other and one file inode");
-    }
-
-    #[test]
-    fn whiteout_becomes_char_device_0_0() {
-        if !is_root() {
-            println!("skipped: mknod of a whiteout needs CAP_MKNOD");
-            return;
-        }
-        let tar = Tar::new()
-            .dir("etc/", 0o755)
-            .file("etc/gone", 0o644, b"replaced by the whiteout")
-            .add(
-                owned(header(EntryType::Regular, b"etc/.wh.gone", 0o644, 0), 7, 7),
-                &[][..],
-            )
-            .add(header(EntryType::Regular, b".wh.top", 0o644, 0), &[][..])
-            .finish();
-        let (dir, res) = unpack(&tar);
-        res.unwrap();
-        for p in ["etc/gone", "top"] {
-            let md = std::fs::symlink_metadata(dir.path().join(p)).unwrap();
-            assert!(md.file_type().is_char_device(), "{p}");
-            assert_eq!(md.rdev(), 0, "{p}");
-            assert_eq!(
-                (md.uid(), md.gid(), md.permissions().mode() & 0o7777),
-                (0, 0, 0),
-                "{p}"
-            );
-        }
-        assert!(!dir.path().join("etc/.wh.gone").exists());
-        assert!(!dir.path().join(".wh.top").exists());
-    }
-
-    #[test]
-    fn opaque_dir_gets_overlay_xattr() {
-        if let Some(why) = trusted_xattrs_unsupported() {
-            println!("skipped: {why}");
-            return;
-        }
-        let tar = Tar::new()
-            .dir("var/", 0o755)
-            .add(
-                header(EntryType::Regular, b"var/.wh..wh..opq", 0o644, 0),
-                &[][..],
-            )
-            .add(
-                header(EntryType::Regular, b"new/.wh..wh..opq", 0o644, 0),
-                &[][..],
-            )
-            .finish();
-        let (dir, res) = unpack(&tar);
-        res.unwrap();
-        for d in ["var", "new"] {
-            assert_eq!(
-                get_xattr(&dir.path().join(d), OPAQUE_XATTR).as_deref(),
-                Some(&b"y"[..]),
-                "{d}"
-            );
-            assert!(!dir.path().join(d).join(".wh..wh..opq").exists());
-        }
-    }
-
-    fn assert_unsafe(res: Result<LayerUsage, UnpackError>, needle: &str) {
-        match res {
-            Err(UnpackError::UnsafePath { reason, .. }) => {
-                assert!(reason.contains(needle), "{reason}")
-            }
-            other => panic!("expected UnsafePath, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn dotdot_rejected() {
-        let (_dir, res) = unpack(&Tar::new().file("a/../../x", 0o644, b"x").finish());
-        assert_unsafe(res, "..");
-    }
-
-    #[test]
-    fn absolute_path_rejected() {
-        let (_dir, res) = unpack(&Tar::new().file("/etc/x", 0o644, b"x").finish());
-        assert_unsafe(res, "absolute");
-    }
-
-    #[test]
-    fn write_through_symlinked_parent_rejected() {
-        let outside = tempfile::tempdir().unwrap();
-        let target = outside.path().as_os_str().as_bytes();
-        let tar = Tar::new()
-            .add(
-                with_link(header(EntryType::Symlink, b"a", 0o777, 0), target),
-                &[][..],
-            )
-            .file("a/pwned", 0o644, b"owned")
-            .finish();
-        let (_dir, res) = unpack(&tar);
-        assert_unsafe(res, "parent a is a symlink");
-        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn hard_link_escape_rejected() {
-        let h = with_link(
-            header(EntryType::Link, b"evil", 0o644, 0),
-            b"../../etc/passwd",
-        );
-        let (dir, res) = unpack(&Tar::new().add(h, &[][..]).finish());
-        assert_unsafe(res, "hard link target");
-        assert!(!dir.path().join("evil").exists());
-    }
-
-    #[test]
-    fn hard_link_through_symlink_rejected() {
-        let tar = Tar::new()
-            .add(
-                with_link(header(EntryType::Symlink, b"etc", 0o777, 0), b"/etc"),
-                &[][..],
-            )
-            .add(
-                with_link(header(EntryType::Link, b"evil", 0o644, 0), b"etc/passwd"),
-                &[][..],
-            )
-            .finish();
-        let (_dir, res) = unpack(&tar);
-        assert_unsafe(res, "parent etc is a symlink");
-    }
-
-    #[test]
-    fn diff_id_mismatch_rejected() {
-        let tar = Tar::new().file("f", 0o644, b"x").finish();
-        let dir = tempfile::tempdir().unwrap();
-        let wrong = diff_id(b"something else");
-        match unpack_layer(&tar[..], Compression::None, dir.path(), &wrong) {
-            Err(UnpackError::DiffIdMismatch { expected, actual }) => {
-                assert_eq!(expected, wrong);
-                assert_eq!(actual, diff_id(&tar));
-            }
-            other => panic!("expected DiffIdMismatch, got {other:?}"),
-        }
-        let bad = unpack_layer(&tar[..], Compression::None, dir.path(), "sha256:XYZ");
-        assert!(
-            matches!(bad, Err(UnpackError::InvalidDiffId { .. })),
-            "{bad:?}"
-        );
-    }
-
-    #[test]
-    fn trailing_bytes_are_hashed() {
-        let mut tar = Tar::new().file("f", 0o644, b"x").finish();
-        let short = diff_id(&tar);
-        tar.extend_from_slice(&[0; 4096]);
-        let dir = tempfile::tempdir().unwrap();
-        let res = unpack_layer(&tar[..], Compression::None, dir.path(), &short);
-        assert!(
-            matches!(res, Err(UnpackError::DiffIdMismatch { .. })),
-            "{res:?}"
-        );
-    }
-
-    #[test]
-    fn gzip_round_trip() {
-        let tar = Tar::new().file("g", 0o644, b"gzipped").finish();
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        enc.write_all(&tar).unwrap();
-        let blob = enc.finish().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        unpack_layer(&blob[..], Compression::Gzip, dir.path(), &diff_id(&tar)).unwrap();
-        assert_eq!(std::fs::read(dir.path().join("g")).unwrap(), b"gzipped");
-    }
-
-    #[test]
-    fn zstd_round_trip() {
-        let tar = Tar::new().file("z", 0o644, b"zstd").finish();
-        let blob = zstd::stream::encode_all(&tar[..], 3).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        unpack_layer(&blob[..], Compression::Zstd, dir.path(), &diff_id(&tar)).unwrap();
-        assert_eq!(std::fs::read(dir.path().join("z")).unwrap(), b"zstd");
-    }
-
-    #[test]
-    fn corrupt_gzip_is_a_decompress_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let res = unpack_layer(
-            &b"\x1f\x8bnot gzip at all"[..],
-            Compression::Gzip,
-            dir.path(),
-            &diff_id(b""),
-        );
-        assert!(matches!(res, Err(UnpackError::Decompress(_))), "{res:?}");
-    }
-
-    #[test]
-    fn user_xattr_and_file_capability_preserved() {
-        // VFS_CAP_REVISION_2, permitted = CAP_NET_BIND_SERVICE: chown would clear it.
-        let mut cap = vec![0, 0, 0, 2, 0, 4, 0, 0];
-        cap.extend_from_slice(&[0; 12]);
-        let tar = Tar::new()
-            .pax(&[
-                ("SCHILY.xattr.user.foo", b"bar"),
-                ("SCHILY.xattr.security.capability", &cap),
-            ])
-            .add(
-                owned(header(EntryType::Regular, b"bin", 0o755, 1), 1000, 1000),
-                &b"x"[..],
-            )
-            .pax(&[("SCHILY.xattr.trusted.overlay.redirect", b"/elsewhere")])
-            .dir("d/", 0o755)
-            .finish();
-        let (dir, res) = unpack(&tar);
-        res.unwrap();
-        let bin = dir.path().join("bin");
-        assert_eq!(get_xattr(&bin, "user.foo").as_deref(), Some(&b"bar"[..]));
-        assert_eq!(get_xattr(&bin, "security.capability"), Some(cap));
-        assert_eq!(std::fs::metadata(&bin).unwrap().uid(), 1000);
-        assert_eq!(
-            get_xattr(&dir.path().join("d"), "trusted.overlay.redirect"),
-            None
-        );
-    }
-
-    #[test]
-    fn pax_mtime_with_fraction() {
-        let tar = Tar::new()
-            .pax(&[("mtime", b"1700000000.25")])
-            .file("f", 0o644, b"")
-            .finish();
-        let (dir, res) = unpack(&tar);
-        res.unwrap();
-        let md = std::fs::metadata(dir.path().join("f")).unwrap();
-        assert_eq!((md.mtime(), md.mtime_nsec()), (1_700_000_000, 250_000_000));
-        assert_eq!(
-            parse_pax_time(b"-1.5").map(|t| (t.tv_sec, t.tv_nsec)),
-            Some((-2, 500_000_000))
-        );
-        assert!(parse_pax_time(b"12x").is_none());
-    }
-
-    #[test]
-    fn device_nodes_and_fifo() {
-        if !is_root() {
-            println!("skipped: mknod of a device needs CAP_MKNOD");
-            return;
-        }
-        let mut null = header(EntryType::Char, b"dev/null", 0o666, 0);
-        null.set_device_major(1).unwrap();
-        null.set_device_minor(3).unwrap();
-        null.set_cksum();
-        let tar = Tar::new()
-            .add(null, &[][..])
-            .add(header(EntryType::Fifo, b"dev/fifo", 0o620, 0), &[][..])
-            .finish();
-        let (dir, res) = unpack(&tar);
-        res.unwrap();
-        let md = std::fs::symlink_metadata(dir.path().join("dev/null")).unwrap();
-        assert!(md.file_type().is_char_device());
-        assert_eq!((rfs::major(md.rdev()), rfs::minor(md.rdev())), (1, 3));
-        assert_eq!(md.permissions().mode() & 0o7777, 0o666);
-        let md = std::fs::symlink_metadata(dir.path().join("dev/fifo")).unwrap();
-        assert!(md.file_type().is_fifo());
-        assert_eq!(md.permissions().mode() & 0o7777, 0o620);
-    }
-
-    #[test]
-    fn split_path_rules() {
-        let ok = |p: &[u8]| split_path(p).map(|c| display_path(&c));
-        assert_eq!(ok(b"./a//b/./c/").unwrap(), "a/b/c");
-        assert_eq!(ok(b"./").unwrap(), "");
-        assert!(ok(b"a/..").is_err());
-        assert!(ok(b"/a").is_err());
-        assert!(ok(b"a\0b").is_err());
-        assert!(ok(&vec![b'a'; MAX_PATH_BYTES + 1]).is_err());
-    }
-}
+mod tests;
