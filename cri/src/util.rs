@@ -33,6 +33,19 @@ pub(crate) fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<()
 }
 
 /// Nanoseconds since the epoch (CRI timestamps).
+/// `now + after`, saturating far in the future instead of overflowing: a
+/// request's timeout (an `i64` of seconds) may be anything, and `Instant +
+/// Duration` panics on overflow.
+pub(crate) fn deadline_after(after: std::time::Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(after)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
+
+/// About a century: "never" for a deadline.
+const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+
 pub(crate) fn now_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -41,7 +41,15 @@ async fn lifecycle_exit_codes_logs_and_merge_rules() {
     assert_eq!(st.exit_code, 3);
     assert_eq!(st.reason, "Error");
     assert!(st.started_at > 0 && st.finished_at >= st.started_at);
-    assert!(st.image_ref.starts_with("sha256:"));
+    // image_ref is the repo digest kubelet shows as `imageID`; image_id the
+    // image id (config digest) that ImageStatus and ListContainers report.
+    let repo = env.image.rsplit_once(':').unwrap().0;
+    assert!(
+        st.image_ref.starts_with(&format!("{repo}@sha256:")),
+        "{}",
+        st.image_ref
+    );
+    assert_eq!(st.image_id, image_id(&env).await);
     let log = st.log_path.clone();
     assert_eq!(log, env.dir.path().join("logs/c1/0.log").to_string_lossy());
     let recs = log_records(&log);
@@ -121,6 +129,9 @@ async fn lifecycle_exit_codes_logs_and_merge_rules() {
         .containers;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].metadata.as_ref().unwrap().name, "c2");
+    // ListContainers reports the image id in both fields, as containerd does.
+    let id = image_id(&env).await;
+    assert_eq!((&list[0].image_ref, &list[0].image_id), (&id, &id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -944,6 +955,26 @@ async fn stats_events_resource_updates_and_list_streams() {
     )
     .await;
     assert!(ev.containers_statuses.iter().all(|c| c.id != short));
+    // Stopping it now, or a container that never was, succeeds (api.proto;
+    // critest's Idempotence specs); its status is still NotFound.
+    for id in [short.clone(), "f".repeat(64)] {
+        env.rt
+            .stop_container(proto::StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 0,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("stop {id}: {e:?}"));
+        let err = env
+            .rt
+            .container_status(proto::ContainerStatusRequest {
+                container_id: id,
+                verbose: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+    }
 
     env.rt
         .stop_container(proto::StopContainerRequest {

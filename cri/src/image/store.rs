@@ -81,6 +81,21 @@ pub fn marks_checkpoint(annotations: &std::collections::BTreeMap<String, String>
 }
 
 impl ImageRecord {
+    /// The `repo@sha256:<manifest>` a container created from `requested`
+    /// runs (`ContainerStatus.image_ref`, kubelet's `imageID`): the repo
+    /// digest of the repository that was asked for, else the first one, else
+    /// the image id (an image with no repo digest, as containerd reports it).
+    pub fn repo_digest_for(&self, requested: &str) -> String {
+        let wanted = super::reference::ImageName::parse(requested)
+            .ok()
+            .map(|n| format!("{}@", n.repo()));
+        wanted
+            .and_then(|w| self.repo_digests.iter().find(|d| d.starts_with(&w)))
+            .or_else(|| self.repo_digests.first())
+            .cloned()
+            .unwrap_or_else(|| self.id.to_string())
+    }
+
     /// Every blob this image keeps alive.
     pub fn blobs(&self) -> impl Iterator<Item = &Digest> {
         std::iter::once(&self.id)
@@ -454,4 +469,44 @@ fn resolve_in<'a>(inner: &'a Inner, spec: &str) -> Option<&'a ImageRecord> {
     }
     let want = name.repo_tag()?;
     visible().find(|r| r.repo_tags.contains(&want))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(repo_digests: &[&str]) -> ImageRecord {
+        let d = |c: char| Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap();
+        ImageRecord {
+            version: RECORD_VERSION,
+            id: d('c'),
+            repo_tags: Vec::new(),
+            repo_digests: repo_digests.iter().map(|s| s.to_string()).collect(),
+            manifest: d('e'),
+            manifest_blobs: Vec::new(),
+            layers: Vec::new(),
+            size: 0,
+            removed: false,
+            user: None,
+            checkpoint: false,
+        }
+    }
+
+    #[test]
+    fn a_containers_repo_digest_is_that_of_the_repository_asked_for() {
+        let m = format!("sha256:{}", "a".repeat(64));
+        let (a, b) = (
+            format!("registry.example/x/app@{m}"),
+            format!("docker.io/library/busybox@{m}"),
+        );
+        let rec = record(&[&a, &b]);
+        assert_eq!(rec.repo_digest_for("busybox:1.36"), b);
+        assert_eq!(rec.repo_digest_for("registry.example/x/app"), a);
+        // An image id, or a repository it was not pulled from: the first one.
+        assert_eq!(rec.repo_digest_for(&rec.id.to_string()), a);
+        assert_eq!(rec.repo_digest_for("other/repo:v1"), a);
+        // None at all: the image id, as containerd reports it.
+        let bare = record(&[]);
+        assert_eq!(bare.repo_digest_for("busybox"), bare.id.to_string());
+    }
 }

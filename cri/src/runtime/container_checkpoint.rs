@@ -135,7 +135,7 @@ pub(super) fn checkpoint(
         0 => DEFAULT_TIMEOUT,
         t => Duration::from_secs(t as u64),
     };
-    let deadline = std::time::Instant::now() + timeout;
+    let deadline = crate::util::deadline_after(timeout);
     let c = berth_core::Container::load(req.runtime_root, rec.id.as_str())
         .map_err(|e| RuntimeError::FailedPrecondition(format!("container {}: {e}", rec.id)))?;
     let spec = read_monitor_spec(&rec.dir)?;

@@ -283,6 +283,7 @@ fn build(
             message: String::new(),
             image: image.to_string(),
             image_ref: prepared.image.id.to_string(),
+            repo_digest: prepared.image.repo_digest_for(image),
             log_path: log,
             monitor_pid: spawned.monitor_pid,
             init_pid: spawned.init_pid,

@@ -27,7 +27,12 @@ pub(super) fn status(rec: &ContainerRecord, verbose: bool) -> proto::ContainerSt
             finished_at: rec.finished_at,
             exit_code: rec.exit_code,
             image: rec.image_spec(c.image),
-            image_ref: rec.image_ref.clone(),
+            image_ref: if rec.repo_digest.is_empty() {
+                rec.image_ref.clone()
+            } else {
+                rec.repo_digest.clone()
+            },
+            image_id: rec.image_ref.clone(),
             reason: rec.reason.clone(),
             message: rec.message.clone(),
             labels: c.labels,
@@ -45,7 +50,6 @@ pub(super) fn status(rec: &ContainerRecord, verbose: bool) -> proto::ContainerSt
                     linux: Some(r),
                     windows: None,
                 }),
-            ..Default::default()
         }),
         info,
     }

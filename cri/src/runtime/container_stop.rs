@@ -1,10 +1,30 @@
 //! `StopContainer`: the stop signal (image `StopSignal`, else SIGTERM), then
-//! SIGKILL once `timeout` seconds have passed. Idempotent.
+//! SIGKILL once `timeout` seconds have passed. Idempotent: a stopped
+//! container stays stopped, and one that does not exist (never did, or
+//! already removed) is success, as api.proto asks and containerd 2 answers.
 
 use std::time::{Duration, Instant};
 
+use tonic::Status;
+
 use super::container::{ContainerRecord, Containers};
 use super::error::RuntimeError;
+use super::RuntimeServiceImpl;
+
+impl RuntimeServiceImpl {
+    /// `StopContainer`.
+    pub(super) async fn stop_container_rpc(&self, id: &str, timeout: i64) -> Result<(), Status> {
+        let Some(entry) = self.containers.registry.find(id, "container_id")? else {
+            return Ok(());
+        };
+        let mut rec = entry.lock().await;
+        if rec.removed {
+            return Ok(());
+        }
+        stop(&self.containers, &mut rec, timeout).await?;
+        Ok(())
+    }
+}
 
 /// How long to wait for the exit record after SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(10);
@@ -44,9 +64,9 @@ pub(super) async fn stop(
         if !grace.is_zero() {
             signal(containers, rec, rec.stop_signal);
         }
-        if !wait_exit(rec, Instant::now() + grace).await {
+        if !wait_exit(rec, crate::util::deadline_after(grace)).await {
             signal(containers, rec, nix::sys::signal::Signal::SIGKILL as i32);
-            if !wait_exit(rec, Instant::now() + KILL_GRACE).await {
+            if !wait_exit(rec, crate::util::deadline_after(KILL_GRACE)).await {
                 return Err(RuntimeError::Internal(format!(
                     "container {} did not exit {}s after SIGKILL",
                     rec.id,

@@ -42,7 +42,8 @@ pub(super) fn exec_sync(
     let handle = container.exec(process).map_err(|e| {
         RuntimeError::FailedPrecondition(format!("exec in container {}: {e}", rec.id))
     })?;
-    let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_secs(timeout as u64));
+    let deadline =
+        (timeout > 0).then(|| crate::util::deadline_after(Duration::from_secs(timeout as u64)));
     let (stdout, stderr, timed_out) = collect(&handle, out_r, err_r, deadline);
     if timed_out {
         let _ = handle.signal(nix::sys::signal::Signal::SIGKILL as i32);

@@ -445,19 +445,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::StopPodSandboxRequest>,
     ) -> Result<Response<proto::StopPodSandboxResponse>, Status> {
-        let entry = self
-            .sandboxes
-            .registry
-            .get(&request.into_inner().pod_sandbox_id, "pod_sandbox_id")?;
-        let mut rec = entry.lock_owned().await;
-        for c in self.containers.registry.members(&rec.id) {
-            let mut c = c.lock().await;
-            if !c.removed {
-                container_stop::stop(&self.containers, &mut c, 0).await?;
-            }
-        }
-        let (sandboxes, cni) = (self.sandboxes.clone(), self.cni.clone());
-        blocking(move || sandbox_stop::stop(&sandboxes, &mut rec, cni.as_deref())).await?;
+        self.stop_pod(&request.into_inner().pod_sandbox_id).await?;
         Ok(Response::new(proto::StopPodSandboxResponse {}))
     }
 
@@ -604,12 +592,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         request: Request<proto::StopContainerRequest>,
     ) -> Result<Response<proto::StopContainerResponse>, Status> {
         let req = request.into_inner();
-        let entry = self
-            .containers
-            .registry
-            .get(&req.container_id, "container_id")?;
-        let mut rec = entry.lock().await;
-        container_stop::stop(&self.containers, &mut rec, req.timeout).await?;
+        self.stop_container_rpc(&req.container_id, req.timeout)
+            .await?;
         Ok(Response::new(proto::StopContainerResponse {}))
     }
 

@@ -1,12 +1,41 @@
 //! `StopPodSandbox`: release the pod's network and namespaces; the record
 //! stays (NotReady) until `RemovePodSandbox`. Idempotent: CNI DEL runs once
 //! (its cache entry goes when it succeeds); a failed DEL fails the call and
-//! keeps the netns, so the next Stop or Remove retries it.
+//! keeps the netns, so the next Stop or Remove retries it. A pod that does
+//! not exist (never did, or already removed) is stopped already: success, as
+//! api.proto asks ("must not return an error if all relevant resources have
+//! already been reclaimed") and containerd 2 answers.
 
 use berth_core::pin;
+use tonic::Status;
 
 use super::error::RuntimeError;
 use super::sandbox::{SandboxRecord, SandboxState, Sandboxes};
+use super::{container_stop, RuntimeServiceImpl};
+use crate::util::blocking;
+
+impl RuntimeServiceImpl {
+    /// `StopPodSandbox`: the pod's containers (at once, as kubelet already
+    /// stopped them gracefully), then its network and namespaces.
+    pub(super) async fn stop_pod(&self, id: &str) -> Result<(), Status> {
+        let Some(entry) = self.sandboxes.registry.find(id, "pod_sandbox_id")? else {
+            return Ok(());
+        };
+        let mut rec = entry.lock_owned().await;
+        if rec.removed {
+            return Ok(());
+        }
+        for c in self.containers.registry.members(&rec.id) {
+            let mut c = c.lock().await;
+            if !c.removed {
+                container_stop::stop(&self.containers, &mut c, 0).await?;
+            }
+        }
+        let (sandboxes, cni) = (self.sandboxes.clone(), self.cni.clone());
+        blocking(move || stop(&sandboxes, &mut rec, cni.as_deref())).await?;
+        Ok(())
+    }
+}
 
 /// Stops a sandbox whose lock the caller holds (blocking: unmounts).
 pub(super) fn stop(

@@ -557,7 +557,11 @@ fn run_criu(
         message: format!("run {}: {source}", c.criu.display()),
         log: log_path.clone(),
     })?;
-    let deadline = c.timeout.map(|t| (Instant::now() + t, t));
+    // A caller's timeout may be anything: one past what `Instant` holds is
+    // no deadline (rather than an overflow panic).
+    let deadline = c
+        .timeout
+        .and_then(|t| Instant::now().checked_add(t).map(|at| (at, t)));
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,

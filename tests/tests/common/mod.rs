@@ -96,6 +96,24 @@ pub async fn pull(ch: Channel, image: &str) {
         .unwrap();
 }
 
+/// The id (config digest) ImageStatus reports for the env's image.
+pub async fn image_id(env: &Env) -> String {
+    ImageServiceClient::new(env.daemon.channel().await)
+        .image_status(proto::ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: env.image.clone(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .expect("the env's image is pulled")
+        .id
+}
+
 /// The runtime's Status (what it says it supports).
 pub async fn runtime_status(rt: &mut Rt) -> proto::StatusResponse {
     rt.status(proto::StatusRequest { verbose: false })

@@ -86,8 +86,14 @@ pub struct ContainerRecord {
     pub message: String,
     /// The image as requested.
     pub image: String,
-    /// The image id it runs.
+    /// The image id it runs (the config digest; `ContainerStatus.image_id`,
+    /// `Container.image_ref`).
     pub image_ref: String,
+    /// The image's `repo@sha256:<manifest digest>` (`ContainerStatus.image_ref`,
+    /// kubelet's `imageID`); empty in records written before it existed,
+    /// which report the image id there.
+    #[serde(default)]
+    pub repo_digest: String,
     /// The CRI log file ("" when kubelet gave none).
     pub log_path: String,
     /// The monitor process.
