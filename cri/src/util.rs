@@ -189,7 +189,7 @@ mod tests {
         let items: Vec<crate::proto::KeyValue> = (0..10)
             .map(|i| crate::proto::KeyValue {
                 key: i.to_string(),
-                value: big.clone(),
+                value: big.clone().into_bytes(),
             })
             .collect();
         let got: Vec<Vec<crate::proto::KeyValue>> = batches(items.clone(), |v| v)

@@ -323,7 +323,7 @@ fn spec_dump(
             "terminal": p.terminal.is_some(),
             "user": user,
             "args": p.args,
-            "env": p.env,
+            "env": p.env.iter().map(|e| e.to_string_lossy()).collect::<Vec<_>>(),
             "cwd": p.cwd,
         },
         "root": {"path": c.rootfs, "readonly": c.readonly_rootfs},

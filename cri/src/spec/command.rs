@@ -1,6 +1,10 @@
 //! What the init runs: argv, environment and working directory.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
+
+use berth_core::process::env as envs;
 
 use super::{clean_absolute, invalid, SpecError};
 use crate::image::rootfs::ImageConfig;
@@ -65,12 +69,10 @@ pub(super) fn argv(
 /// Sets `KEY=value` in `env`: replaces an earlier entry of the same key in
 /// place, else appends. An entry without `=` (allowed in image configs)
 /// removes the key, as containerd's `oci.WithEnv` does.
-fn set_env(env: &mut Vec<String>, entry: String) {
-    let key = entry.split('=').next().unwrap_or_default().to_string();
-    let pos = env
-        .iter()
-        .position(|e| e.split('=').next() == Some(key.as_str()));
-    match (entry.contains('='), pos) {
+fn set_env(env: &mut Vec<OsString>, entry: OsString) {
+    let key = envs::name(&entry);
+    let pos = env.iter().position(|e| envs::name(e) == key);
+    match (entry.as_bytes().contains(&b'='), pos) {
         (true, Some(i)) => env[i] = entry,
         (true, None) => env.push(entry),
         (false, Some(i)) => {
@@ -83,14 +85,15 @@ fn set_env(env: &mut Vec<String>, entry: String) {
 /// The environment, in containerd's order: its default `PATH`, then
 /// `HOSTNAME=<pod hostname>`, then the image's `Env`, then the request's
 /// `envs`; a later entry replaces an earlier one of the same key where it
-/// stands, new keys are appended.
+/// stands, new keys are appended. A request value is bytes (cri-api 1.37)
+/// and reaches the process byte-exact, UTF-8 or not.
 pub(super) fn env(
     req: &proto::ContainerConfig,
     image: &ImageConfig,
     hostname: &str,
-) -> Result<Vec<String>, SpecError> {
-    let mut env = vec![DEFAULT_PATH.to_string()];
-    set_env(&mut env, format!("HOSTNAME={hostname}"));
+) -> Result<Vec<OsString>, SpecError> {
+    let mut env = vec![OsString::from(DEFAULT_PATH)];
+    set_env(&mut env, format!("HOSTNAME={hostname}").into());
     for (i, e) in image.env.iter().enumerate() {
         if e.contains('\0') || e.starts_with('=') {
             return Err(invalid(
@@ -98,7 +101,7 @@ pub(super) fn env(
                 "must be KEY=value with a non-empty key and no NUL byte",
             ));
         }
-        set_env(&mut env, e.clone());
+        set_env(&mut env, e.into());
     }
     for (i, kv) in req.envs.iter().enumerate() {
         if kv.key.is_empty() || kv.key.contains(['=', '\0']) {
@@ -107,13 +110,15 @@ pub(super) fn env(
                 format!("{:?} must be non-empty, without '=' or NUL", kv.key),
             ));
         }
-        if kv.value.contains('\0') {
+        if kv.value.contains(&0) {
             return Err(invalid(
                 format!("config.envs[{i}].value"),
                 "must not contain a NUL byte",
             ));
         }
-        set_env(&mut env, format!("{}={}", kv.key, kv.value));
+        let mut entry = format!("{}=", kv.key).into_bytes();
+        entry.extend_from_slice(&kv.value);
+        set_env(&mut env, OsString::from_vec(entry));
     }
     Ok(env)
 }
@@ -198,7 +203,25 @@ mod tests {
     }
 
     fn env_of(f: &Fixture) -> Vec<String> {
-        f.spec().process.env
+        f.spec()
+            .process
+            .env
+            .iter()
+            .map(|e| e.to_str().expect("UTF-8 in these tests").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_kept_byte_exact() {
+        let mut f = Fixture::new();
+        f.req.envs = vec![proto::KeyValue {
+            key: "RAW".into(),
+            value: b"\xff\x00".to_vec(),
+        }];
+        assert_eq!(f.err_field(), "config.envs[0].value");
+        f.req.envs[0].value = b"caf\xe9 \xff".to_vec();
+        let env = f.spec().process.env;
+        assert_eq!(env.last().unwrap().as_bytes(), b"RAW=caf\xe9 \xff");
     }
 
     #[test]

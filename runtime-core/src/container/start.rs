@@ -23,13 +23,14 @@ pub(super) fn validate_process(p: &ProcessSpec) -> Result<(), ContainerError> {
     if !crate::config::validate::is_clean_absolute(&p.cwd) {
         return bad("cwd: must be an absolute path without '..'");
     }
-    if p.args.iter().chain(&p.env).any(|s| s.contains('\0')) {
+    use std::os::unix::ffi::OsStrExt;
+    if p.args.iter().any(|s| s.contains('\0')) || p.env.iter().any(|e| e.as_bytes().contains(&0)) {
         return bad("args/env: NUL byte");
     }
     if let Some(e) = p
         .env
         .iter()
-        .find(|e| !e.contains('=') || e.starts_with('='))
+        .find(|e| !e.as_bytes().contains(&b'=') || e.as_bytes().starts_with(b"="))
     {
         return Err(ContainerError::InvalidProcess(format!(
             "env: {e:?} is not NAME=value"

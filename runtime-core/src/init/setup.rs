@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -192,8 +193,8 @@ fn prepare_exec(config: &Config, p: &ProcessSpec) -> Result<Exec, InitFailure> {
     )
     .map_err(|e| fail("resolve the user", e))?;
     let mut env = p.env.clone();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", resolved.home));
+    if crate::process::env::get(&env, "HOME").is_none() {
+        env.push(format!("HOME={}", resolved.home).into());
     }
     // The working directory: created when missing, and checked to be inside
     // the container (CVE-2024-21626: a cwd left on a host fd escaped it).
@@ -223,11 +224,9 @@ fn prepare_exec(config: &Config, p: &ProcessSpec) -> Result<Exec, InitFailure> {
             ))
         }
     }
-    let path_var = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH)
-        .to_string();
+    let path_var = crate::process::env::get(&env, "PATH")
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_else(|| DEFAULT_PATH.to_string());
     let program = lookup(&p.args[0], &path_var)?;
     let caps = p.capabilities.as_ref().unwrap_or(&config.capabilities);
     let nnp = p.no_new_privileges.unwrap_or(config.no_new_privileges);
@@ -241,7 +240,13 @@ fn prepare_exec(config: &Config, p: &ProcessSpec) -> Result<Exec, InitFailure> {
     Ok(Exec {
         path: cstr(&program.to_string_lossy())?,
         args: p.args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
-        env: env.iter().map(|e| cstr(e)).collect::<Result<_, _>>()?,
+        env: env
+            .into_iter()
+            .map(|e| {
+                CString::new(e.into_vec())
+                    .map_err(|_| fail("prepare exec", "an environment entry contains a NUL byte"))
+            })
+            .collect::<Result<_, _>>()?,
         seccomp: config.seccomp.clone(),
         deferred_caps: defer.then(|| caps.clone()),
     })

@@ -3,6 +3,7 @@
 //! parent and the init talk (a typed message protocol over a socketpair).
 
 pub(crate) mod channel;
+pub mod env;
 pub mod fdlayout;
 pub(crate) mod sealed;
 pub(crate) mod spawn;
@@ -59,8 +60,9 @@ pub struct ProcessSpec {
     /// `argv`; `args[0]` without a `/` is looked up in the process's `PATH`
     /// inside the container.
     pub args: Vec<String>,
-    /// Environment, `NAME=value`.
-    pub env: Vec<String>,
+    /// Environment, `NAME=value` (any bytes but NUL: see [`env`]).
+    #[serde(with = "env")]
+    pub env: Vec<std::ffi::OsString>,
     /// Working directory inside the container (created when missing).
     pub cwd: PathBuf,
     /// User and groups.
@@ -111,7 +113,7 @@ impl Process {
             spec: ProcessSpec {
                 args: args.into_iter().map(Into::into).collect(),
                 env: vec![
-                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
                 ],
                 cwd: PathBuf::from("/"),
                 user: User::root(),
