@@ -42,6 +42,12 @@ max_concurrent_layers = 4
 [runtime]
 # "cgroupfs" or "systemd"; must match kubelet's cgroupDriver.
 cgroup_driver = "cgroupfs"
+# Pods with their own network get net.ipv4.ip_unprivileged_port_start=0 (any
+# user may bind ports below 1024) unless kubelet sets it, as in containerd 2.
+enable_unprivileged_ports = true
+# ... and net.ipv4.ping_group_range="0 2147483647" (any group may ping; not
+# in pods with their own user namespace), as in containerd 2.
+enable_unprivileged_icmp = true
 
 [network]
 # CNI network configurations: the first .conflist/.conf/.json file in
@@ -53,6 +59,9 @@ cni_conf_dir = "/etc/cni/net.d"
 cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 # How long one plugin call may take before it is killed.
 plugin_timeout_seconds = 120
+# A verbose PodSandboxStatus (crictl inspectp) also runs CNI CHECK on the
+# pod's attachment and reports it as "networkCheck" (slow: runs the plugins).
+check_on_status = false
 
 [stream]
 # The streaming server behind Exec and PortForward (kubectl exec and
@@ -140,6 +149,7 @@ pub struct NetworkSection {
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dirs: Vec<PathBuf>,
     pub plugin_timeout_seconds: u64,
+    pub check_on_status: bool,
 }
 
 impl Default for NetworkSection {
@@ -149,6 +159,7 @@ impl Default for NetworkSection {
             cni_conf_dir: d.conf_dir,
             cni_bin_dirs: d.bin_dirs,
             plugin_timeout_seconds: d.plugin_timeout.as_secs(),
+            check_on_status: d.check_on_status,
         }
     }
 }
@@ -163,10 +174,23 @@ pub struct ImageSection {
 }
 
 /// `[runtime]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSection {
     pub cgroup_driver: CgroupDriver,
+    pub enable_unprivileged_ports: bool,
+    pub enable_unprivileged_icmp: bool,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        let d = berth_cri::spec::sysctls::PodSysctlDefaults::default();
+        RuntimeSection {
+            cgroup_driver: CgroupDriver::default(),
+            enable_unprivileged_ports: d.unprivileged_ports,
+            enable_unprivileged_icmp: d.unprivileged_icmp,
+        }
+    }
 }
 
 impl Default for Config {

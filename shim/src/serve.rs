@@ -171,6 +171,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 plugin_timeout: std::time::Duration::from_secs(
                     config.network.plugin_timeout_seconds,
                 ),
+                check_on_status: config.network.check_on_status,
             }),
             stream_addr: Some(config.stream.listen),
             stream_tls: match (&config.stream.tls_cert, &config.stream.tls_key) {
@@ -181,6 +182,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 _ => None,
             },
             criu: None,
+            pod_sysctls: berth_cri::spec::sysctls::PodSysctlDefaults {
+                unprivileged_ports: config.runtime.enable_unprivileged_ports,
+                unprivileged_icmp: config.runtime.enable_unprivileged_icmp,
+            },
         },
         images.store().clone(),
     )

@@ -246,10 +246,15 @@ impl Net {
     }
 }
 
-/// `berth serve` on the test's directories with its CNI settings.
+/// `berth serve` on the test's directories with its CNI settings (and a
+/// verbose PodSandboxStatus that runs CNI CHECK).
 fn start_daemon(berth: &Path, dir: &Path) -> Daemon {
     let (conf, bin) = (dir.join("net.d"), dir.join("bin"));
+    let config = dir.join("config.toml");
+    std::fs::write(&config, "[network]\ncheck_on_status = true\n").unwrap();
     let args = [
+        "--config",
+        config.to_str().unwrap(),
         "--cni-conf-dir",
         conf.to_str().unwrap(),
         "--cni-bin-dir",

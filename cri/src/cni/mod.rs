@@ -39,6 +39,9 @@ pub struct CniSettings {
     pub bin_dirs: Vec<PathBuf>,
     /// Deadline of one plugin call.
     pub plugin_timeout: Duration,
+    /// A verbose PodSandboxStatus runs CNI CHECK and reports it
+    /// (`networkCheck`): off by default, it runs every plugin of the config.
+    pub check_on_status: bool,
 }
 
 impl Default for CniSettings {
@@ -48,6 +51,7 @@ impl Default for CniSettings {
             // The CNI project's install path, then Debian's package's.
             bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
             plugin_timeout: Duration::from_secs(120),
+            check_on_status: false,
         }
     }
 }
@@ -396,6 +400,11 @@ impl Cni {
     /// Whether the pod has an attachment that DEL has not removed yet.
     pub fn attached(&self, pod_id: &str) -> bool {
         self.cache_path(pod_id).exists()
+    }
+
+    /// Whether a verbose PodSandboxStatus should run [`Cni::check`].
+    pub fn check_on_status(&self) -> bool {
+        self.settings.check_on_status
     }
 
     /// CHECK through the chain (CNI ≥ 0.4, unless the list disables it):

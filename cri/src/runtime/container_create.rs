@@ -33,6 +33,8 @@ pub(super) struct CreateCtx<'a> {
     pub criu: &'a Path,
     /// Pulls a checkpoint's missing rootfs image (`None`: it must be here).
     pub puller: Option<&'a crate::image::pull::Puller>,
+    /// The node's default pod sysctls.
+    pub pod_sysctls: spec::sysctls::PodSysctlDefaults,
 }
 
 /// The log file: `log_directory/log_path`, `log_path` relative and without
@@ -155,16 +157,16 @@ fn build(
                 sandbox.id
             ))
         })?;
-        // The pod's namespaced sysctls: every container's init writes them
-        // into the pod namespaces it joins (idempotent); runtime-core
-        // refuses any that would reach the host's.
-        let sysctls: std::collections::BTreeMap<String, String> = sandbox
-            .config()
-            .linux
-            .unwrap_or_default()
-            .sysctls
-            .into_iter()
-            .collect();
+        // The pod's namespaced sysctls (kubelet's and the node defaults):
+        // every container's init writes them into the pod namespaces it
+        // joins (idempotent); runtime-core refuses any that would reach the
+        // host's.
+        let sysctls = spec::sysctls::pod_sysctls(
+            sandbox.config().linux.unwrap_or_default().sysctls,
+            ctx.pod_sysctls,
+            sandbox.network != super::sandbox::NsMode::Node,
+            sandbox.userns.is_some(),
+        );
         let pod = spec::PodContext {
             hostname: &sandbox.hostname,
             net_ns: ns.net.as_deref(),

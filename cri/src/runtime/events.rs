@@ -15,6 +15,7 @@ use std::path::Path;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
 
+use super::RuntimeServiceImpl;
 use crate::proto;
 
 /// Events kept for a slow subscriber.
@@ -47,6 +48,66 @@ impl Events {
     /// Sends to every subscriber (none: dropped).
     pub fn send(&self, event: proto::ContainerEventResponse) {
         let _ = self.tx.send(event);
+    }
+}
+
+impl RuntimeServiceImpl {
+    /// Sends `kind` for a container, with its pod's status and the pod's
+    /// containers' statuses. Takes the pod's and containers' locks, so it
+    /// must be called with none held.
+    pub(super) async fn emit(
+        &self,
+        container: &crate::store::ObjectId,
+        pod: &crate::store::ObjectId,
+        kind: proto::ContainerEventType,
+    ) {
+        if !self.events.wanted() {
+            return;
+        }
+        let mut pod_status = None;
+        if let Ok(Some(entry)) = self.sandboxes.registry.find(pod.as_str(), "pod_sandbox_id") {
+            let rec = entry.lock().await;
+            if !rec.removed {
+                pod_status = super::sandbox_status::status(&rec, false).status;
+            }
+        }
+        let statuses = self.pod_containers(pod).await.unwrap_or_default();
+        self.events
+            .send(event(container.as_str(), kind, pod_status, statuses));
+    }
+
+    /// Watches a live container's monitor; when it exits (the container
+    /// ended), brings the record up to date and sends a stopped event.
+    pub(super) fn watch_exit(&self, rec: &super::container::ContainerRecord) {
+        let this = self.clone();
+        let (id, pod, pid, dir) = (
+            rec.id.clone(),
+            rec.sandbox_id.clone(),
+            rec.monitor_pid,
+            rec.dir.clone(),
+        );
+        tokio::spawn(async move {
+            monitor_exited(pid, &dir).await;
+            let Ok(Some(entry)) = this.containers.registry.find(id.as_str(), "container_id") else {
+                return;
+            };
+            {
+                let mut rec = entry.lock().await;
+                if rec.removed {
+                    return;
+                }
+                if rec.refresh() {
+                    if let Err(e) = this.containers.registry.save(&rec) {
+                        tracing::warn!(id = %id, error = %e, "saving the exit of a container");
+                    }
+                }
+                if rec.state.is_live() {
+                    return; // the monitor was not this container's
+                }
+            }
+            this.emit(&id, &pod, proto::ContainerEventType::ContainerStoppedEvent)
+                .await;
+        });
     }
 }
 

@@ -66,6 +66,9 @@ pub struct RuntimeServiceConfig {
     pub stream_tls: Option<crate::stream::TlsFiles>,
     /// The `criu` binary for checkpoint and restore (`None`: `criu` in `PATH`).
     pub criu: Option<PathBuf>,
+    /// The sysctls every pod with its own network gets unless kubelet sets
+    /// them (containerd 2.0's defaults; both on by default).
+    pub pod_sysctls: crate::spec::sysctls::PodSysctlDefaults,
 }
 
 /// The runtime service.
@@ -157,74 +160,6 @@ impl RuntimeServiceImpl {
             }
         }
         Ok(service)
-    }
-
-    /// Sends `kind` for a container, with its pod's status and the pod's
-    /// containers' statuses. Takes the pod's and containers' locks, so it
-    /// must be called with none held.
-    async fn emit(
-        &self,
-        container: &crate::store::ObjectId,
-        pod: &crate::store::ObjectId,
-        kind: proto::ContainerEventType,
-    ) {
-        if !self.events.wanted() {
-            return;
-        }
-        let mut pod_status = None;
-        if let Ok(Some(entry)) = self.sandboxes.registry.find(pod.as_str(), "pod_sandbox_id") {
-            let rec = entry.lock().await;
-            if !rec.removed {
-                pod_status = sandbox_status::status(&rec, false).status;
-            }
-        }
-        let mut statuses = Vec::new();
-        for entry in self.containers.registry.members(pod) {
-            let rec = entry.lock().await;
-            if !rec.removed {
-                statuses.extend(container_status::status(&rec, false).status);
-            }
-        }
-        self.events.send(events::event(
-            container.as_str(),
-            kind,
-            pod_status,
-            statuses,
-        ));
-    }
-
-    /// Watches a live container's monitor; when it exits (the container
-    /// ended), brings the record up to date and sends a stopped event.
-    fn watch_exit(&self, rec: &container::ContainerRecord) {
-        let this = self.clone();
-        let (id, pod, pid, dir) = (
-            rec.id.clone(),
-            rec.sandbox_id.clone(),
-            rec.monitor_pid,
-            rec.dir.clone(),
-        );
-        tokio::spawn(async move {
-            events::monitor_exited(pid, &dir).await;
-            let Ok(Some(entry)) = this.containers.registry.find(id.as_str(), "container_id") else {
-                return;
-            };
-            {
-                let mut rec = entry.lock().await;
-                if rec.removed {
-                    return;
-                }
-                if rec.refresh() {
-                    if let Err(e) = this.containers.registry.save(&rec) {
-                        tracing::warn!(id = %id, error = %e, "saving the exit of a container");
-                    }
-                }
-                if rec.state.is_live() {
-                    return; // the monitor was not this container's
-                }
-            }
-            this.emit(&id, &pod, proto::ContainerEventType::ContainerStoppedEvent)
-                .await;
-        });
     }
 }
 
@@ -429,6 +364,14 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         match result {
             Ok(rec) => {
                 tracing::info!(id = %rec.id, name = %rec.name, "pod sandbox ready");
+                // Pod events as containerd sends them: the sandbox's id as
+                // the container id, created then started.
+                for kind in [
+                    proto::ContainerEventType::ContainerCreatedEvent,
+                    proto::ContainerEventType::ContainerStartedEvent,
+                ] {
+                    self.emit(&rec.id, &rec.id, kind).await;
+                }
                 Ok(Response::new(proto::RunPodSandboxResponse {
                     pod_sandbox_id: rec.id.to_string(),
                 }))
@@ -474,8 +417,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         let (sandboxes, cni) = (self.sandboxes.clone(), self.cni.clone());
         let pod = rec.id.clone();
         blocking(move || sandbox_remove::remove(&sandboxes, &mut rec, cni.as_deref())).await?;
-        for id in deleted {
-            self.emit(&id, &pod, proto::ContainerEventType::ContainerDeletedEvent)
+        for id in deleted.iter().chain([&pod]) {
+            self.emit(id, &pod, proto::ContainerEventType::ContainerDeletedEvent)
                 .await;
         }
         Ok(Response::new(proto::RemovePodSandboxResponse {}))
@@ -486,21 +429,9 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         request: Request<proto::PodSandboxStatusRequest>,
     ) -> Result<Response<proto::PodSandboxStatusResponse>, Status> {
         let req = request.into_inner();
-        let rec = self.locked_sandbox(&req.pod_sandbox_id).await?;
-        let mut resp = sandbox_status::status(&rec, req.verbose);
-        let id = rec.id.to_string();
-        drop(rec);
-        // Verbose: CNI CHECK of the pod's attachment, as an operator's probe.
-        if let (true, Some(cni)) = (req.verbose, self.cni.clone()) {
-            let check = blocking(move || Ok::<_, RuntimeError>(cni.check(&id))).await?;
-            let text = match check {
-                Ok(true) => "ok".to_string(),
-                Ok(false) => "not checked (no attachment, or CHECK not in this config)".into(),
-                Err(e) => e.to_string(),
-            };
-            resp.info.insert("networkCheck".into(), text);
-        }
-        Ok(Response::new(resp))
+        Ok(Response::new(
+            self.pod_status(&req.pod_sandbox_id, req.verbose).await?,
+        ))
     }
 
     async fn list_pod_sandbox(
@@ -542,6 +473,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         let cgroup_driver = self.config.cgroup_driver;
         let criu = self.criu.clone();
         let puller = self.puller.clone();
+        let pod_sysctls = self.config.pod_sysctls;
         let rec = blocking(move || {
             let ctx = container_create::CreateCtx {
                 containers: &containers,
@@ -552,6 +484,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
                 cgroup_driver,
                 criu: &criu,
                 puller: puller.as_deref(),
+                pod_sysctls,
             };
             container_create::create(&ctx, &sandbox, config)
         })

@@ -28,11 +28,7 @@ mod tests {
         ] {
             let r = runtime_config(&RuntimeServiceConfig {
                 cgroup_driver: d,
-                monitor_exe: None,
-                cni: None,
-                stream_addr: None,
-                stream_tls: None,
-                criu: None,
+                ..Default::default()
             });
             assert_eq!(r.linux.unwrap().cgroup_driver, want as i32);
         }

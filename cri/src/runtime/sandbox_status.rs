@@ -1,8 +1,67 @@
-//! `PodSandboxStatus`.
+//! `PodSandboxStatus`, with the statuses of every container of the pod and
+//! the time they were taken: kubelet's evented PLEG uses that list instead of
+//! listing containers whenever `timestamp` is not 0 (as CRI-O fills it).
+
+use tonic::Status;
 
 use super::sandbox::{NsMode, SandboxRecord};
+use super::{container_status, RuntimeServiceImpl};
 use crate::proto;
-use crate::util::now_nanos;
+use crate::util::{blocking, now_nanos};
+
+impl RuntimeServiceImpl {
+    /// `PodSandboxStatus`.
+    pub(super) async fn pod_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<proto::PodSandboxStatusResponse, Status> {
+        let rec = self.locked_sandbox(id).await?;
+        let mut resp = status(&rec, verbose);
+        let pod = rec.id.clone();
+        drop(rec);
+        resp.containers_statuses = self.pod_containers(&pod).await?;
+        // The statuses are as of now, after every container was read.
+        resp.timestamp = now_nanos();
+        // Verbose: CNI CHECK of the pod's attachment, as an operator's probe,
+        // only when configured: it runs the plugins, which takes milliseconds
+        // to seconds, and crictl inspectp users expect an instant answer.
+        if let (true, Some(cni)) = (verbose, self.cni.clone()) {
+            if cni.check_on_status() {
+                let id = pod.to_string();
+                let check = blocking(move || Ok::<_, super::RuntimeError>(cni.check(&id))).await?;
+                let text = match check {
+                    Ok(true) => "ok".to_string(),
+                    Ok(false) => "not checked (no attachment, or CHECK not in this config)".into(),
+                    Err(e) => e.to_string(),
+                };
+                resp.info.insert("networkCheck".into(), text);
+            }
+        }
+        Ok(resp)
+    }
+
+    /// The statuses of every container of pod `pod`, newest first (as
+    /// kubelet sorts them), each brought up to date with its monitor.
+    pub(super) async fn pod_containers(
+        &self,
+        pod: &crate::store::ObjectId,
+    ) -> Result<Vec<proto::ContainerStatus>, Status> {
+        let mut out = Vec::new();
+        for entry in self.containers.registry.members(pod) {
+            let mut rec = entry.lock().await;
+            if rec.removed {
+                continue;
+            }
+            if rec.refresh() {
+                self.containers.registry.save(&rec)?;
+            }
+            out.extend(container_status::status(&rec, false).status);
+        }
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        Ok(out)
+    }
+}
 
 fn cri_mode(m: NsMode) -> i32 {
     match m {

@@ -12,6 +12,7 @@ use tonic::Status;
 use super::error::RuntimeError;
 use super::sandbox::{SandboxRecord, SandboxState, Sandboxes};
 use super::{container_stop, RuntimeServiceImpl};
+use crate::proto::ContainerEventType;
 use crate::util::blocking;
 
 impl RuntimeServiceImpl {
@@ -31,8 +32,14 @@ impl RuntimeServiceImpl {
                 container_stop::stop(&self.containers, &mut c, 0).await?;
             }
         }
+        let was_ready = rec.state == SandboxState::Ready;
+        let pod = rec.id.clone();
         let (sandboxes, cni) = (self.sandboxes.clone(), self.cni.clone());
         blocking(move || stop(&sandboxes, &mut rec, cni.as_deref())).await?;
+        if was_ready {
+            self.emit(&pod, &pod, ContainerEventType::ContainerStoppedEvent)
+                .await;
+        }
         Ok(())
     }
 }

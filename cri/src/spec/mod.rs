@@ -35,6 +35,7 @@ mod resources;
 mod seccomp;
 mod security;
 mod signal;
+pub mod sysctls;
 mod user;
 
 pub use mounts::image_volumes;
