@@ -8,14 +8,18 @@
 //! - [`unpack`]: one layer tar → one overlayfs lower directory.
 //! - [`layers`]: unpacked layers keyed by chain id.
 //! - [`store`]: image records, name resolution, container leases, GC.
-//! - [`pull`]: the puller (oci-client), parallel verified layer fetches.
+//! - `manifest`: the manifest, index and config fields berth reads.
+//! - [`pull`]: the puller (oci-client), parallel verified layer fetches;
+//!   `clients`: its oci-client per endpoint settings and credentials.
 //! - [`rootfs`]: what a container gets from its image: overlay dirs + config.
 //! - [`service`]: the tonic `ImageService` implementation.
 
 pub mod blobs;
+mod clients;
 pub mod error;
 pub mod hosts;
 pub mod layers;
+mod manifest;
 pub mod pull;
 pub mod reference;
 pub mod rootfs;

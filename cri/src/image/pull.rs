@@ -13,113 +13,25 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use oci_client::client::{
-    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol,
-};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::client::BlobResponse;
+use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
-use oci_client::Client;
-use serde::Deserialize;
 
+use super::clients::Clients;
 use super::error::ImageError;
 use super::hosts::{Endpoint, RegistryHosts, Scheme};
 use super::layers::chain_ids;
+pub use super::manifest::Platform;
+use super::manifest::{
+    choose_platform, is_index, parse_json, Descriptor, ImageConfigBlob, Manifest, ACCEPTED,
+};
 use super::reference::{Digest, ImageName};
 use super::store::{ImageRecord, ImageStore, LayerRecord};
 use super::unpack::Compression;
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const ACCEPTED: &[&str] = &[OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
 /// Attempts per blob: a dropped connection is resumed where it broke.
 const BLOB_ATTEMPTS: u32 = 4;
-
-/// A content descriptor (OCI image spec), the fields berth reads.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Descriptor {
-    #[serde(default)]
-    pub media_type: String,
-    pub digest: String,
-    pub size: i64,
-    #[serde(default)]
-    pub urls: Option<Vec<String>>,
-    #[serde(default)]
-    pub platform: Option<Platform>,
-}
-
-/// An index entry's platform.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct Platform {
-    /// `linux`.
-    pub os: String,
-    /// `amd64`, `arm64`, ...
-    pub architecture: String,
-    /// `v8`, `v7`, ...
-    #[serde(default)]
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// The platform berth runs on, in OCI/Go terms.
-    pub fn host() -> Platform {
-        let (architecture, variant) = match std::env::consts::ARCH {
-            "x86_64" => ("amd64", None),
-            "aarch64" => ("arm64", Some("v8")),
-            "arm" => ("arm", Some("v7")),
-            "x86" => ("386", None),
-            "powerpc64" => ("ppc64le", None),
-            "riscv64" => ("riscv64", None),
-            other => (other, None),
-        };
-        Platform {
-            os: "linux".into(),
-            architecture: architecture.into(),
-            variant: variant.map(str::to_string),
-        }
-    }
-
-    /// Whether an index entry for `other` runs here. A missing variant
-    /// matches; arm64's default variant is v8 (containerd's platforms.Only).
-    pub fn accepts(&self, other: &Platform) -> bool {
-        let norm = |p: &Platform| match (p.architecture.as_str(), p.variant.as_deref()) {
-            ("arm64", None) => Some("v8".to_string()),
-            (_, v) => v.map(str::to_string),
-        };
-        self.os == other.os
-            && self.architecture == other.architecture
-            && (other.variant.is_none() || norm(self) == norm(other))
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Manifest {
-    #[serde(default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Option<Vec<Descriptor>>,
-    #[serde(default)]
-    manifests: Option<Vec<Descriptor>>,
-    #[serde(default)]
-    annotations: std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ConfigRootfs {
-    #[serde(default)]
-    diff_ids: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ImageConfigBlob {
-    rootfs: ConfigRootfs,
-}
 
 /// Async locks by key: the second pull of an image (or fetch of a blob)
 /// waits for the first and then finds the work done.
@@ -162,47 +74,12 @@ impl Default for PullOptions {
     }
 }
 
-/// Clients are cached per endpoint settings *and credentials*: an
-/// oci-client `Client` remembers the first credentials it saw for a registry
-/// (and the tokens they bought), so sharing one between requests with
-/// different pull secrets would lend one pod's credentials to another.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct ClientKey {
-    http: bool,
-    skip_verify: bool,
-    ca_files: Vec<std::path::PathBuf>,
-    /// sha256 of the credentials (the secrets themselves are not kept here).
-    auth: [u8; 32],
-}
-
-/// Distinct clients kept at most; the cache starts over beyond this.
-const MAX_CLIENTS: usize = 256;
-
-fn auth_key(auth: &RegistryAuth) -> [u8; 32] {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    match auth {
-        RegistryAuth::Anonymous => h.update(b"anonymous"),
-        RegistryAuth::Basic(u, p) => {
-            h.update(b"basic\0");
-            h.update(u.as_bytes());
-            h.update(b"\0");
-            h.update(p.as_bytes());
-        }
-        RegistryAuth::Bearer(t) => {
-            h.update(b"bearer\0");
-            h.update(t.as_bytes());
-        }
-    }
-    h.finalize().into()
-}
-
 /// The puller. Cheap to share (`Arc`); pulls run concurrently.
 pub struct Puller {
     store: Arc<ImageStore>,
     hosts: RegistryHosts,
     opts: PullOptions,
-    clients: Mutex<HashMap<ClientKey, Client>>,
+    clients: Clients,
     /// Loopback hosts that did not answer HTTPS and are spoken to in HTTP.
     plain_http: Mutex<HashSet<String>>,
     pulls: KeyedLocks,
@@ -230,7 +107,7 @@ impl Puller {
             store,
             hosts,
             opts,
-            clients: Mutex::default(),
+            clients: Clients::default(),
             plain_http: Mutex::default(),
             pulls: KeyedLocks::default(),
             blob_locks: KeyedLocks::default(),
@@ -273,7 +150,7 @@ impl Puller {
         let mut manifest: Manifest = parse_json(name, "manifest", &top)?;
         let mut manifest_digest = top_digest.clone();
         if manifest.manifests.is_some() || is_index(manifest.media_type.as_deref()) {
-            let child = self.choose_platform(name, &manifest)?;
+            let child = choose_platform(name, &manifest, &self.opts.platform)?;
             let digest = Digest::parse(&child.digest)?;
             let bytes = self.fetch_manifest(&ctx, &ep, &endpoints, &digest).await?;
             manifest = parse_json(name, "manifest", &bytes)?;
@@ -365,41 +242,6 @@ impl Puller {
         self.store.add(record)
     }
 
-    fn choose_platform(
-        &self,
-        name: &ImageName,
-        index: &Manifest,
-    ) -> Result<Descriptor, ImageError> {
-        let entries = index.manifests.as_deref().unwrap_or_default();
-        entries
-            .iter()
-            .find(|m| {
-                m.platform
-                    .as_ref()
-                    .is_some_and(|p| self.opts.platform.accepts(p))
-            })
-            .cloned()
-            .ok_or_else(|| {
-                let have: Vec<String> = entries
-                    .iter()
-                    .filter_map(|m| m.platform.as_ref())
-                    .map(|p| match &p.variant {
-                        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-                        None => format!("{}/{}", p.os, p.architecture),
-                    })
-                    .collect();
-                ImageError::NotFound {
-                    image: name.to_string(),
-                    reason: format!(
-                        "no manifest for platform {}/{} in the index (it has: {})",
-                        self.opts.platform.os,
-                        self.opts.platform.architecture,
-                        have.join(", ")
-                    ),
-                }
-            })
-    }
-
     /// Resolves the name on the first resolve-capable endpoint that answers.
     async fn resolve(
         &self,
@@ -428,7 +270,7 @@ impl Puller {
                     return Ok((bytes, actual, ep.clone()));
                 }
                 Err(e) => {
-                    let e = self.map_err(ctx, ep, e);
+                    let e = ImageError::from_registry(ctx.name, &ep.host, e);
                     // Credentials problems are the same on every mirror only
                     // for the upstream; keep trying the next endpoint.
                     tracing::debug!(endpoint = %ep.host, error = %e, "resolve failed");
@@ -469,7 +311,7 @@ impl Puller {
                     }
                     return Ok(bytes);
                 }
-                Err(e) => last = Some(self.map_err(ctx, ep, e)),
+                Err(e) => last = Some(ImageError::from_registry(ctx.name, &ep.host, e)),
             }
         }
         Err(last.unwrap_or_else(|| ImageError::Internal("no endpoint".into())))
@@ -591,15 +433,15 @@ impl Puller {
         desc: &OciDescriptor,
         writer: &mut super::blobs::BlobWriter,
     ) -> Result<(), Attempt> {
-        let client = self.client(ep, self.is_plain_http(ep), ctx.auth);
+        let client = self.clients.get(ep, self.is_plain_http(ep), ctx.auth);
         // Always a range request: a fresh start asks for bytes=0-, a resume
         // for the rest. berth verifies the whole blob itself on commit.
         let response = client
             .pull_blob_stream_partial(reference, desc, writer.written(), None)
             .await
             .map_err(|e| {
-                let transient = is_transient(&e);
-                let e = self.map_err(ctx, ep, e);
+                let transient = ImageError::is_transient(&e);
+                let e = ImageError::from_registry(ctx.name, &ep.host, e);
                 if transient {
                     Attempt::Transient(e)
                 } else {
@@ -665,7 +507,8 @@ impl Puller {
         let r = &self.reference_for(name, ep);
         let http = self.is_plain_http(ep);
         let fetch = |http| async move {
-            self.client(ep, http, auth)
+            self.clients
+                .get(ep, http, auth)
                 .pull_manifest_raw(r, auth, ACCEPTED)
                 .await
                 .map(|(bytes, digest)| (bytes.to_vec(), digest))
@@ -686,149 +529,5 @@ impl Puller {
             }
             other => other,
         }
-    }
-
-    fn client(&self, ep: &Endpoint, http: bool, auth: &RegistryAuth) -> Client {
-        let key = ClientKey {
-            http,
-            skip_verify: ep.skip_verify,
-            ca_files: ep.ca_files.clone(),
-            auth: auth_key(auth),
-        };
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if clients.len() >= MAX_CLIENTS && !clients.contains_key(&key) {
-            clients.clear();
-        }
-        clients
-            .entry(key)
-            .or_insert_with(|| {
-                let extra_root_certificates = ep
-                    .ca_files
-                    .iter()
-                    .filter_map(|p| match std::fs::read(p) {
-                        Ok(data) => Some(Certificate {
-                            encoding: CertificateEncoding::Pem,
-                            data,
-                        }),
-                        Err(e) => {
-                            tracing::warn!(path = %p.display(), error = %e, "cannot read registry CA file");
-                            None
-                        }
-                    })
-                    .collect();
-                Client::new(ClientConfig {
-                    protocol: if http { ClientProtocol::Http } else { ClientProtocol::Https },
-                    accept_invalid_certificates: ep.skip_verify,
-                    extra_root_certificates,
-                    platform_resolver: None,
-                    connect_timeout: Some(Duration::from_secs(10)),
-                    read_timeout: Some(Duration::from_secs(60)),
-                    user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")),
-                    ..ClientConfig::default()
-                })
-            })
-            .clone()
-    }
-
-    fn map_err(&self, ctx: &Ctx<'_>, ep: &Endpoint, e: OciDistributionError) -> ImageError {
-        let image = ctx.name.to_string();
-        let registry = ep.host.clone();
-        let codes: &[oci_client::errors::OciError] = match &e {
-            OciDistributionError::RegistryError { envelope, .. } => &envelope.errors,
-            _ => &[],
-        };
-        let unauth = matches!(
-            e,
-            OciDistributionError::AuthenticationFailure(_)
-                | OciDistributionError::UnauthorizedError { .. }
-        ) || matches!(
-            e,
-            OciDistributionError::ServerError {
-                code: 401 | 403,
-                ..
-            }
-        ) || codes
-            .iter()
-            .any(|c| matches!(c.code, OciErrorCode::Unauthorized | OciErrorCode::Denied));
-        let not_found = matches!(e, OciDistributionError::ImageManifestNotFoundError(_))
-            || matches!(e, OciDistributionError::ServerError { code: 404, .. })
-            || codes.iter().any(|c| {
-                matches!(
-                    c.code,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::BlobUnknown
-                        | OciErrorCode::NotFound
-                )
-            });
-        let reason = crate::util::error_chain(&e);
-        if unauth {
-            ImageError::Unauthenticated {
-                image,
-                registry,
-                reason,
-            }
-        } else if not_found {
-            ImageError::NotFound { image, reason }
-        } else {
-            ImageError::Registry {
-                image,
-                registry,
-                reason,
-            }
-        }
-    }
-}
-
-fn is_transient(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => true,
-        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
-        OciDistributionError::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|e| matches!(e.code, OciErrorCode::Toomanyrequests)),
-        _ => false,
-    }
-}
-
-fn is_index(media_type: Option<&str>) -> bool {
-    matches!(media_type, Some(OCI_INDEX | DOCKER_LIST))
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(
-    name: &ImageName,
-    what: &str,
-    bytes: &[u8],
-) -> Result<T, ImageError> {
-    serde_json::from_slice(bytes).map_err(|e| ImageError::Manifest {
-        image: name.to_string(),
-        reason: format!("invalid {what}: {e}"),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn p(os: &str, arch: &str, v: Option<&str>) -> Platform {
-        Platform {
-            os: os.into(),
-            architecture: arch.into(),
-            variant: v.map(str::to_string),
-        }
-    }
-
-    #[test]
-    fn platform_matching() {
-        let amd = p("linux", "amd64", None);
-        assert!(amd.accepts(&p("linux", "amd64", None)));
-        assert!(!amd.accepts(&p("linux", "arm64", Some("v8"))));
-        assert!(!amd.accepts(&p("windows", "amd64", None)));
-        let arm = p("linux", "arm64", Some("v8"));
-        assert!(arm.accepts(&p("linux", "arm64", None)));
-        assert!(arm.accepts(&p("linux", "arm64", Some("v8"))));
-        assert!(!arm.accepts(&p("linux", "arm64", Some("v9"))));
-        assert_eq!(Platform::host().os, "linux");
     }
 }
