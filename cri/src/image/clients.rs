@@ -12,8 +12,9 @@ use oci_client::Client;
 
 use super::hosts::Endpoint;
 
-/// The connect bound.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The connect bound when hosts.toml sets no `dial_timeout` (containerd's
+/// default is 30 s; berth falls back to the next endpoint sooner).
+pub(crate) const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a response may stall before the request fails (and a blob
 /// download is resumed).
@@ -31,6 +32,7 @@ struct ClientKey {
     http: bool,
     skip_verify: bool,
     ca_files: Vec<PathBuf>,
+    dial_timeout: Option<Duration>,
     /// sha256 of the credentials (the secrets themselves are not kept here).
     auth: [u8; 32],
 }
@@ -46,6 +48,7 @@ impl Clients {
             http,
             skip_verify: ep.skip_verify,
             ca_files: ep.ca_files.clone(),
+            dial_timeout: ep.dial_timeout,
             auth: auth_key(auth),
         };
         let mut clients = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -83,10 +86,20 @@ fn config(ep: &Endpoint, http: bool) -> ClientConfig {
         accept_invalid_certificates: ep.skip_verify,
         extra_root_certificates,
         platform_resolver: None,
-        connect_timeout: Some(CONNECT_TIMEOUT),
+        connect_timeout: connect_timeout(ep.dial_timeout),
         read_timeout: Some(READ_TIMEOUT),
         user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")),
         ..ClientConfig::default()
+    }
+}
+
+/// hosts.toml `dial_timeout` → reqwest's connect timeout: unset is berth's
+/// default, zero is no bound (containerd's `net.Dialer{Timeout: 0}`).
+fn connect_timeout(dial_timeout: Option<Duration>) -> Option<Duration> {
+    match dial_timeout {
+        None => Some(DEFAULT_DIAL_TIMEOUT),
+        Some(Duration::ZERO) => None,
+        Some(d) => Some(d),
     }
 }
 
@@ -107,4 +120,17 @@ fn auth_key(auth: &RegistryAuth) -> [u8; 32] {
         }
     }
     h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dial_timeout_bounds_the_connect() {
+        assert_eq!(connect_timeout(None), Some(DEFAULT_DIAL_TIMEOUT));
+        assert_eq!(connect_timeout(Some(Duration::ZERO)), None);
+        let d = Duration::from_millis(500);
+        assert_eq!(connect_timeout(Some(d)), Some(d));
+    }
 }

@@ -21,6 +21,23 @@ pub enum ImageError {
     /// The node's registry configuration is broken.
     #[error("registry configuration: {0}")]
     Hosts(#[from] HostsError),
+    /// A hosts.toml endpoint asks for something berth cannot do, so it is
+    /// not used.
+    #[error(
+        "pulling {image}: endpoint {endpoint} ({file}) not used: `{key}` is set, but {reason}"
+    )]
+    EndpointUnsupported {
+        /// The image.
+        image: String,
+        /// The endpoint's URL.
+        endpoint: String,
+        /// The hosts.toml that configures it.
+        file: String,
+        /// The hosts.toml key.
+        key: &'static str,
+        /// Why it cannot be honoured.
+        reason: &'static str,
+    },
     /// The registry refused the credentials (or asked for some).
     #[error("pulling {image}: registry {registry} refused access: {reason}")]
     Unauthenticated {
@@ -163,7 +180,9 @@ impl From<ImageError> for tonic::Status {
         use tonic::Code;
         let code = match &e {
             ImageError::Reference(_) | ImageError::MissingField(_) => Code::InvalidArgument,
-            ImageError::Hosts(_) => Code::FailedPrecondition,
+            ImageError::Hosts(_) | ImageError::EndpointUnsupported { .. } => {
+                Code::FailedPrecondition
+            }
             ImageError::Unauthenticated { .. } => Code::Unauthenticated,
             ImageError::NotFound { .. } | ImageError::NotPresent(_) => Code::NotFound,
             ImageError::Registry { .. } => Code::Unavailable,

@@ -3,7 +3,8 @@
 //! - [`reference`]: image names, normalised as Docker and containerd do
 //!   (`busybox` → `docker.io/library/busybox:latest`), and validated digests.
 //! - [`hosts`]: node registry configuration in containerd's
-//!   `certs.d/<host>/hosts.toml` format (mirrors, plain HTTP, CA files).
+//!   `certs.d/<host>/hosts.toml` format (mirrors, plain HTTP, CA files,
+//!   path prefixes, connect timeouts).
 //! - [`blobs`]: the content-addressed blob store (atomic, verified writes).
 //! - [`unpack`]: one layer tar → one overlayfs lower directory.
 //! - [`layers`]: unpacked layers keyed by chain id.

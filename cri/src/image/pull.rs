@@ -5,8 +5,8 @@
 //!
 //! The registry protocol (manifests, auth challenges, token exchange, range
 //! requests) is oci-client's; berth adds the endpoint choice (mirrors, plain
-//! HTTP, CAs from hosts.toml), retries with resume, single-flight pulls, and
-//! the store.
+//! HTTP, CAs, path prefixes and connect timeouts from hosts.toml), retries
+//! with resume, single-flight pulls, and the store.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -97,6 +97,9 @@ struct Ctx<'a> {
 
 enum Attempt {
     Transient(ImageError),
+    /// The endpoint could not be connected to (refused, timed out): the
+    /// next endpoint is tried before this one again.
+    Unreachable(ImageError),
     Permanent(ImageError),
 }
 
@@ -143,7 +146,7 @@ impl Puller {
         let _same_name = self.pulls.lock(&name.to_string()).await;
         let _gc_hold = self.store.begin_pull();
         let ctx = Ctx { name, auth };
-        let endpoints = self.hosts.endpoints(name.registry())?;
+        let endpoints = self.usable_endpoints(name)?;
 
         let (top, top_digest, ep) = self.resolve(&ctx, &endpoints).await?;
         let mut manifest_blobs = vec![(top_digest.clone(), top.clone())];
@@ -240,6 +243,37 @@ impl Puller {
             checkpoint: super::store::marks_checkpoint(&manifest.annotations),
         };
         self.store.add(record)
+    }
+
+    /// The configured endpoints berth can honour. The others are skipped
+    /// with a warning; when none is left, the pull fails with the first
+    /// one's reason.
+    fn usable_endpoints(&self, name: &ImageName) -> Result<Vec<Endpoint>, ImageError> {
+        let mut refused = None;
+        let mut usable = Vec::new();
+        for ep in self.hosts.endpoints(name.registry())? {
+            let Some(u) = ep.unsupported() else {
+                usable.push(ep);
+                continue;
+            };
+            let e = ImageError::EndpointUnsupported {
+                image: name.to_string(),
+                endpoint: ep.url(),
+                file: ep
+                    .file
+                    .as_deref()
+                    .map(|f| f.display().to_string())
+                    .unwrap_or_default(),
+                key: u.key,
+                reason: u.reason,
+            };
+            tracing::warn!(error = %e, "registry endpoint skipped");
+            refused.get_or_insert(e);
+        }
+        match refused {
+            Some(e) if usable.is_empty() => Err(e),
+            _ => Ok(usable),
+        }
     }
 
     /// Resolves the name on the first resolve-capable endpoint that answers.
@@ -368,8 +402,10 @@ impl Puller {
             return Ok(());
         }
         let mut last = None;
-        for ep in endpoints.iter().filter(|e| e.capabilities.pull) {
-            match self.download(ctx, ep, desc, &digest, size).await {
+        let pullers: Vec<_> = endpoints.iter().filter(|e| e.capabilities.pull).collect();
+        for (i, ep) in pullers.iter().enumerate() {
+            let more = i + 1 < pullers.len();
+            match self.download(ctx, ep, desc, &digest, size, more).await {
                 Ok(()) => return Ok(()),
                 Err(e @ ImageError::Blob(_)) => return Err(e),
                 Err(e) => last = Some(e),
@@ -381,6 +417,9 @@ impl Puller {
         }))
     }
 
+    /// Downloads a blob from `ep`, resuming where a transfer broke. An
+    /// endpoint that cannot be connected to is left at once when `more`
+    /// endpoints follow (its `dial_timeout` is then the whole delay).
     async fn download(
         &self,
         ctx: &Ctx<'_>,
@@ -388,6 +427,7 @@ impl Puller {
         desc: &Descriptor,
         digest: &Digest,
         size: u64,
+        more: bool,
     ) -> Result<(), ImageError> {
         self.downloads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -410,11 +450,14 @@ impl Puller {
                 Ok(()) => break,
                 // All bytes arrived: only the digest check can tell more.
                 Err(_) if writer.written() == size => break,
-                Err(Attempt::Transient(e)) if attempt < BLOB_ATTEMPTS => {
+                Err(Attempt::Unreachable(e)) if more => return Err(e),
+                Err(Attempt::Transient(e) | Attempt::Unreachable(e)) if attempt < BLOB_ATTEMPTS => {
                     tracing::info!(blob = %digest, attempt, offset = writer.written(), error = %e, "blob download interrupted; resuming");
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                 }
-                Err(Attempt::Transient(e) | Attempt::Permanent(e)) => return Err(e),
+                Err(Attempt::Transient(e) | Attempt::Unreachable(e) | Attempt::Permanent(e)) => {
+                    return Err(e)
+                }
             }
         }
         tokio::task::spawn_blocking(move || writer.commit())
@@ -440,9 +483,13 @@ impl Puller {
             .pull_blob_stream_partial(reference, desc, writer.written(), None)
             .await
             .map_err(|e| {
+                let unreachable =
+                    matches!(&e, OciDistributionError::RequestError(r) if r.is_connect());
                 let transient = ImageError::is_transient(&e);
                 let e = ImageError::from_registry(ctx.name, &ep.host, e);
-                if transient {
+                if unreachable {
+                    Attempt::Unreachable(e)
+                } else if transient {
                     Attempt::Transient(e)
                 } else {
                     Attempt::Permanent(e)
@@ -476,12 +523,18 @@ impl Puller {
         Ok(())
     }
 
+    /// `name` as oci-client should fetch it from `ep`: the endpoint's
+    /// address (with its path prefix) as a mirror registry unless it is the
+    /// registry itself. (An upstream with a path prefix therefore gets
+    /// `?ns=` too, which registries ignore.)
     fn reference_for(&self, name: &ImageName, ep: &Endpoint) -> oci_client::Reference {
         let mut r = name.to_oci();
-        let same = ep.host == name.registry()
-            || (name.registry() == "docker.io" && ep.host == "registry-1.docker.io");
+        // `usable_endpoints` let through only endpoints that have one.
+        let addr = ep.registry_address().unwrap_or_else(|| ep.host.clone());
+        let same = addr == name.registry()
+            || (name.registry() == "docker.io" && addr == "registry-1.docker.io");
         if !same {
-            r.set_mirror_registry(ep.host.clone());
+            r.set_mirror_registry(addr);
         }
         r
     }
