@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 
+use super::auth_file::AuthFileError;
 use super::blobs::BlobError;
 use super::hosts::HostsError;
 use super::layers::LayerError;
@@ -21,6 +22,9 @@ pub enum ImageError {
     /// The node's registry configuration is broken.
     #[error("registry configuration: {0}")]
     Hosts(#[from] HostsError),
+    /// The node's registry credentials file is broken.
+    #[error(transparent)]
+    AuthFile(#[from] AuthFileError),
     /// A hosts.toml endpoint asks for something berth cannot do, so it is
     /// not used.
     #[error(
@@ -180,9 +184,9 @@ impl From<ImageError> for tonic::Status {
         use tonic::Code;
         let code = match &e {
             ImageError::Reference(_) | ImageError::MissingField(_) => Code::InvalidArgument,
-            ImageError::Hosts(_) | ImageError::EndpointUnsupported { .. } => {
-                Code::FailedPrecondition
-            }
+            ImageError::Hosts(_)
+            | ImageError::AuthFile(_)
+            | ImageError::EndpointUnsupported { .. } => Code::FailedPrecondition,
             ImageError::Unauthenticated { .. } => Code::Unauthenticated,
             ImageError::NotFound { .. } | ImageError::NotPresent(_) => Code::NotFound,
             ImageError::Registry { .. } => Code::Unavailable,

@@ -5,6 +5,7 @@
 //! - [`hosts`]: node registry configuration in containerd's
 //!   `certs.d/<host>/hosts.toml` format (mirrors, plain HTTP, CA files,
 //!   path prefixes, connect timeouts).
+//! - [`auth_file`]: node-wide registry credentials (Docker's `config.json`).
 //! - [`blobs`]: the content-addressed blob store (atomic, verified writes).
 //! - [`unpack`]: one layer tar → one overlayfs lower directory.
 //! - [`layers`]: unpacked layers keyed by chain id.
@@ -15,6 +16,7 @@
 //! - [`rootfs`]: what a container gets from its image: overlay dirs + config.
 //! - [`service`]: the tonic `ImageService` implementation.
 
+pub mod auth_file;
 pub mod blobs;
 mod clients;
 pub mod error;

@@ -5,8 +5,9 @@
 //!
 //! The registry protocol (manifests, auth challenges, token exchange, range
 //! requests) is oci-client's; berth adds the endpoint choice (mirrors, plain
-//! HTTP, CAs, path prefixes and connect timeouts from hosts.toml), retries
-//! with resume, single-flight pulls, and the store.
+//! HTTP, CAs, path prefixes and connect timeouts from hosts.toml), node
+//! credentials for pulls that carry none, retries with resume, single-flight
+//! pulls, and the store.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -18,6 +19,7 @@ use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 
+use super::auth_file::NodeAuth;
 use super::clients::Clients;
 use super::error::ImageError;
 use super::hosts::{Endpoint, RegistryHosts, Scheme};
@@ -63,6 +65,9 @@ pub struct PullOptions {
     pub max_concurrent_layers: usize,
     /// The platform to choose from an index.
     pub platform: Platform,
+    /// Node-wide credentials (Docker's `config.json`) for pulls that carry
+    /// none; read at each such pull, absent means none.
+    pub auth_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PullOptions {
@@ -70,6 +75,7 @@ impl Default for PullOptions {
         PullOptions {
             max_concurrent_layers: 4,
             platform: Platform::host(),
+            auth_file: None,
         }
     }
 }
@@ -89,10 +95,32 @@ pub struct Puller {
     downloaded_bytes: std::sync::atomic::AtomicU64,
 }
 
-/// A request context for one pull, for error messages.
+/// One pull: the name, and the credentials for each endpoint.
 struct Ctx<'a> {
     name: &'a ImageName,
+    /// The request's own credentials (`Anonymous`: none).
     auth: &'a RegistryAuth,
+    /// The node's, used when the request has none.
+    node: NodeAuth,
+}
+
+impl Ctx<'_> {
+    /// The credentials to present to `ep`: the request's when it has some
+    /// (for every endpoint, as before node credentials existed), else the
+    /// node file's entry for the endpoint's own host, or, for the upstream
+    /// only, for the registry name. A mirror never gets the upstream's node
+    /// credentials.
+    fn auth_for(&self, ep: &Endpoint) -> RegistryAuth {
+        if !matches!(self.auth, RegistryAuth::Anonymous) {
+            return self.auth.clone();
+        }
+        let upstream = (!ep.is_mirror).then(|| self.name.registry());
+        self.node
+            .get(&ep.host)
+            .or_else(|| upstream.and_then(|r| self.node.get(r)))
+            .cloned()
+            .unwrap_or(RegistryAuth::Anonymous)
+    }
 }
 
 enum Attempt {
@@ -137,7 +165,9 @@ impl Puller {
         self.resumes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Pulls `name` and records it; returns the record.
+    /// Pulls `name` and records it; returns the record. `auth` is the
+    /// request's credentials; with `Anonymous` the node's auth file (if
+    /// configured and present) supplies them.
     pub async fn pull(
         &self,
         name: &ImageName,
@@ -145,7 +175,11 @@ impl Puller {
     ) -> Result<ImageRecord, ImageError> {
         let _same_name = self.pulls.lock(&name.to_string()).await;
         let _gc_hold = self.store.begin_pull();
-        let ctx = Ctx { name, auth };
+        let node = match (auth, &self.opts.auth_file) {
+            (RegistryAuth::Anonymous, Some(file)) => NodeAuth::load(file)?,
+            _ => NodeAuth::default(),
+        };
+        let ctx = Ctx { name, auth, node };
         let endpoints = self.usable_endpoints(name)?;
 
         let (top, top_digest, ep) = self.resolve(&ctx, &endpoints).await?;
@@ -284,7 +318,7 @@ impl Puller {
     ) -> Result<(Vec<u8>, Digest, Endpoint), ImageError> {
         let mut last = None;
         for ep in endpoints.iter().filter(|e| e.capabilities.resolve) {
-            let result = self.pull_manifest(ep, ctx.auth, ctx.name).await;
+            let result = self.pull_manifest(ep, &ctx.auth_for(ep), ctx.name).await;
             match result {
                 Ok((bytes, digest)) => {
                     let actual = Digest::of(&bytes);
@@ -333,7 +367,7 @@ impl Puller {
                 .filter(|e| *e != first && e.capabilities.pull),
         );
         for ep in order {
-            let result = self.pull_manifest(ep, ctx.auth, &by_digest).await;
+            let result = self.pull_manifest(ep, &ctx.auth_for(ep), &by_digest).await;
             match result {
                 Ok((bytes, _)) => {
                     let actual = Digest::of(&bytes);
@@ -476,7 +510,9 @@ impl Puller {
         desc: &OciDescriptor,
         writer: &mut super::blobs::BlobWriter,
     ) -> Result<(), Attempt> {
-        let client = self.clients.get(ep, self.is_plain_http(ep), ctx.auth);
+        let client = self
+            .clients
+            .get(ep, self.is_plain_http(ep), &ctx.auth_for(ep));
         // Always a range request: a fresh start asks for bytes=0-, a resume
         // for the rest. berth verifies the whole blob itself on commit.
         let response = client
