@@ -34,6 +34,11 @@ log_format = "text"
 # Registry mirrors, plain-HTTP registries and CA files, in containerd's
 # certs.d/<host>/hosts.toml format (an existing /etc/containerd/certs.d works).
 registry_config_dir = "/etc/berth/certs.d"
+# Node-wide registry credentials in Docker's config.json format
+# ({"auths": {"<registry>": {"auth": "<base64 user:password>"}}}), used when
+# a pull request carries none. Read at each such pull; no file, no
+# credentials. It holds secrets: keep it 0600 (berth never logs it).
+auth_file = "/etc/berth/auth.json"
 # Images reported to kubelet as pinned (never garbage-collected by it).
 pinned_images = []
 # Layers fetched at the same time per pull.
@@ -169,6 +174,7 @@ impl Default for NetworkSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ImageSection {
     pub registry_config_dir: PathBuf,
+    pub auth_file: PathBuf,
     pub pinned_images: Vec<String>,
     pub max_concurrent_layers: usize,
 }
@@ -214,6 +220,7 @@ impl Default for ImageSection {
     fn default() -> Self {
         ImageSection {
             registry_config_dir: "/etc/berth/certs.d".into(),
+            auth_file: "/etc/berth/auth.json".into(),
             pinned_images: Vec::new(),
             max_concurrent_layers: 4,
         }
@@ -256,6 +263,12 @@ impl Config {
         }
         if self.root == self.state {
             bail!("root and state must be different directories");
+        }
+        if !self.image.auth_file.is_absolute() {
+            bail!(
+                "image.auth_file must be an absolute path, not {}",
+                self.image.auth_file.display()
+            );
         }
         if !self.network.cni_conf_dir.is_absolute()
             || self.network.cni_bin_dirs.iter().any(|d| !d.is_absolute())
@@ -321,6 +334,9 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("root"));
+        let mut c = Config::default();
+        c.image.auth_file = "auth.json".into();
+        assert!(c.validate().unwrap_err().to_string().contains("auth_file"));
         let err = Config::load(Some(Path::new("/nonexistent/berth.toml"))).unwrap_err();
         assert!(format!("{err:#}").contains("/nonexistent/berth.toml"));
     }

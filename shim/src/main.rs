@@ -27,7 +27,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the CRI (RuntimeService and ImageService) on a unix socket.
-    Serve(serve::ServeArgs),
+    // Boxed: the flags outgrow the other variants (clippy's
+    // large_enum_variant).
+    Serve(Box<serve::ServeArgs>),
     /// Check this node: kernel features, cgroups, CRIU, CNI — what is ready
     /// and what is missing (exit code 1 when something required is).
     Check {
@@ -76,7 +78,7 @@ fn main() {
     berth_cri::monitor::run_from_args();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve::main(args).map(|()| 0),
+        Command::Serve(args) => serve::main(*args).map(|()| 0),
         Command::Check { config } => check::main(config.as_deref()),
         Command::Config {
             command: ConfigCommand::Default,

@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// containerd-style certs.d directory for registry hosts.
     #[arg(long)]
     registry_config_dir: Option<PathBuf>,
+    /// Node-wide registry credentials (Docker's config.json format).
+    #[arg(long)]
+    auth_file: Option<PathBuf>,
     /// Address of the streaming server (Exec, Attach, PortForward).
     #[arg(long)]
     stream_listen: Option<std::net::SocketAddr>,
@@ -87,6 +90,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.registry_config_dir {
             c.image.registry_config_dir = v;
+        }
+        if let Some(v) = self.auth_file {
+            c.image.auth_file = v;
         }
         if let Some(v) = self.stream_listen {
             c.stream.listen = v;
@@ -154,6 +160,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         &config.root,
         ImageServiceConfig {
             registry_config_dir: Some(config.image.registry_config_dir.clone()),
+            auth_file: Some(config.image.auth_file.clone()),
             pinned_images: config.image.pinned_images.clone(),
             max_concurrent_layers: config.image.max_concurrent_layers,
         },

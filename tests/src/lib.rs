@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 pub mod containerd;
 pub mod cri;
 pub mod daemon;
+pub mod gateway;
 pub mod images;
+pub mod pki;
 pub mod proxy;
 pub mod registry;
 

@@ -1,6 +1,8 @@
 //! A real registry for image tests: CNCF distribution (`docker-registry`,
 //! Debian's `docker-registry` package) on a loopback port, with its storage,
-//! config and log in a temporary directory that goes away with it.
+//! config and log in a temporary directory that goes away with it; plain
+//! HTTP, or TLS (optionally requiring client certificates), anonymous or
+//! with htpasswd auth.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -21,6 +23,31 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// and releasing it, so another process may take it before the registry does.
 const PORT_ATTEMPTS: usize = 5;
 
+/// What to start: [`Registry::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// HTTP basic auth for this one user (htpasswd, bcrypt).
+    pub htpasswd: Option<(String, String)>,
+    /// Serve HTTPS instead of HTTP.
+    pub tls: Option<Tls>,
+    /// Serve this storage directory (another registry's
+    /// [`Registry::storage_dir`]) instead of a fresh one: images pushed over
+    /// plain HTTP are then served by a TLS or auth registry too.
+    pub storage: Option<PathBuf>,
+}
+
+/// The registry's TLS files (`http.tls`).
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// Its PEM key.
+    pub key: PathBuf,
+    /// CA whose client certificates are required (`http.tls.clientcas`):
+    /// with it, a client without such a certificate fails the handshake.
+    pub client_ca: Option<PathBuf>,
+}
+
 /// A running `docker-registry serve`, killed (by the PID of the child this
 /// process spawned) and reaped on drop.
 pub struct Registry {
@@ -38,14 +65,17 @@ impl Registry {
     /// `NotFound` with "docker-registry not installed" when the binary is
     /// missing, so that a test can print `skipped: ...`.
     pub fn start() -> io::Result<Registry> {
-        Self::start_inner(None)
+        Self::start_with(RegistryOptions::default())
     }
 
     /// Starts a registry that requires HTTP basic auth as `user`/`password`
     /// (htpasswd file made with `htpasswd -Bbn`, bcrypt being the only hash
     /// distribution accepts).
     pub fn start_with_auth(user: &str, password: &str) -> io::Result<Registry> {
-        Self::start_inner(Some((user, password)))
+        Self::start_with(RegistryOptions {
+            htpasswd: Some((user.into(), password.into())),
+            ..RegistryOptions::default()
+        })
     }
 
     /// `127.0.0.1:PORT`, the registry part of an image reference.
@@ -75,7 +105,8 @@ impl Registry {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn start_inner(auth: Option<(&str, &str)>) -> io::Result<Registry> {
+    /// Starts a registry as `opts` says (`NotFound` as [`Registry::start`]).
+    pub fn start_with(opts: RegistryOptions) -> io::Result<Registry> {
         if !Path::new(REGISTRY_BINARY).exists() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -85,9 +116,12 @@ impl Registry {
         let dir = tempfile::Builder::new()
             .prefix("berth-registry")
             .tempdir()?;
-        let storage = dir.path().join("storage");
+        let storage = match &opts.storage {
+            Some(shared) => shared.clone(),
+            None => dir.path().join("storage"),
+        };
         std::fs::create_dir_all(&storage)?;
-        let htpasswd = match auth {
+        let htpasswd = match &opts.htpasswd {
             Some((user, password)) => Some(write_htpasswd(dir.path(), user, password)?),
             None => None,
         };
@@ -95,7 +129,10 @@ impl Registry {
         for attempt in 0..PORT_ATTEMPTS {
             let addr = format!("127.0.0.1:{}", free_port()?);
             let config = dir.path().join("config.yml");
-            std::fs::write(&config, config_yaml(&addr, &storage, htpasswd.as_deref()))?;
+            std::fs::write(
+                &config,
+                config_yaml(&addr, &storage, htpasswd.as_deref(), opts.tls.as_ref()),
+            )?;
             let log = dir.path().join(format!("registry-{attempt}.log"));
             let log_file = File::create(&log)?;
             let mut child = Command::new(REGISTRY_BINARY)
@@ -105,7 +142,7 @@ impl Registry {
                 .stdout(log_file.try_clone()?)
                 .stderr(log_file)
                 .spawn()?;
-            match wait_ready(&mut child, &addr, &log) {
+            match wait_ready(&mut child, &addr, &log, opts.tls.is_some()) {
                 Ok(()) => {
                     return Ok(Registry {
                         child,
@@ -140,9 +177,10 @@ impl Drop for Registry {
 }
 
 /// Polls `GET /v2/` until it answers 200 (anonymous) or 401 (auth
-/// required), the child exits, or `READY_TIMEOUT` passes. The error carries
+/// required) — or, for a TLS registry, 400 (Go's answer to plain HTTP on a
+/// TLS port) — the child exits, or `READY_TIMEOUT` passes. The error carries
 /// the registry's log; `AddrInUse` when the port was taken meanwhile.
-fn wait_ready(child: &mut Child, addr: &str, log: &Path) -> io::Result<()> {
+fn wait_ready(child: &mut Child, addr: &str, log: &Path, tls: bool) -> io::Result<()> {
     let read_log = || std::fs::read_to_string(log).unwrap_or_default();
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
@@ -160,8 +198,10 @@ fn wait_ready(child: &mut Child, addr: &str, log: &Path) -> io::Result<()> {
                 ),
             ));
         }
-        if let Ok(200 | 401) = http_status(addr, "/v2/") {
-            return Ok(());
+        match http_status(addr, "/v2/") {
+            Ok(200 | 401) => return Ok(()),
+            Ok(400) if tls => return Ok(()),
+            _ => {}
         }
         if Instant::now() >= deadline {
             return Err(io::Error::new(
@@ -203,7 +243,7 @@ fn write_htpasswd(dir: &Path, user: &str, password: &str) -> io::Result<PathBuf>
 /// memory and a blob corrupted on disk is served corrupted; redirects are off
 /// so blobs come from the registry itself (through a `Proxy` if one sits in
 /// front); the upload purger is off so it never touches storage mid-test.
-fn config_yaml(addr: &str, storage: &Path, htpasswd: Option<&Path>) -> String {
+fn config_yaml(addr: &str, storage: &Path, htpasswd: Option<&Path>, tls: Option<&Tls>) -> String {
     let mut yaml = format!(
         "version: 0.1
 log:
@@ -226,6 +266,16 @@ http:
 ",
         storage = storage.display()
     );
+    if let Some(tls) = tls {
+        yaml.push_str(&format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            tls.cert.display(),
+            tls.key.display()
+        ));
+        if let Some(ca) = &tls.client_ca {
+            yaml.push_str(&format!("    clientcas:\n      - {}\n", ca.display()));
+        }
+    }
     if let Some(path) = htpasswd {
         yaml.push_str(&format!(
             "auth:

@@ -2,10 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+
+use super::auth_file::AuthFileError;
 use super::blobs::BlobError;
 use super::hosts::HostsError;
 use super::layers::LayerError;
-use super::reference::ReferenceError;
+use super::reference::{ImageName, ReferenceError};
 
 /// Everything that can go wrong in the image service.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +22,26 @@ pub enum ImageError {
     /// The node's registry configuration is broken.
     #[error("registry configuration: {0}")]
     Hosts(#[from] HostsError),
+    /// The node's registry credentials file is broken.
+    #[error(transparent)]
+    AuthFile(#[from] AuthFileError),
+    /// A hosts.toml endpoint asks for something berth cannot do, so it is
+    /// not used.
+    #[error(
+        "pulling {image}: endpoint {endpoint} ({file}) not used: `{key}` is set, but {reason}"
+    )]
+    EndpointUnsupported {
+        /// The image.
+        image: String,
+        /// The endpoint's URL.
+        endpoint: String,
+        /// The hosts.toml that configures it.
+        file: String,
+        /// The hosts.toml key.
+        key: &'static str,
+        /// Why it cannot be honoured.
+        reason: &'static str,
+    },
     /// The registry refused the credentials (or asked for some).
     #[error("pulling {image}: registry {registry} refused access: {reason}")]
     Unauthenticated {
@@ -78,6 +101,76 @@ pub enum ImageError {
 }
 
 impl ImageError {
+    /// An oci-client error from `registry` (an endpoint's host) while
+    /// pulling `name`, sorted into Unauthenticated, NotFound or Registry by
+    /// the HTTP status and the distribution error codes.
+    pub(crate) fn from_registry(
+        name: &ImageName,
+        registry: &str,
+        e: OciDistributionError,
+    ) -> ImageError {
+        let image = name.to_string();
+        let registry = registry.to_string();
+        let codes: &[oci_client::errors::OciError] = match &e {
+            OciDistributionError::RegistryError { envelope, .. } => &envelope.errors,
+            _ => &[],
+        };
+        let unauth = matches!(
+            e,
+            OciDistributionError::AuthenticationFailure(_)
+                | OciDistributionError::UnauthorizedError { .. }
+        ) || matches!(
+            e,
+            OciDistributionError::ServerError {
+                code: 401 | 403,
+                ..
+            }
+        ) || codes
+            .iter()
+            .any(|c| matches!(c.code, OciErrorCode::Unauthorized | OciErrorCode::Denied));
+        let not_found = matches!(e, OciDistributionError::ImageManifestNotFoundError(_))
+            || matches!(e, OciDistributionError::ServerError { code: 404, .. })
+            || codes.iter().any(|c| {
+                matches!(
+                    c.code,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                        | OciErrorCode::NotFound
+                )
+            });
+        let reason = crate::util::error_chain(&e);
+        if unauth {
+            ImageError::Unauthenticated {
+                image,
+                registry,
+                reason,
+            }
+        } else if not_found {
+            ImageError::NotFound { image, reason }
+        } else {
+            ImageError::Registry {
+                image,
+                registry,
+                reason,
+            }
+        }
+    }
+
+    /// Whether trying again later may succeed (a network failure, a 5xx or
+    /// 429, a `TOOMANYREQUESTS`).
+    pub(crate) fn is_transient(e: &OciDistributionError) -> bool {
+        match e {
+            OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => true,
+            OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+            OciDistributionError::RegistryError { envelope, .. } => envelope
+                .errors
+                .iter()
+                .any(|e| matches!(e.code, OciErrorCode::Toomanyrequests)),
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(path: &Path, source: std::io::Error) -> ImageError {
         ImageError::Io {
             path: path.to_path_buf(),
@@ -91,7 +184,9 @@ impl From<ImageError> for tonic::Status {
         use tonic::Code;
         let code = match &e {
             ImageError::Reference(_) | ImageError::MissingField(_) => Code::InvalidArgument,
-            ImageError::Hosts(_) => Code::FailedPrecondition,
+            ImageError::Hosts(_)
+            | ImageError::AuthFile(_)
+            | ImageError::EndpointUnsupported { .. } => Code::FailedPrecondition,
             ImageError::Unauthenticated { .. } => Code::Unauthenticated,
             ImageError::NotFound { .. } | ImageError::NotPresent(_) => Code::NotFound,
             ImageError::Registry { .. } => Code::Unavailable,

@@ -3,19 +3,26 @@
 //! - [`reference`]: image names, normalised as Docker and containerd do
 //!   (`busybox` → `docker.io/library/busybox:latest`), and validated digests.
 //! - [`hosts`]: node registry configuration in containerd's
-//!   `certs.d/<host>/hosts.toml` format (mirrors, plain HTTP, CA files).
+//!   `certs.d/<host>/hosts.toml` format (mirrors, plain HTTP, CA files,
+//!   path prefixes, connect timeouts).
+//! - [`auth_file`]: node-wide registry credentials (Docker's `config.json`).
 //! - [`blobs`]: the content-addressed blob store (atomic, verified writes).
 //! - [`unpack`]: one layer tar → one overlayfs lower directory.
 //! - [`layers`]: unpacked layers keyed by chain id.
 //! - [`store`]: image records, name resolution, container leases, GC.
-//! - [`pull`]: the puller (oci-client), parallel verified layer fetches.
+//! - `manifest`: the manifest, index and config fields berth reads.
+//! - [`pull`]: the puller (oci-client), parallel verified layer fetches;
+//!   `clients`: its oci-client per endpoint settings and credentials.
 //! - [`rootfs`]: what a container gets from its image: overlay dirs + config.
 //! - [`service`]: the tonic `ImageService` implementation.
 
+pub mod auth_file;
 pub mod blobs;
+mod clients;
 pub mod error;
 pub mod hosts;
 pub mod layers;
+mod manifest;
 pub mod pull;
 pub mod reference;
 pub mod rootfs;

@@ -5,121 +5,35 @@
 //!
 //! The registry protocol (manifests, auth challenges, token exchange, range
 //! requests) is oci-client's; berth adds the endpoint choice (mirrors, plain
-//! HTTP, CAs from hosts.toml), retries with resume, single-flight pulls, and
-//! the store.
+//! HTTP, CAs, path prefixes and connect timeouts from hosts.toml), node
+//! credentials for pulls that carry none, retries with resume, single-flight
+//! pulls, and the store.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use oci_client::client::{
-    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol,
-};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::client::BlobResponse;
+use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
-use oci_client::Client;
-use serde::Deserialize;
 
+use super::auth_file::NodeAuth;
+use super::clients::Clients;
 use super::error::ImageError;
 use super::hosts::{Endpoint, RegistryHosts, Scheme};
 use super::layers::chain_ids;
+pub use super::manifest::Platform;
+use super::manifest::{
+    choose_platform, is_index, parse_json, Descriptor, ImageConfigBlob, Manifest, ACCEPTED,
+};
 use super::reference::{Digest, ImageName};
 use super::store::{ImageRecord, ImageStore, LayerRecord};
 use super::unpack::Compression;
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const ACCEPTED: &[&str] = &[OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
 /// Attempts per blob: a dropped connection is resumed where it broke.
 const BLOB_ATTEMPTS: u32 = 4;
-
-/// A content descriptor (OCI image spec), the fields berth reads.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Descriptor {
-    #[serde(default)]
-    pub media_type: String,
-    pub digest: String,
-    pub size: i64,
-    #[serde(default)]
-    pub urls: Option<Vec<String>>,
-    #[serde(default)]
-    pub platform: Option<Platform>,
-}
-
-/// An index entry's platform.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct Platform {
-    /// `linux`.
-    pub os: String,
-    /// `amd64`, `arm64`, ...
-    pub architecture: String,
-    /// `v8`, `v7`, ...
-    #[serde(default)]
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// The platform berth runs on, in OCI/Go terms.
-    pub fn host() -> Platform {
-        let (architecture, variant) = match std::env::consts::ARCH {
-            "x86_64" => ("amd64", None),
-            "aarch64" => ("arm64", Some("v8")),
-            "arm" => ("arm", Some("v7")),
-            "x86" => ("386", None),
-            "powerpc64" => ("ppc64le", None),
-            "riscv64" => ("riscv64", None),
-            other => (other, None),
-        };
-        Platform {
-            os: "linux".into(),
-            architecture: architecture.into(),
-            variant: variant.map(str::to_string),
-        }
-    }
-
-    /// Whether an index entry for `other` runs here. A missing variant
-    /// matches; arm64's default variant is v8 (containerd's platforms.Only).
-    pub fn accepts(&self, other: &Platform) -> bool {
-        let norm = |p: &Platform| match (p.architecture.as_str(), p.variant.as_deref()) {
-            ("arm64", None) => Some("v8".to_string()),
-            (_, v) => v.map(str::to_string),
-        };
-        self.os == other.os
-            && self.architecture == other.architecture
-            && (other.variant.is_none() || norm(self) == norm(other))
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Manifest {
-    #[serde(default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Option<Vec<Descriptor>>,
-    #[serde(default)]
-    manifests: Option<Vec<Descriptor>>,
-    #[serde(default)]
-    annotations: std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ConfigRootfs {
-    #[serde(default)]
-    diff_ids: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ImageConfigBlob {
-    rootfs: ConfigRootfs,
-}
 
 /// Async locks by key: the second pull of an image (or fetch of a blob)
 /// waits for the first and then finds the work done.
@@ -151,6 +65,9 @@ pub struct PullOptions {
     pub max_concurrent_layers: usize,
     /// The platform to choose from an index.
     pub platform: Platform,
+    /// Node-wide credentials (Docker's `config.json`) for pulls that carry
+    /// none; read at each such pull, absent means none.
+    pub auth_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PullOptions {
@@ -158,43 +75,9 @@ impl Default for PullOptions {
         PullOptions {
             max_concurrent_layers: 4,
             platform: Platform::host(),
+            auth_file: None,
         }
     }
-}
-
-/// Clients are cached per endpoint settings *and credentials*: an
-/// oci-client `Client` remembers the first credentials it saw for a registry
-/// (and the tokens they bought), so sharing one between requests with
-/// different pull secrets would lend one pod's credentials to another.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct ClientKey {
-    http: bool,
-    skip_verify: bool,
-    ca_files: Vec<std::path::PathBuf>,
-    /// sha256 of the credentials (the secrets themselves are not kept here).
-    auth: [u8; 32],
-}
-
-/// Distinct clients kept at most; the cache starts over beyond this.
-const MAX_CLIENTS: usize = 256;
-
-fn auth_key(auth: &RegistryAuth) -> [u8; 32] {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    match auth {
-        RegistryAuth::Anonymous => h.update(b"anonymous"),
-        RegistryAuth::Basic(u, p) => {
-            h.update(b"basic\0");
-            h.update(u.as_bytes());
-            h.update(b"\0");
-            h.update(p.as_bytes());
-        }
-        RegistryAuth::Bearer(t) => {
-            h.update(b"bearer\0");
-            h.update(t.as_bytes());
-        }
-    }
-    h.finalize().into()
 }
 
 /// The puller. Cheap to share (`Arc`); pulls run concurrently.
@@ -202,7 +85,7 @@ pub struct Puller {
     store: Arc<ImageStore>,
     hosts: RegistryHosts,
     opts: PullOptions,
-    clients: Mutex<HashMap<ClientKey, Client>>,
+    clients: Clients,
     /// Loopback hosts that did not answer HTTPS and are spoken to in HTTP.
     plain_http: Mutex<HashSet<String>>,
     pulls: KeyedLocks,
@@ -212,14 +95,39 @@ pub struct Puller {
     downloaded_bytes: std::sync::atomic::AtomicU64,
 }
 
-/// A request context for one pull, for error messages.
+/// One pull: the name, and the credentials for each endpoint.
 struct Ctx<'a> {
     name: &'a ImageName,
+    /// The request's own credentials (`Anonymous`: none).
     auth: &'a RegistryAuth,
+    /// The node's, used when the request has none.
+    node: NodeAuth,
+}
+
+impl Ctx<'_> {
+    /// The credentials to present to `ep`: the request's when it has some
+    /// (for every endpoint, as before node credentials existed), else the
+    /// node file's entry for the endpoint's own host, or, for the upstream
+    /// only, for the registry name. A mirror never gets the upstream's node
+    /// credentials.
+    fn auth_for(&self, ep: &Endpoint) -> RegistryAuth {
+        if !matches!(self.auth, RegistryAuth::Anonymous) {
+            return self.auth.clone();
+        }
+        let upstream = (!ep.is_mirror).then(|| self.name.registry());
+        self.node
+            .get(&ep.host)
+            .or_else(|| upstream.and_then(|r| self.node.get(r)))
+            .cloned()
+            .unwrap_or(RegistryAuth::Anonymous)
+    }
 }
 
 enum Attempt {
     Transient(ImageError),
+    /// The endpoint could not be connected to (refused, timed out): the
+    /// next endpoint is tried before this one again.
+    Unreachable(ImageError),
     Permanent(ImageError),
 }
 
@@ -230,7 +138,7 @@ impl Puller {
             store,
             hosts,
             opts,
-            clients: Mutex::default(),
+            clients: Clients::default(),
             plain_http: Mutex::default(),
             pulls: KeyedLocks::default(),
             blob_locks: KeyedLocks::default(),
@@ -257,7 +165,9 @@ impl Puller {
         self.resumes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Pulls `name` and records it; returns the record.
+    /// Pulls `name` and records it; returns the record. `auth` is the
+    /// request's credentials; with `Anonymous` the node's auth file (if
+    /// configured and present) supplies them.
     pub async fn pull(
         &self,
         name: &ImageName,
@@ -265,15 +175,19 @@ impl Puller {
     ) -> Result<ImageRecord, ImageError> {
         let _same_name = self.pulls.lock(&name.to_string()).await;
         let _gc_hold = self.store.begin_pull();
-        let ctx = Ctx { name, auth };
-        let endpoints = self.hosts.endpoints(name.registry())?;
+        let node = match (auth, &self.opts.auth_file) {
+            (RegistryAuth::Anonymous, Some(file)) => NodeAuth::load(file)?,
+            _ => NodeAuth::default(),
+        };
+        let ctx = Ctx { name, auth, node };
+        let endpoints = self.usable_endpoints(name)?;
 
         let (top, top_digest, ep) = self.resolve(&ctx, &endpoints).await?;
         let mut manifest_blobs = vec![(top_digest.clone(), top.clone())];
         let mut manifest: Manifest = parse_json(name, "manifest", &top)?;
         let mut manifest_digest = top_digest.clone();
         if manifest.manifests.is_some() || is_index(manifest.media_type.as_deref()) {
-            let child = self.choose_platform(name, &manifest)?;
+            let child = choose_platform(name, &manifest, &self.opts.platform)?;
             let digest = Digest::parse(&child.digest)?;
             let bytes = self.fetch_manifest(&ctx, &ep, &endpoints, &digest).await?;
             manifest = parse_json(name, "manifest", &bytes)?;
@@ -365,39 +279,35 @@ impl Puller {
         self.store.add(record)
     }
 
-    fn choose_platform(
-        &self,
-        name: &ImageName,
-        index: &Manifest,
-    ) -> Result<Descriptor, ImageError> {
-        let entries = index.manifests.as_deref().unwrap_or_default();
-        entries
-            .iter()
-            .find(|m| {
-                m.platform
-                    .as_ref()
-                    .is_some_and(|p| self.opts.platform.accepts(p))
-            })
-            .cloned()
-            .ok_or_else(|| {
-                let have: Vec<String> = entries
-                    .iter()
-                    .filter_map(|m| m.platform.as_ref())
-                    .map(|p| match &p.variant {
-                        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-                        None => format!("{}/{}", p.os, p.architecture),
-                    })
-                    .collect();
-                ImageError::NotFound {
-                    image: name.to_string(),
-                    reason: format!(
-                        "no manifest for platform {}/{} in the index (it has: {})",
-                        self.opts.platform.os,
-                        self.opts.platform.architecture,
-                        have.join(", ")
-                    ),
-                }
-            })
+    /// The configured endpoints berth can honour. The others are skipped
+    /// with a warning; when none is left, the pull fails with the first
+    /// one's reason.
+    fn usable_endpoints(&self, name: &ImageName) -> Result<Vec<Endpoint>, ImageError> {
+        let mut refused = None;
+        let mut usable = Vec::new();
+        for ep in self.hosts.endpoints(name.registry())? {
+            let Some(u) = ep.unsupported() else {
+                usable.push(ep);
+                continue;
+            };
+            let e = ImageError::EndpointUnsupported {
+                image: name.to_string(),
+                endpoint: ep.url(),
+                file: ep
+                    .file
+                    .as_deref()
+                    .map(|f| f.display().to_string())
+                    .unwrap_or_default(),
+                key: u.key,
+                reason: u.reason,
+            };
+            tracing::warn!(error = %e, "registry endpoint skipped");
+            refused.get_or_insert(e);
+        }
+        match refused {
+            Some(e) if usable.is_empty() => Err(e),
+            _ => Ok(usable),
+        }
     }
 
     /// Resolves the name on the first resolve-capable endpoint that answers.
@@ -408,7 +318,7 @@ impl Puller {
     ) -> Result<(Vec<u8>, Digest, Endpoint), ImageError> {
         let mut last = None;
         for ep in endpoints.iter().filter(|e| e.capabilities.resolve) {
-            let result = self.pull_manifest(ep, ctx.auth, ctx.name).await;
+            let result = self.pull_manifest(ep, &ctx.auth_for(ep), ctx.name).await;
             match result {
                 Ok((bytes, digest)) => {
                     let actual = Digest::of(&bytes);
@@ -428,7 +338,7 @@ impl Puller {
                     return Ok((bytes, actual, ep.clone()));
                 }
                 Err(e) => {
-                    let e = self.map_err(ctx, ep, e);
+                    let e = ImageError::from_registry(ctx.name, &ep.host, e);
                     // Credentials problems are the same on every mirror only
                     // for the upstream; keep trying the next endpoint.
                     tracing::debug!(endpoint = %ep.host, error = %e, "resolve failed");
@@ -457,7 +367,7 @@ impl Puller {
                 .filter(|e| *e != first && e.capabilities.pull),
         );
         for ep in order {
-            let result = self.pull_manifest(ep, ctx.auth, &by_digest).await;
+            let result = self.pull_manifest(ep, &ctx.auth_for(ep), &by_digest).await;
             match result {
                 Ok((bytes, _)) => {
                     let actual = Digest::of(&bytes);
@@ -469,7 +379,7 @@ impl Puller {
                     }
                     return Ok(bytes);
                 }
-                Err(e) => last = Some(self.map_err(ctx, ep, e)),
+                Err(e) => last = Some(ImageError::from_registry(ctx.name, &ep.host, e)),
             }
         }
         Err(last.unwrap_or_else(|| ImageError::Internal("no endpoint".into())))
@@ -526,8 +436,10 @@ impl Puller {
             return Ok(());
         }
         let mut last = None;
-        for ep in endpoints.iter().filter(|e| e.capabilities.pull) {
-            match self.download(ctx, ep, desc, &digest, size).await {
+        let pullers: Vec<_> = endpoints.iter().filter(|e| e.capabilities.pull).collect();
+        for (i, ep) in pullers.iter().enumerate() {
+            let more = i + 1 < pullers.len();
+            match self.download(ctx, ep, desc, &digest, size, more).await {
                 Ok(()) => return Ok(()),
                 Err(e @ ImageError::Blob(_)) => return Err(e),
                 Err(e) => last = Some(e),
@@ -539,6 +451,9 @@ impl Puller {
         }))
     }
 
+    /// Downloads a blob from `ep`, resuming where a transfer broke. An
+    /// endpoint that cannot be connected to is left at once when `more`
+    /// endpoints follow (its `dial_timeout` is then the whole delay).
     async fn download(
         &self,
         ctx: &Ctx<'_>,
@@ -546,6 +461,7 @@ impl Puller {
         desc: &Descriptor,
         digest: &Digest,
         size: u64,
+        more: bool,
     ) -> Result<(), ImageError> {
         self.downloads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -568,11 +484,14 @@ impl Puller {
                 Ok(()) => break,
                 // All bytes arrived: only the digest check can tell more.
                 Err(_) if writer.written() == size => break,
-                Err(Attempt::Transient(e)) if attempt < BLOB_ATTEMPTS => {
+                Err(Attempt::Unreachable(e)) if more => return Err(e),
+                Err(Attempt::Transient(e) | Attempt::Unreachable(e)) if attempt < BLOB_ATTEMPTS => {
                     tracing::info!(blob = %digest, attempt, offset = writer.written(), error = %e, "blob download interrupted; resuming");
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                 }
-                Err(Attempt::Transient(e) | Attempt::Permanent(e)) => return Err(e),
+                Err(Attempt::Transient(e) | Attempt::Unreachable(e) | Attempt::Permanent(e)) => {
+                    return Err(e)
+                }
             }
         }
         tokio::task::spawn_blocking(move || writer.commit())
@@ -591,16 +510,22 @@ impl Puller {
         desc: &OciDescriptor,
         writer: &mut super::blobs::BlobWriter,
     ) -> Result<(), Attempt> {
-        let client = self.client(ep, self.is_plain_http(ep), ctx.auth);
+        let client = self
+            .clients
+            .get(ep, self.is_plain_http(ep), &ctx.auth_for(ep));
         // Always a range request: a fresh start asks for bytes=0-, a resume
         // for the rest. berth verifies the whole blob itself on commit.
         let response = client
             .pull_blob_stream_partial(reference, desc, writer.written(), None)
             .await
             .map_err(|e| {
-                let transient = is_transient(&e);
-                let e = self.map_err(ctx, ep, e);
-                if transient {
+                let unreachable =
+                    matches!(&e, OciDistributionError::RequestError(r) if r.is_connect());
+                let transient = ImageError::is_transient(&e);
+                let e = ImageError::from_registry(ctx.name, &ep.host, e);
+                if unreachable {
+                    Attempt::Unreachable(e)
+                } else if transient {
                     Attempt::Transient(e)
                 } else {
                     Attempt::Permanent(e)
@@ -634,12 +559,18 @@ impl Puller {
         Ok(())
     }
 
+    /// `name` as oci-client should fetch it from `ep`: the endpoint's
+    /// address (with its path prefix) as a mirror registry unless it is the
+    /// registry itself. (An upstream with a path prefix therefore gets
+    /// `?ns=` too, which registries ignore.)
     fn reference_for(&self, name: &ImageName, ep: &Endpoint) -> oci_client::Reference {
         let mut r = name.to_oci();
-        let same = ep.host == name.registry()
-            || (name.registry() == "docker.io" && ep.host == "registry-1.docker.io");
+        // `usable_endpoints` let through only endpoints that have one.
+        let addr = ep.registry_address().unwrap_or_else(|| ep.host.clone());
+        let same = addr == name.registry()
+            || (name.registry() == "docker.io" && addr == "registry-1.docker.io");
         if !same {
-            r.set_mirror_registry(ep.host.clone());
+            r.set_mirror_registry(addr);
         }
         r
     }
@@ -665,7 +596,8 @@ impl Puller {
         let r = &self.reference_for(name, ep);
         let http = self.is_plain_http(ep);
         let fetch = |http| async move {
-            self.client(ep, http, auth)
+            self.clients
+                .get(ep, http, auth)
                 .pull_manifest_raw(r, auth, ACCEPTED)
                 .await
                 .map(|(bytes, digest)| (bytes.to_vec(), digest))
@@ -686,149 +618,5 @@ impl Puller {
             }
             other => other,
         }
-    }
-
-    fn client(&self, ep: &Endpoint, http: bool, auth: &RegistryAuth) -> Client {
-        let key = ClientKey {
-            http,
-            skip_verify: ep.skip_verify,
-            ca_files: ep.ca_files.clone(),
-            auth: auth_key(auth),
-        };
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if clients.len() >= MAX_CLIENTS && !clients.contains_key(&key) {
-            clients.clear();
-        }
-        clients
-            .entry(key)
-            .or_insert_with(|| {
-                let extra_root_certificates = ep
-                    .ca_files
-                    .iter()
-                    .filter_map(|p| match std::fs::read(p) {
-                        Ok(data) => Some(Certificate {
-                            encoding: CertificateEncoding::Pem,
-                            data,
-                        }),
-                        Err(e) => {
-                            tracing::warn!(path = %p.display(), error = %e, "cannot read registry CA file");
-                            None
-                        }
-                    })
-                    .collect();
-                Client::new(ClientConfig {
-                    protocol: if http { ClientProtocol::Http } else { ClientProtocol::Https },
-                    accept_invalid_certificates: ep.skip_verify,
-                    extra_root_certificates,
-                    platform_resolver: None,
-                    connect_timeout: Some(Duration::from_secs(10)),
-                    read_timeout: Some(Duration::from_secs(60)),
-                    user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")),
-                    ..ClientConfig::default()
-                })
-            })
-            .clone()
-    }
-
-    fn map_err(&self, ctx: &Ctx<'_>, ep: &Endpoint, e: OciDistributionError) -> ImageError {
-        let image = ctx.name.to_string();
-        let registry = ep.host.clone();
-        let codes: &[oci_client::errors::OciError] = match &e {
-            OciDistributionError::RegistryError { envelope, .. } => &envelope.errors,
-            _ => &[],
-        };
-        let unauth = matches!(
-            e,
-            OciDistributionError::AuthenticationFailure(_)
-                | OciDistributionError::UnauthorizedError { .. }
-        ) || matches!(
-            e,
-            OciDistributionError::ServerError {
-                code: 401 | 403,
-                ..
-            }
-        ) || codes
-            .iter()
-            .any(|c| matches!(c.code, OciErrorCode::Unauthorized | OciErrorCode::Denied));
-        let not_found = matches!(e, OciDistributionError::ImageManifestNotFoundError(_))
-            || matches!(e, OciDistributionError::ServerError { code: 404, .. })
-            || codes.iter().any(|c| {
-                matches!(
-                    c.code,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::BlobUnknown
-                        | OciErrorCode::NotFound
-                )
-            });
-        let reason = crate::util::error_chain(&e);
-        if unauth {
-            ImageError::Unauthenticated {
-                image,
-                registry,
-                reason,
-            }
-        } else if not_found {
-            ImageError::NotFound { image, reason }
-        } else {
-            ImageError::Registry {
-                image,
-                registry,
-                reason,
-            }
-        }
-    }
-}
-
-fn is_transient(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => true,
-        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
-        OciDistributionError::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|e| matches!(e.code, OciErrorCode::Toomanyrequests)),
-        _ => false,
-    }
-}
-
-fn is_index(media_type: Option<&str>) -> bool {
-    matches!(media_type, Some(OCI_INDEX | DOCKER_LIST))
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(
-    name: &ImageName,
-    what: &str,
-    bytes: &[u8],
-) -> Result<T, ImageError> {
-    serde_json::from_slice(bytes).map_err(|e| ImageError::Manifest {
-        image: name.to_string(),
-        reason: format!("invalid {what}: {e}"),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn p(os: &str, arch: &str, v: Option<&str>) -> Platform {
-        Platform {
-            os: os.into(),
-            architecture: arch.into(),
-            variant: v.map(str::to_string),
-        }
-    }
-
-    #[test]
-    fn platform_matching() {
-        let amd = p("linux", "amd64", None);
-        assert!(amd.accepts(&p("linux", "amd64", None)));
-        assert!(!amd.accepts(&p("linux", "arm64", Some("v8"))));
-        assert!(!amd.accepts(&p("windows", "amd64", None)));
-        let arm = p("linux", "arm64", Some("v8"));
-        assert!(arm.accepts(&p("linux", "arm64", None)));
-        assert!(arm.accepts(&p("linux", "arm64", Some("v8"))));
-        assert!(!arm.accepts(&p("linux", "arm64", Some("v9"))));
-        assert_eq!(Platform::host().os, "linux");
     }
 }

@@ -24,6 +24,9 @@ pub struct ImageServiceConfig {
     pub pinned_images: Vec<String>,
     /// Layers fetched at once per pull (0: default).
     pub max_concurrent_layers: usize,
+    /// Node-wide registry credentials in Docker's `config.json` format, for
+    /// pulls whose request carries none (`--auth-file`).
+    pub auth_file: Option<PathBuf>,
 }
 
 /// The image service: store plus puller.
@@ -37,7 +40,10 @@ impl ImageServiceImpl {
     /// Opens the image store under `root` (e.g. `/var/lib/berth`).
     pub fn open(root: &Path, config: ImageServiceConfig) -> Result<ImageServiceImpl, ImageError> {
         let store = Arc::new(ImageStore::open(root, config.pinned_images)?);
-        let mut opts = PullOptions::default();
+        let mut opts = PullOptions {
+            auth_file: config.auth_file,
+            ..PullOptions::default()
+        };
         if config.max_concurrent_layers > 0 {
             opts.max_concurrent_layers = config.max_concurrent_layers;
         }

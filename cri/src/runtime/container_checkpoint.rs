@@ -465,9 +465,10 @@ impl Unpacked {
 
 /// The checkpoint's rootfs image (`config.dump`'s name, else its ref), as
 /// the image store resolves it. When it is not here and a `puller` is
-/// given, it is pulled first — anonymously, through the configured registry
-/// hosts, as CRI-O does (blocking: called from CreateContainer's blocking
-/// task, inside the runtime).
+/// given, it is pulled first — with no request credentials (the node's
+/// auth file's, if any), through the configured registry hosts, as CRI-O
+/// does (blocking: called from CreateContainer's blocking task, inside the
+/// runtime).
 pub(super) fn rootfs_image(
     images: &crate::image::ImageStore,
     puller: Option<&crate::image::pull::Puller>,
