@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs the Debian packages the tests need, then runs the
 # whole suite (unit tests, privileged integration tests, end-to-end tests,
-# doctests), then berth-core's cgroup tests again in QEMU guests with a pure
-# cgroup v2 hierarchy, one with systemd as PID 1 (scripts/cgroup2-guest/).
+# doctests), the CRI conformance suite (critest, scripts/conformance.sh),
+# then berth-core's cgroup tests again in QEMU guests with a pure cgroup v2
+# hierarchy, one with systemd as PID 1 (scripts/cgroup2-guest/).
 # Must run as root.
 #
 # `--all-targets` also compiles the examples and benchmarks so they cannot rot.
@@ -50,6 +51,12 @@ run cargo test --workspace --all-targets
 
 phase "cargo test --workspace --doc"
 run cargo test --workspace --doc
+
+# critest, the CRI validation suite containerd and CRI-O run, against a
+# release-built berth, with the reviewed list of expected failures (skipped
+# with a message where the cri-tools kit is absent).
+phase "conformance: critest against release berth (scripts/conformance.sh)"
+run bash scripts/conformance.sh
 
 # The path of berth-core's test binary `tests/$1.rs` (built if needed).
 test_binary() {
