@@ -11,6 +11,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // RPCs berth does not implement yet answer `Unimplemented` instead
         // of failing to compile; each issue replaces its stubs.
         .generate_default_stubs(true)
+        // Messages serialize to JSON for the verbose status `info` (crictl
+        // inspect's `.info.config`), with the proto field names as
+        // containerd's Go structs have them. Bytes (env values) as text.
+        .message_attribute(".", "#[derive(serde::Serialize)]")
+        .field_attribute(
+            ".runtime.v1.KeyValue.value",
+            "#[serde(serialize_with = \"crate::util::lossy_text\")]",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

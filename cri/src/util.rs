@@ -33,6 +33,11 @@ pub(crate) fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>) -> nix::Result<()
 }
 
 /// Nanoseconds since the epoch (CRI timestamps).
+/// Bytes as (lossy) UTF-8 text, for protobuf `bytes` fields in JSON.
+pub(crate) fn lossy_text<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(b))
+}
+
 /// `now + after`, saturating far in the future instead of overflowing: a
 /// request's timeout (an `i64` of seconds) may be anything, and `Instant +
 /// Duration` panics on overflow.

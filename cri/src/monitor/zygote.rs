@@ -107,12 +107,30 @@ impl Zygote {
     /// container is to containerd): pid 1 of a new pid namespace, in its own
     /// session, reparented away from the zygote, reaping whatever is
     /// orphaned in the namespace until it is killed. Returns its pid (in
-    /// our pid namespace); containers join `/proc/<pid>/ns/pid`. Blocking.
-    pub fn spawn_pod_init(&self, log_path: &Path) -> Result<i32, MonitorError> {
+    /// our pid namespace); containers join `/proc/<pid>/ns/pid`. With
+    /// `userns` (the pod's own user namespace) the pid namespace is made
+    /// inside it, so it is owned by it: a container of the pod, which joins
+    /// that user namespace first, may then join it. Blocking.
+    pub fn spawn_pod_init(
+        &self,
+        log_path: &Path,
+        userns: Option<&Path>,
+    ) -> Result<i32, MonitorError> {
         let sys = |step| move |source| MonitorError::Sys { step, source };
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(sys("create the report pipe"))?;
-        self.send(&[KIND_POD_INIT], &[report_w.as_raw_fd()])?;
+        let userns =
+            userns
+                .map(std::fs::File::open)
+                .transpose()
+                .map_err(|e| MonitorError::Sys {
+                    step: "open the pod's user namespace",
+                    source: nix::Error::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)),
+                })?;
+        let mut fds = vec![report_w.as_raw_fd()];
+        fds.extend(userns.as_ref().map(|f| f.as_raw_fd()));
+        self.send(&[KIND_POD_INIT], &fds)?;
+        drop(userns);
         drop(report_w);
         match parse_report(
             std::fs::File::from(report_r),
@@ -291,7 +309,11 @@ pub(super) fn serve(sealed_fd: Option<RawFd>) -> i32 {
                 fork_monitor(&spec, report, log);
             }
             (Some(KIND_POD_INIT), 1) => {
-                fork_pod_init(fds.pop().expect("one"));
+                fork_pod_init(fds.pop().expect("one"), None);
+            }
+            (Some(KIND_POD_INIT), 2) => {
+                let userns = fds.pop().expect("two");
+                fork_pod_init(fds.pop().expect("two"), Some(userns));
             }
             (Some(KIND_USERNS), 2) => {
                 let hold = fds.pop().expect("two");
@@ -306,11 +328,11 @@ pub(super) fn serve(sealed_fd: Option<RawFd>) -> i32 {
 
 /// Forks the intermediate child that makes the pod's pid namespace and
 /// forks its init; reaps the intermediate.
-fn fork_pod_init(report: OwnedFd) {
+fn fork_pod_init(report: OwnedFd, userns: Option<OwnedFd>) {
     // SAFETY: this process is single-threaded (see `fork_monitor`).
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
-            let code = match pod_init_intermediate(report) {
+            let code = match pod_init_intermediate(report, userns) {
                 Ok(()) => 0,
                 Err((report, msg)) => {
                     fail(report, &msg);
@@ -329,7 +351,17 @@ fn fork_pod_init(report: OwnedFd) {
 
 /// In the intermediate: a new pid namespace, whose first child (pid 1 in
 /// it) is the pod init; reports its pid and exits.
-fn pod_init_intermediate(report: OwnedFd) -> Result<(), (OwnedFd, String)> {
+fn pod_init_intermediate(
+    report: OwnedFd,
+    userns: Option<OwnedFd>,
+) -> Result<(), (OwnedFd, String)> {
+    // In the pod's user namespace first (we are single-threaded, as setns
+    // into a user namespace requires), so the new pid namespace is its.
+    if let Some(ns) = userns {
+        if let Err(e) = nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWUSER) {
+            return Err((report, format!("join the pod's user namespace: {e}")));
+        }
+    }
     if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
         return Err((report, format!("unshare a pid namespace: {e}")));
     }

@@ -230,7 +230,7 @@ fn core_error(e: berth_core::ContainerError) -> RuntimeError {
     }
 }
 
-fn read_monitor_spec(dir: &Path) -> Result<crate::monitor::MonitorSpec, RuntimeError> {
+pub(super) fn read_monitor_spec(dir: &Path) -> Result<crate::monitor::MonitorSpec, RuntimeError> {
     let p = dir.join(crate::monitor::SPEC_FILE);
     let bytes = std::fs::read(&p).map_err(|e| RuntimeError::io(&p, e))?;
     serde_json::from_slice(&bytes)
@@ -249,9 +249,16 @@ fn spec_dump(
     rec: &ContainerRecord,
     pod: &PodMeta,
 ) -> serde_json::Value {
-    use berth_core::config::MountKind;
-    let c = &spec.config;
-    let p = &spec.process;
+    crate::spec::oci::runtime_spec(&spec.config, &spec.process, annotations(cri, rec, pod))
+}
+
+/// The container's annotations plus the `io.kubernetes.*` ones containerd
+/// and CRI-O put in its OCI spec.
+pub(super) fn annotations(
+    cri: &proto::ContainerConfig,
+    rec: &ContainerRecord,
+    pod: &PodMeta,
+) -> serde_json::Map<String, serde_json::Value> {
     let container_name = cri
         .metadata
         .as_ref()
@@ -277,66 +284,7 @@ fn spec_dump(
     ] {
         annotations.insert(k.into(), v.clone().into());
     }
-    let mounts: Vec<serde_json::Value> = c
-        .mounts
-        .iter()
-        .map(|m| {
-            let (kind, mut options) = match &m.kind {
-                MountKind::Bind { recursive } => (
-                    "bind".to_string(),
-                    vec![if *recursive { "rbind" } else { "bind" }.to_string()],
-                ),
-                MountKind::Fs { fstype } => (fstype.clone(), Vec::new()),
-            };
-            options.extend(
-                m.flags
-                    .iter()
-                    .filter_map(|f| serde_json::to_value(f).ok()?.as_str().map(String::from)),
-            );
-            serde_json::json!({
-                "destination": m.destination,
-                "type": kind,
-                "source": m.source.clone().unwrap_or_else(|| PathBuf::from(&kind)),
-                "options": options,
-            })
-        })
-        .collect();
-    let namespaces: Vec<serde_json::Value> = c
-        .namespaces
-        .iter()
-        .map(|n| {
-            let kind = match n.kind.proc_name() {
-                "net" => "network",
-                "mnt" => "mount",
-                other => other,
-            };
-            match &n.path {
-                Some(path) => serde_json::json!({"type": kind, "path": path}),
-                None => serde_json::json!({"type": kind}),
-            }
-        })
-        .collect();
-    let user = serde_json::to_value(&p.user).unwrap_or_default();
-    serde_json::json!({
-        "ociVersion": "1.2.0",
-        "process": {
-            "terminal": p.terminal.is_some(),
-            "user": user,
-            "args": p.args,
-            "env": p.env.iter().map(|e| e.to_string_lossy()).collect::<Vec<_>>(),
-            "cwd": p.cwd,
-        },
-        "root": {"path": c.rootfs, "readonly": c.readonly_rootfs},
-        "hostname": c.hostname,
-        "mounts": mounts,
-        "annotations": annotations,
-        "linux": {
-            "namespaces": namespaces,
-            "cgroupsPath": c.cgroup.as_ref().map(|g| g.path.clone()),
-            "maskedPaths": c.masked_paths,
-            "readonlyPaths": c.readonly_paths,
-        },
-    })
+    annotations
 }
 
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";

@@ -1,22 +1,51 @@
 //! `ContainerStatus` and `ListContainers`.
 
+use tonic::Status;
+
 use super::container::ContainerRecord;
+use super::{container_checkpoint, RuntimeServiceImpl};
 use crate::proto;
 
-pub(super) fn status(rec: &ContainerRecord, verbose: bool) -> proto::ContainerStatusResponse {
-    let c = rec.config();
-    let mut info = std::collections::HashMap::new();
-    if verbose {
-        let v = serde_json::json!({
-            "id": rec.id,
-            "sandboxID": rec.sandbox_id,
-            "pid": rec.init_pid,
-            "monitorPid": rec.monitor_pid,
-            "stopSignal": rec.stop_signal,
-            "dir": rec.dir,
-        });
-        info.insert("info".to_string(), v.to_string());
+impl RuntimeServiceImpl {
+    /// `ContainerStatus`. Verbose adds `info.info`, the JSON crictl inspect
+    /// users script against, in containerd's shape: `pid`, `sandboxID`,
+    /// `config` (the ContainerConfig kubelet sent) and `runtimeSpec` (the
+    /// OCI-shaped spec berth applies), plus berth's own `monitorPid`,
+    /// `stopSignal` and `dir`.
+    pub(super) async fn container_status_rpc(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<proto::ContainerStatusResponse, Status> {
+        let rec = self.locked_container(id).await?.clone();
+        let mut resp = status(&rec);
+        if verbose {
+            let pod = self.pod_meta(&rec.sandbox_id).await;
+            let spec = container_checkpoint::read_monitor_spec(&rec.dir)
+                .map(|s| {
+                    let annotations = container_checkpoint::annotations(&rec.config(), &rec, &pod);
+                    crate::spec::oci::runtime_spec(&s.config, &s.process, annotations)
+                })
+                .unwrap_or(serde_json::Value::Null);
+            let v = serde_json::json!({
+                "id": rec.id,
+                "sandboxID": rec.sandbox_id,
+                "pid": rec.init_pid,
+                "monitorPid": rec.monitor_pid,
+                "stopSignal": rec.stop_signal,
+                "dir": rec.dir,
+                "config": rec.config(),
+                "runtimeSpec": spec,
+            });
+            resp.info.insert("info".to_string(), v.to_string());
+        }
+        Ok(resp)
     }
+}
+
+/// The status of a container (no verbose `info`).
+pub(super) fn status(rec: &ContainerRecord) -> proto::ContainerStatusResponse {
+    let c = rec.config();
     proto::ContainerStatusResponse {
         status: Some(proto::ContainerStatus {
             id: rec.id.to_string(),
@@ -51,7 +80,7 @@ pub(super) fn status(rec: &ContainerRecord, verbose: bool) -> proto::ContainerSt
                     windows: None,
                 }),
         }),
-        info,
+        info: Default::default(),
     }
 }
 

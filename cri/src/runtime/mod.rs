@@ -560,8 +560,10 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         request: Request<proto::ContainerStatusRequest>,
     ) -> Result<Response<proto::ContainerStatusResponse>, Status> {
         let req = request.into_inner();
-        let rec = self.locked_container(&req.container_id).await?;
-        Ok(Response::new(container_status::status(&rec, req.verbose)))
+        Ok(Response::new(
+            self.container_status_rpc(&req.container_id, req.verbose)
+                .await?,
+        ))
     }
 
     async fn list_containers(
@@ -1061,20 +1063,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             ))
             .into());
         }
-        let mut pod = container_checkpoint::PodMeta {
-            id: rec.sandbox_id.to_string(),
-            ..Default::default()
-        };
-        if let Ok(Some(entry)) = self
-            .sandboxes
-            .registry
-            .find(rec.sandbox_id.as_str(), "pod_sandbox_id")
-        {
-            let s = entry.lock().await;
-            if let Some(m) = s.config().metadata {
-                (pod.name, pod.namespace, pod.uid) = (m.name, m.namespace, m.uid);
-            }
-        }
+        let pod = self.pod_meta(&rec.sandbox_id).await;
         let containers = self.containers.clone();
         let criu = self.criu.clone();
         let t0 = std::time::Instant::now();
@@ -1135,6 +1124,22 @@ impl RuntimeServiceImpl {
             return Err(self.sandboxes.registry.not_found(id).into());
         }
         Ok(rec)
+    }
+
+    /// The names of pod `id` (empty when it is gone), for the annotations
+    /// of a container's OCI spec.
+    async fn pod_meta(&self, id: &crate::store::ObjectId) -> container_checkpoint::PodMeta {
+        let mut pod = container_checkpoint::PodMeta {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        if let Ok(Some(entry)) = self.sandboxes.registry.find(id.as_str(), "pod_sandbox_id") {
+            let s = entry.lock().await;
+            if let Some(m) = s.config().metadata {
+                (pod.name, pod.namespace, pod.uid) = (m.name, m.namespace, m.uid);
+            }
+        }
+        pod
     }
 
     /// A copy of container `id`'s record, brought up to date with its

@@ -326,7 +326,10 @@ pub(super) fn create(
         }
         if plan.pid == NsMode::Pod {
             let pid = zygote
-                .spawn_pod_init(&dir.join("pod-init.log"))
+                .spawn_pod_init(
+                    &dir.join("pod-init.log"),
+                    pinned.user.as_deref().filter(|_| plan.userns.is_some()),
+                )
                 .map_err(|e| {
                     RuntimeError::Internal(format!(
                         "starting the pod's pid namespace init: {}",

@@ -56,9 +56,9 @@ impl RuntimeServiceImpl {
             if rec.refresh() {
                 self.containers.registry.save(&rec)?;
             }
-            out.extend(container_status::status(&rec, false).status);
+            out.extend(container_status::status(&rec).status);
         }
-        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        out.sort_by_key(|c| std::cmp::Reverse(c.created_at));
         Ok(out)
     }
 }
@@ -75,15 +75,62 @@ pub(super) fn status(rec: &SandboxRecord, verbose: bool) -> proto::PodSandboxSta
     let c = rec.config();
     let mut info = std::collections::HashMap::new();
     if verbose {
+        // containerd's keys where berth has the same thing (`pid`: the pid
+        // namespace's init, 0 without one; `config`; `runtimeHandler`;
+        // `runtimeSpec`: the pod's namespaces, hostname, cgroup parent and
+        // annotations in OCI shape: there is no pause container), and
+        // berth's own.
+        let pinned = rec.namespaces.as_ref();
+        let ns = |kind: &str, path: Option<&std::path::PathBuf>| {
+            path.map(|p| serde_json::json!({"type": kind, "path": p}))
+        };
+        let namespaces: Vec<_> = [
+            ns("network", pinned.and_then(|n| n.net.as_ref())),
+            ns("ipc", pinned.and_then(|n| n.ipc.as_ref())),
+            ns("uts", pinned.and_then(|n| n.uts.as_ref())),
+            ns("user", pinned.and_then(|n| n.user.as_ref())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let meta = c.metadata.clone().unwrap_or_default();
+        let mut annotations: serde_json::Map<String, serde_json::Value> = c
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect();
+        for (k, v) in [
+            ("io.kubernetes.cri.container-type", "sandbox"),
+            ("io.kubernetes.cri.sandbox-id", rec.id.as_str()),
+            ("io.kubernetes.cri.sandbox-name", &meta.name),
+            ("io.kubernetes.cri.sandbox-namespace", &meta.namespace),
+            ("io.kubernetes.cri.sandbox-uid", &meta.uid),
+            ("io.kubernetes.cri.sandbox-log-directory", &c.log_directory),
+        ] {
+            annotations.insert(k.into(), v.into());
+        }
         let v = serde_json::json!({
             "id": rec.id,
             "name": rec.name,
+            "pid": rec.pod_init.map(|(pid, _)| pid).unwrap_or(0),
+            "runtimeHandler": rec.runtime_handler,
             "hostname": rec.hostname,
             "cgroupParent": rec.cgroup_parent,
             "ips": rec.ips,
             "namespaces": rec.namespaces,
             "dir": rec.dir,
             "logDirectory": c.log_directory,
+            "config": c,
+            "runtimeSpec": {
+                "ociVersion": crate::spec::oci::OCI_VERSION,
+                "hostname": rec.hostname,
+                "annotations": annotations,
+                "linux": {
+                    "namespaces": namespaces,
+                    "cgroupsPath": rec.cgroup_parent,
+                    "sysctl": c.linux.as_ref().map(|l| l.sysctls.clone()).unwrap_or_default(),
+                },
+            },
         });
         info.insert("info".to_string(), v.to_string());
     }

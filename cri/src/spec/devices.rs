@@ -15,18 +15,28 @@ use crate::proto;
 /// `permissions` (`r`, `w`, `m`) becomes the device's cgroup rule (see
 /// [`rules`]).
 ///
-/// A privileged container does not get all host devices (CRI: "All devices
-/// from the host's /dev are available"): listing them is I/O, so it would
-/// be the caller's to pass them in, and this is not done yet. CDI devices
-/// are refused: there is no CDI registry on this node.
+/// A privileged container gets every host device node at its host path
+/// (CRI: "All devices from the host's /dev are available"; what runc-based
+/// runtimes give it), the host's node replacing a default of the same path.
+/// CDI devices are refused: there is no CDI registry on this node.
 pub(super) fn devices(
     req: &proto::ContainerConfig,
-    host_device: HostDeviceLookup<'_>,
+    host: HostDeviceLookup<'_>,
+    privileged: bool,
 ) -> Result<Vec<Device>, SpecError> {
     if !req.cdi_devices.is_empty() {
         return Err(unsupported("config.CDI_devices", "CDI devices"));
     }
     let mut out = Config::default_devices();
+    if privileged {
+        for (path, node) in host.all() {
+            let dev = device_at(path, node);
+            match out.iter_mut().find(|e| e.path == dev.path) {
+                Some(existing) => *existing = dev,
+                None => out.push(dev),
+            }
+        }
+    }
     for (i, d) in req.devices.iter().enumerate() {
         let field = |name: &str| format!("config.devices[{i}].{name}");
         let path = clean_absolute(&field("container_path"), &d.container_path)?;
@@ -36,14 +46,14 @@ pub(super) fn devices(
                 format!("{:?} must be below /dev", d.container_path),
             ));
         }
-        let host = clean_absolute(&field("host_path"), &d.host_path)?;
+        let host_path = clean_absolute(&field("host_path"), &d.host_path)?;
         if !d.permissions.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
             return Err(invalid(
                 field("permissions"),
                 format!("{:?} must be made of r, w and m", d.permissions),
             ));
         }
-        let node = host_device(&host).ok_or_else(|| {
+        let node = host.get(&host_path).ok_or_else(|| {
             invalid(
                 field("host_path"),
                 format!("{:?} is not a device node on this host", d.host_path),
@@ -55,21 +65,26 @@ pub(super) fn devices(
                 format!("{:?} is not a character or block device", d.host_path),
             ));
         }
-        let dev = Device {
-            path,
-            kind: node.kind,
-            major: node.major,
-            minor: node.minor,
-            file_mode: node.file_mode,
-            uid: node.uid,
-            gid: node.gid,
-        };
+        let dev = device_at(path, node);
         match out.iter_mut().find(|e| e.path == dev.path) {
             Some(existing) => *existing = dev,
             None => out.push(dev),
         }
     }
     Ok(out)
+}
+
+/// A node like the host's `node` at `path` in the container.
+fn device_at(path: std::path::PathBuf, node: super::HostDevice) -> Device {
+    Device {
+        path,
+        kind: node.kind,
+        major: node.major,
+        minor: node.minor,
+        file_mode: node.file_mode,
+        uid: node.uid,
+        gid: node.gid,
+    }
 }
 
 /// The container's device cgroup rules: everything for a privileged
@@ -254,5 +269,28 @@ mod tests {
         let rules = f.spec().config.cgroup.unwrap().resources.devices.unwrap();
         assert_eq!(rules, vec![DeviceRule::allow_all()]);
         assert_eq!(rules[0].v1_line(), "a *:* rwm");
+    }
+
+    #[test]
+    fn privileged_gets_every_host_device_at_its_path() {
+        let mut f = Fixture::new();
+        let has_fuse = |f: &Fixture| {
+            f.spec()
+                .config
+                .devices
+                .iter()
+                .any(|d| d.path == Path::new("/dev/fuse") && (d.major, d.minor) == (10, 229))
+        };
+        assert!(!has_fuse(&f), "not without privileged");
+        f.sc().privileged = true;
+        assert!(has_fuse(&f));
+        // The defaults are still there once.
+        let devs = f.spec().config.devices;
+        assert_eq!(
+            devs.iter()
+                .filter(|d| d.path == Path::new("/dev/null"))
+                .count(),
+            1
+        );
     }
 }

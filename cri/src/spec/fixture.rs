@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use berth_core::config::{DeviceKind, OverlayRootfs, SeccompProfile};
 
-use super::{container_spec, ContainerSpec, HostDevice, PidMode, PodContext, SpecError};
+use super::{
+    container_spec, ContainerSpec, HostDevice, HostDevices, PidMode, PodContext, SpecError,
+};
 use crate::image::rootfs::ImageConfig;
 use crate::proto;
 
@@ -131,7 +133,7 @@ impl Fixture {
     }
 
     pub fn run(&self) -> Result<ContainerSpec, SpecError> {
-        let devices = |p: &Path| self.host_devices.get(p).copied();
+        let devices = FixtureDevices(&self.host_devices);
         let seccomp = |r: &str| {
             self.seccomp_files
                 .get(r)
@@ -183,5 +185,20 @@ impl Fixture {
             | Err(SpecError::Unsupported { field, .. })
             | Err(SpecError::SeccompProfile { field, .. }) => field,
         }
+    }
+}
+
+/// The fixture's host devices: `all` is every one of them (what a
+/// privileged container gets).
+struct FixtureDevices<'a>(&'a HashMap<PathBuf, HostDevice>);
+
+impl HostDevices for FixtureDevices<'_> {
+    fn get(&self, path: &Path) -> Option<HostDevice> {
+        self.0.get(path).copied()
+    }
+    fn all(&self) -> Vec<(PathBuf, HostDevice)> {
+        let mut v: Vec<_> = self.0.iter().map(|(p, d)| (p.clone(), *d)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 }

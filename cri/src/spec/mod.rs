@@ -31,6 +31,7 @@ mod command;
 mod devices;
 mod mounts;
 mod namespaces;
+pub mod oci;
 mod resources;
 mod seccomp;
 mod security;
@@ -153,9 +154,20 @@ pub struct HostDevice {
     pub gid: u32,
 }
 
-/// What the caller's lookup of a host device node returns (`None`: no such
-/// device node).
-pub type HostDeviceLookup<'a> = &'a dyn Fn(&Path) -> Option<HostDevice>;
+/// The host's device nodes, as the caller finds them (I/O kept out of the
+/// translation).
+pub trait HostDevices {
+    /// The device node at `path` (`stat(2)`, symlinks followed); `None`: no
+    /// such device node.
+    fn get(&self, path: &Path) -> Option<HostDevice>;
+    /// Every device node under the host's `/dev` that a privileged container
+    /// gets, with its path (runc's `HostDevices`: not `/dev/pts`, `/dev/shm`,
+    /// `/dev/mqueue`, `/dev/fd` or `/dev/console`, no symlinks).
+    fn all(&self) -> Vec<(PathBuf, HostDevice)>;
+}
+
+/// What [`container_spec`] takes for the host's device nodes.
+pub type HostDeviceLookup<'a> = &'a dyn HostDevices;
 
 /// The caller's loader of a `Localhost` seccomp profile: the reference is
 /// the CRI `localhost_ref` (an absolute path on the node, without the
@@ -317,7 +329,7 @@ pub fn container_spec(
     )?;
     config.mounts = planned.mounts;
     config.rootfs_propagation = planned.rootfs_propagation;
-    config.devices = devices::devices(req, host_device)?;
+    config.devices = devices::devices(req, host_device, sc.privileged)?;
     let device_rules = devices::rules(req, &config.devices, sc.privileged);
     security::apply(&mut config, sc)?;
     config.seccomp = seccomp::profile(sc, &config.capabilities.bounding, seccomp_profile)?;
