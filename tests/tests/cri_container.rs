@@ -575,31 +575,6 @@ async fn a_container_over_its_memory_limit_is_oom_killed() {
     }
 }
 
-/// The next event, or a panic after 10 s.
-async fn next_event(
-    events: &mut tonic::Streaming<proto::ContainerEventResponse>,
-) -> proto::ContainerEventResponse {
-    tokio::time::timeout(Duration::from_secs(10), events.message())
-        .await
-        .expect("an event within 10 s")
-        .expect("the event stream")
-        .expect("the stream ended")
-}
-
-/// Events until one of `kind` for `id` arrives (others are skipped).
-async fn event_for(
-    events: &mut tonic::Streaming<proto::ContainerEventResponse>,
-    id: &str,
-    kind: proto::ContainerEventType,
-) -> proto::ContainerEventResponse {
-    loop {
-        let ev = next_event(events).await;
-        if ev.container_id == id && ev.container_event_type == kind as i32 {
-            return ev;
-        }
-    }
-}
-
 /// Every message of a server stream.
 async fn batches<T>(
     call: impl std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
@@ -1146,26 +1121,6 @@ async fn a_table_of_bad_container_fields() {
         "names the holder: {}",
         again.message()
     );
-}
-
-/// Stdout of `sh -c script` run in a container by ExecSync.
-async fn sh_in(rt: &mut Rt, id: &str, script: &str) -> String {
-    let r = rt
-        .exec_sync(proto::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 10,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        r.exit_code,
-        0,
-        "{script}: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    String::from_utf8(r.stdout).unwrap()
 }
 
 /// Pids of `berth-pod-init` processes started by this test's daemon.

@@ -229,3 +229,48 @@ pub fn log_records(path: &str) -> Vec<(Stream, bool, String)> {
         })
         .collect()
 }
+
+/// The next event, or a panic after 10 s.
+pub async fn next_event(
+    events: &mut tonic::Streaming<proto::ContainerEventResponse>,
+) -> proto::ContainerEventResponse {
+    tokio::time::timeout(Duration::from_secs(10), events.message())
+        .await
+        .expect("an event within 10 s")
+        .expect("the event stream")
+        .expect("the stream ended")
+}
+
+/// Events until one of `kind` for `id` arrives (others are skipped).
+pub async fn event_for(
+    events: &mut tonic::Streaming<proto::ContainerEventResponse>,
+    id: &str,
+    kind: proto::ContainerEventType,
+) -> proto::ContainerEventResponse {
+    loop {
+        let ev = next_event(events).await;
+        if ev.container_id == id && ev.container_event_type == kind as i32 {
+            return ev;
+        }
+    }
+}
+
+/// Stdout of `sh -c script` run in a container by ExecSync.
+pub async fn sh_in(rt: &mut Rt, id: &str, script: &str) -> String {
+    let r = rt
+        .exec_sync(proto::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.exit_code,
+        0,
+        "{script}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8(r.stdout).unwrap()
+}
