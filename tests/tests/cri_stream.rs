@@ -12,6 +12,7 @@ use berth_cri::proto;
 use common::*;
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -39,7 +40,8 @@ async fn connect(url: &str, protocols: &str) -> Result<(Ws, String), u16> {
     }
 }
 
-/// Everything received per channel until the server closes.
+/// Everything received per channel until the server closes, which it
+/// does with status 1000: client-go takes nothing else for a clean end.
 async fn collect(ws: &mut Ws) -> HashMap<u8, Vec<u8>> {
     let mut out: HashMap<u8, Vec<u8>> = HashMap::new();
     while let Some(Ok(m)) = tokio::time::timeout(Duration::from_secs(30), ws.next())
@@ -50,7 +52,10 @@ async fn collect(ws: &mut Ws) -> HashMap<u8, Vec<u8>> {
             Message::Binary(b) if !b.is_empty() => {
                 out.entry(b[0]).or_default().extend_from_slice(&b[1..]);
             }
-            Message::Close(_) => break,
+            Message::Close(f) => {
+                assert_eq!(f.map(|f| f.code), Some(CloseCode::Normal), "close status");
+                break;
+            }
             _ => {}
         }
     }
