@@ -7,6 +7,7 @@ pub mod containerd;
 pub mod cri;
 pub mod daemon;
 pub mod images;
+pub mod kube_api;
 pub mod proxy;
 pub mod registry;
 
