@@ -292,17 +292,21 @@ impl Terminal {
     }
 
     /// Waits (20 s at most) until the output holds `want` after what was
-    /// already waited for.
-    async fn expect(&mut self, want: &str) {
+    /// already waited for; meanwhile types `keys` every 300 ms, if any.
+    async fn expect(&mut self, want: &str, keys: Option<&[u8]>) {
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut tick = tokio::time::interval(Duration::from_millis(300));
         loop {
             if let Some(i) = self.seen.find(want) {
                 self.seen.drain(..i + want.len());
                 return;
             }
-            match tokio::time::timeout_at(deadline.into(), self.output.recv()).await {
-                Ok(Some(b)) => self.seen.push_str(&String::from_utf8_lossy(&b)),
-                other => panic!("no {want:?} in {:?} ({other:?})", self.seen),
+            tokio::select! {
+                got = tokio::time::timeout_at(deadline.into(), self.output.recv()) => match got {
+                    Ok(Some(b)) => self.seen.push_str(&String::from_utf8_lossy(&b)),
+                    other => panic!("no {want:?} in {:?} ({other:?})", self.seen),
+                },
+                _ = tick.tick(), if keys.is_some() => self.type_keys(keys.unwrap_or_default()),
             }
         }
     }
@@ -342,6 +346,7 @@ async fn kubectl_exec_terminal_follows_resizes() {
     };
     k.container("tty", &["sleep", "1000"], false).await;
     for mode in MODES {
+        println!("{mode:?}:");
         // kubectl on a terminal of 30 rows, 100 columns, as the leader of
         // a session whose controlling terminal it is (so that a resize
         // reaches it as SIGWINCH).
@@ -351,18 +356,17 @@ async fn kubectl_exec_terminal_follows_resizes() {
             .args([
                 "sh",
                 "-c",
-                "echo ready; read a; stty size; read b; stty size; exit 5",
+                r#"while read l; do [ "$l" = q ] && exit 5; stty size; done"#,
             ]);
         let (mut term, mut child) = Terminal::spawn(setsid, 30, 100);
-        term.expect("ready").await;
-        // The size kubectl found on its terminal when it started.
-        term.type_keys(b"\r");
-        term.expect("30 100").await;
+        // The size kubectl found on its terminal when it started. (It
+        // travels apart from the keystrokes: Enter is pressed until the
+        // size has landed.)
+        term.expect("30 100", Some(b"\r")).await;
         // A resize while the command runs reaches its terminal.
         term.resize(40, 120);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        term.type_keys(b"\r");
-        term.expect("40 120").await;
+        term.expect("40 120", Some(b"\r")).await;
+        term.type_keys(b"q\r");
         let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
             .await
             .expect("kubectl exec -it did not end")
