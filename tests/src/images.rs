@@ -219,8 +219,34 @@ fn rel(path: &str) -> &str {
 
 /// The applets linked in the busybox layer's /bin.
 const BUSYBOX_APPLETS: &[&str] = &[
-    "sh", "ls", "cat", "echo", "id", "sleep", "true", "false", "env", "pwd", "test", "stat", "wc",
-    "head", "mkdir", "ip", "nc", "httpd", "printf", "stty", "ps", "dd", "kill",
+    "sh",
+    "ls",
+    "cat",
+    "echo",
+    "id",
+    "sleep",
+    "true",
+    "false",
+    "env",
+    "pwd",
+    "test",
+    "stat",
+    "wc",
+    "head",
+    "mkdir",
+    "ip",
+    "nc",
+    "httpd",
+    "printf",
+    "stty",
+    "ps",
+    "dd",
+    "kill",
+    // What `kubectl cp` runs in the container, and checks around it
+    // (tests/kubectl.rs).
+    "tar",
+    "sha256sum",
+    "wget",
 ];
 
 /// A small root filesystem around the host's static busybox: /bin/busybox

@@ -8,6 +8,7 @@ pub mod cri;
 pub mod daemon;
 pub mod gateway;
 pub mod images;
+pub mod kube_api;
 pub mod pki;
 pub mod proxy;
 pub mod registry;

@@ -46,26 +46,36 @@ pub async fn connect(netns: &Path, port: u16) -> std::io::Result<tokio::net::Tcp
 
 /// Copies both ways between `client` and `pod`: when the client is done
 /// sending, the pod's side is shut for writing and its answer still flows;
-/// when the pod closes, the forwarding ends.
-async fn splice<C>(client: C, pod: tokio::net::TcpStream)
+/// when the pod closes, the forwarding ends. The first error of either
+/// direction (a pod that resets the connection) is returned for the error
+/// stream, as containerd reports it: the client's data only ends with a
+/// FIN, which alone would read as a clean, empty answer.
+async fn splice<C>(client: C, pod: tokio::net::TcpStream) -> std::io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut pr, mut pw) = pod.into_split();
     let up = async {
-        let _ = tokio::io::copy(&mut cr, &mut pw).await;
+        let copied = tokio::io::copy(&mut cr, &mut pw).await;
         let _ = pw.shutdown().await;
+        copied.map(drop)
     };
     let down = async {
-        let _ = tokio::io::copy(&mut pr, &mut cw).await;
+        let copied = tokio::io::copy(&mut pr, &mut cw).await;
         let _ = cw.shutdown().await;
+        copied.map(drop)
     };
     tokio::pin!(up, down);
     tokio::select! {
-        () = &mut down => {}
-        () = &mut up => down.await,
+        r = &mut down => r,
+        r = &mut up => r.and(down.await),
     }
+}
+
+/// The error stream's message for a forwarding that failed.
+fn forward_error(port: u16, e: &std::io::Error) -> String {
+    format!("error forwarding port {port} to pod: {e}")
 }
 
 /// Port-forward over a WebSocket (kubelet's v4 channel protocol): for the
@@ -100,16 +110,13 @@ pub async fn serve_ws<S>(
         tasks.push(tokio::spawn(async move {
             let conn = connect(&netns, port).await;
             tracing::debug!(port, ok = conn.is_ok(), "port-forward connection");
-            match conn {
-                Ok(pod) => {
-                    splice(tokio::io::join(rx, tx), pod).await;
-                    tracing::debug!(port, "port-forward connection done");
-                }
-                Err(e) => {
-                    let _ = err
-                        .write_all(format!("error forwarding port {port} to pod: {e}").as_bytes())
-                        .await;
-                }
+            let done = match conn {
+                Ok(pod) => splice(tokio::io::join(rx, tx), pod).await,
+                Err(e) => Err(e),
+            };
+            tracing::debug!(port, ok = done.is_ok(), "port-forward connection done");
+            if let Err(e) = done {
+                let _ = err.write_all(forward_error(port, &e).as_bytes()).await;
             }
             let _ = err.shutdown().await;
         }));
@@ -146,27 +153,82 @@ pub async fn serve_spdy(mut session: super::spdy::Session, target: Target) {
             }
         }
         if let (Some(_), Some(_)) = (&entry.0, &entry.1) {
-            let Some((Some(mut err), Some(data))) = half.remove(&id) else {
+            let Some((Some(err), Some(data))) = half.remove(&id) else {
                 continue;
             };
-            let port = data.header("port").and_then(|p| p.parse::<u16>().ok());
-            let netns = target.netns.clone();
-            tokio::spawn(async move {
-                let result = match port {
-                    Some(p) => connect(&netns, p)
-                        .await
-                        .map_err(|e| format!("error forwarding port {p} to pod: {e}")),
-                    None => Err("port header missing or invalid".to_string()),
-                };
-                match result {
-                    Ok(pod) => splice(data, pod).await,
-                    Err(msg) => {
-                        let _ = err.write_all(msg.as_bytes()).await;
-                        data.reset();
-                    }
-                }
-                let _ = err.shutdown().await;
-            });
+            tokio::spawn(forward_spdy(target.netns.clone(), data, err));
         }
+    }
+}
+
+/// One forwarded connection of an SPDY session: its data stream spliced to
+/// the pod's port; what failed is written on its error stream (before the
+/// data stream is reset, when the connection never started).
+async fn forward_spdy(netns: PathBuf, data: super::spdy::Stream, mut err: super::spdy::Stream) {
+    let pod = match data.header("port").and_then(|p| p.parse::<u16>().ok()) {
+        Some(p) => connect(&netns, p)
+            .await
+            .map(|conn| (conn, p))
+            .map_err(|e| forward_error(p, &e)),
+        None => Err("port header missing or invalid".to_string()),
+    };
+    match pod {
+        Ok((pod, p)) => {
+            if let Err(e) = splice(data, pod).await {
+                let _ = err.write_all(forward_error(p, &e).as_bytes()).await;
+            }
+        }
+        Err(msg) => {
+            let _ = err.write_all(msg.as_bytes()).await;
+            data.reset();
+        }
+    }
+    let _ = err.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A client end (duplex) spliced to a pod-side connection that `pod`
+    /// then treats as it likes; what splice returned, what the client read.
+    async fn spliced(pod: impl FnOnce(tokio::net::TcpStream)) -> (std::io::Result<()>, Vec<u8>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let conn = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        pod(l.accept().await.unwrap().0);
+        let (ours, mut client) = tokio::io::duplex(1024);
+        let done = splice(ours, conn).await;
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        (done, got)
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_pod_resets_is_an_error_not_an_empty_answer() {
+        let (done, got) = spliced(|s| {
+            s.set_zero_linger().unwrap();
+            drop(s); // RST
+        })
+        .await;
+        assert_eq!(
+            done.unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionReset
+        );
+        assert!(got.is_empty());
+        let e = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(forward_error(8080, &e).starts_with("error forwarding port 8080 to pod: "));
+
+        let (done, got) = spliced(|s| {
+            tokio::spawn(async move {
+                let mut s = s;
+                s.write_all(b"answer").await.unwrap();
+            });
+        })
+        .await;
+        assert!(done.is_ok(), "{done:?}");
+        assert_eq!(got, b"answer");
     }
 }

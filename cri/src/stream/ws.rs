@@ -16,7 +16,8 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::StreamRequest;
@@ -159,6 +160,17 @@ pub fn upgrade(
         .unwrap_or_default()
 }
 
+/// The close frame that ends a session: status 1000. client-go takes only
+/// a normal closure for a clean end (remotecommand's websocket.go); a close
+/// without a status code reads as 1005 there, and kubectl exits 1 after
+/// the command succeeded.
+fn normal_closure() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+}
+
 /// Bytes a channel buffers between the connection and its user.
 const CHANNEL_BUFFER: usize = 64 << 10;
 
@@ -238,7 +250,7 @@ impl Mux {
                 let r = match out {
                     Out::Data(ch, data) => sink.send(proto.encode(ch, &data)).await,
                     Out::Close => {
-                        let _ = sink.send(Message::Close(None)).await;
+                        let _ = sink.send(normal_closure()).await;
                         break;
                     }
                 };
@@ -348,6 +360,29 @@ mod tests {
         );
         assert_eq!(Protocol::parse("v9.channel.k8s.io"), None);
         assert_eq!(Protocol::parse("portforward.k8s.io"), None);
+    }
+
+    #[tokio::test]
+    async fn a_finished_session_closes_with_status_1000() {
+        let (server, client) = tokio::io::duplex(1 << 16);
+        let server =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(server, Role::Server, None);
+        let mut client =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let proto = Protocol {
+            version: 5,
+            base64: false,
+        };
+        let mux = Mux::start(server.await, proto, &[0], &[1]);
+        mux.finish(Some((3, b"{}".to_vec()))).await;
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::Binary(b"\x03{}".to_vec().into())
+        );
+        match client.next().await.unwrap().unwrap() {
+            Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::Normal),
+            other => panic!("not a normal closure: {other:?}"),
+        }
     }
 
     #[test]
