@@ -453,7 +453,7 @@ async fn verbose_status_info_has_what_crictl_inspect_users_read() {
     assert!(pid > 0);
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(
-        cmdline.starts_with(b"sleep\0100"),
+        cmdline.starts_with(b"sleep\x00100"),
         "info.pid is the container's process"
     );
     assert_eq!(info["sandboxID"], env.pod.as_str());
