@@ -12,7 +12,9 @@
 #       init-guest-a (pure cgroup v2, host /usr and dirs over 9p). Keyed on
 #       the kernel, the init script, busybox and this script's layout.
 #   guest-b/rootfs-<hash>.img     guest B: a debootstrapped bookworm (minbase +
-#       systemd, dbus) on ext4, booted with systemd as PID 1 on cgroup v2.
+#       systemd, dbus) on ext4, booted with systemd as PID 1 on cgroup v2,
+#       with the cri-tools kit's static crictl and critest in /usr/local/bin
+#       when the kit is there (keyed on them too).
 #   guest-b/initrd-<hash>.gz      guest B's initramfs (init-guest-b, and the
 #       unit and script that run the command, copied into the root at boot).
 #
@@ -51,6 +53,11 @@ for a in "$@"; do
 done
 
 [[ $(id -u) -eq 0 ]] || g_die "must run as root (apt-get, debootstrap, mkfs of a root image)"
+
+# The cri-tools kit's binaries for guest B (BERTH_CRI_TOOLS, else the
+# workplace's ../shared/tools/cri-tools beside the repository), if present.
+KIT_BINS=${BERTH_CRI_TOOLS:-$G_DIR/../../../shared/tools/cri-tools}/bin
+[[ -f $KIT_BINS/crictl.xz && -f $KIT_BINS/critest.xz ]] || KIT_BINS=
 mkdir -p "$G_CACHE"/{kernel,guest-a,guest-b}
 
 step() {
@@ -222,11 +229,25 @@ build_rootfs_b() {
     echo berth-guest-b >"$r/etc/hostname"
     sed -i 's|^root:[^:]*:|root::|' "$r/etc/shadow"
     echo '/dev/vda / ext4 rw,noatime 0 1' >"$r/etc/fstab"
+    # The cri-tools kit's static crictl and critest, so the CRI validation
+    # suite (its AppArmor specs need an AppArmor kernel, which this guest's
+    # Debian kernel is) can run in the guest; absent kit, absent binaries.
+    if [[ -n $KIT_BINS ]]; then
+        for b in crictl critest; do
+            xz -dc "$KIT_BINS/$b.xz" >"$r/usr/local/bin/$b"
+            chmod 0755 "$r/usr/local/bin/$b"
+        done
+        g_log "copied crictl and critest from $KIT_BINS"
+    fi
     mkdir -p "$r/mnt/results"
     chroot "$r" apt-get clean
     rm -rf "$r"/var/lib/apt/lists/* "$r"/var/cache/apt/*.bin
     truncate -s 1536M "$tmp/rootfs.img"
     mkfs.ext4 -q -F -L berth-root -d "$r" "$tmp/rootfs.img"
+    if [[ -n $KIT_BINS ]]; then
+        debugfs -R 'ls /usr/local/bin' "$tmp/rootfs.img" 2>/dev/null | grep -q critest ||
+            g_die "critest is not in guest B's root image"
+    fi
     mv "$tmp/rootfs.img" "$out"
     rm -rf "$tmp"
     trap - EXIT
@@ -235,7 +256,8 @@ build_rootfs_b() {
 guest_b() {
     g_apt_install cpio kmod busybox-static
     local key
-    key=$(hash_of <(echo "layout=$LAYOUT suite=$B_SUITE include=$B_INCLUDE kernel=$(basename "$KDIR")"))
+    key=$(hash_of <(echo "layout=$LAYOUT suite=$B_SUITE include=$B_INCLUDE kernel=$(basename "$KDIR")") \
+        <(if [[ -n $KIT_BINS ]]; then cat "$KIT_BINS/crictl.xz" "$KIT_BINS/critest.xz"; fi))
     ROOTFS_B=$G_CACHE/guest-b/rootfs-$key.img
     if [[ ! -s $ROOTFS_B ]]; then
         step build_rootfs_b "$ROOTFS_B"
