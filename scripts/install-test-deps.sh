@@ -19,6 +19,12 @@
 #                   Kubernetes' SPDY transport uses (offline, GOPATH mode)
 #   python3-websocket required: websocket-client, the streaming tests' client
 #                   that berth did not write (run with Debian's /usr/bin/python3)
+#   umoci, skopeo   required: tests/tests/image_tools.rs builds images with
+#                   umoci (insert, repack with whiteouts, many layers) and
+#                   pushes them with skopeo, so berth pulls layers exactly as
+#                   those tools write them
+#   xz-utils        required: tests/tests/crictl.rs unpacks crictl from the
+#                   cri-tools kit's bin/crictl.xz
 #   runc, crun      optional: only the lifecycle benchmark compares against
 #                   them; failing to install them is a warning, not an error
 #   containerd      optional: only the pull benchmark compares against its CRI
@@ -28,7 +34,7 @@
 #   --no-bench   install only the required packages (skip runc, crun, containerd)
 set -euo pipefail
 
-required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils containernetworking-plugins iptables python3-websocket golang-go golang-github-docker-spdystream-dev)
+required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils containernetworking-plugins iptables python3-websocket golang-go golang-github-docker-spdystream-dev umoci skopeo xz-utils)
 optional=(runc crun containerd)
 
 case "${1:-}" in

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 pub mod containerd;
 pub mod cri;
+pub mod crictl;
 pub mod daemon;
 pub mod gateway;
 pub mod images;
