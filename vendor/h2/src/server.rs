@@ -1702,13 +1702,28 @@ impl proto::Peer for Peer {
         // header
         if let Some(authority) = pseudo.authority {
             let maybe_authority = uri::Authority::from_maybe_shared(authority.clone().into_inner());
-            parts.authority = Some(maybe_authority.or_else(|why| {
-                malformed!(
+            match maybe_authority {
+                Ok(authority) => parts.authority = Some(authority),
+                // berth patch (vendor/README.md): gRPC clients on a unix
+                // socket send its path, raw or percent-encoded, as
+                // :authority (grpc-java, grpc-core >= 1.57, older grpc-go).
+                // Outside CONNECT, where it names the target, take such a
+                // value as no :authority at all, which is already accepted;
+                // grpc-go's server does not check it either.
+                Err(why) if !is_connect => {
+                    tracing::debug!(
+                        "ignoring malformed authority ({:?}): {}; stream={:?}",
+                        authority,
+                        why,
+                        stream_id,
+                    );
+                }
+                Err(why) => malformed!(
                     "malformed headers: malformed authority ({:?}): {}",
                     authority,
                     why,
-                )
-            })?);
+                ),
+            }
         }
 
         // A :scheme is required, except CONNECT.
