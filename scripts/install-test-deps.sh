@@ -19,6 +19,9 @@
 #                   Kubernetes' SPDY transport uses (offline, GOPATH mode)
 #   python3-websocket required: websocket-client, the streaming tests' client
 #                   that berth did not write (run with Debian's /usr/bin/python3)
+#   python3-grpcio, python3-grpc-tools  required: a CRI client on grpc-core
+#                   (not grpc-go), with stubs generated from cri/proto/api.proto
+#                   at test time (tests/tests/python_grpc.rs)
 #   runc, crun      optional: only the lifecycle benchmark compares against
 #                   them; failing to install them is a warning, not an error
 #   containerd      optional: only the pull benchmark compares against its CRI
@@ -28,7 +31,7 @@
 #   --no-bench   install only the required packages (skip runc, crun, containerd)
 set -euo pipefail
 
-required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils containernetworking-plugins iptables python3-websocket golang-go golang-github-docker-spdystream-dev)
+required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils containernetworking-plugins iptables python3-websocket python3-grpcio python3-grpc-tools golang-go golang-github-docker-spdystream-dev)
 optional=(runc crun containerd)
 
 case "${1:-}" in
