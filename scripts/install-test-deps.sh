@@ -25,6 +25,9 @@
 #                   those tools write them
 #   xz-utils        required: tests/tests/crictl.rs unpacks crictl from the
 #                   cri-tools kit's bin/crictl.xz
+#   python3-grpcio, python3-grpc-tools  required: a CRI client on grpc-core
+#                   (not grpc-go), with stubs generated from cri/proto/api.proto
+#                   at test time (tests/tests/python_grpc.rs)
 #   runc, crun      optional: only the lifecycle benchmark compares against
 #                   them; failing to install them is a warning, not an error
 #   containerd      optional: only the pull benchmark compares against its CRI
@@ -34,7 +37,7 @@
 #   --no-bench   install only the required packages (skip runc, crun, containerd)
 set -euo pipefail
 
-required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils containernetworking-plugins iptables python3-websocket golang-go golang-github-docker-spdystream-dev umoci skopeo xz-utils)
+required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils containernetworking-plugins iptables python3-websocket python3-grpcio python3-grpc-tools golang-go golang-github-docker-spdystream-dev umoci skopeo xz-utils)
 optional=(runc crun containerd)
 
 case "${1:-}" in
