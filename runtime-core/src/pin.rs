@@ -432,21 +432,26 @@ fn bind_ns(d: &File, dir: &Path, kind: NamespaceKind, source: &str) -> Result<()
     })
 }
 
-/// In a single-threaded process (a fork of one): new user, network, IPC and
-/// UTS namespaces at once — the others owned by the new user namespace, so
-/// the pod's root has its capabilities over them — with `lo` up and the
-/// hostname set. The process has every capability in the new user
-/// namespace, mapped or not; its parent writes the id maps, then pins them
-/// with [`PinRequest::from_pid`].
-pub fn unshare_pod_namespaces(hostname: Option<&str>) -> Result<(), PinError> {
-    let flags = CloneFlags::CLONE_NEWUSER
-        | CloneFlags::CLONE_NEWNET
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS;
+/// In a single-threaded process (a fork of one): new user, IPC and — with
+/// `own_network` — network and UTS namespaces at once, the others owned by
+/// the new user namespace, so the pod's root has its capabilities over them,
+/// with `lo` up and the hostname set. Without `own_network` (a host-network
+/// pod with its own user namespace) the process stays in the host's network
+/// and UTS namespaces, as runc's containers do. The process has every
+/// capability in the new user namespace, mapped or not; its parent writes
+/// the id maps, then pins them with [`PinRequest::from_pid`].
+pub fn unshare_pod_namespaces(hostname: Option<&str>, own_network: bool) -> Result<(), PinError> {
+    let mut flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWIPC;
+    if own_network {
+        flags |= CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS;
+    }
     unshare(flags).map_err(|source| PinError::Unshare {
         namespace: NamespaceKind::User,
         source,
     })?;
+    if !own_network {
+        return Ok(());
+    }
     crate::sys::interface_up(c"lo").map_err(PinError::LoopbackUp)?;
     if let Some(h) = hostname {
         nix::unistd::sethostname(h).map_err(|source| PinError::SetHostname {

@@ -308,6 +308,71 @@ async fn a_user_namespaced_pod_shares_its_pid_namespace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_namespaced_pod_on_the_host_network() {
+    let Some(mut env) = env("userns_host_network").await else {
+        return;
+    };
+    let features = runtime_status(&mut env.rt).await.features;
+    assert!(
+        features.unwrap().user_namespaces_host_network,
+        "reported to kubelet"
+    );
+    const HOST: u32 = 500_000;
+    let maps = vec![proto::IdMapping {
+        host_id: HOST,
+        container_id: 0,
+        length: 65536,
+    }];
+    let options = proto::NamespaceOption {
+        network: proto::NamespaceMode::Node as i32,
+        pid: proto::NamespaceMode::Container as i32,
+        userns_options: Some(proto::UserNamespace {
+            mode: proto::NamespaceMode::Pod as i32,
+            uids: maps.clone(),
+            gids: maps,
+        }),
+        ..Default::default()
+    };
+    let mut cfg = plain_pod(&env, "userns-hostnet");
+    cfg.linux.as_mut().unwrap().security_context = Some(proto::LinuxSandboxSecurityContext {
+        namespace_options: Some(options.clone()),
+        ..Default::default()
+    });
+    let pod = run_pod(&mut env.rt, cfg).await;
+    let mut c = container(&env, "c", &["sleep", "1000"], &[]);
+    c.linux = Some(proto::LinuxContainerConfig {
+        security_context: Some(proto::LinuxContainerSecurityContext {
+            run_as_user: Some(proto::Int64Value { value: 0 }),
+            namespace_options: Some(options),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = run_in(&mut env, &pod, c).await;
+    // Root mapped to HOST inside, in the host's network and UTS namespaces.
+    let out = sh_in(
+        &mut env.rt,
+        &id,
+        "id -u; cat /proc/self/uid_map | tr -s ' '; readlink /proc/self/ns/net; hostname",
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    let host_net = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let host_name = nix::unistd::gethostname().unwrap();
+    assert_eq!(
+        lines,
+        [
+            "0",
+            &format!("0 {HOST} 65536"),
+            &host_net.to_string_lossy(),
+            &host_name.to_string_lossy()
+        ],
+        "{out}"
+    );
+    stop_and_remove_pod(&mut env.rt, &pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_get_containerd_2s_sysctl_defaults_unless_on_the_host_network() {
     let Some(mut env) = env("pod_sysctl_defaults").await else {
         return;

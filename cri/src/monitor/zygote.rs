@@ -152,6 +152,7 @@ impl Zygote {
     pub fn spawn_userns_holder(
         &self,
         hostname: &str,
+        own_network: bool,
         log_path: &Path,
     ) -> Result<(i32, OwnedFd), MonitorError> {
         let sys = |step| move |source| MonitorError::Sys { step, source };
@@ -159,7 +160,7 @@ impl Zygote {
             .map_err(sys("create the report pipe"))?;
         let (hold_r, hold_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(sys("create the hold pipe"))?;
-        let mut msg = vec![KIND_USERNS];
+        let mut msg = vec![KIND_USERNS, u8::from(own_network)];
         msg.extend_from_slice(hostname.as_bytes());
         self.send(&msg, &[report_w.as_raw_fd(), hold_r.as_raw_fd()])?;
         drop(report_w);
@@ -315,11 +316,12 @@ pub(super) fn serve(sealed_fd: Option<RawFd>) -> i32 {
                 let userns = fds.pop().expect("two");
                 fork_pod_init(fds.pop().expect("two"), Some(userns));
             }
-            (Some(KIND_USERNS), 2) => {
+            (Some(KIND_USERNS), 2) if n > 1 => {
                 let hold = fds.pop().expect("two");
                 let report = fds.pop().expect("two");
-                let hostname = String::from_utf8_lossy(&buf[1..n]).into_owned();
-                fork_userns_holder(&hostname, report, hold);
+                let own_network = buf[1] != 0;
+                let hostname = String::from_utf8_lossy(&buf[2..n]).into_owned();
+                fork_userns_holder(&hostname, own_network, report, hold);
             }
             _ => run::warn("monitor zygote: a malformed request, ignored"),
         }
@@ -386,13 +388,13 @@ fn pod_init_intermediate(
 
 /// Forks the intermediate child that forks the holder (so the holder is
 /// not the zygote's child to reap); reaps the intermediate.
-fn fork_userns_holder(hostname: &str, report: OwnedFd, hold: OwnedFd) {
+fn fork_userns_holder(hostname: &str, own_network: bool, report: OwnedFd, hold: OwnedFd) {
     // SAFETY: this process is single-threaded (see `fork_monitor`).
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
             // SAFETY: a fork of the single-threaded zygote is single-threaded.
             match unsafe { nix::unistd::fork() } {
-                Ok(ForkResult::Child) => userns_holder(hostname, report, hold),
+                Ok(ForkResult::Child) => userns_holder(hostname, own_network, report, hold),
                 Ok(ForkResult::Parent { .. }) => std::process::exit(0),
                 Err(e) => {
                     fail(report, &format!("fork the namespace holder: {e}"));
@@ -411,10 +413,10 @@ fn fork_userns_holder(hostname: &str, report: OwnedFd, hold: OwnedFd) {
 
 /// The holder: unshares the pod's namespaces, reports its pid, and waits
 /// for the daemon to close the hold pipe.
-fn userns_holder(hostname: &str, report: OwnedFd, hold: OwnedFd) -> ! {
+fn userns_holder(hostname: &str, own_network: bool, report: OwnedFd, hold: OwnedFd) -> ! {
     let _ = nix::sys::prctl::set_name(c"berth-pod-ns");
     let hostname = (!hostname.is_empty()).then_some(hostname);
-    if let Err(e) = berth_core::pin::unshare_pod_namespaces(hostname) {
+    if let Err(e) = berth_core::pin::unshare_pod_namespaces(hostname, own_network) {
         fail(report, &crate::util::error_chain(&e));
         std::process::exit(1);
     }

@@ -169,12 +169,10 @@ pub(super) fn plan(
             &[NsMode::Pod, NsMode::Node],
         )? {
             NsMode::Node => None,
-            _ if network == NsMode::Node => {
-                return Err(RuntimeError::invalid(
-                    USERNS,
-                    "a pod user namespace needs the pod's own network namespace",
-                ))
-            }
+            // With the host network too (cri-api 1.33
+            // user_namespaces_host_network): the pod's user namespace owns
+            // its IPC namespace, and its containers stay in the host's
+            // network and UTS namespaces.
             _ => Some(Userns {
                 uids: id_maps(&format!("{USERNS}.uids"), &u.uids)?,
                 gids: id_maps(&format!("{USERNS}.gids"), &u.gids)?,
@@ -286,8 +284,9 @@ pub(super) fn create(
         // by it); we map it and pin its namespaces, then let it go.
         let mut hold = None;
         if let Some(u) = &plan.userns {
+            let own_network = plan.network == NsMode::Pod;
             let (pid, fd) = zygote
-                .spawn_userns_holder(&plan.hostname, &dir.join("pod-ns.log"))
+                .spawn_userns_holder(&plan.hostname, own_network, &dir.join("pod-ns.log"))
                 .map_err(|e| {
                     RuntimeError::Internal(format!(
                         "creating the pod's user namespace: {}",
@@ -297,9 +296,9 @@ pub(super) fn create(
             hold = Some(fd);
             write_id_maps(pid, u)?;
             req = PinRequest {
-                net: true,
+                net: own_network,
                 ipc: true,
-                uts: true,
+                uts: own_network,
                 user: true,
                 hostname: None,
                 from_pid: Some(pid),

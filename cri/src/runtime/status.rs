@@ -66,7 +66,7 @@ pub(super) fn status(
         // Mount options: noexec/nodev/nosuid on bind mounts, applied.
         features: Some(proto::RuntimeFeatures {
             supplemental_groups_policy: true,
-            user_namespaces_host_network: false,
+            user_namespaces_host_network: berth_core::kernel::at_least(5, 19),
             mount_options: true,
         }),
     }
