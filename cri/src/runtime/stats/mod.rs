@@ -6,7 +6,9 @@
 //! (the overlay `upper` dir, walked like `du`) and, for pods, kubelet's pod
 //! cgroup (`cgroup_parent`, read only) and the pinned netns' interface
 //! counters. `usage_nano_cores` is the rate between this sample and the
-//! previous one of the same object, so the first sample has none.
+//! previous one of the same object, so the first sample has none. Pressure
+//! (PSI) of the container's and the pod's cgroup, and the swap left under a
+//! swap limit, are reported where the kernel has them (cgroup v2 for PSI).
 //!
 //! Here: taking samples ([`Sampler`]) and the stats filters; the CRI
 //! messages built from a sample are in [`convert`], the cAdvisor-named
@@ -221,7 +223,9 @@ fn u64v(value: u64) -> Option<proto::UInt64Value> {
 }
 
 /// Sum of container figures, for a pod without a cgroup of its own. Limits
-/// are not summed (a pod without a cgroup has none).
+/// are not summed (a pod without a cgroup has none), nor is the swap left
+/// under them; pressure cannot be (a share of time is not additive), so a
+/// pod without a cgroup has none.
 fn sum<'a>(stats: impl Iterator<Item = &'a Stats>) -> Stats {
     let mut t = Stats::default();
     for s in stats {
