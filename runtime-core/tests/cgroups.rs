@@ -11,6 +11,9 @@
 //! an assertion failed first.
 
 mod common;
+// PSI, block I/O and swap figures of a working container.
+#[path = "cgroups/figures.rs"]
+mod figures;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::OwnedFd;

@@ -33,7 +33,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # Bump when the layout of what is built changes (invalidates the cache).
 LAYOUT=1
 # Modules guest A loads (their dependencies are resolved by modprobe).
-MODS_A="virtio_pci 9pnet_virtio 9p overlay"
+# `loop`: the block device the I/O figures of tests/cgroups.rs are read on.
+MODS_A="virtio_pci 9pnet_virtio 9p overlay loop"
 MODS_B="virtio_pci virtio_blk 9pnet_virtio 9p ext4"
 # Packages of guest B's root (debootstrap --variant=minbase --include).
 B_SUITE=bookworm

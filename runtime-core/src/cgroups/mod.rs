@@ -29,8 +29,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod devicefilter;
+mod pressure;
 mod stats;
 pub mod systemd;
+pub use pressure::{parse_pressure, PressureError, Psi, PsiData};
 pub use stats::{read_stats, CpuStats, IoStats, MemoryStats, PidsStats, Stats};
 
 /// One device's I/O limits; `None` leaves a direction unlimited.

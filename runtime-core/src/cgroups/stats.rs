@@ -5,6 +5,8 @@
 //! berth, so it also serves kubelet's pod cgroups. A controller that is not
 //! mounted, or a file the kernel does not have, reads as zero (or `None` for
 //! limits): a stats call must not fail because one figure is missing.
+//! Pressure ([`Psi`], cgroup v2 only) and the swap still available are
+//! `None` where the kernel does not say.
 
 use std::collections::HashMap;
 use std::fs;
@@ -12,13 +14,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::pressure::{read_pressure, Psi};
 use super::Version;
 
 /// Nanoseconds per USER_HZ tick (Linux reports `cpuacct.stat` in 1/100 s).
 const NS_PER_TICK: u64 = 10_000_000;
 
 /// CPU time used.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CpuStats {
     /// Total CPU time, nanoseconds.
     pub usage_ns: u64,
@@ -32,10 +35,13 @@ pub struct CpuStats {
     pub throttled_periods: u64,
     /// Time throttled, nanoseconds.
     pub throttled_ns: u64,
+    /// CPU pressure (v2 `cpu.pressure`).
+    #[serde(default)]
+    pub psi: Option<Psi>,
 }
 
 /// Memory use.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemoryStats {
     /// Current usage (v1 `memory.usage_in_bytes`, v2 `memory.current`).
     pub usage: u64,
@@ -57,6 +63,16 @@ pub struct MemoryStats {
     pub oom_kills: u64,
     /// Swap in use.
     pub swap: u64,
+    /// Swap the cgroup may still use, where it has a swap limit: v2
+    /// `memory.swap.max` − `memory.swap.current`; v1, which has only the
+    /// combined memory+swap counter, `memory.memsw.limit_in_bytes` −
+    /// `memory.memsw.usage_in_bytes` — what containerd 2 reports as CRI's
+    /// `swap_available_bytes`. `None`: no limit, or no swap accounting.
+    #[serde(default)]
+    pub swap_available: Option<u64>,
+    /// Memory pressure (v2 `memory.pressure`).
+    #[serde(default)]
+    pub psi: Option<Psi>,
 }
 
 /// Tasks.
@@ -69,7 +85,7 @@ pub struct PidsStats {
 }
 
 /// Block I/O, summed over devices.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct IoStats {
     /// Bytes read.
     pub read_bytes: u64,
@@ -79,10 +95,13 @@ pub struct IoStats {
     pub read_ops: u64,
     /// Write operations.
     pub write_ops: u64,
+    /// I/O pressure (v2 `io.pressure`).
+    #[serde(default)]
+    pub psi: Option<Psi>,
 }
 
 /// All figures of one cgroup.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     /// CPU.
     pub cpu: CpuStats,
@@ -178,15 +197,17 @@ fn read_v1(root: &Path, rel: &Path) -> Stats {
             .copied()
             .unwrap_or(0),
         swap: memsw.saturating_sub(usage),
+        swap_available: read_limit(mem.join("memory.memsw.limit_in_bytes"), 1 << 62)
+            .map(|limit| limit.saturating_sub(memsw)),
+        psi: None,
     };
     let pids = PidsStats {
         current: read_u64(dir("pids").join("pids.current")),
         limit: read_limit(dir("pids").join("pids.max"), u64::MAX),
     };
     let blkio = dir("blkio");
-    let (read_bytes, write_bytes) =
-        blkio_v1(blkio.join("blkio.throttle.io_service_bytes_recursive"));
-    let (read_ops, write_ops) = blkio_v1(blkio.join("blkio.throttle.io_serviced_recursive"));
+    let (read_bytes, write_bytes) = blkio_v1(&blkio, "blkio.throttle.io_service_bytes");
+    let (read_ops, write_ops) = blkio_v1(&blkio, "blkio.throttle.io_serviced");
     Stats {
         cpu,
         memory,
@@ -196,15 +217,30 @@ fn read_v1(root: &Path, rel: &Path) -> Stats {
             write_bytes,
             read_ops,
             write_ops,
+            psi: None,
         },
     }
 }
 
-/// v1 blkio files: `maj:min Read N` / `maj:min Write N` lines (and a
-/// `Total` line, skipped).
-fn blkio_v1(path: PathBuf) -> (u64, u64) {
+/// A v1 blkio figure, `<file>_recursive` (with the descendants: a pod
+/// cgroup's containers) where the kernel has it, else `<file>` (kernels
+/// before 4.19 have no recursive throttle files; runc reads them the same
+/// way). Read and write sums over devices.
+///
+/// Recent kernels (seen on 6.18) set blk-throttle up on a device only once
+/// some cgroup configures a throttle rule for it, and count nothing in
+/// these files before: v1 figures can then read zero for real I/O.
+/// (cgroup v2's `io.stat` counts every bio.)
+fn blkio_v1(dir: &Path, file: &str) -> (u64, u64) {
+    let text = read(dir.join(format!("{file}_recursive"))).or_else(|| read(dir.join(file)));
+    parse_blkio_v1(&text.unwrap_or_default())
+}
+
+/// v1 blkio files: `maj:min Read N` / `maj:min Write N` lines (and
+/// `Sync`/`Async`/`Discard`/`Total` ones, and a last `Total` line, skipped).
+fn parse_blkio_v1(text: &str) -> (u64, u64) {
     let (mut r, mut w) = (0u64, 0u64);
-    for line in read(path).unwrap_or_default().lines() {
+    for line in text.lines() {
         let mut f = line.split_whitespace();
         let (Some(_dev), Some(op), Some(v)) = (f.next(), f.next(), f.next()) else {
             continue;
@@ -229,11 +265,13 @@ fn read_v2(dir: &Path) -> Stats {
         periods: c("nr_periods"),
         throttled_periods: c("nr_throttled"),
         throttled_ns: c("throttled_usec") * 1000,
+        psi: read_pressure(&dir.join("cpu.pressure")),
     };
     let ms = flat_keyed(dir.join("memory.stat"));
     let m = |k: &str| ms.get(k).copied().unwrap_or(0);
     let events = flat_keyed(dir.join("memory.events"));
     let usage = read_u64(dir.join("memory.current"));
+    let swap = read_u64(dir.join("memory.swap.current"));
     let memory = MemoryStats {
         usage,
         working_set: usage.saturating_sub(m("inactive_file")),
@@ -246,14 +284,32 @@ fn read_v2(dir: &Path) -> Stats {
         // `oom_kill` counts processes killed; `oom` counts limit hits that
         // may not have killed anything.
         oom_kills: events.get("oom_kill").copied().unwrap_or(0),
-        swap: read_u64(dir.join("memory.swap.current")),
+        swap,
+        swap_available: read_limit(dir.join("memory.swap.max"), u64::MAX)
+            .map(|limit| limit.saturating_sub(swap)),
+        psi: read_pressure(&dir.join("memory.pressure")),
     };
     let pids = PidsStats {
         current: read_u64(dir.join("pids.current")),
         limit: read_limit(dir.join("pids.max"), u64::MAX),
     };
+    let io = IoStats {
+        psi: read_pressure(&dir.join("io.pressure")),
+        ..parse_io_stat(&read(dir.join("io.stat")).unwrap_or_default())
+    };
+    Stats {
+        cpu,
+        memory,
+        pids,
+        io,
+    }
+}
+
+/// v2 `io.stat`: a `maj:min rbytes=N wbytes=N rios=N wios=N dbytes=N
+/// dios=N` line per device (more keys with some I/O controllers), summed.
+fn parse_io_stat(text: &str) -> IoStats {
     let mut io = IoStats::default();
-    for line in read(dir.join("io.stat")).unwrap_or_default().lines() {
+    for line in text.lines() {
         for kv in line.split_whitespace().skip(1) {
             let Some((k, v)) = kv.split_once('=') else {
                 continue;
@@ -268,12 +324,7 @@ fn read_v2(dir: &Path) -> Stats {
             }
         }
     }
-    Stats {
-        cpu,
-        memory,
-        pids,
-        io,
-    }
+    io
 }
 
 #[cfg(test)]
@@ -310,6 +361,8 @@ mod tests {
             "9223372036854771712\n",
         );
         put(r, "memory/k/c/memory.failcnt", "2\n");
+        put(r, "memory/k/c/memory.memsw.usage_in_bytes", "12000\n");
+        put(r, "memory/k/c/memory.memsw.limit_in_bytes", "20000\n");
         put(
             r,
             "memory/k/c/memory.oom_control",
@@ -336,6 +389,17 @@ mod tests {
         assert_eq!((s.memory.page_faults, s.memory.major_page_faults), (9, 1));
         assert_eq!(s.memory.limit, None, "page-rounded i64::MAX is unlimited");
         assert_eq!((s.memory.failcnt, s.memory.oom_kills), (2, 1));
+        assert_eq!(s.memory.swap, 2000, "memsw usage - usage");
+        assert_eq!(
+            s.memory.swap_available,
+            Some(8000),
+            "memsw limit - memsw usage, as containerd"
+        );
+        assert_eq!(
+            (s.cpu.psi, s.memory.psi, s.io.psi),
+            (None, None, None),
+            "v1 has no pressure files"
+        );
         assert_eq!(
             s.pids,
             PidsStats {
@@ -363,6 +427,26 @@ mod tests {
             "anon 4096\nfile 2048\ninactive_file 1024\npgfault 7\npgmajfault 2\n",
         );
         put(r, "k/c/memory.max", "65536\n");
+        put(r, "k/c/memory.swap.current", "1024\n");
+        put(r, "k/c/memory.swap.max", "4096\n");
+        put(
+            r,
+            "k/c/cpu.pressure",
+            "some avg10=1.50 avg60=0.75 avg300=0.20 total=123456\n\
+             full avg10=0.00 avg60=0.00 avg300=0.00 total=789\n",
+        );
+        put(
+            r,
+            "k/c/memory.pressure",
+            "some avg10=0.00 avg60=0.00 avg300=0.00 total=2460\n\
+             full avg10=0.00 avg60=0.00 avg300=0.00 total=814\n",
+        );
+        put(
+            r,
+            "k/c/io.pressure",
+            "some avg10=14.97 avg60=10.06 avg300=7.89 total=355200895\n\
+             full avg10=0.00 avg60=0.00 avg300=1.57 total=139211831\n",
+        );
         put(
             r,
             "k/c/memory.events",
@@ -385,6 +469,14 @@ mod tests {
         assert_eq!(s.memory.limit, Some(65536));
         assert_eq!(s.memory.oom_kills, 2, "oom_kill, not oom");
         assert_eq!(s.memory.failcnt, 5);
+        assert_eq!((s.memory.swap, s.memory.swap_available), (1024, Some(3072)));
+        let cpu = s.cpu.psi.expect("cpu.pressure read");
+        assert_eq!((cpu.some.total_us, cpu.some.avg10), (123_456, 1.5));
+        assert_eq!(cpu.full.map(|f| f.total_us), Some(789));
+        let mem = s.memory.psi.expect("memory.pressure read");
+        assert_eq!((mem.some.total_us, mem.full.unwrap().total_us), (2460, 814));
+        let io = s.io.psi.expect("io.pressure read");
+        assert_eq!(io.full.unwrap().avg300, 1.57);
         assert_eq!(
             s.pids,
             PidsStats {
@@ -393,14 +485,78 @@ mod tests {
             }
         );
         assert_eq!(
-            s.io,
-            IoStats {
-                read_bytes: 11,
-                write_bytes: 20,
-                read_ops: 2,
-                write_ops: 2
-            }
+            (
+                s.io.read_bytes,
+                s.io.write_bytes,
+                s.io.read_ops,
+                s.io.write_ops
+            ),
+            (11, 20, 2, 2)
         );
+    }
+
+    #[test]
+    fn v2_swap_without_a_limit_has_nothing_available() {
+        let t = tempfile::tempdir().unwrap();
+        put(t.path(), "c/memory.swap.current", "0\n");
+        put(t.path(), "c/memory.swap.max", "max\n");
+        let s = read_stats(Version::V2, t.path(), Path::new("c"));
+        assert_eq!(s.memory.swap_available, None, "no limit: unknown");
+        put(t.path(), "c/memory.swap.current", "8192\n");
+        put(t.path(), "c/memory.swap.max", "0\n");
+        let s = read_stats(Version::V2, t.path(), Path::new("c"));
+        assert_eq!(s.memory.swap_available, Some(0), "never below zero");
+    }
+
+    /// `io.stat` as cgroup-v2.rst shows it.
+    #[test]
+    fn io_stat_sums_devices() {
+        let io = parse_io_stat(
+            "8:16 rbytes=1459200 wbytes=314773504 rios=192 wios=353 dbytes=0 dios=0\n\
+             8:0 rbytes=90430464 wbytes=299008000 rios=8950 wios=1252 dbytes=50331648 dios=3021\n",
+        );
+        assert_eq!(
+            (io.read_bytes, io.write_bytes, io.read_ops, io.write_ops),
+            (91_889_664, 613_781_504, 9142, 1605)
+        );
+        assert_eq!(parse_io_stat(""), IoStats::default());
+    }
+
+    /// `blkio.throttle.io_service_bytes` of a v1 cgroup that wrote 1 MiB to
+    /// and read 256 KiB from a loop device with O_DIRECT (Linux 6.18).
+    const BLKIO_BYTES: &str = "7:0 Read 262144\n7:0 Write 1048576\n7:0 Sync 1310720\n\
+                               7:0 Async 0\n7:0 Discard 0\n7:0 Total 1310720\nTotal 1310720\n";
+
+    #[test]
+    fn v1_blkio_prefers_the_recursive_file_and_falls_back() {
+        assert_eq!(parse_blkio_v1(BLKIO_BYTES), (262_144, 1_048_576));
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        // A kernel without the recursive throttle files.
+        put(r, "blkio/c/blkio.throttle.io_service_bytes", BLKIO_BYTES);
+        put(
+            r,
+            "blkio/c/blkio.throttle.io_serviced",
+            "7:0 Read 4\n7:0 Write 16\n7:0 Total 20\nTotal 20\n",
+        );
+        let s = read_stats(Version::V1, r, Path::new("c"));
+        assert_eq!(
+            (
+                s.io.read_bytes,
+                s.io.write_bytes,
+                s.io.read_ops,
+                s.io.write_ops
+            ),
+            (262_144, 1_048_576, 4, 16)
+        );
+        // With it, the recursive figure (descendants included) wins.
+        put(
+            r,
+            "blkio/c/blkio.throttle.io_service_bytes_recursive",
+            "7:0 Read 1\n7:0 Write 2\nTotal 3\n",
+        );
+        let s = read_stats(Version::V1, r, Path::new("c"));
+        assert_eq!((s.io.read_bytes, s.io.write_bytes), (1, 2));
     }
 
     #[test]
