@@ -361,6 +361,25 @@ impl TryFrom<ClientConfig> for Client {
 
         client_builder = client_builder.user_agent(config.user_agent);
 
+        // berth patch (vendor/README.md): hosts.toml `client` and `header`.
+        #[cfg(all(not(target_arch = "wasm32"), any(feature = "rustls-tls", feature = "native-tls")))]
+        if let Some(pem) = &config.client_identity_pem {
+            client_builder = client_builder.identity(reqwest::Identity::from_pem(pem)?);
+        }
+        if !config.default_headers.is_empty() {
+            let mut headers = reqwest::header::HeaderMap::new();
+            for (name, value) in &config.default_headers {
+                let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|e| {
+                    OciDistributionError::GenericError(Some(format!("header {name:?}: {e}")))
+                })?;
+                let value = reqwest::header::HeaderValue::from_str(value).map_err(|e| {
+                    OciDistributionError::GenericError(Some(format!("header {name}: {e}")))
+                })?;
+                headers.append(name, value);
+            }
+            client_builder = client_builder.default_headers(headers);
+        }
+
         if let Some(proxy_addr) = &config.https_proxy {
             let no_proxy = config
                 .no_proxy
@@ -2565,6 +2584,18 @@ pub struct ClientConfig {
     ///
     /// This defaults to `None`.
     pub no_proxy: Option<String>,
+
+    /// berth patch: a TLS client identity, PEM with the certificate chain and
+    /// its private key (containerd's hosts.toml `client`).
+    ///
+    /// This defaults to `None`.
+    pub client_identity_pem: Option<Vec<u8>>,
+
+    /// berth patch: headers sent with every request (containerd's hosts.toml
+    /// `header`); a name may repeat.
+    ///
+    /// This defaults to none.
+    pub default_headers: Vec<(String, String)>,
 }
 
 impl Default for ClientConfig {
@@ -2587,6 +2618,8 @@ impl Default for ClientConfig {
             https_proxy: None,
             http_proxy: None,
             no_proxy: None,
+            client_identity_pem: None,
+            default_headers: Vec::new(),
         }
     }
 }
