@@ -5,10 +5,8 @@
 //! wants a header or serves under a path prefix, one behind a blackholed
 //! mirror, one with htpasswd auth.
 //!
-//! berth's registry client (oci-client 0.18) cannot present a client
-//! certificate or add a header, so an endpoint configured with `client` or
-//! `header` must be refused by name, never used without them; these tests
-//! hold berth to that (and show the registries do need them).
+//! The registries are shown to need what the keys give (curl without the
+//! certificate, a request without the header), and berth to send it.
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -161,8 +159,8 @@ fn curl_status(addr: &str, pki: &TestPki, with_cert: bool) -> Option<u16> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_certificates_are_refused_by_name_never_dropped() {
-    const T: &str = "client_certificates_are_refused_by_name_never_dropped";
+async fn client_certificates_are_presented() {
+    const T: &str = "client_certificates_are_presented";
     let Some(mut node) = Node::start(T).await else {
         return;
     };
@@ -225,8 +223,8 @@ async fn client_certificates_are_refused_by_name_never_dropped() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(!err.message().contains("`client`"), "{err:?}");
 
-    // With `client` (a [cert, key] pair relative to the file), berth says it
-    // cannot present it instead of connecting without it.
+    // With `client` (a [cert, key] pair relative to the file), berth
+    // presents the certificate and the pull works.
     node.hosts(
         name,
         &format!(
@@ -234,32 +232,37 @@ async fn client_certificates_are_refused_by_name_never_dropped() {
             mtls.addr()
         ),
     );
-    let err = node.pull_err(&image, None).await;
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    for want in [
-        "`client`",
-        "client certificates",
-        "hosts.toml",
-        &mtls.addr(),
-    ] {
-        assert!(err.message().contains(want), "{want}: {err:?}");
-    }
+    assert_eq!(node.pull_ok(&image, None).await, pushed.config_digest);
 
-    // The same endpoint as a mirror: skipped, the upstream serves the pull.
+    // A certificate file that holds the key too (a single path), as a
+    // mirror in front of an upstream that cannot serve: the mirror does.
+    let both = std::fs::read_to_string(&pki.client_cert).unwrap()
+        + &std::fs::read_to_string(&pki.client_key).unwrap();
+    std::fs::write(dir.join("both.pem"), both).unwrap();
+    let image2 = format!("{name}/test/busybox2:1");
+    push(&plain, "test/busybox2", "1").await;
     node.hosts(
         name,
         &format!(
-            "server = \"http://{}\"\n[host.\"https://{}\"]\n  ca = \"ca.pem\"\n  client = \"client.pem\"\n",
-            plain.addr(),
+            "server = \"http://127.0.0.1:9\"\n[host.\"https://{}\"]\n  ca = \"ca.pem\"\n  client = \"both.pem\"\n",
             mtls.addr()
         ),
     );
-    assert_eq!(node.pull_ok(&image, None).await, pushed.config_digest);
-    let log = node.daemon.log();
-    assert!(
-        log.contains("registry endpoint skipped") && log.contains("`client`"),
-        "{log}"
+    assert_eq!(node.pull_ok(&image2, None).await, pushed.config_digest);
+
+    // A client certificate that cannot be read fails the pull, naming the
+    // file, rather than connecting without it.
+    let image3 = format!("{name}/test/busybox3:1");
+    push(&plain, "test/busybox3", "1").await;
+    node.hosts(
+        name,
+        &format!(
+            "server = \"https://{}\"\nca = \"ca.pem\"\nclient = \"missing.pem\"\n",
+            mtls.addr()
+        ),
     );
+    let err = node.pull_err(&image3, None).await;
+    assert!(err.message().contains("missing.pem"), "{err:?}");
 }
 
 /// The status of `GET /v2/` on `addr` with one extra header line.
@@ -276,8 +279,8 @@ fn status_with_header(addr: &str, header: &str) -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn header_endpoints_are_refused_by_name_never_reached() {
-    const T: &str = "header_endpoints_are_refused_by_name_never_reached";
+async fn header_endpoints_send_their_headers() {
+    const T: &str = "header_endpoints_send_their_headers";
     let Some(mut node) = Node::start(T).await else {
         return;
     };
@@ -309,8 +312,8 @@ async fn header_endpoints_are_refused_by_name_never_reached() {
     assert_ne!(err.code(), Code::Ok);
     let (forwarded, refused) = (gw.forwarded(), gw.refused());
 
-    // With `[header]` (top level, i.e. the server's), berth refuses the
-    // endpoint by name and does not connect to it at all.
+    // With `[header]` (top level, i.e. the server's), berth sends it and the
+    // gateway lets the pull through.
     node.hosts(
         name,
         &format!(
@@ -318,25 +321,26 @@ async fn header_endpoints_are_refused_by_name_never_reached() {
             gw.addr()
         ),
     );
-    let err = node.pull_err(&image, None).await;
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    for want in ["`header`", "headers", "hosts.toml"] {
-        assert!(err.message().contains(want), "{want}: {err:?}");
-    }
-    assert_eq!((gw.forwarded(), gw.refused()), (forwarded, refused));
+    assert_eq!(node.pull_ok(&image, None).await, pushed.config_digest);
+    assert!(
+        gw.forwarded() > forwarded,
+        "the gateway forwarded berth's requests"
+    );
+    assert_eq!(gw.refused(), refused, "none refused");
 
-    // A mirror with a header list: skipped; the upstream serves the pull.
+    // A mirror with a header list serves a pull too (the upstream cannot).
+    let image2 = format!("{name}/test/busybox2:1");
+    push(&reg, "test/busybox2", "1").await;
     node.hosts(
         name,
         &format!(
-            "server = \"http://{}\"\n[host.\"http://{}\"]\n  [host.\"http://{}\".header]\n    X-Registry-Key = [\"open-sesame\"]\n",
-            reg.addr(),
+            "server = \"http://127.0.0.1:9\"\n[host.\"http://{}\"]\n  [host.\"http://{}\".header]\n    X-Registry-Key = [\"open-sesame\"]\n",
             gw.addr(),
             gw.addr()
         ),
     );
-    assert_eq!(node.pull_ok(&image, None).await, pushed.config_digest);
-    assert_eq!((gw.forwarded(), gw.refused()), (forwarded, refused));
+    assert_eq!(node.pull_ok(&image2, None).await, pushed.config_digest);
+    assert_eq!(gw.refused(), refused, "none refused");
     // The secret header value is not logged.
     assert!(!node.daemon.log().contains("open-sesame"));
 }

@@ -512,7 +512,8 @@ impl Puller {
     ) -> Result<(), Attempt> {
         let client = self
             .clients
-            .get(ep, self.is_plain_http(ep), &ctx.auth_for(ep));
+            .get(ep, self.is_plain_http(ep), &ctx.auth_for(ep))
+            .map_err(|e| Attempt::Permanent(ImageError::from_registry(ctx.name, &ep.host, e)))?;
         // Always a range request: a fresh start asks for bytes=0-, a resume
         // for the rest. berth verifies the whole blob itself on commit.
         let response = client
@@ -597,7 +598,7 @@ impl Puller {
         let http = self.is_plain_http(ep);
         let fetch = |http| async move {
             self.clients
-                .get(ep, http, auth)
+                .get(ep, http, auth)?
                 .pull_manifest_raw(r, auth, ACCEPTED)
                 .await
                 .map(|(bytes, digest)| (bytes.to_vec(), digest))

@@ -19,13 +19,14 @@
 //!
 //! Operators can point berth at the directory they already use for
 //! containerd (`/etc/containerd/certs.d`); the keys mean what containerd's
-//! `docs/hosts.md` says. `client` (TLS client certificates) and `header`
-//! (extra request headers), and `override_path` with a root that does not end
-//! in `/v2`, are parsed and checked, but berth's registry client (oci-client
-//! 0.18) has no way to apply them: such an endpoint is refused with an error
-//! that names the key ([`Endpoint::unsupported`]) rather than used without
-//! them. Unknown keys are ignored, as containerd does. The file is read on
-//! every pull, so edits take effect without a restart.
+//! `docs/hosts.md` says (`client` and `header` through berth's patch of
+//! oci-client, vendor/README.md; of several `client` certificates the first
+//! is presented). `override_path` with a root that does not end in `/v2` is
+//! parsed and checked, but oci-client always puts `/v2` in front of API
+//! paths: such an endpoint is refused with an error that names the key
+//! ([`Endpoint::unsupported`]) rather than used otherwise. Unknown keys are
+//! ignored, as containerd does. The file is read on every pull, so edits
+//! take effect without a restart.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -153,20 +154,6 @@ impl Endpoint {
     /// certificate or header the operator asked for would at best fail at
     /// the registry and at worst reach something other than intended.
     pub fn unsupported(&self) -> Option<Unsupported> {
-        if !self.client_certs.is_empty() {
-            return Some(Unsupported {
-                key: "client",
-                reason: "berth's registry client (oci-client 0.18) cannot present TLS client \
-                         certificates",
-            });
-        }
-        if self.headers.values().any(|v| !v.is_empty()) {
-            return Some(Unsupported {
-                key: "header",
-                reason: "berth's registry client (oci-client 0.18) cannot add headers to its \
-                         requests",
-            });
-        }
         if self.registry_address().is_none() {
             return Some(Unsupported {
                 key: "override_path",
