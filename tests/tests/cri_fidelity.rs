@@ -8,28 +8,11 @@
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
-use berth_cri::proto::image_service_client::ImageServiceClient;
 use berth_cri::proto::{self, ImageSpec};
 use tonic::Code;
 
 mod common;
 use common::*;
-
-async fn image_status(env: &Env, image: &str) -> proto::Image {
-    ImageServiceClient::new(env.daemon.channel().await)
-        .image_status(proto::ImageStatusRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image
-        .unwrap_or_else(|| panic!("{image} is pulled"))
-}
 
 async fn run_in(env: &mut Env, pod: &str, cfg: proto::ContainerConfig) -> String {
     let id = env
@@ -45,16 +28,6 @@ async fn run_in(env: &mut Env, pod: &str, cfg: proto::ContainerConfig) -> String
         .container_id;
     start(&mut env.rt, &id).await.unwrap();
     id
-}
-
-async fn pod_status(rt: &mut Rt, id: &str, verbose: bool) -> proto::PodSandboxStatusResponse {
-    rt.pod_sandbox_status(proto::PodSandboxStatusRequest {
-        pod_sandbox_id: id.into(),
-        verbose,
-    })
-    .await
-    .unwrap()
-    .into_inner()
 }
 
 async fn stop_and_remove_pod(rt: &mut Rt, id: &str) {
@@ -95,8 +68,8 @@ async fn one_image_under_two_names_has_one_id_and_each_names_its_repo_digest() {
     let second = format!("{addr}/test/mirror:v2");
     pull(env.daemon.channel().await, &second).await;
     let (a, b) = (
-        image_status(&env, &env.image).await,
-        image_status(&env, &second).await,
+        image_status(&env, &env.image).await.unwrap(),
+        image_status(&env, &second).await.unwrap(),
     );
     assert_eq!(a.id, b.id, "one image id whatever the name");
     assert_eq!(a.id, other.config_digest);

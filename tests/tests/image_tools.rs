@@ -252,21 +252,6 @@ fn skopeo_push(layout: &Layout, tag: &str, dest: &str) -> String {
         .to_string()
 }
 
-async fn image_status(env: &Env, image: &str) -> Option<proto::Image> {
-    ImageServiceClient::new(env.daemon.channel().await)
-        .image_status(proto::ImageStatusRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image
-}
-
 /// Runs `check` in a container of `image`; it must print `ok` and exit 0.
 /// The container is removed afterwards.
 async fn run_check(env: &mut Env, name: &str, image: &str, check: &str) {

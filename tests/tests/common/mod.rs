@@ -96,12 +96,12 @@ pub async fn pull(ch: Channel, image: &str) {
         .unwrap();
 }
 
-/// The id (config digest) ImageStatus reports for the env's image.
-pub async fn image_id(env: &Env) -> String {
+/// ImageStatus of `image` on the env's daemon (`None`: not there).
+pub async fn image_status(env: &Env, image: &str) -> Option<proto::Image> {
     ImageServiceClient::new(env.daemon.channel().await)
         .image_status(proto::ImageStatusRequest {
             image: Some(ImageSpec {
-                image: env.image.clone(),
+                image: image.into(),
                 ..Default::default()
             }),
             verbose: false,
@@ -110,8 +110,25 @@ pub async fn image_id(env: &Env) -> String {
         .unwrap()
         .into_inner()
         .image
+}
+
+/// The id (config digest) ImageStatus reports for the env's image.
+pub async fn image_id(env: &Env) -> String {
+    image_status(env, &env.image)
+        .await
         .expect("the env's image is pulled")
         .id
+}
+
+/// PodSandboxStatus of pod `id`.
+pub async fn pod_status(rt: &mut Rt, id: &str, verbose: bool) -> proto::PodSandboxStatusResponse {
+    rt.pod_sandbox_status(proto::PodSandboxStatusRequest {
+        pod_sandbox_id: id.into(),
+        verbose,
+    })
+    .await
+    .unwrap()
+    .into_inner()
 }
 
 /// The runtime's Status (what it says it supports).
