@@ -102,6 +102,22 @@ pub fn registry_auth(auth: Option<&proto::AuthConfig>) -> Result<RegistryAuth, S
     let Some(a) = auth else {
         return Ok(RegistryAuth::Anonymous);
     };
+    // Credentials end up in an HTTP header: a control character (a NUL, a
+    // newline that would start another header) is refused here, naming the
+    // field, before anything is sent.
+    for (field, value) in [
+        ("auth.username", &a.username),
+        ("auth.password", &a.password),
+        ("auth.auth", &a.auth),
+        ("auth.identity_token", &a.identity_token),
+        ("auth.registry_token", &a.registry_token),
+    ] {
+        if value.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(format!(
+                "{field} must not contain control characters"
+            )));
+        }
+    }
     if !a.registry_token.is_empty() {
         return Ok(RegistryAuth::Bearer(a.registry_token.clone()));
     }
@@ -114,6 +130,9 @@ pub fn registry_auth(auth: Option<&proto::AuthConfig>) -> Result<RegistryAuth, S
             .decode(a.auth.trim())
             .map_err(|_| bad())?;
         let text = String::from_utf8(raw).map_err(|_| bad())?;
+        if text.chars().any(char::is_control) {
+            return Err(bad());
+        }
         let (user, pass) = text.split_once(':').ok_or_else(bad)?;
         return Ok(RegistryAuth::Basic(user.to_string(), pass.to_string()));
     }
@@ -316,6 +335,25 @@ mod tests {
         let err = a(|c| c.auth = "not base64!".into()).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("auth.auth"));
+        // A control character would break (or add) a header: refused by name.
+        for (field, err) in [
+            (
+                "auth.registry_token",
+                a(|c| c.registry_token = "a\nb".into()),
+            ),
+            (
+                "auth.registry_token",
+                a(|c| c.registry_token = "a\0b".into()),
+            ),
+            ("auth.password", a(|c| c.password = "p\r\nX-Evil: 1".into())),
+            ("auth.username", a(|c| c.username = "\x7f".into())),
+            // base64("u:p\nq")
+            ("auth.auth", a(|c| c.auth = "dTpwCnE=".into())),
+        ] {
+            let err = err.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}");
+            assert!(err.message().contains(field), "{field}: {err:?}");
+        }
     }
 
     #[test]

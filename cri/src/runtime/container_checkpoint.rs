@@ -113,8 +113,17 @@ pub(super) fn check_location(location: &str) -> Result<PathBuf, RuntimeError> {
     if !p.is_absolute() || location.contains('\0') || location.ends_with('/') {
         return Err(bad("must be an absolute file path"));
     }
-    if p.is_dir() {
-        return Err(bad("is a directory"));
+    // What is there already is replaced only when it is a regular file: a
+    // symlink, a device node (`/dev/null`), a FIFO or a socket would have
+    // been swapped for a file holding the container's memory.
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => return Err(bad("is a directory")),
+        Ok(m) if !m.file_type().is_file() => {
+            return Err(bad(
+                "exists and is not a regular file (a symlink, device, FIFO or socket)",
+            ))
+        }
+        _ => {}
     }
     match p.parent() {
         Some(d) if d.is_dir() => Ok(p.to_path_buf()),
@@ -357,13 +366,18 @@ fn write_archive(dir: &Path, location: &Path) -> Result<(), RuntimeError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = location.with_file_name(format!(".{name}.berth-tmp"));
+    // A name nobody can guess, created afresh (O_EXCL) and never through a
+    // symlink (O_NOFOLLOW), owned by us with mode 0600 whatever was planted
+    // in the directory.
+    let suffix = crate::store::ObjectId::random()
+        .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
+    let tmp = location.with_file_name(format!(".{name}.{}.berth-tmp", &suffix.as_str()[..16]));
     let res = (|| {
         // The container's memory, secrets included: for root only.
         let file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .mode(0o600)
             .open(&tmp)?;
         let mut b = tar::Builder::new(std::io::BufWriter::new(file));
@@ -380,7 +394,14 @@ fn write_archive(dir: &Path, location: &Path) -> Result<(), RuntimeError> {
         let w = b.into_inner()?;
         let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
-        std::fs::rename(&tmp, location)
+        // Checked again right before the rename: only a regular file (or
+        // nothing) is replaced.
+        match std::fs::symlink_metadata(location) {
+            Ok(m) if !m.file_type().is_file() => Err(std::io::Error::other(
+                "the location became something other than a regular file",
+            )),
+            _ => std::fs::rename(&tmp, location),
+        }
     })();
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
@@ -590,6 +611,59 @@ mod tests {
         }
         let e = check_location(d.path().to_str().unwrap()).unwrap_err();
         assert!(e.to_string().contains("is a directory"), "{e}");
+        // Never a device node, FIFO or symlink (not even to a regular file).
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&ok, &link).unwrap();
+        for bad in [Path::new("/dev/null"), &fifo, &link] {
+            let e = check_location(bad.to_str().unwrap()).unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{bad:?}: {e}");
+        }
+        // A regular file is replaced.
+        std::fs::write(&ok, "old").unwrap();
+        assert_eq!(check_location(ok.to_str().unwrap()).unwrap(), ok);
+    }
+
+    #[test]
+    fn the_archive_is_a_new_private_file_whatever_was_planted() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("config.dump"), "{}").unwrap();
+        // A planted file at the location, world-writable and another's.
+        let location = d.path().join("c.tar");
+        std::fs::write(&location, "planted").unwrap();
+        std::fs::set_permissions(&location, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::os::unix::fs::chown(&location, Some(65534), Some(65534)).unwrap();
+        // And the old predictable temporary name as a symlink to a victim.
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join(".c.tar.berth-tmp")).unwrap();
+        write_archive(&src, &location).unwrap();
+        let m = std::fs::symlink_metadata(&location).unwrap();
+        assert!(m.file_type().is_file());
+        assert_eq!((m.mode() & 0o777, m.uid()), (0o600, 0));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        let mut a = tar::Archive::new(std::fs::File::open(&location).unwrap());
+        let names: Vec<String> = a
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["config.dump"]);
+        // No temporary file left.
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name().to_string_lossy().ends_with(".berth-tmp")
+                    && e.file_type().is_ok_and(|t| !t.is_symlink())
+            })
+            .collect();
+        assert!(left.is_empty());
     }
 
     #[test]

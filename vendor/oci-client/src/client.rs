@@ -2448,7 +2448,15 @@ impl<'a> RequestBuilderWrapper<'a> {
             match token {
                 RegistryTokenType::Bearer(token) => {
                     debug!("Using bearer token authentication.");
-                    headers.insert("Authorization", token.bearer_token().parse().unwrap());
+                    // berth patch (vendor/README.md): a token (from the
+                    // caller or a registry) that is not a valid header value
+                    // is an error, not a panic.
+                    let value = token.bearer_token().parse().map_err(|_| {
+                        OciDistributionError::RegistryTokenDecodeError(
+                            "the bearer token is not a valid HTTP header value".into(),
+                        )
+                    })?;
+                    headers.insert("Authorization", value);
                 }
                 RegistryTokenType::Basic(username, password) => {
                     debug!("Using HTTP basic authentication.");
