@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use berth_core::cgroups::CgroupConfig;
 use berth_core::container::checkpoint::{CheckpointOptions, CriuOptions, DESCRIPTORS_FILE};
 use berth_core::pin::{pin, unpin, PinRequest};
-use berth_core::{Config, Container, Namespace, NamespaceKind, Process, Status, Stdio};
+use berth_core::security::capabilities::Capabilities;
+use berth_core::security::user::User;
+use berth_core::{
+    Config, Container, ContainerError, Namespace, NamespaceKind, Process, Status, Stdio,
+};
 use common::*;
 
 /// A `criu` that works on this kernel, or why not.
@@ -134,7 +138,8 @@ fn a_counter_restored_into_another_pod_counts_on() {
     // The counter, in pod A: one line per number, also kept in a file.
     let id = unique_id("ckpt");
     let id2 = unique_id("restored");
-    let _cleanup = Cleanup(state.path(), vec![id.clone(), id2.clone()]);
+    let id3 = unique_id("refused");
+    let _cleanup = Cleanup(state.path(), vec![id.clone(), id2.clone(), id3.clone()]);
     let mut config = base_config(&rootfs);
     pod_a.join(&mut config);
     config.cgroup = Some(cgroup(&id));
@@ -148,6 +153,7 @@ fn a_counter_restored_into_another_pod_counts_on() {
     ]);
     let ([i, o, e], out) = stdio();
     (p.stdin, p.stdout, p.stderr) = (Stdio::Fd(i), Stdio::Fd(o), Stdio::Fd(e));
+    let spec = p.spec.clone();
     let h = c.run(p).unwrap();
     let mut lines = BufReader::new(std::fs::File::from(out)).lines();
     for want in 1..=5 {
@@ -175,6 +181,41 @@ fn a_counter_restored_into_another_pod_counts_on() {
     assert!(images.join("inventory.img").exists());
     c.destroy().unwrap();
 
+    // Restored into a container that asks for less than the dumped root
+    // shell held (uid 1000, no capabilities, no_new_privs): refused while
+    // the tasks are stopped, and nothing of it is left running.
+    let mut config3 = config.clone();
+    pod_b.join(&mut config3);
+    config3.cgroup = Some(cgroup(&id3));
+    let mut c3 = Container::create(state.path(), &id3, config3)
+        .unwrap()
+        .with_init_binary(init_binary());
+    let mut restricted = spec.clone();
+    restricted.user = User::ids(1000, 1000);
+    restricted.capabilities = Some(Capabilities::none());
+    restricted.no_new_privileges = Some(true);
+    let (fds3, _out3) = stdio();
+    let err = c3.restore(&criu_opts, fds3, &restricted).unwrap_err();
+    let msg = chain(&err);
+    assert!(
+        matches!(err, ContainerError::RestoreRefused { .. }),
+        "{msg}"
+    );
+    for want in ["uids [0, 0, 0, 0] where only 1000", "CAP_SYS_CHROOT"] {
+        assert!(msg.contains(want), "{want}: {msg}");
+    }
+    assert!(c3.processes().is_empty(), "{:?}", c3.processes());
+    // Its cgroup is gone (it could only be removed once empty).
+    let rel = format!("berth-test-ckpt/{id3}");
+    let mut cgroup_dirs = vec![Path::new("/sys/fs/cgroup").join(&rel)];
+    for ctrl in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        cgroup_dirs.push(ctrl.path().join(&rel));
+    }
+    for d in cgroup_dirs {
+        assert!(!d.exists(), "{} is left", d.display());
+    }
+    c3.destroy().unwrap();
+
     // Restored into pod B: stopped until released, then counting on.
     let mut config2 = config.clone();
     pod_b.join(&mut config2);
@@ -184,7 +225,7 @@ fn a_counter_restored_into_another_pod_counts_on() {
         .with_init_binary(init_binary());
     let (fds, out2) = stdio();
     let h2 = c2
-        .restore(&criu_opts, fds)
+        .restore(&criu_opts, fds, &spec)
         .unwrap_or_else(|e| panic!("restore: {}", chain(&e)));
     assert_eq!(c2.status(), Status::Created);
     // The shell (and its sleep, if one was running at the dump) in the new

@@ -54,6 +54,16 @@ enable_unprivileged_ports = true
 # in pods with their own user namespace), as in containerd 2.
 enable_unprivileged_icmp = true
 
+[checkpoint]
+# CreateContainer may restore a container from a checkpoint archive or
+# checkpoint image (kubelet's and CRI-O's container checkpoint format). CRIU
+# recreates the tasks with the ids, capabilities, no_new_privs and seccomp
+# mode recorded in the checkpoint; berth refuses the restore when any task
+# holds more than the container's requested security context allows, but
+# the rest of the checkpoint (memory, open files) is trusted: enable only
+# where checkpoints come from a trusted source.
+restore = false
+
 [network]
 # CNI network configurations: the first .conflist/.conf/.json file in
 # lexical order is used; the directory is watched, so a config installed
@@ -106,6 +116,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub image: ImageSection,
     pub runtime: RuntimeSection,
+    pub checkpoint: CheckpointSection,
     pub network: NetworkSection,
     pub stream: StreamSection,
     pub metrics: MetricsSection,
@@ -179,6 +190,13 @@ pub struct ImageSection {
     pub max_concurrent_layers: usize,
 }
 
+/// `[checkpoint]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    pub restore: bool,
+}
+
 /// `[runtime]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -209,6 +227,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             image: ImageSection::default(),
             runtime: RuntimeSection::default(),
+            checkpoint: CheckpointSection::default(),
             network: NetworkSection::default(),
             stream: StreamSection::default(),
             metrics: MetricsSection::default(),

@@ -189,6 +189,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 _ => None,
             },
             criu: None,
+            restore: config.checkpoint.restore,
             pod_sysctls: berth_cri::spec::sysctls::PodSysctlDefaults {
                 unprivileged_ports: config.runtime.enable_unprivileged_ports,
                 unprivileged_icmp: config.runtime.enable_unprivileged_icmp,

@@ -95,7 +95,8 @@ async fn main() {
     }
     // The daemon, its pod "pod" (A) and a second pod (B); everything is
     // cleaned up when `env` goes, even after a failed expectation.
-    let Some(mut env) = env("cri_checkpoint").await else {
+    let Some(mut env) = env_with_config("cri_checkpoint", "[checkpoint]\nrestore = true\n").await
+    else {
         return;
     };
     let dir = env.dir.path().to_path_buf();

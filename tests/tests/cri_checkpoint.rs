@@ -30,11 +30,14 @@ fn criu_works(test: &str) -> bool {
     }
 }
 
+/// The daemon's configuration: restore on.
+const RESTORE_ON: &str = "[checkpoint]\nrestore = true\n";
+
 async fn env_with_criu(test: &str) -> Option<Env> {
     if !criu_works(test) {
         return None;
     }
-    env(test).await
+    env_with_config(test, RESTORE_ON).await
 }
 
 /// A container running `script` as root.
@@ -151,6 +154,43 @@ async fn restore(
         })
         .await
         .map(|r| r.into_inner().container_id)
+}
+
+/// `archive` as the one layer of an image (what `buildah add` of the
+/// archive makes), annotated as checkpointctl does; pushed to the env's
+/// registry as `test/<name>-checkpoint:v1` and pulled. Its reference.
+async fn push_checkpoint_image(env: &Env, archive: &Path, name: &str) -> String {
+    let bytes = std::fs::read(archive).unwrap();
+    let layer = berth_e2e::images::Layer {
+        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        diff_id: berth_e2e::images::sha256_digest(&bytes),
+        blob: bytes,
+    };
+    let mut spec = berth_e2e::images::ImageSpec::new(vec![layer], serde_json::json!({}));
+    spec.annotations
+        .insert("org.criu.checkpoint.container.name".into(), name.into());
+    let addr = env._reg.addr();
+    let repo = format!("test/{name}-checkpoint");
+    berth_e2e::images::push_image(&addr, &repo, "v1", &spec, None)
+        .await
+        .unwrap();
+    let image = format!("{addr}/{repo}:v1");
+    pull(env.daemon.channel().await, &image).await;
+    image
+}
+
+/// Live processes whose command line is exactly `argv`.
+fn processes_running(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
 }
 
 /// The archive's entries: path → contents (directories empty).
@@ -310,7 +350,12 @@ async fn a_counter_checkpointed_and_restored_into_a_new_pod_counts_on() {
     // The restored tree waits, stopped, under its monitor: a daemon crash
     // and restart in between changes nothing.
     env.daemon.crash();
-    env.daemon = berth_e2e::daemon::Daemon::start(&env.berth, env.dir.path(), &[]);
+    let conf = config_file(env.dir.path());
+    env.daemon = berth_e2e::daemon::Daemon::start(
+        &env.berth,
+        env.dir.path(),
+        &["--config", conf.to_str().unwrap()],
+    );
     env.rt = berth_cri::proto::runtime_service_client::RuntimeServiceClient::new(
         env.daemon.channel().await,
     );
@@ -556,25 +601,7 @@ async fn a_checkpoint_image_from_a_registry_restores() {
         .parse()
         .unwrap();
 
-    // The archive as the one layer of an image (what `buildah add` of the
-    // archive makes), annotated as checkpointctl does; pushed and pulled.
-    let bytes = std::fs::read(&archive).unwrap();
-    let layer = berth_e2e::images::Layer {
-        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-        diff_id: berth_e2e::images::sha256_digest(&bytes),
-        blob: bytes,
-    };
-    let mut spec = berth_e2e::images::ImageSpec::new(vec![layer], serde_json::json!({}));
-    spec.annotations.insert(
-        "org.criu.checkpoint.container.name".into(),
-        "counter".into(),
-    );
-    let addr = env._reg.addr();
-    berth_e2e::images::push_image(&addr, "test/counter-checkpoint", "v1", &spec, None)
-        .await
-        .unwrap();
-    let image = format!("{addr}/test/counter-checkpoint:v1");
-    pull(env.daemon.channel().await, &image).await;
+    let image = push_checkpoint_image(&env, &archive, "counter").await;
 
     let (pod2, pod2_cfg) = second_pod(&mut env, "pod2").await;
     for round in 0..2 {
@@ -615,4 +642,142 @@ async fn a_checkpoint_image_from_a_registry_restores() {
         // The image's layer is only read: the same checkpoint restores again.
         remove_container(&mut env.rt, &restored).await;
     }
+}
+
+/// A root container holding CAP_SYS_ADMIN, checkpointed: restored only on a
+/// node that enables restore, and then only into a container whose
+/// security context allows what the checkpoint's tasks hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_restores_only_within_the_requested_security_context() {
+    let test = "a_checkpoint_restores_only_within_the_requested_security_context";
+    if !criu_works(test) {
+        return;
+    }
+    // The node's default: restore off.
+    let Some(mut env) = env(test).await else {
+        return;
+    };
+    let with_caps = |env: &Env, name: &str, sc: proto::LinuxContainerSecurityContext| {
+        let mut c = container(env, name, &["/bin/sh", "-c"], &["exec sleep 7331"]);
+        c.linux = Some(proto::LinuxContainerConfig {
+            security_context: Some(sc),
+            ..Default::default()
+        });
+        c
+    };
+    let admin = || proto::LinuxContainerSecurityContext {
+        run_as_user: Some(proto::Int64Value { value: 0 }),
+        capabilities: Some(proto::Capability {
+            add_capabilities: vec!["CAP_SYS_ADMIN".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let cfg = with_caps(&env, "admin", admin());
+    let id = create(&mut env, cfg).await.unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+    let (_, bnd) = exec(&mut env.rt, &id, "grep CapBnd /proc/1/status").await;
+    let bnd = u64::from_str_radix(bnd.trim().trim_start_matches("CapBnd:").trim(), 16).unwrap();
+    assert!(bnd & (1 << 21) != 0, "CAP_SYS_ADMIN held: {bnd:x}");
+    let archive = env.dir.path().join("admin.tar");
+    checkpoint(&mut env.rt, &id, &archive, 0).await.unwrap();
+    remove_container(&mut env.rt, &id).await;
+    let image = push_checkpoint_image(&env, &archive, "admin").await;
+    let argv = ["sleep", "7331"];
+    assert!(processes_running(&argv).is_empty());
+
+    let pod = env.pod.clone();
+    let pod_cfg = pod_config(env.dir.path());
+    let create_from = |env: &Env, name: &str, from: &str, sc| {
+        let mut cfg = with_caps(env, name, sc);
+        cfg.command.clear();
+        cfg.args.clear();
+        cfg.image = Some(proto::ImageSpec {
+            image: from.into(),
+            ..Default::default()
+        });
+        proto::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pod_cfg.clone()),
+        }
+    };
+    // Off: refused for the archive and the image alike, naming the setting.
+    for from in [archive.to_str().unwrap(), image.as_str()] {
+        let err = env
+            .rt
+            .create_container(create_from(&env, "off", from, admin()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+        assert!(err.message().contains("[checkpoint]"), "{}", err.message());
+    }
+
+    // On: a container asking for uid 1000, no capabilities, no_new_privs
+    // and the runtime's seccomp profile does not get the root tasks.
+    std::fs::write(config_file(env.dir.path()), RESTORE_ON).unwrap();
+    env.daemon.crash();
+    let conf = config_file(env.dir.path());
+    env.daemon = berth_e2e::daemon::Daemon::start(
+        &env.berth,
+        env.dir.path(),
+        &["--config", conf.to_str().unwrap()],
+    );
+    env.rt = berth_cri::proto::runtime_service_client::RuntimeServiceClient::new(
+        env.daemon.channel().await,
+    );
+    let restricted = proto::LinuxContainerSecurityContext {
+        run_as_user: Some(proto::Int64Value { value: 1000 }),
+        capabilities: Some(proto::Capability {
+            drop_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        }),
+        no_new_privs: true,
+        seccomp: Some(proto::SecurityProfile {
+            profile_type: proto::security_profile::ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
+        }),
+        ..Default::default()
+    };
+    let dirs_before = container_dirs(&env);
+    for from in [image.as_str(), archive.to_str().unwrap()] {
+        let err = env
+            .rt
+            .create_container(create_from(&env, "restricted", from, restricted.clone()))
+            .await
+            .unwrap_err();
+        let msg = err.message();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{msg}");
+        for want in [
+            "restore refused",
+            "where only 1000",
+            "CAP_SYS_ADMIN",
+            "no_new_privs",
+        ] {
+            assert!(msg.contains(want), "{want}: {msg}");
+        }
+        // Nothing left: no record, no directory, no process.
+        assert!(list_in_pod(&mut env.rt, &pod).await.is_empty());
+        assert_eq!(container_dirs(&env), dirs_before, "nothing left behind");
+        assert!(
+            processes_running(&argv).is_empty(),
+            "a restored task survived"
+        );
+    }
+
+    // The same checkpoint into a context that allows it: restored and runs.
+    let restored = env
+        .rt
+        .create_container(create_from(&env, "admin2", &image, admin()))
+        .await
+        .unwrap_or_else(|e| panic!("restore: {}", e.message()))
+        .into_inner()
+        .container_id;
+    start(&mut env.rt, &restored).await.unwrap();
+    assert_eq!(
+        exec(&mut env.rt, &restored, "echo ok").await,
+        (0, "ok\n".into())
+    );
+    assert_eq!(processes_running(&argv).len(), 1);
+    remove_container(&mut env.rt, &restored).await;
 }

@@ -309,11 +309,12 @@ fn restore(
             "restoring a container with a terminal".into(),
         )),
     };
+    let spec = process.spec.clone();
     let stdio = [fd(process.stdin)?, fd(process.stdout)?, fd(process.stderr)?];
     let mut opts =
         berth_core::container::checkpoint::CriuOptions::new(&from.images_dir, &from.work_dir);
     opts.criu = from.criu.clone();
-    container.restore(&opts, stdio)
+    container.restore(&opts, stdio, &spec)
 }
 
 /// Read ends of the container's stdout and stderr pipes.

@@ -31,6 +31,8 @@ pub(super) struct CreateCtx<'a> {
     pub cgroup_driver: super::CgroupDriver,
     /// The `criu` binary (restoring from a checkpoint archive).
     pub criu: &'a Path,
+    /// Whether containers may be restored from checkpoints on this node.
+    pub restore: bool,
     /// Pulls a checkpoint's missing rootfs image (`None`: it must be here).
     pub puller: Option<&'a crate::image::pull::Puller>,
     /// The node's default pod sysctls.
@@ -126,19 +128,32 @@ fn build(
         // A checkpoint archive: its rootfs image, changes and CRIU images,
         // unpacked into a work directory that goes when this returns (the
         // restore is done by then, or has failed). CRIU only reads them.
-        let work = container_checkpoint::is_archive(image)
+        let from_archive = container_checkpoint::is_archive(image);
+        // Or a checkpoint image: its one layer is the unpacked archive.
+        let checkpoint_image = match from_archive {
+            true => None,
+            false => container_checkpoint::checkpoint_image_dir(ctx.images, image)?,
+        };
+        // CRIU recreates the tasks with the credentials in the checkpoint
+        // images (checked against the container's security context before
+        // they run); a node opts in to trusting that at all.
+        if (from_archive || checkpoint_image.is_some()) && !ctx.restore {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "config.image.image {image:?} is a checkpoint, and restoring checkpoints is off \
+                 on this node (set restore = true in the [checkpoint] section of berth's \
+                 configuration to allow it)"
+            )));
+        }
+        let work = from_archive
             .then(|| container_checkpoint::Work::new(&ctx.containers.checkpoint_dir))
             .transpose()?;
-        let restore = match &work {
-            Some(w) => Some(container_checkpoint::unpack(Path::new(image), &w.0)?),
-            // Or a checkpoint image: its one layer is the unpacked archive.
-            None => match container_checkpoint::checkpoint_image_dir(ctx.images, image)? {
-                Some(dir) => Some(container_checkpoint::open(
-                    &dir,
-                    &format!("checkpoint image {image} is not usable"),
-                )?),
-                None => None,
-            },
+        let restore = match (&work, checkpoint_image) {
+            (Some(w), _) => Some(container_checkpoint::unpack(Path::new(image), &w.0)?),
+            (None, Some(dir)) => Some(container_checkpoint::open(
+                &dir,
+                &format!("checkpoint image {image} is not usable"),
+            )?),
+            (None, None) => None,
         };
         let rootfs_image = restore
             .as_ref()

@@ -66,6 +66,11 @@ pub struct RuntimeServiceConfig {
     pub stream_tls: Option<crate::stream::TlsFiles>,
     /// The `criu` binary for checkpoint and restore (`None`: `criu` in `PATH`).
     pub criu: Option<PathBuf>,
+    /// Whether CreateContainer may restore from a checkpoint archive or
+    /// image (off by default: the restored tasks' credentials come from the
+    /// checkpoint images; they are checked against the requested security
+    /// context before they run).
+    pub restore: bool,
     /// The sysctls every pod with its own network gets unless kubelet sets
     /// them (containerd 2.0's defaults; both on by default).
     pub pod_sysctls: crate::spec::sysctls::PodSysctlDefaults,
@@ -474,6 +479,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         let criu = self.criu.clone();
         let puller = self.puller.clone();
         let pod_sysctls = self.config.pod_sysctls;
+        let restore = self.config.restore;
         let rec = blocking(move || {
             let ctx = container_create::CreateCtx {
                 containers: &containers,
@@ -485,6 +491,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
                 criu: &criu,
                 puller: puller.as_deref(),
                 pod_sysctls,
+                restore,
             };
             container_create::create(&ctx, &sandbox, config)
         })

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Container, ContainerError, Status};
 use crate::config::{MountKind, NamespaceKind};
-use crate::process::ProcessHandle;
+use crate::process::{ProcessHandle, ProcessSpec};
 
 /// File (in the images directory) naming the init's fds 0, 1 and 2 as
 /// `readlink(/proc/PID/fd/N)` showed them at dump time — runc's name and
@@ -196,10 +196,18 @@ impl Container {
     ///
     /// The restored init is a child of the caller, stopped: the container
     /// is [`Status::Created`] until [`Container::release`] lets it go on.
+    ///
+    /// Before this returns, each restored task is checked against the ceiling of what `process`
+    /// (the requested process: user, capabilities, `no_new_privs`) and the
+    /// container's config (seccomp) would allow a normal start. A task
+    /// holding more is killed with the whole tree, and the restore fails
+    /// with [`ContainerError::RestoreRefused`]: the checkpoint images, not
+    /// berth, chose its credentials.
     pub fn restore(
         &mut self,
         opts: &CriuOptions,
         stdio: [OwnedFd; 3],
+        process: &ProcessSpec,
     ) -> Result<ProcessHandle, ContainerError> {
         if self.state.init.is_some() {
             return Err(ContainerError::AlreadyStarted(self.state.id.clone()));
@@ -218,7 +226,20 @@ impl Container {
             source,
         })?;
         let cgroup = self.create_cgroup()?;
-        let res = self.restore_tree(opts, stdio, &descriptors, cgroup.as_ref());
+        let res = self
+            .restore_tree(opts, stdio, &descriptors, cgroup.as_ref())
+            .and_then(|handle| match self.check_restored(handle.pid(), process) {
+                Ok(()) => Ok(handle),
+                Err(e) => {
+                    // SIGKILL ends stopped tasks too; the init is our child.
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(handle.pid()),
+                        nix::sys::signal::SIGKILL,
+                    );
+                    let _ = handle.wait();
+                    Err(e)
+                }
+            });
         if res.is_err() {
             if let Some(cg) = &cgroup {
                 cg.kill_all();

@@ -5,6 +5,7 @@ pub mod checkpoint;
 mod destroy;
 mod exec;
 mod launch;
+mod restore_check;
 mod start;
 pub mod state;
 
@@ -157,6 +158,15 @@ pub enum ContainerError {
     /// A checkpoint's files are missing or malformed.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A task restored from a checkpoint holds more privilege than the
+    /// container may have; the restore was undone.
+    #[error("restore refused: restored task {tid} holds {excess}, beyond the container's security context")]
+    RestoreRefused {
+        /// The task (thread id, as the host sees it).
+        tid: i32,
+        /// What it holds beyond the ceiling.
+        excess: String,
+    },
     /// CRIU failed; its log has the details.
     #[error("{message} (log: {})", log.display())]
     Criu {

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -156,33 +156,13 @@ fn setup_namespaces(config: &Config) -> Result<(), InitFailure> {
     Ok(())
 }
 
-/// Largest /etc/passwd or /etc/group read from a container.
-const MAX_ID_FILE: u64 = 4 << 20;
-
-/// Reads a file of the container (after `pivot_root`, `/` is its root)
-/// without following magic links out of it, only if it is a regular file, and
-/// at most [`MAX_ID_FILE`] bytes: a FIFO or `/dev/zero` in its place cannot
-/// block or exhaust the init. Missing or odd files read as empty.
+/// Reads a file of the container (after `pivot_root`, `/` is its root);
+/// see [`user::read_id_file`].
 fn read_or_empty(path: &str) -> String {
-    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
-    use std::io::Read;
-    let Ok(root) = std::fs::File::open("/") else {
-        return String::new();
-    };
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let Ok(fd) = nix::fcntl::openat2(root.as_raw_fd(), path, how) else {
-        return String::new();
-    };
-    // SAFETY: openat2 returned a new fd that we own.
-    let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    if !f.metadata().is_ok_and(|m| m.is_file()) {
-        return String::new();
+    match std::fs::File::open("/") {
+        Ok(root) => user::read_id_file(root.as_fd(), path),
+        Err(_) => String::new(),
     }
-    let mut s = String::new();
-    let _ = f.take(MAX_ID_FILE).read_to_string(&mut s);
-    s
 }
 
 fn prepare_exec(config: &Config, p: &ProcessSpec) -> Result<Exec, InitFailure> {

@@ -137,7 +137,7 @@ pub fn parse_name(name: &str) -> Result<Capability, UnknownCapability> {
     Capability::from_str(&full).map_err(|_| UnknownCapability(name.to_string()))
 }
 
-fn mask(set: &[Capability]) -> u64 {
+pub(crate) fn mask(set: &[Capability]) -> u64 {
     set.iter().fold(0u64, |m, c| m | (1u64 << c.index()))
 }
 

@@ -162,6 +162,31 @@ fn group_entries(group: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
     })
 }
 
+/// Largest /etc/passwd or /etc/group read from a container.
+const MAX_ID_FILE: u64 = 4 << 20;
+
+/// Reads `path` (`/etc/passwd`, `/etc/group`) of the container whose root is
+/// `root`, resolving every component inside it and never through magic
+/// links, only if it is a regular file, and at most [`MAX_ID_FILE`] bytes: a
+/// FIFO or `/dev/zero` in its place cannot block or exhaust the reader.
+/// Missing or odd files read as empty.
+pub(crate) fn read_id_file(root: std::os::fd::BorrowedFd<'_>, path: &str) -> String {
+    use nix::fcntl::OFlag;
+    use std::io::Read;
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+    let Ok(fd) = crate::rootfs::resolve::open_in_root_with(root, std::path::Path::new(path), flags)
+    else {
+        return String::new();
+    };
+    let f = std::fs::File::from(fd);
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return String::new();
+    }
+    let mut s = String::new();
+    let _ = f.take(MAX_ID_FILE).read_to_string(&mut s);
+    s
+}
+
 /// Resolves `user` against the contents of the container's `/etc/passwd` and
 /// `/etc/group` (either may be empty when the files are missing).
 pub fn resolve(user: &User, passwd: &str, group: &str) -> Result<ResolvedUser, UserError> {

@@ -36,6 +36,17 @@ impl Drop for Env {
 }
 
 pub async fn env(test: &str) -> Option<Env> {
+    env_with_config(test, "").await
+}
+
+/// The daemon's configuration file in the env's directory (`config.toml`).
+pub fn config_file(dir: &Path) -> std::path::PathBuf {
+    dir.join("config.toml")
+}
+
+/// [`env`] with `config` as the daemon's configuration file (TOML; the
+/// file stays in the env's directory for restarts: [`config_file`]).
+pub async fn env_with_config(test: &str, config: &str) -> Option<Env> {
     if !nix::unistd::geteuid().is_root() {
         println!("skipped: {test}: needs root");
         return None;
@@ -54,7 +65,9 @@ pub async fn env(test: &str) -> Option<Env> {
         .unwrap();
     let image = format!("{}/test/conf:v1", reg.addr());
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&berth, dir.path(), &[]);
+    let conf = config_file(dir.path());
+    std::fs::write(&conf, config).unwrap();
+    let daemon = Daemon::start(&berth, dir.path(), &["--config", conf.to_str().unwrap()]);
     let ch = daemon.channel().await;
     pull(ch.clone(), &image).await;
     let mut rt = RuntimeServiceClient::new(ch);
