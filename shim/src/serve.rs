@@ -142,19 +142,38 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("setting up logging: {e}"))
 }
 
+/// Creates `path` with `mode`, and sets `mode` on an existing one (an
+/// install made by an older berth is tightened at start-up).
 fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)
         .create(path)
-        .with_context(|| format!("creating {}", path.display()))
+        .with_context(|| format!("creating {}", path.display()))?;
+    let now = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if now != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
+        tracing::info!(dir = %path.display(), from = format!("{now:o}"), to = format!("{mode:o}"), "directory mode tightened");
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     make_dir(&config.root, 0o711)?;
     make_dir(&config.state, 0o711)?;
+    // The socket's directory may be a shared one (`/run`): created with
+    // 0711 when missing, never changed.
     if let Some(parent) = config.listen.parent() {
-        make_dir(parent, 0o711)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     let images = ImageServiceImpl::open(
         &config.root,

@@ -234,7 +234,8 @@ impl Cni {
             path: path.clone(),
             reason: e.to_string(),
         };
-        std::fs::create_dir_all(&self.cache_dir).map_err(|e| err(&e))?;
+        crate::store::make_dir(&self.cache_dir, crate::store::modes::PRIVATE)
+            .map_err(|e| err(&e))?;
         let bytes = serde_json::to_vec(a).map_err(|e| err(&e))?;
         crate::store::write_atomic_mode(&path, &bytes, 0o600).map_err(|e| err(&e))
     }

@@ -69,11 +69,14 @@ impl BlobStore {
     pub fn open(root: &Path) -> Result<BlobStore, BlobError> {
         let blobs = root.join("blobs/sha256");
         let ingest = root.join("ingest");
+        // Blobs of private images are nobody else's business.
+        let top = root.join("blobs");
+        crate::store::make_dir(&top, crate::store::modes::PRIVATE).map_err(io_at(&top))?;
         std::fs::create_dir_all(&blobs).map_err(io_at(&blobs))?;
         if ingest.exists() {
             std::fs::remove_dir_all(&ingest).map_err(io_at(&ingest))?;
         }
-        std::fs::create_dir_all(&ingest).map_err(io_at(&ingest))?;
+        crate::store::make_dir(&ingest, crate::store::modes::PRIVATE).map_err(io_at(&ingest))?;
         Ok(BlobStore {
             blobs,
             ingest,

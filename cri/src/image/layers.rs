@@ -15,6 +15,7 @@ use sha2::Digest as _;
 use super::blobs::write_atomic;
 use super::reference::Digest;
 use super::unpack::{unpack_layer, Compression, LayerUsage, UnpackError};
+use crate::store::{make_dir, modes, set_mode};
 
 /// Why a layer is not available.
 #[derive(Debug, thiserror::Error)]
@@ -77,14 +78,26 @@ impl LayerStore {
             path: root.clone(),
             source,
         };
-        std::fs::create_dir_all(&root).map_err(io)?;
+        let mut tightened = make_dir(&root, modes::TRAVERSE).map_err(io)? as usize;
         for e in std::fs::read_dir(&root).map_err(io)?.flatten() {
             let p = e.path();
             let unfinished = e.file_name().to_string_lossy().starts_with("tmp-")
                 || !p.join("layer.json").is_file();
             if unfinished {
                 std::fs::remove_dir_all(&p).map_err(|source| LayerError::Io { path: p, source })?;
+                continue;
             }
+            // Layers unpacked before their trees were made private.
+            let fs = p.join("fs");
+            for (path, mode) in [(&p, modes::TRAVERSE), (&fs, modes::PRIVATE)] {
+                tightened += set_mode(path, mode).map_err(|source| LayerError::Io {
+                    path: path.clone(),
+                    source,
+                })? as usize;
+            }
+        }
+        if tightened > 0 {
+            tracing::info!(dirs = tightened, root = %root.display(), "layer directory modes tightened (trees 0700)");
         }
         Ok(LayerStore { root })
     }
@@ -141,8 +154,14 @@ impl LayerStore {
             let path = path.to_path_buf();
             move |source| LayerError::Io { path, source }
         };
+        // The layer's directory is only traversed (a user-namespaced
+        // container's init looks its tree up by path); the tree itself is
+        // root's alone: an image's setuid binaries and device nodes must not
+        // be usable by host users. A container sees its own upper dir's mode
+        // for `/`, not this one.
+        make_dir(tmp, modes::TRAVERSE).map_err(io(tmp))?;
         let fs = tmp.join("fs");
-        std::fs::create_dir_all(&fs).map_err(io(&fs))?;
+        make_dir(&fs, modes::PRIVATE).map_err(io(&fs))?;
         let file = std::fs::File::open(blob_path).map_err(io(blob_path))?;
         let reader = std::io::BufReader::with_capacity(1 << 20, file);
         let usage = unpack_layer(reader, compression, &fs, diff_id.as_str()).map_err(|source| {
@@ -151,6 +170,9 @@ impl LayerStore {
                 source,
             }
         })?;
+        // The unpacker may have given the tree's root the mode of the
+        // layer's `./` entry.
+        set_mode(&fs, modes::PRIVATE).map_err(io(&fs))?;
         let meta = LayerMeta {
             version: 1,
             chain_id: chain_id.clone(),

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::error::ImageError;
 use super::store::{ImageRecord, ImageStore};
+use crate::store::{grant_traversal, make_dir, modes};
 
 /// The parts of an OCI image config (`config` object) a container uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -125,10 +126,15 @@ impl ImageStore {
             // Left by a create that crashed before it was recorded.
             std::fs::remove_dir_all(&dir).map_err(|e| ImageError::io(&dir, e))?;
         }
+        // The container's writable layer is root's alone (what a root
+        // container writes there, setuid binaries included, must not be
+        // usable by host users); its `/` is the upper dir's mode, as an
+        // image's usual root.
+        make_dir(&dir, modes::PRIVATE).map_err(|e| ImageError::io(&dir, e))?;
         let upperdir = dir.join("upper");
         let workdir = dir.join("work");
-        for d in [&upperdir, &workdir] {
-            std::fs::create_dir_all(d).map_err(|e| ImageError::io(d, e))?;
+        for (d, mode) in [(&upperdir, 0o755), (&workdir, modes::PRIVATE)] {
+            make_dir(d, mode).map_err(|e| ImageError::io(d, e))?;
         }
         let mut lowerdirs = self.layer_dirs(&rec);
         if lowerdirs.is_empty() {
@@ -151,6 +157,14 @@ impl ImageStore {
 
     /// `<root>/containers/<id>`: the container's `upper` (its writable
     /// layer) and `work` dirs.
+    /// Lets the init of a user-namespaced container (whose root is host gid
+    /// `gid`) look up its upper and work dirs: the container's dir becomes
+    /// group-searchable by `gid` alone (0710).
+    pub fn grant_traversal(&self, container: &ContainerId, gid: u32) -> Result<(), ImageError> {
+        let dir = self.container_dir(container);
+        grant_traversal(&dir, gid).map_err(|e| ImageError::io(&dir, e))
+    }
+
     pub fn container_dir(&self, container: &ContainerId) -> PathBuf {
         self.root().join("containers").join(container.as_str())
     }

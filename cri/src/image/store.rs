@@ -6,6 +6,7 @@
 //! index is rebuilt from those files when berth starts.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -16,6 +17,7 @@ use super::blobs::{write_atomic, BlobStore};
 use super::error::ImageError;
 use super::layers::LayerStore;
 use super::reference::{Digest, ImageName};
+use crate::store::{make_dir, modes, set_mode};
 
 const RECORD_VERSION: u32 = 1;
 
@@ -150,9 +152,35 @@ impl ImageStore {
             .map(|p| ImageName::parse(p).map(|n| n.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
         let mut inner = Inner::default();
-        for dir in ["images", "leases", "containers"] {
+        // Records are root's; container dirs are traversed by a
+        // user-namespaced init only (each container's own dir is private,
+        // or group-searchable by its pod's root: see `grant_traversal`).
+        for (dir, mode) in [
+            ("images", modes::PRIVATE),
+            ("leases", modes::PRIVATE),
+            ("containers", modes::TRAVERSE),
+        ] {
             let p = root.join(dir);
-            std::fs::create_dir_all(&p).map_err(|e| ImageError::io(&p, e))?;
+            make_dir(&p, mode).map_err(|e| ImageError::io(&p, e))?;
+        }
+        // The `/` of whole-image volumes (see `image_root_dir`): empty, 0755.
+        let image_root = root.join("image-root");
+        make_dir(&image_root, 0o755).map_err(|e| ImageError::io(&image_root, e))?;
+        let mut tightened = 0;
+        for e in read_dir(&root.join("containers")) {
+            // Made before container dirs were private; a pod's own group
+            // (a user-namespaced container) is kept.
+            let p = e.path();
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir() && m.gid() == 0) {
+                tightened +=
+                    set_mode(&p, modes::PRIVATE).map_err(|e| ImageError::io(&p, e))? as usize;
+            }
+        }
+        if tightened > 0 {
+            tracing::info!(
+                dirs = tightened,
+                "container layer directories made private (0700)"
+            );
         }
         for e in read_dir(&root.join("images")) {
             let Ok(rec) = std::fs::read(e.path())
@@ -204,6 +232,13 @@ impl ImageStore {
     /// The directory berth keeps images in (for ImageFsInfo).
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// An empty directory of mode 0755, always there: the top lower layer
+    /// of a whole-image volume, which gives the volume's `/` its mode (the
+    /// unpacked layers' roots are private).
+    pub fn image_root_dir(&self) -> PathBuf {
+        self.root.join("image-root")
     }
 
     /// Marks a pull as running until the guard drops.

@@ -119,7 +119,8 @@ fn build(
 ) -> Result<ContainerRecord, RuntimeError> {
     let cid = ContainerId::new(id.as_str()).map_err(|e| RuntimeError::Internal(e.to_string()))?;
     let dir = ctx.containers.state_dir.join(id.as_str());
-    std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
+    crate::store::make_dir(&dir, crate::store::modes::PRIVATE)
+        .map_err(|e| RuntimeError::io(&dir, e))?;
     let undo = |dir: &PathBuf| {
         let _ = ctx.images.remove_container(&cid);
         let _ = std::fs::remove_dir_all(dir);
@@ -161,6 +162,17 @@ fn build(
             .transpose()?;
         let image = rootfs_image.as_deref().unwrap_or(image);
         let prepared = ctx.images.prepare_container(image, &cid)?;
+        // A user-namespaced init looks up its rootfs mount point, upper and
+        // work dirs by path, as the pod's root: only that pod's root group
+        // may search the two private dirs on the way.
+        if let Some(gid) = sandbox
+            .userns
+            .as_ref()
+            .and_then(|u| host_id_of_root(&u.gids))
+        {
+            ctx.images.grant_traversal(&cid, gid)?;
+            crate::store::grant_traversal(&dir, gid).map_err(|e| RuntimeError::io(&dir, e))?;
+        }
         if let Some(u) = &restore {
             container_checkpoint::apply_rootfs_diff(u, &prepared.rootfs.upperdir)?;
         }
@@ -211,8 +223,15 @@ fn build(
                 .images
                 .resolve(r)
                 .ok_or_else(|| format!("image {r:?} is not pulled"))?;
-            crate::image::volumes::layer_dirs(&ctx.images.layer_dirs(&rec), sub)
-                .map_err(|e| format!("reading the layers of {r}: {e}"))
+            let mut dirs = crate::image::volumes::layer_dirs(&ctx.images.layer_dirs(&rec), sub)
+                .map_err(|e| format!("reading the layers of {r}: {e}"))?;
+            // The whole image: the layers' own roots are private (0700), so
+            // an empty 0755 directory on top gives the volume's `/` its
+            // usual mode, as the upper dir does for a container's rootfs.
+            if sub.as_os_str().is_empty() && !dirs.is_empty() {
+                dirs.insert(0, ctx.images.image_root_dir());
+            }
+            Ok(dirs)
         };
         let cs = spec::container_spec(
             id.as_str(),
@@ -322,6 +341,13 @@ fn build(
 }
 
 /// The node's cgroup hierarchy (for the container's `/sys/fs/cgroup`).
+/// The host id that id 0 of a pod's user namespace maps to.
+fn host_id_of_root(maps: &[berth_core::config::IdMap]) -> Option<u32> {
+    maps.iter()
+        .find(|m| m.container_id == 0 && m.size > 0)
+        .map(|m| m.host_id)
+}
+
 pub(super) fn cgroup_view() -> spec::CgroupView {
     let root = Path::new(berth_core::container::DEFAULT_CGROUP_ROOT);
     match berth_core::cgroups::detect(root) {

@@ -253,8 +253,14 @@ pub(super) fn create(
     zygote: &crate::monitor::Zygote,
     cni: Option<&crate::cni::Cni>,
 ) -> Result<SandboxRecord, RuntimeError> {
+    // Its resolv.conf, hosts and hostname are bind-mounted into the pod's
+    // containers (a user-namespaced init looks them up by path): traversed,
+    // not listable. What is secret about a pod is in its record (0600).
     let dir = sandboxes.state_dir().join(id.as_str());
-    std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
+    for d in [sandboxes.state_dir(), dir.as_path()] {
+        crate::store::make_dir(d, crate::store::modes::TRAVERSE)
+            .map_err(|e| RuntimeError::io(d, e))?;
+    }
     let mut pod_init = None;
     // Without a CNI manager (an embedding that wants none) a pod network
     // is loopback only.

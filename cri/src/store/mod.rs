@@ -28,11 +28,56 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Modes of berth's directories, whatever the umask (see README, "Files
+/// and modes"). Nothing an image or a container writes may be reachable by
+/// a host user: a setuid binary or a device node there would work for them.
+pub mod modes {
+    /// Directories that hold only what root reads (records, blobs, a
+    /// container's writable layer, an unpacked layer's tree).
+    pub const PRIVATE: u32 = 0o700;
+    /// Directories a container's init in a user namespace must traverse to
+    /// reach its rootfs and layers: searchable, not listable. Nothing
+    /// directly inside them is readable by others.
+    pub const TRAVERSE: u32 = 0o711;
+    /// A directory only the init of one user-namespaced pod must traverse:
+    /// group-searchable, its group the host gid of the pod's root.
+    pub const POD_TRAVERSE: u32 = 0o710;
+}
+
+/// Creates `dir` (and missing parents) and sets its mode to `mode` — also
+/// when it already exists, so an install made with looser modes is
+/// tightened. Returns whether an existing mode was changed.
+pub(crate) fn make_dir(dir: &Path, mode: u32) -> io::Result<bool> {
+    std::fs::create_dir_all(dir)?;
+    set_mode(dir, mode)
+}
+
+/// Sets `path`'s permission bits to `mode` unless they are already; whether
+/// they changed. Never follows a symlink (one is left as it is).
+pub(crate) fn set_mode(path: &Path, mode: u32) -> io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::symlink_metadata(path)?;
+    if m.file_type().is_symlink() || m.permissions().mode() & 0o7777 == mode {
+        return Ok(false);
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(true)
+}
+
+/// Gives directory `dir` to group `gid` with mode 0710 (see
+/// [`modes::POD_TRAVERSE`]).
+pub(crate) fn grant_traversal(dir: &Path, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(0), Some(gid))?;
+    set_mode(dir, modes::POD_TRAVERSE).map(|_| ())
+}
+
 /// Writes `data` to `path` atomically: a temp file in the same directory,
 /// fsync, rename over `path`, fsync of the directory. Readers see the old
 /// content or the new, never a mix; a crash leaves at most a `.tmp` file.
+/// The file is root's alone (0600): records hold pod specs, environments
+/// (secrets) and annotations.
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    write_atomic_mode(path, data, 0o644)
+    write_atomic_mode(path, data, 0o600)
 }
 
 /// [`write_atomic`] with the file created with `mode` (e.g. 0600 for what
@@ -73,12 +118,17 @@ pub struct RecordDir {
 impl RecordDir {
     /// Opens (creating) `dir`, deleting temp files a crash left behind.
     pub fn open(dir: &Path) -> io::Result<RecordDir> {
-        std::fs::create_dir_all(dir)?;
+        if make_dir(dir, modes::PRIVATE)? {
+            tracing::info!(dir = %dir.display(), "record directory made private (0700)");
+        }
         for e in std::fs::read_dir(dir)?.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
             if name.starts_with('.') && name.ends_with(".tmp") {
                 std::fs::remove_file(e.path())?;
+            } else if e.file_type().is_ok_and(|t| t.is_file()) {
+                // Records written before files were made 0600.
+                set_mode(&e.path(), 0o600)?;
             }
         }
         Ok(RecordDir {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::error::RuntimeError;
 use crate::monitor;
 use crate::proto;
-use crate::store::{ObjectId, Registry};
+use crate::store::{make_dir, modes, ObjectId, Registry};
 
 /// The container record format this build reads and writes.
 pub const RECORD_VERSION: u32 = 1;
@@ -225,11 +225,18 @@ impl Containers {
         // Only work directories live there: any left are from a daemon that
         // died mid-checkpoint or mid-restore.
         let _ = std::fs::remove_dir_all(&checkpoint_dir);
-        std::fs::create_dir_all(&checkpoint_dir)
-            .map_err(|e| RuntimeError::io(&checkpoint_dir, e))?;
+        let private = [root.join("metadata"), checkpoint_dir.clone()];
+        for d in &private {
+            make_dir(d, modes::PRIVATE).map_err(|e| RuntimeError::io(d, e))?;
+        }
+        // Per-container dirs (monitor spec, rootfs mount point, attach
+        // socket) are private, or searchable by one user-namespaced pod's
+        // root; this one is only traversed.
+        let state_dir = state.join("containers");
+        make_dir(&state_dir, modes::TRAVERSE).map_err(|e| RuntimeError::io(&state_dir, e))?;
         Ok(Containers {
             registry,
-            state_dir: state.join("containers"),
+            state_dir,
             runtime_root: state.join("runtime"),
             checkpoint_dir,
         })
