@@ -1,10 +1,17 @@
 //! Unit tests of the layer unpacker: entry kinds, metadata, unsafe paths, digests and
 //! compression, with archives built in memory.
 
+use super::meta::parse_pax_time;
+use super::unpacker::OPAQUE_XATTR;
 use super::*;
+use rustix::fs::XattrFlags;
 use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use tar::{EntryType, Header};
+
+mod deep;
 
 const MTIME: u64 = 1_600_000_000;
 
@@ -556,15 +563,4 @@ fn device_nodes_and_fifo() {
     let md = std::fs::symlink_metadata(dir.path().join("dev/fifo")).unwrap();
     assert!(md.file_type().is_fifo());
     assert_eq!(md.permissions().mode() & 0o7777, 0o620);
-}
-
-#[test]
-fn split_path_rules() {
-    let ok = |p: &[u8]| split_path(p).map(|c| display_path(&c));
-    assert_eq!(ok(b"./a//b/./c/").unwrap(), "a/b/c");
-    assert_eq!(ok(b"./").unwrap(), "");
-    assert!(ok(b"a/..").is_err());
-    assert!(ok(b"/a").is_err());
-    assert!(ok(b"a\0b").is_err());
-    assert!(ok(&vec![b'a'; MAX_PATH_BYTES + 1]).is_err());
 }
