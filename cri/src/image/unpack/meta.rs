@@ -10,6 +10,7 @@ use std::path::Path;
 use rustix::fs::{self as rfs, AtFlags, Gid, Mode, Timespec, Timestamps, Uid, XattrFlags};
 
 use super::unpacker::At;
+use super::xattrs::{self, Target, Verdict};
 use super::{meta_err, xattr_err, UnpackError};
 
 const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
@@ -23,9 +24,12 @@ pub(super) struct Meta {
     pub(super) xattrs: Vec<(OsString, Vec<u8>)>,
 }
 
+/// Reads the metadata of an entry that creates a `target`. Its xattrs are those the layer
+/// xattr policy ([`xattrs::verdict`]) keeps; each one dropped is logged at debug level.
 pub(super) fn read_meta<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     label: &str,
+    target: Target,
 ) -> Result<Meta, UnpackError> {
     let bad = |field: &'static str, reason: String| UnpackError::InvalidHeader {
         entry: label.to_owned(),
@@ -60,13 +64,17 @@ pub(super) fn read_meta<R: Read>(
         let ext = ext.map_err(|e| bad("PAX record", e.to_string()))?;
         let key = ext.key_bytes();
         if let Some(name) = key.strip_prefix(PAX_XATTR_PREFIX) {
-            // Overlay semantics come only from OCI whiteouts: a layer setting
-            // trusted.overlay.redirect/metacopy/origin itself could steer overlayfs lookups.
-            if !(name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")) {
-                xattrs.push((
-                    OsStr::from_bytes(name).to_os_string(),
-                    ext.value_bytes().to_vec(),
-                ));
+            let value = ext.value_bytes();
+            match xattrs::verdict(name, value, target) {
+                Verdict::Keep => {
+                    xattrs.push((OsStr::from_bytes(name).to_os_string(), value.to_vec()));
+                }
+                Verdict::Drop(reason) => tracing::debug!(
+                    entry = label,
+                    xattr = %String::from_utf8_lossy(name),
+                    reason,
+                    "layer xattr dropped"
+                ),
             }
         } else if key == b"mtime" {
             mtime = parse_pax_time(ext.value_bytes()).ok_or_else(|| {

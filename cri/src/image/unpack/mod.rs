@@ -10,7 +10,7 @@
 //! <https://github.com/opencontainers/image-spec/blob/main/layer.md#whiteouts>,
 //! <https://docs.kernel.org/filesystems/overlayfs.html#whiteouts-and-opaque-directories>.
 //!
-//! Memory does not
+//! Extended attributes from the layer are filtered by one policy ([`xattrs`]); memory does not
 //! grow with the number of entries (directory times are kept per distinct directory,
 //! [`dir_times`]), and paths are held to the kernel's `PATH_MAX`/`NAME_MAX` ([`path`]).
 //!
@@ -202,6 +202,9 @@ pub fn unpack_layer(
 /// Unpacks an uncompressed tar of the same format as a layer, with no digest to check
 /// (a checkpoint archive, or its rootfs diff, given by path): the same rules keep every
 /// entry inside `dest`.
+///
+/// Extended attributes follow the same policy as a layer's ([`xattrs`]), so a checkpoint
+/// restores no more than an image could have set.
 pub fn unpack_untrusted(stream: impl Read, dest: &Path) -> Result<LayerUsage, UnpackError> {
     unpack_tar(stream, dest, None).map(|done| done.usage)
 }
@@ -358,3 +361,4 @@ mod stream;
 #[cfg(test)]
 mod tests;
 mod unpacker;
+mod xattrs;

@@ -14,6 +14,7 @@ use super::dir_times::DirTimes;
 use super::meta::{read_meta, set_fd_meta, set_meta_at, Meta};
 use super::path::{display_path, split_path};
 use super::stream::Progress;
+use super::xattrs::Target;
 use super::{create_err, io_err, meta_err, path_error, unsafe_path, xattr_err};
 use super::{LayerUsage, UnpackError, Unpacked};
 
@@ -108,7 +109,12 @@ impl<'a> Unpacker<'a> {
         let Some((&name, parents)) = comps.split_last() else {
             return Ok(()); // "." or "./": the layer root itself, which is `dest`.
         };
-        let meta = read_meta(entry, label)?;
+        let target = match kind {
+            T::Directory => Target::Dir,
+            T::Regular | T::Continuous | T::GNUSparse => Target::File,
+            _ => Target::Other,
+        };
+        let meta = read_meta(entry, label, target)?;
         let name_bytes = name.as_bytes();
         if name_bytes.starts_with(WHITEOUT_META_PREFIX) {
             if name_bytes == WHITEOUT_OPAQUE {

@@ -12,6 +12,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use tar::{EntryType, Header};
 
 mod deep;
+mod xattrs;
 
 const MTIME: u64 = 1_600_000_000;
 
@@ -492,35 +493,6 @@ fn corrupt_gzip_is_a_decompress_error() {
         &diff_id(b""),
     );
     assert!(matches!(res, Err(UnpackError::Decompress(_))), "{res:?}");
-}
-
-#[test]
-fn user_xattr_and_file_capability_preserved() {
-    // VFS_CAP_REVISION_2, permitted = CAP_NET_BIND_SERVICE: chown would clear it.
-    let mut cap = vec![0, 0, 0, 2, 0, 4, 0, 0];
-    cap.extend_from_slice(&[0; 12]);
-    let tar = Tar::new()
-        .pax(&[
-            ("SCHILY.xattr.user.foo", b"bar"),
-            ("SCHILY.xattr.security.capability", &cap),
-        ])
-        .add(
-            owned(header(EntryType::Regular, b"bin", 0o755, 1), 1000, 1000),
-            &b"x"[..],
-        )
-        .pax(&[("SCHILY.xattr.trusted.overlay.redirect", b"/elsewhere")])
-        .dir("d/", 0o755)
-        .finish();
-    let (dir, res) = unpack(&tar);
-    res.unwrap();
-    let bin = dir.path().join("bin");
-    assert_eq!(get_xattr(&bin, "user.foo").as_deref(), Some(&b"bar"[..]));
-    assert_eq!(get_xattr(&bin, "security.capability"), Some(cap));
-    assert_eq!(std::fs::metadata(&bin).unwrap().uid(), 1000);
-    assert_eq!(
-        get_xattr(&dir.path().join("d"), "trusted.overlay.redirect"),
-        None
-    );
 }
 
 #[test]
