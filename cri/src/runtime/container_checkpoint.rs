@@ -549,7 +549,10 @@ pub(super) fn open(dest: &Path, what: &str) -> Result<Unpacked, RuntimeError> {
 }
 
 /// Applies the checkpoint's `rootfs-diff.tar` to the new container's
-/// writable layer and whites out its `deleted.files`.
+/// writable layer and whites out its `deleted.files`. Both go through the
+/// image layer unpacker, so a diff can set no more than an image layer could:
+/// the same path rules and the same xattr policy (no `trusted.*`, no security
+/// labels, well-formed file capabilities only).
 pub(super) fn apply_rootfs_diff(unpacked: &Unpacked, upper: &Path) -> Result<(), RuntimeError> {
     let bad = |what: &str, e: String| {
         RuntimeError::invalid(

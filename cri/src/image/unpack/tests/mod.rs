@@ -1,10 +1,18 @@
 //! Unit tests of the layer unpacker: entry kinds, metadata, unsafe paths, digests and
 //! compression, with archives built in memory.
 
+use super::meta::parse_pax_time;
+use super::unpacker::OPAQUE_XATTR;
 use super::*;
+use rustix::fs::XattrFlags;
 use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use tar::{EntryType, Header};
+
+mod deep;
+mod xattrs;
 
 const MTIME: u64 = 1_600_000_000;
 
@@ -488,35 +496,6 @@ fn corrupt_gzip_is_a_decompress_error() {
 }
 
 #[test]
-fn user_xattr_and_file_capability_preserved() {
-    // VFS_CAP_REVISION_2, permitted = CAP_NET_BIND_SERVICE: chown would clear it.
-    let mut cap = vec![0, 0, 0, 2, 0, 4, 0, 0];
-    cap.extend_from_slice(&[0; 12]);
-    let tar = Tar::new()
-        .pax(&[
-            ("SCHILY.xattr.user.foo", b"bar"),
-            ("SCHILY.xattr.security.capability", &cap),
-        ])
-        .add(
-            owned(header(EntryType::Regular, b"bin", 0o755, 1), 1000, 1000),
-            &b"x"[..],
-        )
-        .pax(&[("SCHILY.xattr.trusted.overlay.redirect", b"/elsewhere")])
-        .dir("d/", 0o755)
-        .finish();
-    let (dir, res) = unpack(&tar);
-    res.unwrap();
-    let bin = dir.path().join("bin");
-    assert_eq!(get_xattr(&bin, "user.foo").as_deref(), Some(&b"bar"[..]));
-    assert_eq!(get_xattr(&bin, "security.capability"), Some(cap));
-    assert_eq!(std::fs::metadata(&bin).unwrap().uid(), 1000);
-    assert_eq!(
-        get_xattr(&dir.path().join("d"), "trusted.overlay.redirect"),
-        None
-    );
-}
-
-#[test]
 fn pax_mtime_with_fraction() {
     let tar = Tar::new()
         .pax(&[("mtime", b"1700000000.25")])
@@ -556,15 +535,4 @@ fn device_nodes_and_fifo() {
     let md = std::fs::symlink_metadata(dir.path().join("dev/fifo")).unwrap();
     assert!(md.file_type().is_fifo());
     assert_eq!(md.permissions().mode() & 0o7777, 0o620);
-}
-
-#[test]
-fn split_path_rules() {
-    let ok = |p: &[u8]| split_path(p).map(|c| display_path(&c));
-    assert_eq!(ok(b"./a//b/./c/").unwrap(), "a/b/c");
-    assert_eq!(ok(b"./").unwrap(), "");
-    assert!(ok(b"a/..").is_err());
-    assert!(ok(b"/a").is_err());
-    assert!(ok(b"a\0b").is_err());
-    assert!(ok(&vec![b'a'; MAX_PATH_BYTES + 1]).is_err());
 }
