@@ -43,6 +43,10 @@ auth_file = "/etc/berth/auth.json"
 pinned_images = []
 # Layers fetched at the same time per pull.
 max_concurrent_layers = 4
+# The most bytes of a manifest, index or image config (each) a pull reads
+# into memory; a larger one fails the pull (FailedPrecondition) before it is
+# read. 4 MiB, containerd's limit for manifests.
+max_metadata_bytes = 4194304
 
 [runtime]
 # "cgroupfs" or "systemd"; must match kubelet's cgroupDriver.
@@ -188,6 +192,7 @@ pub struct ImageSection {
     pub auth_file: PathBuf,
     pub pinned_images: Vec<String>,
     pub max_concurrent_layers: usize,
+    pub max_metadata_bytes: u64,
 }
 
 /// `[checkpoint]`.
@@ -242,6 +247,7 @@ impl Default for ImageSection {
             auth_file: "/etc/berth/auth.json".into(),
             pinned_images: Vec::new(),
             max_concurrent_layers: 4,
+            max_metadata_bytes: berth_cri::image::pull::DEFAULT_MAX_METADATA_BYTES,
         }
     }
 }
@@ -303,6 +309,9 @@ impl Config {
         if self.image.max_concurrent_layers == 0 {
             bail!("image.max_concurrent_layers must be at least 1");
         }
+        if self.image.max_metadata_bytes == 0 {
+            bail!("image.max_metadata_bytes must be at least 1");
+        }
         Ok(())
     }
 }
@@ -336,6 +345,9 @@ mod tests {
         assert_eq!(c.state, PathBuf::from("/run/berth"));
         assert_eq!(c.image.pinned_images, ["pause"]);
         assert_eq!(c.image.max_concurrent_layers, 4);
+        assert_eq!(c.image.max_metadata_bytes, 4 << 20);
+        let c: Config = toml::from_str("[image]\nmax_metadata_bytes = 1024\n").unwrap();
+        assert_eq!(c.image.max_metadata_bytes, 1024);
         let err = toml::from_str::<Config>("rooot = \"/x\"")
             .unwrap_err()
             .to_string();
@@ -356,6 +368,10 @@ mod tests {
         let mut c = Config::default();
         c.image.auth_file = "auth.json".into();
         assert!(c.validate().unwrap_err().to_string().contains("auth_file"));
+        let mut c = Config::default();
+        c.image.max_metadata_bytes = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("max_metadata_bytes"), "{err}");
         let err = Config::load(Some(Path::new("/nonexistent/berth.toml"))).unwrap_err();
         assert!(format!("{err:#}").contains("/nonexistent/berth.toml"));
     }

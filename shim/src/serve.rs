@@ -182,6 +182,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             auth_file: Some(config.image.auth_file.clone()),
             pinned_images: config.image.pinned_images.clone(),
             max_concurrent_layers: config.image.max_concurrent_layers,
+            max_metadata_bytes: config.image.max_metadata_bytes,
         },
     )
     .with_context(|| format!("opening the image store in {}", config.root.display()))?;

@@ -1,8 +1,11 @@
 //! A front for a test registry that changes what reaches it: serve the
 //! registry under a path prefix (the prefix is stripped before forwarding,
-//! anything else is 404), and/or refuse (403) requests that lack a header.
-//! What registries behind a non-standard root or a header-checking gateway
-//! look like to a client.
+//! anything else is 404), refuse (403) requests that lack a header, answer
+//! some paths itself with canned content, and/or re-send every answer
+//! chunked, without its `Content-Length`. What registries behind a
+//! non-standard root, a header-checking gateway or a streaming front look
+//! like to a client, and what a registry serving content that distribution
+//! would not (a manifest over its 4 MiB) looks like.
 //!
 //! One request per connection: each forwarded request goes upstream with
 //! `Connection: close`, so the response ends when upstream closes and
@@ -14,6 +17,18 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+/// A response the gateway gives itself, to GET and HEAD of one path.
+#[derive(Debug, Clone)]
+pub struct Canned {
+    /// The request path (after the prefix is stripped; the query is not
+    /// compared), e.g. `/v2/test/big/manifests/v1`.
+    pub path: String,
+    /// Its `Content-Type`.
+    pub content_type: String,
+    /// Its body.
+    pub body: Arc<Vec<u8>>,
+}
+
 /// What the gateway does with requests.
 #[derive(Debug, Clone, Default)]
 pub struct GatewayRules {
@@ -23,6 +38,12 @@ pub struct GatewayRules {
     /// Refuse with 403 requests without this header (name, value; the name
     /// matched without regard to case).
     pub require_header: Option<(String, String)>,
+    /// Send each response body with `Transfer-Encoding: chunked` and no
+    /// `Content-Length`, so that a client learns its size only by reading
+    /// it.
+    pub chunked: bool,
+    /// Paths answered with canned content instead of the registry's.
+    pub canned: Vec<Canned>,
 }
 
 /// A gateway on `127.0.0.1:<free port>`; stops (and joins its accept
@@ -38,6 +59,7 @@ struct Shared {
     rules: GatewayRules,
     forwarded: AtomicUsize,
     refused: AtomicUsize,
+    canned: AtomicUsize,
     stop: AtomicBool,
 }
 
@@ -51,6 +73,7 @@ impl Gateway {
             rules,
             forwarded: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
+            canned: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -85,6 +108,11 @@ impl Gateway {
     /// Requests passed to the registry.
     pub fn forwarded(&self) -> usize {
         self.shared.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered with canned content.
+    pub fn canned(&self) -> usize {
+        self.shared.canned.load(Ordering::SeqCst)
     }
 
     /// Requests answered 403 or 404 by the gateway itself.
@@ -147,6 +175,11 @@ fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
         },
         None => target.to_string(),
     };
+    let path = target.split('?').next().unwrap_or_default();
+    if let Some(canned) = shared.rules.canned.iter().find(|c| c.path == path) {
+        shared.canned.fetch_add(1, Ordering::SeqCst);
+        return answer_canned(&mut out, canned, method == "HEAD", shared.rules.chunked);
+    }
     let mut upstream = TcpStream::connect(&shared.upstream)?;
     let mut head = format!("{method} {target} {version}\r\n");
     for h in headers {
@@ -163,9 +196,83 @@ fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
         .unwrap_or(0);
     io::copy(&mut reader.take(length), &mut upstream)?;
     shared.forwarded.fetch_add(1, Ordering::SeqCst);
-    io::copy(&mut upstream, &mut out)?;
+    if shared.rules.chunked {
+        copy_chunked(upstream, &mut out)?;
+    } else {
+        io::copy(&mut upstream, &mut out)?;
+    }
     let _ = out.shutdown(Shutdown::Both);
     Ok(())
+}
+
+/// Answers with `canned` (its `Content-Length`, or chunked); the client may
+/// hang up before the end.
+fn answer_canned(
+    out: &mut TcpStream,
+    canned: &Canned,
+    head_only: bool,
+    chunked: bool,
+) -> io::Result<()> {
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_string()
+    } else {
+        format!("Content-Length: {}", canned.body.len())
+    };
+    write!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\n{framing}\r\nConnection: close\r\n\r\n",
+        canned.content_type
+    )?;
+    if !head_only {
+        if chunked {
+            for chunk in canned.body.chunks(64 * 1024) {
+                write!(out, "{:x}\r\n", chunk.len())?;
+                out.write_all(chunk)?;
+                out.write_all(b"\r\n")?;
+            }
+            out.write_all(b"0\r\n\r\n")?;
+        } else {
+            out.write_all(&canned.body)?;
+        }
+    }
+    let _ = out.shutdown(Shutdown::Both);
+    Ok(())
+}
+
+/// Copies upstream's response (which ends when upstream closes) with its
+/// head's `Content-Length` and `Transfer-Encoding` replaced by
+/// `Transfer-Encoding: chunked`, and its body re-framed in chunks.
+fn copy_chunked(upstream: TcpStream, out: &mut TcpStream) -> io::Result<()> {
+    let mut reader = BufReader::new(upstream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if line == "\r\n" || line == "\n" {
+            break;
+        }
+        let name = line.split(':').next().unwrap_or("").trim();
+        if !name.eq_ignore_ascii_case("content-length")
+            && !name.eq_ignore_ascii_case("transfer-encoding")
+        {
+            head.push_str(&line);
+        }
+    }
+    head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+    out.write_all(head.as_bytes())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        write!(out, "{n:x}\r\n")?;
+        out.write_all(&buf[..n])?;
+        out.write_all(b"\r\n")?;
+    }
+    out.write_all(b"0\r\n\r\n")
 }
 
 fn refuse(out: &mut TcpStream, shared: &Shared, status: &str, why: &str) -> io::Result<()> {

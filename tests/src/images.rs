@@ -332,7 +332,7 @@ impl Platform {
         Platform::new("linux", arch, variant)
     }
 
-    fn to_json(&self) -> Value {
+    pub fn to_json(&self) -> Value {
         let mut p = json!({ "os": self.os, "architecture": self.architecture });
         if let Some(variant) = &self.variant {
             p["variant"] = json!(variant);
@@ -598,6 +598,21 @@ async fn push_manifest(
         .await
         .map_err(|e| format!("push manifest to {}: {e}", r.whole()))?;
     Ok((digest, size))
+}
+
+/// Pushes the manifest or index `doc` (exactly as serialized here) to
+/// `registry_addr/repo`, tagged `tag` or by digest only; its digest and
+/// size. For hand-made documents (nested indexes, odd descriptors).
+pub async fn push_manifest_doc(
+    registry_addr: &str,
+    repo: &str,
+    tag: Option<&str>,
+    media_type: &str,
+    doc: &Value,
+) -> Result<(String, u64), String> {
+    let client = client_for(registry_addr, None).await;
+    let r = reference(registry_addr, repo, tag.unwrap_or("latest"));
+    push_manifest(&client, &r, tag, media_type, doc).await
 }
 
 async fn push_with_format(

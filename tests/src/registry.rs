@@ -100,6 +100,29 @@ impl Registry {
             .join("data")
     }
 
+    /// Stores `data` as a blob of `repo` by writing the registry's storage
+    /// as its filesystem driver lays it out (the blob, and the repository's
+    /// link to it), for content too big to push quickly. Returns its digest.
+    pub fn put_blob_file(&self, repo: &str, data: &[u8]) -> io::Result<String> {
+        let digest = crate::images::sha256_digest(data);
+        let hex = &digest["sha256:".len()..];
+        let blob = self.blob_data_path(&digest);
+        std::fs::create_dir_all(blob.parent().unwrap_or(&self.storage))?;
+        std::fs::write(&blob, data)?;
+        self.write_link(&format!("{repo}/_layers/sha256/{hex}"), &digest)?;
+        Ok(digest)
+    }
+
+    /// `<repositories>/<dir>/link` holding `digest`.
+    fn write_link(&self, dir: &str, digest: &str) -> io::Result<()> {
+        let dir = self
+            .storage
+            .join("docker/registry/v2/repositories")
+            .join(dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("link"), digest)
+    }
+
     /// What the registry has logged so far (warnings and errors only).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -43,10 +43,23 @@ struct ClientKey {
 }
 
 /// The client cache.
-#[derive(Default)]
-pub(crate) struct Clients(Mutex<HashMap<ClientKey, Client>>);
+pub(crate) struct Clients {
+    cache: Mutex<HashMap<ClientKey, Client>>,
+    /// The most bytes of a manifest (or a token or error response) a client
+    /// reads into memory.
+    max_body_bytes: u64,
+}
 
 impl Clients {
+    /// An empty cache of clients that read at most `max_body_bytes` of a
+    /// manifest.
+    pub(crate) fn new(max_body_bytes: u64) -> Clients {
+        Clients {
+            cache: Mutex::default(),
+            max_body_bytes,
+        }
+    }
+
     /// The client for `ep` (in plain HTTP when `http`) with `auth`. Fails
     /// when the endpoint's client certificate cannot be read or used, or a
     /// header is not valid HTTP: never a client without what hosts.toml
@@ -67,7 +80,7 @@ impl Clients {
             identity: digest(identity.as_deref().unwrap_or_default()),
             auth: auth_key(auth),
         };
-        let mut clients = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut clients = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
         }
@@ -75,7 +88,7 @@ impl Clients {
             clients.clear();
         }
         // try_from, not new: new falls back to a default client on error.
-        let client = Client::try_from(config(ep, http, identity))?;
+        let client = Client::try_from(config(ep, http, identity, self.max_body_bytes))?;
         clients.insert(key, client.clone());
         Ok(client)
     }
@@ -104,7 +117,12 @@ fn digest(data: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(data).into()
 }
 
-fn config(ep: &Endpoint, http: bool, identity: Option<Vec<u8>>) -> ClientConfig {
+fn config(
+    ep: &Endpoint,
+    http: bool,
+    identity: Option<Vec<u8>>,
+    max_body_bytes: u64,
+) -> ClientConfig {
     let extra_root_certificates = ep
         .ca_files
         .iter()
@@ -137,6 +155,7 @@ fn config(ep: &Endpoint, http: bool, identity: Option<Vec<u8>>) -> ClientConfig 
             .iter()
             .flat_map(|(name, values)| values.iter().map(move |v| (name.clone(), v.clone())))
             .collect(),
+        max_body_bytes: Some(max_body_bytes),
         ..ClientConfig::default()
     }
 }
@@ -216,13 +235,14 @@ mod tests {
             "{err}"
         );
         // Not PEM: the client is not built (never one without the identity).
-        let err = Clients::default()
+        let err = Clients::new(1 << 20)
             .get(&ep, false, &RegistryAuth::Anonymous)
             .err()
             .expect("a bad identity fails");
         assert!(!err.to_string().is_empty());
         // Every header value is its own line.
-        let c = config(&ep, false, None);
+        let c = config(&ep, false, None, 1 << 20);
+        assert_eq!(c.max_body_bytes, Some(1 << 20));
         assert_eq!(
             c.default_headers,
             [

@@ -78,6 +78,24 @@ pub enum ImageError {
         /// What is wrong.
         reason: String,
     },
+    /// A manifest, index or image config is larger than berth reads into
+    /// memory (`[image] max_metadata_bytes`; containerd refuses manifests
+    /// over 4 MiB too).
+    #[error(
+        "pulling {image}: {what} {}, over the limit of {limit} bytes ([image] max_metadata_bytes)",
+        too_large(.size)
+    )]
+    MetadataTooLarge {
+        /// The image.
+        image: String,
+        /// Which document (`manifest sha256:…`, `image config sha256:…`).
+        what: String,
+        /// Its size, declared by its descriptor or `Content-Length`; `None`
+        /// when none was declared and the body ran past the limit.
+        size: Option<u64>,
+        /// The limit.
+        limit: u64,
+    },
     /// A blob failed verification or could not be stored.
     #[error(transparent)]
     Blob(#[from] BlobError),
@@ -100,7 +118,57 @@ pub enum ImageError {
     Internal(String),
 }
 
+fn too_large(size: &Option<u64>) -> String {
+    match size {
+        Some(size) => format!("is {size} bytes"),
+        None => "is larger (no size declared)".to_string(),
+    }
+}
+
 impl ImageError {
+    /// An oci-client error while fetching `what` (a manifest or index):
+    /// a body over the limit becomes [`ImageError::MetadataTooLarge`],
+    /// anything else as [`ImageError::from_registry`] sorts it.
+    pub(crate) fn from_manifest_fetch(
+        name: &ImageName,
+        registry: &str,
+        what: &str,
+        e: OciDistributionError,
+    ) -> ImageError {
+        match e {
+            OciDistributionError::BodyTooLarge { size, limit } => ImageError::MetadataTooLarge {
+                image: name.to_string(),
+                what: what.to_string(),
+                size,
+                limit,
+            },
+            e => ImageError::from_registry(name, registry, e),
+        }
+    }
+
+    /// Refuses `what` when its descriptor declares more than `limit` bytes
+    /// (checked before any of it is fetched); a negative size is malformed.
+    pub(crate) fn check_declared_size(
+        name: &ImageName,
+        what: &str,
+        size: i64,
+        limit: u64,
+    ) -> Result<(), ImageError> {
+        let size = u64::try_from(size).map_err(|_| ImageError::Manifest {
+            image: name.to_string(),
+            reason: format!("{what}: negative size {size}"),
+        })?;
+        if size > limit {
+            return Err(ImageError::MetadataTooLarge {
+                image: name.to_string(),
+                what: what.to_string(),
+                size: Some(size),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     /// An oci-client error from `registry` (an endpoint's host) while
     /// pulling `name`, sorted into Unauthenticated, NotFound or Registry by
     /// the HTTP status and the distribution error codes.
@@ -190,7 +258,11 @@ impl From<ImageError> for tonic::Status {
             ImageError::Unauthenticated { .. } => Code::Unauthenticated,
             ImageError::NotFound { .. } | ImageError::NotPresent(_) => Code::NotFound,
             ImageError::Registry { .. } => Code::Unavailable,
-            ImageError::Manifest { .. } => Code::FailedPrecondition,
+            // Not something this node accepts as configured (as for
+            // Manifest): retrying does not help, raising the limit does.
+            ImageError::Manifest { .. } | ImageError::MetadataTooLarge { .. } => {
+                Code::FailedPrecondition
+            }
             ImageError::Blob(BlobError::DigestMismatch { .. } | BlobError::SizeMismatch { .. }) => {
                 Code::DataLoss
             }
@@ -201,5 +273,52 @@ impl From<ImageError> for tonic::Status {
             | ImageError::Internal(_) => Code::Internal,
         };
         tonic::Status::new(code, crate::util::error_chain(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_metadata_names_its_size_and_the_limit() {
+        let name = ImageName::parse("r.example/big:1").unwrap();
+        let ok = ImageError::check_declared_size(&name, "image config sha256:ab", 4096, 4096);
+        assert!(ok.is_ok());
+        let err = ImageError::check_declared_size(&name, "image config sha256:ab", 104857600, 4096)
+            .unwrap_err();
+        let status = tonic::Status::from(err);
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            status.message(),
+            "pulling r.example/big:1: image config sha256:ab is 104857600 bytes, over the \
+             limit of 4096 bytes ([image] max_metadata_bytes)"
+        );
+        let err =
+            ImageError::check_declared_size(&name, "manifest sha256:cd", -1, 4096).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::Manifest { reason, .. } if reason.contains("negative")),
+            "{err}"
+        );
+
+        // A body that declared no size (chunked) and ran past the limit.
+        let e = OciDistributionError::BodyTooLarge {
+            size: None,
+            limit: 4096,
+        };
+        let err = ImageError::from_manifest_fetch(&name, "r.example", "manifest sha256:cd", e);
+        assert_eq!(
+            err.to_string(),
+            "pulling r.example/big:1: manifest sha256:cd is larger (no size declared), over \
+             the limit of 4096 bytes ([image] max_metadata_bytes)"
+        );
+        // Anything else is sorted as before.
+        let e = OciDistributionError::ServerError {
+            code: 503,
+            url: "http://r.example/v2/".into(),
+            message: "busy".into(),
+        };
+        let err = ImageError::from_manifest_fetch(&name, "r.example", "manifest sha256:cd", e);
+        assert!(matches!(err, ImageError::Registry { .. }), "{err}");
     }
 }

@@ -103,7 +103,11 @@ pub(crate) struct ImageConfigBlob {
 }
 
 /// The entry of `index` for `platform`, or NotFound naming the platforms
-/// the index has.
+/// the index has. An entry for the platform wins; without one, the first
+/// entry that has no platform and is itself an index (an index of indexes
+/// need not repeat their platforms; containerd follows such entries too).
+/// An image manifest without a platform is not taken: nothing says it runs
+/// here.
 pub(crate) fn choose_platform(
     name: &ImageName,
     index: &Manifest,
@@ -113,6 +117,11 @@ pub(crate) fn choose_platform(
     entries
         .iter()
         .find(|m| m.platform.as_ref().is_some_and(|p| platform.accepts(p)))
+        .or_else(|| {
+            entries
+                .iter()
+                .find(|m| m.platform.is_none() && is_index(Some(&m.media_type)))
+        })
         .cloned()
         .ok_or_else(|| {
             let have: Vec<String> = entries
@@ -173,5 +182,62 @@ mod tests {
         assert!(arm.accepts(&p("linux", "arm64", Some("v8"))));
         assert!(!arm.accepts(&p("linux", "arm64", Some("v9"))));
         assert_eq!(Platform::host().os, "linux");
+    }
+
+    fn entry(media_type: &str, digest: char, platform: Option<Platform>) -> serde_json::Value {
+        serde_json::json!({
+            "mediaType": media_type,
+            "digest": format!("sha256:{}", digest.to_string().repeat(64)),
+            "size": 10,
+            "platform": platform.map(|p| serde_json::json!({
+                "os": p.os, "architecture": p.architecture, "variant": p.variant,
+            })),
+        })
+    }
+
+    fn index(entries: Vec<serde_json::Value>) -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_platform_entry_wins_then_a_platformless_nested_index() {
+        let name = ImageName::parse("r.example/x:1").unwrap();
+        let amd = p("linux", "amd64", None);
+        let arm = p("linux", "arm64", Some("v8"));
+        let chosen = |i: &Manifest| {
+            choose_platform(&name, i, &amd).map(|d| d.digest.chars().last().unwrap_or('?'))
+        };
+        // The platform's entry, whether a manifest or a nested index, even
+        // after an entry without a platform.
+        let both = index(vec![
+            entry(OCI_INDEX, 'a', None),
+            entry(OCI_MANIFEST, 'b', Some(amd.clone())),
+        ]);
+        assert_eq!(chosen(&both).unwrap(), 'b');
+        let nested = index(vec![
+            entry(OCI_MANIFEST, 'a', Some(arm.clone())),
+            entry(DOCKER_LIST, 'c', Some(amd.clone())),
+        ]);
+        assert_eq!(chosen(&nested).unwrap(), 'c');
+        // No entry for the platform: an index without one is followed ...
+        let untagged = index(vec![
+            entry(OCI_MANIFEST, 'a', Some(arm.clone())),
+            entry(OCI_INDEX, 'd', None),
+        ]);
+        assert_eq!(chosen(&untagged).unwrap(), 'd');
+        // ... an image manifest without one is not.
+        let bare = index(vec![
+            entry(OCI_MANIFEST, 'a', Some(arm)),
+            entry(OCI_MANIFEST, 'e', None),
+        ]);
+        let err = chosen(&bare).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::NotFound { reason, .. }
+                if reason.contains("linux/amd64") && reason.contains("linux/arm64/v8")),
+            "{err}"
+        );
     }
 }

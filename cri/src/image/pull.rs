@@ -25,15 +25,21 @@ use super::error::ImageError;
 use super::hosts::{Endpoint, RegistryHosts, Scheme};
 use super::layers::chain_ids;
 pub use super::manifest::Platform;
-use super::manifest::{
-    choose_platform, is_index, parse_json, Descriptor, ImageConfigBlob, Manifest, ACCEPTED,
-};
+use super::manifest::{parse_json, Descriptor, ImageConfigBlob};
 use super::reference::{Digest, ImageName};
 use super::store::{ImageRecord, ImageStore, LayerRecord};
 use super::unpack::Compression;
+use resolve::Resolved;
+
+mod resolve;
 
 /// Attempts per blob: a dropped connection is resumed where it broke.
 const BLOB_ATTEMPTS: u32 = 4;
+
+/// The default bound on a manifest, index or image config read into memory:
+/// containerd's limit for manifests (and CNCF distribution's for a pushed
+/// one).
+pub const DEFAULT_MAX_METADATA_BYTES: u64 = 4 << 20;
 
 /// Async locks by key: the second pull of an image (or fetch of a blob)
 /// waits for the first and then finds the work done.
@@ -68,6 +74,9 @@ pub struct PullOptions {
     /// Node-wide credentials (Docker's `config.json`) for pulls that carry
     /// none; read at each such pull, absent means none.
     pub auth_file: Option<std::path::PathBuf>,
+    /// The most bytes of a manifest, index or image config (each) a pull
+    /// reads; a larger one fails the pull before it is buffered.
+    pub max_metadata_bytes: u64,
 }
 
 impl Default for PullOptions {
@@ -76,6 +85,7 @@ impl Default for PullOptions {
             max_concurrent_layers: 4,
             platform: Platform::host(),
             auth_file: None,
+            max_metadata_bytes: DEFAULT_MAX_METADATA_BYTES,
         }
     }
 }
@@ -134,11 +144,12 @@ enum Attempt {
 impl Puller {
     /// A puller writing into `store`, configured by `hosts`.
     pub fn new(store: Arc<ImageStore>, hosts: RegistryHosts, opts: PullOptions) -> Puller {
+        let clients = Clients::new(opts.max_metadata_bytes);
         Puller {
             store,
             hosts,
             opts,
-            clients: Clients::default(),
+            clients,
             plain_http: Mutex::default(),
             pulls: KeyedLocks::default(),
             blob_locks: KeyedLocks::default(),
@@ -182,18 +193,12 @@ impl Puller {
         let ctx = Ctx { name, auth, node };
         let endpoints = self.usable_endpoints(name)?;
 
-        let (top, top_digest, ep) = self.resolve(&ctx, &endpoints).await?;
-        let mut manifest_blobs = vec![(top_digest.clone(), top.clone())];
-        let mut manifest: Manifest = parse_json(name, "manifest", &top)?;
-        let mut manifest_digest = top_digest.clone();
-        if manifest.manifests.is_some() || is_index(manifest.media_type.as_deref()) {
-            let child = choose_platform(name, &manifest, &self.opts.platform)?;
-            let digest = Digest::parse(&child.digest)?;
-            let bytes = self.fetch_manifest(&ctx, &ep, &endpoints, &digest).await?;
-            manifest = parse_json(name, "manifest", &bytes)?;
-            manifest_blobs.insert(0, (digest.clone(), bytes));
-            manifest_digest = digest;
-        }
+        let Resolved {
+            top: top_digest,
+            digest: manifest_digest,
+            manifest,
+            blobs: manifest_blobs,
+        } = self.resolve_image(&ctx, &endpoints).await?;
         let config_desc = manifest
             .config
             .clone()
@@ -204,6 +209,14 @@ impl Puller {
         let layers = manifest.layers.clone().unwrap_or_default();
 
         let config_digest = Digest::parse(&config_desc.digest)?;
+        // The config is read into memory below: bounded by its descriptor
+        // before it is fetched (the blob writer refuses any byte past it).
+        ImageError::check_declared_size(
+            name,
+            &format!("image config {config_digest}"),
+            config_desc.size,
+            self.opts.max_metadata_bytes,
+        )?;
         self.fetch_blob(&ctx, &endpoints, &config_desc).await?;
         let config_bytes = self.store.blobs().read(&config_digest)?;
         let config: ImageConfigBlob = parse_json(name, "image config", &config_bytes)?;
@@ -308,81 +321,6 @@ impl Puller {
             Some(e) if usable.is_empty() => Err(e),
             _ => Ok(usable),
         }
-    }
-
-    /// Resolves the name on the first resolve-capable endpoint that answers.
-    async fn resolve(
-        &self,
-        ctx: &Ctx<'_>,
-        endpoints: &[Endpoint],
-    ) -> Result<(Vec<u8>, Digest, Endpoint), ImageError> {
-        let mut last = None;
-        for ep in endpoints.iter().filter(|e| e.capabilities.resolve) {
-            let result = self.pull_manifest(ep, &ctx.auth_for(ep), ctx.name).await;
-            match result {
-                Ok((bytes, digest)) => {
-                    let actual = Digest::of(&bytes);
-                    if let Some(want) = ctx.name.digest() {
-                        if *want != actual {
-                            return Err(ImageError::Blob(
-                                super::blobs::BlobError::DigestMismatch {
-                                    expected: want.clone(),
-                                    actual,
-                                },
-                            ));
-                        }
-                    }
-                    if digest != actual.as_str() {
-                        tracing::debug!(registry_digest = %digest, %actual, "registry reported another manifest digest");
-                    }
-                    return Ok((bytes, actual, ep.clone()));
-                }
-                Err(e) => {
-                    let e = ImageError::from_registry(ctx.name, &ep.host, e);
-                    // Credentials problems are the same on every mirror only
-                    // for the upstream; keep trying the next endpoint.
-                    tracing::debug!(endpoint = %ep.host, error = %e, "resolve failed");
-                    last = Some(e);
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| ImageError::Manifest {
-            image: ctx.name.to_string(),
-            reason: "no endpoint with the resolve capability is configured".into(),
-        }))
-    }
-
-    async fn fetch_manifest(
-        &self,
-        ctx: &Ctx<'_>,
-        first: &Endpoint,
-        endpoints: &[Endpoint],
-        digest: &Digest,
-    ) -> Result<Vec<u8>, ImageError> {
-        let by_digest = ctx.name.with_digest(digest.clone());
-        let mut last = None;
-        let order = std::iter::once(first).chain(
-            endpoints
-                .iter()
-                .filter(|e| *e != first && e.capabilities.pull),
-        );
-        for ep in order {
-            let result = self.pull_manifest(ep, &ctx.auth_for(ep), &by_digest).await;
-            match result {
-                Ok((bytes, _)) => {
-                    let actual = Digest::of(&bytes);
-                    if actual != *digest {
-                        return Err(ImageError::Blob(super::blobs::BlobError::DigestMismatch {
-                            expected: digest.clone(),
-                            actual,
-                        }));
-                    }
-                    return Ok(bytes);
-                }
-                Err(e) => last = Some(ImageError::from_registry(ctx.name, &ep.host, e)),
-            }
-        }
-        Err(last.unwrap_or_else(|| ImageError::Internal("no endpoint".into())))
     }
 
     async fn fetch_layer(
@@ -583,41 +521,5 @@ impl Puller {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(&ep.host)
-    }
-
-    /// Fetches the raw manifest `name` names from `ep`; a loopback registry
-    /// that does not answer HTTPS is tried again over plain HTTP (and
-    /// remembered).
-    async fn pull_manifest(
-        &self,
-        ep: &Endpoint,
-        auth: &RegistryAuth,
-        name: &ImageName,
-    ) -> Result<(Vec<u8>, String), OciDistributionError> {
-        let r = &self.reference_for(name, ep);
-        let http = self.is_plain_http(ep);
-        let fetch = |http| async move {
-            self.clients
-                .get(ep, http, auth)?
-                .pull_manifest_raw(r, auth, ACCEPTED)
-                .await
-                .map(|(bytes, digest)| (bytes.to_vec(), digest))
-        };
-        match fetch(http).await {
-            Err(OciDistributionError::RequestError(e))
-                if !http && ep.http_fallback && (e.is_connect() || e.is_request()) =>
-            {
-                tracing::info!(host = %ep.host, "HTTPS not answered on a loopback registry; using plain HTTP");
-                let result = fetch(true).await;
-                if result.is_ok() {
-                    self.plain_http
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(ep.host.clone());
-                }
-                result
-            }
-            other => other,
-        }
     }
 }

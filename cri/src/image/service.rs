@@ -27,6 +27,9 @@ pub struct ImageServiceConfig {
     /// Node-wide registry credentials in Docker's `config.json` format, for
     /// pulls whose request carries none (`--auth-file`).
     pub auth_file: Option<PathBuf>,
+    /// The most bytes of a manifest, index or image config a pull reads
+    /// (0: [`DEFAULT_MAX_METADATA_BYTES`](super::pull::DEFAULT_MAX_METADATA_BYTES)).
+    pub max_metadata_bytes: u64,
 }
 
 /// The image service: store plus puller.
@@ -46,6 +49,9 @@ impl ImageServiceImpl {
         };
         if config.max_concurrent_layers > 0 {
             opts.max_concurrent_layers = config.max_concurrent_layers;
+        }
+        if config.max_metadata_bytes > 0 {
+            opts.max_metadata_bytes = config.max_metadata_bytes;
         }
         let puller = Arc::new(Puller::new(
             store.clone(),

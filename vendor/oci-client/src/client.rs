@@ -921,15 +921,18 @@ impl Client {
 
         match auth_res.status() {
             reqwest::StatusCode::OK => {
-                let text = auth_res.text().await?;
+                // berth patch (vendor/README.md): bounded by `max_body_bytes`.
+                let text = read_body(auth_res, self.config.max_body_bytes).await?;
                 debug!("Received response from auth request");
-                let token: RegistryToken = serde_json::from_str(&text)
+                let token: RegistryToken = serde_json::from_slice(&text)
                     .map_err(|e| OciDistributionError::RegistryTokenDecodeError(e.to_string()))?;
                 debug!("Successfully authorized for image '{:?}'", image);
                 Ok(Some(RegistryTokenType::Bearer(token)))
             }
             _ => {
-                let reason = auth_res.text().await?;
+                // berth patch (vendor/README.md): bounded by `max_body_bytes`.
+                let body = read_body(auth_res, self.config.max_body_bytes).await?;
+                let reason = String::from_utf8_lossy(&body).into_owned();
                 debug!("Failed to authenticate for image '{:?}': {}", image, reason);
                 Err(OciDistributionError::AuthenticationFailure(reason))
             }
@@ -1192,7 +1195,8 @@ impl Client {
             .await?;
         let status = res.status();
         let headers = res.headers().clone();
-        let body = res.bytes().await?;
+        // berth patch (vendor/README.md): bounded by `max_body_bytes`.
+        let body = read_body(res, self.config.max_body_bytes).await?;
 
         validate_registry_response(status, &body, &url)?;
 
@@ -1494,7 +1498,8 @@ impl Client {
             )),
             _ => {
                 let url = response.url().to_string();
-                let body = response.bytes().await?;
+                // berth patch (vendor/README.md): bounded by `max_body_bytes`.
+                let body = read_body(response, self.config.max_body_bytes).await?;
                 Err(validate_registry_response(status, &body, &url).expect_err("validate_registry_response should return an error for non-success status codes"))
             }
         }
@@ -2277,6 +2282,33 @@ fn empty_image_index() -> OciImageIndex {
     }
 }
 
+/// berth patch (vendor/README.md): a response body read into memory, at most
+/// `limit` bytes when there is a limit. A declared `Content-Length` over it
+/// is refused before the body is read; a body without one (chunked), or
+/// longer than it declared, is refused as soon as it passes the limit, so
+/// no more than the limit plus one chunk is ever held.
+async fn read_body(mut response: Response, limit: Option<u64>) -> Result<bytes::Bytes> {
+    let Some(limit) = limit else {
+        return Ok(response.bytes().await?);
+    };
+    let declared = response.content_length();
+    if let Some(size) = declared.filter(|size| *size > limit) {
+        return Err(OciDistributionError::BodyTooLarge {
+            size: Some(size),
+            limit,
+        });
+    }
+    let capacity = usize::try_from(declared.unwrap_or(0)).unwrap_or(0);
+    let mut body = bytes::BytesMut::with_capacity(capacity);
+    while let Some(chunk) = response.chunk().await? {
+        if (body.len() as u64).saturating_add(chunk.len() as u64) > limit {
+            return Err(OciDistributionError::BodyTooLarge { size: None, limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 /// Converts a response into a stream
 async fn stream_from_response(
     response: Response,
@@ -2604,6 +2636,16 @@ pub struct ClientConfig {
     ///
     /// This defaults to none.
     pub default_headers: Vec<(String, String)>,
+
+    /// berth patch: the most bytes of a response body read into memory
+    /// (manifests, token responses, error bodies; streamed blobs are not
+    /// buffered and not bounded by it). A larger body is
+    /// [`OciDistributionError::BodyTooLarge`]: refused on its declared
+    /// `Content-Length` before any of it is read, or after `limit + 1`
+    /// bytes when it declares none (chunked) or more than it said.
+    ///
+    /// This defaults to `None` (no bound, as upstream).
+    pub max_body_bytes: Option<u64>,
 }
 
 impl Default for ClientConfig {
@@ -2628,6 +2670,7 @@ impl Default for ClientConfig {
             no_proxy: None,
             client_identity_pem: None,
             default_headers: Vec::new(),
+            max_body_bytes: None,
         }
     }
 }

@@ -104,6 +104,24 @@ pub enum OciDistributionError {
     /// Versioned object: JSON deserialization error
     #[error("Failed to parse manifest: {0}")]
     VersionedParsingError(String),
+    /// berth patch (vendor/README.md): a response body larger than
+    /// `ClientConfig::max_body_bytes`.
+    #[error("response body {} over the limit of {limit} bytes", body_size(.size))]
+    BodyTooLarge {
+        /// Its declared `Content-Length`; `None` when it declared none (or
+        /// less) and more than `limit` bytes arrived.
+        size: Option<u64>,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+/// berth patch: how [`OciDistributionError::BodyTooLarge`] names the size.
+fn body_size(size: &Option<u64>) -> String {
+    match size {
+        Some(size) => format!("of {size} bytes is"),
+        None => "is".to_string(),
+    }
 }
 
 /// Helper type to declare `Result` objects that might return a `OciDistributionError`
