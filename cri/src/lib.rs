@@ -9,6 +9,7 @@
 //! - [`stream`]: the streaming server of Exec, Attach and PortForward.
 
 pub mod cni;
+mod codec;
 pub mod image;
 pub mod logs;
 pub mod monitor;
