@@ -781,3 +781,81 @@ async fn a_checkpoint_restores_only_within_the_requested_security_context() {
     assert_eq!(processes_running(&argv).len(), 1);
     remove_container(&mut env.rt, &restored).await;
 }
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+/// kill -9 of the daemon while CRIU dumps a 200 MiB container: CRIU dies
+/// with it, and the restarted daemon thaws the container, which runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_mid_checkpoint_leaves_the_container_running() {
+    let test = "a_daemon_killed_mid_checkpoint_leaves_the_container_running";
+    let Some(mut env) = env_with_criu(test).await else {
+        return;
+    };
+    let big = "x=$(busybox head -c 209715200 /dev/zero | busybox tr '\\0' a); \
+               i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done";
+    let id = create_sh(&mut env, "big", big).await.unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+    let log = env.dir.path().join("logs/big/0.log");
+    let log = log.to_str().unwrap().to_string();
+    wait_numbers(&log, 2).await;
+    let marker = env
+        .dir
+        .path()
+        .join("state/containers")
+        .join(&id)
+        .join("frozen-for-checkpoint");
+    let mut rt = env.rt.clone();
+    let (cid, archive) = (id.clone(), env.dir.path().join("big.tar"));
+    let dump = tokio::spawn(async move { checkpoint(&mut rt, &cid, &archive, 0).await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoint never froze the container"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Mid-dump: CRIU reads 200 MiB.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let work = env.dir.path().join("root/checkpoints");
+    let criu_running = !processes_mentioning(work.to_str().unwrap()).is_empty();
+    env.daemon.crash();
+    let _ = dump.await;
+    if !criu_running {
+        println!("skipped: {test}: the dump was over before the crash (too fast to catch here)");
+    }
+    // CRIU went with the daemon.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_mentioning(work.to_str().unwrap()).is_empty() {
+        assert!(Instant::now() < deadline, "CRIU outlived the daemon");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let conf = config_file(env.dir.path());
+    env.daemon = berth_e2e::daemon::Daemon::start(
+        &env.berth,
+        env.dir.path(),
+        &["--config", conf.to_str().unwrap()],
+    );
+    env.rt = berth_cri::proto::runtime_service_client::RuntimeServiceClient::new(
+        env.daemon.channel().await,
+    );
+    let st = status(&mut env.rt, &id).await;
+    assert_eq!(st.state, proto::ContainerState::ContainerRunning as i32);
+    assert!(!marker.exists(), "the marker goes once thawed");
+    assert_eq!(exec(&mut env.rt, &id, "echo ok").await, (0, "ok\n".into()));
+    let n = numbers(&log).len();
+    wait_numbers(&log, n + 3).await;
+    remove_container(&mut env.rt, &id).await;
+}

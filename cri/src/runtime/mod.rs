@@ -153,6 +153,7 @@ impl RuntimeServiceImpl {
             cgroup_view: Arc::new(container_create::cgroup_view()),
         };
         service.clean_up_networks();
+        container_checkpoint::thaw_interrupted(&service.containers);
         // Containers that were live when the daemon stopped are watched again
         // (their exits while the daemon was down are already in the records).
         if tokio::runtime::Handle::try_current().is_ok() {

@@ -561,6 +561,23 @@ fn criu_command(c: &CriuOptions, args: &[String]) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: runs in the forked child before exec: prctl and getppid are
+    // async-signal-safe system calls; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            // CRIU dies with its caller: a daemon killed mid-dump must not
+            // leave a CRIU seizing (and writing about) the container while
+            // the restarted daemon thaws it and removes the work directory.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
     cmd
 }
 
