@@ -183,6 +183,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             pinned_images: config.image.pinned_images.clone(),
             max_concurrent_layers: config.image.max_concurrent_layers,
             max_metadata_bytes: config.image.max_metadata_bytes,
+            max_unpacked_bytes: Some(config.image.max_unpacked_bytes),
         },
     )
     .with_context(|| format!("opening the image store in {}", config.root.display()))?;
