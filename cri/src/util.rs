@@ -243,3 +243,66 @@ mod tests {
         assert!(labels_match(&labels, &HashMap::new()));
     }
 }
+
+/// The crash-point test harness's hook (`tests/tests/crash_points.rs`): in
+/// a debug build whose `BERTH_CRASH_AT` environment variable names `step`,
+/// the daemon kills itself with SIGKILL there, as `kill -9` would (no
+/// destructor, no flush). A release build compiles this to nothing.
+#[inline]
+pub(crate) fn crash_point(step: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("BERTH_CRASH_AT").is_some_and(|v| v == step) {
+        tracing::warn!(step, "crash point: killing the daemon (BERTH_CRASH_AT)");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = step;
+}
+
+/// The named crash points, in the order a pod's life meets them (the
+/// harness iterates over these; a unit test checks each is in the code).
+pub const CRASH_POINTS: &[&str] = &[
+    "pull:unpacked",
+    "run_pod:pinned",
+    "run_pod:network",
+    "run_pod:pod_init",
+    "run_pod:recorded",
+    "create:prepared",
+    "create:spawned",
+    "create:recorded",
+    "start:released",
+    "stop:signalled",
+    "remove:destroyed",
+    "remove:layer_removed",
+    "stop_pod:stopped",
+    "remove_pod:files_removed",
+];
+
+#[cfg(test)]
+mod crash_point_tests {
+    /// Every named crash point is hit somewhere in the daemon's code.
+    #[test]
+    fn every_crash_point_is_in_the_code() {
+        fn sources(dir: &std::path::Path, out: &mut String) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    sources(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push_str(&std::fs::read_to_string(&p).unwrap());
+                }
+            }
+        }
+        let mut all = String::new();
+        sources(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut all,
+        );
+        for p in super::CRASH_POINTS {
+            assert!(
+                all.contains(&format!("crash_point(\"{p}\")")),
+                "{p} is hit nowhere"
+            );
+        }
+    }
+}

@@ -294,6 +294,7 @@ impl Puller {
             .buffer_unordered(self.opts.max_concurrent_layers.max(1))
             .try_collect::<Vec<()>>()
             .await?;
+        crate::util::crash_point("pull:unpacked");
 
         for (d, bytes) in &manifest_blobs {
             if self.store.blobs().size(d).is_none() {

@@ -23,6 +23,7 @@ pub(super) fn start(
     c.release().map_err(|e| {
         RuntimeError::FailedPrecondition(format!("starting container {}: {e}", rec.id))
     })?;
+    crate::util::crash_point("start:released");
     rec.state = next;
     rec.started_at = started_at;
     containers.registry.save(rec)
