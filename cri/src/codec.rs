@@ -42,10 +42,10 @@ impl<U: Message + Default> Decoder for CriDecoder<U> {
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         U::decode(buf).map(Some).map_err(|e| {
-            Status::invalid_argument(format!(
-                "the message does not decode as {}: {e}",
-                short_type::<U>()
-            ))
+            crate::util::status(
+                tonic::Code::InvalidArgument,
+                format!("the message does not decode as {}: {e}", short_type::<U>()),
+            )
         })
     }
 

@@ -306,3 +306,45 @@ mod crash_point_tests {
         }
     }
 }
+
+/// The most bytes of an error message berth sends (`grpc-message` is a
+/// header: clients cap header lists at 16 KiB, and a message quoting a
+/// 1 MiB request field would break the connection instead of reporting).
+const MAX_STATUS_MESSAGE: usize = 4096;
+
+/// A gRPC status with `message` cut to [`MAX_STATUS_MESSAGE`] bytes (at a
+/// character boundary, saying how long it was).
+pub(crate) fn status(code: tonic::Code, message: String) -> tonic::Status {
+    tonic::Status::new(code, bounded(message))
+}
+
+fn bounded(message: String) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_STATUS_MESSAGE - 64;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… (message cut: {} bytes)",
+        &message[..end],
+        message.len()
+    )
+}
+
+#[cfg(test)]
+mod status_tests {
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        let long = format!("container \"{}\" not found", "é".repeat(1 << 19));
+        let s = super::status(tonic::Code::NotFound, long);
+        assert!(
+            s.message().len() <= super::MAX_STATUS_MESSAGE,
+            "{}",
+            s.message().len()
+        );
+        assert!(s.message().ends_with("bytes)"));
+        assert_eq!(super::bounded("short".into()), "short");
+    }
+}

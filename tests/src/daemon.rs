@@ -102,6 +102,11 @@ impl Daemon {
         self.child.wait().expect("waiting for berth serve")
     }
 
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL (a crash), then wait.
     pub fn crash(&mut self) {
         let _ = self.child.kill();

@@ -131,6 +131,6 @@ impl From<RuntimeError> for tonic::Status {
                 Code::Internal
             }
         };
-        tonic::Status::new(code, crate::util::error_chain(&e))
+        crate::util::status(code, crate::util::error_chain(&e))
     }
 }
