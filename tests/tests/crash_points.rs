@@ -249,6 +249,34 @@ async fn every_crash_point_is_recovered_from() {
         let mut daemon = Daemon::start(&berth, dir.path(), &[]);
         let ch = daemon.channel().await;
         let mut rt = RuntimeServiceClient::new(ch.clone());
+        if *point == "start:released" {
+            // kubelet, seeing the container still Created, starts it again:
+            // that succeeds, and it runs.
+            let ctrs = rt
+                .list_containers(proto::ListContainersRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .containers;
+            assert_eq!(ctrs.len(), 1, "{ctrs:?}");
+            rt.start_container(proto::StartContainerRequest {
+                container_id: ctrs[0].id.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{point}: StartContainer again: {e:?}"));
+            let st = rt
+                .container_status(proto::ContainerStatusRequest {
+                    container_id: ctrs[0].id.clone(),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap();
+            assert_eq!(st.state, proto::ContainerState::ContainerRunning as i32);
+            assert!(st.started_at > 0);
+        }
         check_and_clear(&mut rt).await;
         // The same life, from the top, now succeeds (a new attempt: kubelet's
         // names for a retry).
