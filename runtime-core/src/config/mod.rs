@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 pub use mount::{Mount, MountFlag, MountKind, Propagation};
 pub use validate::ConfigError;
 
+pub use crate::rootfs::overlay::{OverlayError, MAX_LAYERS as MAX_OVERLAY_LAYERS};
+
 pub use crate::cgroups::{CgroupConfig, Resources};
 pub use crate::security::capabilities::{Capabilities, Capability};
 pub use crate::security::rlimits::{Rlimit, RlimitKind};
@@ -166,7 +168,10 @@ pub struct OverlayRootfs {
 }
 
 impl OverlayRootfs {
-    /// The overlayfs mount data: `lowerdir=a:b,upperdir=u,workdir=w`.
+    /// The overlayfs mount data with plain paths:
+    /// `lowerdir=a:b,upperdir=u,workdir=w`. `mount(2)` takes one page of
+    /// it, about 40 layers of the image store; the container's init names
+    /// the directories by fd past that.
     pub fn mount_data(&self) -> String {
         let lower: Vec<String> = self
             .lowerdirs
@@ -179,6 +184,17 @@ impl OverlayRootfs {
             self.upperdir.display(),
             self.workdir.display()
         )
+    }
+
+    /// The overlay's `mount(2)` options: `lowerdir=a:b,upperdir=u,workdir=w`
+    /// with plain paths when they fit in one page, else with the
+    /// directories opened and named by fd (see `rootfs/overlay.rs`).
+    pub(crate) fn prepare(&self) -> Result<crate::rootfs::overlay::OverlayMount, OverlayError> {
+        let upper = crate::rootfs::overlay::Upper {
+            upperdir: &self.upperdir,
+            workdir: &self.workdir,
+        };
+        crate::rootfs::overlay::OverlayMount::prepare(&self.lowerdirs, Some(upper), "")
     }
 }
 
