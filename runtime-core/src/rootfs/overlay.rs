@@ -15,8 +15,14 @@
 //! line at a time, `criu/proc_parse.c`), so such a container could not be
 //! checkpointed. The short names also keep the mount line short.
 //!
-//! [`OverlayMount::mount`] only makes raw syscalls on data prepared by
-//! [`OverlayMount::prepare`], so it may run between `fork` and `exec`.
+//! The fd numbers are reserved when the options are prepared, but each
+//! directory is opened again onto its number just before the mount: overlayfs
+//! takes private clones of its layers' mounts, which the kernel allows only
+//! of mounts in the caller's mount namespace (`clone_private_mount`), and
+//! CRIU's restore mounts in a namespace made after the fork (an fd from
+//! before it gives `EINVAL`). [`OverlayMount::mount`] only makes raw
+//! syscalls on data prepared by [`OverlayMount::prepare`], so it may run
+//! between `fork` and `exec`.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -75,6 +81,8 @@ pub(crate) struct OverlayMount {
     data: CString,
     /// Open directories that `data` names by fd number (none: plain paths).
     fds: Vec<OwnedFd>,
+    /// Their paths, to open them again in the mounting mount namespace.
+    paths: Vec<CString>,
     /// Number of lower layers.
     layers: usize,
 }
@@ -115,6 +123,7 @@ impl OverlayMount {
             return Ok(Self {
                 data: cstring(data),
                 fds: Vec::new(),
+                paths: Vec::new(),
                 layers: count,
             });
         }
@@ -124,14 +133,15 @@ impl OverlayMount {
                 source,
             })
         };
-        let mut fds = lowerdirs
+        let mut dirs: Vec<&Path> = lowerdirs.iter().map(PathBuf::as_path).collect();
+        if let Some(u) = upper {
+            dirs.extend([u.upperdir, u.workdir]);
+        }
+        let fds = dirs
             .iter()
             .map(|p| open(p))
             .collect::<Result<Vec<_>, _>>()?;
-        if let Some(u) = upper {
-            fds.push(open(u.upperdir)?);
-            fds.push(open(u.workdir)?);
-        }
+        let paths = dirs.iter().map(|p| cstring(name(p))).collect();
         let num = |fd: &OwnedFd| fd.as_raw_fd().to_string().into_bytes();
         let upper_names = upper.map(|_| (num(&fds[count]), num(&fds[count + 1])));
         let data = options(fds[..count].iter().map(num), upper_names, extra);
@@ -145,6 +155,7 @@ impl OverlayMount {
         Ok(Self {
             data: cstring(data),
             fds,
+            paths,
             layers: count,
         })
     }
@@ -200,7 +211,10 @@ impl OverlayMount {
             });
         }
         let fail = |step| move |errno| MountFailed { step, errno };
-        let cwd = raw_open_cwd().map_err(fail("open the working directory"))?;
+        for (fd, path) in self.fds.iter().zip(&self.paths) {
+            raw_reopen_onto(path, fd).map_err(fail("open a layer in this mount namespace"))?;
+        }
+        let cwd = raw_open_dir(c".").map_err(fail("open the working directory"))?;
         raw_chdir(c"/proc/self/fd").map_err(fail("enter /proc/self/fd"))?;
         let mounted = raw_mount(target, flags, &self.data).map_err(fail("mount"));
         let back = raw_fchdir(&cwd).map_err(fail("return to the working directory"));
@@ -281,16 +295,25 @@ fn raw_mount(target: &std::ffi::CStr, flags: libc::c_ulong, data: &CString) -> R
     .map(drop)
 }
 
-fn raw_open_cwd() -> Result<OwnedFd, Errno> {
-    // SAFETY: a constant NUL-terminated path; no allocation.
+fn raw_open_dir(path: &std::ffi::CStr) -> Result<OwnedFd, Errno> {
+    // SAFETY: a NUL-terminated path that outlives the call; no allocation.
     let fd = check(unsafe {
         libc::open(
-            c".".as_ptr(),
+            path.as_ptr(),
             libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
         )
     })?;
     // SAFETY: open returned a new fd that we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens `path` again onto `fd`'s number (so it names the directory as
+/// this process's mount namespace has it). The temporary fd is closed.
+fn raw_reopen_onto(path: &std::ffi::CStr, fd: &OwnedFd) -> Result<(), Errno> {
+    let new = raw_open_dir(path)?;
+    // SAFETY: both fds are open and ours; dup3 atomically replaces what
+    // `fd`'s number refers to, and `fd` still owns (and will close) it.
+    check(unsafe { libc::dup3(new.as_raw_fd(), fd.as_raw_fd(), libc::O_CLOEXEC) }).map(drop)
 }
 
 fn raw_chdir(dir: &std::ffi::CStr) -> Result<(), Errno> {
