@@ -135,43 +135,6 @@ pub(crate) fn is_clean_absolute(p: &Path) -> bool {
     p.is_absolute() && !p.components().any(|c| c == Component::ParentDir)
 }
 
-/// The lower layers of an overlay: at least one, at most overlayfs's
-/// limit, absolute, and without the characters that separate layers and
-/// options in overlayfs's mount data.
-fn check_layers(field: &'static str, lowerdirs: &[PathBuf]) -> Result<(), ConfigError> {
-    let max = crate::config::MAX_OVERLAY_LAYERS;
-    if lowerdirs.len() > max {
-        return Err(ConfigError::TooManyLayers {
-            field,
-            count: lowerdirs.len(),
-            max,
-        });
-    }
-    if lowerdirs.is_empty() {
-        return Err(ConfigError::BadPath {
-            field: "overlay (at least one lowerdir)",
-            path: PathBuf::new(),
-        });
-    }
-    match lowerdirs
-        .iter()
-        .find(|p| !is_clean_absolute(p) || bad_layer_name(p))
-    {
-        Some(p) => Err(ConfigError::BadPath {
-            field: "overlay (absolute layer paths without ',' or ':')",
-            path: p.clone(),
-        }),
-        None => Ok(()),
-    }
-}
-
-fn bad_layer_name(p: &Path) -> bool {
-    p.as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .any(|b| matches!(b, b',' | b':' | 0))
-}
-
 /// Which namespace a sysctl belongs to, if it is namespaced at all
 /// (the same allow-list as runc's `validateSysctl`).
 fn sysctl_namespace(name: &str) -> Option<NamespaceKind> {
@@ -283,30 +246,7 @@ impl Config {
             in_user_ns("idmap_rootfs")?;
         }
         if let Some(o) = &self.overlay {
-            check_layers("overlay", &o.lowerdirs)?;
-            for p in o.lowerdirs.iter().chain([&o.upperdir, &o.workdir]) {
-                if !is_clean_absolute(p) || !p.is_dir() {
-                    return Err(ConfigError::BadPath {
-                        field: "overlay (existing absolute directories)",
-                        path: p.clone(),
-                    });
-                }
-            }
-            if o.upperdir.parent() != o.workdir.parent() {
-                return Err(ConfigError::BadPath {
-                    field: "overlay (upperdir and workdir in one parent)",
-                    path: o.workdir.clone(),
-                });
-            }
-            if let Some(p) = [&o.upperdir, &o.workdir]
-                .into_iter()
-                .find(|p| bad_layer_name(p))
-            {
-                return Err(ConfigError::BadPath {
-                    field: "overlay (no ',' or ':' in layer paths)",
-                    path: p.clone(),
-                });
-            }
+            o.check()?;
         }
         if self.mounts.iter().any(|m| m.idmap) {
             in_user_ns("mounts idmap")?;
@@ -348,7 +288,7 @@ impl Config {
                 });
             }
             if let super::MountKind::Overlay { lowerdirs } = &m.kind {
-                check_layers("mounts.overlay", lowerdirs)?;
+                super::check_layers("mounts.overlay", lowerdirs)?;
             }
         }
         for d in &self.devices {
@@ -552,43 +492,6 @@ mod tests {
             c.validate(),
             Err(ConfigError::DeviceOutsideDev(_))
         ));
-    }
-
-    #[test]
-    fn overlays_take_at_most_overlayfs_layers() {
-        let (d, mut c) = base();
-        let layer = |i: usize| d.path().join(format!("l{i}"));
-        for i in 0..=crate::config::MAX_OVERLAY_LAYERS {
-            std::fs::create_dir(layer(i)).unwrap();
-        }
-        std::fs::create_dir_all(d.path().join("c/upper")).unwrap();
-        std::fs::create_dir_all(d.path().join("c/work")).unwrap();
-        c.overlay = Some(crate::config::OverlayRootfs {
-            lowerdirs: (0..crate::config::MAX_OVERLAY_LAYERS).map(layer).collect(),
-            upperdir: d.path().join("c/upper"),
-            workdir: d.path().join("c/work"),
-        });
-        c.validate().unwrap();
-        let o = c.overlay.as_mut().unwrap();
-        o.lowerdirs.push(layer(crate::config::MAX_OVERLAY_LAYERS));
-        let e = c.validate().unwrap_err();
-        assert!(
-            matches!(e, ConfigError::TooManyLayers { count: 501, .. }),
-            "{e}"
-        );
-        assert!(e.to_string().contains("501 layers"), "{e}");
-        c.overlay = None;
-        let lowers = (0..501).map(layer).collect();
-        c.mounts.push(Mount::overlay(lowers, "/vol", &[]));
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigError::TooManyLayers {
-                field: "mounts.overlay",
-                ..
-            })
-        ));
-        c.mounts[0] = Mount::overlay(vec!["/a:b".into()], "/vol", &[]);
-        assert!(matches!(c.validate(), Err(ConfigError::BadPath { .. })));
     }
 
     #[test]
