@@ -859,3 +859,55 @@ async fn a_daemon_killed_mid_checkpoint_leaves_the_container_running() {
     wait_numbers(&log, n + 3).await;
     remove_container(&mut env.rt, &id).await;
 }
+
+/// A container of a 128-layer image: its overlay's layers are named by fd
+/// (their paths outgrow a page), which keeps the mountinfo line CRIU
+/// parses short, and CRIU's restore mounts the same overlay again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_of_128_layers_checkpoints_and_restores() {
+    let test = "a_container_of_128_layers_checkpoints_and_restores";
+    let Some(mut env) = env_with_criu(test).await else {
+        return;
+    };
+    let addr = env._reg.addr();
+    berth_e2e::images::many_layers_image(&addr, "test/many", "v1", 128)
+        .await
+        .unwrap();
+    let image = format!("{addr}/test/many:v1");
+    pull(env.daemon.channel().await, &image).await;
+    let script = "i=0; while :; do i=$((i+1)); echo $i > /count; echo $i; sleep 0.1; done";
+    let mut cfg = root_sh(&env, "counter", script);
+    cfg.image = Some(proto::ImageSpec {
+        image,
+        ..Default::default()
+    });
+    let id = create(&mut env, cfg).await.unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+    let log = env.dir.path().join("logs/counter/0.log");
+    wait_numbers(log.to_str().unwrap(), 5).await;
+    let archive = env.dir.path().join("counter.tar");
+    checkpoint(&mut env.rt, &id, &archive, 60)
+        .await
+        .unwrap_or_else(|e| panic!("checkpoint: {}", e.message()));
+    remove_container(&mut env.rt, &id).await;
+
+    let (pod2, pod2_cfg) = second_pod(&mut env, "pod2").await;
+    let restored = restore(&mut env, &pod2, &pod2_cfg, "counter", &archive)
+        .await
+        .unwrap_or_else(|e| panic!("restore: {}", e.message()));
+    start(&mut env.rt, &restored).await.unwrap();
+    let log2 = env.dir.path().join("pod2/counter/0.log");
+    wait_numbers(log2.to_str().unwrap(), 2).await;
+    let (code, out) = exec(
+        &mut env.rt,
+        &restored,
+        "cat /layers/1 /layers/127 /layers/top; test -x /bin/busybox && echo bottom",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["layer 1", "layer 127", "127", "bottom"]
+    );
+    remove_container(&mut env.rt, &restored).await;
+}

@@ -82,9 +82,10 @@ pub struct PullOptions {
     pub max_unpacked_bytes: u64,
 }
 
-/// The most layers an image may have (Docker's limit is 127; containerd
-/// has none but its mounts fail past about 120).
-pub const MAX_LAYERS: usize = 500;
+/// The most layers an image may have: what overlayfs stacks, so a pulled
+/// image can always be a container's rootfs (Docker's limit is 127;
+/// containerd has none but its mounts fail past about 120).
+pub const MAX_LAYERS: usize = berth_core::config::MAX_OVERLAY_LAYERS;
 
 /// The default [`PullOptions::max_unpacked_bytes`]: 100 GiB — generous
 /// (the largest images in common use are tens of GiB) but finite.

@@ -335,10 +335,10 @@ impl Container {
             None => Vec::new(),
         };
         let rootfs = cstring(&config.rootfs)?;
+        // Layers past a page of plain paths are opened here and named by
+        // fd: the child inherits them (close-on-exec, CRIU does not).
         let overlay = match &config.overlay {
-            Some(o) => Some(CString::new(o.mount_data()).map_err(|_| {
-                ContainerError::Checkpoint("overlay mount data has a NUL byte".into())
-            })?),
+            Some(o) => Some(o.prepare()?),
             None => None,
         };
         let mut cmd = criu_command(opts, &args);
@@ -377,13 +377,9 @@ impl Container {
                     std::ptr::null(),
                 ))?;
                 match &overlay {
-                    Some(data) => ok(libc::mount(
-                        c"overlay".as_ptr(),
-                        rootfs.as_ptr(),
-                        c"overlay".as_ptr(),
-                        0,
-                        data.as_ptr().cast(),
-                    ))?,
+                    Some(o) => o
+                        .mount(&rootfs, 0)
+                        .map_err(|f| std::io::Error::from_raw_os_error(f.errno as i32))?,
                     None => ok(libc::mount(
                         rootfs.as_ptr(),
                         rootfs.as_ptr(),
