@@ -12,6 +12,7 @@ pub mod images;
 pub mod kube_api;
 pub mod pki;
 pub mod proxy;
+pub mod raw_grpc;
 pub mod registry;
 
 /// The `berth` binary built by this workspace, in the same profile directory

@@ -350,15 +350,7 @@ async fn a_counter_checkpointed_and_restored_into_a_new_pod_counts_on() {
     // The restored tree waits, stopped, under its monitor: a daemon crash
     // and restart in between changes nothing.
     env.daemon.crash();
-    let conf = config_file(env.dir.path());
-    env.daemon = berth_e2e::daemon::Daemon::start(
-        &env.berth,
-        env.dir.path(),
-        &["--config", conf.to_str().unwrap()],
-    );
-    env.rt = berth_cri::proto::runtime_service_client::RuntimeServiceClient::new(
-        env.daemon.channel().await,
-    );
+    restart(&mut env).await;
     let st = status(&mut env.rt, &restored).await;
     assert_eq!(st.state, proto::ContainerState::ContainerCreated as i32);
     start(&mut env.rt, &restored).await.unwrap();
@@ -717,15 +709,7 @@ async fn a_checkpoint_restores_only_within_the_requested_security_context() {
     // and the runtime's seccomp profile does not get the root tasks.
     std::fs::write(config_file(env.dir.path()), RESTORE_ON).unwrap();
     env.daemon.crash();
-    let conf = config_file(env.dir.path());
-    env.daemon = berth_e2e::daemon::Daemon::start(
-        &env.berth,
-        env.dir.path(),
-        &["--config", conf.to_str().unwrap()],
-    );
-    env.rt = berth_cri::proto::runtime_service_client::RuntimeServiceClient::new(
-        env.daemon.channel().await,
-    );
+    restart(&mut env).await;
     let restricted = proto::LinuxContainerSecurityContext {
         run_as_user: Some(proto::Int64Value { value: 1000 }),
         capabilities: Some(proto::Capability {
@@ -842,15 +826,7 @@ async fn a_daemon_killed_mid_checkpoint_leaves_the_container_running() {
         assert!(Instant::now() < deadline, "CRIU outlived the daemon");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let conf = config_file(env.dir.path());
-    env.daemon = berth_e2e::daemon::Daemon::start(
-        &env.berth,
-        env.dir.path(),
-        &["--config", conf.to_str().unwrap()],
-    );
-    env.rt = berth_cri::proto::runtime_service_client::RuntimeServiceClient::new(
-        env.daemon.channel().await,
-    );
+    restart(&mut env).await;
     let st = status(&mut env.rt, &id).await;
     assert_eq!(st.state, proto::ContainerState::ContainerRunning as i32);
     assert!(!marker.exists(), "the marker goes once thawed");

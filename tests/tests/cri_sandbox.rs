@@ -463,51 +463,6 @@ async fn a_pod_whose_namespaces_are_gone_comes_back_not_ready() {
     );
 }
 
-/// Raw request bytes through tonic, as a client with a broken encoder (or a
-/// fuzzer) sends them.
-#[derive(Clone, Copy, Default)]
-struct Raw;
-struct RawEnc;
-struct RawDec;
-
-impl tonic::codec::Encoder for RawEnc {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        buf: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        bytes::BufMut::put_slice(buf, &item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawDec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(
-        &mut self,
-        buf: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let n = bytes::Buf::remaining(buf);
-        Ok(Some(bytes::Buf::copy_to_bytes(buf, n).to_vec()))
-    }
-}
-
-impl tonic::codec::Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawEnc;
-    type Decoder = RawDec;
-    fn encoder(&mut self) -> RawEnc {
-        RawEnc
-    }
-    fn decoder(&mut self) -> RawDec {
-        RawDec
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_do_not_decode_are_invalid_argument() {
     let Some(berth) = setup("requests_that_do_not_decode_are_invalid_argument") else {
@@ -538,7 +493,7 @@ async fn requests_that_do_not_decode_are_invalid_argument() {
             .unary(
                 tonic::Request::new(body),
                 tonic::codegen::http::uri::PathAndQuery::from_static(path),
-                Raw,
+                berth_e2e::raw_grpc::Raw,
             )
             .await
             .unwrap_err();

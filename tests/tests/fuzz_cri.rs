@@ -437,7 +437,7 @@ async fn fuzzed_requests_get_clear_errors_and_change_nothing_outside() {
         let body_copy = body.clone();
         grpc.ready().await.unwrap();
         let path_q = tonic::codegen::http::uri::PathAndQuery::try_from(path.as_str()).unwrap();
-        let call = grpc.unary(tonic::Request::new(body), path_q, raw::Raw);
+        let call = grpc.unary(tonic::Request::new(body), path_q, berth_e2e::raw_grpc::Raw);
         let code = match tokio::time::timeout(Duration::from_secs(10), call).await {
             Err(_) => panic!(
                 "round {round} (seed {seed}): {path} hung; request bytes (first 200): {:?}",
@@ -490,50 +490,4 @@ async fn fuzzed_requests_get_clear_errors_and_change_nothing_outside() {
     );
     // Still serving, the container still there.
     assert_eq!(status(&mut env.rt, &ctr).await.id, ctr);
-}
-
-/// Raw request bytes through tonic.
-mod raw {
-    #[derive(Clone, Copy, Default)]
-    pub struct Raw;
-    pub struct RawEnc;
-    pub struct RawDec;
-
-    impl tonic::codec::Encoder for RawEnc {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn encode(
-            &mut self,
-            item: Vec<u8>,
-            buf: &mut tonic::codec::EncodeBuf<'_>,
-        ) -> Result<(), tonic::Status> {
-            bytes::BufMut::put_slice(buf, &item);
-            Ok(())
-        }
-    }
-
-    impl tonic::codec::Decoder for RawDec {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn decode(
-            &mut self,
-            buf: &mut tonic::codec::DecodeBuf<'_>,
-        ) -> Result<Option<Vec<u8>>, tonic::Status> {
-            let n = bytes::Buf::remaining(buf);
-            Ok(Some(bytes::Buf::copy_to_bytes(buf, n).to_vec()))
-        }
-    }
-
-    impl tonic::codec::Codec for Raw {
-        type Encode = Vec<u8>;
-        type Decode = Vec<u8>;
-        type Encoder = RawEnc;
-        type Decoder = RawDec;
-        fn encoder(&mut self) -> RawEnc {
-            RawEnc
-        }
-        fn decoder(&mut self) -> RawDec {
-            RawDec
-        }
-    }
 }

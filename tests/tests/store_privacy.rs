@@ -225,15 +225,7 @@ async fn host_users_reach_nothing_berth_stores() {
     }
     let record = root.join(format!("metadata/containers/{id}.json"));
     std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let conf = config_file(env.dir.path());
-    env.daemon = berth_e2e::daemon::Daemon::start(
-        &env.berth,
-        env.dir.path(),
-        &["--config", conf.to_str().unwrap()],
-    );
-    env.rt = berth_cri::proto::runtime_service_client::RuntimeServiceClient::new(
-        env.daemon.channel().await,
-    );
+    restart(&mut env).await;
     let _ = status(&mut env.rt, &id).await;
     for (d, want) in [
         (root.clone(), 0o711),

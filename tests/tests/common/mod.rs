@@ -39,6 +39,18 @@ pub async fn env(test: &str) -> Option<Env> {
     env_with_config(test, "").await
 }
 
+/// Starts the env's daemon again (after `env.daemon.crash()` or its own
+/// death), with the same configuration file, and reconnects `env.rt`.
+pub async fn restart(env: &mut Env) {
+    let conf = config_file(env.dir.path());
+    env.daemon = Daemon::start(
+        &env.berth,
+        env.dir.path(),
+        &["--config", conf.to_str().unwrap()],
+    );
+    env.rt = RuntimeServiceClient::new(env.daemon.channel().await);
+}
+
 /// The daemon's configuration file in the env's directory (`config.toml`).
 pub fn config_file(dir: &Path) -> std::path::PathBuf {
     dir.join("config.toml")
