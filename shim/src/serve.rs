@@ -223,6 +223,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 }),
                 _ => None,
             },
+            stream_limits: config.stream.limits(),
             criu: None,
             restore: config.checkpoint.restore,
             pod_sysctls: berth_cri::spec::sysctls::PodSysctlDefaults {
