@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // RPCs berth does not implement yet answer `Unimplemented` instead
         // of failing to compile; each issue replaces its stubs.
         .generate_default_stubs(true)
+        // A request that does not decode is InvalidArgument, not Internal.
+        .codec_path("crate::codec::CriCodec")
         // Messages serialize to JSON for the verbose status `info` (crictl
         // inspect's `.info.config`), with the proto field names as
         // containerd's Go structs have them. Bytes (env values) as text.

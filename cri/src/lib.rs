@@ -11,6 +11,7 @@
 //!   backoff, connection slots, idle timeouts).
 
 pub mod cni;
+mod codec;
 pub mod conn;
 pub mod image;
 pub mod logs;
@@ -20,6 +21,7 @@ pub mod spec;
 pub mod store;
 pub mod stream;
 mod util;
+pub use util::CRASH_POINTS;
 
 /// CRI v1 (`runtime.v1`) messages and services generated from `proto/api.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -247,3 +247,108 @@ mod tests {
         assert!(labels_match(&labels, &HashMap::new()));
     }
 }
+
+/// The crash-point test harness's hook (`tests/tests/crash_points.rs`): in
+/// a debug build whose `BERTH_CRASH_AT` environment variable names `step`,
+/// the daemon kills itself with SIGKILL there, as `kill -9` would (no
+/// destructor, no flush). A release build compiles this to nothing.
+#[inline]
+pub(crate) fn crash_point(step: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("BERTH_CRASH_AT").is_some_and(|v| v == step) {
+        tracing::warn!(step, "crash point: killing the daemon (BERTH_CRASH_AT)");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = step;
+}
+
+/// The named crash points, in the order a pod's life meets them (the
+/// harness iterates over these; a unit test checks each is in the code).
+pub const CRASH_POINTS: &[&str] = &[
+    "pull:unpacked",
+    "run_pod:pinned",
+    "run_pod:network",
+    "run_pod:pod_init",
+    "run_pod:recorded",
+    "create:prepared",
+    "create:spawned",
+    "create:recorded",
+    "start:released",
+    "stop:signalled",
+    "remove:destroyed",
+    "remove:layer_removed",
+    "stop_pod:stopped",
+    "remove_pod:files_removed",
+];
+
+#[cfg(test)]
+mod crash_point_tests {
+    /// Every named crash point is hit somewhere in the daemon's code.
+    #[test]
+    fn every_crash_point_is_in_the_code() {
+        fn sources(dir: &std::path::Path, out: &mut String) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    sources(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push_str(&std::fs::read_to_string(&p).unwrap());
+                }
+            }
+        }
+        let mut all = String::new();
+        sources(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut all,
+        );
+        for p in super::CRASH_POINTS {
+            assert!(
+                all.contains(&format!("crash_point(\"{p}\")")),
+                "{p} is hit nowhere"
+            );
+        }
+    }
+}
+
+/// The most bytes of an error message berth sends (`grpc-message` is a
+/// header: clients cap header lists at 16 KiB, and a message quoting a
+/// 1 MiB request field would break the connection instead of reporting).
+const MAX_STATUS_MESSAGE: usize = 4096;
+
+/// A gRPC status with `message` cut to [`MAX_STATUS_MESSAGE`] bytes (at a
+/// character boundary, saying how long it was).
+pub(crate) fn status(code: tonic::Code, message: String) -> tonic::Status {
+    tonic::Status::new(code, bounded(message))
+}
+
+fn bounded(message: String) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_STATUS_MESSAGE - 64;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… (message cut: {} bytes)",
+        &message[..end],
+        message.len()
+    )
+}
+
+#[cfg(test)]
+mod status_tests {
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        let long = format!("container \"{}\" not found", "é".repeat(1 << 19));
+        let s = super::status(tonic::Code::NotFound, long);
+        assert!(
+            s.message().len() <= super::MAX_STATUS_MESSAGE,
+            "{}",
+            s.message().len()
+        );
+        assert!(s.message().ends_with("bytes)"));
+        assert_eq!(super::bounded("short".into()), "short");
+    }
+}

@@ -47,6 +47,10 @@ max_concurrent_layers = 4
 # into memory; a larger one fails the pull (FailedPrecondition) before it is
 # read. 4 MiB, containerd's limit for manifests.
 max_metadata_bytes = 4194304
+# The most bytes an image's layers may unpack to (their decompressed tar
+# streams, summed); past it the pull fails before the disk fills (a gzip
+# bomb). 100 GiB; 0 means no limit.
+max_unpacked_bytes = 107374182400
 
 [runtime]
 # "cgroupfs" or "systemd"; must match kubelet's cgroupDriver.
@@ -234,6 +238,7 @@ pub struct ImageSection {
     pub pinned_images: Vec<String>,
     pub max_concurrent_layers: usize,
     pub max_metadata_bytes: u64,
+    pub max_unpacked_bytes: u64,
 }
 
 /// `[checkpoint]`.
@@ -289,6 +294,7 @@ impl Default for ImageSection {
             pinned_images: Vec::new(),
             max_concurrent_layers: 4,
             max_metadata_bytes: berth_cri::image::pull::DEFAULT_MAX_METADATA_BYTES,
+            max_unpacked_bytes: berth_cri::image::pull::DEFAULT_MAX_UNPACKED_BYTES,
         }
     }
 }

@@ -198,6 +198,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             pinned_images: config.image.pinned_images.clone(),
             max_concurrent_layers: config.image.max_concurrent_layers,
             max_metadata_bytes: config.image.max_metadata_bytes,
+            max_unpacked_bytes: Some(config.image.max_unpacked_bytes),
         },
     )
     .with_context(|| format!("opening the image store in {}", config.root.display()))?;
@@ -305,11 +306,28 @@ async fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         }
         std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
     }
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("chmod 0660 {}", path.display()))?;
-    Ok(listener)
+    // Bound in a private directory, given its final mode there, then moved
+    // into place: the socket is never reachable with the mode the umask
+    // gave it (never bind-then-chmod at the final path).
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let private = parent.join(format!(".berth-sock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("creating {}", private.display()))?;
+    let result = (|| {
+        let tmp = private.join("sock");
+        let listener = tokio::net::UnixListener::bind(&tmp)
+            .with_context(|| format!("binding {}", tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))
+            .with_context(|| format!("chmod 0660 {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("moving the socket to {}", path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
 }
 
 async fn shutdown_signal() {

@@ -27,6 +27,17 @@ impl Daemon {
     /// DIR/net.d; plugins from Debian's /usr/lib/cni), so the node's own
     /// /etc/cni/net.d never matters.
     pub fn start(berth: &Path, dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(berth, dir, extra, &[])
+    }
+
+    /// [`Daemon::start`] with more environment variables (e.g. the
+    /// crash-point harness's `BERTH_CRASH_AT`).
+    pub fn start_with_env(
+        berth: &Path,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let sock = dir.join("berth.sock");
         let log = dir.join("berth.log");
         let mut cni = Vec::new();
@@ -51,6 +62,7 @@ impl Daemon {
             .args(["--log-format", "json", "--log-level", "debug"])
             .args(extra)
             .args(&cni)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()
@@ -88,6 +100,11 @@ impl Daemon {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         self.signal(15);
         self.child.wait().expect("waiting for berth serve")
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL (a crash), then wait.

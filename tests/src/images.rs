@@ -775,6 +775,37 @@ async fn whiteouts_image_with(
     push_image(addr, repo, tag, &ImageSpec::new(layers, config), None).await
 }
 
+/// An image of `layers` layers (at least 2): the busybox rootfs at the
+/// bottom, then layers `1..layers` each adding `layers/<i>` (`layer <i>\n`)
+/// and writing `layers/top` (`<i>\n`), so `layers/top` shows which layer
+/// overlayfs put on top. Small plain-tar layers: about one page of
+/// `lowerdir=` paths per 40 layers of the image store.
+pub async fn many_layers_image(
+    addr: &str,
+    repo: &str,
+    tag: &str,
+    layers: usize,
+) -> Result<PushedImage, String> {
+    let mut all = vec![busybox_layer().map_err(io_err)?];
+    for i in 1..layers {
+        let layer = Layer::tar(&[
+            Entry::dir("layers", 0o755),
+            Entry::file(&format!("layers/{i}"), 0o644, format!("layer {i}\n")),
+            Entry::file("layers/top", 0o644, format!("{i}\n")),
+        ])
+        .map_err(io_err)?;
+        all.push(layer);
+    }
+    push_image(
+        addr,
+        repo,
+        tag,
+        &ImageSpec::new(all, busybox_config()),
+        None,
+    )
+    .await
+}
+
 /// The busybox rootfs as one zstd layer (`...tar+zstd`).
 pub async fn zstd_image(addr: &str, repo: &str, tag: &str) -> Result<PushedImage, String> {
     let layer = Layer::tar_zstd(&busybox_entries().map_err(io_err)?).map_err(io_err)?;

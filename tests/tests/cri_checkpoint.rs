@@ -781,3 +781,133 @@ async fn a_checkpoint_restores_only_within_the_requested_security_context() {
     assert_eq!(processes_running(&argv).len(), 1);
     remove_container(&mut env.rt, &restored).await;
 }
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+/// kill -9 of the daemon while CRIU dumps a 200 MiB container: CRIU dies
+/// with it, and the restarted daemon thaws the container, which runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_mid_checkpoint_leaves_the_container_running() {
+    let test = "a_daemon_killed_mid_checkpoint_leaves_the_container_running";
+    let Some(mut env) = env_with_criu(test).await else {
+        return;
+    };
+    let big = "x=$(busybox head -c 209715200 /dev/zero | busybox tr '\\0' a); \
+               i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done";
+    let id = create_sh(&mut env, "big", big).await.unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+    let log = env.dir.path().join("logs/big/0.log");
+    let log = log.to_str().unwrap().to_string();
+    wait_numbers(&log, 2).await;
+    let marker = env
+        .dir
+        .path()
+        .join("state/containers")
+        .join(&id)
+        .join("frozen-for-checkpoint");
+    let mut rt = env.rt.clone();
+    let (cid, archive) = (id.clone(), env.dir.path().join("big.tar"));
+    let dump = tokio::spawn(async move { checkpoint(&mut rt, &cid, &archive, 0).await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoint never froze the container"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Mid-dump: CRIU reads 200 MiB.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let work = env.dir.path().join("root/checkpoints");
+    let criu_running = !processes_mentioning(work.to_str().unwrap()).is_empty();
+    env.daemon.crash();
+    let _ = dump.await;
+    if !criu_running {
+        println!("skipped: {test}: the dump was over before the crash (too fast to catch here)");
+    }
+    // CRIU went with the daemon.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_mentioning(work.to_str().unwrap()).is_empty() {
+        assert!(Instant::now() < deadline, "CRIU outlived the daemon");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let conf = config_file(env.dir.path());
+    env.daemon = berth_e2e::daemon::Daemon::start(
+        &env.berth,
+        env.dir.path(),
+        &["--config", conf.to_str().unwrap()],
+    );
+    env.rt = berth_cri::proto::runtime_service_client::RuntimeServiceClient::new(
+        env.daemon.channel().await,
+    );
+    let st = status(&mut env.rt, &id).await;
+    assert_eq!(st.state, proto::ContainerState::ContainerRunning as i32);
+    assert!(!marker.exists(), "the marker goes once thawed");
+    assert_eq!(exec(&mut env.rt, &id, "echo ok").await, (0, "ok\n".into()));
+    let n = numbers(&log).len();
+    wait_numbers(&log, n + 3).await;
+    remove_container(&mut env.rt, &id).await;
+}
+
+/// A container of a 128-layer image: its overlay's layers are named by fd
+/// (their paths outgrow a page), which keeps the mountinfo line CRIU
+/// parses short, and CRIU's restore mounts the same overlay again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_of_128_layers_checkpoints_and_restores() {
+    let test = "a_container_of_128_layers_checkpoints_and_restores";
+    let Some(mut env) = env_with_criu(test).await else {
+        return;
+    };
+    let addr = env._reg.addr();
+    berth_e2e::images::many_layers_image(&addr, "test/many", "v1", 128)
+        .await
+        .unwrap();
+    let image = format!("{addr}/test/many:v1");
+    pull(env.daemon.channel().await, &image).await;
+    let script = "i=0; while :; do i=$((i+1)); echo $i > /count; echo $i; sleep 0.1; done";
+    let mut cfg = root_sh(&env, "counter", script);
+    cfg.image = Some(proto::ImageSpec {
+        image,
+        ..Default::default()
+    });
+    let id = create(&mut env, cfg).await.unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+    let log = env.dir.path().join("logs/counter/0.log");
+    wait_numbers(log.to_str().unwrap(), 5).await;
+    let archive = env.dir.path().join("counter.tar");
+    checkpoint(&mut env.rt, &id, &archive, 60)
+        .await
+        .unwrap_or_else(|e| panic!("checkpoint: {}", e.message()));
+    remove_container(&mut env.rt, &id).await;
+
+    let (pod2, pod2_cfg) = second_pod(&mut env, "pod2").await;
+    let restored = restore(&mut env, &pod2, &pod2_cfg, "counter", &archive)
+        .await
+        .unwrap_or_else(|e| panic!("restore: {}", e.message()));
+    start(&mut env.rt, &restored).await.unwrap();
+    let log2 = env.dir.path().join("pod2/counter/0.log");
+    wait_numbers(log2.to_str().unwrap(), 2).await;
+    let (code, out) = exec(
+        &mut env.rt,
+        &restored,
+        "cat /layers/1 /layers/127 /layers/top; test -x /bin/busybox && echo bottom",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["layer 1", "layer 127", "127", "bottom"]
+    );
+    remove_container(&mut env.rt, &restored).await;
+}

@@ -831,6 +831,66 @@ async fn stats_events_resource_updates_and_list_streams() {
         "{}",
         bad.message()
     );
+    // Values the kernel would refuse, or CreateContainer does, are the
+    // caller's error (found by a fuzzer: they were Internal, or taken).
+    let extreme = [
+        (
+            "cpu_quota",
+            proto::LinuxContainerResources {
+                cpu_quota: i64::MAX,
+                ..res.clone()
+            },
+        ),
+        (
+            "cpuset_cpus",
+            proto::LinuxContainerResources {
+                cpuset_cpus: "0-4294967295".into(),
+                ..res.clone()
+            },
+        ),
+        (
+            "cpuset_cpus",
+            proto::LinuxContainerResources {
+                cpuset_cpus: "3-1".into(),
+                ..res.clone()
+            },
+        ),
+        (
+            "cpuset_mems",
+            proto::LinuxContainerResources {
+                cpuset_mems: "0-99999".into(),
+                ..res.clone()
+            },
+        ),
+        (
+            "oom_score_adj",
+            proto::LinuxContainerResources {
+                oom_score_adj: 5000,
+                ..res.clone()
+            },
+        ),
+        // A CPU this host does not have: the kernel's EINVAL.
+        (
+            "linux",
+            proto::LinuxContainerResources {
+                cpuset_cpus: "8000".into(),
+                ..res.clone()
+            },
+        ),
+    ];
+    for (field, linux) in extreme {
+        let e = env
+            .rt
+            .update_container_resources(proto::UpdateContainerResourcesRequest {
+                container_id: busy.clone(),
+                linux: Some(linux),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{field}: {}", e.message());
+        assert!(e.message().contains(field), "{field}: {}", e.message());
+    }
     env.rt
         .update_pod_sandbox_resources(proto::UpdatePodSandboxResourcesRequest {
             pod_sandbox_id: env.pod.clone(),

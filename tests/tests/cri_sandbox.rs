@@ -462,3 +462,94 @@ async fn a_pod_whose_namespaces_are_gone_comes_back_not_ready() {
         Code::NotFound
     );
 }
+
+/// Raw request bytes through tonic, as a client with a broken encoder (or a
+/// fuzzer) sends them.
+#[derive(Clone, Copy, Default)]
+struct Raw;
+struct RawEnc;
+struct RawDec;
+
+impl tonic::codec::Encoder for RawEnc {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(buf);
+        Ok(Some(bytes::Buf::copy_to_bytes(buf, n).to_vec()))
+    }
+}
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEnc;
+    type Decoder = RawDec;
+    fn encoder(&mut self) -> RawEnc {
+        RawEnc
+    }
+    fn decoder(&mut self) -> RawDec {
+        RawDec
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_do_not_decode_are_invalid_argument() {
+    let Some(berth) = setup("requests_that_do_not_decode_are_invalid_argument") else {
+        return;
+    };
+    let dir = TestDir::new();
+    let d = Daemon::start(&berth, dir.path(), &[]);
+    let mut grpc = tonic::client::Grpc::new(d.channel().await);
+    for (path, body, what) in [
+        (
+            "/runtime.v1.RuntimeService/RunPodSandbox",
+            vec![0x0a, 0x05, 0x01],
+            "truncated",
+        ),
+        (
+            "/runtime.v1.RuntimeService/ContainerStatus",
+            vec![0x0a, 0x02, 0xff, 0xfe],
+            "not UTF-8",
+        ),
+        (
+            "/runtime.v1.ImageService/PullImage",
+            vec![0x0b],
+            "a group wire type",
+        ),
+    ] {
+        grpc.ready().await.unwrap();
+        let e = grpc
+            .unary(
+                tonic::Request::new(body),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                Raw,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {}", e.message());
+        assert!(
+            e.message().contains("does not decode"),
+            "{what}: {}",
+            e.message()
+        );
+    }
+    // The daemon is fine.
+    let mut rt = RuntimeServiceClient::new(d.channel().await);
+    rt.version(proto::VersionRequest::default()).await.unwrap();
+}

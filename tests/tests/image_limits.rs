@@ -430,3 +430,50 @@ async fn nested_indexes_are_followed_to_the_platform_manifest() {
     let out: Vec<String> = log_records(&st.log_path).into_iter().map(|r| r.2).collect();
     assert_eq!(out, ["nested-ok"]);
 }
+
+/// A gzip bomb (64 MiB of zeros in a ~64 KiB layer) on a node that allows
+/// 16 MiB of unpacked layers: the pull fails naming the setting, with no
+/// image, layer or unpack directory left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_past_the_unpacked_limit_is_refused_before_the_disk_fills() {
+    const T: &str = "a_layer_past_the_unpacked_limit_is_refused_before_the_disk_fills";
+    let Some(reg) = registry(T) else {
+        return;
+    };
+    let Some(berth) = berth_binary(T) else {
+        return;
+    };
+    let mut files = images::busybox_entries().unwrap();
+    files.push(images::Entry::file("zeros", 0o644, vec![0u8; 64 << 20]));
+    let bomb = images::Layer::tar_gz(&files).unwrap();
+    assert!(bomb.blob.len() < 4 << 20, "{} bytes", bomb.blob.len());
+    let spec = images::ImageSpec::new(vec![bomb], json!({}));
+    images::push_image(&reg.addr(), "test/bomb", "v1", &spec, None)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[image]\nmax_unpacked_bytes = 16777216\n").unwrap();
+    let mut daemon = Daemon::start(&berth, dir.path(), &["--config", config.to_str().unwrap()]);
+    let ch = daemon.channel().await;
+    let image = format!("{}/test/bomb:v1", reg.addr());
+    let err = try_pull(ch.clone(), &image).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("more than 16777216 bytes")
+            && err.message().contains("max_unpacked_bytes"),
+        "{}",
+        err.message()
+    );
+    assert!(listed(ch.clone()).await.is_empty());
+    assert!(entries(&dir.path().join("root/layers")).is_empty());
+    // Within the limit (the busybox layer alone), a pull works.
+    images::busybox_image(&reg.addr(), "test/busybox", "1")
+        .await
+        .unwrap();
+    try_pull(ch, &format!("{}/test/busybox:1", reg.addr()))
+        .await
+        .unwrap();
+    daemon.terminate();
+    berth_e2e::daemon::cleanup_dir(dir.path());
+}

@@ -272,7 +272,7 @@ impl From<ImageError> for tonic::Status {
             | ImageError::Io { .. }
             | ImageError::Internal(_) => Code::Internal,
         };
-        tonic::Status::new(code, crate::util::error_chain(&e))
+        crate::util::status(code, crate::util::error_chain(&e))
     }
 }
 

@@ -14,7 +14,7 @@ use sha2::Digest as _;
 
 use super::blobs::write_atomic;
 use super::reference::Digest;
-use super::unpack::{unpack_layer, Compression, LayerUsage, UnpackError};
+use super::unpack::{unpack_layer_within, Compression, LayerUsage, UnpackBudget, UnpackError};
 use crate::store::{make_dir, modes, set_mode};
 
 /// Why a layer is not available.
@@ -125,6 +125,7 @@ impl LayerStore {
         blob_path: &Path,
         blob: &Digest,
         compression: Compression,
+        budget: &UnpackBudget,
     ) -> Result<LayerUsage, LayerError> {
         if let Some(usage) = self.usage(chain_id) {
             return Ok(usage);
@@ -134,7 +135,20 @@ impl LayerStore {
         let tmp = self
             .root
             .join(format!("tmp-{}-{}-{n}", chain_id.hex(), std::process::id()));
-        let result = self.unpack_into(&tmp, chain_id, diff_id, blob_path, blob, compression);
+        let unpack = |fs: &Path| {
+            let file = std::fs::File::open(blob_path).map_err(|source| LayerError::Io {
+                path: blob_path.to_path_buf(),
+                source,
+            })?;
+            let reader = std::io::BufReader::with_capacity(1 << 20, file);
+            unpack_layer_within(reader, compression, fs, diff_id.as_str(), budget).map_err(
+                |source| LayerError::Unpack {
+                    blob: blob.clone(),
+                    source,
+                },
+            )
+        };
+        let result = self.unpack_into(&tmp, chain_id, diff_id, unpack);
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
         }
@@ -146,9 +160,7 @@ impl LayerStore {
         tmp: &Path,
         chain_id: &Digest,
         diff_id: &Digest,
-        blob_path: &Path,
-        blob: &Digest,
-        compression: Compression,
+        unpack: impl FnOnce(&Path) -> Result<LayerUsage, LayerError>,
     ) -> Result<LayerUsage, LayerError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -162,14 +174,7 @@ impl LayerStore {
         make_dir(tmp, modes::TRAVERSE).map_err(io(tmp))?;
         let fs = tmp.join("fs");
         make_dir(&fs, modes::PRIVATE).map_err(io(&fs))?;
-        let file = std::fs::File::open(blob_path).map_err(io(blob_path))?;
-        let reader = std::io::BufReader::with_capacity(1 << 20, file);
-        let usage = unpack_layer(reader, compression, &fs, diff_id.as_str()).map_err(|source| {
-            LayerError::Unpack {
-                blob: blob.clone(),
-                source,
-            }
-        })?;
+        let usage = unpack(&fs)?;
         // The unpacker may have given the tree's root the mode of the
         // layer's `./` entry.
         set_mode(&fs, modes::PRIVATE).map_err(io(&fs))?;

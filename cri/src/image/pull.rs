@@ -28,7 +28,7 @@ pub use super::manifest::Platform;
 use super::manifest::{parse_json, Descriptor, ImageConfigBlob};
 use super::reference::{Digest, ImageName};
 use super::store::{ImageRecord, ImageStore, LayerRecord};
-use super::unpack::Compression;
+use super::unpack::{Compression, UnpackBudget};
 use resolve::Resolved;
 
 mod resolve;
@@ -77,7 +77,19 @@ pub struct PullOptions {
     /// The most bytes of a manifest, index or image config (each) a pull
     /// reads; a larger one fails the pull before it is buffered.
     pub max_metadata_bytes: u64,
+    /// The most bytes an image's layers may unpack to (their decompressed
+    /// tar streams, summed over the layers a pull unpacks); 0: no limit.
+    pub max_unpacked_bytes: u64,
 }
+
+/// The most layers an image may have: what overlayfs stacks, so a pulled
+/// image can always be a container's rootfs (Docker's limit is 127;
+/// containerd has none but its mounts fail past about 120).
+pub const MAX_LAYERS: usize = berth_core::config::MAX_OVERLAY_LAYERS;
+
+/// The default [`PullOptions::max_unpacked_bytes`]: 100 GiB — generous
+/// (the largest images in common use are tens of GiB) but finite.
+pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 100 << 30;
 
 impl Default for PullOptions {
     fn default() -> Self {
@@ -86,6 +98,7 @@ impl Default for PullOptions {
             platform: Platform::host(),
             auth_file: None,
             max_metadata_bytes: DEFAULT_MAX_METADATA_BYTES,
+            max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
         }
     }
 }
@@ -112,6 +125,8 @@ struct Ctx<'a> {
     auth: &'a RegistryAuth,
     /// The node's, used when the request has none.
     node: NodeAuth,
+    /// What the pull's layers may unpack to, together.
+    budget: UnpackBudget,
 }
 
 impl Ctx<'_> {
@@ -190,7 +205,12 @@ impl Puller {
             (RegistryAuth::Anonymous, Some(file)) => NodeAuth::load(file)?,
             _ => NodeAuth::default(),
         };
-        let ctx = Ctx { name, auth, node };
+        let ctx = Ctx {
+            name,
+            auth,
+            node,
+            budget: UnpackBudget::new(self.opts.max_unpacked_bytes),
+        };
         let endpoints = self.usable_endpoints(name)?;
 
         let Resolved {
@@ -207,6 +227,15 @@ impl Puller {
                 reason: format!("manifest {manifest_digest} has no config (not an image manifest)"),
             })?;
         let layers = manifest.layers.clone().unwrap_or_default();
+        if layers.len() > MAX_LAYERS {
+            return Err(ImageError::Manifest {
+                image: name.to_string(),
+                reason: format!(
+                    "manifest {manifest_digest} has {} layers; berth takes at most {MAX_LAYERS}",
+                    layers.len()
+                ),
+            });
+        }
 
         let config_digest = Digest::parse(&config_desc.digest)?;
         // The config is read into memory below: bounded by its descriptor
@@ -266,6 +295,7 @@ impl Puller {
             .buffer_unordered(self.opts.max_concurrent_layers.max(1))
             .try_collect::<Vec<()>>()
             .await?;
+        crate::util::crash_point("pull:unpacked");
 
         for (d, bytes) in &manifest_blobs {
             if self.store.blobs().size(d).is_none() {
@@ -343,13 +373,19 @@ impl Puller {
         self.fetch_blob(ctx, endpoints, desc).await?;
         let store = self.store.clone();
         let rec = rec.clone();
+        let budget = ctx.budget.clone();
         let compression =
             Compression::from_media_type(&rec.media_type).unwrap_or(Compression::None);
         tokio::task::spawn_blocking(move || {
             let path = store.blobs().path(&rec.blob);
-            store
-                .layers()
-                .ensure(&rec.chain_id, &rec.diff_id, &path, &rec.blob, compression)
+            store.layers().ensure(
+                &rec.chain_id,
+                &rec.diff_id,
+                &path,
+                &rec.blob,
+                compression,
+                &budget,
+            )
         })
         .await
         .map_err(|e| ImageError::Internal(format!("unpack task: {e}")))??;

@@ -30,6 +30,10 @@ pub struct ImageServiceConfig {
     /// The most bytes of a manifest, index or image config a pull reads
     /// (0: [`DEFAULT_MAX_METADATA_BYTES`](super::pull::DEFAULT_MAX_METADATA_BYTES)).
     pub max_metadata_bytes: u64,
+    /// The most bytes an image's layers may unpack to (`None`:
+    /// [`DEFAULT_MAX_UNPACKED_BYTES`](super::pull::DEFAULT_MAX_UNPACKED_BYTES);
+    /// `Some(0)`: no limit).
+    pub max_unpacked_bytes: Option<u64>,
 }
 
 /// The image service: store plus puller.
@@ -52,6 +56,9 @@ impl ImageServiceImpl {
         }
         if config.max_metadata_bytes > 0 {
             opts.max_metadata_bytes = config.max_metadata_bytes;
+        }
+        if let Some(n) = config.max_unpacked_bytes {
+            opts.max_unpacked_bytes = n;
         }
         let puller = Arc::new(Puller::new(
             store.clone(),

@@ -153,8 +153,16 @@ pub(super) fn checkpoint(
     opts.criu = req.criu.to_path_buf();
     opts.timeout = Some(timeout);
 
-    // Frozen while CRIU reads its memory and we copy its files.
-    c.pause().map_err(core_error)?;
+    // Frozen while CRIU reads its memory and we copy its files — recorded
+    // durably first, so a daemon that dies before it thaws the container
+    // thaws it at start-up ([`thaw_interrupted`]).
+    let marker = rec.dir.join(FROZEN_MARKER);
+    crate::store::write_atomic(&marker, b"frozen for a checkpoint\n")
+        .map_err(|e| RuntimeError::io(&marker, e))?;
+    if let Err(e) = c.pause() {
+        let _ = std::fs::remove_file(&marker);
+        return Err(core_error(e));
+    }
     let dumped = c
         .checkpoint(&CheckpointOptions {
             criu: opts,
@@ -166,6 +174,9 @@ pub(super) fn checkpoint(
             None => write_json(&work.0.join(DELETED_FILES), &Vec::<String>::new()),
         });
     let resumed = c.resume().map_err(core_error);
+    if resumed.is_ok() {
+        let _ = std::fs::remove_file(&marker);
+    }
     dumped?;
     resumed?;
     // CRIU writes its statistics to the work directory; older versions put
@@ -203,6 +214,44 @@ pub(super) fn checkpoint(
         )));
     }
     write_archive(&work.0, &location)
+}
+
+/// In a container's directory while a checkpoint holds it frozen.
+const FROZEN_MARKER: &str = "frozen-for-checkpoint";
+
+/// Thaws every container a checkpoint froze and a daemon crash left frozen
+/// (its CRIU died with the daemon: parent-death signal), at start-up;
+/// how many.
+pub(super) fn thaw_interrupted(containers: &super::container::Containers) -> usize {
+    let mut thawed = 0;
+    for entry in containers.registry.all() {
+        let Ok(rec) = entry.try_lock() else { continue };
+        let marker = rec.dir.join(FROZEN_MARKER);
+        if !marker.exists() {
+            continue;
+        }
+        let resumed = berth_core::Container::load(&containers.runtime_root, rec.id.as_str())
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                if c.status() == berth_core::Status::Paused {
+                    c.resume().map_err(|e| crate::util::error_chain(&e))
+                } else {
+                    Ok(())
+                }
+            });
+        match resumed {
+            Ok(()) => {
+                tracing::warn!(id = %rec.id, "thawed a container a checkpoint left frozen when the daemon stopped");
+                thawed += 1;
+            }
+            // Gone with its processes: nothing to thaw.
+            Err(e) => {
+                tracing::warn!(id = %rec.id, error = %e, "a container a checkpoint left frozen could not be thawed")
+            }
+        }
+        let _ = std::fs::remove_file(&marker);
+    }
+    thawed
 }
 
 /// A fresh work directory, removed (with everything in it) on drop.

@@ -162,6 +162,7 @@ fn build(
             .transpose()?;
         let image = rootfs_image.as_deref().unwrap_or(image);
         let prepared = ctx.images.prepare_container(image, &cid)?;
+        crate::util::crash_point("create:prepared");
         // A user-namespaced init looks up its rootfs mount point, upper and
         // work dirs by path, as the pod's root: only that pod's root group
         // may search the two private dirs on the way.
@@ -305,6 +306,7 @@ fn build(
             other => other,
         }
         .map_err(|e| RuntimeError::FailedPrecondition(format!("creating the container: {e}")))?;
+        crate::util::crash_point("create:spawned");
         let rec = ContainerRecord {
             version: super::container::RECORD_VERSION,
             id: id.clone(),
@@ -332,6 +334,7 @@ fn build(
             kill_and_destroy(ctx.containers, &rec);
             return Err(e);
         }
+        crate::util::crash_point("create:recorded");
         Ok(rec)
     })();
     if result.is_err() {

@@ -18,9 +18,11 @@ pub(super) async fn remove(
     }
     container_stop::stop(containers, rec, 0).await?;
     kill_and_destroy(containers, rec);
+    crate::util::crash_point("remove:destroyed");
     let cid = berth_core::ContainerId::new(rec.id.as_str())
         .map_err(|e| RuntimeError::Internal(e.to_string()))?;
     images.remove_container(&cid)?;
+    crate::util::crash_point("remove:layer_removed");
     match std::fs::remove_dir_all(&rec.dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(RuntimeError::io(&rec.dir, e))

@@ -64,6 +64,7 @@ pub(super) async fn stop(
         if !grace.is_zero() {
             signal(containers, rec, rec.stop_signal);
         }
+        crate::util::crash_point("stop:signalled");
         if !wait_exit(rec, crate::util::deadline_after(grace)).await {
             signal(containers, rec, nix::sys::signal::Signal::SIGKILL as i32);
             if !wait_exit(rec, crate::util::deadline_after(KILL_GRACE)).await {

@@ -17,15 +17,23 @@ pub(super) fn plan(
     res: Option<&proto::LinuxContainerResources>,
 ) -> Result<Resources, RuntimeError> {
     let res = res.ok_or_else(|| RuntimeError::invalid("linux", "must be set"))?;
-    crate::spec::cgroup_limits(res).map_err(|e| match RuntimeError::from(e) {
-        // The create path names `config.linux.resources.<field>`; here the
-        // resources are the request's `linux`.
+    // What CreateContainer refuses is refused here too (the live process's
+    // oom_score_adj is not changed by an update, as in containerd, but the
+    // recorded value must be one a create would take).
+    crate::spec::check_oom_score_adj(Some(res)).map_err(|e| rename(e.into()))?;
+    crate::spec::cgroup_limits(res).map_err(|e| rename(e.into()))
+}
+
+/// The create path names `config.linux.resources.<field>`; here the
+/// resources are the request's `linux`.
+fn rename(e: RuntimeError) -> RuntimeError {
+    match e {
         RuntimeError::InvalidArgument { field, reason } => RuntimeError::InvalidArgument {
             field: field.replacen("config.linux.resources", "linux", 1),
             reason,
         },
         other => other,
-    })
+    }
 }
 
 /// Applies `limits` and records `res` (blocking: cgroupfs writes).
@@ -42,11 +50,17 @@ pub(super) fn update(
                     RuntimeError::Internal(format!("loading the container's state: {e}"))
                 })?;
         if let Some(cg) = &state.cgroup {
-            cg.apply(limits).map_err(|e| {
-                RuntimeError::Internal(format!(
+            cg.apply(limits).map_err(|e| match refused_write(&e) {
+                // A value this kernel or host refuses (EINVAL; ERANGE for a
+                // CPU it does not have): the caller's, named by the file.
+                Some((path, value)) => RuntimeError::invalid(
+                    "linux",
+                    format!("the kernel refuses {value:?} for {}", path.display()),
+                ),
+                None => RuntimeError::Internal(format!(
                     "updating the cgroup: {}",
                     crate::util::error_chain(&e)
-                ))
+                )),
             })?;
         }
     }
@@ -54,4 +68,29 @@ pub(super) fn update(
     config.linux.get_or_insert_with(Default::default).resources = Some(res);
     rec.config = prost::Message::encode_to_vec(&config);
     containers.registry.save(rec)
+}
+
+/// The control file and value of a write the kernel refused as invalid
+/// (EINVAL, ERANGE) anywhere in `e`'s chain.
+fn refused_write<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<(&'a std::path::Path, &'a str)> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(berth_core::cgroups::CgroupError::Write {
+            path,
+            value,
+            source,
+        }) = err.downcast_ref::<berth_core::cgroups::CgroupError>()
+        {
+            if matches!(
+                source.raw_os_error(),
+                Some(nix::libc::EINVAL | nix::libc::ERANGE)
+            ) {
+                return Some((path, value));
+            }
+        }
+        cur = err.source();
+    }
+    None
 }

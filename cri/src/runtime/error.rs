@@ -141,6 +141,6 @@ impl From<RuntimeError> for tonic::Status {
                 Code::Internal
             }
         };
-        tonic::Status::new(code, crate::util::error_chain(&e))
+        crate::util::status(code, crate::util::error_chain(&e))
     }
 }

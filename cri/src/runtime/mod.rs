@@ -16,6 +16,7 @@ pub mod error;
 mod events;
 mod exec_sync;
 mod netstats;
+mod recover;
 mod runtime_config;
 pub mod sandbox;
 mod sandbox_list;
@@ -158,7 +159,17 @@ impl RuntimeServiceImpl {
             events: Arc::new(events::Events::default()),
             cgroup_view: Arc::new(container_create::cgroup_view()),
         };
+        let (containers, pods) =
+            recover::reap_unrecorded(&service.containers, &service.sandboxes, &service.images);
+        if containers + pods > 0 {
+            tracing::warn!(
+                containers,
+                pods,
+                "took apart what a daemon crash left unrecorded"
+            );
+        }
         service.clean_up_networks();
+        container_checkpoint::thaw_interrupted(&service.containers);
         // Containers that were live when the daemon stopped are watched again
         // (their exits while the daemon was down are already in the records).
         if tokio::runtime::Handle::try_current().is_ok() {

@@ -15,11 +15,13 @@ pub(super) fn remove(
         return Ok(());
     }
     sandbox_stop::stop(sandboxes, rec, cni)?;
+    crate::util::crash_point("stop_pod:stopped");
     match std::fs::remove_dir_all(&rec.dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(RuntimeError::io(&rec.dir, e))
         }
         _ => {}
     }
+    crate::util::crash_point("remove_pod:files_removed");
     sandboxes.registry.remove(rec)
 }

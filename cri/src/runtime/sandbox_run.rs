@@ -17,6 +17,10 @@ use crate::store::ObjectId;
 /// The pod's /dev/shm size: Docker's and containerd's default.
 const SHM_SIZE: u64 = 64 << 20;
 
+/// In a pod's directory: "<pid> <start ticks>" of its pid namespace init,
+/// for a start-up that finds the pod without a record.
+pub(super) const POD_INIT_FILE: &str = "pod-init";
+
 /// What a valid request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct SandboxPlan {
@@ -314,6 +318,7 @@ pub(super) fn create(
         let pinned = pin::pin(&dir.join("ns"), &req);
         drop(hold); // the holder exits: the pins keep the namespaces
         let pinned = pinned?;
+        crate::util::crash_point("run_pod:pinned");
         let mut ips = Vec::new();
         if let Some(cni) = cni {
             let netns = pinned.net.clone().ok_or_else(|| {
@@ -329,6 +334,7 @@ pub(super) fn create(
                 .map(ToString::to_string)
                 .collect();
         }
+        crate::util::crash_point("run_pod:network");
         if plan.pid == NsMode::Pod {
             let pid = zygote
                 .spawn_pod_init(
@@ -345,6 +351,12 @@ pub(super) fn create(
                 RuntimeError::Internal(format!("the pod's pid namespace init {pid} exited at once"))
             })?;
             pod_init = Some((pid, start));
+            // Found by a start-up after a crash before the record is.
+            let _ = crate::store::write_atomic(
+                &dir.join(POD_INIT_FILE),
+                format!("{pid} {start}\n").as_bytes(),
+            );
+            crate::util::crash_point("run_pod:pod_init");
         }
         let rec = SandboxRecord {
             version: 1,
@@ -370,6 +382,7 @@ pub(super) fn create(
             let _ = pin::unpin(&dir.join("ns"));
             return Err(e);
         }
+        crate::util::crash_point("run_pod:recorded");
         Ok(rec)
     })();
     if result.is_err() {

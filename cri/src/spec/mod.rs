@@ -40,7 +40,9 @@ pub mod sysctls;
 mod user;
 
 pub use mounts::image_volumes;
-pub(crate) use resources::{limits as cgroup_limits, parent_path};
+pub(crate) use resources::{
+    limits as cgroup_limits, oom_score_adj as check_oom_score_adj, parent_path,
+};
 pub use signal::to_cri as signal_to_cri;
 
 #[cfg(test)]

@@ -40,11 +40,9 @@ impl Bind {
         };
         let mode = if self.readonly { "ro" } else { "rw" };
         if let Some(lowers) = self.overlay {
-            let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
-            let data = format!("lowerdir={}", lower.join(":"));
-            let mut opts = vec!["ro", data.as_str()];
+            let mut opts = vec!["ro"];
             opts.extend(self.flags);
-            return Mount::fs("overlay", self.destination, &opts);
+            return Mount::overlay(lowers, self.destination, &opts);
         }
         let mut opts = vec![propagation, mode];
         if self.idmap {
@@ -695,11 +693,17 @@ mod tests {
 
         f.req.mounts = vec![image_mount("vol:2", "/etc/conf")];
         let m = mount_at(&f, "/img").unwrap();
-        assert!(matches!(&m.kind, MountKind::Fs { fstype } if fstype == "overlay"));
+        let MountKind::Overlay { lowerdirs } = &m.kind else {
+            panic!("not an overlay: {m:?}");
+        };
         assert_eq!(
-            m.data,
-            "lowerdir=/var/lib/berth/layers/v2b/fs/etc/conf:/var/lib/berth/layers/v2a/fs/etc/conf"
+            lowerdirs,
+            &[
+                Path::new("/var/lib/berth/layers/v2b/fs/etc/conf"),
+                Path::new("/var/lib/berth/layers/v2a/fs/etc/conf")
+            ]
         );
+        assert_eq!(m.data, "");
         assert_ne!(m.ms_flags() & nix::libc::MS_RDONLY, 0);
 
         for (image, sub, field) in [

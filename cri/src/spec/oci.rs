@@ -136,6 +136,14 @@ fn mounts(c: &Config) -> Vec<Value> {
                     vec![if *recursive { "rbind" } else { "bind" }.to_string()],
                 ),
                 MountKind::Fs { fstype } => (fstype.clone(), Vec::new()),
+                MountKind::Overlay { lowerdirs } => {
+                    let lower: Vec<String> =
+                        lowerdirs.iter().map(|p| p.display().to_string()).collect();
+                    (
+                        "overlay".to_string(),
+                        vec![format!("lowerdir={}", lower.join(":"))],
+                    )
+                }
             };
             options.extend(
                 m.flags

@@ -178,7 +178,7 @@ pub(super) fn cgroup_dir(
 /// `oom_score_adj` of the init: set whenever the request has resources (as
 /// containerd's `WithOOMScoreAdj`; kubelet always sends them), within the
 /// kernel's -1000..=1000.
-pub(super) fn oom_score_adj(
+pub(crate) fn oom_score_adj(
     res: Option<&proto::LinuxContainerResources>,
 ) -> Result<Option<i32>, SpecError> {
     let Some(res) = res else {

@@ -461,6 +461,13 @@ fn missing(field: &'static str, controller: &str) -> CgroupError {
     }
 }
 
+/// The largest CFS quota the kernel takes, in microseconds (2^44-1).
+pub const MAX_CPU_QUOTA: i64 = (1 << 44) - 1;
+/// CPU numbers are below this (the kernel's largest `NR_CPUS`).
+const MAX_CPUS: u32 = 8192;
+/// NUMA node numbers are below this (`MAX_NUMNODES` with NODES_SHIFT 10).
+const MAX_NODES: u32 = 1024;
+
 /// Checks the values of `r`.
 pub fn validate_resources(r: &Resources) -> Result<(), CgroupError> {
     let bad = |field, reason: &str| {
@@ -483,10 +490,12 @@ pub fn validate_resources(r: &Resources) -> Result<(), CgroupError> {
         }
     }
     if let Some(q) = r.cpu_quota {
-        if q != -1 && q < 1000 {
+        // The kernel's bounds: 1 ms, and its bandwidth limit of 2^44-1 µs
+        // (`max_cfs_runtime`); outside them the write fails with EINVAL.
+        if q != -1 && !(1000..=MAX_CPU_QUOTA).contains(&q) {
             return bad(
                 "cpu_quota",
-                "must be -1 (unlimited) or at least 1000 microseconds",
+                &format!("must be -1 (unlimited) or between 1000 and {MAX_CPU_QUOTA} microseconds"),
             );
         }
     }
@@ -503,25 +512,41 @@ pub fn validate_resources(r: &Resources) -> Result<(), CgroupError> {
             return bad("pids_limit", "must be -1 (unlimited) or positive");
         }
     }
-    let cpu_list = |v: &str| {
+    // Numbers below `max` (the kernel's largest NR_CPUS / MAX_NUMNODES),
+    // ranges ascending.
+    let cpu_list = |v: &str, max: u32| {
         !v.is_empty()
             && v.split(',').all(|part| {
                 let mut it = part.splitn(2, '-');
-                let ok = |n: Option<&str>| {
-                    n.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                let num = |n: Option<&str>| {
+                    n.filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|n| n.parse::<u32>().ok())
+                        .filter(|n| *n < max)
                 };
-                let a = it.next();
+                let a = num(it.next());
                 match it.next() {
-                    None => ok(a),
-                    Some(b) => ok(a) && ok(Some(b)),
+                    None => a.is_some(),
+                    Some(b) => matches!((a, num(Some(b))), (Some(a), Some(b)) if a <= b),
                 }
             })
     };
-    if r.cpuset_cpus.as_deref().is_some_and(|v| !cpu_list(v)) {
-        return bad("cpuset_cpus", "must be a CPU list like 0-3,6");
+    if r.cpuset_cpus
+        .as_deref()
+        .is_some_and(|v| !cpu_list(v, MAX_CPUS))
+    {
+        return bad(
+            "cpuset_cpus",
+            &format!("must be a CPU list like 0-3,6 (CPUs below {MAX_CPUS}, ranges ascending)"),
+        );
     }
-    if r.cpuset_mems.as_deref().is_some_and(|v| !cpu_list(v)) {
-        return bad("cpuset_mems", "must be a node list like 0-1");
+    if r.cpuset_mems
+        .as_deref()
+        .is_some_and(|v| !cpu_list(v, MAX_NODES))
+    {
+        return bad(
+            "cpuset_mems",
+            &format!("must be a node list like 0-1 (nodes below {MAX_NODES}, ranges ascending)"),
+        );
     }
     if let Some(m) = r.memory_reservation {
         if m != -1 && m < 0 {

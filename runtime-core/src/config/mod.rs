@@ -11,12 +11,14 @@ mod mount;
 pub(crate) mod validate;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 pub use mount::{Mount, MountFlag, MountKind, Propagation};
 pub use validate::ConfigError;
+
+pub use crate::rootfs::overlay::{OverlayError, MAX_LAYERS as MAX_OVERLAY_LAYERS};
 
 pub use crate::cgroups::{CgroupConfig, Resources};
 pub use crate::security::capabilities::{Capabilities, Capability};
@@ -166,7 +168,10 @@ pub struct OverlayRootfs {
 }
 
 impl OverlayRootfs {
-    /// The overlayfs mount data: `lowerdir=a:b,upperdir=u,workdir=w`.
+    /// The overlayfs mount data with plain paths:
+    /// `lowerdir=a:b,upperdir=u,workdir=w`. `mount(2)` takes one page of
+    /// it, about 40 layers of the image store; the container's init names
+    /// the directories by fd past that.
     pub fn mount_data(&self) -> String {
         let lower: Vec<String> = self
             .lowerdirs
@@ -180,6 +185,85 @@ impl OverlayRootfs {
             self.workdir.display()
         )
     }
+
+    /// The overlay's `mount(2)` options: `lowerdir=a:b,upperdir=u,workdir=w`
+    /// with plain paths when they fit in one page, else with the
+    /// directories opened and named by fd (see `rootfs/overlay.rs`).
+    pub(crate) fn prepare(&self) -> Result<crate::rootfs::overlay::OverlayMount, OverlayError> {
+        let upper = crate::rootfs::overlay::Upper {
+            upperdir: &self.upperdir,
+            workdir: &self.workdir,
+        };
+        crate::rootfs::overlay::OverlayMount::prepare(&self.lowerdirs, Some(upper), "")
+    }
+
+    /// The checks of [`Config::validate`]: existing absolute directories,
+    /// at most [`MAX_OVERLAY_LAYERS`] layers, upper and work dirs in one
+    /// parent (they are idmapped together), no `,` or `:` in the paths.
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        check_layers("overlay", &self.lowerdirs)?;
+        for p in self.lowerdirs.iter().chain([&self.upperdir, &self.workdir]) {
+            if !validate::is_clean_absolute(p) || !p.is_dir() {
+                return Err(ConfigError::BadPath {
+                    field: "overlay (existing absolute directories)",
+                    path: p.clone(),
+                });
+            }
+        }
+        if self.upperdir.parent() != self.workdir.parent() {
+            return Err(ConfigError::BadPath {
+                field: "overlay (upperdir and workdir in one parent)",
+                path: self.workdir.clone(),
+            });
+        }
+        if let Some(p) = [&self.upperdir, &self.workdir]
+            .into_iter()
+            .find(|p| bad_layer_name(p))
+        {
+            return Err(ConfigError::BadPath {
+                field: "overlay (no ',' or ':' in layer paths)",
+                path: p.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The lower layers of an overlay: at least one, at most overlayfs's
+/// limit, absolute, and without the characters that separate layers and
+/// options in overlayfs's mount data.
+pub(crate) fn check_layers(field: &'static str, lowerdirs: &[PathBuf]) -> Result<(), ConfigError> {
+    let max = MAX_OVERLAY_LAYERS;
+    if lowerdirs.len() > max {
+        return Err(ConfigError::TooManyLayers {
+            field,
+            count: lowerdirs.len(),
+            max,
+        });
+    }
+    if lowerdirs.is_empty() {
+        return Err(ConfigError::BadPath {
+            field: "overlay (at least one lowerdir)",
+            path: PathBuf::new(),
+        });
+    }
+    match lowerdirs
+        .iter()
+        .find(|p| !validate::is_clean_absolute(p) || bad_layer_name(p))
+    {
+        Some(p) => Err(ConfigError::BadPath {
+            field: "overlay (absolute layer paths without ',' or ':')",
+            path: p.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn bad_layer_name(p: &Path) -> bool {
+    p.as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .any(|b| matches!(b, b',' | b':' | 0))
 }
 
 /// Everything needed to create a container.
@@ -331,5 +415,53 @@ impl Config {
     /// The default mounts (see [`Config::new`]).
     pub fn default_mounts() -> Vec<Mount> {
         defaults::mounts()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> (tempfile::TempDir, Config) {
+        let d = tempfile::tempdir().unwrap();
+        let c = Config::new(d.path());
+        (d, c)
+    }
+
+    #[test]
+    fn overlays_take_at_most_overlayfs_layers() {
+        let (d, mut c) = base();
+        let layer = |i: usize| d.path().join(format!("l{i}"));
+        for i in 0..=super::MAX_OVERLAY_LAYERS {
+            std::fs::create_dir(layer(i)).unwrap();
+        }
+        std::fs::create_dir_all(d.path().join("c/upper")).unwrap();
+        std::fs::create_dir_all(d.path().join("c/work")).unwrap();
+        c.overlay = Some(super::OverlayRootfs {
+            lowerdirs: (0..super::MAX_OVERLAY_LAYERS).map(layer).collect(),
+            upperdir: d.path().join("c/upper"),
+            workdir: d.path().join("c/work"),
+        });
+        c.validate().unwrap();
+        let o = c.overlay.as_mut().unwrap();
+        o.lowerdirs.push(layer(super::MAX_OVERLAY_LAYERS));
+        let e = c.validate().unwrap_err();
+        assert!(
+            matches!(e, ConfigError::TooManyLayers { count: 501, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("501 layers"), "{e}");
+        c.overlay = None;
+        let lowers = (0..501).map(layer).collect();
+        c.mounts.push(Mount::overlay(lowers, "/vol", &[]));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::TooManyLayers {
+                field: "mounts.overlay",
+                ..
+            })
+        ));
+        c.mounts[0] = Mount::overlay(vec!["/a:b".into()], "/vol", &[]);
+        assert!(matches!(c.validate(), Err(ConfigError::BadPath { .. })));
     }
 }

@@ -139,6 +139,14 @@ pub enum MountKind {
         /// The filesystem type passed to `mount(2)`.
         fstype: String,
     },
+    /// A read-only overlayfs of host directories (an image volume of
+    /// several layers). Mounted like the overlay rootfs, so any number of
+    /// layers up to overlayfs's limit works, where a `lowerdir=` in
+    /// [`Mount::data`] stops at one page.
+    Overlay {
+        /// Lower directories, top first.
+        lowerdirs: Vec<PathBuf>,
+    },
 }
 
 /// One mount in the container.
@@ -185,6 +193,22 @@ impl Mount {
     pub fn fs(fstype: &str, destination: impl Into<PathBuf>, options: &[&str]) -> Self {
         Self::from_oci(Some(fstype.into()), fstype, destination, options)
             .expect("built-in mount options are valid")
+    }
+
+    /// A read-only overlay of `lowerdirs` (top first) with `options`
+    /// (flags; other options go to overlayfs as data).
+    pub fn overlay(
+        lowerdirs: Vec<PathBuf>,
+        destination: impl Into<PathBuf>,
+        options: &[&str],
+    ) -> Self {
+        let mut m = Self::from_oci(Some("overlay".into()), "overlay", destination, options)
+            .expect("built-in mount options are valid");
+        m.kind = MountKind::Overlay { lowerdirs };
+        if !m.flags.contains(&MountFlag::ReadOnly) {
+            m.flags.push(MountFlag::ReadOnly);
+        }
+        m
     }
 
     /// A bind mount of a host path.

@@ -95,6 +95,16 @@ pub enum ConfigError {
         /// Hard.
         hard: u64,
     },
+    /// An overlay of more layers than overlayfs stacks.
+    #[error("{field}: {count} layers, but overlayfs stacks at most {max}")]
+    TooManyLayers {
+        /// The field.
+        field: &'static str,
+        /// Layers asked for.
+        count: usize,
+        /// overlayfs's limit ([`crate::config::MAX_OVERLAY_LAYERS`]).
+        max: usize,
+    },
     /// The cgroup settings are invalid.
     #[error("cgroup")]
     Cgroup(#[source] CgroupError),
@@ -236,31 +246,7 @@ impl Config {
             in_user_ns("idmap_rootfs")?;
         }
         if let Some(o) = &self.overlay {
-            let all = o.lowerdirs.iter().chain([&o.upperdir, &o.workdir]);
-            for p in all {
-                if !is_clean_absolute(p) || !p.is_dir() {
-                    return Err(ConfigError::BadPath {
-                        field: "overlay (existing absolute directories)",
-                        path: p.clone(),
-                    });
-                }
-            }
-            if o.lowerdirs.is_empty() || o.upperdir.parent() != o.workdir.parent() {
-                return Err(ConfigError::BadPath {
-                    field: "overlay (at least one lowerdir; upperdir and workdir in one parent)",
-                    path: o.workdir.clone(),
-                });
-            }
-            if o.lowerdirs
-                .iter()
-                .chain([&o.upperdir, &o.workdir])
-                .any(|p| p.as_os_str().to_string_lossy().contains([',', ':']))
-            {
-                return Err(ConfigError::BadPath {
-                    field: "overlay (no ',' or ':' in layer paths)",
-                    path: o.upperdir.clone(),
-                });
-            }
+            o.check()?;
         }
         if self.mounts.iter().any(|m| m.idmap) {
             in_user_ns("mounts idmap")?;
@@ -300,6 +286,9 @@ impl Config {
                     field: "mounts.source",
                     path: m.source.clone().unwrap_or_default(),
                 });
+            }
+            if let super::MountKind::Overlay { lowerdirs } = &m.kind {
+                super::check_layers("mounts.overlay", lowerdirs)?;
             }
         }
         for d in &self.devices {

@@ -335,10 +335,10 @@ impl Container {
             None => Vec::new(),
         };
         let rootfs = cstring(&config.rootfs)?;
+        // Layers past a page of plain paths are opened here and named by
+        // fd: the child inherits them (close-on-exec, CRIU does not).
         let overlay = match &config.overlay {
-            Some(o) => Some(CString::new(o.mount_data()).map_err(|_| {
-                ContainerError::Checkpoint("overlay mount data has a NUL byte".into())
-            })?),
+            Some(o) => Some(o.prepare()?),
             None => None,
         };
         let mut cmd = criu_command(opts, &args);
@@ -377,13 +377,9 @@ impl Container {
                     std::ptr::null(),
                 ))?;
                 match &overlay {
-                    Some(data) => ok(libc::mount(
-                        c"overlay".as_ptr(),
-                        rootfs.as_ptr(),
-                        c"overlay".as_ptr(),
-                        0,
-                        data.as_ptr().cast(),
-                    ))?,
+                    Some(o) => o
+                        .mount(&rootfs, 0)
+                        .map_err(|f| std::io::Error::from_raw_os_error(f.errno as i32))?,
                     None => ok(libc::mount(
                         rootfs.as_ptr(),
                         rootfs.as_ptr(),
@@ -561,6 +557,23 @@ fn criu_command(c: &CriuOptions, args: &[String]) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: runs in the forked child before exec: prctl and getppid are
+    // async-signal-safe system calls; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            // CRIU dies with its caller: a daemon killed mid-dump must not
+            // leave a CRIU seizing (and writing about) the container while
+            // the restarted daemon thaws it and removes the work directory.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
     cmd
 }
 

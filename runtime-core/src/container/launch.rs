@@ -16,6 +16,7 @@ use crate::config::{IdMap, NamespaceKind};
 use crate::init::INIT_ARG;
 use crate::process::channel::{
     Bootstrap, Channel, ChannelError, FromInit, Task, ToInit, FIRST_EXTRA_FD, INIT_SOCKET_FD,
+    MAX_FDS,
 };
 use crate::process::fdlayout::FdPlan;
 use crate::process::{sealed, spawn, ExitStatus, InitBinary, Process, Stdio};
@@ -276,9 +277,14 @@ fn drive(
                     write_id_map(bootstrap_pid, "uid_map", l.uid_mappings)?;
                     write_id_map(bootstrap_pid, "gid_map", l.gid_mappings)?;
                 }
-                let (trees, fds) = idmapped_trees(bootstrap_pid, &l.idmap)?;
+                let (mut trees, fds) = idmapped_trees(bootstrap_pid, &l.idmap)?;
+                trees.fds = fds.len();
                 let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-                ch.send(&ToInit::IdMapsWritten(trees), &borrowed)?;
+                let mut batches = borrowed.chunks(MAX_FDS);
+                ch.send(&ToInit::IdMapsWritten(trees), batches.next().unwrap_or(&[]))?;
+                for batch in batches {
+                    ch.send(&ToInit::MoreFds, batch)?;
+                }
             }
             // Exactly one (it may follow Ready: two processes send), really a child of ours
             // (CLONE_PARENT): a pid from anywhere else is never trusted.

@@ -113,6 +113,9 @@ pub enum ContainerError {
     /// The init was already started once; a container runs one init.
     #[error("container {0} has already run its init; destroy and create it again")]
     AlreadyStarted(ContainerId),
+    /// The overlay rootfs could not be prepared (for CRIU's restore).
+    #[error("prepare the overlay rootfs")]
+    Overlay(#[from] crate::config::OverlayError),
     /// The state directory or file could not be written or read.
     #[error("container state {path}")]
     StateIo {

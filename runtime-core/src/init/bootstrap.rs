@@ -101,7 +101,14 @@ fn stage_one(ch: &mut Channel, b: Bootstrap, fds: Vec<OwnedFd>) -> Result<(), In
         };
         ch.send(&ask, &[]).map_err(|e| fail("ask for id maps", e))?;
         match ch.recv::<ToInit>() {
-            Ok((ToInit::IdMapsWritten(trees), tree_fds)) => {
+            Ok((ToInit::IdMapsWritten(trees), mut tree_fds)) => {
+                while tree_fds.len() < trees.fds {
+                    match ch.recv::<ToInit>() {
+                        Ok((ToInit::MoreFds, more)) if !more.is_empty() => tree_fds.extend(more),
+                        Ok(_) => return Err(fail("wait for id maps", "expected more tree fds")),
+                        Err(e) => return Err(fail("wait for id maps", e)),
+                    }
+                }
                 let mut tree_fds: Vec<Option<OwnedFd>> = tree_fds.into_iter().map(Some).collect();
                 let mut get = |i: usize| {
                     tree_fds

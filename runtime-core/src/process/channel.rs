@@ -18,8 +18,9 @@ use crate::process::ProcessSpec;
 
 /// Largest message accepted (a config with thousands of mounts fits).
 const MAX_MESSAGE: usize = 1 << 20;
-/// Most fds passed with one message.
-const MAX_FDS: usize = 32;
+/// Most fds passed with one message (the kernel's `SCM_MAX_FD` is 253).
+/// More go in [`ToInit::MoreFds`] messages.
+pub(crate) const MAX_FDS: usize = 32;
 
 /// What the bootstrap is asked to do.
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,6 +60,9 @@ pub(crate) enum ToInit {
     /// The runtime wrote the uid/gid maps of the new user namespace, and
     /// made the idmapped mount trees (fds passed with the message).
     IdMapsWritten(IdmappedTrees),
+    /// More fds of the message before, which had more than [`MAX_FDS`]
+    /// (an overlay of many idmapped layers).
+    MoreFds,
 }
 
 /// Which fds of an `IdMapsWritten` message are which idmapped trees.
@@ -71,6 +75,10 @@ pub(crate) struct IdmappedTrees {
     /// Overlay layers: `(path, fd index)` for each lowerdir and the parent of
     /// upperdir/workdir.
     pub layers: Vec<(std::path::PathBuf, usize)>,
+    /// All the fds: [`MAX_FDS`] come with the message, the rest follow in
+    /// [`ToInit::MoreFds`] messages.
+    #[serde(default)]
+    pub fds: usize,
 }
 
 /// Messages from the bootstrap and the init.

@@ -4,6 +4,7 @@
 pub(crate) mod console;
 mod devices;
 mod mounts;
+pub(crate) mod overlay;
 mod paths;
 mod pivot;
 pub(crate) mod resolve;
@@ -85,6 +86,15 @@ pub enum RootfsError {
     /// The rootfs could not be made read-only.
     #[error("remount the rootfs read-only")]
     ReadonlyRootfs(#[source] nix::Error),
+    /// An overlay's options could not be prepared.
+    #[error("prepare the overlay on {target}")]
+    Overlay {
+        /// Where it was to be mounted (inside the container for volumes).
+        target: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: overlay::OverlayError,
+    },
 }
 
 /// Idmapped mount trees made by the runtime, to attach instead of binding.
@@ -136,19 +146,11 @@ pub(crate) fn setup(
             let dir = open_dir(path).map_err(bind_err)?;
             crate::sys::move_mount_onto(tree.as_fd(), dir.as_fd()).map_err(bind_err)?;
         }
-        let data = o.mount_data();
-        mounts::mount_raw(
-            Some("overlay".as_ref()),
-            rootfs,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(&data),
-        )
-        .map_err(|source| RootfsError::Mount {
-            what: format!("overlay ({data})"),
+        let ovl = o.prepare().map_err(|source| RootfsError::Overlay {
             target: rootfs.clone(),
             source,
         })?;
+        ovl.mount_at(rootfs, rootfs, 0)?;
     }
     match &idmapped.rootfs {
         Some(tree) => {

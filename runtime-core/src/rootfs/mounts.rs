@@ -159,6 +159,16 @@ pub(crate) fn mount_one(
                 other => other.map_err(err(format!("{fstype} ({})", source.to_string_lossy())))?,
             }
         }
+        MountKind::Overlay { lowerdirs } => {
+            let target = create_in_root(root, dest, Create::Dir).map_err(resolve)?;
+            let ovl = super::overlay::OverlayMount::prepare(lowerdirs, None, &m.data).map_err(
+                |source| RootfsError::Overlay {
+                    target: dest.clone(),
+                    source,
+                },
+            )?;
+            ovl.mount_at(Path::new(&fd_path(target.as_fd())), dest, flags.bits())?;
+        }
     }
     if m.recursive_readonly {
         let target = open_in_root(root, dest).map_err(resolve)?;

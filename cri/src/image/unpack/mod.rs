@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, Mode, OFlags};
 use rustix::io::Errno;
 
+pub use budget::{OverBudget, UnpackBudget};
 use path::PathError;
 use stream::{Digesting, Progress};
 use unpacker::Unpacker;
@@ -182,18 +183,36 @@ pub fn unpack_layer(
     dest: &Path,
     expected_diff_id: &str,
 ) -> Result<LayerUsage, UnpackError> {
+    unpack_layer_within(
+        blob,
+        compression,
+        dest,
+        expected_diff_id,
+        &UnpackBudget::unlimited(),
+    )
+}
+
+/// [`unpack_layer`], drawing the decompressed stream's bytes from `budget`
+/// (shared by the layers of one pull): past it, the unpack fails.
+pub fn unpack_layer_within(
+    blob: impl Read,
+    compression: Compression,
+    dest: &Path,
+    expected_diff_id: &str,
+    budget: &UnpackBudget,
+) -> Result<LayerUsage, UnpackError> {
     let expected = parse_diff_id(expected_diff_id)?;
     match compression {
-        Compression::None => unpack_tar(blob, dest, Some(expected)),
+        Compression::None => unpack_tar(budget.wrap(blob), dest, Some(expected)),
         Compression::Gzip => unpack_tar(
-            flate2::read::MultiGzDecoder::new(blob),
+            budget.wrap(flate2::read::MultiGzDecoder::new(blob)),
             dest,
             Some(expected),
         ),
         Compression::Zstd => {
             let decoder =
                 zstd::stream::read::Decoder::new(blob).map_err(UnpackError::Decompress)?;
-            unpack_tar(decoder, dest, Some(expected))
+            unpack_tar(budget.wrap(decoder), dest, Some(expected))
         }
     }
     .map(|done| done.usage)
@@ -354,6 +373,7 @@ fn xattr_err<'a>(label: &'a str, name: &'a str) -> impl FnOnce(Errno) -> UnpackE
     }
 }
 
+mod budget;
 mod dir_times;
 mod meta;
 mod path;
