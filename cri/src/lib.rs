@@ -7,9 +7,12 @@
 //! - [`runtime`]: the RuntimeService (pods and containers).
 //! - [`cni`]: pod networking through CNI plugins.
 //! - [`stream`]: the streaming server of Exec, Attach and PortForward.
+//! - [`conn`]: connection limits shared by berth's servers (accept
+//!   backoff, connection slots, idle timeouts).
 
 pub mod cni;
 mod codec;
+pub mod conn;
 pub mod image;
 pub mod logs;
 pub mod monitor;

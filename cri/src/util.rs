@@ -42,10 +42,14 @@ pub(crate) fn lossy_text<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, 
 /// request's timeout (an `i64` of seconds) may be anything, and `Instant +
 /// Duration` panics on overflow.
 pub(crate) fn deadline_after(after: std::time::Duration) -> std::time::Instant {
-    let now = std::time::Instant::now();
-    now.checked_add(after)
-        .or_else(|| now.checked_add(FAR_FUTURE))
-        .unwrap_or(now)
+    saturating_add(std::time::Instant::now(), after)
+}
+
+/// `t + d`, or about a century after `t` when that overflows.
+pub(crate) fn saturating_add(t: std::time::Instant, d: std::time::Duration) -> std::time::Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(FAR_FUTURE))
+        .unwrap_or(t)
 }
 
 /// About a century: "never" for a deadline.

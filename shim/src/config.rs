@@ -94,6 +94,21 @@ listen = "127.0.0.1:0"
 # HTTPS for it: a PEM certificate chain and key (both, or neither).
 # tls_cert = "/etc/berth/stream.crt"
 # tls_key = "/etc/berth/stream.key"
+# How long a URL from Exec, Attach or PortForward stays valid (kubelet's
+# streaming server: 1 minute); its request is dropped when it expires.
+token_ttl_seconds = 60
+# URLs issued and not yet used, at most: more Exec, Attach or PortForward
+# calls get ResourceExhausted until some are used or expire (kubelet: 1000).
+max_pending_tokens = 1000
+# Connections open at once, at most (exec, attach and port-forward sessions
+# included); more wait until one closes.
+max_connections = 1024
+# The time a client has to send its request headers (TLS handshake
+# included).
+header_timeout_seconds = 30
+# A session with no data either way for this long is closed (kubelet's and
+# containerd's stream idle timeout: 4 hours).
+idle_timeout_seconds = 14400
 
 [metrics]
 # Prometheus metrics on http://<listen>/metrics and a health check on
@@ -137,14 +152,40 @@ pub struct StreamSection {
     pub listen: std::net::SocketAddr,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub token_ttl_seconds: u64,
+    pub max_pending_tokens: usize,
+    pub max_connections: usize,
+    pub header_timeout_seconds: u64,
+    pub idle_timeout_seconds: u64,
 }
 
 impl Default for StreamSection {
     fn default() -> Self {
+        let d = berth_cri::stream::Limits::default();
         StreamSection {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             tls_cert: None,
             tls_key: None,
+            token_ttl_seconds: d.token_ttl.as_secs(),
+            max_pending_tokens: d.max_pending,
+            max_connections: d.max_connections,
+            header_timeout_seconds: d.header_timeout.as_secs(),
+            idle_timeout_seconds: d.idle_timeout.as_secs(),
+        }
+    }
+}
+
+impl StreamSection {
+    /// The streaming server's limits.
+    pub fn limits(&self) -> berth_cri::stream::Limits {
+        use std::time::Duration;
+        berth_cri::stream::Limits {
+            token_ttl: Duration::from_secs(self.token_ttl_seconds),
+            max_pending: self.max_pending_tokens,
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_secs(self.header_timeout_seconds),
+            idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
+            ..berth_cri::stream::Limits::default()
         }
     }
 }
@@ -309,6 +350,17 @@ impl Config {
         if self.stream.tls_cert.is_some() != self.stream.tls_key.is_some() {
             bail!("stream.tls_cert and stream.tls_key go together");
         }
+        for (name, v) in [
+            ("token_ttl_seconds", self.stream.token_ttl_seconds),
+            ("max_pending_tokens", self.stream.max_pending_tokens as u64),
+            ("max_connections", self.stream.max_connections as u64),
+            ("header_timeout_seconds", self.stream.header_timeout_seconds),
+            ("idle_timeout_seconds", self.stream.idle_timeout_seconds),
+        ] {
+            if v == 0 {
+                bail!("stream.{name} must be at least 1");
+            }
+        }
         if self.network.plugin_timeout_seconds == 0 {
             bail!("network.plugin_timeout_seconds must be at least 1");
         }
@@ -374,6 +426,10 @@ mod tests {
         let mut c = Config::default();
         c.image.auth_file = "auth.json".into();
         assert!(c.validate().unwrap_err().to_string().contains("auth_file"));
+        let mut c = Config::default();
+        c.stream.max_pending_tokens = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("stream.max_pending_tokens"), "{err}");
         let mut c = Config::default();
         c.image.max_metadata_bytes = 0;
         let err = c.validate().unwrap_err().to_string();

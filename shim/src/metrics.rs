@@ -263,10 +263,17 @@ pub async fn serve(
         .with_context(|| format!("binding the metrics endpoint {addr}"))?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
+        let mut backoff = berth_cri::conn::AcceptBackoff::default();
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE must not spin a core (see berth_cri::conn).
+                    backoff.failed("metrics", &e).await;
+                    continue;
+                }
             };
+            backoff.succeeded();
             let (metrics, runtime, puller) = (metrics.clone(), runtime.clone(), puller.clone());
             tokio::spawn(async move {
                 let svc =
@@ -286,7 +293,10 @@ pub async fn serve(
                             )
                         }
                     });
+                // A scraper that connects and says nothing is dropped after
+                // hyper's default header timeout (30 s), which needs a timer.
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                     .await;
             });

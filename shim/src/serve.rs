@@ -22,6 +22,21 @@ use crate::config::{Config, LogFormat};
 /// `maxMsgSize`); tonic's default of 4 MiB would refuse large lists.
 const MAX_MESSAGE: usize = 16 << 20;
 
+/// Calls in flight on one connection, at most (HTTP/2
+/// SETTINGS_MAX_CONCURRENT_STREAMS; h2 refuses more with REFUSED_STREAM).
+/// Unlimited by default, and 40,000 open streams held 209 MiB. kubelet
+/// multiplexes everything over one connection, but its calls in flight
+/// are a few per pod (status, stats, exec probes), far under this.
+const MAX_CONCURRENT_STREAMS: u32 = 1000;
+
+/// HTTP/2 PINGs on a connection idle this long, and how long the answer
+/// may take before the connection is closed: grpc-go's server defaults
+/// (`keepalive.ServerParameters`: 2 h, 20 s), so a client that went away
+/// without closing does not hold its calls forever. No per-call timeout:
+/// PullImage of a large image or a long ExecSync may rightly take long.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Flags of `berth serve`; each overrides the same setting of the file.
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -209,6 +224,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 }),
                 _ => None,
             },
+            stream_limits: config.stream.limits(),
             criu: None,
             restore: config.checkpoint.restore,
             pod_sysctls: berth_cri::spec::sysctls::PodSysctlDefaults {
@@ -244,8 +260,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Err(e) = crate::notify::ready() {
         tracing::warn!(error = %e, "telling systemd we are ready (NOTIFY_SOCKET)");
     }
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let incoming = crate::incoming::incoming(listener, crate::incoming::PREFACE_TIMEOUT);
     let result = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(crate::catch_panic::CatchPanicLayer)
         // Calls are only timed when someone can read the figures.
         .layer(tower::util::option_layer(

@@ -158,13 +158,35 @@ pub enum Loaded {
 /// names (`.conflist`, `.conf`, `.json`); files that do not parse are
 /// skipped with a warning, as libcni's loaders do.
 pub fn load_dir(dir: &Path) -> Loaded {
+    try_load_dir(dir).unwrap_or_else(|e| {
+        Loaded::NotReady(format!(
+            "no network config: cannot read {}: {e}",
+            dir.display()
+        ))
+    })
+}
+
+/// The daemon is out of file descriptors or memory: what a directory read
+/// says then is about berth, not about the configuration.
+fn transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+    )
+}
+
+/// [`load_dir`], except that running out of file descriptors or memory
+/// while reading is an error (the configuration in force should stay),
+/// not "no configuration".
+pub fn try_load_dir(dir: &Path) -> Result<Loaded, std::io::Error> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
+        Err(e) if transient(&e) => return Err(e),
         Err(e) => {
-            return Loaded::NotReady(format!(
+            return Ok(Loaded::NotReady(format!(
                 "no network config: cannot read {}: {e}",
                 dir.display()
-            ))
+            )))
         }
     };
     let mut files: Vec<(String, PathBuf)> = entries
@@ -186,6 +208,7 @@ pub fn load_dir(dir: &Path) -> Loaded {
         }
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
+            Err(e) if transient(&e) => return Err(e),
             Err(e) => {
                 skipped.push(format!("{name}: {e}"));
                 continue;
@@ -196,12 +219,12 @@ pub fn load_dir(dir: &Path) -> Loaded {
                 for s in &skipped {
                     tracing::warn!(file = %s, "skipped an invalid CNI config");
                 }
-                return Loaded::Ready(list);
+                return Ok(Loaded::Ready(list));
             }
             Err(e) => skipped.push(format!("{name}: {e}")),
         }
     }
-    if skipped.is_empty() {
+    Ok(if skipped.is_empty() {
         Loaded::NotReady(format!("no network config found in {}", dir.display()))
     } else {
         Loaded::NotReady(format!(
@@ -209,7 +232,7 @@ pub fn load_dir(dir: &Path) -> Loaded {
             dir.display(),
             skipped.join("; ")
         ))
-    }
+    })
 }
 
 #[cfg(test)]

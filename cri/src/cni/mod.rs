@@ -163,9 +163,17 @@ impl Cni {
             .clone()
     }
 
-    /// Reads the directory again; logs a change.
+    /// Reads the directory again; logs a change. Out of file descriptors
+    /// (or memory), the configuration in force stays: a flood of
+    /// connections must not take the node's network away.
     pub fn reload(&self) {
-        let new = config::load_dir(&self.settings.conf_dir);
+        let new = match config::try_load_dir(&self.settings.conf_dir) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(dir = %self.settings.conf_dir.display(), error = %e, "cannot read the CNI config directory; keeping the configuration in force");
+                return;
+            }
+        };
         let mut cur = self
             .loaded
             .write()

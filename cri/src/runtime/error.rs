@@ -57,6 +57,9 @@ pub enum RuntimeError {
     /// The pod network (CNI).
     #[error(transparent)]
     Network(#[from] crate::cni::CniError),
+    /// No streaming URL for Exec, Attach or PortForward.
+    #[error(transparent)]
+    Stream(#[from] crate::stream::IssueError),
     /// A bug or an impossible state.
     #[error("internal error: {0}")]
     Internal(String),
@@ -127,6 +130,13 @@ impl From<RuntimeError> for tonic::Status {
                     CniError::Cache { .. } => Code::Internal,
                 }
             }
+            // kubelet's own streaming server answers a full request
+            // cache with ResourceExhausted.
+            RuntimeError::Stream(
+                crate::stream::IssueError::TooMany { .. }
+                | crate::stream::IssueError::TooLarge { .. },
+            ) => Code::ResourceExhausted,
+            RuntimeError::Stream(crate::stream::IssueError::Random(_)) => Code::Internal,
             RuntimeError::Pin(_) | RuntimeError::Io { .. } | RuntimeError::Internal(_) => {
                 Code::Internal
             }

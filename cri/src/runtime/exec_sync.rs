@@ -63,6 +63,41 @@ pub(super) fn exec_sync(
     })
 }
 
+/// The longest argument `execve` takes (the kernel's `MAX_ARG_STRLEN`,
+/// 32 pages, counts the terminating NUL).
+const MAX_ARG_LEN: usize = 128 * 1024 - 1;
+
+/// The most bytes of command line an Exec or ExecSync may carry: `execve`'s
+/// limit for arguments and environment together (a quarter of the stack
+/// limit) with the usual 8 MiB stack. A larger command could never run,
+/// but an Exec would hold it until its URL expires.
+const MAX_CMD_BYTES: usize = 2 << 20;
+
+/// A command that `execve` could take: not empty, no argument longer than
+/// the kernel allows, not larger than [`MAX_CMD_BYTES`] in all.
+fn check_cmd(cmd: &[String]) -> Result<(), RuntimeError> {
+    if cmd.is_empty() {
+        return Err(RuntimeError::invalid("cmd", "must not be empty"));
+    }
+    if let Some((i, a)) = cmd.iter().enumerate().find(|(_, a)| a.len() > MAX_ARG_LEN) {
+        return Err(RuntimeError::invalid(
+            format!("cmd[{i}]"),
+            format!(
+                "{} bytes; the kernel takes arguments of at most {MAX_ARG_LEN}",
+                a.len()
+            ),
+        ));
+    }
+    let total: usize = cmd.iter().map(|a| a.len() + 1).sum();
+    if total > MAX_CMD_BYTES {
+        return Err(RuntimeError::invalid(
+            "cmd",
+            format!("{total} bytes of arguments; at most {MAX_CMD_BYTES} are accepted"),
+        ));
+    }
+    Ok(())
+}
+
 /// The spec of a process `cmd` joining running container `rec`: its
 /// environment, working directory and user are the container's own (as
 /// containerd and CRI-O exec).
@@ -70,9 +105,7 @@ pub(super) fn process_spec(
     rec: &ContainerRecord,
     cmd: Vec<String>,
 ) -> Result<berth_core::process::ProcessSpec, RuntimeError> {
-    if cmd.is_empty() {
-        return Err(RuntimeError::invalid("cmd", "must not be empty"));
-    }
+    check_cmd(&cmd)?;
     if rec.state != ContainerState::Running {
         return Err(RuntimeError::FailedPrecondition(format!(
             "container {} is {:?}, not running",
@@ -179,5 +212,25 @@ fn collect(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_execve_could_not_take_are_refused() {
+        let ok = |cmd: Vec<String>| check_cmd(&cmd).is_ok();
+        assert!(!ok(vec![]));
+        assert!(ok(vec!["sh".into(), "-c".into(), "true".into()]));
+        assert!(ok(vec!["x".repeat(MAX_ARG_LEN)]));
+        let err = check_cmd(&["a".into(), "x".repeat(MAX_ARG_LEN + 1)]).unwrap_err();
+        assert!(err.to_string().starts_with("cmd[1]: "), "{err}");
+        // 16 arguments of 127 KiB: each fine, 2 MiB in all is too much.
+        let many = vec!["x".repeat(127 * 1024); 17];
+        let err = check_cmd(&many).unwrap_err();
+        assert!(err.to_string().contains("at most 2097152"), "{err}");
+        assert!(ok(vec!["x".repeat(127 * 1024); 16]));
     }
 }

@@ -65,6 +65,9 @@ pub struct RuntimeServiceConfig {
     /// TLS for the streaming server (`None`: plain HTTP, keep it on
     /// loopback).
     pub stream_tls: Option<crate::stream::TlsFiles>,
+    /// What the streaming server lets clients hold (URLs, connections,
+    /// timeouts).
+    pub stream_limits: crate::stream::Limits,
     /// The `criu` binary for checkpoint and restore (`None`: `criu` in `PATH`).
     pub criu: Option<PathBuf>,
     /// Whether CreateContainer may restore from a checkpoint archive or
@@ -121,9 +124,12 @@ impl RuntimeServiceImpl {
             .map(|s| crate::cni::Cni::start(s, root.join("cni")));
         let stream = match config.stream_addr {
             Some(addr) => Some(
-                crate::stream::StreamServer::start(addr, config.stream_tls.as_ref()).map_err(
-                    |e| RuntimeError::Internal(format!("streaming server on {addr}: {e}")),
-                )?,
+                crate::stream::StreamServer::start(
+                    addr,
+                    config.stream_tls.as_ref(),
+                    config.stream_limits,
+                )
+                .map_err(|e| RuntimeError::Internal(format!("streaming server on {addr}: {e}")))?,
             ),
             None => None,
         };
@@ -977,7 +983,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         };
         let url = stream
             .issue(crate::stream::StreamRequest::Exec(Box::new(target)))
-            .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
+            .map_err(RuntimeError::from)?;
         Ok(Response::new(proto::ExecResponse { url }))
     }
 
@@ -1016,7 +1022,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         };
         let url = stream
             .issue(crate::stream::StreamRequest::Attach(target))
-            .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
+            .map_err(RuntimeError::from)?;
         Ok(Response::new(proto::AttachResponse { url }))
     }
 
@@ -1061,7 +1067,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             .issue(crate::stream::StreamRequest::PortForward(
                 crate::stream::portforward::Target { netns, ports },
             ))
-            .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
+            .map_err(RuntimeError::from)?;
         Ok(Response::new(proto::PortForwardResponse { url }))
     }
 

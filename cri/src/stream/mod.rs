@@ -7,25 +7,68 @@
 //! (`v5.channel.k8s.io`, `v4.channel.k8s.io`, their `base64.` forms and
 //! the older ones) or SPDY/3.1. A token is random, single-use and expires
 //! a minute after it was issued, as kubelet's own streaming server does:
-//! an unknown or reused one gets 404, an expired one 410.
+//! an unknown or reused one gets 404, an expired one 410 (see [`tokens`]).
+//!
+//! Everything a client can make the server hold is bounded ([`Limits`]):
+//! waiting URLs (count, bytes, lifetime), connections at once, the time to
+//! send the request headers, the time a session may sit idle, and
+//! WebSocket message sizes ([`ws`]).
 
 pub mod attach;
 pub mod exec;
 pub mod portforward;
 pub mod spdy;
+pub mod tokens;
 pub mod ws;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
+use tokio::sync::Semaphore;
 
-/// How long a URL stays valid (kubelet's streaming server: 1 minute).
-pub const TOKEN_TTL: Duration = Duration::from_secs(60);
+use crate::conn::{AcceptBackoff, Guarded};
+pub use tokens::{IssueError, TokenError};
+
+/// What the streaming server lets clients hold. The defaults are
+/// kubelet's (`pkg/kubelet/cri/streaming`: request cache TTL 1 minute, at
+/// most 1000 in flight; `DefaultConfig.StreamIdleTimeout` 4 h) and Go's
+/// usual header timeout (hyper's default too: 30 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a URL stays valid.
+    pub token_ttl: Duration,
+    /// URLs issued and not yet used, at most; more Exec/Attach/PortForward
+    /// calls get `ResourceExhausted`.
+    pub max_pending: usize,
+    /// What the waiting URLs' requests may hold, at most (bytes).
+    pub max_pending_bytes: usize,
+    /// Connections open at once, at most (upgraded sessions included);
+    /// more wait in the listen backlog.
+    pub max_connections: usize,
+    /// The time a client has for the TLS handshake and its request headers
+    /// (also between requests on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// A connection (or session) with no data either way for this long is
+    /// closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            token_ttl: Duration::from_secs(60),
+            max_pending: 1000,
+            max_pending_bytes: 64 << 20,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(4 * 3600),
+        }
+    }
+}
 
 /// What a URL was issued for.
 #[derive(Debug, Clone)]
@@ -46,18 +89,29 @@ impl StreamRequest {
             StreamRequest::PortForward(_) => "portforward",
         }
     }
-}
 
-struct Pending {
-    req: StreamRequest,
-    expires: Instant,
+    /// About the bytes the request holds while it waits for its client.
+    pub fn cost(&self) -> usize {
+        let variable = match self {
+            StreamRequest::Exec(t) => {
+                t.spec.args.iter().map(|s| s.len() + 24).sum::<usize>()
+                    + t.spec.env.iter().map(|s| s.len() + 24).sum::<usize>()
+                    + t.spec.cwd.as_os_str().len()
+                    + t.runtime_root.as_os_str().len()
+                    + t.container_id.len()
+            }
+            StreamRequest::Attach(t) => t.dir.as_os_str().len(),
+            StreamRequest::PortForward(t) => t.netns.as_os_str().len() + 2 * t.ports.len(),
+        };
+        // The token, the entry and the boxed target.
+        256 + variable
+    }
 }
 
 /// The server: its base URL and the outstanding tokens.
 pub struct StreamServer {
     base: String,
-    pending: Mutex<HashMap<String, Pending>>,
-    ttl: Duration,
+    tokens: tokens::Tokens,
 }
 
 impl std::fmt::Debug for StreamServer {
@@ -68,15 +122,6 @@ impl std::fmt::Debug for StreamServer {
     }
 }
 
-/// Why a token is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenError {
-    /// Never issued, or already used.
-    Unknown,
-    /// Issued, but its minute is over.
-    Expired,
-}
-
 /// 256 random bits, hex: safe in a URL path.
 fn random_token() -> std::io::Result<String> {
     crate::store::ObjectId::random().map(|id| id.to_string())
@@ -84,42 +129,62 @@ fn random_token() -> std::io::Result<String> {
 
 impl StreamServer {
     /// A server whose URLs start with `base` (`http://127.0.0.1:port`),
-    /// not yet listening (see [`StreamServer::start`]).
-    pub fn new(base: String, ttl: Duration) -> Arc<StreamServer> {
+    /// not yet listening (see [`StreamServer::start`]). Expired requests
+    /// are only dropped when the next one is issued; `start` also sweeps
+    /// them on time.
+    pub fn new(base: String, limits: Limits) -> Arc<StreamServer> {
         Arc::new(StreamServer {
             base,
-            pending: Mutex::default(),
-            ttl,
+            tokens: tokens::Tokens::new(limits),
         })
     }
 
     /// Binds `addr` (port 0: any free port), serves on it in the
-    /// background (on the current tokio runtime), and returns the server.
-    /// With `tls` (certificate chain and key, PEM files) it speaks HTTPS.
-    pub fn start(addr: SocketAddr, tls: Option<&TlsFiles>) -> std::io::Result<Arc<StreamServer>> {
+    /// background (on the current tokio runtime) within `limits`, and
+    /// returns the server. With `tls` (certificate chain and key, PEM
+    /// files) it speaks HTTPS.
+    pub fn start(
+        addr: SocketAddr,
+        tls: Option<&TlsFiles>,
+        limits: Limits,
+    ) -> std::io::Result<Arc<StreamServer>> {
         let acceptor = tls.map(tls_acceptor).transpose()?;
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let local = listener.local_addr()?;
         let scheme = if acceptor.is_some() { "https" } else { "http" };
-        let server = StreamServer::new(format!("{scheme}://{local}"), TOKEN_TTL);
+        let server = StreamServer::new(format!("{scheme}://{local}"), limits);
+        tokio::spawn(sweep(Arc::downgrade(&server)));
         let s = server.clone();
         tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+            let mut backoff = AcceptBackoff::default();
             loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    continue;
+                // A slot first: past the limit, connections wait in the
+                // backlog instead of taking our file descriptors.
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
                 };
+                let conn = match listener.accept().await {
+                    Ok((conn, _)) => conn,
+                    Err(e) => {
+                        backoff.failed("streaming", &e).await;
+                        continue;
+                    }
+                };
+                backoff.succeeded();
+                let conn = Guarded::new(conn, Some(slot), Some(limits.idle_timeout));
                 let (s, acceptor) = (s.clone(), acceptor.clone());
                 tokio::spawn(async move {
                     match acceptor {
-                        None => serve_conn(conn, s).await,
+                        None => serve_conn(conn, s, limits.header_timeout).await,
                         Some(a) => {
-                            // A client that does not finish its handshake
-                            // does not hold a task for long.
-                            let hs = tokio::time::timeout(Duration::from_secs(10), a.accept(conn));
+                            // The handshake is part of the time a client
+                            // has to send its request.
+                            let hs = tokio::time::timeout(limits.header_timeout, a.accept(conn));
                             if let Ok(Ok(tls)) = hs.await {
-                                serve_conn(tls, s).await;
+                                serve_conn(tls, s, limits.header_timeout).await;
                             }
                         }
                     }
@@ -134,42 +199,23 @@ impl StreamServer {
         &self.base
     }
 
-    /// A single-use URL for `req`.
-    pub fn issue(&self, req: StreamRequest) -> std::io::Result<String> {
-        let token = random_token()?;
+    /// A single-use URL for `req`, unless too many (or too large) requests
+    /// wait for their clients already.
+    pub fn issue(&self, req: StreamRequest) -> Result<String, IssueError> {
+        let token = random_token().map_err(IssueError::Random)?;
         let url = format!("{}/{}/{token}", self.base, req.kind());
-        let now = Instant::now();
-        let mut p = self
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Long-expired tokens are forgotten (a day after: 410 before that).
-        p.retain(|_, v| v.expires + Duration::from_secs(86_400) > now);
-        p.insert(
-            token,
-            Pending {
-                req,
-                expires: now + self.ttl,
-            },
-        );
+        self.tokens.insert(token, req, Instant::now())?;
         Ok(url)
     }
 
     /// Takes the request of `token` for a URL of `kind` (once).
     pub fn take(&self, kind: &str, token: &str) -> Result<StreamRequest, TokenError> {
-        let mut p = self
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match p.get(token) {
-            Some(v) if v.req.kind() != kind => Err(TokenError::Unknown),
-            Some(v) if v.expires < Instant::now() => {
-                p.remove(token);
-                Err(TokenError::Expired)
-            }
-            Some(_) => Ok(p.remove(token).map(|v| v.req).ok_or(TokenError::Unknown)?),
-            None => Err(TokenError::Unknown),
-        }
+        self.tokens.take(kind, token, Instant::now())
+    }
+
+    /// (requests waiting for their client, the bytes they hold).
+    pub fn pending(&self) -> (usize, usize) {
+        self.tokens.pending()
     }
 
     async fn handle(self: Arc<Self>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
@@ -237,8 +283,29 @@ fn tls_acceptor(files: &TlsFiles) -> std::io::Result<tokio_rustls::TlsAcceptor> 
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves HTTP/1.1 (with upgrades) on one connection.
-async fn serve_conn<IO>(io: IO, s: Arc<StreamServer>)
+/// Drops expired requests on time, until the server is gone.
+async fn sweep(server: std::sync::Weak<StreamServer>) {
+    loop {
+        let (every, freed) = match server.upgrade() {
+            Some(s) => {
+                let freed = s.tokens.sweep(Instant::now());
+                (s.tokens.sweep_interval(), freed)
+            }
+            None => return,
+        };
+        if freed >= 1 << 20 {
+            // glibc keeps what the requests held in its per-thread arenas
+            // otherwise: the daemon would stay as large as the burst made
+            // it.
+            let _ = tokio::task::spawn_blocking(crate::util::release_free_memory).await;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one connection; a client that has
+/// not sent its request headers within `header_timeout` is disconnected.
+async fn serve_conn<IO>(io: IO, s: Arc<StreamServer>, header_timeout: Duration)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -247,6 +314,9 @@ where
         async move { Ok::<_, std::convert::Infallible>(s.handle(req).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
+        // hyper enforces the header timeout only with a timer.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
         .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
         .with_upgrades()
         .await;
@@ -335,7 +405,11 @@ mod tests {
 
     #[test]
     fn tokens_are_single_use_and_expire() {
-        let s = StreamServer::new("http://127.0.0.1:1".into(), Duration::from_millis(50));
+        let limits = Limits {
+            token_ttl: Duration::from_millis(50),
+            ..Limits::default()
+        };
+        let s = StreamServer::new("http://127.0.0.1:1".into(), limits);
         let url = s.issue(pf()).unwrap();
         let token = url.rsplit('/').next().unwrap().to_string();
         assert!(url.starts_with("http://127.0.0.1:1/portforward/"));
@@ -355,5 +429,78 @@ mod tests {
         );
         let other = s.issue(pf()).unwrap();
         assert_ne!(other, url);
+    }
+
+    #[test]
+    fn an_exec_costs_its_command_and_environment() {
+        let exec = |arg: usize, env: usize| {
+            let mut spec = berth_core::Process::new(vec!["x".repeat(arg)]).spec;
+            spec.env = vec![("E=".to_string() + &"v".repeat(env)).into()];
+            StreamRequest::Exec(Box::new(exec::ExecTarget {
+                runtime_root: "/run/berth/runtime".into(),
+                container_id: "c".repeat(64),
+                spec,
+                stdin: false,
+                stdout: true,
+                stderr: true,
+                tty: false,
+            }))
+        };
+        let small = exec(10, 10).cost();
+        assert!(small < 1024, "{small}");
+        let big = exec(1 << 20, 0).cost();
+        assert!(big > 1 << 20, "{big}");
+        assert!(exec(10, 1 << 20).cost() > 1 << 20);
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_disconnected_after_the_header_timeout() {
+        use tokio::io::AsyncReadExt;
+        let limits = Limits {
+            header_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let s = StreamServer::start(([127, 0, 0, 1], 0).into(), None, limits).unwrap();
+        let addr = s.base().trim_start_matches("http://").to_string();
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .expect("the server closes the connection")
+            .unwrap_or(0);
+        // hyper answers 408 or just closes; either way, no more.
+        let _ = n;
+        assert!(start.elapsed() >= Duration::from_millis(250));
+        assert!(start.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_wait_for_a_slot() {
+        use tokio::io::AsyncReadExt;
+        let limits = Limits {
+            max_connections: 2,
+            header_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        };
+        let s = StreamServer::start(([127, 0, 0, 1], 0).into(), None, limits).unwrap();
+        let addr = s.base().trim_start_matches("http://").to_string();
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+        }
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        // The third is accepted only when one of the first two is closed
+        // (header timeout), then times out itself.
+        let mut third = held.pop().unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+            .await
+            .expect("closed");
+        assert!(
+            start.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

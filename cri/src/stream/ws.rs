@@ -17,13 +17,29 @@ use hyper::{Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::StreamRequest;
 
 /// The close signal's channel (v5).
 const CLOSE_SIGNAL: u8 = 255;
+
+/// The largest message (and frame) a client may send. client-go writes
+/// stdin in messages of its 32 KiB copy buffer (base64 forms: 4/3 of
+/// that), resizes are a few bytes; tungstenite's default of 64 MiB let
+/// three sessions hold 335 MiB of the daemon's memory.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// The session's WebSocket settings: [`MAX_MESSAGE`], and 32 KiB I/O
+/// buffers instead of 128 KiB each (allocated per connection).
+pub fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+        .read_buffer_size(32 << 10)
+        .write_buffer_size(32 << 10)
+}
 
 /// A negotiated protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +153,7 @@ pub fn upgrade(
         let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
             hyper_util::rt::TokioIo::new(upgraded),
             Role::Server,
-            None,
+            Some(config()),
         )
         .await;
         match target {
@@ -383,6 +399,44 @@ mod tests {
             Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::Normal),
             other => panic!("not a normal closure: {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_message_ends_the_session() {
+        let (server, client) = tokio::io::duplex(1 << 16);
+        let server = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            server,
+            Role::Server,
+            Some(config()),
+        );
+        let mut client =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let proto = Protocol {
+            version: 5,
+            base64: false,
+        };
+        let mut mux = Mux::start(server.await, proto, &[0], &[1]);
+        let mut stdin = mux.readers.remove(&0).unwrap();
+        let sender = tokio::spawn(async move {
+            let mut big = vec![0u8; MAX_MESSAGE + 1];
+            big[0] = 0;
+            let _ = client.send(Message::Binary(big.into())).await;
+            client
+        });
+        // Nothing of it reaches stdin: the reader ends.
+        let mut got = Vec::new();
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stdin.read_to_end(&mut got),
+        )
+        .await
+        .expect("the session ends")
+        .unwrap();
+        assert_eq!(n, 0);
+        tokio::time::timeout(std::time::Duration::from_secs(10), mux.gone())
+            .await
+            .expect("gone");
+        drop(sender);
     }
 
     #[test]
