@@ -16,6 +16,7 @@ pub mod error;
 mod events;
 mod exec_sync;
 mod netstats;
+mod open;
 mod recover;
 mod runtime_config;
 pub mod sandbox;
@@ -26,6 +27,7 @@ mod sandbox_status;
 mod sandbox_stop;
 mod stats;
 mod status;
+mod streaming;
 mod version;
 
 use std::path::{Path, PathBuf};
@@ -104,87 +106,6 @@ pub struct RuntimeServiceImpl {
     stream: Option<Arc<crate::stream::StreamServer>>,
 }
 
-impl RuntimeServiceImpl {
-    /// Opens the runtime service's records under `root` (persistent) and its
-    /// volatile state under `state`.
-    pub fn open(
-        root: &Path,
-        state: &Path,
-        config: RuntimeServiceConfig,
-        images: Arc<ImageStore>,
-    ) -> Result<RuntimeServiceImpl, RuntimeError> {
-        let monitor_exe = match &config.monitor_exe {
-            Some(p) => p.clone(),
-            None => std::env::current_exe()
-                .map_err(|e| RuntimeError::io(Path::new("/proc/self/exe"), e))?,
-        };
-        let cni = config
-            .cni
-            .clone()
-            .map(|s| crate::cni::Cni::start(s, root.join("cni")));
-        let stream = match config.stream_addr {
-            Some(addr) => Some(
-                crate::stream::StreamServer::start(
-                    addr,
-                    config.stream_tls.as_ref(),
-                    config.stream_limits,
-                )
-                .map_err(|e| RuntimeError::Internal(format!("streaming server on {addr}: {e}")))?,
-            ),
-            None => None,
-        };
-        if let Some(s) = &stream {
-            tracing::info!(url = %s.base(), "streaming server (exec, port-forward)");
-        }
-        let service = RuntimeServiceImpl {
-            puller: None,
-            criu: config
-                .criu
-                .clone()
-                .unwrap_or_else(|| crate::util::find_in_path("criu")),
-            config,
-            cni,
-            stream,
-            sandboxes: Arc::new(Sandboxes::open(root, state)?),
-            containers: Arc::new(Containers::open(root, state)?),
-            images,
-            zygote: Arc::new(crate::monitor::Zygote::new(
-                monitor_exe.clone(),
-                state.join("containers"),
-            )),
-            monitor_exe,
-            sampler: Arc::new(stats::Sampler::new(
-                berth_core::container::DEFAULT_CGROUP_ROOT,
-            )),
-            events: Arc::new(events::Events::default()),
-            cgroup_view: Arc::new(container_create::cgroup_view()),
-        };
-        let (containers, pods) =
-            recover::reap_unrecorded(&service.containers, &service.sandboxes, &service.images);
-        if containers + pods > 0 {
-            tracing::warn!(
-                containers,
-                pods,
-                "took apart what a daemon crash left unrecorded"
-            );
-        }
-        service.clean_up_networks();
-        container_checkpoint::thaw_interrupted(&service.containers);
-        // Containers that were live when the daemon stopped are watched again
-        // (their exits while the daemon was down are already in the records).
-        if tokio::runtime::Handle::try_current().is_ok() {
-            for entry in service.containers.registry.all() {
-                if let Ok(rec) = entry.try_lock() {
-                    if rec.state.is_live() {
-                        service.watch_exit(&rec);
-                    }
-                }
-            }
-        }
-        Ok(service)
-    }
-}
-
 /// What the runtime holds, for metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
@@ -227,40 +148,6 @@ impl RuntimeServiceImpl {
             }
         }
         inv
-    }
-
-    /// In the background: DEL for attachments whose pod record is gone (a
-    /// RunPodSandbox that failed and whose DEL failed too, or a crash
-    /// between ADD and the record), then CNI 1.1 GC with the pods that
-    /// remain.
-    fn clean_up_networks(&self) {
-        let Some(cni) = self.cni.clone() else {
-            return;
-        };
-        let known: std::collections::HashSet<String> = self
-            .sandboxes
-            .registry
-            .ids()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        std::thread::spawn(move || {
-            for pod in cni.cached_pods() {
-                if !known.contains(&pod) {
-                    match cni.teardown(&pod) {
-                        Ok(()) => {
-                            tracing::info!(pod = %pod, "released the network of a pod with no record")
-                        }
-                        Err(e) => {
-                            tracing::warn!(pod = %pod, error = %e, "releasing the network of a pod with no record")
-                        }
-                    }
-                }
-            }
-            if let Err(e) = cni.gc(&cni.cached_pods()) {
-                tracing::warn!(error = %e, "CNI GC");
-            }
-        });
     }
 
     /// Views of the live (created or running) containers passing `keep`,
@@ -959,31 +846,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::ExecRequest>,
     ) -> Result<Response<proto::ExecResponse>, Status> {
-        let req = request.into_inner();
-        if req.tty && req.stderr {
-            return Err(RuntimeError::invalid(
-                "stderr",
-                "tty and stderr cannot both be true (the terminal carries both)",
-            )
-            .into());
-        }
-        let stream = self.streaming_for(req.stdin, req.stdout, req.stderr)?;
-        let target = {
-            let rec = self.current_container(&req.container_id).await?;
-            let spec = exec_sync::process_spec(&rec, req.cmd)?;
-            crate::stream::exec::ExecTarget {
-                runtime_root: self.containers.runtime_root.clone(),
-                container_id: rec.id.to_string(),
-                spec,
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                tty: req.tty,
-            }
-        };
-        let url = stream
-            .issue(crate::stream::StreamRequest::Exec(Box::new(target)))
-            .map_err(RuntimeError::from)?;
+        let url = self.exec_url(request.into_inner()).await?;
         Ok(Response::new(proto::ExecResponse { url }))
     }
 
@@ -991,38 +854,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::AttachRequest>,
     ) -> Result<Response<proto::AttachResponse>, Status> {
-        let req = request.into_inner();
-        let stream = self.streaming_for(req.stdin, req.stdout, req.stderr)?;
-        let target = {
-            let rec = self.current_container(&req.container_id).await?;
-            if rec.state != container::ContainerState::Running {
-                return Err(RuntimeError::FailedPrecondition(format!(
-                    "container {} is {:?}, not running",
-                    rec.id, rec.state
-                ))
-                .into());
-            }
-            let config = rec.config();
-            if req.stdin && !config.stdin {
-                return Err(RuntimeError::invalid(
-                    "stdin",
-                    "the container was not created with stdin: true",
-                )
-                .into());
-            }
-            // The container's terminal decides (as containerd does): one
-            // stream, no stderr.
-            crate::stream::attach::AttachTarget {
-                dir: rec.dir.clone(),
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr && !config.tty,
-                tty: config.tty,
-            }
-        };
-        let url = stream
-            .issue(crate::stream::StreamRequest::Attach(target))
-            .map_err(RuntimeError::from)?;
+        let url = self.attach_url(request.into_inner()).await?;
         Ok(Response::new(proto::AttachResponse { url }))
     }
 
@@ -1030,44 +862,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::PortForwardRequest>,
     ) -> Result<Response<proto::PortForwardResponse>, Status> {
-        let req = request.into_inner();
-        let stream = self.streaming()?;
-        let mut ports = Vec::new();
-        for (i, p) in req.port.iter().enumerate() {
-            match u16::try_from(*p) {
-                Ok(p) if p > 0 => ports.push(p),
-                _ => {
-                    return Err(RuntimeError::invalid(
-                        format!("port[{i}]"),
-                        format!("{p} is not a TCP port"),
-                    )
-                    .into())
-                }
-            }
-        }
-        let netns = {
-            let rec = self.locked_sandbox(&req.pod_sandbox_id).await?;
-            if rec.state != sandbox::SandboxState::Ready {
-                return Err(RuntimeError::FailedPrecondition(format!(
-                    "pod sandbox {} is not ready",
-                    rec.id
-                ))
-                .into());
-            }
-            match (
-                rec.network,
-                rec.namespaces.as_ref().and_then(|n| n.net.clone()),
-            ) {
-                (sandbox::NsMode::Pod, Some(net)) => net,
-                // Host network: the host's namespace (the daemon's).
-                _ => std::path::PathBuf::from("/proc/self/ns/net"),
-            }
-        };
-        let url = stream
-            .issue(crate::stream::StreamRequest::PortForward(
-                crate::stream::portforward::Target { netns, ports },
-            ))
-            .map_err(RuntimeError::from)?;
+        let url = self.port_forward_url(request.into_inner()).await?;
         Ok(Response::new(proto::PortForwardResponse { url }))
     }
 
@@ -1187,32 +982,6 @@ impl RuntimeServiceImpl {
             self.containers.registry.save(&rec)?;
         }
         Ok(rec)
-    }
-
-    /// The streaming server, for a session that carries at least one of
-    /// the three streams.
-    fn streaming_for(
-        &self,
-        stdin: bool,
-        stdout: bool,
-        stderr: bool,
-    ) -> Result<&Arc<crate::stream::StreamServer>, Status> {
-        if !(stdin || stdout || stderr) {
-            return Err(RuntimeError::invalid(
-                "stdin",
-                "one of stdin, stdout or stderr must be true",
-            )
-            .into());
-        }
-        self.streaming()
-    }
-
-    fn streaming(&self) -> Result<&Arc<crate::stream::StreamServer>, Status> {
-        self.stream.as_ref().ok_or_else(|| {
-            Status::unavailable(
-                "berth runs without a streaming server (stream_addr not configured)",
-            )
-        })
     }
 }
 
