@@ -26,6 +26,7 @@ mod sandbox_run;
 mod sandbox_status;
 mod sandbox_stop;
 mod stats;
+mod stats_rpc;
 mod status;
 mod streaming;
 mod version;
@@ -148,74 +149,6 @@ impl RuntimeServiceImpl {
             }
         }
         inv
-    }
-
-    /// Views of the live (created or running) containers passing `keep`,
-    /// brought up to date with their monitors' exit records.
-    async fn live_containers(
-        &self,
-        entries: Vec<crate::store::Entry<container::ContainerRecord>>,
-        keep: impl Fn(&container::ContainerRecord) -> bool,
-    ) -> Result<Vec<stats::ContainerView>, Status> {
-        let mut out = Vec::new();
-        for entry in entries {
-            let mut rec = entry.lock().await;
-            if rec.removed {
-                continue;
-            }
-            if rec.refresh() {
-                self.containers.registry.save(&rec)?;
-            }
-            if rec.state.is_live() && keep(&rec) {
-                out.push(stats::ContainerView::of(&rec));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Samples pods (and their live containers) off the async threads.
-    async fn sample_pods(
-        &self,
-        pods: Vec<(stats::PodView, Vec<stats::ContainerView>)>,
-    ) -> Result<Vec<(stats::PodView, stats::PodSample)>, Status> {
-        let (sampler, containers, images) = (
-            self.sampler.clone(),
-            self.containers.clone(),
-            self.images.clone(),
-        );
-        blocking(move || {
-            Ok::<_, RuntimeError>(
-                pods.into_iter()
-                    .map(|(pod, members)| {
-                        let s = sampler.sample_pod(&containers, &images, &pod, members);
-                        (pod, s)
-                    })
-                    .collect(),
-            )
-        })
-        .await
-    }
-
-    /// Pods passing `keep` (and not removed), with their live containers.
-    async fn pods_with_members(
-        &self,
-        keep: impl Fn(&sandbox::SandboxRecord) -> bool,
-    ) -> Result<Vec<(stats::PodView, Vec<stats::ContainerView>)>, Status> {
-        let mut pods = Vec::new();
-        for entry in self.sandboxes.registry.all() {
-            let (view, id) = {
-                let rec = entry.lock().await;
-                if rec.removed || !keep(&rec) {
-                    continue;
-                }
-                (stats::PodView::of(&rec), rec.id.clone())
-            };
-            let members = self
-                .live_containers(self.containers.registry.members(&id), |_| true)
-                .await?;
-            pods.push((view, members));
-        }
-        Ok(pods)
     }
 }
 
@@ -544,28 +477,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::ContainerStatsRequest>,
     ) -> Result<Response<proto::ContainerStatsResponse>, Status> {
-        let req = request.into_inner();
-        let entry = self
-            .containers
-            .registry
-            .get(&req.container_id, "container_id")?;
-        let view = {
-            let rec = entry.lock().await;
-            if rec.removed {
-                return Err(self.containers.registry.not_found(&req.container_id).into());
-            }
-            stats::ContainerView::of(&rec)
-        };
-        let (sampler, containers, images) = (
-            self.sampler.clone(),
-            self.containers.clone(),
-            self.images.clone(),
-        );
-        let stats = blocking(move || {
-            let sample = sampler.sample_container(&containers, &images, &view);
-            Ok::<_, RuntimeError>(sampler.container_stats(&images, &view, &sample))
-        })
-        .await?;
+        let stats = self.container_stats_of(request.into_inner()).await?;
         Ok(Response::new(proto::ContainerStatsResponse {
             stats: Some(stats),
         }))
@@ -576,28 +488,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         request: Request<proto::ListContainerStatsRequest>,
     ) -> Result<Response<proto::ListContainerStatsResponse>, Status> {
         let filter = request.into_inner().filter.unwrap_or_default();
-        let views = self
-            .live_containers(self.containers.registry.all(), |rec| {
-                stats::container_matches(rec, &filter)
-            })
-            .await?;
-        let (sampler, containers, images) = (
-            self.sampler.clone(),
-            self.containers.clone(),
-            self.images.clone(),
-        );
-        let stats = blocking(move || {
-            Ok::<_, RuntimeError>(
-                views
-                    .iter()
-                    .map(|v| {
-                        let s = sampler.sample_container(&containers, &images, v);
-                        sampler.container_stats(&images, v, &s)
-                    })
-                    .collect(),
-            )
-        })
-        .await?;
+        let stats = self.list_container_stats_of(filter).await?;
         Ok(Response::new(proto::ListContainerStatsResponse { stats }))
     }
 
@@ -605,18 +496,9 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::PodSandboxStatsRequest>,
     ) -> Result<Response<proto::PodSandboxStatsResponse>, Status> {
-        let req = request.into_inner();
-        let (view, id) = {
-            let rec = self.locked_sandbox(&req.pod_sandbox_id).await?;
-            (stats::PodView::of(&rec), rec.id.clone())
-        };
-        let members = self
-            .live_containers(self.containers.registry.members(&id), |_| true)
-            .await?;
-        let mut sampled = self.sample_pods(vec![(view, members)]).await?;
-        let (pod, sample) = sampled.pop().expect("one pod sampled");
+        let stats = self.pod_sandbox_stats_of(request.into_inner()).await?;
         Ok(Response::new(proto::PodSandboxStatsResponse {
-            stats: Some(self.sampler.pod_stats(&self.images, &pod, &sample)),
+            stats: Some(stats),
         }))
     }
 
@@ -625,17 +507,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         request: Request<proto::ListPodSandboxStatsRequest>,
     ) -> Result<Response<proto::ListPodSandboxStatsResponse>, Status> {
         let filter = request.into_inner().filter.unwrap_or_default();
-        let pods = self
-            .pods_with_members(|rec| {
-                rec.state == sandbox::SandboxState::Ready && stats::pod_matches(rec, &filter)
-            })
-            .await?;
-        let stats = self
-            .sample_pods(pods)
-            .await?
-            .iter()
-            .map(|(pod, s)| self.sampler.pod_stats(&self.images, pod, s))
-            .collect();
+        let stats = self.list_pod_sandbox_stats_of(filter).await?;
         Ok(Response::new(proto::ListPodSandboxStatsResponse { stats }))
     }
 
@@ -652,15 +524,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         _request: Request<proto::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<proto::ListPodSandboxMetricsResponse>, Status> {
-        let pods = self
-            .pods_with_members(|rec| rec.state == sandbox::SandboxState::Ready)
-            .await?;
-        let pod_metrics = self
-            .sample_pods(pods)
-            .await?
-            .iter()
-            .map(|(pod, s)| stats::pod_metrics(pod, s))
-            .collect();
+        let pod_metrics = self.pod_metrics().await?;
         Ok(Response::new(proto::ListPodSandboxMetricsResponse {
             pod_metrics,
         }))
