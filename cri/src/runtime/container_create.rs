@@ -525,3 +525,65 @@ pub(super) fn kill_and_destroy(containers: &Containers, rec: &ContainerRecord) {
 fn libc_sigkill() -> i32 {
     nix::sys::signal::Signal::SIGKILL as i32
 }
+
+impl super::RuntimeServiceImpl {
+    pub(in crate::runtime) async fn create_container_rpc(
+        &self,
+        request: tonic::Request<crate::proto::CreateContainerRequest>,
+    ) -> Result<tonic::Response<crate::proto::CreateContainerResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let config = req.config.ok_or_else(|| {
+            tonic::Status::from(crate::runtime::error::RuntimeError::invalid(
+                "config",
+                "must be set",
+            ))
+        })?;
+        let entry = self
+            .sandboxes
+            .registry
+            .get(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        let sandbox = entry.lock_owned().await;
+        let (containers, images, exe) = (
+            self.containers.clone(),
+            self.images.clone(),
+            self.monitor_exe.clone(),
+        );
+        let zygote = self.zygote.clone();
+        let cgroup_view = self.cgroup_view.clone();
+        let cgroup_driver = self.config.cgroup_driver;
+        let criu = self.criu.clone();
+        let puller = self.puller.clone();
+        let pod_sysctls = self.config.pod_sysctls;
+        let restore = self.config.restore;
+        let rec = crate::util::blocking(move || {
+            let ctx = crate::runtime::container_create::CreateCtx {
+                containers: &containers,
+                images: &images,
+                monitor_exe: &exe,
+                zygote: &zygote,
+                cgroup_view: &cgroup_view,
+                cgroup_driver,
+                criu: &criu,
+                puller: puller.as_deref(),
+                pod_sysctls,
+                restore,
+            };
+            crate::runtime::container_create::create(&ctx, &sandbox, config)
+        })
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e.message(), "CreateContainer failed"))?;
+        tracing::info!(id = %rec.id, name = %rec.name, "container created");
+        self.watch_exit(&rec);
+        self.emit(
+            &rec.id,
+            &rec.sandbox_id,
+            crate::proto::ContainerEventType::ContainerCreatedEvent,
+        )
+        .await;
+        Ok(tonic::Response::new(
+            crate::proto::CreateContainerResponse {
+                container_id: rec.id.to_string(),
+            },
+        ))
+    }
+}

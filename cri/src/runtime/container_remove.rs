@@ -31,3 +31,41 @@ pub(super) async fn remove(
     }
     containers.registry.remove(rec)
 }
+
+impl super::RuntimeServiceImpl {
+    pub(in crate::runtime) async fn remove_container_rpc(
+        &self,
+        request: tonic::Request<crate::proto::RemoveContainerRequest>,
+    ) -> Result<tonic::Response<crate::proto::RemoveContainerResponse>, tonic::Status> {
+        let Some(entry) = self
+            .containers
+            .registry
+            .find(&request.into_inner().container_id, "container_id")?
+        else {
+            return Ok(tonic::Response::new(
+                crate::proto::RemoveContainerResponse {},
+            ));
+        };
+        let (id, pod) = {
+            let mut rec = entry.lock().await;
+            if rec.removed {
+                return Ok(tonic::Response::new(
+                    crate::proto::RemoveContainerResponse {},
+                ));
+            }
+            crate::runtime::container_remove::remove(&self.containers, &self.images, &mut rec)
+                .await?;
+            self.sampler.forget(rec.id.as_str());
+            (rec.id.clone(), rec.sandbox_id.clone())
+        };
+        self.emit(
+            &id,
+            &pod,
+            crate::proto::ContainerEventType::ContainerDeletedEvent,
+        )
+        .await;
+        Ok(tonic::Response::new(
+            crate::proto::RemoveContainerResponse {},
+        ))
+    }
+}

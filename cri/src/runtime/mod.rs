@@ -31,7 +31,7 @@ mod status;
 mod streaming;
 mod version;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -181,51 +181,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::RunPodSandboxRequest>,
     ) -> Result<Response<proto::RunPodSandboxResponse>, Status> {
-        let req = request.into_inner();
-        let config = req
-            .config
-            .ok_or_else(|| Status::from(RuntimeError::invalid("config", "must be set")))?;
-        let plan = sandbox_run::plan(&config, &req.runtime_handler)?;
-        let id = crate::store::ObjectId::random()
-            .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
-        self.sandboxes.registry.reserve(&plan.name, &id)?;
-        let (sandboxes, zygote) = (self.sandboxes.clone(), self.zygote.clone());
-        let (id2, plan2, cni) = (id.clone(), plan.clone(), self.cni.clone());
-        let result = blocking(move || {
-            sandbox_run::create(
-                &sandboxes,
-                &id2,
-                &plan2,
-                &config,
-                &req.runtime_handler,
-                &zygote,
-                cni.as_deref(),
-            )
-        })
-        .await;
-        match result {
-            Ok(rec) => {
-                tracing::info!(id = %rec.id, name = %rec.name, "pod sandbox ready");
-                // Pod events as containerd sends them: the sandbox's id as
-                // the container id, created then started.
-                for kind in [
-                    proto::ContainerEventType::ContainerCreatedEvent,
-                    proto::ContainerEventType::ContainerStartedEvent,
-                ] {
-                    self.emit(&rec.id, &rec.id, kind).await;
-                }
-                Ok(Response::new(proto::RunPodSandboxResponse {
-                    pod_sandbox_id: rec.id.to_string(),
-                }))
-            }
-            Err(e) => {
-                self.sandboxes.registry.release_name(&plan.name, &id);
-                tracing::warn!(name = %plan.name, error = %e.message(), "RunPodSandbox failed");
-                Err(e)
-            }
-        }
+        self.run_pod_sandbox_rpc(request).await
     }
-
     async fn stop_pod_sandbox(
         &self,
         request: Request<proto::StopPodSandboxRequest>,
@@ -238,34 +195,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::RemovePodSandboxRequest>,
     ) -> Result<Response<proto::RemovePodSandboxResponse>, Status> {
-        let Some(entry) = self
-            .sandboxes
-            .registry
-            .find(&request.into_inner().pod_sandbox_id, "pod_sandbox_id")?
-        else {
-            return Ok(Response::new(proto::RemovePodSandboxResponse {}));
-        };
-        let mut rec = entry.lock_owned().await;
-        let mut deleted = Vec::new();
-        for c in self.containers.registry.members(&rec.id) {
-            let mut c = c.lock().await;
-            if !c.removed {
-                container_remove::remove(&self.containers, &self.images, &mut c).await?;
-                self.sampler.forget(c.id.as_str());
-                deleted.push(c.id.clone());
-            }
-        }
-        self.sampler.forget(rec.id.as_str());
-        let (sandboxes, cni) = (self.sandboxes.clone(), self.cni.clone());
-        let pod = rec.id.clone();
-        blocking(move || sandbox_remove::remove(&sandboxes, &mut rec, cni.as_deref())).await?;
-        for id in deleted.iter().chain([&pod]) {
-            self.emit(id, &pod, proto::ContainerEventType::ContainerDeletedEvent)
-                .await;
-        }
-        Ok(Response::new(proto::RemovePodSandboxResponse {}))
+        self.remove_pod_sandbox_rpc(request).await
     }
-
     async fn pod_sandbox_status(
         &self,
         request: Request<proto::PodSandboxStatusRequest>,
@@ -296,57 +227,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::CreateContainerRequest>,
     ) -> Result<Response<proto::CreateContainerResponse>, Status> {
-        let req = request.into_inner();
-        let config = req
-            .config
-            .ok_or_else(|| Status::from(RuntimeError::invalid("config", "must be set")))?;
-        let entry = self
-            .sandboxes
-            .registry
-            .get(&req.pod_sandbox_id, "pod_sandbox_id")?;
-        let sandbox = entry.lock_owned().await;
-        let (containers, images, exe) = (
-            self.containers.clone(),
-            self.images.clone(),
-            self.monitor_exe.clone(),
-        );
-        let zygote = self.zygote.clone();
-        let cgroup_view = self.cgroup_view.clone();
-        let cgroup_driver = self.config.cgroup_driver;
-        let criu = self.criu.clone();
-        let puller = self.puller.clone();
-        let pod_sysctls = self.config.pod_sysctls;
-        let restore = self.config.restore;
-        let rec = blocking(move || {
-            let ctx = container_create::CreateCtx {
-                containers: &containers,
-                images: &images,
-                monitor_exe: &exe,
-                zygote: &zygote,
-                cgroup_view: &cgroup_view,
-                cgroup_driver,
-                criu: &criu,
-                puller: puller.as_deref(),
-                pod_sysctls,
-                restore,
-            };
-            container_create::create(&ctx, &sandbox, config)
-        })
-        .await
-        .inspect_err(|e| tracing::warn!(error = %e.message(), "CreateContainer failed"))?;
-        tracing::info!(id = %rec.id, name = %rec.name, "container created");
-        self.watch_exit(&rec);
-        self.emit(
-            &rec.id,
-            &rec.sandbox_id,
-            proto::ContainerEventType::ContainerCreatedEvent,
-        )
-        .await;
-        Ok(Response::new(proto::CreateContainerResponse {
-            container_id: rec.id.to_string(),
-        }))
+        self.create_container_rpc(request).await
     }
-
     async fn start_container(
         &self,
         request: Request<proto::StartContainerRequest>,
@@ -378,27 +260,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::RemoveContainerRequest>,
     ) -> Result<Response<proto::RemoveContainerResponse>, Status> {
-        let Some(entry) = self
-            .containers
-            .registry
-            .find(&request.into_inner().container_id, "container_id")?
-        else {
-            return Ok(Response::new(proto::RemoveContainerResponse {}));
-        };
-        let (id, pod) = {
-            let mut rec = entry.lock().await;
-            if rec.removed {
-                return Ok(Response::new(proto::RemoveContainerResponse {}));
-            }
-            container_remove::remove(&self.containers, &self.images, &mut rec).await?;
-            self.sampler.forget(rec.id.as_str());
-            (rec.id.clone(), rec.sandbox_id.clone())
-        };
-        self.emit(&id, &pod, proto::ContainerEventType::ContainerDeletedEvent)
-            .await;
-        Ok(Response::new(proto::RemoveContainerResponse {}))
+        self.remove_container_rpc(request).await
     }
-
     async fn container_status(
         &self,
         request: Request<proto::ContainerStatusRequest>,
@@ -675,37 +538,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<proto::UpdateRuntimeConfigResponse>, Status> {
-        let cidr = request
-            .into_inner()
-            .runtime_config
-            .and_then(|c| c.network_config)
-            .map(|n| n.pod_cidr)
-            .unwrap_or_default();
-        if !cidr.is_empty() {
-            for part in cidr.split(',') {
-                if part.trim().parse::<ipnet_like::Cidr>().is_err() {
-                    return Err(RuntimeError::invalid(
-                        "runtime_config.network_config.pod_cidr",
-                        format!("{part:?} is not an IP prefix"),
-                    )
-                    .into());
-                }
-            }
-            tracing::info!(pod_cidr = %cidr, "pod CIDR from kubelet");
-        }
-        // Kept for plugins that take the `ipRanges` capability (an empty
-        // value clears it).
-        if let Some(cni) = &self.cni {
-            cni.set_pod_cidrs(
-                cidr.split(',')
-                    .map(|p| p.trim().to_string())
-                    .filter(|p| !p.is_empty())
-                    .collect(),
-            );
-        }
-        Ok(Response::new(proto::UpdateRuntimeConfigResponse {}))
+        self.update_runtime_config_rpc(request).await
     }
-
     async fn exec(
         &self,
         request: Request<proto::ExecRequest>,
@@ -736,42 +570,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::CheckpointContainerRequest>,
     ) -> Result<Response<proto::CheckpointContainerResponse>, Status> {
-        let req = request.into_inner();
-        container_checkpoint::check_location(&req.location)?;
-        let rec = self.locked_container(&req.container_id).await?;
-        if rec.state != container::ContainerState::Running {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is {:?}: only a running container can be checkpointed",
-                rec.id, rec.state
-            ))
-            .into());
-        }
-        let pod = self.pod_meta(&rec.sandbox_id).await;
-        let containers = self.containers.clone();
-        let criu = self.criu.clone();
-        let t0 = std::time::Instant::now();
-        let id = rec.id.to_string();
-        blocking(move || {
-            container_checkpoint::checkpoint(
-                &rec,
-                &container_checkpoint::CheckpointRequest {
-                    runtime_root: &containers.runtime_root,
-                    work_parent: &containers.checkpoint_dir,
-                    criu: &criu,
-                    pod,
-                    location: &req.location,
-                    timeout_secs: req.timeout,
-                },
-            )
-        })
-        .await
-        .inspect_err(
-            |e| tracing::warn!(id = %id, error = %e.message(), "CheckpointContainer failed"),
-        )?;
-        tracing::info!(id = %id, took = ?t0.elapsed(), "container checkpointed");
-        Ok(Response::new(proto::CheckpointContainerResponse {}))
+        self.checkpoint_container_rpc(request).await
     }
-
     async fn checkpoint_pod(
         &self,
         _request: Request<proto::CheckpointPodRequest>,

@@ -16,6 +16,49 @@ pub(super) fn runtime_config(config: &RuntimeServiceConfig) -> proto::RuntimeCon
     }
 }
 
+impl super::RuntimeServiceImpl {
+    pub(in crate::runtime) async fn update_runtime_config_rpc(
+        &self,
+        request: tonic::Request<crate::proto::UpdateRuntimeConfigRequest>,
+    ) -> Result<tonic::Response<crate::proto::UpdateRuntimeConfigResponse>, tonic::Status> {
+        let cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        if !cidr.is_empty() {
+            for part in cidr.split(',') {
+                if part
+                    .trim()
+                    .parse::<crate::runtime::ipnet_like::Cidr>()
+                    .is_err()
+                {
+                    return Err(crate::runtime::error::RuntimeError::invalid(
+                        "runtime_config.network_config.pod_cidr",
+                        format!("{part:?} is not an IP prefix"),
+                    )
+                    .into());
+                }
+            }
+            tracing::info!(pod_cidr = %cidr, "pod CIDR from kubelet");
+        }
+        // Kept for plugins that take the `ipRanges` capability (an empty
+        // value clears it).
+        if let Some(cni) = &self.cni {
+            cni.set_pod_cidrs(
+                cidr.split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+            );
+        }
+        Ok(tonic::Response::new(
+            crate::proto::UpdateRuntimeConfigResponse {},
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -418,6 +418,60 @@ fn write_id_maps(pid: i32, u: &Userns) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+impl super::RuntimeServiceImpl {
+    pub(in crate::runtime) async fn run_pod_sandbox_rpc(
+        &self,
+        request: tonic::Request<crate::proto::RunPodSandboxRequest>,
+    ) -> Result<tonic::Response<crate::proto::RunPodSandboxResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let config = req.config.ok_or_else(|| {
+            tonic::Status::from(crate::runtime::error::RuntimeError::invalid(
+                "config",
+                "must be set",
+            ))
+        })?;
+        let plan = crate::runtime::sandbox_run::plan(&config, &req.runtime_handler)?;
+        let id = crate::store::ObjectId::random()
+            .map_err(|e| crate::runtime::error::RuntimeError::io(Path::new("/dev/urandom"), e))?;
+        self.sandboxes.registry.reserve(&plan.name, &id)?;
+        let (sandboxes, zygote) = (self.sandboxes.clone(), self.zygote.clone());
+        let (id2, plan2, cni) = (id.clone(), plan.clone(), self.cni.clone());
+        let result = crate::util::blocking(move || {
+            crate::runtime::sandbox_run::create(
+                &sandboxes,
+                &id2,
+                &plan2,
+                &config,
+                &req.runtime_handler,
+                &zygote,
+                cni.as_deref(),
+            )
+        })
+        .await;
+        match result {
+            Ok(rec) => {
+                tracing::info!(id = %rec.id, name = %rec.name, "pod sandbox ready");
+                // Pod events as containerd sends them: the sandbox's id as
+                // the container id, created then started.
+                for kind in [
+                    crate::proto::ContainerEventType::ContainerCreatedEvent,
+                    crate::proto::ContainerEventType::ContainerStartedEvent,
+                ] {
+                    self.emit(&rec.id, &rec.id, kind).await;
+                }
+                Ok(tonic::Response::new(crate::proto::RunPodSandboxResponse {
+                    pod_sandbox_id: rec.id.to_string(),
+                }))
+            }
+            Err(e) => {
+                self.sandboxes.registry.release_name(&plan.name, &id);
+                tracing::warn!(name = %plan.name, error = %e.message(), "RunPodSandbox failed");
+                Err(e)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

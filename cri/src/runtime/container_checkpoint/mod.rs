@@ -353,3 +353,51 @@ use archive::{rootfs_diff, write_archive};
 pub(super) use restore::{
     apply_rootfs_diff, checkpoint_image_dir, is_archive, open, rootfs_image, unpack,
 };
+
+impl super::RuntimeServiceImpl {
+    /// Dumps a running container with CRIU into a checkpoint archive at
+    /// `location`, leaving it running (see `container_checkpoint`).
+    pub(in crate::runtime) async fn checkpoint_container_rpc(
+        &self,
+        request: tonic::Request<crate::proto::CheckpointContainerRequest>,
+    ) -> Result<tonic::Response<crate::proto::CheckpointContainerResponse>, tonic::Status> {
+        let req = request.into_inner();
+        crate::runtime::container_checkpoint::check_location(&req.location)?;
+        let rec = self.locked_container(&req.container_id).await?;
+        if rec.state != crate::runtime::container::ContainerState::Running {
+            return Err(
+                crate::runtime::error::RuntimeError::FailedPrecondition(format!(
+                    "container {} is {:?}: only a running container can be checkpointed",
+                    rec.id, rec.state
+                ))
+                .into(),
+            );
+        }
+        let pod = self.pod_meta(&rec.sandbox_id).await;
+        let containers = self.containers.clone();
+        let criu = self.criu.clone();
+        let t0 = std::time::Instant::now();
+        let id = rec.id.to_string();
+        crate::util::blocking(move || {
+            crate::runtime::container_checkpoint::checkpoint(
+                &rec,
+                &crate::runtime::container_checkpoint::CheckpointRequest {
+                    runtime_root: &containers.runtime_root,
+                    work_parent: &containers.checkpoint_dir,
+                    criu: &criu,
+                    pod,
+                    location: &req.location,
+                    timeout_secs: req.timeout,
+                },
+            )
+        })
+        .await
+        .inspect_err(
+            |e| tracing::warn!(id = %id, error = %e.message(), "CheckpointContainer failed"),
+        )?;
+        tracing::info!(id = %id, took = ?t0.elapsed(), "container checkpointed");
+        Ok(tonic::Response::new(
+            crate::proto::CheckpointContainerResponse {},
+        ))
+    }
+}
