@@ -16,7 +16,9 @@ use crate::monitor::{self, MonitorError, MonitorSpec};
 use crate::proto;
 use crate::spec;
 use crate::store::ObjectId;
+use crate::util::blocking;
 use crate::util::now_nanos;
+use tonic::{Request, Response, Status};
 
 /// Everything CreateContainer needs from the service.
 pub(super) struct CreateCtx<'a> {
@@ -511,14 +513,20 @@ fn load_localhost_seccomp(
 /// SIGKILL the container's processes and remove runtime-core's state
 /// (blocking; used by rollback, Stop with no grace and Remove).
 pub(super) fn kill_and_destroy(containers: &Containers, rec: &ContainerRecord) {
-    match berth_core::Container::load(&containers.runtime_root, rec.id.as_str()) {
+    kill_and_destroy_id(containers, rec.id.as_str());
+}
+
+/// [`kill_and_destroy`] by id: also for a container that has no record
+/// (start-up recovery).
+pub(super) fn kill_and_destroy_id(containers: &Containers, id: &str) {
+    match berth_core::Container::load(&containers.runtime_root, id) {
         Ok(c) => {
             let _ = c.signal(libc_sigkill());
             if let Err(e) = c.destroy() {
-                tracing::warn!(id = %rec.id, error = %e, "destroying container state");
+                tracing::warn!(id, error = %e, "destroying container state");
             }
         }
-        Err(e) => tracing::debug!(id = %rec.id, error = %e, "no runtime state to destroy"),
+        Err(e) => tracing::debug!(id, error = %e, "no runtime state to destroy"),
     }
 }
 
@@ -529,15 +537,12 @@ fn libc_sigkill() -> i32 {
 impl super::RuntimeServiceImpl {
     pub(in crate::runtime) async fn create_container_rpc(
         &self,
-        request: tonic::Request<crate::proto::CreateContainerRequest>,
-    ) -> Result<tonic::Response<crate::proto::CreateContainerResponse>, tonic::Status> {
+        request: Request<proto::CreateContainerRequest>,
+    ) -> Result<Response<proto::CreateContainerResponse>, Status> {
         let req = request.into_inner();
-        let config = req.config.ok_or_else(|| {
-            tonic::Status::from(crate::runtime::error::RuntimeError::invalid(
-                "config",
-                "must be set",
-            ))
-        })?;
+        let config = req
+            .config
+            .ok_or_else(|| Status::from(RuntimeError::invalid("config", "must be set")))?;
         let entry = self
             .sandboxes
             .registry
@@ -555,8 +560,8 @@ impl super::RuntimeServiceImpl {
         let puller = self.puller.clone();
         let pod_sysctls = self.config.pod_sysctls;
         let restore = self.config.restore;
-        let rec = crate::util::blocking(move || {
-            let ctx = crate::runtime::container_create::CreateCtx {
+        let rec = blocking(move || {
+            let ctx = CreateCtx {
                 containers: &containers,
                 images: &images,
                 monitor_exe: &exe,
@@ -568,7 +573,7 @@ impl super::RuntimeServiceImpl {
                 pod_sysctls,
                 restore,
             };
-            crate::runtime::container_create::create(&ctx, &sandbox, config)
+            create(&ctx, &sandbox, config)
         })
         .await
         .inspect_err(|e| tracing::warn!(error = %e.message(), "CreateContainer failed"))?;
@@ -577,13 +582,11 @@ impl super::RuntimeServiceImpl {
         self.emit(
             &rec.id,
             &rec.sandbox_id,
-            crate::proto::ContainerEventType::ContainerCreatedEvent,
+            proto::ContainerEventType::ContainerCreatedEvent,
         )
         .await;
-        Ok(tonic::Response::new(
-            crate::proto::CreateContainerResponse {
-                container_id: rec.id.to_string(),
-            },
-        ))
+        Ok(Response::new(proto::CreateContainerResponse {
+            container_id: rec.id.to_string(),
+        }))
     }
 }

@@ -6,6 +6,8 @@ use super::container_create::kill_and_destroy;
 use super::container_stop;
 use super::error::RuntimeError;
 use crate::image::ImageStore;
+use crate::proto;
+use tonic::{Request, Response, Status};
 
 /// Removes a container whose lock the caller holds.
 pub(super) async fn remove(
@@ -35,37 +37,26 @@ pub(super) async fn remove(
 impl super::RuntimeServiceImpl {
     pub(in crate::runtime) async fn remove_container_rpc(
         &self,
-        request: tonic::Request<crate::proto::RemoveContainerRequest>,
-    ) -> Result<tonic::Response<crate::proto::RemoveContainerResponse>, tonic::Status> {
+        request: Request<proto::RemoveContainerRequest>,
+    ) -> Result<Response<proto::RemoveContainerResponse>, Status> {
         let Some(entry) = self
             .containers
             .registry
             .find(&request.into_inner().container_id, "container_id")?
         else {
-            return Ok(tonic::Response::new(
-                crate::proto::RemoveContainerResponse {},
-            ));
+            return Ok(Response::new(proto::RemoveContainerResponse {}));
         };
         let (id, pod) = {
             let mut rec = entry.lock().await;
             if rec.removed {
-                return Ok(tonic::Response::new(
-                    crate::proto::RemoveContainerResponse {},
-                ));
+                return Ok(Response::new(proto::RemoveContainerResponse {}));
             }
-            crate::runtime::container_remove::remove(&self.containers, &self.images, &mut rec)
-                .await?;
+            remove(&self.containers, &self.images, &mut rec).await?;
             self.sampler.forget(rec.id.as_str());
             (rec.id.clone(), rec.sandbox_id.clone())
         };
-        self.emit(
-            &id,
-            &pod,
-            crate::proto::ContainerEventType::ContainerDeletedEvent,
-        )
-        .await;
-        Ok(tonic::Response::new(
-            crate::proto::RemoveContainerResponse {},
-        ))
+        self.emit(&id, &pod, proto::ContainerEventType::ContainerDeletedEvent)
+            .await;
+        Ok(Response::new(proto::RemoveContainerResponse {}))
     }
 }

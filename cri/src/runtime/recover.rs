@@ -64,12 +64,7 @@ fn subdirs(dir: &Path) -> Vec<String> {
 fn reap_container(containers: &Containers, images: &ImageStore, id: &str) {
     // The init (and so its monitor, which then exits), the cgroup and the
     // runtime state.
-    if let Ok(c) = berth_core::Container::load(&containers.runtime_root, id) {
-        let _ = c.signal(nix::sys::signal::Signal::SIGKILL as i32);
-        if let Err(e) = c.destroy() {
-            tracing::warn!(id, error = %e, "destroying an unrecorded container's state");
-        }
-    }
+    super::container_create::kill_and_destroy_id(containers, id);
     if let Ok(cid) = berth_core::ContainerId::new(id) {
         if let Err(e) = images.remove_container(&cid) {
             tracing::warn!(id, error = %e, "removing an unrecorded container's writable layer");

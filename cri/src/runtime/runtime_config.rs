@@ -1,8 +1,10 @@
 //! `RuntimeConfig`: the cgroup driver, which kubelet (1.28+, with
 //! `KubeletCgroupDriverFromCRI`) adopts instead of its own setting.
 
+use super::error::RuntimeError;
 use super::{CgroupDriver, RuntimeServiceConfig};
 use crate::proto;
+use tonic::{Request, Response, Status};
 
 pub(super) fn runtime_config(config: &RuntimeServiceConfig) -> proto::RuntimeConfigResponse {
     let driver = match config.cgroup_driver {
@@ -19,8 +21,8 @@ pub(super) fn runtime_config(config: &RuntimeServiceConfig) -> proto::RuntimeCon
 impl super::RuntimeServiceImpl {
     pub(in crate::runtime) async fn update_runtime_config_rpc(
         &self,
-        request: tonic::Request<crate::proto::UpdateRuntimeConfigRequest>,
-    ) -> Result<tonic::Response<crate::proto::UpdateRuntimeConfigResponse>, tonic::Status> {
+        request: Request<proto::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<proto::UpdateRuntimeConfigResponse>, Status> {
         let cidr = request
             .into_inner()
             .runtime_config
@@ -29,12 +31,8 @@ impl super::RuntimeServiceImpl {
             .unwrap_or_default();
         if !cidr.is_empty() {
             for part in cidr.split(',') {
-                if part
-                    .trim()
-                    .parse::<crate::runtime::ipnet_like::Cidr>()
-                    .is_err()
-                {
-                    return Err(crate::runtime::error::RuntimeError::invalid(
+                if part.trim().parse::<super::ipnet_like::Cidr>().is_err() {
+                    return Err(RuntimeError::invalid(
                         "runtime_config.network_config.pod_cidr",
                         format!("{part:?} is not an IP prefix"),
                     )
@@ -53,9 +51,7 @@ impl super::RuntimeServiceImpl {
                     .collect(),
             );
         }
-        Ok(tonic::Response::new(
-            crate::proto::UpdateRuntimeConfigResponse {},
-        ))
+        Ok(Response::new(proto::UpdateRuntimeConfigResponse {}))
     }
 }
 

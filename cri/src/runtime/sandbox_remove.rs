@@ -4,6 +4,9 @@
 use super::error::RuntimeError;
 use super::sandbox::{SandboxRecord, Sandboxes};
 use super::sandbox_stop;
+use crate::proto;
+use crate::util::blocking;
+use tonic::{Request, Response, Status};
 
 /// Removes a sandbox whose lock the caller holds (blocking).
 pub(super) fn remove(
@@ -29,24 +32,21 @@ pub(super) fn remove(
 impl super::RuntimeServiceImpl {
     pub(in crate::runtime) async fn remove_pod_sandbox_rpc(
         &self,
-        request: tonic::Request<crate::proto::RemovePodSandboxRequest>,
-    ) -> Result<tonic::Response<crate::proto::RemovePodSandboxResponse>, tonic::Status> {
+        request: Request<proto::RemovePodSandboxRequest>,
+    ) -> Result<Response<proto::RemovePodSandboxResponse>, Status> {
         let Some(entry) = self
             .sandboxes
             .registry
             .find(&request.into_inner().pod_sandbox_id, "pod_sandbox_id")?
         else {
-            return Ok(tonic::Response::new(
-                crate::proto::RemovePodSandboxResponse {},
-            ));
+            return Ok(Response::new(proto::RemovePodSandboxResponse {}));
         };
         let mut rec = entry.lock_owned().await;
         let mut deleted = Vec::new();
         for c in self.containers.registry.members(&rec.id) {
             let mut c = c.lock().await;
             if !c.removed {
-                crate::runtime::container_remove::remove(&self.containers, &self.images, &mut c)
-                    .await?;
+                super::container_remove::remove(&self.containers, &self.images, &mut c).await?;
                 self.sampler.forget(c.id.as_str());
                 deleted.push(c.id.clone());
             }
@@ -54,20 +54,11 @@ impl super::RuntimeServiceImpl {
         self.sampler.forget(rec.id.as_str());
         let (sandboxes, cni) = (self.sandboxes.clone(), self.cni.clone());
         let pod = rec.id.clone();
-        crate::util::blocking(move || {
-            crate::runtime::sandbox_remove::remove(&sandboxes, &mut rec, cni.as_deref())
-        })
-        .await?;
+        blocking(move || remove(&sandboxes, &mut rec, cni.as_deref())).await?;
         for id in deleted.iter().chain([&pod]) {
-            self.emit(
-                id,
-                &pod,
-                crate::proto::ContainerEventType::ContainerDeletedEvent,
-            )
-            .await;
+            self.emit(id, &pod, proto::ContainerEventType::ContainerDeletedEvent)
+                .await;
         }
-        Ok(tonic::Response::new(
-            crate::proto::RemovePodSandboxResponse {},
-        ))
+        Ok(Response::new(proto::RemovePodSandboxResponse {}))
     }
 }

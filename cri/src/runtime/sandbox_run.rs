@@ -13,6 +13,8 @@ use berth_core::config::IdMap;
 use super::sandbox::{files, sandbox_name, NsMode, SandboxRecord, SandboxState, Sandboxes, Userns};
 use crate::proto;
 use crate::store::ObjectId;
+use crate::util::blocking;
+use tonic::{Request, Response, Status};
 
 /// The pod's /dev/shm size: Docker's and containerd's default.
 const SHM_SIZE: u64 = 64 << 20;
@@ -421,23 +423,20 @@ fn write_id_maps(pid: i32, u: &Userns) -> Result<(), RuntimeError> {
 impl super::RuntimeServiceImpl {
     pub(in crate::runtime) async fn run_pod_sandbox_rpc(
         &self,
-        request: tonic::Request<crate::proto::RunPodSandboxRequest>,
-    ) -> Result<tonic::Response<crate::proto::RunPodSandboxResponse>, tonic::Status> {
+        request: Request<proto::RunPodSandboxRequest>,
+    ) -> Result<Response<proto::RunPodSandboxResponse>, Status> {
         let req = request.into_inner();
-        let config = req.config.ok_or_else(|| {
-            tonic::Status::from(crate::runtime::error::RuntimeError::invalid(
-                "config",
-                "must be set",
-            ))
-        })?;
-        let plan = crate::runtime::sandbox_run::plan(&config, &req.runtime_handler)?;
+        let config = req
+            .config
+            .ok_or_else(|| Status::from(RuntimeError::invalid("config", "must be set")))?;
+        let plan = plan(&config, &req.runtime_handler)?;
         let id = crate::store::ObjectId::random()
-            .map_err(|e| crate::runtime::error::RuntimeError::io(Path::new("/dev/urandom"), e))?;
+            .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
         self.sandboxes.registry.reserve(&plan.name, &id)?;
         let (sandboxes, zygote) = (self.sandboxes.clone(), self.zygote.clone());
         let (id2, plan2, cni) = (id.clone(), plan.clone(), self.cni.clone());
-        let result = crate::util::blocking(move || {
-            crate::runtime::sandbox_run::create(
+        let result = blocking(move || {
+            create(
                 &sandboxes,
                 &id2,
                 &plan2,
@@ -454,12 +453,12 @@ impl super::RuntimeServiceImpl {
                 // Pod events as containerd sends them: the sandbox's id as
                 // the container id, created then started.
                 for kind in [
-                    crate::proto::ContainerEventType::ContainerCreatedEvent,
-                    crate::proto::ContainerEventType::ContainerStartedEvent,
+                    proto::ContainerEventType::ContainerCreatedEvent,
+                    proto::ContainerEventType::ContainerStartedEvent,
                 ] {
                     self.emit(&rec.id, &rec.id, kind).await;
                 }
-                Ok(tonic::Response::new(crate::proto::RunPodSandboxResponse {
+                Ok(Response::new(proto::RunPodSandboxResponse {
                     pod_sandbox_id: rec.id.to_string(),
                 }))
             }

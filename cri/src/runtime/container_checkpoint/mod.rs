@@ -144,8 +144,7 @@ pub(super) fn checkpoint(
         t => Duration::from_secs(t as u64),
     };
     let deadline = crate::util::deadline_after(timeout);
-    let c = berth_core::Container::load(req.runtime_root, rec.id.as_str())
-        .map_err(|e| RuntimeError::FailedPrecondition(format!("container {}: {e}", rec.id)))?;
+    let c = load(req.runtime_root, rec)?;
     let spec = read_monitor_spec(&rec.dir)?;
     let work = Work::new(req.work_parent)?;
     let mut opts = CriuOptions::new(work.0.join(CHECKPOINT_DIR), &work.0);
@@ -229,7 +228,7 @@ pub(super) fn thaw_interrupted(containers: &super::container::Containers) -> usi
         if !marker.exists() {
             continue;
         }
-        let resumed = berth_core::Container::load(&containers.runtime_root, rec.id.as_str())
+        let resumed = load(&containers.runtime_root, &rec)
             .map_err(|e| e.to_string())
             .and_then(|c| {
                 if c.status() == berth_core::Status::Paused {
@@ -251,6 +250,13 @@ pub(super) fn thaw_interrupted(containers: &super::container::Containers) -> usi
         let _ = std::fs::remove_file(&marker);
     }
     thawed
+}
+
+/// runtime-core's view of the container (freezer, CRIU's target): the one
+/// place checkpointing reads it.
+fn load(runtime_root: &Path, rec: &ContainerRecord) -> Result<berth_core::Container, RuntimeError> {
+    berth_core::Container::load(runtime_root, rec.id.as_str())
+        .map_err(|e| RuntimeError::FailedPrecondition(format!("container {}: {e}", rec.id)))
 }
 
 /// A fresh work directory, removed (with everything in it) on drop.
@@ -349,39 +355,39 @@ mod restore;
 #[cfg(test)]
 mod tests;
 
+use crate::util::blocking;
 use archive::{rootfs_diff, write_archive};
 pub(super) use restore::{
     apply_rootfs_diff, checkpoint_image_dir, is_archive, open, rootfs_image, unpack,
 };
+use tonic::{Request, Response, Status};
 
 impl super::RuntimeServiceImpl {
     /// Dumps a running container with CRIU into a checkpoint archive at
     /// `location`, leaving it running (see `container_checkpoint`).
     pub(in crate::runtime) async fn checkpoint_container_rpc(
         &self,
-        request: tonic::Request<crate::proto::CheckpointContainerRequest>,
-    ) -> Result<tonic::Response<crate::proto::CheckpointContainerResponse>, tonic::Status> {
+        request: Request<proto::CheckpointContainerRequest>,
+    ) -> Result<Response<proto::CheckpointContainerResponse>, Status> {
         let req = request.into_inner();
-        crate::runtime::container_checkpoint::check_location(&req.location)?;
+        check_location(&req.location)?;
         let rec = self.locked_container(&req.container_id).await?;
-        if rec.state != crate::runtime::container::ContainerState::Running {
-            return Err(
-                crate::runtime::error::RuntimeError::FailedPrecondition(format!(
-                    "container {} is {:?}: only a running container can be checkpointed",
-                    rec.id, rec.state
-                ))
-                .into(),
-            );
+        if rec.state != super::container::ContainerState::Running {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is {:?}: only a running container can be checkpointed",
+                rec.id, rec.state
+            ))
+            .into());
         }
         let pod = self.pod_meta(&rec.sandbox_id).await;
         let containers = self.containers.clone();
         let criu = self.criu.clone();
         let t0 = std::time::Instant::now();
         let id = rec.id.to_string();
-        crate::util::blocking(move || {
-            crate::runtime::container_checkpoint::checkpoint(
+        blocking(move || {
+            checkpoint(
                 &rec,
-                &crate::runtime::container_checkpoint::CheckpointRequest {
+                &CheckpointRequest {
                     runtime_root: &containers.runtime_root,
                     work_parent: &containers.checkpoint_dir,
                     criu: &criu,
@@ -396,8 +402,6 @@ impl super::RuntimeServiceImpl {
             |e| tracing::warn!(id = %id, error = %e.message(), "CheckpointContainer failed"),
         )?;
         tracing::info!(id = %id, took = ?t0.elapsed(), "container checkpointed");
-        Ok(tonic::Response::new(
-            crate::proto::CheckpointContainerResponse {},
-        ))
+        Ok(Response::new(proto::CheckpointContainerResponse {}))
     }
 }

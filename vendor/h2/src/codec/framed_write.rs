@@ -290,12 +290,11 @@ where
                 tracing::trace!(rem = self.buf.remaining(), "encoded window_update");
             }
 
+            // berth patch: h2 never builds a PRIORITY frame to send (it only
+            // receives them, and RFC 9113 deprecates the scheme); upstream
+            // panicked here (as not implemented). Dropped rather than a panic.
             Frame::Priority(_) => {
-                /*
-                v.encode(self.buf.get_mut());
-                tracing::trace!("encoded priority; rem={:?}", self.buf.remaining());
-                */
-                unimplemented!();
+                tracing::debug!("not sending a PRIORITY frame (h2 does not encode them)");
             }
             Frame::Reset(v) => {
                 v.encode(self.buf.get_mut());
