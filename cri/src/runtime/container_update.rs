@@ -11,6 +11,8 @@ use berth_core::cgroups::Resources;
 use super::container::{ContainerRecord, Containers};
 use super::error::RuntimeError;
 use crate::proto;
+use crate::util::blocking;
+use tonic::Status;
 
 /// The limits to write, checked (pure).
 pub(super) fn plan(
@@ -93,4 +95,53 @@ fn refused_write<'a>(
         cur = err.source();
     }
     None
+}
+
+impl super::RuntimeServiceImpl {
+    /// UpdateContainerResources: checked as at create, written to the live
+    /// cgroup, kept in the record.
+    pub(super) async fn update_container_resources_rpc(
+        &self,
+        req: proto::UpdateContainerResourcesRequest,
+    ) -> Result<(), Status> {
+        let limits = plan(req.linux.as_ref())?;
+        let entry = self
+            .containers
+            .registry
+            .get(&req.container_id, "container_id")?;
+        let mut rec = entry.lock_owned().await;
+        if rec.removed {
+            return Err(self.containers.registry.not_found(&req.container_id).into());
+        }
+        rec.refresh();
+        let containers = self.containers.clone();
+        let res = req.linux.unwrap_or_default();
+        blocking(move || update(&containers, &mut rec, &limits, res)).await?;
+        Ok(())
+    }
+
+    /// kubelet has already resized the pod cgroup it owns; the runtime is
+    /// told so that it can act (containerd forwards it to NRI plugins).
+    /// berth keeps no pod-level limits of its own, so it checks the pod
+    /// exists and the values are valid.
+    pub(super) async fn update_pod_sandbox_resources_rpc(
+        &self,
+        req: proto::UpdatePodSandboxResourcesRequest,
+    ) -> Result<(), Status> {
+        for (field, res) in [("overhead", &req.overhead), ("resources", &req.resources)] {
+            if let Some(r) = res {
+                plan(Some(r)).map_err(|e| match e {
+                    RuntimeError::InvalidArgument { field: f, reason } => {
+                        RuntimeError::InvalidArgument {
+                            field: f.replacen("linux", field, 1),
+                            reason,
+                        }
+                    }
+                    other => other,
+                })?;
+            }
+        }
+        self.locked_sandbox(&req.pod_sandbox_id).await?;
+        Ok(())
+    }
 }

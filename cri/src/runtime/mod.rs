@@ -413,46 +413,17 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::UpdateContainerResourcesRequest>,
     ) -> Result<Response<proto::UpdateContainerResourcesResponse>, Status> {
-        let req = request.into_inner();
-        let limits = container_update::plan(req.linux.as_ref())?;
-        let entry = self
-            .containers
-            .registry
-            .get(&req.container_id, "container_id")?;
-        let mut rec = entry.lock_owned().await;
-        if rec.removed {
-            return Err(self.containers.registry.not_found(&req.container_id).into());
-        }
-        rec.refresh();
-        let containers = self.containers.clone();
-        let res = req.linux.unwrap_or_default();
-        blocking(move || container_update::update(&containers, &mut rec, &limits, res)).await?;
+        self.update_container_resources_rpc(request.into_inner())
+            .await?;
         Ok(Response::new(proto::UpdateContainerResourcesResponse {}))
     }
 
-    /// kubelet has already resized the pod cgroup it owns; the runtime is
-    /// told so that it can act (containerd forwards it to NRI plugins).
-    /// berth keeps no pod-level limits of its own, so it checks the pod
-    /// exists and the values are valid.
     async fn update_pod_sandbox_resources(
         &self,
         request: Request<proto::UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<proto::UpdatePodSandboxResourcesResponse>, Status> {
-        let req = request.into_inner();
-        for (field, res) in [("overhead", &req.overhead), ("resources", &req.resources)] {
-            if let Some(r) = res {
-                container_update::plan(Some(r)).map_err(|e| match e {
-                    RuntimeError::InvalidArgument { field: f, reason } => {
-                        RuntimeError::InvalidArgument {
-                            field: f.replacen("linux", field, 1),
-                            reason,
-                        }
-                    }
-                    other => other,
-                })?;
-            }
-        }
-        self.locked_sandbox(&req.pod_sandbox_id).await?;
+        self.update_pod_sandbox_resources_rpc(request.into_inner())
+            .await?;
         Ok(Response::new(proto::UpdatePodSandboxResourcesResponse {}))
     }
 
@@ -666,23 +637,4 @@ where
 /// `Unimplemented`, saying what is missing (kubelet logs the message).
 fn not_yet(what: &str) -> Status {
     Status::unimplemented(format!("berth does not implement {what} yet"))
-}
-
-/// Just enough of an IP prefix parser to check kubelet's pod CIDR.
-mod ipnet_like {
-    /// `addr/len` with an IPv4 or IPv6 address and a length in range.
-    pub struct Cidr;
-
-    impl std::str::FromStr for Cidr {
-        type Err = ();
-        fn from_str(s: &str) -> Result<Cidr, ()> {
-            let (addr, len) = s.split_once('/').ok_or(())?;
-            let len: u8 = len.parse().map_err(|_| ())?;
-            match addr.parse::<std::net::IpAddr>().map_err(|_| ())? {
-                std::net::IpAddr::V4(_) if len <= 32 => Ok(Cidr),
-                std::net::IpAddr::V6(_) if len <= 128 => Ok(Cidr),
-                _ => Err(()),
-            }
-        }
-    }
 }

@@ -31,7 +31,7 @@ impl super::RuntimeServiceImpl {
             .unwrap_or_default();
         if !cidr.is_empty() {
             for part in cidr.split(',') {
-                if part.trim().parse::<super::ipnet_like::Cidr>().is_err() {
+                if part.trim().parse::<ipnet_like::Cidr>().is_err() {
                     return Err(RuntimeError::invalid(
                         "runtime_config.network_config.pod_cidr",
                         format!("{part:?} is not an IP prefix"),
@@ -52,6 +52,25 @@ impl super::RuntimeServiceImpl {
             );
         }
         Ok(Response::new(proto::UpdateRuntimeConfigResponse {}))
+    }
+}
+
+/// Just enough of an IP prefix parser to check kubelet's pod CIDR.
+mod ipnet_like {
+    /// `addr/len` with an IPv4 or IPv6 address and a length in range.
+    pub struct Cidr;
+
+    impl std::str::FromStr for Cidr {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Cidr, ()> {
+            let (addr, len) = s.split_once('/').ok_or(())?;
+            let len: u8 = len.parse().map_err(|_| ())?;
+            match addr.parse::<std::net::IpAddr>().map_err(|_| ())? {
+                std::net::IpAddr::V4(_) if len <= 32 => Ok(Cidr),
+                std::net::IpAddr::V6(_) if len <= 128 => Ok(Cidr),
+                _ => Err(()),
+            }
+        }
     }
 }
 
