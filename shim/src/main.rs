@@ -4,6 +4,7 @@
 mod catch_panic;
 mod check;
 mod config;
+mod deadline;
 mod incoming;
 mod metrics;
 mod notify;

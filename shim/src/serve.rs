@@ -266,6 +266,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(crate::catch_panic::CatchPanicLayer)
+        // A passed grpc-timeout is DeadlineExceeded (tonic's own answer is
+        // Cancelled).
+        .layer(crate::deadline::DeadlineLayer)
         // Calls are only timed when someone can read the figures.
         .layer(tower::util::option_layer(
             config
