@@ -34,6 +34,7 @@ pub mod config;
 pub mod container;
 pub mod id;
 pub mod init;
+pub mod ipc;
 pub mod kernel;
 pub mod pin;
 pub mod process;

@@ -290,6 +290,9 @@ pub enum MonitorError {
         /// The monitor's directory.
         dir: PathBuf,
     },
+    /// The channel to the monitor zygote failed.
+    #[error("talk to the monitor zygote")]
+    Zygote(#[source] berth_core::ipc::ChannelError),
     /// The monitor did not reopen the log file in time.
     #[error("monitor {pid} did not reopen {path} within {waited:?} (see its monitor.log)")]
     ReopenTimeout {

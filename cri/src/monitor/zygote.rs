@@ -25,19 +25,15 @@
 //! init binary copy (adopted once, as an exec'd monitor would), which forked
 //! monitors inherit and drop once their container started.
 
-use std::ffi::OsStr;
-use std::io::{IoSlice, IoSliceMut, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
-use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
-};
-use nix::unistd::ForkResult;
+use berth_core::ipc::{Channel, ChannelError};
+use berth_core::process::{fork_single_threaded, Forked};
+use serde::{Deserialize, Serialize};
 
 use super::spawn::{parse_report, prepare, read_report, Report};
 use super::{run, MonitorError, MonitorSpec, SealedInit, Spawned};
@@ -45,16 +41,32 @@ use super::{run, MonitorError, MonitorSpec, SealedInit, Spawned};
 /// `argv[1]` that makes a berth binary run as the monitor zygote.
 pub const ZYGOTE_ARG: &str = "__berth_monitor_zygote";
 
-/// Longest spec path a request carries.
-const MAX_PATH: usize = 4096;
+/// Largest request the zygote reads (a spec path and a hostname).
+const MAX_REQUEST: usize = 16 << 10;
 
-/// Request: fork a monitor (the spec path follows; fds: report, log).
-const KIND_MONITOR: u8 = b'M';
-/// Request: fork a pod's pid namespace init (fds: report).
-const KIND_POD_INIT: u8 = b'P';
-/// Request: fork a holder of a pod's new user-owned namespaces (the
-/// hostname follows; fds: report, hold).
-const KIND_USERNS: u8 = b'U';
+/// What the daemon asks its zygote, over [`berth_core::ipc`].
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    /// Fork a container's monitor. fds: `[report, monitor.log]`.
+    Monitor {
+        /// `<dir>/monitor.json`, absolute.
+        spec: PathBuf,
+    },
+    /// Fork a pod's pid namespace init. fds: `[report]`, then the pod's user
+    /// namespace when `userns`.
+    PodInit {
+        /// The pid namespace is made inside the passed user namespace.
+        userns: bool,
+    },
+    /// Fork a holder of a pod's new user-owned namespaces. fds:
+    /// `[report, hold]`.
+    UsernsHolder {
+        /// The pod's hostname.
+        hostname: String,
+        /// A network namespace of its own (else the host's).
+        own_network: bool,
+    },
+}
 
 /// The daemon's handle on its zygote (started on first use).
 #[derive(Debug)]
@@ -67,7 +79,7 @@ pub struct Zygote {
 #[derive(Debug)]
 struct Running {
     child: Child,
-    sock: OwnedFd,
+    sock: Channel,
 }
 
 impl Zygote {
@@ -90,9 +102,12 @@ impl Zygote {
         let sys = |step| move |source| MonitorError::Sys { step, source };
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(sys("create the report pipe"))?;
-        let mut msg = vec![KIND_MONITOR];
-        msg.extend_from_slice(files.spec.as_os_str().as_bytes());
-        self.send(&msg, &[report_w.as_raw_fd(), files.log.as_raw_fd()])?;
+        self.send(
+            &Request::Monitor {
+                spec: files.spec.clone(),
+            },
+            &[report_w.as_fd(), files.log.as_fd()],
+        )?;
         // Only the monitor may hold the write end now: EOF means it died.
         drop(report_w);
         drop(files.log);
@@ -127,9 +142,12 @@ impl Zygote {
                     step: "open the pod's user namespace",
                     source: nix::Error::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)),
                 })?;
-        let mut fds = vec![report_w.as_raw_fd()];
-        fds.extend(userns.as_ref().map(|f| f.as_raw_fd()));
-        self.send(&[KIND_POD_INIT], &fds)?;
+        let mut fds = vec![report_w.as_fd()];
+        fds.extend(userns.as_ref().map(|f| f.as_fd()));
+        let request = Request::PodInit {
+            userns: userns.is_some(),
+        };
+        self.send(&request, &fds)?;
         drop(userns);
         drop(report_w);
         match parse_report(
@@ -160,9 +178,11 @@ impl Zygote {
             .map_err(sys("create the report pipe"))?;
         let (hold_r, hold_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(sys("create the hold pipe"))?;
-        let mut msg = vec![KIND_USERNS, u8::from(own_network)];
-        msg.extend_from_slice(hostname.as_bytes());
-        self.send(&msg, &[report_w.as_raw_fd(), hold_r.as_raw_fd()])?;
+        let request = Request::UsernsHolder {
+            hostname: hostname.to_string(),
+            own_network,
+        };
+        self.send(&request, &[report_w.as_fd(), hold_r.as_fd()])?;
         drop(report_w);
         drop(hold_r);
         match parse_report(
@@ -182,7 +202,7 @@ impl Zygote {
         guard.as_ref().map(|r| r.child.id())
     }
 
-    fn send(&self, bytes: &[u8], fds: &[RawFd]) -> Result<(), MonitorError> {
+    fn send(&self, request: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), MonitorError> {
         let mut guard = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let mut last = None;
         for _ in 0..2 {
@@ -195,14 +215,7 @@ impl Zygote {
                 *guard = Some(self.start()?);
             }
             let r = guard.as_mut().expect("started");
-            let sent = sendmsg::<()>(
-                r.sock.as_raw_fd(),
-                &[IoSlice::new(bytes)],
-                &[ControlMessage::ScmRights(fds)],
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            );
-            match sent {
+            match r.sock.send(request, fds) {
                 Ok(_) => return Ok(()),
                 Err(e) => {
                     // A zygote that cannot take requests is replaced.
@@ -213,23 +226,11 @@ impl Zygote {
                 }
             }
         }
-        Err(MonitorError::Sys {
-            step: "send a request to the monitor zygote",
-            source: last.unwrap_or(nix::Error::EPIPE),
-        })
+        Err(MonitorError::Zygote(last.unwrap_or(ChannelError::Closed)))
     }
 
     fn start(&self) -> Result<Running, MonitorError> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|source| MonitorError::Sys {
-            step: "create the zygote's socket",
-            source,
-        })?;
+        let (ours, theirs) = Channel::pair().map_err(MonitorError::Zygote)?;
         let mut cmd = Command::new(&self.exe);
         cmd.arg(ZYGOTE_ARG).arg(&self.tag);
         // The zygote (our child) reopens our sealed copy through /proc —
@@ -267,7 +268,7 @@ impl Drop for Zygote {
 /// The zygote process (argv after [`ZYGOTE_ARG`]: the tag, then the
 /// daemon's sealed-copy fd, if any). Returns the exit code.
 pub(super) fn serve(sealed_fd: Option<RawFd>) -> i32 {
-    if !single_threaded() {
+    if !berth_core::process::is_single_threaded() {
         run::warn("the monitor zygote must be single-threaded to fork; exiting");
         return 2;
     }
@@ -275,80 +276,145 @@ pub(super) fn serve(sealed_fd: Option<RawFd>) -> i32 {
         run::adopt_parent_sealed_init(fd);
     }
     let _ = nix::unistd::chdir("/");
-    let sock: RawFd = 0;
+    // Our stdin is the daemon's socketpair: taken as a channel, and stdin
+    // itself pointed at /dev/null.
+    let sock = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => Channel::from_fd(fd).with_limit(MAX_REQUEST),
+        Err(e) => {
+            run::warn(&format!("monitor zygote: its socket: {e}"));
+            return 1;
+        }
+    };
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+    }
+    let zygote = ZygoteServer { sock };
     loop {
-        let mut buf = vec![0u8; MAX_PATH];
-        let mut cmsg = nix::cmsg_space!([RawFd; 2]);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = match recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+        let (request, mut fds) = match zygote.sock.recv::<Request>() {
             Ok(m) => m,
-            Err(nix::Error::EINTR) => continue,
+            Err(ChannelError::Closed) => return 0, // the daemon closed its end
+            Err(e @ (ChannelError::Decode(_) | ChannelError::TooBig(_))) => {
+                run::warn(&format!("monitor zygote: a malformed request, ignored: {e}"));
+                continue;
+            }
             Err(e) => {
                 run::warn(&format!("monitor zygote: receive: {e}"));
                 return 1;
             }
         };
-        let n = msg.bytes;
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                if let ControlMessageOwned::ScmRights(v) = c {
-                    // SAFETY: SCM_RIGHTS installed these descriptors in this
-                    // process just now; nothing else owns them.
-                    fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-                }
-            }
-        }
-        if n == 0 && fds.is_empty() {
-            return 0; // the daemon closed its end
-        }
-        match (buf.first().copied(), fds.len()) {
-            (Some(KIND_MONITOR), 2) if n > 1 => {
+        match (request, fds.len()) {
+            (Request::Monitor { spec }, 2) => {
                 let log = fds.pop().expect("two");
                 let report = fds.pop().expect("two");
-                let spec = PathBuf::from(OsStr::from_bytes(&buf[1..n]));
-                fork_monitor(&spec, report, log);
+                zygote.fork_monitor(&spec, report, log);
             }
-            (Some(KIND_POD_INIT), 1) => {
-                fork_pod_init(fds.pop().expect("one"), None);
+            (Request::PodInit { userns: false }, 1) => {
+                zygote.fork_pod_init(fds.pop().expect("one"), None);
             }
-            (Some(KIND_POD_INIT), 2) => {
+            (Request::PodInit { userns: true }, 2) => {
                 let userns = fds.pop().expect("two");
-                fork_pod_init(fds.pop().expect("two"), Some(userns));
+                zygote.fork_pod_init(fds.pop().expect("two"), Some(userns));
             }
-            (Some(KIND_USERNS), 2) if n > 1 => {
+            (
+                Request::UsernsHolder {
+                    hostname,
+                    own_network,
+                },
+                2,
+            ) => {
                 let hold = fds.pop().expect("two");
                 let report = fds.pop().expect("two");
-                let own_network = buf[1] != 0;
-                let hostname = String::from_utf8_lossy(&buf[2..n]).into_owned();
-                fork_userns_holder(&hostname, own_network, report, hold);
+                zygote.fork_userns_holder(&hostname, own_network, report, hold);
             }
-            _ => run::warn("monitor zygote: a malformed request, ignored"),
+            _ => run::warn("monitor zygote: a request with the wrong descriptors, ignored"),
         }
     }
 }
 
-/// Forks the intermediate child that makes the pod's pid namespace and
-/// forks its init; reaps the intermediate.
-fn fork_pod_init(report: OwnedFd, userns: Option<OwnedFd>) {
-    // SAFETY: this process is single-threaded (see `fork_monitor`).
-    match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => {
-            let code = match pod_init_intermediate(report, userns) {
-                Ok(()) => 0,
-                Err((report, msg)) => {
-                    fail(report, &msg);
-                    1
-                }
-            };
-            std::process::exit(code)
-        }
-        Ok(ForkResult::Parent { child }) => {
-            drop(report);
-            let _ = nix::sys::wait::waitpid(child, None);
-        }
-        Err(e) => fail(report, &format!("fork the pod init: {e}")),
+/// The zygote process's side: its socket to the daemon.
+struct ZygoteServer {
+    sock: Channel,
+}
+
+impl ZygoteServer {
+    /// In a child: closes the zygote's socket, which only the zygote
+    /// serves (the child leaves by `exit`, never dropping the channel).
+    fn close_in_child(&self) {
+        let _ = nix::unistd::close(self.sock.as_fd().as_raw_fd());
     }
+
+    /// Forks the intermediate child that makes the pod's pid namespace and
+    /// forks its init; reaps the intermediate.
+    fn fork_pod_init(&self, report: OwnedFd, userns: Option<OwnedFd>) {
+        match fork_single_threaded() {
+            Ok(Forked::Child) => {
+                self.close_in_child();
+                let code = match pod_init_intermediate(report, userns) {
+                    Ok(()) => 0,
+                    Err((report, msg)) => {
+                        fail(report, &msg);
+                        1
+                    }
+                };
+                std::process::exit(code)
+            }
+            Ok(Forked::Parent(child)) => {
+                drop(report);
+                reap(child);
+            }
+            Err(e) => fail(report, &format!("fork the pod init: {e}")),
+        }
+    }
+
+    /// Forks the intermediate child that forks the holder (so the holder is
+    /// not the zygote's child to reap); reaps the intermediate.
+    fn fork_userns_holder(
+        &self,
+        hostname: &str,
+        own_network: bool,
+        report: OwnedFd,
+        hold: OwnedFd,
+    ) {
+        match fork_single_threaded() {
+            Ok(Forked::Child) => {
+                self.close_in_child();
+                match fork_single_threaded() {
+                    Ok(Forked::Child) => userns_holder(hostname, own_network, report, hold),
+                    Ok(Forked::Parent(_)) => std::process::exit(0),
+                    Err(e) => {
+                        fail(report, &format!("fork the namespace holder: {e}"));
+                        std::process::exit(1)
+                    }
+                }
+            }
+            Ok(Forked::Parent(child)) => {
+                drop(report);
+                drop(hold);
+                reap(child);
+            }
+            Err(e) => fail(report, &format!("fork the namespace holder: {e}")),
+        }
+    }
+
+    /// Forks the intermediate child (which forks the monitor) and reaps it.
+    fn fork_monitor(&self, spec: &Path, report: OwnedFd, log: OwnedFd) {
+        match fork_single_threaded() {
+            Ok(Forked::Child) => {
+                self.close_in_child();
+                intermediate(spec, report, log)
+            }
+            Ok(Forked::Parent(child)) => {
+                drop(report);
+                drop(log);
+                reap(child);
+            }
+            Err(e) => fail(report, &format!("fork the monitor: {e}")),
+        }
+    }
+}
+
+fn reap(child: i32) {
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
 }
 
 /// In the intermediate: a new pid namespace, whose first child (pid 1 in
@@ -367,15 +433,14 @@ fn pod_init_intermediate(
     if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
         return Err((report, format!("unshare a pid namespace: {e}")));
     }
-    // SAFETY: a fork of the single-threaded zygote is single-threaded.
-    match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => {
+    match fork_single_threaded() {
+        Ok(Forked::Child) => {
             drop(report);
             pod_init()
         }
-        Ok(ForkResult::Parent { child }) => {
+        Ok(Forked::Parent(child)) => {
             let mut f = std::fs::File::from(report);
-            let mut line = serde_json::to_vec(&Report::PodInit(child.as_raw()))
+            let mut line = serde_json::to_vec(&Report::PodInit(child))
                 .map_err(|e| std::io::Error::other(e.to_string()))
                 .unwrap_or_default();
             line.push(b'\n');
@@ -383,31 +448,6 @@ fn pod_init_intermediate(
             Ok(())
         }
         Err(e) => Err((report, format!("fork the pod init: {e}"))),
-    }
-}
-
-/// Forks the intermediate child that forks the holder (so the holder is
-/// not the zygote's child to reap); reaps the intermediate.
-fn fork_userns_holder(hostname: &str, own_network: bool, report: OwnedFd, hold: OwnedFd) {
-    // SAFETY: this process is single-threaded (see `fork_monitor`).
-    match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => {
-            // SAFETY: a fork of the single-threaded zygote is single-threaded.
-            match unsafe { nix::unistd::fork() } {
-                Ok(ForkResult::Child) => userns_holder(hostname, own_network, report, hold),
-                Ok(ForkResult::Parent { .. }) => std::process::exit(0),
-                Err(e) => {
-                    fail(report, &format!("fork the namespace holder: {e}"));
-                    std::process::exit(1)
-                }
-            }
-        }
-        Ok(ForkResult::Parent { child }) => {
-            drop(report);
-            drop(hold);
-            let _ = nix::sys::wait::waitpid(child, None);
-        }
-        Err(e) => fail(report, &format!("fork the namespace holder: {e}")),
     }
 }
 
@@ -460,27 +500,11 @@ fn pod_init() -> ! {
     }
 }
 
-/// Forks the intermediate child (which forks the monitor) and reaps it.
-fn fork_monitor(spec: &Path, report: OwnedFd, log: OwnedFd) {
-    // SAFETY: this process is single-threaded (checked at start, and the
-    // zygote never starts a thread), so the child may run any code.
-    match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => intermediate(spec, report, log),
-        Ok(ForkResult::Parent { child }) => {
-            drop(report);
-            drop(log);
-            let _ = nix::sys::wait::waitpid(child, None);
-        }
-        Err(e) => fail(report, &format!("fork the monitor: {e}")),
-    }
-}
-
 /// In the intermediate child: fork the monitor and exit at once.
 fn intermediate(spec: &Path, report: OwnedFd, log: OwnedFd) -> ! {
-    // SAFETY: still single-threaded (a fork of the single-threaded zygote).
-    match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => monitor(spec, report, log),
-        Ok(ForkResult::Parent { .. }) => std::process::exit(0),
+    match fork_single_threaded() {
+        Ok(Forked::Child) => monitor(spec, report, log),
+        Ok(Forked::Parent(_)) => std::process::exit(0),
         Err(e) => {
             fail(report, &format!("fork the monitor: {e}"));
             std::process::exit(1)
@@ -492,7 +516,7 @@ fn intermediate(spec: &Path, report: OwnedFd, log: OwnedFd) -> ! {
 /// as an exec'd monitor.
 fn monitor(spec: &Path, report: OwnedFd, log: OwnedFd) -> ! {
     let wired = std::fs::File::open("/dev/null").and_then(|null| {
-        nix::unistd::dup2(null.as_raw_fd(), 0)?; // also closes the zygote's socket
+        nix::unistd::dup2(null.as_raw_fd(), 0)?;
         nix::unistd::dup2(report.as_raw_fd(), 1)?;
         nix::unistd::dup2(log.as_raw_fd(), 2)?;
         Ok(())
@@ -514,13 +538,4 @@ fn fail(report: OwnedFd, msg: &str) {
         line.push(b'\n');
         let _ = f.write_all(&line);
     }
-}
-
-fn single_threaded() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Threads:", "1"])
-        })
-        .unwrap_or(false)
 }

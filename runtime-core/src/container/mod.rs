@@ -6,6 +6,7 @@ mod criu;
 mod destroy;
 mod exec;
 mod launch;
+mod resources;
 mod restore_check;
 mod start;
 pub mod state;
@@ -56,6 +57,8 @@ pub enum Operation {
     Resume,
     /// [`Container::checkpoint`]
     Checkpoint,
+    /// [`Container::set`]
+    Update,
 }
 
 impl Status {
@@ -68,7 +71,7 @@ impl Status {
                 | (Status::Running, Operation::Exec)
                 | (
                     Status::Created | Status::Running | Status::Paused,
-                    Operation::Signal
+                    Operation::Signal | Operation::Update
                 )
                 | (Status::Running, Operation::Pause)
                 | (Status::Paused, Operation::Resume)

@@ -5,6 +5,7 @@
 pub(crate) mod channel;
 pub mod env;
 pub mod fdlayout;
+mod fork;
 pub(crate) mod sealed;
 pub(crate) mod spawn;
 
@@ -15,6 +16,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+pub use fork::{fork_single_threaded, is_single_threaded, ForkError, Forked};
 pub use sealed::{adopt_sealed_copy, forget_sealed_copies, sealed_self, InitBinary};
 
 use crate::security::capabilities::Capabilities;
