@@ -20,6 +20,7 @@ pub mod runtime;
 pub mod spec;
 pub mod store;
 pub mod stream;
+pub mod task;
 mod util;
 pub use util::CRASH_POINTS;
 

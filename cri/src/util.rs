@@ -90,12 +90,7 @@ pub(crate) fn labels_match(
 /// its per-thread arenas, so without this a daemon that pulled once stays
 /// that large while idle. Cheap when there is nothing to release.
 pub(crate) fn release_free_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only takes glibc's own arena locks; it is safe to
-    // call from any thread at any time.
-    unsafe {
-        nix::libc::malloc_trim(0);
-    }
+    berth_core::process::release_free_memory();
 }
 
 /// Largest encoded batch of a list-streaming RPC: well under gRPC's default

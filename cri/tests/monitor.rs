@@ -11,6 +11,8 @@ use berth_core::cgroups::{CgroupConfig, Resources};
 use berth_core::{Config, Container, NamespaceKind, Process, Status};
 use berth_cri::logs::{parse_record, Stream};
 use berth_cri::monitor::{self, ExitRecord, MonitorError, MonitorSpec, Spawned};
+use berth_cri::task::client::MonitorTask;
+use berth_cri::task::{Task, TaskError};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{getsid, Pid};
 
@@ -101,8 +103,13 @@ impl Fixture {
         Container::load(self.state_root(), &self.id).unwrap()
     }
 
+    /// The container's owner, through its task socket.
+    fn task(&self) -> MonitorTask {
+        MonitorTask::at(&self.monitor_dir())
+    }
+
     fn release(&self) {
-        self.container().release().unwrap();
+        self.task().start().unwrap();
     }
 
     fn wait_exit(&self) -> ExitRecord {
@@ -124,7 +131,7 @@ impl Fixture {
     fn wait_monitor_gone(&self) {
         let pid = self.spawned.unwrap().monitor_pid;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while monitor::is_running(pid, &self.monitor_dir()) {
+        while self.task().is_running() {
             assert!(Instant::now() < deadline, "monitor {pid} still running");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -153,14 +160,8 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        if let Ok(c) = Container::load(self.state_root(), &self.id) {
-            let _ = c.destroy();
-        }
-        if let Some(s) = self.spawned {
-            if monitor::is_running(s.monitor_pid, &self.monitor_dir()) {
-                let _ = kill(Pid::from_raw(s.monitor_pid), Signal::SIGKILL);
-            }
-        }
+        // Killed through its monitor, which then ends; then what is left.
+        monitor::remove(&self.monitor_dir(), &self.state_root(), &self.id);
     }
 }
 
@@ -187,13 +188,13 @@ fn exit_code_and_both_streams_logged() {
         std::process::id() as i32,
         "the monitor is not our child"
     );
-    assert!(monitor::is_running(s.monitor_pid, &f.monitor_dir()));
-    assert!(!monitor::is_running(s.init_pid, &f.monitor_dir()));
+    assert!(f.task().is_running());
 
     // Created, waiting for the daemon's release; nothing has run yet.
-    let c = f.container();
-    assert_eq!(c.status(), Status::Created);
-    assert_eq!(c.init_pid(), Some(s.init_pid));
+    let state = f.task().state().unwrap();
+    assert!(!state.started, "{state:?}");
+    assert_eq!(state.init_pid, s.init_pid);
+    assert_eq!(f.container().status(), Status::Created);
     assert!(monitor::read_exit(&f.exit_file()).is_none());
     let before_release = now_nanos();
     f.release();
@@ -257,8 +258,8 @@ fn killed_container_reports_128_plus_signal() {
     let spec = f.spec(&["sleep", "100"]);
     f.spawn(&spec).unwrap();
     f.release();
-    assert_eq!(f.container().status(), Status::Running);
-    f.container().signal(libc_sigkill()).unwrap();
+    assert!(f.task().state().unwrap().started);
+    f.task().signal(libc_sigkill()).unwrap();
     let r = f.wait_exit();
     assert_eq!(r.exit_code, 137);
     assert_eq!(r.signal, Some(9));
@@ -276,7 +277,7 @@ fn container_killed_before_release_is_recorded() {
     let spec = f.spec(&["echo", "never"]);
     f.spawn(&spec).unwrap();
     // RemoveContainer of a container that was never started.
-    f.container().destroy().unwrap();
+    f.task().shutdown().unwrap();
     let r = f.wait_exit();
     assert_eq!((r.exit_code, r.signal, r.started_at), (137, Some(9), 0));
     assert!(f.records().is_empty());
@@ -333,7 +334,7 @@ fn reopen_log_after_rotation() {
     };
     let mut f = Fixture::new("mon-reopen");
     let spec = f.spec(&["sh", "-c", "echo before; sleep 2; echo after"]);
-    let s = f.spawn(&spec).unwrap();
+    let _s = f.spawn(&spec).unwrap();
     f.release();
     let deadline = Instant::now() + Duration::from_secs(5);
     while f.records().is_empty() {
@@ -344,11 +345,11 @@ fn reopen_log_after_rotation() {
     let rotated = f.dir.path().join("logs/0.log.20240101-000000");
     std::fs::rename(f.log_path(), &rotated).unwrap();
     let t = Instant::now();
-    monitor::reopen_log(s.monitor_pid, &f.monitor_dir()).unwrap();
+    f.task().reopen_log().unwrap();
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     assert!(f.log_path().exists(), "reopened: the file exists again");
     // Asking again with nothing renamed returns at once.
-    monitor::reopen_log(s.monitor_pid, &f.monitor_dir()).unwrap();
+    f.task().reopen_log().unwrap();
 
     let r = f.wait_exit();
     assert_eq!(r.exit_code, 0);
@@ -358,10 +359,7 @@ fn reopen_log_after_rotation() {
     );
     assert_eq!(f.records(), [full(Stream::Stdout, "after")]);
     f.wait_monitor_gone();
-    assert!(matches!(
-        monitor::reopen_log(s.monitor_pid, &f.monitor_dir()),
-        Err(MonitorError::NotRunning { .. })
-    ));
+    assert!(matches!(f.task().reopen_log(), Err(TaskError::Gone)));
 }
 
 #[test]
@@ -548,7 +546,7 @@ fn container_inherits_only_its_stdio() {
     // write end is already closed: reading gives end-of-file.
     assert!(fds.iter().all(|(_, t)| t.starts_with("pipe:")), "{fds:?}");
     assert_ne!(fds[1].1, fds[2].1, "stdout and stderr are two pipes");
-    f.container().signal(libc_sigkill()).unwrap();
+    f.task().signal(libc_sigkill()).unwrap();
     assert_eq!(f.wait_exit().exit_code, 137);
 }
 
@@ -606,10 +604,9 @@ fn the_zygote_forks_monitors_that_share_its_memory_and_outlive_it() {
             .trim(),
         "berth-monitor"
     );
-    assert!(monitor::is_running(s.monitor_pid, &forked.monitor_dir()));
-    assert!(!monitor::is_running(zpid, &forked.monitor_dir()));
+    assert!(forked.task().is_running());
     // It holds none of the zygote's descriptors (its request socket): its
-    // only socket is its own attach listener.
+    // only sockets are its own listeners (attach, task).
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", s.monitor_pid))
         .unwrap()
         .flatten()
@@ -631,7 +628,9 @@ fn the_zygote_forks_monitors_that_share_its_memory_and_outlive_it() {
         .map(path_of)
         .collect();
     assert!(
-        sockets.iter().all(|p| p.ends_with("/attach.sock")),
+        sockets
+            .iter()
+            .all(|p| p.ends_with("/attach.sock") || p.ends_with("/task.sock")),
         "{fds:?} {sockets:?}"
     );
 
@@ -659,7 +658,7 @@ fn the_zygote_forks_monitors_that_share_its_memory_and_outlive_it() {
         forked_kib * 4 < exec_kib * 3,
         "forked {forked_kib} KiB vs exec'd {exec_kib} KiB"
     );
-    exec.container().signal(libc_sigkill()).unwrap();
+    exec.task().signal(libc_sigkill()).unwrap();
 
     // A dead zygote is replaced; the monitors it forked carry on.
     kill(Pid::from_raw(zpid), Signal::SIGKILL).unwrap();
@@ -668,11 +667,11 @@ fn the_zygote_forks_monitors_that_share_its_memory_and_outlive_it() {
     let s3 = zygote.spawn(&again.monitor_dir(), &spec3).unwrap();
     again.spawned = Some(s3);
     assert_ne!(zygote.pid().unwrap() as i32, zpid, "a new zygote");
-    assert!(monitor::is_running(s.monitor_pid, &forked.monitor_dir()));
+    assert!(forked.task().is_running());
     again.release();
     assert_eq!(again.wait_exit().reason, "Completed");
     forked.release();
-    forked.container().signal(libc_sigkill()).unwrap();
+    forked.task().signal(libc_sigkill()).unwrap();
     assert_eq!(forked.wait_exit().exit_code, 137);
     forked.wait_monitor_gone();
 
@@ -686,4 +685,83 @@ fn the_zygote_forks_monitors_that_share_its_memory_and_outlive_it() {
                 .contains(") Z"),
         "the zygote exited"
     );
+}
+
+#[test]
+fn task_protocol_refuses_wrong_versions_and_oversize_messages() {
+    use berth_core::ipc::Channel;
+    use berth_cri::task::proto::{FailureKind, Reply, Request, SOCKET_FILE, VERSION};
+    let Some(()) = privileged("task_protocol_refuses_wrong_versions_and_oversize_messages") else {
+        return;
+    };
+    let mut f = Fixture::new("mon-proto");
+    let spec = f.spec(&["sleep", "100"]);
+    f.spawn(&spec).unwrap();
+    f.release();
+    let socket = f.monitor_dir().join(SOCKET_FILE);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the task socket is private");
+
+    // Another version: refused with a typed error, then closed.
+    let ch = Channel::connect(&socket).unwrap();
+    ch.send(&Request::Hello { version: VERSION + 1 }, &[]).unwrap();
+    match ch.recv::<Reply>().unwrap().0 {
+        Reply::Error(e) => assert_eq!(e.kind, FailureKind::Version, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(ch.recv::<Reply>().is_err(), "closed after the refusal");
+
+    // A request before the hello: refused.
+    let ch = Channel::connect(&socket).unwrap();
+    ch.send(&Request::State, &[]).unwrap();
+    assert!(matches!(ch.recv::<Reply>().unwrap().0, Reply::Error(e) if e.kind == FailureKind::BadRequest));
+
+    // An oversize message: refused unread, the connection dropped.
+    let ch = Channel::connect(&socket).unwrap();
+    ch.send(&Request::Hello { version: VERSION }, &[]).unwrap();
+    assert!(matches!(ch.recv::<Reply>().unwrap().0, Reply::Hello { .. }));
+    let mut big = Process::new(["x".repeat((3 << 20) + (512 << 10))]).spec;
+    big.env.clear();
+    let request = Request::Exec {
+        spec: big,
+        sealed_init: false,
+        stdio: [false; 3],
+    };
+    ch.send(&request, &[]).unwrap();
+    match ch.recv::<Reply>().unwrap().0 {
+        Reply::Error(e) => {
+            assert_eq!(e.kind, FailureKind::BadRequest, "{e:?}");
+            assert!(e.message.contains("exceeds"), "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(ch.recv::<Reply>().is_err(), "closed after the refusal");
+
+    // The container and its owner are unaffected.
+    let state = f.task().state().unwrap();
+    assert!(state.started, "{state:?}");
+
+    // An exec through the owner: its output on our pipe, its exit as an event.
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let mut spec = Process::new(["sh", "-c", "echo hi; exit 7"]).spec;
+    spec.env = vec!["PATH=/bin:/usr/bin".into()];
+    let stdio = berth_cri::task::ExecStdio {
+        stdin: None,
+        stdout: Some(w),
+        stderr: None,
+    };
+    let exec = f.task().exec(&spec, stdio).unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut out).unwrap();
+    assert_eq!(out, "hi\n");
+    let exit = exec.wait(Some(Duration::from_secs(10))).unwrap().unwrap();
+    assert_eq!((exit.exit_code, exit.signal), (7, None));
+
+    // Stats and an update through the owner.
+    f.task().stats().unwrap();
+    f.task().shutdown().unwrap();
+    let r = f.wait_exit();
+    assert_eq!(r.exit_code, 137);
+    f.wait_monitor_gone();
+    assert!(matches!(f.task().state(), Err(TaskError::Gone)));
 }

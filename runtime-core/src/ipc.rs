@@ -120,11 +120,6 @@ impl Channel {
         self
     }
 
-    /// The socket, e.g. to `poll` it.
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
     /// The socket itself.
     pub fn into_fd(self) -> OwnedFd {
         self.fd
@@ -308,6 +303,18 @@ impl Channel {
         let msg =
             serde_json::from_slice(&buf[..got]).map_err(|e| ChannelError::Decode(e.to_string()))?;
         Ok((msg, fds))
+    }
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Channel {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 }
 

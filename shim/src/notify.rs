@@ -12,7 +12,12 @@ pub fn ready() -> std::io::Result<()> {
 
 /// Sends `state` to `$NOTIFY_SOCKET`, if set.
 pub fn notify(state: &str) -> std::io::Result<()> {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+    notify_to(std::env::var_os("NOTIFY_SOCKET"), state)
+}
+
+/// Sends `state` to the socket `socket` names (`None`: nothing to do).
+fn notify_to(socket: Option<std::ffi::OsString>, state: &str) -> std::io::Result<()> {
+    let Some(path) = socket else {
         return Ok(());
     };
     let path = path.to_string_lossy().into_owned();
@@ -35,17 +40,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let server = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        // SAFETY: tests in this binary do not read NOTIFY_SOCKET concurrently
-        // (only this test sets it, and it is removed at once).
-        unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
-        let r = super::ready();
-        // SAFETY: as above.
-        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
-        r.unwrap();
+        super::notify_to(Some(path.into_os_string()), "READY=1").unwrap();
         let mut buf = [0u8; 64];
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
-        // Without the variable: nothing, no error.
-        super::ready().unwrap();
+        // Without a socket: nothing, no error.
+        super::notify_to(None, "READY=1").unwrap();
     }
 }

@@ -1802,3 +1802,67 @@ async fn a_container_sees_its_own_cgroup_limits() {
         "its own limit, its own processes (the sleep, this shell, wc), read-only: {out}"
     );
 }
+
+/// The container's monitor killed with SIGKILL: the daemon learns it from
+/// the monitor's task socket (no pid files), reports the container exited
+/// with containerd's unknown status (255) and a reason, and kills what the
+/// dead monitor left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_monitor_leaves_an_exited_container_and_nothing_running() {
+    let Some(mut env) = env("a_killed_monitor_leaves_an_exited_container_and_nothing_running").await
+    else {
+        return;
+    };
+    let cfg = container(&env, "orphan", &["sleep", "1000"], &[]);
+    let id = create(&mut env, cfg).await.unwrap();
+    start(&mut env.rt, &id).await.unwrap();
+    let info = env
+        .rt
+        .container_status(proto::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let monitor = v["monitorPid"].as_i64().unwrap() as i32;
+    let init = v["pid"].as_i64().unwrap() as i32;
+    assert!(Path::new(&format!("/proc/{init}")).exists());
+    let mut events = env
+        .rt
+        .get_container_events(proto::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    event_for(
+        &mut events,
+        &id,
+        proto::ContainerEventType::ContainerStoppedEvent,
+    )
+    .await;
+    let st = status(&mut env.rt, &id).await;
+    assert_eq!(st.state, proto::ContainerState::ContainerExited as i32);
+    assert_eq!((st.exit_code, st.reason.as_str()), (255, "Error"));
+    assert!(st.message.contains("monitor died"), "{}", st.message);
+    // Its processes are gone too (reaped by whoever adopted them).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{init}/stat"))
+        .is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(Instant::now() < deadline, "the init {init} still runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.rt
+        .remove_container(proto::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+}

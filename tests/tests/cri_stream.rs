@@ -580,19 +580,18 @@ async fn attach_to_output_stdin_terminal_and_stdin_once() {
     drop(ws);
     // The monitor does not spin on a socket the client left behind (a
     // quiet container: no output that would reveal the hang-up).
-    let id_file = env
-        .dir
-        .path()
-        .join("state/containers")
-        .join(&echoer)
-        .join("monitor.id");
-    let pid: i32 = std::fs::read_to_string(id_file)
+    let info = env
+        .rt
+        .container_status(proto::ContainerStatusRequest {
+            container_id: echoer.clone(),
+            verbose: true,
+        })
+        .await
         .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+        .into_inner()
+        .info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let pid = v["monitorPid"].as_i64().unwrap() as i32;
     let cpu = || -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let after = &stat[stat.rfind(')').unwrap() + 2..];

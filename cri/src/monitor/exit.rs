@@ -2,12 +2,11 @@
 //! atomically, read by the daemon (now or after a restart).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use berth_core::cgroups::Cgroup;
-use berth_core::{Container, ExitStatus, State};
+use berth_core::{Container, ExitStatus};
 
-use super::{now_nanos, ExitRecord, MonitorError, MonitorSpec, VERSION};
+use super::{now_nanos, ExitRecord, MonitorError, VERSION};
 
 /// Reads the [`ExitRecord`] at `exit_file`: `None` while the container has
 /// not exited (no file yet), or if the file is not a record of this version.
@@ -21,23 +20,21 @@ pub fn read_exit(exit_file: &Path) -> Option<ExitRecord> {
 
 /// The record for an init that ended with `status`.
 ///
-/// `started_at` comes from runtime-core's state, where `release` (normally
-/// called by the daemon) records it; `oom_killed` from the container
-/// cgroup's memory events, which last until the daemon removes the container.
-pub(super) fn record(spec: &MonitorSpec, status: ExitStatus, message: String) -> ExitRecord {
+/// `started_at` is what `release` recorded (the monitor released it, so it
+/// knows first-hand); `oom_killed` comes from the container cgroup's memory
+/// events, which last until the daemon removes the container.
+pub(super) fn record(container: &Container, status: ExitStatus, message: String) -> ExitRecord {
     let finished_at = now_nanos();
-    let state = released_state(spec);
-    let started_at = state
-        .as_ref()
-        .and_then(|s| s.init.as_ref())
-        .and_then(|i| i.started_unix_nanos)
+    let started_at = container
+        .started_at()
         .map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX))
         // `release` stamps the time after the exec, so a process that exits
         // at once can seem to end before it started.
         .min(finished_at);
-    let oom_killed = state
+    let oom_killed = container
+        .state()
+        .cgroup
         .as_ref()
-        .and_then(|s| s.cgroup.as_ref())
         .is_some_and(cgroup_oom_killed);
     let signal = match status {
         ExitStatus::Signaled(sig) => Some(sig),
@@ -52,34 +49,6 @@ pub(super) fn record(spec: &MonitorSpec, status: ExitStatus, message: String) ->
         oom_killed,
         reason: reason(status, oom_killed).to_string(),
         message,
-    }
-}
-
-/// How long to wait for `release` to record the start time (see
-/// [`released_state`]).
-const RELEASE_SAVE_WAIT: Duration = Duration::from_millis(250);
-
-/// The container's state once it says when the process was released.
-///
-/// `release` saves the start time only after the process has exec'd, so a
-/// process that exits at once can be reaped here before that save: wait a
-/// little for it. A container that was never released (killed while
-/// `Created`) costs that wait; one removed meanwhile has no state (`None`).
-fn released_state(spec: &MonitorSpec) -> Option<State> {
-    let deadline = Instant::now() + RELEASE_SAVE_WAIT;
-    loop {
-        let state = Container::load(&spec.state_root, &spec.container_id)
-            .ok()?
-            .state()
-            .clone();
-        let started = state
-            .init
-            .as_ref()
-            .is_some_and(|i| i.started_unix_nanos.is_some());
-        if started || Instant::now() >= deadline {
-            return Some(state);
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -1,30 +1,39 @@
 //! The per-container monitor: a small process, not the daemon, that creates
 //! and owns one container, so that the container, its log and its exit code
-//! survive a restart or crash of the daemon.
+//! survive a restart or crash of the daemon. It is the container's **only
+//! owner**: the only process that loads or changes its runtime-core state.
 //!
 //! runtime-core's init is a child of the process that calls
 //! [`Container::start`](berth_core::Container::start) (`CLONE_PARENT`), and
 //! only a parent can reap a child and learn its exit status. So the daemon
-//! does not start containers itself: [`spawn`] starts a monitor, which
+//! does not start containers itself: [`spawn`] (or the [`Zygote`]) starts a
+//! monitor, which
 //!
 //! 1. creates and starts the container (the init then waits, status
-//!    `Created`, until the daemon calls
-//!    [`Container::release`](berth_core::Container::release) on
-//!    StartContainer), and reports `created` or the error on its stdout;
-//! 2. pumps the container's stdout and stderr into the CRI log file
-//!    ([`crate::logs`]) and reopens it on `SIGUSR1` ([`reopen_log`]);
-//! 3. when the init exits, drains the pipes, writes an [`ExitRecord`]
-//!    atomically ([`read_exit`]) and exits. Removing the container is the
-//!    daemon's decision (RemoveContainer), not the monitor's.
+//!    `Created`, for the daemon's Start request), listens on its task socket
+//!    and reports `created` or the error on its stdout;
+//! 2. serves the daemon's requests on `<dir>/task.sock` ([`crate::task`]'s
+//!    typed, versioned protocol over [`berth_core::ipc`]: start, signal,
+//!    exec, update, stats, pause/resume, checkpoint, reopen the log, state,
+//!    wait, shutdown), from the same loop that
+//! 3. pumps the container's stdout and stderr into the CRI log file
+//!    ([`crate::logs`]) and to attached clients;
+//! 4. when the init exits, drains the pipes, writes an [`ExitRecord`]
+//!    atomically ([`read_exit`]), sends the `Exited` event to whoever waits,
+//!    and exits. Removing the container is the daemon's decision
+//!    (RemoveContainer: the `Shutdown` request, then [`remove`]).
 //!
 //! The monitor is lean because it costs memory per container: one thread, no
-//! async runtime, a `poll(2)` loop over the two pipes, the init's pidfd and a
-//! signalfd; it runs the daemon's own binary (shared code pages) with
-//! [`MONITOR_ARG`], dispatched by [`run_from_args`] in `main`.
+//! async runtime, a `poll(2)` loop over the two pipes, the init's pidfd, a
+//! signalfd and the task and attach sockets; it runs the daemon's own binary
+//! (shared code pages) with [`MONITOR_ARG`], dispatched by [`run_from_args`]
+//! in `main`.
 //!
 //! Files, all in the directory the daemon gives [`spawn`]:
 //! - `monitor.json`: the [`MonitorSpec`], written atomically by [`spawn`];
 //! - `monitor.log`: the monitor's own stderr (its errors and warnings);
+//! - `task.sock`: the task socket (mode 0600); a refused connection means
+//!   the monitor is gone;
 //! - the exit record at [`MonitorSpec::exit_file`] (anywhere the daemon likes).
 //!
 //! Starting: the daemon asks its [`Zygote`] — one long-lived, single-threaded
@@ -41,8 +50,9 @@
 pub mod attach;
 mod exit;
 mod pump;
-mod reopen;
+mod remove;
 mod run;
+mod serve;
 mod spawn;
 mod zygote;
 
@@ -51,7 +61,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use exit::read_exit;
-pub use reopen::{is_running, reopen_log};
+pub use remove::remove;
 pub use spawn::spawn;
 pub use zygote::{Zygote, ZYGOTE_ARG};
 
@@ -66,15 +76,11 @@ const DETACHED_ARG: &str = "detached";
 /// File name of the [`MonitorSpec`] in the monitor's directory.
 pub const SPEC_FILE: &str = "monitor.json";
 
-/// File name of the monitor's identity (`<pid> <start ticks>`) in its
-/// directory; see [`is_running`].
-pub const ID_FILE: &str = "monitor.id";
-
 /// File name of the monitor's own stderr in its directory.
 pub const LOG_FILE: &str = "monitor.log";
 
 /// The current version of [`MonitorSpec`] and [`ExitRecord`].
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = crate::task::proto::RECORD_VERSION;
 
 /// Everything the monitor needs, written by the daemon as JSON to
 /// `<dir>/monitor.json`.
@@ -153,34 +159,7 @@ impl SealedInit {
     }
 }
 
-/// How the container's init ended, written by the monitor to
-/// [`MonitorSpec::exit_file`].
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ExitRecord {
-    /// Format version ([`VERSION`]).
-    pub version: u32,
-    /// The exit code, or 128 + the signal when killed, as CRI and docker
-    /// report it.
-    pub exit_code: i32,
-    /// The signal that killed the init, if one did.
-    pub signal: Option<i32>,
-    /// When the process was released to run, nanoseconds since the epoch, as
-    /// runtime-core's `release` recorded it; 0 if it never was — or, best
-    /// effort, if `release` had not saved it 250 ms after the exit: the
-    /// daemon, which calls `release`, knows the time first-hand and should
-    /// prefer its own.
-    pub started_at: i64,
-    /// When the monitor saw the exit, nanoseconds since the epoch.
-    pub finished_at: i64,
-    /// The cgroup's memory events count an OOM kill (best effort: `false`
-    /// when the container has no cgroup or the counter is unavailable).
-    pub oom_killed: bool,
-    /// CRI reason: `Completed` (exit 0), `OOMKilled`, or `Error`.
-    pub reason: String,
-    /// Free text for the CRI message (empty unless something went wrong in
-    /// the monitor itself, e.g. the log could not be written).
-    pub message: String,
-}
+pub use crate::task::proto::ExitRecord;
 
 /// The monitor started and the container is `Created`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,27 +261,12 @@ pub enum MonitorError {
         #[source]
         source: std::io::Error,
     },
-    /// `pid` is not the monitor of this directory (it has exited).
-    #[error("monitor {pid} of {dir} is not running")]
-    NotRunning {
-        /// The pid given.
-        pid: i32,
-        /// The monitor's directory.
-        dir: PathBuf,
-    },
+    /// The task socket could not be made.
+    #[error("listen on the task socket")]
+    Task(#[source] berth_core::ipc::ChannelError),
     /// The channel to the monitor zygote failed.
     #[error("talk to the monitor zygote")]
     Zygote(#[source] berth_core::ipc::ChannelError),
-    /// The monitor did not reopen the log file in time.
-    #[error("monitor {pid} did not reopen {path} within {waited:?} (see its monitor.log)")]
-    ReopenTimeout {
-        /// Monitor pid.
-        pid: i32,
-        /// Log file.
-        path: PathBuf,
-        /// How long we waited.
-        waited: std::time::Duration,
-    },
 }
 
 /// In the monitor binary's `main`, right after

@@ -66,6 +66,8 @@ enum Slot {
     /// Client `i`; whether it hung up or failed.
     AttachClient(usize, bool),
     AttachStdin,
+    TaskAccept,
+    TaskClient(usize),
 }
 
 /// The monitor's loop state.
@@ -81,6 +83,8 @@ pub(super) struct Pump {
     first_write_error: Option<String>,
     /// Attached clients and the container's stdin (`None`: no attach).
     attach: Option<super::attach::Attach>,
+    /// The daemon's requests.
+    pub(super) task: super::serve::TaskServer,
 }
 
 impl Pump {
@@ -89,6 +93,7 @@ impl Pump {
         log: Option<LogFile>,
         signals: SignalFd,
         attach: Option<super::attach::Attach>,
+        task: super::serve::TaskServer,
     ) -> Self {
         Pump {
             sources: sources.into_iter().map(Some).collect(),
@@ -99,12 +104,13 @@ impl Pump {
             write_errors: 0,
             first_write_error: None,
             attach,
+            task,
         }
     }
 
     /// Runs until the init has exited and the output is drained; returns how
     /// the init ended and a message for the exit record.
-    pub(super) fn run(mut self, init: &ProcessHandle) -> (ExitStatus, String) {
+    pub(super) fn run(&mut self, init: &ProcessHandle) -> (ExitStatus, String) {
         let mut exited_at = None;
         let mut last_data = Instant::now();
         loop {
@@ -166,6 +172,11 @@ impl Pump {
                         if let Some(a) = &mut self.attach {
                             a.write_stdin();
                         }
+                    }
+                    Slot::TaskAccept => self.task.accept(),
+                    Slot::TaskClient(i) => {
+                        let exited = self.exit.is_some();
+                        self.task.serve(i, &mut self.log, exited);
                     }
                 }
             }
@@ -230,6 +241,14 @@ impl Pump {
                 }
             }
         }
+        // The daemon's requests, also while the output drains.
+        for (slot, fd) in self.task.wants() {
+            slots.push(match slot {
+                None => Slot::TaskAccept,
+                Some(i) => Slot::TaskClient(i),
+            });
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
         poll(&mut fds, timeout)?;
         Ok(slots
             .into_iter()
@@ -261,7 +280,6 @@ impl Pump {
             };
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGCHLD) => self.reap(init_pid),
-                Ok(Signal::SIGUSR1) => self.reopen(),
                 Ok(sig) => warn(&format!(
                     "ignoring {sig} from pid {}: the monitor ends when its container does",
                     info.ssi_pid
@@ -305,18 +323,8 @@ impl Pump {
             };
             if pid.as_raw() == init_pid {
                 self.exit = Some(status);
-            }
-        }
-    }
-
-    /// `SIGUSR1`: kubelet has rotated the log (`ReopenContainerLog`).
-    fn reopen(&mut self) {
-        if let Some(log) = &mut self.log {
-            if let Err(e) = log.reopen() {
-                warn(&format!(
-                    "reopen {}: {e}; still writing to the old file",
-                    log.path().display()
-                ));
+            } else {
+                self.task.exec_exited(pid.as_raw(), status);
             }
         }
     }

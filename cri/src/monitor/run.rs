@@ -18,12 +18,12 @@ use super::{error_chain, exit, MonitorError, MonitorSpec, DETACHED_ARG, MONITOR_
 use crate::logs::{LogFile, Stream, DEFAULT_MAX_LINE_SIZE};
 
 /// Signals the monitor takes through its signalfd instead of their default
-/// action: `SIGCHLD` (reap), `SIGUSR1` (reopen the log), and the usual
-/// termination signals, which it ignores — dying would lose the container's
-/// log and exit code (`SIGKILL` still works for a stuck monitor).
-const SIGNALS: [Signal; 5] = [
+/// action: `SIGCHLD` (reap), and the usual termination signals, which it
+/// ignores — dying would lose the container's log and exit code (`SIGKILL`
+/// still works for a stuck monitor). The daemon's requests come on the task
+/// socket, never as signals.
+const SIGNALS: [Signal; 4] = [
     Signal::SIGCHLD,
-    Signal::SIGUSR1,
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
@@ -136,7 +136,7 @@ pub(super) fn monitor(spec_path: &Path, sealed_fd: Option<RawFd>) -> i32 {
         adopt_sealed_init(fd);
     }
     let started = prepare().and_then(|signals| start(spec_path, signals));
-    let (spec, handle, pump) = match started {
+    let (spec, handle, mut pump) = match started {
         Ok(s) => s,
         Err(e) => {
             let msg = error_chain(&e);
@@ -149,14 +149,7 @@ pub(super) fn monitor(spec_path: &Path, sealed_fd: Option<RawFd>) -> i32 {
         init: handle.pid(),
         monitor: std::process::id() as i32,
     };
-    // Who we are, for the daemon to find us again (before it learns of us).
-    let identified = super::reopen::own_id()
-        .ok_or_else(|| std::io::Error::other("reading our own /proc/self/stat"))
-        .and_then(|id| {
-            let dir = spec_path.parent().unwrap_or(Path::new("/"));
-            super::write_private(&dir.join(super::ID_FILE), id.as_bytes())
-        });
-    if let Err(e) = identified.and_then(|()| report(&created)) {
+    if let Err(e) = report(&created) {
         // Nobody learnt of the container: leave nothing behind.
         warn(&format!(
             "report to the daemon: {e}; removing the container"
@@ -165,11 +158,13 @@ pub(super) fn monitor(spec_path: &Path, sealed_fd: Option<RawFd>) -> i32 {
         return 1;
     }
     let (status, message) = pump.run(&handle);
-    let record = exit::record(&spec, status, message);
+    let record = exit::record(pump.task.container(), status, message);
     if let Err(e) = exit::write(&spec.exit_file, &record) {
         warn(&error_chain(&e));
         return 1;
     }
+    // Durable first, then told: a daemon that misses the event reads the file.
+    pump.task.exited(&record);
     0
 }
 
@@ -285,6 +280,15 @@ fn start(
             return Err(e);
         }
     };
+    let dir = spec_path.parent().unwrap_or(Path::new("/"));
+    // The daemon reaches the container only through this socket.
+    let task = match super::serve::TaskServer::listen(dir, container, &handle) {
+        Ok(t) => t,
+        Err(e) => {
+            kill_and_destroy(&spec, &handle);
+            return Err(MonitorError::Task(e));
+        }
+    };
     // `kubectl attach` reaches the container through this socket in its
     // directory; without it the container still runs, unattachable.
     let attach = spec.exit_file.parent().and_then(|dir| {
@@ -292,7 +296,7 @@ fn start(
             .map_err(|e| warn(&format!("attach socket: {e}")))
             .ok()
     });
-    let pump = Pump::new(sources, log, signals, attach);
+    let pump = Pump::new(sources, log, signals, attach, task);
     Ok((spec, handle, pump))
 }
 

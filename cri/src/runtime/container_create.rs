@@ -419,7 +419,7 @@ fn pid_mode(
             let field = format!("{FIELD}.target_id");
             let entry = ctx.containers.registry.get(target, &field)?;
             let mut rec = entry.blocking_lock();
-            rec.refresh();
+            ctx.containers.refresh(&mut rec);
             if rec.removed || rec.sandbox_id != sandbox.id {
                 return Err(RuntimeError::invalid(
                     field,
@@ -510,8 +510,9 @@ fn load_localhost_seccomp(
     berth_core::security::seccomp::SeccompProfile::from_file(path).map_err(|e| e.to_string())
 }
 
-/// SIGKILL the container's processes and remove runtime-core's state
-/// (blocking; used by rollback, Stop with no grace and Remove).
+/// Kills the container through its monitor and removes runtime-core's
+/// state once the monitor has ended (blocking; used by rollback, Remove
+/// and start-up recovery).
 pub(super) fn kill_and_destroy(containers: &Containers, rec: &ContainerRecord) {
     kill_and_destroy_id(containers, rec.id.as_str());
 }
@@ -519,19 +520,7 @@ pub(super) fn kill_and_destroy(containers: &Containers, rec: &ContainerRecord) {
 /// [`kill_and_destroy`] by id: also for a container that has no record
 /// (start-up recovery).
 pub(super) fn kill_and_destroy_id(containers: &Containers, id: &str) {
-    match berth_core::Container::load(&containers.runtime_root, id) {
-        Ok(c) => {
-            let _ = c.signal(libc_sigkill());
-            if let Err(e) = c.destroy() {
-                tracing::warn!(id, error = %e, "destroying container state");
-            }
-        }
-        Err(e) => tracing::debug!(id, error = %e, "no runtime state to destroy"),
-    }
-}
-
-fn libc_sigkill() -> i32 {
-    nix::sys::signal::Signal::SIGKILL as i32
+    crate::monitor::remove(&containers.state_dir.join(id), &containers.runtime_root, id);
 }
 
 impl super::RuntimeServiceImpl {

@@ -3,13 +3,14 @@
 //! container stays stopped, and one that does not exist (never did, or
 //! already removed) is success, as api.proto asks and containerd 2 answers.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tonic::Status;
 
 use super::container::{ContainerRecord, Containers};
 use super::error::RuntimeError;
 use super::RuntimeServiceImpl;
+use crate::task::{ExitRecord, Task, TaskError};
 
 impl RuntimeServiceImpl {
     /// `StopContainer`.
@@ -29,26 +30,6 @@ impl RuntimeServiceImpl {
 /// How long to wait for the exit record after SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(10);
 
-fn signal(containers: &Containers, rec: &ContainerRecord, sig: i32) {
-    if let Ok(c) = berth_core::Container::load(&containers.runtime_root, rec.id.as_str()) {
-        if let Err(e) = c.signal(sig) {
-            tracing::debug!(id = %rec.id, sig, error = %e, "signal");
-        }
-    }
-}
-
-async fn wait_exit(rec: &mut ContainerRecord, deadline: Instant) -> bool {
-    loop {
-        if rec.refresh() || !rec.state.is_live() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Stops a container whose lock the caller holds.
 pub(super) async fn stop(
     containers: &Containers,
@@ -58,23 +39,48 @@ pub(super) async fn stop(
     if rec.removed {
         return Err(containers.registry.not_found(rec.id.as_str()));
     }
-    rec.refresh();
+    containers.refresh(rec);
     if rec.state.is_live() {
         let grace = Duration::from_secs(u64::try_from(timeout).unwrap_or(0));
-        if !grace.is_zero() {
-            signal(containers, rec, rec.stop_signal);
-        }
-        crate::util::crash_point("stop:signalled");
-        if !wait_exit(rec, crate::util::deadline_after(grace)).await {
-            signal(containers, rec, nix::sys::signal::Signal::SIGKILL as i32);
-            if !wait_exit(rec, crate::util::deadline_after(KILL_GRACE)).await {
-                return Err(RuntimeError::Internal(format!(
-                    "container {} did not exit {}s after SIGKILL",
-                    rec.id,
-                    KILL_GRACE.as_secs()
-                )));
-            }
-        }
+        let task = containers.task(rec);
+        let (id, sig) = (rec.id.to_string(), rec.stop_signal);
+        tokio::task::spawn_blocking(move || stop_task(&*task, &id, sig, grace))
+            .await
+            .map_err(|e| RuntimeError::Internal(format!("stop: {e}")))??;
+        // The monitor wrote the record before it said so, or it is gone
+        // (then the record is there, or the container is Unknown).
+        containers.refresh(rec);
     }
     containers.registry.save(rec)
+}
+
+/// The stop signal, the exit awaited for `grace` (told by the monitor, not
+/// polled), then SIGKILL (blocking).
+fn stop_task(task: &dyn Task, id: &str, sig: i32, grace: Duration) -> Result<(), RuntimeError> {
+    let gone_is_done = |r: Result<Option<ExitRecord>, TaskError>| match r {
+        Ok(exit) => Ok(exit.is_some()),
+        Err(TaskError::Gone) => Ok(true),
+        Err(e) => Err(RuntimeError::task(id)(e)),
+    };
+    if !grace.is_zero() {
+        if let Err(e) = task.signal(sig) {
+            tracing::debug!(id, sig, error = %e, "stop signal");
+        }
+        crate::util::crash_point("stop:signalled");
+        if gone_is_done(task.wait(grace))? {
+            return Ok(());
+        }
+    } else {
+        crate::util::crash_point("stop:signalled");
+    }
+    if let Err(e) = task.signal(nix::sys::signal::Signal::SIGKILL as i32) {
+        tracing::debug!(id, error = %e, "SIGKILL");
+    }
+    if gone_is_done(task.wait(KILL_GRACE))? {
+        return Ok(());
+    }
+    Err(RuntimeError::Internal(format!(
+        "container {id} did not exit {}s after SIGKILL",
+        KILL_GRACE.as_secs()
+    )))
 }

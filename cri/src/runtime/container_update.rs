@@ -8,6 +8,8 @@
 
 use berth_core::cgroups::Resources;
 
+use crate::task::{FailureKind, TaskError, TaskFailure};
+
 use super::container::{ContainerRecord, Containers};
 use super::error::RuntimeError;
 use crate::proto;
@@ -38,7 +40,8 @@ fn rename(e: RuntimeError) -> RuntimeError {
     }
 }
 
-/// Applies `limits` and records `res` (blocking: cgroupfs writes).
+/// Applies `limits` (through the container's monitor) and records `res`
+/// (blocking).
 pub(super) fn update(
     containers: &Containers,
     rec: &mut ContainerRecord,
@@ -46,55 +49,28 @@ pub(super) fn update(
     res: proto::LinuxContainerResources,
 ) -> Result<(), RuntimeError> {
     if rec.state.is_live() {
-        let state =
-            berth_core::container::State::load(&containers.runtime_root.join(rec.id.as_str()))
-                .map_err(|e| {
-                    RuntimeError::Internal(format!("loading the container's state: {e}"))
-                })?;
-        if let Some(cg) = &state.cgroup {
-            cg.apply(limits).map_err(|e| match refused_write(&e) {
-                // A value this kernel or host refuses (EINVAL; ERANGE for a
-                // CPU it does not have): the caller's, named by the file.
-                Some((path, value)) => RuntimeError::invalid(
+        match containers.task(rec).update(limits) {
+            Ok(()) => {}
+            // Exited meanwhile: only the record changes.
+            Err(TaskError::Gone) => {}
+            // A value this kernel or host refuses (EINVAL; ERANGE for a CPU
+            // it does not have): the caller's, named by the file.
+            Err(TaskError::Failed(TaskFailure {
+                kind: FailureKind::Refused { path, value },
+                ..
+            })) => {
+                return Err(RuntimeError::invalid(
                     "linux",
-                    format!("the kernel refuses {value:?} for {}", path.display()),
-                ),
-                None => RuntimeError::Internal(format!(
-                    "updating the cgroup: {}",
-                    crate::util::error_chain(&e)
-                )),
-            })?;
+                    format!("the kernel refuses {value:?} for {path}"),
+                ))
+            }
+            Err(e) => return Err(RuntimeError::task(&rec.id)(e)),
         }
     }
     let mut config = rec.config();
     config.linux.get_or_insert_with(Default::default).resources = Some(res);
     rec.config = prost::Message::encode_to_vec(&config);
     containers.registry.save(rec)
-}
-
-/// The control file and value of a write the kernel refused as invalid
-/// (EINVAL, ERANGE) anywhere in `e`'s chain.
-fn refused_write<'a>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> Option<(&'a std::path::Path, &'a str)> {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(berth_core::cgroups::CgroupError::Write {
-            path,
-            value,
-            source,
-        }) = err.downcast_ref::<berth_core::cgroups::CgroupError>()
-        {
-            if matches!(
-                source.raw_os_error(),
-                Some(nix::libc::EINVAL | nix::libc::ERANGE)
-            ) {
-                return Some((path, value));
-            }
-        }
-        cur = err.source();
-    }
-    None
 }
 
 impl super::RuntimeServiceImpl {
@@ -113,7 +89,7 @@ impl super::RuntimeServiceImpl {
         if rec.removed {
             return Err(self.containers.registry.not_found(&req.container_id).into());
         }
-        rec.refresh();
+        self.containers.refresh(&mut rec);
         let containers = self.containers.clone();
         let res = req.linux.unwrap_or_default();
         blocking(move || update(&containers, &mut rec, &limits, res)).await?;

@@ -60,6 +60,15 @@ pub enum RuntimeError {
     /// No streaming URL for Exec, Attach or PortForward.
     #[error(transparent)]
     Stream(#[from] crate::stream::IssueError),
+    /// A request to a container's monitor failed.
+    #[error("container {id}")]
+    Task {
+        /// The container.
+        id: String,
+        /// What failed.
+        #[source]
+        source: crate::task::TaskError,
+    },
     /// A bug or an impossible state.
     #[error("internal error: {0}")]
     Internal(String),
@@ -94,6 +103,12 @@ impl RuntimeError {
             path: path.to_path_buf(),
             source,
         }
+    }
+
+    /// A task error of container `id`.
+    pub(crate) fn task(id: impl std::fmt::Display) -> impl FnOnce(crate::task::TaskError) -> RuntimeError {
+        let id = id.to_string();
+        move |source| RuntimeError::Task { id, source }
     }
 
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
@@ -137,6 +152,22 @@ impl From<RuntimeError> for tonic::Status {
                 | crate::stream::IssueError::TooLarge { .. },
             ) => Code::ResourceExhausted,
             RuntimeError::Stream(crate::stream::IssueError::Random(_)) => Code::Internal,
+            RuntimeError::Task { source, .. } => {
+                use crate::task::{FailureKind, TaskError};
+                match source {
+                    // Exited, or not in a state that allows the call.
+                    TaskError::Gone => Code::FailedPrecondition,
+                    TaskError::Failed(f) => match f.kind {
+                        FailureKind::Refused { .. } => Code::InvalidArgument,
+                        FailureKind::Timeout => Code::DeadlineExceeded,
+                        FailureKind::Version | FailureKind::BadRequest => Code::Internal,
+                        FailureKind::InvalidState
+                        | FailureKind::Unsupported
+                        | FailureKind::Failed => Code::FailedPrecondition,
+                    },
+                    TaskError::Channel(_) | TaskError::Protocol(_) => Code::Internal,
+                }
+            }
             RuntimeError::Pin(_) | RuntimeError::Io { .. } | RuntimeError::Internal(_) => {
                 Code::Internal
             }

@@ -9,10 +9,7 @@
 //! container's exit, whether the daemon is up or not, and containers that
 //! were live when the daemon started are watched again.
 
-use std::os::fd::OwnedFd;
-use std::path::Path;
 
-use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
 
 use super::RuntimeServiceImpl;
@@ -76,18 +73,18 @@ impl RuntimeServiceImpl {
             .send(event(container.as_str(), kind, pod_status, statuses));
     }
 
-    /// Watches a live container's monitor; when it exits (the container
-    /// ended), brings the record up to date and sends a stopped event.
+    /// Watches a live container through its monitor; when the container
+    /// has exited (the monitor's event) or the monitor is gone, brings the
+    /// record up to date and sends a stopped event.
     pub(super) fn watch_exit(&self, rec: &super::container::ContainerRecord) {
         let this = self.clone();
-        let (id, pod, pid, dir) = (
-            rec.id.clone(),
-            rec.sandbox_id.clone(),
-            rec.monitor_pid,
-            rec.dir.clone(),
-        );
+        let (id, pod) = (rec.id.clone(), rec.sandbox_id.clone());
+        let task = self.containers.task(rec);
         tokio::spawn(async move {
-            monitor_exited(pid, &dir).await;
+            // Connecting may wait for a busy monitor: off the async threads.
+            if let Ok(Ok(ch)) = tokio::task::spawn_blocking(move || task.watch_exit()).await {
+                readable(ch).await;
+            }
             let Ok(Some(entry)) = this.containers.registry.find(id.as_str(), "container_id") else {
                 return;
             };
@@ -96,13 +93,13 @@ impl RuntimeServiceImpl {
                 if rec.removed {
                     return;
                 }
-                if rec.refresh() {
+                if this.containers.refresh(&mut rec) {
                     if let Err(e) = this.containers.registry.save(&rec) {
                         tracing::warn!(id = %id, error = %e, "saving the exit of a container");
                     }
                 }
                 if rec.state.is_live() {
-                    return; // the monitor was not this container's
+                    return; // not this container's end
                 }
             }
             this.emit(&id, &pod, proto::ContainerEventType::ContainerStoppedEvent)
@@ -111,32 +108,20 @@ impl RuntimeServiceImpl {
     }
 }
 
-/// Returns when monitor `pid` of the container in `dir` has exited (at once
-/// if it is not running, or if `pid` is now some other process).
-pub async fn monitor_exited(pid: i32, dir: &Path) {
-    let Some(pid_t) = rustix::process::Pid::from_raw(pid) else {
-        return;
-    };
-    let Ok(fd) = rustix::process::pidfd_open(pid_t, rustix::process::PidfdFlags::empty()) else {
-        return; // already gone
-    };
-    // Checked after opening the pidfd: the pidfd now pins this process, so
-    // the check cannot be fooled by a pid reused later.
-    if !crate::monitor::is_running(pid, dir) {
+/// Returns when `ch` is readable: its event came, or its peer is gone.
+/// (tokio's pipe receiver registers any pollable fd safely; nothing is
+/// read from it here.)
+async fn readable(ch: berth_core::ipc::Channel) {
+    let fd = ch.into_fd();
+    if let Err(e) = crate::util::set_nonblocking(std::os::fd::AsFd::as_fd(&fd)) {
+        tracing::warn!(error = %e, "watching a container's monitor");
         return;
     }
-    wait_readable(fd).await;
-}
-
-/// A pidfd becomes readable when its process exits.
-async fn wait_readable(fd: OwnedFd) {
-    // SAFETY: `fd` is an owned, open pidfd; the AsyncFd owns it from here
-    // and nothing else closes or replaces it while it is registered.
-    match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
-        Ok(afd) => {
-            let _ = afd.readable().await;
+    match tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd) {
+        Ok(rx) => {
+            let _ = rx.readable().await;
         }
-        Err(e) => tracing::warn!(error = %e, "watching a monitor's pidfd"),
+        Err(e) => tracing::warn!(error = %e, "watching a container's monitor"),
     }
 }
 

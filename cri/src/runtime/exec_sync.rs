@@ -17,6 +17,7 @@ use super::container::{ContainerRecord, ContainerState, Containers};
 use super::error::RuntimeError;
 use crate::monitor::{MonitorSpec, SPEC_FILE};
 use crate::proto;
+use crate::task::{ExecProcess, ExecStdio};
 
 /// Output kept per stream; the rest is read and dropped (kubelet probes
 /// need little; an unbounded buffer would let a container fill the
@@ -31,26 +32,30 @@ pub(super) fn exec_sync(
     cmd: Vec<String>,
     timeout: i64,
 ) -> Result<proto::ExecSyncResponse, RuntimeError> {
-    let mut process = berth_core::Process::new(cmd.clone());
-    process.spec = process_spec(rec, cmd)?;
+    let spec = process_spec(rec, cmd)?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    process.stdout = berth_core::Stdio::Fd(out_w);
-    process.stderr = berth_core::Stdio::Fd(err_w);
-    let container = berth_core::Container::load(&containers.runtime_root, rec.id.as_str())
-        .map_err(|e| RuntimeError::FailedPrecondition(format!("container {}: {e}", rec.id)))?;
-    let handle = container.exec(process).map_err(|e| {
-        RuntimeError::FailedPrecondition(format!("exec in container {}: {e}", rec.id))
-    })?;
+    let stdio = ExecStdio {
+        stdin: None,
+        stdout: Some(out_w),
+        stderr: Some(err_w),
+    };
+    // The container's monitor runs it (and reaps it: it is the monitor's
+    // child, so the container's pid namespace can end with its init).
+    let handle = containers
+        .task(rec)
+        .exec(&spec, stdio)
+        .map_err(RuntimeError::task(&rec.id))?;
     let deadline =
         (timeout > 0).then(|| crate::util::deadline_after(Duration::from_secs(timeout as u64)));
-    let (stdout, stderr, timed_out) = collect(&handle, out_r, err_r, deadline);
+    let (stdout, stderr, timed_out) = collect(&*handle, out_r, err_r, deadline);
     if timed_out {
         let _ = handle.signal(nix::sys::signal::Signal::SIGKILL as i32);
     }
     let status = handle
-        .wait()
-        .map_err(|e| RuntimeError::Internal(format!("waiting for the exec: {e}")))?;
+        .wait(Some(Duration::from_secs(30)))
+        .map_err(RuntimeError::task(&rec.id))?
+        .ok_or_else(|| RuntimeError::Internal("the exec did not end after SIGKILL".into()))?;
     if timed_out {
         return Err(RuntimeError::DeadlineExceeded(format!(
             "command did not finish within the {timeout}s timeout"
@@ -59,7 +64,7 @@ pub(super) fn exec_sync(
     Ok(proto::ExecSyncResponse {
         stdout,
         stderr,
-        exit_code: status.code(),
+        exit_code: status.exit_code,
     })
 }
 
@@ -134,7 +139,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
 /// Reads both pipes until they close or the process is gone (a background
 /// child may keep them open), or until the deadline.
 fn collect(
-    handle: &berth_core::ProcessHandle,
+    handle: &dyn ExecProcess,
     out: OwnedFd,
     err: OwnedFd,
     deadline: Option<Instant>,
@@ -180,7 +185,7 @@ fn collect(
                 which.push(i);
             }
         }
-        fds.push(PollFd::new(handle.pidfd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(handle.exit_fd(), PollFlags::POLLIN));
         if nix::poll::poll(&mut fds, PollTimeout::from(wait_ms)).is_err() {
             continue;
         }

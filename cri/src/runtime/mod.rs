@@ -29,6 +29,8 @@ mod stats;
 mod stats_rpc;
 mod status;
 mod streaming;
+#[cfg(test)]
+mod task_tests;
 mod version;
 
 use std::path::PathBuf;
@@ -136,7 +138,7 @@ impl RuntimeServiceImpl {
             if rec.removed {
                 continue;
             }
-            if rec.refresh() {
+            if self.containers.refresh(&mut rec) {
                 let _ = self.containers.registry.save(&rec);
             }
             *inv.containers
@@ -284,7 +286,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             if rec.removed {
                 continue;
             }
-            if rec.refresh() {
+            if self.containers.refresh(&mut rec) {
                 self.containers.registry.save(&rec)?;
             }
             if container_status::matches(&rec, &filter) {
@@ -316,7 +318,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             .registry
             .get(&req.container_id, "container_id")?;
         let mut rec = entry.lock().await;
-        rec.refresh();
+        self.containers.refresh(&mut rec);
         if rec.removed || rec.state != container::ContainerState::Running {
             return Err(RuntimeError::FailedPrecondition(format!(
                 "container {} is not running",
@@ -324,8 +326,9 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             ))
             .into());
         }
-        crate::monitor::reopen_log(rec.monitor_pid, &rec.dir)
-            .map_err(|e| RuntimeError::Internal(format!("reopening the log: {e}")))?;
+        let task = self.containers.task(&rec);
+        let id = rec.id.to_string();
+        blocking(move || task.reopen_log().map_err(RuntimeError::task(id))).await?;
         Ok(Response::new(proto::ReopenContainerLogResponse {}))
     }
 
@@ -613,7 +616,7 @@ impl RuntimeServiceImpl {
         if rec.removed {
             return Err(self.containers.registry.not_found(id).into());
         }
-        if rec.refresh() {
+        if self.containers.refresh(&mut rec) {
             self.containers.registry.save(&rec)?;
         }
         Ok(rec)

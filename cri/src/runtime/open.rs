@@ -47,6 +47,14 @@ impl RuntimeServiceImpl {
         if let Some(s) = &stream {
             tracing::info!(url = %s.base(), "streaming server (exec, port-forward)");
         }
+        // Execs hand the monitor our sealed binary copy, when the monitors
+        // run our binary (tests may use another).
+        let sealed = std::env::current_exe()
+            .is_ok_and(|me| me == monitor_exe)
+            .then(berth_core::process::sealed_self)
+            .and_then(Result::ok);
+        let tasks: Arc<dyn crate::task::Tasks> =
+            Arc::new(crate::task::MonitorTasks::new(state.join("runtime"), sealed));
         let service = RuntimeServiceImpl {
             puller: None,
             criu: config
@@ -57,7 +65,7 @@ impl RuntimeServiceImpl {
             cni,
             stream,
             sandboxes: Arc::new(Sandboxes::open(root, state)?),
-            containers: Arc::new(Containers::open(root, state)?),
+            containers: Arc::new(Containers::open(root, state, tasks)?),
             images,
             zygote: Arc::new(crate::monitor::Zygote::new(
                 monitor_exe.clone(),

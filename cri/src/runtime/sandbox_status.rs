@@ -53,7 +53,7 @@ impl RuntimeServiceImpl {
             if rec.removed {
                 continue;
             }
-            if rec.refresh() {
+            if self.containers.refresh(&mut rec) {
                 self.containers.registry.save(&rec)?;
             }
             out.extend(container_status::status(&rec).status);

@@ -134,7 +134,7 @@ impl RuntimeServiceImpl {
             if rec.removed {
                 continue;
             }
-            if rec.refresh() {
+            if self.containers.refresh(&mut rec) {
                 self.containers.registry.save(&rec)?;
             }
             if rec.state.is_live() && keep(&rec) {

@@ -25,7 +25,7 @@ impl RuntimeServiceImpl {
             let rec = self.current_container(&req.container_id).await?;
             let spec = exec_sync::process_spec(&rec, req.cmd)?;
             crate::stream::exec::ExecTarget {
-                runtime_root: self.containers.runtime_root.clone(),
+                task: self.containers.task(&rec),
                 container_id: rec.id.to_string(),
                 spec,
                 stdin: req.stdin,

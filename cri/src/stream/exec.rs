@@ -5,24 +5,22 @@
 //! process with it (SIGKILL): nothing is left behind.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
-use std::pin::Pin;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use berth_core::process::{ConsoleSize, ProcessSpec};
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+
+use crate::task::{ExecProcess, ExecStdio};
 
 /// What an exec URL was issued for (validated by the Exec RPC).
 #[derive(Debug, Clone)]
 pub struct ExecTarget {
-    /// runtime-core's state root.
-    pub runtime_root: PathBuf,
-    /// The container.
+    /// The container, through its monitor.
+    pub task: Arc<dyn crate::task::Task>,
+    /// The container's id (for messages).
     pub container_id: String,
     /// The process (command, env, cwd, user from the container's own).
     pub spec: ProcessSpec,
@@ -51,69 +49,17 @@ pub struct ExecIo {
 /// How the process ended, or why it could not run.
 pub type Outcome = Result<berth_core::ExitStatus, String>;
 
-/// A non-blocking fd (pipe end or pty master) as tokio I/O.
-struct FdIo {
-    fd: AsyncFd<OwnedFd>,
-    /// A pty master reads EIO once the terminal's last user is gone: EOF.
-    eio_is_eof: bool,
+/// A pipe end or pty master as tokio I/O, non-blocking (tokio's pipe types
+/// register any pollable fd; a pty master's EIO once the terminal's last
+/// user is gone ends the copy like EOF).
+fn reader(fd: OwnedFd) -> Result<tokio::net::unix::pipe::Receiver, String> {
+    crate::util::set_nonblocking(fd.as_fd()).map_err(|e| e.to_string())?;
+    tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd).map_err(|e| e.to_string())
 }
 
-impl FdIo {
-    fn new(fd: OwnedFd, eio_is_eof: bool) -> io::Result<FdIo> {
-        crate::util::set_nonblocking(fd.as_fd())?;
-        // SAFETY: `fd` is an owned, open descriptor; the AsyncFd owns it from
-        // here until it is dropped, so it stays the same open file.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(FdIo { fd, eio_is_eof })
-    }
-}
-
-impl AsyncRead for FdIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match guard
-                .try_io(|fd| nix::unistd::read(fd.as_raw_fd(), unfilled).map_err(io::Error::from))
-            {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) if self.eio_is_eof && e.raw_os_error() == Some(libc::EIO) => {
-                    return Poll::Ready(Ok(()))
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-impl AsyncWrite for FdIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            match guard.try_io(|fd| nix::unistd::write(fd, data).map_err(io::Error::from)) {
-                Ok(r) => return Poll::Ready(r),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
+fn writer(fd: OwnedFd) -> Result<tokio::net::unix::pipe::Sender, String> {
+    crate::util::set_nonblocking(fd.as_fd()).map_err(|e| e.to_string())?;
+    tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(fd).map_err(|e| e.to_string())
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -135,8 +81,8 @@ pub async fn run(
     mut io: ExecIo,
     gone: impl std::future::Future<Output = ()> + Send,
 ) -> Outcome {
-    let mut process = berth_core::Process::new(target.spec.args.clone());
-    process.spec = target.spec.clone();
+    let mut spec = target.spec.clone();
+    let mut stdio = ExecStdio::default();
     let mut ours_in = None;
     let mut ours_out = Vec::new();
     let mut first_size = None;
@@ -145,30 +91,28 @@ pub async fn run(
         if let Some(r) = io.resize.as_mut() {
             first_size = r.try_recv().ok();
         }
-        process.spec.terminal = Some(first_size.unwrap_or(ConsoleSize { rows: 24, cols: 80 }));
+        spec.terminal = Some(first_size.unwrap_or(ConsoleSize { rows: 24, cols: 80 }));
     } else {
         if target.stdin {
             let (r, w) = pipe().map_err(|e| e.to_string())?;
-            process.stdin = berth_core::Stdio::Fd(r);
+            stdio.stdin = Some(r);
             ours_in = Some(w);
         }
         if target.stdout {
             let (r, w) = pipe().map_err(|e| e.to_string())?;
-            process.stdout = berth_core::Stdio::Fd(w);
+            stdio.stdout = Some(w);
             ours_out.push((1, r));
         }
         if target.stderr {
             let (r, w) = pipe().map_err(|e| e.to_string())?;
-            process.stderr = berth_core::Stdio::Fd(w);
+            stdio.stderr = Some(w);
             ours_out.push((2, r));
         }
     }
-    let (root, id) = (target.runtime_root.clone(), target.container_id.clone());
+    let (task, id) = (target.task.clone(), target.container_id.clone());
     let mut handle = tokio::task::spawn_blocking(move || {
-        let c =
-            berth_core::Container::load(&root, &id).map_err(|e| format!("container {id}: {e}"))?;
-        c.exec(process)
-            .map_err(|e| format!("exec in container {id}: {e}"))
+        task.exec(&spec, stdio)
+            .map_err(|e| format!("exec in container {id}: {}", crate::util::error_chain(&e)))
     })
     .await
     .map_err(|e| e.to_string())??;
@@ -178,13 +122,13 @@ pub async fn run(
         let master = handle.take_console().ok_or("the process got no terminal")?;
         let dup = master.try_clone().map_err(|e| e.to_string())?;
         let resize_fd = master.try_clone().map_err(|e| e.to_string())?;
-        let reader = FdIo::new(master, true).map_err(|e| e.to_string())?;
-        let writer = FdIo::new(dup, true).map_err(|e| e.to_string())?;
+        let from_tty = reader(master)?;
+        let to_tty = writer(dup)?;
         if let Some(out) = io.stdout.take() {
-            pumps.push(tokio::spawn(pump(reader, out)));
+            pumps.push(tokio::spawn(pump(from_tty, out)));
         }
         if let Some(input) = io.stdin.take() {
-            tokio::spawn(pump(input, writer));
+            tokio::spawn(pump(input, to_tty));
         }
         if let Some(mut sizes) = io.resize.take() {
             resize_task = Some(tokio::spawn(async move {
@@ -195,8 +139,7 @@ pub async fn run(
         }
     } else {
         if let (Some(w), Some(input)) = (ours_in, io.stdin.take()) {
-            let w = FdIo::new(w, false).map_err(|e| e.to_string())?;
-            tokio::spawn(pump(input, w));
+            tokio::spawn(pump(input, writer(w)?));
         }
         for (n, r) in ours_out {
             let out = if n == 1 {
@@ -204,15 +147,15 @@ pub async fn run(
             } else {
                 io.stderr.take()
             };
-            let r = FdIo::new(r, false).map_err(|e| e.to_string())?;
+            let r = reader(r)?;
             if let Some(out) = out {
                 pumps.push(tokio::spawn(pump(r, out)));
             }
         }
     }
-    let handle = Arc::new(handle);
+    let handle: Arc<dyn ExecProcess> = Arc::from(handle);
     let h = handle.clone();
-    let mut wait = tokio::task::spawn_blocking(move || h.wait());
+    let mut wait = tokio::task::spawn_blocking(move || h.wait(None));
     let status = tokio::select! {
         s = &mut wait => s,
         () = gone => {
@@ -228,9 +171,14 @@ pub async fn run(
     if let Some(t) = resize_task {
         t.abort();
     }
-    status
+    let exit = status
         .map_err(|e| e.to_string())?
-        .map_err(|e| format!("waiting for the process: {e}"))
+        .map_err(|e| format!("waiting for the process: {}", crate::util::error_chain(&e)))?
+        .ok_or("the process's end was not reported")?;
+    Ok(match exit.signal {
+        Some(sig) => berth_core::ExitStatus::Signaled(sig),
+        None => berth_core::ExitStatus::Exited(exit.exit_code),
+    })
 }
 
 /// The v4+ exit status message (a Kubernetes `metav1.Status`).

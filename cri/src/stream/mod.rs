@@ -97,7 +97,6 @@ impl StreamRequest {
                 t.spec.args.iter().map(|s| s.len() + 24).sum::<usize>()
                     + t.spec.env.iter().map(|s| s.len() + 24).sum::<usize>()
                     + t.spec.cwd.as_os_str().len()
-                    + t.runtime_root.as_os_str().len()
                     + t.container_id.len()
             }
             StreamRequest::Attach(t) => t.dir.as_os_str().len(),
@@ -437,7 +436,9 @@ mod tests {
             let mut spec = berth_core::Process::new(vec!["x".repeat(arg)]).spec;
             spec.env = vec![("E=".to_string() + &"v".repeat(env)).into()];
             StreamRequest::Exec(Box::new(exec::ExecTarget {
-                runtime_root: "/run/berth/runtime".into(),
+                task: std::sync::Arc::new(crate::task::client::MonitorTask::at(
+                    std::path::Path::new("/run/berth/containers/c"),
+                )),
                 container_id: "c".repeat(64),
                 spec,
                 stdin: false,

@@ -58,7 +58,7 @@ pub const RESTORE_LOG: &str = "restore.log";
 const NET_KEY: &str = "berth-net";
 
 /// How to run CRIU: shared by checkpoint and restore.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CriuOptions {
     /// The `criu` binary (default: `criu`, looked up in `PATH`).
     pub criu: PathBuf,
@@ -94,7 +94,7 @@ impl CriuOptions {
 }
 
 /// What a checkpoint does besides dumping.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CheckpointOptions {
     /// CRIU itself.
     pub criu: CriuOptions,

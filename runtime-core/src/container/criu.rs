@@ -55,8 +55,17 @@ pub(super) fn common_args(c: &CriuOptions) -> Vec<String> {
     args
 }
 
+/// The search path CRIU gets when its caller has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 pub(super) fn criu_command(c: &CriuOptions, args: &[String]) -> Command {
     let mut cmd = Command::new(&c.criu);
+    // CRIU runs helpers by name (iptables-restore to lock the network for
+    // established TCP connections): a caller started with an empty
+    // environment (berth's monitors are) gives it the usual search path.
+    if std::env::var_os("PATH").is_none() {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

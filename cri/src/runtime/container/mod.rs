@@ -7,6 +7,7 @@
 //! runtime-core's own state lives under `<state>/runtime/`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,11 @@ use super::error::RuntimeError;
 use crate::monitor;
 use crate::proto;
 use crate::store::{make_dir, modes, ObjectId, Registry};
+use crate::task::{Task, Tasks};
+
+/// The exit code of a container whose monitor died without recording one
+/// (containerd's `UnknownExitStatus`).
+pub const UNKNOWN_EXIT_CODE: i32 = 255;
 
 /// The container record format this build reads and writes.
 pub const RECORD_VERSION: u32 = 1;
@@ -148,7 +154,7 @@ impl ContainerRecord {
 
     /// Takes in the monitor's exit record, if it wrote one. Returns whether
     /// anything changed.
-    pub fn refresh(&mut self) -> bool {
+    pub fn refresh(&mut self, tasks: &dyn Tasks) -> bool {
         if !self.state.is_live() {
             return false;
         }
@@ -161,14 +167,21 @@ impl ContainerRecord {
                 self.message = exit.message;
                 true
             }
-            // The monitor is checked by its command line, not just its pid
-            // (pids are reused); it may have written the record just now.
-            None if !monitor::is_running(self.monitor_pid, &self.dir)
+            // A monitor that refuses connections is gone; it may have
+            // written the record just now. Otherwise it was killed: what it
+            // left running is killed too, and the container has exited with
+            // the status containerd reports for a lost shim (255).
+            None if !tasks.open(&self.dir).is_running()
                 && monitor::read_exit(&self.exit_file()).is_none() =>
             {
-                self.state = ContainerState::Unknown;
-                self.reason = "Unknown".into();
-                self.message = "the container's monitor ended without recording an exit".into();
+                tasks.open(&self.dir).abandon();
+                self.state = ContainerState::Exited;
+                self.exit_code = UNKNOWN_EXIT_CODE;
+                self.finished_at = crate::util::now_nanos();
+                self.reason = "Error".into();
+                self.message = "the container's monitor died without recording an exit; \
+                                its processes were killed"
+                    .into();
                 true
             }
             None => false,
@@ -214,13 +227,31 @@ pub struct Containers {
     /// and archives being restored (on disk, not in the volatile state: a
     /// checkpoint is as big as the container's memory).
     pub checkpoint_dir: PathBuf,
+    /// How each container is reached: through its monitor.
+    pub tasks: Arc<dyn Tasks>,
 }
 
 impl Containers {
+    /// The task of the container of `rec`.
+    pub fn task(&self, rec: &ContainerRecord) -> Arc<dyn Task> {
+        self.tasks.open(&rec.dir)
+    }
+
+    /// [`ContainerRecord::refresh`] through this service's tasks.
+    pub fn refresh(&self, rec: &mut ContainerRecord) -> bool {
+        rec.refresh(&*self.tasks)
+    }
+
     /// Loads the records; containers whose monitor recorded an exit while
     /// the daemon was down are brought up to date.
-    pub fn open(root: &Path, state: &Path) -> Result<Containers, RuntimeError> {
-        let registry = Registry::open(&root.join("metadata/containers"), ContainerRecord::refresh)?;
+    pub fn open(
+        root: &Path,
+        state: &Path,
+        tasks: Arc<dyn Tasks>,
+    ) -> Result<Containers, RuntimeError> {
+        let registry = Registry::open(&root.join("metadata/containers"), |r: &mut ContainerRecord| {
+            r.refresh(&*tasks)
+        })?;
         let checkpoint_dir = root.join("checkpoints");
         // Only work directories live there: any left are from a daemon that
         // died mid-checkpoint or mid-restore.
@@ -239,6 +270,7 @@ impl Containers {
             state_dir,
             runtime_root: state.join("runtime"),
             checkpoint_dir,
+            tasks,
         })
     }
 }

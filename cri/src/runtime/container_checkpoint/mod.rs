@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::container::ContainerRecord;
 use super::error::RuntimeError;
 use crate::proto;
+use crate::task::Task;
 
 /// CRIU's images in the archive.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
@@ -88,8 +89,8 @@ pub struct PodMeta {
 
 /// What a checkpoint needs besides the container.
 pub(super) struct CheckpointRequest<'a> {
-    /// runtime-core's state root.
-    pub runtime_root: &'a Path,
+    /// The container, through its monitor.
+    pub task: &'a dyn Task,
     /// Where the work directory is made ([`super::container::Containers::checkpoint_dir`]).
     pub work_parent: &'a Path,
     /// The `criu` binary.
@@ -144,7 +145,8 @@ pub(super) fn checkpoint(
         t => Duration::from_secs(t as u64),
     };
     let deadline = crate::util::deadline_after(timeout);
-    let c = load(req.runtime_root, rec)?;
+    let task = req.task;
+    let task_err = RuntimeError::task(&rec.id);
     let spec = read_monitor_spec(&rec.dir)?;
     let work = Work::new(req.work_parent)?;
     let mut opts = CriuOptions::new(work.0.join(CHECKPOINT_DIR), &work.0);
@@ -157,21 +159,21 @@ pub(super) fn checkpoint(
     let marker = rec.dir.join(FROZEN_MARKER);
     crate::store::write_atomic(&marker, b"frozen for a checkpoint\n")
         .map_err(|e| RuntimeError::io(&marker, e))?;
-    if let Err(e) = c.pause() {
+    if let Err(e) = task.pause() {
         let _ = std::fs::remove_file(&marker);
-        return Err(core_error(e));
+        return Err(task_err(e));
     }
-    let dumped = c
+    let dumped = task
         .checkpoint(&CheckpointOptions {
             criu: opts,
             leave_running: true,
         })
-        .map_err(core_error)
-        .and_then(|()| match &c.config().overlay {
+        .map_err(RuntimeError::task(&rec.id))
+        .and_then(|()| match &spec.config.overlay {
             Some(o) => rootfs_diff(&o.upperdir, &work.0),
             None => write_json(&work.0.join(DELETED_FILES), &Vec::<String>::new()),
         });
-    let resumed = c.resume().map_err(core_error);
+    let resumed = task.resume().map_err(RuntimeError::task(&rec.id));
     if resumed.is_ok() {
         let _ = std::fs::remove_file(&marker);
     }
@@ -228,15 +230,11 @@ pub(super) fn thaw_interrupted(containers: &super::container::Containers) -> usi
         if !marker.exists() {
             continue;
         }
-        let resumed = load(&containers.runtime_root, &rec)
-            .map_err(|e| e.to_string())
-            .and_then(|c| {
-                if c.status() == berth_core::Status::Paused {
-                    c.resume().map_err(|e| crate::util::error_chain(&e))
-                } else {
-                    Ok(())
-                }
-            });
+        let task = containers.task(&rec);
+        let resumed = task
+            .state()
+            .and_then(|s| if s.paused { task.resume() } else { Ok(()) })
+            .map_err(|e| crate::util::error_chain(&e));
         match resumed {
             Ok(()) => {
                 tracing::warn!(id = %rec.id, "thawed a container a checkpoint left frozen when the daemon stopped");
@@ -250,13 +248,6 @@ pub(super) fn thaw_interrupted(containers: &super::container::Containers) -> usi
         let _ = std::fs::remove_file(&marker);
     }
     thawed
-}
-
-/// runtime-core's view of the container (freezer, CRIU's target): the one
-/// place checkpointing reads it.
-fn load(runtime_root: &Path, rec: &ContainerRecord) -> Result<berth_core::Container, RuntimeError> {
-    berth_core::Container::load(runtime_root, rec.id.as_str())
-        .map_err(|e| RuntimeError::FailedPrecondition(format!("container {}: {e}", rec.id)))
 }
 
 /// A fresh work directory, removed (with everything in it) on drop.
@@ -278,18 +269,6 @@ impl Work {
 impl Drop for Work {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn core_error(e: berth_core::ContainerError) -> RuntimeError {
-    use berth_core::ContainerError as E;
-    let msg = crate::util::error_chain(&e);
-    match e {
-        E::Unsupported(_) | E::InvalidState { .. } | E::NotRunning(_) => {
-            RuntimeError::FailedPrecondition(msg)
-        }
-        E::Timeout { .. } => RuntimeError::DeadlineExceeded(msg),
-        _ => RuntimeError::Internal(msg),
     }
 }
 
@@ -388,7 +367,7 @@ impl super::RuntimeServiceImpl {
             checkpoint(
                 &rec,
                 &CheckpointRequest {
-                    runtime_root: &containers.runtime_root,
+                    task: &*containers.task(&rec),
                     work_parent: &containers.checkpoint_dir,
                     criu: &criu,
                     pod,

@@ -285,6 +285,7 @@ mod tests {
         };
         let view = ContainerView {
             id: "c".into(),
+            dir: "/nonexistent".into(),
             config: proto::ContainerConfig {
                 metadata: Some(proto::ContainerMetadata {
                     name: "app".into(),

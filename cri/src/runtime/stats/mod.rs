@@ -39,6 +39,8 @@ pub(super) use metrics::{descriptors, pod_metrics};
 pub(super) struct ContainerView {
     pub id: String,
     pub config: proto::ContainerConfig,
+    /// The container's directory (its monitor's socket).
+    pub dir: std::path::PathBuf,
 }
 
 impl ContainerView {
@@ -46,6 +48,7 @@ impl ContainerView {
         ContainerView {
             id: rec.id.to_string(),
             config: rec.config(),
+            dir: rec.dir.clone(),
         }
     }
 }
@@ -150,10 +153,11 @@ impl Sampler {
         images: &ImageStore,
         view: &ContainerView,
     ) -> ContainerSample {
-        let cgroup = berth_core::container::State::load(&containers.runtime_root.join(&view.id))
-            .ok()
-            .and_then(|s| s.cgroup)
-            .map(|cg| cg.stats())
+        // Asked of the container's owner; one that is gone reads as zero.
+        let cgroup = containers
+            .tasks
+            .open(&view.dir)
+            .stats()
             .unwrap_or_default();
         let writable = ContainerId::new(&view.id)
             .map(|id| dir_usage(&images.container_dir(&id).join("upper")))
