@@ -96,7 +96,8 @@ impl Channel {
         )
         .map_err(ChannelError::Io)?;
         raise_sndbuf(&fd);
-        let addr = UnixAddr::new(path).map_err(ChannelError::Io)?;
+        let (_dir, short) = short_path(path)?;
+        let addr = UnixAddr::new(short.as_path()).map_err(ChannelError::Io)?;
         loop {
             match connect(fd.as_raw_fd(), &addr) {
                 Ok(()) => return Ok(Channel::from_fd(fd)),
@@ -355,7 +356,8 @@ impl Listener {
             }
             _ => {}
         }
-        let addr = UnixAddr::new(path).map_err(ChannelError::Io)?;
+        let (_dir, short) = short_path(path)?;
+        let addr = UnixAddr::new(short.as_path()).map_err(ChannelError::Io)?;
         bind(fd.as_raw_fd(), &addr).map_err(ChannelError::Io)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| ChannelError::Io(io_errno(&e)))?;
@@ -387,6 +389,24 @@ impl Listener {
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// The longest socket path the kernel takes (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// `path` itself when it fits a socket address, else the same file reached
+/// through `/proc/self/fd/<dir>/<name>` of its opened directory (returned:
+/// keep it open while the path is used).
+fn short_path(path: &Path) -> Result<(Option<std::fs::File>, std::path::PathBuf), ChannelError> {
+    if path.as_os_str().len() <= MAX_SOCKET_PATH {
+        return Ok((None, path.to_path_buf()));
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(ChannelError::Io(nix::Error::ENAMETOOLONG));
+    };
+    let d = std::fs::File::open(dir).map_err(|e| ChannelError::Io(io_errno(&e)))?;
+    let short = Path::new(&format!("/proc/self/fd/{}", d.as_raw_fd())).join(name);
+    Ok((Some(d), short))
 }
 
 /// A datagram must fit the sender's send buffer whole, and the default
@@ -463,5 +483,13 @@ mod tests {
         assert!(err.is_gone(), "{err:?}");
         let err = Channel::connect(&d.path().join("none")).unwrap_err();
         assert!(err.is_gone(), "{err:?}");
+
+        // A path longer than a socket address takes still works.
+        let deep = d.path().join("d".repeat(100));
+        std::fs::create_dir(&deep).unwrap();
+        let long = deep.join("task.sock");
+        let l = Listener::bind(&long, 0o600).unwrap();
+        let _c = Channel::connect(&long).unwrap();
+        assert!(l.accept().unwrap().is_some());
     }
 }

@@ -104,17 +104,22 @@ fn pod_config(name: &str, logs: &Path) -> proto::PodSandboxConfig {
 }
 
 fn container_config(image: &str) -> proto::ContainerConfig {
+    command_config(image, "c", &["sleep", "3600"])
+}
+
+/// A container `name` running `cmd`.
+fn command_config(image: &str, name: &str, cmd: &[&str]) -> proto::ContainerConfig {
     proto::ContainerConfig {
         metadata: Some(ContainerMetadata {
-            name: "c".into(),
+            name: name.into(),
             attempt: 0,
         }),
         image: Some(ImageSpec {
             image: image.into(),
             ..Default::default()
         }),
-        command: vec!["sleep".into(), "3600".into()],
-        log_path: "c/0.log".into(),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
         linux: Some(proto::LinuxContainerConfig {
             security_context: Some(proto::LinuxContainerSecurityContext {
                 namespace_options: Some(proto::NamespaceOption {
@@ -397,6 +402,7 @@ async fn suite(
     let mut start_ms = Vec::new();
     let mut cycle = Vec::new();
     let mut exec = Vec::new();
+    let mut stop_term = Vec::new();
     for i in 0..iters {
         let t0 = Instant::now();
         let pod = run_pod(&mut rt, &format!("p{i}"), logs).await;
@@ -417,6 +423,42 @@ async fn suite(
             .into_inner();
         assert_eq!(r.exit_code, 0);
         exec.push(ms(t3.elapsed()));
+        // StopContainer of a container that exits on SIGTERM at once (its
+        // shell's `wait` returns to the trap): the stop's own latency.
+        let term = rt
+            .create_container(proto::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(command_config(
+                    &image,
+                    "t",
+                    &["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"],
+                )),
+                sandbox_config: Some(pod_config(&format!("p{i}"), logs)),
+            })
+            .await
+            .expect("CreateContainer")
+            .into_inner()
+            .container_id;
+        rt.start_container(proto::StartContainerRequest {
+            container_id: term.clone(),
+        })
+        .await
+        .expect("StartContainer");
+        // The shell has set its trap (a signal before that would kill it
+        // the default way, just as fast).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t4 = Instant::now();
+        rt.stop_container(proto::StopContainerRequest {
+            container_id: term.clone(),
+            timeout: 10,
+        })
+        .await
+        .expect("StopContainer");
+        stop_term.push(ms(t4.elapsed()));
+        rt.remove_container(proto::RemoveContainerRequest { container_id: term })
+            .await
+            .expect("RemoveContainer");
+        let side = ms(t3.elapsed());
         teardown(
             &mut rt,
             &Pod {
@@ -425,7 +467,7 @@ async fn suite(
             },
         )
         .await;
-        cycle.push(ms(t0.elapsed()) - exec.last().copied().unwrap_or(0.0));
+        cycle.push(ms(t0.elapsed()) - side);
     }
     res.timings = vec![
         ("RunPodSandbox", run_sandbox),
@@ -433,6 +475,7 @@ async fn suite(
         ("StartContainer", start_ms),
         ("pod cycle (run,create,start,stop,rm)", cycle),
         ("ExecSync true", exec),
+        ("StopContainer (exits on SIGTERM)", stop_term),
     ];
 
     // Pods one after another, then all at once; memory with all running.

@@ -48,6 +48,7 @@
 //! double fork).
 
 pub mod attach;
+mod diag;
 mod exit;
 mod pump;
 mod remove;

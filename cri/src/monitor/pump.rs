@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 
-use super::run::{set_nonblocking, warn};
+use super::diag::{set_nonblocking, warn};
 use super::MonitorError;
 use crate::logs::{LineSplitter, LogFile, Stream};
 

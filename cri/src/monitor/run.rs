@@ -12,6 +12,7 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use super::diag::warn;
 use super::pump::{Pump, Source};
 use super::spawn::Report;
 use super::{error_chain, exit, MonitorError, MonitorSpec, DETACHED_ARG, MONITOR_ARG, VERSION};
@@ -356,13 +357,6 @@ fn process_with_pipes(
     Ok((process, Some((out_r, err_r)), stdin_w))
 }
 
-pub(super) fn set_nonblocking(fd: &OwnedFd) -> Result<(), MonitorError> {
-    crate::util::set_nonblocking(std::os::fd::AsFd::as_fd(fd)).map_err(|source| MonitorError::Sys {
-        step: "make a pipe non-blocking",
-        source,
-    })
-}
-
 fn read_spec(path: &Path) -> Result<MonitorSpec, MonitorError> {
     let bytes = std::fs::read(path).map_err(|source| MonitorError::ReadSpec {
         path: path.to_path_buf(),
@@ -405,8 +399,3 @@ fn report(report: &Report) -> std::io::Result<()> {
     written
 }
 
-/// A line on the monitor's stderr (`monitor.log`).
-pub(super) fn warn(msg: &str) {
-    let now = crate::logs::rfc3339_nano(std::time::SystemTime::now());
-    eprintln!("{now} berth-monitor[{}]: {msg}", std::process::id());
-}

@@ -1,6 +1,6 @@
 //! The monitor's task server: the container's one owner answers the
 //! daemon's requests ([`crate::task::proto`]) on `<dir>/task.sock`, from
-//! the same single-threaded `poll` loop that pumps the logs ([`super::pump`]).
+//! the same single-threaded `poll` loop that pumps the logs (`pump.rs`).
 //!
 //! Every request is answered at once, in the loop, except the events: a
 //! [`Request::Wait`] connection gets [`Event::Exited`] after the exit record
@@ -16,7 +16,7 @@ use std::path::Path;
 use berth_core::ipc::{Channel, ChannelError, Listener};
 use berth_core::{Container, ExitStatus, Process, ProcessHandle, Status, Stdio};
 
-use super::run::warn;
+use super::diag::warn;
 use crate::logs::LogFile;
 use crate::task::proto::{
     self, Event, ExitRecord, FailureKind, Reply, Request, TaskFailure, TaskState,

@@ -36,6 +36,7 @@ use berth_core::process::{fork_single_threaded, Forked};
 use serde::{Deserialize, Serialize};
 
 use super::spawn::{parse_report, prepare, read_report, Report};
+use super::diag::warn;
 use super::{run, MonitorError, MonitorSpec, SealedInit, Spawned};
 
 /// `argv[1]` that makes a berth binary run as the monitor zygote.
@@ -269,7 +270,7 @@ impl Drop for Zygote {
 /// daemon's sealed-copy fd, if any). Returns the exit code.
 pub(super) fn serve(sealed_fd: Option<RawFd>) -> i32 {
     if !berth_core::process::is_single_threaded() {
-        run::warn("the monitor zygote must be single-threaded to fork; exiting");
+        warn("the monitor zygote must be single-threaded to fork; exiting");
         return 2;
     }
     if let Some(fd) = sealed_fd {
@@ -281,7 +282,7 @@ pub(super) fn serve(sealed_fd: Option<RawFd>) -> i32 {
     let sock = match std::io::stdin().as_fd().try_clone_to_owned() {
         Ok(fd) => Channel::from_fd(fd).with_limit(MAX_REQUEST),
         Err(e) => {
-            run::warn(&format!("monitor zygote: its socket: {e}"));
+            warn(&format!("monitor zygote: its socket: {e}"));
             return 1;
         }
     };
@@ -294,11 +295,11 @@ pub(super) fn serve(sealed_fd: Option<RawFd>) -> i32 {
             Ok(m) => m,
             Err(ChannelError::Closed) => return 0, // the daemon closed its end
             Err(e @ (ChannelError::Decode(_) | ChannelError::TooBig(_))) => {
-                run::warn(&format!("monitor zygote: a malformed request, ignored: {e}"));
+                warn(&format!("monitor zygote: a malformed request, ignored: {e}"));
                 continue;
             }
             Err(e) => {
-                run::warn(&format!("monitor zygote: receive: {e}"));
+                warn(&format!("monitor zygote: receive: {e}"));
                 return 1;
             }
         };
@@ -326,7 +327,7 @@ pub(super) fn serve(sealed_fd: Option<RawFd>) -> i32 {
                 let report = fds.pop().expect("two");
                 zygote.fork_userns_holder(&hostname, own_network, report, hold);
             }
-            _ => run::warn("monitor zygote: a request with the wrong descriptors, ignored"),
+            _ => warn("monitor zygote: a request with the wrong descriptors, ignored"),
         }
     }
 }
@@ -532,7 +533,7 @@ fn monitor(spec: &Path, report: OwnedFd, log: OwnedFd) -> ! {
 
 /// Writes an error report on `report` (the daemon is waiting for one).
 fn fail(report: OwnedFd, msg: &str) {
-    run::warn(msg);
+    warn(msg);
     let mut f = std::fs::File::from(report);
     if let Ok(mut line) = serde_json::to_vec(&Report::Error(msg.to_string())) {
         line.push(b'\n');

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::exec::{ExecIo, Outcome};
+use super::job::{ExecIo, Outcome};
 use crate::monitor::attach as proto;
 
 /// What an attach URL was issued for.

@@ -16,7 +16,9 @@
 
 pub mod attach;
 pub mod exec;
+pub mod job;
 pub mod portforward;
+pub mod session;
 pub mod spdy;
 pub mod tokens;
 pub mod ws;
@@ -246,7 +248,7 @@ impl StreamServer {
             Err(TokenError::Expired) => return plain(StatusCode::GONE, "streaming token expired"),
         };
         if upgrade == "websocket" {
-            ws::upgrade(req, target)
+            ws_upgrade(req, target)
         } else {
             spdy_upgrade(req, target)
         }
@@ -364,14 +366,14 @@ fn spdy_upgrade(
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let session = spdy::Session::server(hyper_util::rt::TokioIo::new(upgraded));
+        let sess = spdy::Session::server(hyper_util::rt::TokioIo::new(upgraded));
         let version = ws::Protocol::parse(&proto).map_or(1, |p| p.version);
         match target {
-            StreamRequest::Exec(t) => exec::serve_spdy(session, exec::Job::Exec(t), version).await,
+            StreamRequest::Exec(t) => session::serve_spdy(sess, session::Job::Exec(t), version).await,
             StreamRequest::Attach(t) => {
-                exec::serve_spdy(session, exec::Job::Attach(t), version).await
+                session::serve_spdy(sess, session::Job::Attach(t), version).await
             }
-            StreamRequest::PortForward(t) => portforward::serve_spdy(session, t).await,
+            StreamRequest::PortForward(t) => portforward::serve_spdy(sess, t).await,
         }
     });
     Response::builder()
@@ -382,6 +384,72 @@ fn spdy_upgrade(
         .body(Full::new(Bytes::new()))
         .unwrap_or_default()
 }
+
+/// The upgrade to a WebSocket channel protocol: answers `101` with the
+/// chosen subprotocol and runs the session in the background.
+fn ws_upgrade(
+    mut req: Request<hyper::body::Incoming>,
+    target: StreamRequest,
+) -> Response<Full<Bytes>> {
+    let Some(key) = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| k.as_bytes().to_vec())
+    else {
+        return plain(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key missing");
+    };
+    let offered: Vec<String> = req
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .collect();
+    // The client's first protocol that we speak.
+    let chosen = offered.iter().find_map(|name| {
+        let p = ws::Protocol::parse(name)?;
+        let ok = match &target {
+            StreamRequest::Exec(_) | StreamRequest::Attach(_) => true,
+            // Port-forward over WebSocket is kubelet's v4 channel protocol
+            // (or the bare one).
+            StreamRequest::PortForward(_) => p.version == 1 || p.version == 4,
+        };
+        ok.then(|| (name.clone(), p))
+    });
+    let Some((name, proto)) = chosen else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "no supported Sec-WebSocket-Protocol (v5.channel.k8s.io, v4.channel.k8s.io, their base64. forms, channel.k8s.io)",
+        );
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            Some(ws::config()),
+        )
+        .await;
+        match target {
+            StreamRequest::Exec(t) => session::serve_ws(ws, proto, session::Job::Exec(t)).await,
+            StreamRequest::Attach(t) => session::serve_ws(ws, proto, session::Job::Attach(t)).await,
+            StreamRequest::PortForward(t) => portforward::serve_ws(ws, proto, t).await,
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(hyper::header::CONNECTION, "Upgrade")
+        .header(hyper::header::UPGRADE, "websocket")
+        .header("Sec-WebSocket-Accept", accept)
+        .header("Sec-WebSocket-Protocol", name)
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_default()
+}
+
 
 fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
     Response::builder()

@@ -10,17 +10,13 @@
 use std::collections::HashMap;
 
 use base64::Engine;
-use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::StreamRequest;
 
 /// The close signal's channel (v5).
 const CLOSE_SIGNAL: u8 = 255;
@@ -105,75 +101,6 @@ impl Protocol {
             Some((first, rest.to_vec()))
         }
     }
-}
-
-/// Answers the upgrade (`101`, the chosen subprotocol) and runs the
-/// session in the background.
-pub fn upgrade(
-    mut req: Request<hyper::body::Incoming>,
-    target: StreamRequest,
-) -> Response<Full<Bytes>> {
-    let Some(key) = req
-        .headers()
-        .get("sec-websocket-key")
-        .map(|k| k.as_bytes().to_vec())
-    else {
-        return super::plain(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key missing");
-    };
-    let offered: Vec<String> = req
-        .headers()
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
-        .collect();
-    // The client's first protocol that we speak.
-    let chosen = offered.iter().find_map(|name| {
-        let p = Protocol::parse(name)?;
-        let ok = match &target {
-            StreamRequest::Exec(_) | StreamRequest::Attach(_) => true,
-            // Port-forward over WebSocket is kubelet's v4 channel protocol
-            // (or the bare one).
-            StreamRequest::PortForward(_) => p.version == 1 || p.version == 4,
-        };
-        ok.then(|| (name.clone(), p))
-    });
-    let Some((name, proto)) = chosen else {
-        return super::plain(
-            StatusCode::BAD_REQUEST,
-            "no supported Sec-WebSocket-Protocol (v5.channel.k8s.io, v4.channel.k8s.io, their base64. forms, channel.k8s.io)",
-        );
-    };
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            hyper_util::rt::TokioIo::new(upgraded),
-            Role::Server,
-            Some(config()),
-        )
-        .await;
-        match target {
-            StreamRequest::Exec(t) => {
-                super::exec::serve_ws(ws, proto, super::exec::Job::Exec(t)).await
-            }
-            StreamRequest::Attach(t) => {
-                super::exec::serve_ws(ws, proto, super::exec::Job::Attach(t)).await
-            }
-            StreamRequest::PortForward(t) => super::portforward::serve_ws(ws, proto, t).await,
-        }
-    });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(hyper::header::CONNECTION, "Upgrade")
-        .header(hyper::header::UPGRADE, "websocket")
-        .header("Sec-WebSocket-Accept", accept)
-        .header("Sec-WebSocket-Protocol", name)
-        .body(Full::new(Bytes::new()))
-        .unwrap_or_default()
 }
 
 /// The close frame that ends a session: status 1000. client-go takes only

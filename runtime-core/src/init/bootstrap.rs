@@ -10,11 +10,8 @@ use crate::config::NamespaceKind;
 use crate::process::channel::{Bootstrap, Channel, FromInit, InitFailure, ToInit, INIT_SOCKET_FD};
 use crate::sys::{clone_parent, CloneResult};
 
-pub(super) fn fail(step: &str, e: impl std::fmt::Display) -> InitFailure {
-    InitFailure {
-        step: step.to_string(),
-        message: e.to_string(),
-    }
+fn fail(step: &str, e: impl std::fmt::Display) -> InitFailure {
+    InitFailure::at(step, e)
 }
 
 /// Entry point; returns the exit code of the bootstrap process.

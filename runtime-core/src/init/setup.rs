@@ -12,9 +12,12 @@ use std::path::{Path, PathBuf};
 use nix::sys::socket::{accept4, SockFlag};
 use nix::unistd::{execve, getcwd, setgroups, setresgid, setresuid, setsid, Gid, Uid};
 
-use super::bootstrap::fail;
 use crate::config::{Config, NamespaceKind};
 use crate::process::channel::{Bootstrap, Channel, FromInit, InitFailure, Task, FIRST_EXTRA_FD};
+
+fn fail(step: &str, e: impl std::fmt::Display) -> InitFailure {
+    InitFailure::at(step, e)
+}
 use crate::process::ProcessSpec;
 use crate::security::capabilities::{self, Capabilities};
 use crate::security::seccomp::{self, SeccompProfile};

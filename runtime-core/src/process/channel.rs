@@ -100,6 +100,16 @@ pub struct InitFailure {
     pub message: String,
 }
 
+impl InitFailure {
+    /// A failure of `step`.
+    pub(crate) fn at(step: &str, e: impl std::fmt::Display) -> InitFailure {
+        InitFailure {
+            step: step.to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
 /// The fd of the bootstrap socket in the bootstrap process.
 pub(crate) const INIT_SOCKET_FD: RawFd = 3;
 /// First fd of the process's extra fds in the bootstrap process.
