@@ -1,6 +1,5 @@
 //! Monitor side: detach, create and start the container, report, pump, record.
 
-use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -387,15 +386,17 @@ fn kill_and_destroy(spec: &MonitorSpec, handle: &ProcessHandle) {
     }
 }
 
-/// Writes the one-line report on stdout, then points stdout at `/dev/null`
-/// so the daemon's pipe closes (and nothing else ever goes there).
+/// Sends the report on stdout (a report channel), then points stdout at
+/// `/dev/null` so the daemon's end closes (and nothing else ever goes
+/// there).
 fn report(report: &Report) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(report).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    let mut out = std::io::stdout().lock();
-    let written = out.write_all(&line).and_then(|()| out.flush());
+    use std::os::fd::AsFd;
+    let sent = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| super::spawn::send_report(fd, report));
     let null = std::fs::File::open("/dev/null")?;
     nix::unistd::dup2(null.as_raw_fd(), std::io::stdout().as_raw_fd())?;
-    written
+    sent
 }
 

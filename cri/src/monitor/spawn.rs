@@ -1,7 +1,10 @@
 //! Daemon side: start a monitor and wait for its readiness report.
 
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
+
+use berth_core::ipc::{Channel, ChannelError};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -9,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{spec_path, MonitorError, MonitorSpec, Spawned, LOG_FILE, MONITOR_ARG};
 
-/// The one line the monitor writes on its stdout once the container is
-/// `Created`, or when it gave up.
+/// What the monitor sends on its stdout (a [`report_channel`], over
+/// [`berth_core::ipc`]) once the container is `Created`, or when it gave up.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(super) enum Report {
@@ -58,20 +61,21 @@ pub fn spawn(exe: &Path, dir: &Path, spec: &MonitorSpec) -> Result<Spawned, Moni
         exe: exe.to_path_buf(),
         source,
     };
+    // The report comes on the monitor's stdout: one end of our channel.
+    let (ours, theirs) = report_channel()?;
     let mut child = Command::new(exe)
         .arg(MONITOR_ARG)
         .arg(&files.spec)
         .env_clear()
         .current_dir("/")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::from(theirs))
         .stderr(files.log)
         .spawn()
         .map_err(spawn_err)?;
-    let stdout = child.stdout.take().expect("stdout is piped");
     // The first stage only starts the detached monitor and exits.
     let status = child.wait().map_err(spawn_err)?;
-    read_report(stdout, &status.to_string(), &files.log_path)
+    read_report(&ours, &status.to_string(), &files.log_path)
 }
 
 /// What [`prepare`] made for a monitor.
@@ -110,7 +114,7 @@ pub(super) fn prepare(dir: &Path, spec: &MonitorSpec) -> Result<Files, MonitorEr
 /// Reads the monitor's one-line report from `out` (EOF without one: the
 /// monitor died; `how` says how its starter ended, the log says why).
 pub(super) fn read_report(
-    out: impl Read,
+    out: &Channel,
     how: &str,
     log_path: &Path,
 ) -> Result<Spawned, MonitorError> {
@@ -124,22 +128,34 @@ pub(super) fn read_report(
     }
 }
 
-/// Reads and parses the one-line report (see [`read_report`]).
+/// Reads the one report (see [`read_report`]); the other end closed
+/// without one: the monitor died.
 pub(super) fn parse_report(
-    out: impl Read,
+    out: &Channel,
     how: &str,
     log_path: &Path,
 ) -> Result<Report, MonitorError> {
-    let mut line = String::new();
-    let read = BufReader::new(out).read_line(&mut line);
-    if matches!(read, Ok(0) | Err(_)) || !line.ends_with('\n') {
-        return Err(MonitorError::NoReport {
+    match out.recv::<Report>() {
+        Ok((r, _)) => Ok(r),
+        Err(ChannelError::Decode(e)) => Err(MonitorError::BadReport(e)),
+        Err(_) => Err(MonitorError::NoReport {
             status: how.to_string(),
             log: log_tail(log_path),
-        });
+        }),
     }
-    serde_json::from_str::<Report>(line.trim_end())
-        .map_err(|_| MonitorError::BadReport(line.trim_end().to_string()))
+}
+
+/// The channel a report comes on: ours, and the end for the reporting
+/// process (its stdout, or a descriptor passed to the zygote).
+pub(super) fn report_channel() -> Result<(Channel, OwnedFd), MonitorError> {
+    Channel::pair().map_err(MonitorError::Zygote)
+}
+
+/// Sends `report` on `fd`, one end of a [`report_channel`].
+pub(super) fn send_report(fd: OwnedFd, report: &Report) -> std::io::Result<()> {
+    Channel::from_fd(fd)
+        .send(report, &[])
+        .map_err(std::io::Error::other)
 }
 
 /// The last lines of the monitor's log, for an error message.

@@ -11,13 +11,14 @@
 //!
 //! How: the daemon starts `<exe> __berth_monitor_zygote <state dir>
 //! [<sealed fd>]` with one end of a `SOCK_SEQPACKET` pair as its stdin. Each
-//! request is one message: the spec path as bytes, and two descriptors —
-//! the write end of the report pipe and `monitor.log`. The zygote forks an
-//! intermediate child, which forks the monitor and exits at once (so the
-//! monitor is reparented away, as the exec'd path's detach does); the
-//! zygote reaps the intermediate. The monitor runs exactly the code an
-//! exec'd one runs ([`run::monitor`]), reports on the pipe and from then on
-//! is independent of both the zygote and the daemon.
+//! request is one typed message over [`berth_core::ipc`] with two
+//! descriptors — the reporting end of a report channel and `monitor.log`.
+//! The zygote forks an intermediate child, which forks the monitor and
+//! exits at once (so the monitor is reparented away, as the exec'd path's
+//! detach does); the zygote reaps the intermediate. The monitor runs
+//! exactly the code an exec'd one runs ([`run::monitor`]), reports on the
+//! channel and from then on is independent of both the zygote and the
+//! daemon.
 //!
 //! Lifetime: the zygote exits when the daemon's end of the socket closes
 //! (the daemon exits or dies); monitors keep running. A zygote that died is
@@ -25,7 +26,6 @@
 //! init binary copy (adopted once, as an exec'd monitor would), which forked
 //! monitors inherit and drop once their container started.
 
-use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,7 +35,7 @@ use berth_core::ipc::{Channel, ChannelError};
 use berth_core::process::{fork_single_threaded, Forked};
 use serde::{Deserialize, Serialize};
 
-use super::spawn::{parse_report, prepare, read_report, Report};
+use super::spawn::{parse_report, prepare, read_report, report_channel, send_report, Report};
 use super::diag::warn;
 use super::{run, MonitorError, MonitorSpec, SealedInit, Spawned};
 
@@ -100,9 +100,7 @@ impl Zygote {
     /// Blocking.
     pub fn spawn(&self, dir: &Path, spec: &MonitorSpec) -> Result<Spawned, MonitorError> {
         let files = prepare(dir, spec)?;
-        let sys = |step| move |source| MonitorError::Sys { step, source };
-        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(sys("create the report pipe"))?;
+        let (report_r, report_w) = report_channel()?;
         self.send(
             &Request::Monitor {
                 spec: files.spec.clone(),
@@ -113,7 +111,7 @@ impl Zygote {
         drop(report_w);
         drop(files.log);
         read_report(
-            std::fs::File::from(report_r),
+            &report_r,
             "forked by the zygote",
             &files.log_path,
         )
@@ -132,9 +130,7 @@ impl Zygote {
         log_path: &Path,
         userns: Option<&Path>,
     ) -> Result<i32, MonitorError> {
-        let sys = |step| move |source| MonitorError::Sys { step, source };
-        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(sys("create the report pipe"))?;
+        let (report_r, report_w) = report_channel()?;
         let userns =
             userns
                 .map(std::fs::File::open)
@@ -152,7 +148,7 @@ impl Zygote {
         drop(userns);
         drop(report_w);
         match parse_report(
-            std::fs::File::from(report_r),
+            &report_r,
             "forked by the zygote",
             log_path,
         )? {
@@ -175,8 +171,7 @@ impl Zygote {
         log_path: &Path,
     ) -> Result<(i32, OwnedFd), MonitorError> {
         let sys = |step| move |source| MonitorError::Sys { step, source };
-        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(sys("create the report pipe"))?;
+        let (report_r, report_w) = report_channel()?;
         let (hold_r, hold_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(sys("create the hold pipe"))?;
         let request = Request::UsernsHolder {
@@ -187,7 +182,7 @@ impl Zygote {
         drop(report_w);
         drop(hold_r);
         match parse_report(
-            std::fs::File::from(report_r),
+            &report_r,
             "forked by the zygote",
             log_path,
         )? {
@@ -440,12 +435,7 @@ fn pod_init_intermediate(
             pod_init()
         }
         Ok(Forked::Parent(child)) => {
-            let mut f = std::fs::File::from(report);
-            let mut line = serde_json::to_vec(&Report::PodInit(child))
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .unwrap_or_default();
-            line.push(b'\n');
-            let _ = f.write_all(&line);
+            let _ = send_report(report, &Report::PodInit(child));
             Ok(())
         }
         Err(e) => Err((report, format!("fork the pod init: {e}"))),
@@ -461,12 +451,7 @@ fn userns_holder(hostname: &str, own_network: bool, report: OwnedFd, hold: Owned
         fail(report, &crate::util::error_chain(&e));
         std::process::exit(1);
     }
-    let mut f = std::fs::File::from(report);
-    let mut line =
-        serde_json::to_vec(&Report::Holder(std::process::id() as i32)).unwrap_or_default();
-    line.push(b'\n');
-    let _ = f.write_all(&line);
-    drop(f);
+    let _ = send_report(report, &Report::Holder(std::process::id() as i32));
     // Until the daemon is done with our namespaces (EOF, or its death).
     let mut byte = [0u8; 1];
     let _ = nix::unistd::read(hold.as_raw_fd(), &mut byte);
@@ -534,9 +519,5 @@ fn monitor(spec: &Path, report: OwnedFd, log: OwnedFd) -> ! {
 /// Writes an error report on `report` (the daemon is waiting for one).
 fn fail(report: OwnedFd, msg: &str) {
     warn(msg);
-    let mut f = std::fs::File::from(report);
-    if let Ok(mut line) = serde_json::to_vec(&Report::Error(msg.to_string())) {
-        line.push(b'\n');
-        let _ = f.write_all(&line);
-    }
+    let _ = send_report(report, &Report::Error(msg.to_string()));
 }

@@ -13,7 +13,7 @@ pub(super) fn start(
         return Err(containers.registry.not_found(rec.id.as_str()));
     }
     containers.refresh(rec);
-    let next = rec.state.start()?;
+    rec.state.start()?;
     // Idempotent in the monitor: a daemon that died after the release but
     // before it recorded it (the crash point "start:released") learns the
     // start time it missed.
@@ -22,7 +22,6 @@ pub(super) fn start(
         .start()
         .map_err(RuntimeError::task(&rec.id))?;
     crate::util::crash_point("start:released");
-    rec.state = next;
-    rec.started_at = started_at;
+    rec.started(started_at)?;
     containers.registry.save(rec)
 }

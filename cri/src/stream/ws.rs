@@ -277,6 +277,7 @@ impl Mux {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_tungstenite::tungstenite::protocol::Role;
 
     #[test]
     fn protocol_names() {

@@ -16,7 +16,7 @@ use super::error::RuntimeError;
 use crate::monitor;
 use crate::proto;
 use crate::store::{make_dir, modes, ObjectId, Registry};
-use crate::task::{Task, Tasks};
+use crate::task::{ExitRecord, Task, Tasks};
 
 /// The exit code of a container whose monitor died without recording one
 /// (containerd's `UnknownExitStatus`).
@@ -160,32 +160,50 @@ impl ContainerRecord {
         }
         match monitor::read_exit(&self.exit_file()) {
             Some(exit) => {
-                self.state = ContainerState::Exited;
-                self.exit_code = exit.exit_code;
-                self.finished_at = exit.finished_at;
-                self.reason = exit.reason;
-                self.message = exit.message;
+                self.exited(&exit);
                 true
             }
             // A monitor that refuses connections is gone; it may have
             // written the record just now. Otherwise it was killed: what it
-            // left running is killed too, and the container has exited with
-            // the status containerd reports for a lost shim (255).
+            // left running is killed too.
             None if !tasks.open(&self.dir).is_running()
                 && monitor::read_exit(&self.exit_file()).is_none() =>
             {
                 tasks.open(&self.dir).abandon();
-                self.state = ContainerState::Exited;
-                self.exit_code = UNKNOWN_EXIT_CODE;
-                self.finished_at = crate::util::now_nanos();
-                self.reason = "Error".into();
-                self.message = "the container's monitor died without recording an exit; \
-                                its processes were killed"
-                    .into();
+                self.lost(crate::util::now_nanos());
                 true
             }
             None => false,
         }
+    }
+
+    /// Created → Running, released at `at` (ns since the epoch).
+    pub fn started(&mut self, at: i64) -> Result<(), RuntimeError> {
+        self.state = self.state.start()?;
+        self.started_at = at;
+        Ok(())
+    }
+
+    /// The init ended as its monitor recorded.
+    pub fn exited(&mut self, exit: &ExitRecord) {
+        self.state = ContainerState::Exited;
+        self.exit_code = exit.exit_code;
+        self.finished_at = exit.finished_at;
+        self.reason = exit.reason.clone();
+        self.message = exit.message.clone();
+    }
+
+    /// Its monitor died without recording an exit (noticed at `at`): the
+    /// container has exited with the status containerd reports for a lost
+    /// shim (255).
+    pub fn lost(&mut self, at: i64) {
+        self.state = ContainerState::Exited;
+        self.exit_code = UNKNOWN_EXIT_CODE;
+        self.finished_at = at;
+        self.reason = "Error".into();
+        self.message =
+            "the container's monitor died without recording an exit; its processes were killed"
+                .into();
     }
 
     /// The image it runs, as CRI reports it: the request's spec, naming the
