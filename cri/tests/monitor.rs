@@ -435,6 +435,44 @@ fn leftover_process_holding_the_pipe_does_not_delay_the_record() {
         t.elapsed()
     );
     f.wait_monitor_gone();
+
+    // With a cgroup (as every CRI container has), what the init left behind
+    // is killed when it exits, as containerd's shim does for a container
+    // sharing its pid namespace: nothing of it keeps running.
+    let mut f = Fixture::new("mon-leftover-cg");
+    let mut spec = f.spec(&["sh", "-c", "sleep 30 & echo done"]);
+    spec.config
+        .namespaces
+        .retain(|n| n.kind != NamespaceKind::Pid);
+    spec.log_path = None;
+    let rel = format!("berth-test-{}/c", f.id);
+    spec.config.cgroup = Some(CgroupConfig {
+        path: rel.clone().into(),
+        driver: Default::default(),
+        resources: Resources::default(),
+    });
+    if let Err(e) = f.spawn(&spec) {
+        println!("skipped: leftover kill: cannot create a cgroup here: {e}");
+        return;
+    }
+    let procs = ["pids", "memory", "cpu", "unified", ""]
+        .iter()
+        .map(|c| {
+            Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join(&rel)
+                .join("cgroup.procs")
+        })
+        .find(|p| p.exists())
+        .expect("the container's cgroup");
+    f.release();
+    assert_eq!(f.wait_exit().exit_code, 0);
+    let left = std::fs::read_to_string(&procs).unwrap_or_default();
+    assert!(
+        left.trim().is_empty(),
+        "still in the container's cgroup: {left}"
+    );
+    f.wait_monitor_gone();
 }
 
 #[test]
@@ -699,12 +737,19 @@ fn task_protocol_refuses_wrong_versions_and_oversize_messages() {
     f.spawn(&spec).unwrap();
     f.release();
     let socket = f.monitor_dir().join(SOCKET_FILE);
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the task socket is private");
 
     // Another version: refused with a typed error, then closed.
     let ch = Channel::connect(&socket).unwrap();
-    ch.send(&Request::Hello { version: VERSION + 1 }, &[]).unwrap();
+    ch.send(
+        &Request::Hello {
+            version: VERSION + 1,
+        },
+        &[],
+    )
+    .unwrap();
     match ch.recv::<Reply>().unwrap().0 {
         Reply::Error(e) => assert_eq!(e.kind, FailureKind::Version, "{e:?}"),
         other => panic!("{other:?}"),
@@ -714,7 +759,9 @@ fn task_protocol_refuses_wrong_versions_and_oversize_messages() {
     // A request before the hello: refused.
     let ch = Channel::connect(&socket).unwrap();
     ch.send(&Request::State, &[]).unwrap();
-    assert!(matches!(ch.recv::<Reply>().unwrap().0, Reply::Error(e) if e.kind == FailureKind::BadRequest));
+    assert!(
+        matches!(ch.recv::<Reply>().unwrap().0, Reply::Error(e) if e.kind == FailureKind::BadRequest)
+    );
 
     // An oversize message: refused unread, the connection dropped.
     let ch = Channel::connect(&socket).unwrap();

@@ -236,9 +236,7 @@ impl Channel {
     }
 
     /// Receives one message if one is queued (`Ok(None)` otherwise).
-    pub fn try_recv<T: DeserializeOwned>(
-        &self,
-    ) -> Result<Option<(T, Vec<OwnedFd>)>, ChannelError> {
+    pub fn try_recv<T: DeserializeOwned>(&self) -> Result<Option<(T, Vec<OwnedFd>)>, ChannelError> {
         match self.recv_flags(MsgFlags::MSG_DONTWAIT) {
             Ok(m) => Ok(Some(m)),
             Err(ChannelError::Io(nix::Error::EAGAIN)) => Ok(None),

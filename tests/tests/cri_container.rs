@@ -1809,7 +1809,8 @@ async fn a_container_sees_its_own_cgroup_limits() {
 /// dead monitor left running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_monitor_leaves_an_exited_container_and_nothing_running() {
-    let Some(mut env) = env("a_killed_monitor_leaves_an_exited_container_and_nothing_running").await
+    let Some(mut env) =
+        env("a_killed_monitor_leaves_an_exited_container_and_nothing_running").await
     else {
         return;
     };
@@ -1853,9 +1854,7 @@ async fn a_killed_monitor_leaves_an_exited_container_and_nothing_running() {
     assert!(st.message.contains("monitor died"), "{}", st.message);
     // Its processes are gone too (reaped by whoever adopted them).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(format!("/proc/{init}/stat"))
-        .is_ok_and(|s| !s.contains(") Z "))
-    {
+    while std::fs::read_to_string(format!("/proc/{init}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
         assert!(Instant::now() < deadline, "the init {init} still runs");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

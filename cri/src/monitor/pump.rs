@@ -181,6 +181,10 @@ impl Pump {
                 }
             }
             if exited_at.is_none() && self.exit.is_some() {
+                // The container ends with its init: what it left running
+                // (sharing the pod's pid namespace) is killed, so it neither
+                // outlives the container nor holds the output open.
+                self.task.container().kill_remaining();
                 exited_at = Some(Instant::now());
                 last_data = Instant::now();
             }

@@ -399,4 +399,3 @@ fn report(report: &Report) -> std::io::Result<()> {
     nix::unistd::dup2(null.as_raw_fd(), std::io::stdout().as_raw_fd())?;
     sent
 }
-

@@ -310,9 +310,10 @@ impl TaskServer {
         // The copy (tens of MB) is not kept between execs.
         berth_core::process::forget_sealed_copies();
         let mut handle = started.map_err(|e| TaskFailure::from_core("exec", &e))?;
-        let pidfd = handle.pidfd().try_clone_to_owned().map_err(|e| {
-            TaskFailure::new(FailureKind::Failed, format!("exec: its pidfd: {e}"))
-        })?;
+        let pidfd = handle
+            .pidfd()
+            .try_clone_to_owned()
+            .map_err(|e| TaskFailure::new(FailureKind::Failed, format!("exec: its pidfd: {e}")))?;
         let mut out = vec![pidfd];
         out.extend(handle.take_console());
         self.execs.insert(handle.pid(), i);

@@ -35,8 +35,8 @@ use berth_core::ipc::{Channel, ChannelError};
 use berth_core::process::{fork_single_threaded, Forked};
 use serde::{Deserialize, Serialize};
 
-use super::spawn::{parse_report, prepare, read_report, report_channel, send_report, Report};
 use super::diag::warn;
+use super::spawn::{parse_report, prepare, read_report, report_channel, send_report, Report};
 use super::{run, MonitorError, MonitorSpec, SealedInit, Spawned};
 
 /// `argv[1]` that makes a berth binary run as the monitor zygote.
@@ -110,11 +110,7 @@ impl Zygote {
         // Only the monitor may hold the write end now: EOF means it died.
         drop(report_w);
         drop(files.log);
-        read_report(
-            &report_r,
-            "forked by the zygote",
-            &files.log_path,
-        )
+        read_report(&report_r, "forked by the zygote", &files.log_path)
     }
 
     /// Starts the init of a pod's own pid namespace (what a pause
@@ -147,11 +143,7 @@ impl Zygote {
         self.send(&request, &fds)?;
         drop(userns);
         drop(report_w);
-        match parse_report(
-            &report_r,
-            "forked by the zygote",
-            log_path,
-        )? {
+        match parse_report(&report_r, "forked by the zygote", log_path)? {
             Report::PodInit(pid) if pid > 0 => Ok(pid),
             Report::Error(message) => Err(MonitorError::Create(message)),
             other => Err(MonitorError::BadReport(format!("{other:?}"))),
@@ -181,11 +173,7 @@ impl Zygote {
         self.send(&request, &[report_w.as_fd(), hold_r.as_fd()])?;
         drop(report_w);
         drop(hold_r);
-        match parse_report(
-            &report_r,
-            "forked by the zygote",
-            log_path,
-        )? {
+        match parse_report(&report_r, "forked by the zygote", log_path)? {
             Report::Holder(pid) if pid > 0 => Ok((pid, hold_w)),
             Report::Error(message) => Err(MonitorError::Create(message)),
             other => Err(MonitorError::BadReport(format!("{other:?}"))),
@@ -290,7 +278,9 @@ pub(super) fn serve(sealed_fd: Option<RawFd>) -> i32 {
             Ok(m) => m,
             Err(ChannelError::Closed) => return 0, // the daemon closed its end
             Err(e @ (ChannelError::Decode(_) | ChannelError::TooBig(_))) => {
-                warn(&format!("monitor zygote: a malformed request, ignored: {e}"));
+                warn(&format!(
+                    "monitor zygote: a malformed request, ignored: {e}"
+                ));
                 continue;
             }
             Err(e) => {

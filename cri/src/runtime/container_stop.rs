@@ -63,20 +63,16 @@ fn stop_task(task: &dyn Task, id: &str, sig: i32, grace: Duration) -> Result<(),
         Err(e) => Err(RuntimeError::task(id)(e)),
     };
     if !grace.is_zero() {
-        if let Err(e) = task.signal(sig) {
-            tracing::debug!(id, sig, error = %e, "stop signal");
-        }
+        let exited = task.signal_and_wait(sig, grace);
         crate::util::crash_point("stop:signalled");
-        if gone_is_done(task.wait(grace))? {
+        if gone_is_done(exited)? {
             return Ok(());
         }
     } else {
         crate::util::crash_point("stop:signalled");
     }
-    if let Err(e) = task.signal(nix::sys::signal::Signal::SIGKILL as i32) {
-        tracing::debug!(id, error = %e, "SIGKILL");
-    }
-    if gone_is_done(task.wait(KILL_GRACE))? {
+    let killed = task.signal_and_wait(nix::sys::signal::Signal::SIGKILL as i32, KILL_GRACE);
+    if gone_is_done(killed)? {
         return Ok(());
     }
     Err(RuntimeError::Internal(format!(

@@ -106,7 +106,9 @@ impl RuntimeError {
     }
 
     /// A task error of container `id`.
-    pub(crate) fn task(id: impl std::fmt::Display) -> impl FnOnce(crate::task::TaskError) -> RuntimeError {
+    pub(crate) fn task(
+        id: impl std::fmt::Display,
+    ) -> impl FnOnce(crate::task::TaskError) -> RuntimeError {
         let id = id.to_string();
         move |source| RuntimeError::Task { id, source }
     }

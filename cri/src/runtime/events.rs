@@ -9,7 +9,6 @@
 //! container's exit, whether the daemon is up or not, and containers that
 //! were live when the daemon started are watched again.
 
-
 use tokio::sync::broadcast;
 
 use super::RuntimeServiceImpl;

@@ -53,8 +53,10 @@ impl RuntimeServiceImpl {
             .is_ok_and(|me| me == monitor_exe)
             .then(berth_core::process::sealed_self)
             .and_then(Result::ok);
-        let tasks: Arc<dyn crate::task::Tasks> =
-            Arc::new(crate::task::MonitorTasks::new(state.join("runtime"), sealed));
+        let tasks: Arc<dyn crate::task::Tasks> = Arc::new(crate::task::MonitorTasks::new(
+            state.join("runtime"),
+            sealed,
+        ));
         let service = RuntimeServiceImpl {
             puller: None,
             criu: config

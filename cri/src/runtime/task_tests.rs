@@ -74,7 +74,10 @@ fn start_asks_the_owner_and_records_its_start_time() {
     // Started already: refused before the owner is asked.
     let before = task.calls().len();
     let err = container_start::start(&env.containers, &mut rec).unwrap_err();
-    assert_eq!(tonic::Status::from(err).code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        tonic::Status::from(err).code(),
+        tonic::Code::FailedPrecondition
+    );
     assert_eq!(task.calls().len(), before, "the owner is not asked");
 }
 
@@ -85,16 +88,23 @@ async fn stop_signals_then_records_the_exit_the_owner_reports() {
     let task = env.fake.get(&rec.dir);
     task.start().unwrap();
     task.exit_on_signal();
-    container_stop::stop(&env.containers, &mut rec, 10).await.unwrap();
+    container_stop::stop(&env.containers, &mut rec, 10)
+        .await
+        .unwrap();
     assert_eq!(rec.state, ContainerState::Exited);
     assert_eq!((rec.exit_code, rec.reason.as_str()), (0, "Completed"));
     let calls = task.calls();
     assert!(calls.contains(&"signal 15".to_string()), "{calls:?}");
-    assert!(!calls.contains(&"signal 9".to_string()), "no SIGKILL needed: {calls:?}");
+    assert!(
+        !calls.contains(&"signal 9".to_string()),
+        "no SIGKILL needed: {calls:?}"
+    );
 
     // Stopping again: nothing asked, still success.
     let n = task.calls().len();
-    container_stop::stop(&env.containers, &mut rec, 10).await.unwrap();
+    container_stop::stop(&env.containers, &mut rec, 10)
+        .await
+        .unwrap();
     assert_eq!(task.calls().len(), n);
 }
 
@@ -104,7 +114,9 @@ async fn stop_with_no_grace_kills_at_once() {
     let mut rec = record(&env, ContainerState::Running);
     let task = env.fake.get(&rec.dir);
     task.start().unwrap();
-    container_stop::stop(&env.containers, &mut rec, 0).await.unwrap();
+    container_stop::stop(&env.containers, &mut rec, 0)
+        .await
+        .unwrap();
     assert_eq!((rec.state, rec.exit_code), (ContainerState::Exited, 137));
     assert!(!task.calls().contains(&"signal 15".to_string()));
 }
@@ -115,7 +127,9 @@ async fn a_vanished_owner_leaves_an_exited_container_and_nothing_running() {
     let mut rec = record(&env, ContainerState::Running);
     let task = env.fake.get(&rec.dir);
     task.vanish();
-    container_stop::stop(&env.containers, &mut rec, 10).await.unwrap();
+    container_stop::stop(&env.containers, &mut rec, 10)
+        .await
+        .unwrap();
     assert_eq!((rec.state, rec.exit_code), (ContainerState::Exited, 255));
     assert_eq!(rec.reason, "Error");
     assert!(rec.message.contains("monitor died"), "{}", rec.message);
@@ -144,12 +158,25 @@ fn a_value_the_kernel_refuses_is_invalid_argument_naming_the_file() {
     .unwrap_err();
     let status = tonic::Status::from(err);
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().starts_with("linux: "), "{}", status.message());
-    assert!(status.message().contains("cpu.cfs_quota_us"), "{}", status.message());
+    assert!(
+        status.message().starts_with("linux: "),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("cpu.cfs_quota_us"),
+        "{}",
+        status.message()
+    );
 
     // Accepted: applied by the owner and recorded.
-    container_update::update(&env.containers, &mut rec, &Default::default(), Default::default())
-        .unwrap();
+    container_update::update(
+        &env.containers,
+        &mut rec,
+        &Default::default(),
+        Default::default(),
+    )
+    .unwrap();
     assert_eq!(task.calls().iter().filter(|c| *c == "update").count(), 2);
 }
 

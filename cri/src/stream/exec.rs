@@ -165,4 +165,3 @@ pub async fn run(
         None => berth_core::ExitStatus::Exited(exit.exit_code),
     })
 }
-

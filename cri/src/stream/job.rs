@@ -20,4 +20,3 @@ pub struct ExecIo {
 
 /// How the process ended, or why it could not run.
 pub type Outcome = Result<berth_core::ExitStatus, String>;
-

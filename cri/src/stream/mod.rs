@@ -369,7 +369,9 @@ fn spdy_upgrade(
         let sess = spdy::Session::server(hyper_util::rt::TokioIo::new(upgraded));
         let version = ws::Protocol::parse(&proto).map_or(1, |p| p.version);
         match target {
-            StreamRequest::Exec(t) => session::serve_spdy(sess, session::Job::Exec(t), version).await,
+            StreamRequest::Exec(t) => {
+                session::serve_spdy(sess, session::Job::Exec(t), version).await
+            }
             StreamRequest::Attach(t) => {
                 session::serve_spdy(sess, session::Job::Attach(t), version).await
             }
@@ -449,7 +451,6 @@ fn ws_upgrade(
         .body(Full::new(Bytes::new()))
         .unwrap_or_default()
 }
-
 
 fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
     Response::builder()

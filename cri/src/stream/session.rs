@@ -139,11 +139,8 @@ impl Job {
 }
 
 /// Exec or attach over a WebSocket channel protocol.
-pub async fn serve_ws<S>(
-    ws: tokio_tungstenite::WebSocketStream<S>,
-    proto: ws::Protocol,
-    job: Job,
-) where
+pub async fn serve_ws<S>(ws: tokio_tungstenite::WebSocketStream<S>, proto: ws::Protocol, job: Job)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let target = job.opts();

@@ -17,7 +17,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 
-
 /// The close signal's channel (v5).
 const CLOSE_SIGNAL: u8 = 255;
 

@@ -166,6 +166,27 @@ impl Task for MonitorTask {
         read_exit(&ch, Some(timeout))
     }
 
+    fn signal_and_wait(
+        &self,
+        signal: i32,
+        timeout: Duration,
+    ) -> Result<Option<ExitRecord>, TaskError> {
+        let ch = self.subscribe_exit()?;
+        ch.send(&Request::Signal { signal }, &[]).map_err(gone)?;
+        // The signal's answer, then (within the time) the exit.
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match read(&ch, Some(left)) {
+                Ok((Reply::Ok, _)) => continue,
+                Ok((Reply::Event(Event::Exited(record)), _)) => return Ok(Some(record)),
+                Ok((other, _)) => return Err(unexpected(other)),
+                Err(TaskError::Channel(ChannelError::Timeout(_))) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn exec(
         &self,
         spec: &ProcessSpec,

@@ -156,9 +156,8 @@ impl Task for FakeTask {
         if inner.started_at.is_none() {
             return Err(TaskFailure::new(FailureKind::InvalidState, "not started").into());
         }
-        let null = std::fs::File::open("/dev/null").map_err(|e| {
-            TaskError::Protocol(format!("fake exec: /dev/null: {e}"))
-        })?;
+        let null = std::fs::File::open("/dev/null")
+            .map_err(|e| TaskError::Protocol(format!("fake exec: /dev/null: {e}")))?;
         Ok(Box::new(FakeExec(null.into())))
     }
 

@@ -85,6 +85,17 @@ pub trait Task: Send + Sync + std::fmt::Debug {
     /// Waits for the init's exit record, at most `timeout`; `Ok(None)`: not
     /// yet. [`TaskError::Gone`] when the monitor ended without sending it.
     fn wait(&self, timeout: Duration) -> Result<Option<ExitRecord>, TaskError>;
+    /// Signals the init and waits for its exit record, at most `timeout`,
+    /// on one connection (subscribed before the signal: the exit cannot be
+    /// missed). As [`Task::wait`] for the result.
+    fn signal_and_wait(
+        &self,
+        signal: i32,
+        timeout: Duration,
+    ) -> Result<Option<ExitRecord>, TaskError> {
+        self.signal(signal)?;
+        self.wait(timeout)
+    }
     /// Runs a process in the container.
     fn exec(&self, spec: &ProcessSpec, stdio: ExecStdio)
         -> Result<Box<dyn ExecProcess>, TaskError>;

@@ -490,6 +490,25 @@ impl Cgroup {
             .collect()
     }
 
+    /// Sends SIGKILL once to every process of the cgroup (thawed first),
+    /// without waiting for them to be gone (see [`Cgroup::kill_all`]).
+    pub fn kill_once(&self) {
+        if let Some(d) = self.dir_of("freezer") {
+            let _ = fs::write(d.join("freezer.state"), "THAWED");
+        }
+        if self.version == Version::V2 {
+            if let Some(d) = self.dirs.first() {
+                if fs::write(d.join("cgroup.kill"), "1").is_ok() {
+                    return;
+                }
+            }
+        }
+        for pid in self.pids() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        }
+    }
+
     /// SIGKILLs every process in the cgroup until it is empty (v2: `cgroup.kill`).
     pub fn kill_all(&self) {
         // A frozen task takes SIGKILL only once thawed.

@@ -31,6 +31,32 @@ impl Container {
             .unwrap_or_default()
     }
 
+    /// SIGKILLs every process left in the container once its init has
+    /// exited, as containerd's runc shim does for a container that shares
+    /// its pid namespace (`runc kill --all`): nothing outlives the
+    /// container or holds its output open. A container with a pid
+    /// namespace of its own needs nothing (the kernel ends it with its
+    /// init): `false`, nothing done.
+    pub fn kill_remaining(&self) -> bool {
+        if self.state.config.creates(crate::config::NamespaceKind::Pid) {
+            return false;
+        }
+        match &self.state.cgroup {
+            // Once, without waiting: the monitor's loop sees them go (their
+            // output ends); destroy() makes sure later.
+            Some(cg) => cg.kill_once(),
+            None => {
+                for pid in self.processes() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        true
+    }
+
     /// When the init was released to run, nanoseconds since the epoch
     /// (`None` while it waits, or if the release time was not recorded).
     pub fn started_at(&self) -> Option<u64> {

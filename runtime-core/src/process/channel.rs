@@ -114,4 +114,3 @@ impl InitFailure {
 pub(crate) const INIT_SOCKET_FD: RawFd = 3;
 /// First fd of the process's extra fds in the bootstrap process.
 pub(crate) const FIRST_EXTRA_FD: RawFd = 4;
-

@@ -33,7 +33,9 @@ pub enum ForkError {
 pub fn fork_single_threaded() -> Result<Forked, ForkError> {
     let threads = thread_count();
     if threads.as_deref() != Some("1") {
-        return Err(ForkError::Threads(threads.unwrap_or_else(|| "unknown".into())));
+        return Err(ForkError::Threads(
+            threads.unwrap_or_else(|| "unknown".into()),
+        ));
     }
     // SAFETY: the process has one thread (checked just now; only this thread
     // could start another, and it is here), so the child gets every thread

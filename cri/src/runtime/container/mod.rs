@@ -267,9 +267,10 @@ impl Containers {
         state: &Path,
         tasks: Arc<dyn Tasks>,
     ) -> Result<Containers, RuntimeError> {
-        let registry = Registry::open(&root.join("metadata/containers"), |r: &mut ContainerRecord| {
-            r.refresh(&*tasks)
-        })?;
+        let registry = Registry::open(
+            &root.join("metadata/containers"),
+            |r: &mut ContainerRecord| r.refresh(&*tasks),
+        )?;
         let checkpoint_dir = root.join("checkpoints");
         // Only work directories live there: any left are from a daemon that
         // died mid-checkpoint or mid-restore.

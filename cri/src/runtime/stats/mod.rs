@@ -154,11 +154,7 @@ impl Sampler {
         view: &ContainerView,
     ) -> ContainerSample {
         // Asked of the container's owner; one that is gone reads as zero.
-        let cgroup = containers
-            .tasks
-            .open(&view.dir)
-            .stats()
-            .unwrap_or_default();
+        let cgroup = containers.tasks.open(&view.dir).stats().unwrap_or_default();
         let writable = ContainerId::new(&view.id)
             .map(|id| dir_usage(&images.container_dir(&id).join("upper")))
             .unwrap_or_default();
