@@ -338,17 +338,7 @@ async fn exec_sync_and_log_reopen() {
 
     // The monitor holds no copy of the berth binary (a sealed memfd is as
     // big as the binary: per-container memory).
-    let info = env
-        .rt
-        .container_status(proto::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let v = verbose_info(&mut env.rt, &id).await;
     let monitor = v["monitorPid"].as_i64().unwrap();
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{monitor}/fd"))
         .unwrap()
@@ -1817,17 +1807,7 @@ async fn a_killed_monitor_leaves_an_exited_container_and_nothing_running() {
     let cfg = container(&env, "orphan", &["sleep", "1000"], &[]);
     let id = create(&mut env, cfg).await.unwrap();
     start(&mut env.rt, &id).await.unwrap();
-    let info = env
-        .rt
-        .container_status(proto::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let v = verbose_info(&mut env.rt, &id).await;
     let monitor = v["monitorPid"].as_i64().unwrap() as i32;
     let init = v["pid"].as_i64().unwrap() as i32;
     assert!(Path::new(&format!("/proc/{init}")).exists());

@@ -580,17 +580,7 @@ async fn attach_to_output_stdin_terminal_and_stdin_once() {
     drop(ws);
     // The monitor does not spin on a socket the client left behind (a
     // quiet container: no output that would reveal the hang-up).
-    let info = env
-        .rt
-        .container_status(proto::ContainerStatusRequest {
-            container_id: echoer.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let v = verbose_info(&mut env.rt, &echoer).await;
     let pid = v["monitorPid"].as_i64().unwrap() as i32;
     let cpu = || -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

@@ -160,7 +160,7 @@ impl From<RuntimeError> for tonic::Status {
                     // Exited, or not in a state that allows the call.
                     TaskError::Gone => Code::FailedPrecondition,
                     TaskError::Failed(f) => match f.kind {
-                        FailureKind::Refused { .. } => Code::InvalidArgument,
+                        FailureKind::Refused { .. } | FailureKind::Invalid => Code::InvalidArgument,
                         FailureKind::Timeout => Code::DeadlineExceeded,
                         FailureKind::Version | FailureKind::BadRequest => Code::Internal,
                         FailureKind::InvalidState

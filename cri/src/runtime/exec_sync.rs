@@ -84,6 +84,18 @@ fn check_cmd(cmd: &[String]) -> Result<(), RuntimeError> {
     if cmd.is_empty() {
         return Err(RuntimeError::invalid("cmd", "must not be empty"));
     }
+    if cmd[0].is_empty() {
+        return Err(RuntimeError::invalid(
+            "cmd[0]",
+            "the program must not be empty",
+        ));
+    }
+    if let Some(i) = cmd.iter().position(|a| a.contains('\0')) {
+        return Err(RuntimeError::invalid(
+            format!("cmd[{i}]"),
+            "contains a NUL byte, which execve cannot pass",
+        ));
+    }
     if let Some((i, a)) = cmd.iter().enumerate().find(|(_, a)| a.len() > MAX_ARG_LEN) {
         return Err(RuntimeError::invalid(
             format!("cmd[{i}]"),
@@ -228,6 +240,9 @@ mod tests {
     fn commands_execve_could_not_take_are_refused() {
         let ok = |cmd: Vec<String>| check_cmd(&cmd).is_ok();
         assert!(!ok(vec![]));
+        assert!(!ok(vec!["".into(), "x".into()]), "no program");
+        let err = check_cmd(&["sh".into(), "a\0b".into()]).unwrap_err();
+        assert!(err.to_string().starts_with("cmd[1]: "), "{err}");
         assert!(ok(vec!["sh".into(), "-c".into(), "true".into()]));
         assert!(ok(vec!["x".repeat(MAX_ARG_LEN)]));
         let err = check_cmd(&["a".into(), "x".repeat(MAX_ARG_LEN + 1)]).unwrap_err();

@@ -158,6 +158,9 @@ pub enum FailureKind {
     Version,
     /// The request is malformed (wrong descriptors, not a [`Request`]).
     BadRequest,
+    /// What the request asks for is invalid (a process runtime-core
+    /// refuses: a NUL byte in an argument, no program).
+    Invalid,
     /// Not possible in the container's state (e.g. exec in a created one).
     InvalidState,
     /// The kernel refused a value (EINVAL/ERANGE on a cgroup file).
@@ -204,7 +207,7 @@ impl TaskFailure {
             }
             E::Unsupported(_) => FailureKind::Unsupported,
             E::Timeout { .. } => FailureKind::Timeout,
-            E::InvalidProcess(_) => FailureKind::BadRequest,
+            E::InvalidProcess(_) => FailureKind::Invalid,
             _ => match refused_write(e) {
                 Some((path, value)) => FailureKind::Refused { path, value },
                 None => FailureKind::Failed,

@@ -490,16 +490,18 @@ impl Cgroup {
             .collect()
     }
 
-    /// Sends SIGKILL once to every process of the cgroup (thawed first),
-    /// without waiting for them to be gone (see [`Cgroup::kill_all`]).
-    pub fn kill_once(&self) {
+    /// Sends SIGKILL once to every process of the cgroup (thawed first: a
+    /// frozen task takes SIGKILL only once thawed), without waiting for them
+    /// to be gone (see [`Cgroup::kill_all`]). Returns whether the kernel
+    /// kills them all itself (v2 `cgroup.kill`).
+    pub fn kill_once(&self) -> bool {
         if let Some(d) = self.dir_of("freezer") {
             let _ = fs::write(d.join("freezer.state"), "THAWED");
         }
         if self.version == Version::V2 {
             if let Some(d) = self.dirs.first() {
                 if fs::write(d.join("cgroup.kill"), "1").is_ok() {
-                    return;
+                    return true;
                 }
             }
         }
@@ -507,20 +509,13 @@ impl Cgroup {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         }
+        false
     }
 
     /// SIGKILLs every process in the cgroup until it is empty (v2: `cgroup.kill`).
     pub fn kill_all(&self) {
-        // A frozen task takes SIGKILL only once thawed.
-        if let Some(d) = self.dir_of("freezer") {
-            let _ = fs::write(d.join("freezer.state"), "THAWED");
-        }
-        if self.version == Version::V2 {
-            if let Some(d) = self.dirs.first() {
-                if fs::write(d.join("cgroup.kill"), "1").is_ok() {
-                    return;
-                }
-            }
+        if self.kill_once() {
+            return;
         }
         for _ in 0..100 {
             let pids = self.pids();

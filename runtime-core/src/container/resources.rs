@@ -44,7 +44,9 @@ impl Container {
         match &self.state.cgroup {
             // Once, without waiting: the monitor's loop sees them go (their
             // output ends); destroy() makes sure later.
-            Some(cg) => cg.kill_once(),
+            Some(cg) => {
+                cg.kill_once();
+            }
             None => {
                 for pid in self.processes() {
                     let _ = nix::sys::signal::kill(

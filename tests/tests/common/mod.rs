@@ -243,6 +243,21 @@ pub async fn status(rt: &mut Rt, id: &str) -> proto::ContainerStatus {
     .unwrap()
 }
 
+/// The verbose `info` of ContainerStatus, as crictl inspect shows it (pid,
+/// monitorPid, config, runtimeSpec).
+pub async fn verbose_info(rt: &mut Rt, id: &str) -> serde_json::Value {
+    let info = rt
+        .container_status(proto::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    serde_json::from_str(&info["info"]).unwrap()
+}
+
 pub async fn wait_exited(rt: &mut Rt, id: &str) -> proto::ContainerStatus {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
