@@ -25,3 +25,21 @@ pub(super) fn start(
     rec.started(started_at)?;
     containers.registry.save(rec)
 }
+
+impl super::RuntimeServiceImpl {
+    /// `StartContainer`, then the started event.
+    pub(super) async fn start_container_rpc(&self, id: &str) -> Result<(), tonic::Status> {
+        let entry = self.containers.registry.get(id, "container_id")?;
+        let mut rec = entry.lock_owned().await;
+        let (id, pod) = (rec.id.clone(), rec.sandbox_id.clone());
+        let containers = self.containers.clone();
+        crate::util::blocking(move || start(&containers, &mut rec)).await?;
+        self.emit(
+            &id,
+            &pod,
+            crate::proto::ContainerEventType::ContainerStartedEvent,
+        )
+        .await;
+        Ok(())
+    }
+}

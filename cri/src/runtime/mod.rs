@@ -9,6 +9,8 @@
 pub mod container;
 mod container_checkpoint;
 mod container_create;
+mod container_list;
+mod container_log;
 mod container_remove;
 mod container_start;
 mod container_status;

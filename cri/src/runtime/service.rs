@@ -86,16 +86,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::StartContainerRequest>,
     ) -> Result<Response<proto::StartContainerResponse>, Status> {
-        let entry = self
-            .containers
-            .registry
-            .get(&request.into_inner().container_id, "container_id")?;
-        let mut rec = entry.lock_owned().await;
-        let (id, pod) = (rec.id.clone(), rec.sandbox_id.clone());
-        let containers = self.containers.clone();
-        blocking(move || container_start::start(&containers, &mut rec)).await?;
-        self.emit(&id, &pod, proto::ContainerEventType::ContainerStartedEvent)
-            .await;
+        self.start_container_rpc(&request.into_inner().container_id)
+            .await?;
         Ok(Response::new(proto::StartContainerResponse {}))
     }
 
@@ -131,19 +123,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         request: Request<proto::ListContainersRequest>,
     ) -> Result<Response<proto::ListContainersResponse>, Status> {
         let filter = request.into_inner().filter.unwrap_or_default();
-        let mut containers = Vec::new();
-        for entry in self.containers.registry.all() {
-            let mut rec = entry.lock().await;
-            if rec.removed {
-                continue;
-            }
-            if self.containers.refresh(&mut rec) {
-                self.containers.registry.save(&rec)?;
-            }
-            if container_status::matches(&rec, &filter) {
-                containers.push(rec.to_cri());
-            }
-        }
+        let containers = self.list_containers_rpc(&filter).await?;
         Ok(Response::new(proto::ListContainersResponse { containers }))
     }
 
@@ -163,23 +143,8 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         &self,
         request: Request<proto::ReopenContainerLogRequest>,
     ) -> Result<Response<proto::ReopenContainerLogResponse>, Status> {
-        let req = request.into_inner();
-        let entry = self
-            .containers
-            .registry
-            .get(&req.container_id, "container_id")?;
-        let mut rec = entry.lock().await;
-        self.containers.refresh(&mut rec);
-        if rec.removed || rec.state != container::ContainerState::Running {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is not running",
-                req.container_id
-            ))
-            .into());
-        }
-        let task = self.containers.task(&rec);
-        let id = rec.id.to_string();
-        blocking(move || task.reopen_log().map_err(RuntimeError::task(id))).await?;
+        self.reopen_container_log_rpc(&request.into_inner().container_id)
+            .await?;
         Ok(Response::new(proto::ReopenContainerLogResponse {}))
     }
 
