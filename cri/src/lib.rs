@@ -13,6 +13,7 @@
 pub mod cni;
 mod codec;
 pub mod conn;
+mod grpc_status;
 pub mod image;
 pub mod logs;
 pub mod monitor;

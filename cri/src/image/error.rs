@@ -247,35 +247,6 @@ impl ImageError {
     }
 }
 
-impl From<ImageError> for tonic::Status {
-    fn from(e: ImageError) -> tonic::Status {
-        use tonic::Code;
-        let code = match &e {
-            ImageError::Reference(_) | ImageError::MissingField(_) => Code::InvalidArgument,
-            ImageError::Hosts(_)
-            | ImageError::AuthFile(_)
-            | ImageError::EndpointUnsupported { .. } => Code::FailedPrecondition,
-            ImageError::Unauthenticated { .. } => Code::Unauthenticated,
-            ImageError::NotFound { .. } | ImageError::NotPresent(_) => Code::NotFound,
-            ImageError::Registry { .. } => Code::Unavailable,
-            // Not something this node accepts as configured (as for
-            // Manifest): retrying does not help, raising the limit does.
-            ImageError::Manifest { .. } | ImageError::MetadataTooLarge { .. } => {
-                Code::FailedPrecondition
-            }
-            ImageError::Blob(BlobError::DigestMismatch { .. } | BlobError::SizeMismatch { .. }) => {
-                Code::DataLoss
-            }
-            ImageError::Layer(LayerError::Unpack { .. }) => Code::FailedPrecondition,
-            ImageError::Blob(_)
-            | ImageError::Layer(_)
-            | ImageError::Io { .. }
-            | ImageError::Internal(_) => Code::Internal,
-        };
-        crate::util::status(code, crate::util::error_chain(&e))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
