@@ -96,7 +96,7 @@ impl Channel {
         )
         .map_err(ChannelError::Io)?;
         raise_sndbuf(&fd);
-        let (_dir, short) = short_path(path)?;
+        let short = socket_path(path).map_err(|e| ChannelError::Io(io_errno(&e)))?;
         let addr = UnixAddr::new(short.as_path()).map_err(ChannelError::Io)?;
         loop {
             match connect(fd.as_raw_fd(), &addr) {
@@ -180,10 +180,9 @@ impl Channel {
         flags: MsgFlags,
     ) -> Result<(), ChannelError> {
         let bytes = serde_json::to_vec(msg).map_err(|e| ChannelError::Decode(e.to_string()))?;
-        if bytes.len() > self.max.max(DEFAULT_MAX_MESSAGE) {
-            return Err(ChannelError::TooBig(bytes.len()));
-        }
-        if fds.len() > MAX_FDS {
+        // (The receiver applies its own limit; this is the most any
+        // receiver takes.)
+        if bytes.len() > DEFAULT_MAX_MESSAGE || fds.len() > MAX_FDS {
             return Err(ChannelError::TooBig(bytes.len()));
         }
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
@@ -354,7 +353,7 @@ impl Listener {
             }
             _ => {}
         }
-        let (_dir, short) = short_path(path)?;
+        let short = socket_path(path).map_err(|e| ChannelError::Io(io_errno(&e)))?;
         let addr = UnixAddr::new(short.as_path()).map_err(ChannelError::Io)?;
         bind(fd.as_raw_fd(), &addr).map_err(ChannelError::Io)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -392,19 +391,40 @@ impl Listener {
 /// The longest socket path the kernel takes (`sun_path` less its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
-/// `path` itself when it fits a socket address, else the same file reached
-/// through `/proc/self/fd/<dir>/<name>` of its opened directory (returned:
-/// keep it open while the path is used).
-fn short_path(path: &Path) -> Result<(Option<std::fs::File>, std::path::PathBuf), ChannelError> {
+/// A path to a unix socket short enough for a socket address
+/// (`sun_path`, 108 bytes): the path itself, or the same file reached
+/// through `/proc/self/fd/<dir>/<name>` of its opened directory, which this
+/// value keeps open while it lives.
+#[derive(Debug)]
+pub struct SocketPath {
+    _dir: Option<std::fs::File>,
+    path: std::path::PathBuf,
+}
+
+impl SocketPath {
+    /// The path to hand to `bind` or `connect`.
+    pub fn as_path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// [`SocketPath`] of `path` (`ENAMETOOLONG` when it has no parent and name).
+pub fn socket_path(path: &Path) -> std::io::Result<SocketPath> {
     if path.as_os_str().len() <= MAX_SOCKET_PATH {
-        return Ok((None, path.to_path_buf()));
+        return Ok(SocketPath {
+            _dir: None,
+            path: path.to_path_buf(),
+        });
     }
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(ChannelError::Io(nix::Error::ENAMETOOLONG));
+        return Err(std::io::Error::from_raw_os_error(nix::libc::ENAMETOOLONG));
     };
-    let d = std::fs::File::open(dir).map_err(|e| ChannelError::Io(io_errno(&e)))?;
-    let short = Path::new(&format!("/proc/self/fd/{}", d.as_raw_fd())).join(name);
-    Ok((Some(d), short))
+    let d = std::fs::File::open(dir)?;
+    let path = Path::new(&format!("/proc/self/fd/{}", d.as_raw_fd())).join(name);
+    Ok(SocketPath {
+        _dir: Some(d),
+        path,
+    })
 }
 
 /// A datagram must fit the sender's send buffer whole, and the default

@@ -12,7 +12,7 @@
 //! is closed when the first client that sent stdin detaches or closes it.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
@@ -67,15 +67,6 @@ const MAX_QUEUED: usize = 4 << 20;
 /// stdin queued for the container before clients are read no further.
 const MAX_STDIN_QUEUED: usize = 1 << 20;
 
-/// A path for `name` in directory `dir` short enough for a unix socket
-/// (108 bytes): through `/proc/self/fd` of an open directory fd, which the
-/// caller keeps open while it uses the path.
-pub fn short_path(dir: &Path, name: &str) -> std::io::Result<(std::fs::File, String)> {
-    let d = std::fs::File::open(dir)?;
-    let p = format!("/proc/self/fd/{}/{name}", d.as_raw_fd());
-    Ok((d, p))
-}
-
 struct Client {
     sock: UnixStream,
     input: Vec<u8>,
@@ -124,10 +115,10 @@ impl Attach {
         pty: Option<OwnedFd>,
     ) -> std::io::Result<Attach> {
         use std::os::unix::fs::PermissionsExt;
-        let (_dirfd, path) = short_path(dir, SOCKET)?;
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let path = berth_core::ipc::socket_path(&dir.join(SOCKET))?;
+        let _ = std::fs::remove_file(path.as_path());
+        let listener = UnixListener::bind(path.as_path())?;
+        std::fs::set_permissions(path.as_path(), std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         if let Some(s) = &stdin {
             crate::util::set_nonblocking(s.as_fd())?;

@@ -268,6 +268,9 @@ pub enum MonitorError {
     /// The channel to the monitor zygote failed.
     #[error("talk to the monitor zygote")]
     Zygote(#[source] berth_core::ipc::ChannelError),
+    /// The channel a monitor reports its start on could not be made.
+    #[error("make the monitor's report channel")]
+    ReportChannel(#[source] berth_core::ipc::ChannelError),
 }
 
 /// In the monitor binary's `main`, right after

@@ -148,7 +148,7 @@ pub(super) fn parse_report(
 /// The channel a report comes on: ours, and the end for the reporting
 /// process (its stdout, or a descriptor passed to the zygote).
 pub(super) fn report_channel() -> Result<(Channel, OwnedFd), MonitorError> {
-    Channel::pair().map_err(MonitorError::Zygote)
+    Channel::pair().map_err(MonitorError::ReportChannel)
 }
 
 /// Sends `report` on `fd`, one end of a [`report_channel`].

@@ -32,9 +32,9 @@ pub async fn run(
     mut io: ExecIo,
     gone: impl std::future::Future<Output = ()> + Send,
 ) -> Outcome {
-    let (_dirfd, path) = proto::short_path(&target.dir, proto::SOCKET)
+    let path = berth_core::ipc::socket_path(&target.dir.join(proto::SOCKET))
         .map_err(|e| format!("the container's directory: {e}"))?;
-    let sock = tokio::net::UnixStream::connect(&path)
+    let sock = tokio::net::UnixStream::connect(path.as_path())
         .await
         .map_err(|e| format!("the container's monitor does not answer ({e}): has it exited?"))?;
     tracing::debug!(dir = %target.dir.display(), "attach: connected to the monitor");

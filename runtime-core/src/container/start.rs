@@ -260,28 +260,12 @@ impl Container {
     }
 }
 
-/// Unix socket paths are limited to 108 bytes; a long state directory is
-/// reached through `/proc/self/fd/N` of an fd of the directory.
-fn with_short_path<T>(
-    dir: &std::path::Path,
-    f: impl FnOnce(&std::path::Path) -> std::io::Result<T>,
-) -> std::io::Result<T> {
-    let direct = dir.join(START_SOCKET);
-    if direct.as_os_str().len() < 100 {
-        return f(&direct);
-    }
-    let d = std::fs::File::open(dir)?;
-    let short = PathBuf::from(format!(
-        "/proc/self/fd/{}/{START_SOCKET}",
-        std::os::fd::AsRawFd::as_raw_fd(&d)
-    ));
-    f(&short)
-}
-
+// Socket paths are limited to 108 bytes; a long state directory is reached
+// through /proc/self/fd (crate::ipc::socket_path).
 fn bind_start_socket(dir: &std::path::Path) -> std::io::Result<UnixListener> {
-    with_short_path(dir, |p| UnixListener::bind(p))
+    UnixListener::bind(crate::ipc::socket_path(&dir.join(START_SOCKET))?.as_path())
 }
 
 fn connect_start_socket(dir: &std::path::Path) -> std::io::Result<UnixStream> {
-    with_short_path(dir, |p| UnixStream::connect(p))
+    UnixStream::connect(crate::ipc::socket_path(&dir.join(START_SOCKET))?.as_path())
 }

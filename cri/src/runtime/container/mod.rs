@@ -166,14 +166,20 @@ impl ContainerRecord {
             // A monitor that refuses connections is gone; it may have
             // written the record just now. Otherwise it was killed: what it
             // left running is killed too.
-            None if !tasks.open(&self.dir).is_running()
-                && monitor::read_exit(&self.exit_file()).is_none() =>
-            {
-                tasks.open(&self.dir).abandon();
-                self.lost(crate::util::now_nanos());
+            None => {
+                let task = tasks.open(&self.dir);
+                if task.is_running() {
+                    return false;
+                }
+                match monitor::read_exit(&self.exit_file()) {
+                    Some(exit) => self.exited(&exit),
+                    None => {
+                        task.abandon();
+                        self.lost(crate::util::now_nanos());
+                    }
+                }
                 true
             }
-            None => false,
         }
     }
 
