@@ -643,15 +643,28 @@ fn the_zygote_forks_monitors_that_share_its_memory_and_outlive_it() {
         "berth-monitor"
     );
     assert!(forked.task().is_running());
-    // It holds none of the zygote's descriptors (its request socket): its
-    // only sockets are its own listeners (attach, task).
-    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", s.monitor_pid))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .map(|p| p.display().to_string())
-        .collect();
-    // /proc/net/unix: "... Inode Path" per socket.
+    // It holds none of the zygote's descriptors (its request socket): no
+    // socket it has is also the zygote's. (Its sockets are its own
+    // listeners, attach and task, and — until it has sent its readiness
+    // report and let go of it, a moment after spawn returns — the report
+    // channel, which the zygote does not keep.)
+    let sockets_of = |pid: i32| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|p| p.display().to_string())
+            .filter(|p| p.starts_with("socket:["))
+            .collect()
+    };
+    let zygote_sockets = sockets_of(zpid);
+    assert!(!zygote_sockets.is_empty(), "the zygote holds its request socket");
+    let fds = sockets_of(s.monitor_pid);
+    assert!(
+        fds.iter().all(|f| !zygote_sockets.contains(f)),
+        "monitor {fds:?} zygote {zygote_sockets:?}"
+    );
+    // /proc/net/unix: "... Inode Path" per socket; both listeners are there.
     let unix = std::fs::read_to_string("/proc/net/unix").unwrap();
     let path_of = |inode: &str| -> String {
         unix.lines()
@@ -660,16 +673,19 @@ fn the_zygote_forks_monitors_that_share_its_memory_and_outlive_it() {
             .and_then(|f| f.get(7).map(|p| p.to_string()))
             .unwrap_or_default()
     };
-    let sockets: Vec<String> = fds
+    let named: Vec<String> = fds
         .iter()
         .filter_map(|f| f.strip_prefix("socket:[")?.strip_suffix(']'))
         .map(path_of)
+        .filter(|p| !p.is_empty())
         .collect();
     assert!(
-        sockets
-            .iter()
-            .all(|p| p.ends_with("/attach.sock") || p.ends_with("/task.sock")),
-        "{fds:?} {sockets:?}"
+        named.iter().any(|p| p.ends_with("/task.sock"))
+            && named.iter().any(|p| p.ends_with("/attach.sock"))
+            && named
+                .iter()
+                .all(|p| p.ends_with("/attach.sock") || p.ends_with("/task.sock")),
+        "{fds:?} {named:?}"
     );
 
     // The relocated pages are shared with the zygote instead of copied.
