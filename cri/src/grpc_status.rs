@@ -43,7 +43,23 @@ fn runtime_code(e: &RuntimeError) -> Code {
         RuntimeError::InvalidArgument { .. } => Code::InvalidArgument,
         RuntimeError::NotFound { .. } => Code::NotFound,
         RuntimeError::AlreadyExists { .. } => Code::AlreadyExists,
-        RuntimeError::FailedPrecondition(_) => Code::FailedPrecondition,
+        RuntimeError::ContainerState { .. }
+        | RuntimeError::SandboxNotReady { .. }
+        | RuntimeError::RestoreDisabled { .. } => Code::FailedPrecondition,
+        // Not there to restore from: the node is missing something the
+        // request needs, not the request is wrong.
+        RuntimeError::CheckpointImage { source, .. } => match **source {
+            ImageError::NotPresent(_) | ImageError::Reference(_) => Code::FailedPrecondition,
+            ref other => image_code(other),
+        },
+        RuntimeError::Create(e) => {
+            use crate::monitor::MonitorError;
+            match e {
+                // runtime-core refused or failed to create it (its report).
+                MonitorError::Create(_) => Code::FailedPrecondition,
+                _ => Code::Internal,
+            }
+        }
         RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         RuntimeError::Image(e) => image_code(e),
         RuntimeError::Network(n) => {

@@ -645,7 +645,7 @@ fn the_zygote_forks_monitors_that_share_its_memory_and_outlive_it() {
     assert!(forked.task().is_running());
     // It holds none of the zygote's descriptors (its request socket): no
     // socket it has is also the zygote's. (Its sockets are its own
-    // listeners, attach and task, and — until it has sent its readiness
+    // task listener, and — until it has sent its readiness
     // report and let go of it, a moment after spawn returns — the report
     // channel, which the zygote does not keep.)
     let sockets_of = |pid: i32| -> Vec<String> {
@@ -658,13 +658,16 @@ fn the_zygote_forks_monitors_that_share_its_memory_and_outlive_it() {
             .collect()
     };
     let zygote_sockets = sockets_of(zpid);
-    assert!(!zygote_sockets.is_empty(), "the zygote holds its request socket");
+    assert!(
+        !zygote_sockets.is_empty(),
+        "the zygote holds its request socket"
+    );
     let fds = sockets_of(s.monitor_pid);
     assert!(
         fds.iter().all(|f| !zygote_sockets.contains(f)),
         "monitor {fds:?} zygote {zygote_sockets:?}"
     );
-    // /proc/net/unix: "... Inode Path" per socket; both listeners are there.
+    // /proc/net/unix: "... Inode Path" per socket; its listener is there.
     let unix = std::fs::read_to_string("/proc/net/unix").unwrap();
     let path_of = |inode: &str| -> String {
         unix.lines()
@@ -680,11 +683,7 @@ fn the_zygote_forks_monitors_that_share_its_memory_and_outlive_it() {
         .filter(|p| !p.is_empty())
         .collect();
     assert!(
-        named.iter().any(|p| p.ends_with("/task.sock"))
-            && named.iter().any(|p| p.ends_with("/attach.sock"))
-            && named
-                .iter()
-                .all(|p| p.ends_with("/attach.sock") || p.ends_with("/task.sock")),
+        named.len() == 1 && named[0].ends_with("/task.sock"),
         "{fds:?} {named:?}"
     );
 
@@ -786,7 +785,7 @@ fn task_protocol_refuses_wrong_versions_and_oversize_messages() {
     let mut big = Process::new(["x".repeat((3 << 20) + (512 << 10))]).spec;
     big.env.clear();
     let request = Request::Exec {
-        spec: big,
+        spec: Box::new(big),
         sealed_init: false,
         stdio: [false; 3],
     };
@@ -827,4 +826,84 @@ fn task_protocol_refuses_wrong_versions_and_oversize_messages() {
     assert_eq!(r.exit_code, 137);
     f.wait_monitor_gone();
     assert!(matches!(f.task().state(), Err(TaskError::Gone)));
+}
+
+#[test]
+fn attach_joins_the_container_stdio_through_plain_pipes() {
+    use berth_cri::task::proto::FailureKind;
+    use berth_cri::task::{ExecStdio, TaskError};
+    let Some(()) = privileged("attach_joins_the_container_stdio_through_plain_pipes") else {
+        return;
+    };
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let mut f = Fixture::new("mon-attach");
+    let mut spec = f.spec(&["sh", "-c", "cat; echo done >&2"]);
+    spec.process.env = vec!["PATH=/bin:/usr/bin".into()];
+    spec.stdin = true;
+    spec.stdin_once = true;
+    f.spawn(&spec).unwrap();
+    f.release();
+
+    // Stderr with stdin on a container without a terminal: both pipes.
+    let (in_r, in_w) = pipe();
+    let (out_r, out_w) = pipe();
+    let (err_r, err_w) = pipe();
+    let attached = f
+        .task()
+        .attach(ExecStdio {
+            stdin: Some(in_r),
+            stdout: Some(out_w),
+            stderr: Some(err_w),
+        })
+        .unwrap();
+    // A resize without a terminal is nothing to do.
+    attached
+        .resize(berth_core::process::ConsoleSize { rows: 5, cols: 9 })
+        .unwrap();
+    let mut input = std::fs::File::from(in_w);
+    std::io::Write::write_all(&mut input, b"hello through the monitor\n").unwrap();
+    // End of our input: stdin_once closes the container's stdin, cat ends.
+    drop(input);
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(out_r), &mut out).unwrap();
+    assert_eq!(out, "hello through the monitor\n");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(err_r), &mut err).unwrap();
+    assert_eq!(err, "done\n");
+    assert_eq!(f.wait_exit().exit_code, 0);
+    drop(attached);
+    f.wait_monitor_gone();
+    // The log has what the client saw.
+    let log = std::fs::read_to_string(f.log_path()).unwrap();
+    assert!(log.contains("stdout F hello through the monitor"), "{log}");
+
+    // A container without stdin refuses stdin, typed; attaching without
+    // it works.
+    let mut g = Fixture::new("mon-attach-nostdin");
+    let spec = g.spec(&["sleep", "100"]);
+    g.spawn(&spec).unwrap();
+    g.release();
+    let (in_r, _in_w) = pipe();
+    match g.task().attach(ExecStdio {
+        stdin: Some(in_r),
+        ..ExecStdio::default()
+    }) {
+        Err(TaskError::Failed(e)) => assert_eq!(e.kind, FailureKind::Invalid, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    let (out_r, out_w) = pipe();
+    let attached = g
+        .task()
+        .attach(ExecStdio {
+            stdout: Some(out_w),
+            ..ExecStdio::default()
+        })
+        .unwrap();
+    // Its output ends with the container.
+    g.task().shutdown().unwrap();
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::from(out_r), &mut out).unwrap();
+    assert!(out.is_empty());
+    drop(attached);
+    g.wait_monitor_gone();
 }

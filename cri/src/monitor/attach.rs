@@ -1,65 +1,18 @@
 //! Attach: the monitor owns the container's stdin (a pipe, or the
-//! terminal) and its output, so `kubectl attach` goes through it. The
-//! monitor listens on `<dir>/attach.sock` (in the container's private
-//! directory); each connected client — the daemon's streaming server —
-//! gets every output chunk as it is logged, and may send stdin, close
-//! stdin, or resize the terminal.
-//!
-//! Frames both ways are `[kind: u8][length: u32 big endian][payload]`:
-//! monitor → client [`OUT_STDOUT`]/[`OUT_STDERR`] with data; client →
-//! monitor [`IN_STDIN`] data, [`IN_CLOSE_STDIN`], [`IN_RESIZE`] with rows
-//! and columns as two big-endian u16. `stdin_once`: the container's stdin
-//! is closed when the first client that sent stdin detaches or closes it.
+//! terminal) and its output, so `kubectl attach` goes through it, as a
+//! [`crate::task::proto::Request::Attach`] on a task connection. The
+//! client passes plain pipe ends: the read end of its stdin pipe and the
+//! write ends of its stdout and stderr pipes. It gets every output chunk as
+//! it is logged, its stdin goes to the container, and
+//! [`crate::task::proto::Request::Resize`] on the same connection resizes
+//! the terminal. End of file on its stdin pipe is the end of its input;
+//! closing the connection detaches it. `stdin_once`: the container's stdin
+//! is closed when the first client that sent stdin ends its input or
+//! detaches.
 
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-/// Output on the container's stdout (or its terminal).
-pub const OUT_STDOUT: u8 = 1;
-/// Output on its stderr.
-pub const OUT_STDERR: u8 = 2;
-/// Bytes for the container's stdin.
-pub const IN_STDIN: u8 = 0;
-/// The client is done writing stdin.
-pub const IN_CLOSE_STDIN: u8 = 1;
-/// A terminal size: rows, columns.
-pub const IN_RESIZE: u8 = 2;
-
-/// The socket's name in the container's directory.
-pub const SOCKET: &str = "attach.sock";
-
-/// Bytes before a frame's payload: kind and length.
-pub const HEADER_LEN: usize = 5;
-
-/// A frame: `[kind][length: u32 big endian][payload]`.
-pub fn encode_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(HEADER_LEN + payload.len());
-    f.push(kind);
-    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// The payload length a frame header (at least [`HEADER_LEN`] bytes) gives.
-pub fn frame_len(header: &[u8]) -> usize {
-    u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize
-}
-
-/// The payload of [`IN_RESIZE`]: rows and columns, big-endian u16 each.
-pub fn resize_payload(size: berth_core::process::ConsoleSize) -> [u8; 4] {
-    let [r0, r1] = size.rows.to_be_bytes();
-    let [c0, c1] = size.cols.to_be_bytes();
-    [r0, r1, c0, c1]
-}
-
-fn parse_resize(p: [u8; 4]) -> berth_core::process::ConsoleSize {
-    berth_core::process::ConsoleSize {
-        rows: u16::from_be_bytes([p[0], p[1]]),
-        cols: u16::from_be_bytes([p[2], p[3]]),
-    }
-}
+use crate::logs::Stream;
 
 /// Output queued for a slow client before it is dropped (a client must not
 /// make the monitor's memory grow without bound).
@@ -67,18 +20,34 @@ const MAX_QUEUED: usize = 4 << 20;
 /// stdin queued for the container before clients are read no further.
 const MAX_STDIN_QUEUED: usize = 1 << 20;
 
+/// One attached client, on task connection `slot`.
+#[derive(Debug)]
 struct Client {
-    sock: UnixStream,
-    input: Vec<u8>,
-    output: Vec<u8>,
+    slot: usize,
+    /// Its input (a pipe's read end; `None` once at end of file).
+    stdin: Option<OwnedFd>,
+    /// Where its stdout and stderr go (pipes' write ends; `None`: not
+    /// wanted, or the reader has gone) and what is queued for each.
+    out: [Option<OwnedFd>; 2],
+    queued: [Vec<u8>; 2],
     sent_stdin: bool,
-    /// The client half-closed: it sends nothing more but still reads.
-    done_sending: bool,
 }
 
-/// The monitor's side.
+/// The ends an attaching client hands over (already checked against what
+/// the container has).
+#[derive(Debug, Default)]
+pub struct AttachFds {
+    /// The read end of the client's stdin pipe.
+    pub stdin: Option<OwnedFd>,
+    /// The write end of its stdout pipe.
+    pub stdout: Option<OwnedFd>,
+    /// The write end of its stderr pipe.
+    pub stderr: Option<OwnedFd>,
+}
+
+/// The monitor's side: the attached clients and the container's stdin.
+#[derive(Default)]
 pub struct Attach {
-    listener: UnixListener,
     clients: Vec<Client>,
     /// The container's stdin (pipe write end or a dup of the terminal).
     stdin: Option<OwnedFd>,
@@ -97,34 +66,28 @@ impl std::fmt::Debug for Attach {
 }
 
 /// What to poll for.
+#[derive(Debug)]
 pub enum Want<'a> {
-    /// New clients.
-    Accept(BorrowedFd<'a>),
-    /// Client `i`: readable, and writable when output is queued.
-    Client(usize, BorrowedFd<'a>, bool, bool),
+    /// The client on slot `.0` sent input (readable or hung up).
+    Input(usize, BorrowedFd<'a>),
+    /// Its output stream `.1` (0 stdout, 1 stderr) can take more.
+    Output(usize, usize, BorrowedFd<'a>),
     /// The container's stdin is writable again.
     Stdin(BorrowedFd<'a>),
 }
 
 impl Attach {
-    /// Listens on `dir/attach.sock` (mode 0600: root only).
-    pub fn listen(
-        dir: &Path,
+    /// Attach for a container whose stdin is `stdin` (if it reads one) and
+    /// terminal is `pty` (if it has one).
+    pub fn new(
         stdin: Option<OwnedFd>,
         stdin_once: bool,
         pty: Option<OwnedFd>,
     ) -> std::io::Result<Attach> {
-        use std::os::unix::fs::PermissionsExt;
-        let path = berth_core::ipc::socket_path(&dir.join(SOCKET))?;
-        let _ = std::fs::remove_file(path.as_path());
-        let listener = UnixListener::bind(path.as_path())?;
-        std::fs::set_permissions(path.as_path(), std::fs::Permissions::from_mode(0o600))?;
-        listener.set_nonblocking(true)?;
         if let Some(s) = &stdin {
             crate::util::set_nonblocking(s.as_fd())?;
         }
         Ok(Attach {
-            listener,
             clients: Vec::new(),
             stdin,
             stdin_queue: Vec::new(),
@@ -133,13 +96,45 @@ impl Attach {
         })
     }
 
+    /// Whether the container reads stdin (still).
+    pub fn has_stdin(&self) -> bool {
+        self.stdin.is_some()
+    }
+
+    /// Whether it has a terminal.
+    pub fn has_terminal(&self) -> bool {
+        self.pty.is_some()
+    }
+
+    /// Attaches the client of task connection `slot`.
+    pub fn add(&mut self, slot: usize, fds: AttachFds) -> std::io::Result<()> {
+        for fd in [&fds.stdin, &fds.stdout, &fds.stderr].into_iter().flatten() {
+            crate::util::set_nonblocking(fd.as_fd())?;
+        }
+        self.remove(slot);
+        self.clients.push(Client {
+            slot,
+            stdin: fds.stdin,
+            out: [fds.stdout, fds.stderr],
+            queued: [Vec::new(), Vec::new()],
+            sent_stdin: false,
+        });
+        Ok(())
+    }
+
     /// The fds to poll and why.
     pub fn wants(&self) -> Vec<Want<'_>> {
-        let mut w = vec![Want::Accept(self.listener.as_fd())];
+        let mut w = Vec::new();
         let room = self.stdin_queue.len() < MAX_STDIN_QUEUED;
-        for (i, c) in self.clients.iter().enumerate() {
-            let read = room && !c.done_sending;
-            w.push(Want::Client(i, c.sock.as_fd(), read, !c.output.is_empty()));
+        for c in &self.clients {
+            if let (Some(fd), true) = (&c.stdin, room) {
+                w.push(Want::Input(c.slot, fd.as_fd()));
+            }
+            for (n, out) in c.out.iter().enumerate() {
+                if let (Some(fd), false) = (out, c.queued[n].is_empty()) {
+                    w.push(Want::Output(c.slot, n, fd.as_fd()));
+                }
+            }
         }
         if let (Some(s), false) = (&self.stdin, self.stdin_queue.is_empty()) {
             w.push(Want::Stdin(s.as_fd()));
@@ -147,108 +142,50 @@ impl Attach {
         w
     }
 
-    /// New connections.
-    pub fn accept(&mut self) {
-        while let Ok((sock, _)) = self.listener.accept() {
-            if sock.set_nonblocking(true).is_ok() {
-                self.clients.push(Client {
-                    sock,
-                    input: Vec::new(),
-                    output: Vec::new(),
-                    sent_stdin: false,
-                    done_sending: false,
-                });
-            }
-        }
-    }
-
-    /// An output chunk for every client.
-    pub fn broadcast(&mut self, kind: u8, data: &[u8]) {
-        if self.clients.is_empty() || data.is_empty() {
-            return;
-        }
-        let frame = encode_frame(kind, data);
+    /// An output chunk for every client that wants its stream.
+    pub fn broadcast(&mut self, stream: Stream, data: &[u8]) {
+        let n = usize::from(stream == Stream::Stderr);
         for c in &mut self.clients {
-            c.output.extend_from_slice(&frame);
-        }
-        for i in (0..self.clients.len()).rev() {
-            self.flush(i);
-        }
-    }
-
-    /// Writes what is queued for client `i`; drops it when it is gone or
-    /// too far behind.
-    pub fn flush(&mut self, i: usize) {
-        let Some(c) = self.clients.get_mut(i) else {
-            return;
-        };
-        while !c.output.is_empty() {
-            match c.sock.write(&c.output) {
-                Ok(0) => return self.drop_client(i),
-                Ok(n) => {
-                    c.output.drain(..n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => return self.drop_client(i),
+            if c.out[n].is_some() && !data.is_empty() {
+                c.queued[n].extend_from_slice(data);
+                flush(c, n);
             }
         }
-        if c.output.len() > MAX_QUEUED {
-            self.drop_client(i);
+    }
+
+    /// Output stream `n` of the client on `slot` can take more.
+    pub fn flush(&mut self, slot: usize, n: usize) {
+        if let Some(c) = self.clients.iter_mut().find(|c| c.slot == slot) {
+            flush(c, n);
         }
     }
 
-    /// Reads from client `i` and acts on its complete frames.
-    pub fn read(&mut self, i: usize) {
-        let Some(c) = self.clients.get_mut(i) else {
+    /// Reads the input of the client on `slot`; at its end, `stdin_once`
+    /// closes the container's stdin.
+    pub fn read(&mut self, slot: usize) {
+        let Some(c) = self.clients.iter_mut().find(|c| c.slot == slot) else {
             return;
         };
-        if c.done_sending {
-            return;
-        }
+        let Some(input) = &c.stdin else { return };
         let mut buf = [0u8; 32 << 10];
-        match c.sock.read(&mut buf) {
-            // A half-close: no more input (for `stdin_once`, the end of
-            // stdin); the client still gets output until it goes.
-            Ok(0) => {
-                c.done_sending = true;
-                if c.sent_stdin && self.stdin_once {
-                    self.close_stdin();
-                }
-                return;
-            }
-            Ok(n) => c.input.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-            Err(_) => return self.drop_client(i),
-        }
-        loop {
-            let c = &mut self.clients[i];
-            if c.input.len() < HEADER_LEN {
-                return;
-            }
-            let len = frame_len(&c.input);
-            if len > 1 << 20 {
-                return self.drop_client(i);
-            }
-            if c.input.len() < HEADER_LEN + len {
-                return;
-            }
-            let kind = c.input[0];
-            let payload: Vec<u8> = c.input[HEADER_LEN..HEADER_LEN + len].to_vec();
-            c.input.drain(..HEADER_LEN + len);
-            match kind {
-                IN_STDIN if self.stdin.is_some() => {
-                    self.clients[i].sent_stdin = true;
-                    self.stdin_queue.extend_from_slice(&payload);
+        match nix::unistd::read(input.as_raw_fd(), &mut buf) {
+            Ok(0) => {}
+            Ok(n) => {
+                if self.stdin.is_some() {
+                    c.sent_stdin = true;
+                    self.stdin_queue.extend_from_slice(&buf[..n]);
                     self.write_stdin();
                 }
-                IN_CLOSE_STDIN if self.stdin_once => self.close_stdin(),
-                IN_RESIZE => {
-                    if let (Some(pty), Ok(p)) = (&self.pty, <[u8; 4]>::try_from(&payload[..])) {
-                        let _ = berth_core::process::resize_console(pty.as_fd(), parse_resize(p));
-                    }
-                }
-                _ => {}
+                return;
             }
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return,
+            // Treated as its end.
+            Err(_) => {}
+        }
+        // The end of its input.
+        c.stdin = None;
+        if self.stdin_once {
+            self.close_stdin();
         }
     }
 
@@ -275,23 +212,56 @@ impl Attach {
         }
     }
 
+    /// Resizes the terminal (nothing without one).
+    pub fn resize(&self, size: berth_core::process::ConsoleSize) -> nix::Result<()> {
+        match &self.pty {
+            Some(pty) => berth_core::process::resize_console(pty.as_fd(), size),
+            None => Ok(()),
+        }
+    }
+
     fn close_stdin(&mut self) {
         self.write_stdin();
         self.stdin = None;
         self.stdin_queue.clear();
     }
 
-    /// Client `i` hung up.
-    pub fn detach(&mut self, i: usize) {
-        if i < self.clients.len() {
-            self.drop_client(i);
-        }
-    }
-
-    fn drop_client(&mut self, i: usize) {
+    /// The client on `slot` detached (its connection closed).
+    pub fn remove(&mut self, slot: usize) {
+        let Some(i) = self.clients.iter().position(|c| c.slot == slot) else {
+            return;
+        };
         let c = self.clients.remove(i);
         if c.sent_stdin && self.stdin_once {
             self.close_stdin();
         }
+    }
+}
+
+/// Writes what is queued on `c`'s stream `n`; lets go of the stream when
+/// its reader is gone or too far behind (the client still detaches by
+/// closing its connection).
+fn flush(c: &mut Client, n: usize) {
+    let Some(fd) = &c.out[n] else {
+        c.queued[n].clear();
+        return;
+    };
+    while !c.queued[n].is_empty() {
+        match nix::unistd::write(fd, &c.queued[n]) {
+            Ok(w) => {
+                c.queued[n].drain(..w);
+            }
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => {
+                c.out[n] = None;
+                c.queued[n] = Vec::new();
+                return;
+            }
+        }
+    }
+    if c.queued[n].len() > MAX_QUEUED {
+        c.out[n] = None;
+        c.queued[n] = Vec::new();
     }
 }

@@ -25,7 +25,7 @@
 //!
 //! The monitor is lean because it costs memory per container: one thread, no
 //! async runtime, a `poll(2)` loop over the two pipes, the init's pidfd, a
-//! signalfd and the task and attach sockets; it runs the daemon's own binary
+//! signalfd and the task socket (and attached clients' pipes); it runs the daemon's own binary
 //! (shared code pages) with [`MONITOR_ARG`], dispatched by [`run_from_args`]
 //! in `main`.
 //!

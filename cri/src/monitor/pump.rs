@@ -62,9 +62,10 @@ enum Slot {
     Signals,
     Init,
     Source(usize),
-    AttachAccept,
-    /// Client `i`; whether it hung up or failed.
-    AttachClient(usize, bool),
+    /// Input from the attached client on task slot `.0`.
+    AttachIn(usize),
+    /// Its output stream `.1` can take more.
+    AttachOut(usize, usize),
     AttachStdin,
     TaskAccept,
     TaskClient(usize),
@@ -81,8 +82,6 @@ pub(super) struct Pump {
     exit: Option<ExitStatus>,
     write_errors: u64,
     first_write_error: Option<String>,
-    /// Attached clients and the container's stdin (`None`: no attach).
-    attach: Option<super::attach::Attach>,
     /// The daemon's requests.
     pub(super) task: super::serve::TaskServer,
 }
@@ -92,7 +91,6 @@ impl Pump {
         sources: Vec<Source>,
         log: Option<LogFile>,
         signals: SignalFd,
-        attach: Option<super::attach::Attach>,
         task: super::serve::TaskServer,
     ) -> Self {
         Pump {
@@ -103,7 +101,6 @@ impl Pump {
             exit: None,
             write_errors: 0,
             first_write_error: None,
-            attach,
             task,
         }
     }
@@ -135,13 +132,6 @@ impl Pump {
                     continue;
                 }
             };
-            // Attached clients in descending order: handling one may drop
-            // it, which shifts the ones after it.
-            let mut ready = ready;
-            ready.sort_by_key(|s| match s {
-                Slot::AttachClient(i, _) => std::cmp::Reverse(*i),
-                _ => std::cmp::Reverse(usize::MAX),
-            });
             for slot in ready {
                 match slot {
                     Slot::Signals => self.signals(init.pid()),
@@ -151,28 +141,11 @@ impl Pump {
                             last_data = Instant::now();
                         }
                     }
-                    Slot::AttachAccept => {
-                        if let Some(a) = &mut self.attach {
-                            a.accept();
-                        }
-                    }
-                    Slot::AttachClient(i, hung_up) => {
-                        if let Some(a) = &mut self.attach {
-                            if hung_up {
-                                // Gone for good (poll reports a hang-up even
-                                // when not asked: it must not spin us).
-                                a.detach(i);
-                                continue;
-                            }
-                            a.flush(i);
-                            a.read(i);
-                        }
-                    }
-                    Slot::AttachStdin => {
-                        if let Some(a) = &mut self.attach {
-                            a.write_stdin();
-                        }
-                    }
+                    // A hang-up or error is met by the read or write
+                    // itself (end of input; the stream let go of).
+                    Slot::AttachIn(slot) => self.task.attach_mut().read(slot),
+                    Slot::AttachOut(slot, n) => self.task.attach_mut().flush(slot, n),
+                    Slot::AttachStdin => self.task.attach_mut().write_stdin(),
                     Slot::TaskAccept => self.task.accept(),
                     Slot::TaskClient(i) => {
                         let exited = self.exit.is_some();
@@ -217,33 +190,18 @@ impl Pump {
                 fds.push(PollFd::new(s.fd.as_fd(), PollFlags::POLLIN));
             }
         }
-        // Attach only while the container runs (its output drained after
-        // the exit goes to the clients already attached).
-        if let (Some(a), None) = (&self.attach, self.exit) {
-            use super::attach::Want;
-            for w in a.wants() {
-                match w {
-                    Want::Accept(fd) => {
-                        slots.push(Slot::AttachAccept);
-                        fds.push(PollFd::new(fd, PollFlags::POLLIN));
-                    }
-                    Want::Client(i, fd, read, write) => {
-                        let mut flags = PollFlags::empty();
-                        if read {
-                            flags |= PollFlags::POLLIN;
-                        }
-                        if write {
-                            flags |= PollFlags::POLLOUT;
-                        }
-                        slots.push(Slot::AttachClient(i, false));
-                        fds.push(PollFd::new(fd, flags));
-                    }
-                    Want::Stdin(fd) => {
-                        slots.push(Slot::AttachStdin);
-                        fds.push(PollFd::new(fd, PollFlags::POLLOUT));
-                    }
-                }
-            }
+        // Attached input only while the container runs; output (also
+        // what is drained after the exit) is written as it comes.
+        use super::attach::Want;
+        for w in self.task.attach().wants() {
+            let (slot, fd, flags) = match w {
+                Want::Input(_, _) if self.exit.is_some() => continue,
+                Want::Input(slot, fd) => (Slot::AttachIn(slot), fd, PollFlags::POLLIN),
+                Want::Output(slot, n, fd) => (Slot::AttachOut(slot, n), fd, PollFlags::POLLOUT),
+                Want::Stdin(fd) => (Slot::AttachStdin, fd, PollFlags::POLLOUT),
+            };
+            slots.push(slot);
+            fds.push(PollFd::new(fd, flags));
         }
         // The daemon's requests, also while the output drains.
         for (slot, fd) in self.task.wants() {
@@ -257,16 +215,7 @@ impl Pump {
         Ok(slots
             .into_iter()
             .zip(&fds)
-            .filter_map(|(slot, fd)| {
-                let r = fd.revents().filter(|r| !r.is_empty())?;
-                Some(match slot {
-                    Slot::AttachClient(i, _) => Slot::AttachClient(
-                        i,
-                        r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL),
-                    ),
-                    other => other,
-                })
-            })
+            .filter_map(|(slot, fd)| fd.revents().filter(|r| !r.is_empty()).map(|_| slot))
             .collect())
     }
 
@@ -342,13 +291,9 @@ impl Pump {
         match nix::unistd::read(src.fd.as_raw_fd(), &mut self.buf) {
             Ok(0) => {}
             Ok(n) => {
-                if let Some(a) = &mut self.attach {
-                    let kind = match src.splitter.stream() {
-                        Stream::Stderr => super::attach::OUT_STDERR,
-                        _ => super::attach::OUT_STDOUT,
-                    };
-                    a.broadcast(kind, &self.buf[..n]);
-                }
+                self.task
+                    .attach_mut()
+                    .broadcast(src.splitter.stream(), &self.buf[..n]);
                 if let Some(log) = &mut self.log {
                     let result = src.splitter.feed(&self.buf[..n], SystemTime::now(), log);
                     self.note_write(result);

@@ -281,22 +281,27 @@ fn start(
         }
     };
     let dir = spec_path.parent().unwrap_or(Path::new("/"));
+    // `kubectl attach` reaches the container's stdio through the task
+    // socket too.
+    let attach = match super::attach::Attach::new(stdin, spec.stdin_once, pty) {
+        Ok(a) => a,
+        Err(e) => {
+            kill_and_destroy(&spec, &handle);
+            return Err(MonitorError::Sys {
+                step: "set up attach",
+                source: nix::Error::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)),
+            });
+        }
+    };
     // The daemon reaches the container only through this socket.
-    let task = match super::serve::TaskServer::listen(dir, container, &handle) {
+    let task = match super::serve::TaskServer::listen(dir, container, &handle, attach) {
         Ok(t) => t,
         Err(e) => {
             kill_and_destroy(&spec, &handle);
             return Err(MonitorError::Task(e));
         }
     };
-    // `kubectl attach` reaches the container through this socket in its
-    // directory; without it the container still runs, unattachable.
-    let attach = spec.exit_file.parent().and_then(|dir| {
-        super::attach::Attach::listen(dir, stdin, spec.stdin_once, pty)
-            .map_err(|e| warn(&format!("attach socket: {e}")))
-            .ok()
-    });
-    let pump = Pump::new(sources, log, signals, attach, task);
+    let pump = Pump::new(sources, log, signals, task);
     Ok((spec, handle, pump))
 }
 

@@ -16,6 +16,7 @@ use std::path::Path;
 use berth_core::ipc::{Channel, ChannelError, Listener};
 use berth_core::{Container, ExitStatus, Process, ProcessHandle, Status, Stdio};
 
+use super::attach::{Attach, AttachFds};
 use super::diag::warn;
 use crate::logs::LogFile;
 use crate::task::proto::{
@@ -42,6 +43,9 @@ pub(super) struct TaskServer {
     init_pid: i32,
     /// Exec'd processes still running: pid → the client slot that asked.
     execs: HashMap<i32, usize>,
+    /// Attached clients (on their connections' slots) and the container's
+    /// stdin and terminal.
+    attach: Attach,
 }
 
 impl TaskServer {
@@ -50,6 +54,7 @@ impl TaskServer {
         dir: &Path,
         container: Container,
         init: &ProcessHandle,
+        attach: Attach,
     ) -> Result<TaskServer, ChannelError> {
         let listener = Listener::bind(&dir.join(proto::SOCKET_FILE), 0o600)?;
         Ok(TaskServer {
@@ -58,12 +63,23 @@ impl TaskServer {
             container,
             init_pid: init.pid(),
             execs: HashMap::new(),
+            attach,
         })
     }
 
     /// The container (for its exit record).
     pub(super) fn container(&self) -> &Container {
         &self.container
+    }
+
+    /// The attached clients.
+    pub(super) fn attach(&self) -> &Attach {
+        &self.attach
+    }
+
+    /// The attached clients, to act on.
+    pub(super) fn attach_mut(&mut self) -> &mut Attach {
+        &mut self.attach
     }
 
     /// The fds to poll for reading: the listener (slot `None`), then each
@@ -175,7 +191,7 @@ impl TaskServer {
     ) -> Result<Option<(Reply, Vec<OwnedFd>)>, TaskFailure> {
         let ok = || Ok(Some((Reply::Ok, Vec::new())));
         let core = |step: &'static str| move |e| TaskFailure::from_core(step, &e);
-        if !fds.is_empty() && !matches!(request, Request::Exec { .. }) {
+        if !fds.is_empty() && !matches!(request, Request::Exec { .. } | Request::Attach { .. }) {
             return Err(TaskFailure::new(
                 FailureKind::BadRequest,
                 "descriptors with a request that takes none",
@@ -222,7 +238,29 @@ impl TaskServer {
                 spec,
                 sealed_init,
                 stdio,
-            } => self.exec(i, spec, sealed_init, stdio, fds).map(Some),
+            } => self.exec(i, *spec, sealed_init, stdio, fds).map(Some),
+            Request::Attach {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                if exited {
+                    return Err(TaskFailure::new(
+                        FailureKind::InvalidState,
+                        "attach: the container has exited",
+                    ));
+                }
+                self.add_attached(i, [stdin, stdout, stderr], fds)?;
+                ok()
+            }
+            Request::Resize { rows, cols } => {
+                self.attach
+                    .resize(berth_core::process::ConsoleSize { rows, cols })
+                    .map_err(|e| {
+                        TaskFailure::new(FailureKind::Failed, format!("resize the terminal: {e}"))
+                    })?;
+                ok()
+            }
             Request::Update { resources } => {
                 self.container.set(&resources).map_err(core("update"))?;
                 ok()
@@ -320,6 +358,44 @@ impl TaskServer {
         Ok((Reply::Exec { pid: handle.pid() }, out))
     }
 
+    /// Attaches connection `i` with the pipe ends in `fds`.
+    fn add_attached(
+        &mut self,
+        i: usize,
+        streams: [bool; 3],
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), TaskFailure> {
+        let wanted = streams.iter().filter(|b| **b).count();
+        if fds.len() != wanted {
+            return Err(TaskFailure::new(
+                FailureKind::BadRequest,
+                format!("attach with {} descriptors, {wanted} expected", fds.len()),
+            ));
+        }
+        if streams[0] && !self.attach.has_stdin() {
+            return Err(TaskFailure::new(
+                FailureKind::Invalid,
+                "attach: the container does not read stdin (or has closed it)",
+            ));
+        }
+        if streams[2] && self.attach.has_terminal() {
+            return Err(TaskFailure::new(
+                FailureKind::Invalid,
+                "attach: the container has a terminal, which carries stderr too",
+            ));
+        }
+        let mut fds = fds.into_iter();
+        let mut next = |wanted: bool| wanted.then(|| fds.next().expect("counted"));
+        let ends = AttachFds {
+            stdin: next(streams[0]),
+            stdout: next(streams[1]),
+            stderr: next(streams[2]),
+        };
+        self.attach
+            .add(i, ends)
+            .map_err(|e| TaskFailure::new(FailureKind::Failed, format!("attach: its pipes: {e}")))
+    }
+
     /// An exec'd process was reaped: tells the client that started it.
     /// Returns whether `pid` was one.
     pub(super) fn exec_exited(&mut self, pid: i32, status: ExitStatus) -> bool {
@@ -373,6 +449,7 @@ impl TaskServer {
         }
         // Execs it started run on; their exits are still reaped, unreported.
         self.execs.retain(|_, c| *c != i);
+        self.attach.remove(i);
     }
 }
 

@@ -76,10 +76,10 @@ pub(super) fn create(
     config: proto::ContainerConfig,
 ) -> Result<ContainerRecord, RuntimeError> {
     if sandbox.removed || sandbox.state != SandboxState::Ready {
-        return Err(RuntimeError::FailedPrecondition(format!(
-            "pod sandbox {} is not ready",
-            sandbox.id
-        )));
+        return Err(RuntimeError::SandboxNotReady {
+            id: sandbox.id.to_string(),
+            reason: "is not ready",
+        });
     }
     let meta = config
         .metadata
@@ -141,11 +141,9 @@ fn build(
         // images (checked against the container's security context before
         // they run); a node opts in to trusting that at all.
         if (from_archive || checkpoint_image.is_some()) && !ctx.restore {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "config.image.image {image:?} is a checkpoint, and restoring checkpoints is off \
-                 on this node (set restore = true in the [checkpoint] section of berth's \
-                 configuration to allow it)"
-            )));
+            return Err(RuntimeError::RestoreDisabled {
+                image: image.to_string(),
+            });
         }
         let work = from_archive
             .then(|| container_checkpoint::Work::new(&ctx.containers.checkpoint_dir))
@@ -181,12 +179,13 @@ fn build(
         }
         let rootfs_dir = dir.join("rootfs");
         std::fs::create_dir_all(&rootfs_dir).map_err(|e| RuntimeError::io(&rootfs_dir, e))?;
-        let ns = sandbox.namespaces.clone().ok_or_else(|| {
-            RuntimeError::FailedPrecondition(format!(
-                "pod sandbox {} has no namespaces (stopped?)",
-                sandbox.id
-            ))
-        })?;
+        let ns = sandbox
+            .namespaces
+            .clone()
+            .ok_or_else(|| RuntimeError::SandboxNotReady {
+                id: sandbox.id.to_string(),
+                reason: "has no namespaces (stopped?)",
+            })?;
         // The pod's namespaced sysctls (kubelet's and the node defaults):
         // every container's init writes them into the pod namespaces it
         // joins (idempotent); runtime-core refuses any that would reach the
@@ -307,7 +306,7 @@ fn build(
             }
             other => other,
         }
-        .map_err(|e| RuntimeError::FailedPrecondition(format!("creating the container: {e}")))?;
+        .map_err(RuntimeError::Create)?;
         crate::util::crash_point("create:spawned");
         let rec = ContainerRecord {
             version: super::container::RECORD_VERSION,
@@ -408,11 +407,9 @@ fn pid_mode(
         proto::NamespaceMode::Pod => sandbox
             .pid_ns()
             .map(|p| spec::PidMode::Pod(Some(p)))
-            .ok_or_else(|| {
-                RuntimeError::FailedPrecondition(format!(
-                    "the pid namespace of pod sandbox {} is gone (its init exited)",
-                    sandbox.id
-                ))
+            .ok_or_else(|| RuntimeError::SandboxNotReady {
+                id: sandbox.id.to_string(),
+                reason: "has lost its pid namespace (its init exited)",
             }),
         proto::NamespaceMode::Target => {
             let target = opts.map(|o| o.target_id.as_str()).unwrap_or_default();
@@ -426,12 +423,11 @@ fn pid_mode(
                     format!("{target:?} is not a container of this pod"),
                 ));
             }
-            if rec.state != ContainerState::Running {
-                return Err(RuntimeError::FailedPrecondition(format!(
-                    "target container {} is not running",
-                    rec.id
-                )));
-            }
+            RuntimeError::require(
+                &rec,
+                ContainerState::Running,
+                "a target container's pid namespace is shared while it runs",
+            )?;
             Ok(spec::PidMode::Pod(Some(PathBuf::from(format!(
                 "/proc/{}/ns/pid",
                 rec.init_pid

@@ -12,11 +12,14 @@ impl super::RuntimeServiceImpl {
         let entry = self.containers.registry.get(id, "container_id")?;
         let mut rec = entry.lock().await;
         self.containers.refresh(&mut rec);
-        if rec.removed || rec.state != ContainerState::Running {
-            return Err(
-                RuntimeError::FailedPrecondition(format!("container {id} is not running")).into(),
-            );
+        if rec.removed {
+            return Err(self.containers.registry.not_found(id).into());
         }
+        RuntimeError::require(
+            &rec,
+            ContainerState::Running,
+            "its log is reopened while it runs",
+        )?;
         let task = self.containers.task(&rec);
         let id = rec.id.to_string();
         crate::util::blocking(move || task.reopen_log().map_err(RuntimeError::task(id))).await

@@ -13,7 +13,11 @@ pub(super) fn start(
         return Err(containers.registry.not_found(rec.id.as_str()));
     }
     containers.refresh(rec);
-    rec.state.start()?;
+    RuntimeError::require(
+        rec,
+        super::container::ContainerState::Created,
+        super::container::START_NEEDS,
+    )?;
     // Idempotent in the monitor: a daemon that died after the release but
     // before it recorded it (the crash point "start:released") learns the
     // start time it missed.

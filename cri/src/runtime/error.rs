@@ -34,9 +34,46 @@ pub enum RuntimeError {
         /// The id holding it.
         holder: String,
     },
-    /// The object is in a state that does not allow the call.
-    #[error("{0}")]
-    FailedPrecondition(String),
+    /// The container is in a state that does not allow the call.
+    #[error("container {id} is {state:?}: {wanted}")]
+    ContainerState {
+        /// The container.
+        id: String,
+        /// Its state.
+        state: super::container::ContainerState,
+        /// What the call needs.
+        wanted: &'static str,
+    },
+    /// The pod sandbox cannot take the call (stopped, or what the call
+    /// needs of it is gone).
+    #[error("pod sandbox {id} {reason}")]
+    SandboxNotReady {
+        /// The pod.
+        id: String,
+        /// What is missing.
+        reason: &'static str,
+    },
+    /// The image is a checkpoint, and this node does not restore them.
+    #[error(
+        "config.image.image {image:?} is a checkpoint, and restoring checkpoints is off on this \
+         node (set restore = true in the [checkpoint] section of berth's configuration to allow it)"
+    )]
+    RestoreDisabled {
+        /// The image as requested.
+        image: String,
+    },
+    /// The rootfs image a checkpoint was taken from cannot be had.
+    #[error("the checkpoint's rootfs image {name:?}")]
+    CheckpointImage {
+        /// The image's name in the checkpoint.
+        name: String,
+        /// Why not (boxed: an image error is large).
+        #[source]
+        source: Box<ImageError>,
+    },
+    /// The container's monitor could not create it.
+    #[error("creating the container")]
+    Create(#[source] crate::monitor::MonitorError),
     /// A deadline in the request passed (ExecSync's timeout).
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -111,6 +148,23 @@ impl RuntimeError {
     ) -> impl FnOnce(crate::task::TaskError) -> RuntimeError {
         let id = id.to_string();
         move |source| RuntimeError::Task { id, source }
+    }
+
+    /// Unless container `rec` is in `state`, the error saying it needs
+    /// that (`wanted`).
+    pub(crate) fn require(
+        rec: &super::container::ContainerRecord,
+        state: super::container::ContainerState,
+        wanted: &'static str,
+    ) -> Result<(), RuntimeError> {
+        match rec.state == state {
+            true => Ok(()),
+            false => Err(RuntimeError::ContainerState {
+                id: rec.id.to_string(),
+                state: rec.state,
+                wanted,
+            }),
+        }
     }
 
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {

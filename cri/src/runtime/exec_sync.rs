@@ -123,12 +123,7 @@ pub(super) fn process_spec(
     cmd: Vec<String>,
 ) -> Result<berth_core::process::ProcessSpec, RuntimeError> {
     check_cmd(&cmd)?;
-    if rec.state != ContainerState::Running {
-        return Err(RuntimeError::FailedPrecondition(format!(
-            "container {} is {:?}, not running",
-            rec.id, rec.state
-        )));
-    }
+    RuntimeError::require(rec, ContainerState::Running, "exec needs it running")?;
     let spec_path = rec.dir.join(SPEC_FILE);
     let spec: MonitorSpec = std::fs::read(&spec_path)
         .map_err(|e| RuntimeError::io(&spec_path, e))

@@ -45,13 +45,11 @@ impl RuntimeServiceImpl {
         let stream = self.streaming_for(req.stdin, req.stdout, req.stderr)?;
         let target = {
             let rec = self.current_container(&req.container_id).await?;
-            if rec.state != container::ContainerState::Running {
-                return Err(RuntimeError::FailedPrecondition(format!(
-                    "container {} is {:?}, not running",
-                    rec.id, rec.state
-                ))
-                .into());
-            }
+            RuntimeError::require(
+                &rec,
+                container::ContainerState::Running,
+                "attach needs it running",
+            )?;
             let config = rec.config();
             if req.stdin && !config.stdin {
                 return Err(RuntimeError::invalid(
@@ -63,7 +61,8 @@ impl RuntimeServiceImpl {
             // The container's terminal decides (as containerd does): one
             // stream, no stderr.
             crate::stream::attach::AttachTarget {
-                dir: rec.dir.clone(),
+                task: self.containers.task(&rec),
+                container_id: rec.id.to_string(),
                 stdin: req.stdin,
                 stdout: req.stdout,
                 stderr: req.stderr && !config.tty,
@@ -99,10 +98,10 @@ impl RuntimeServiceImpl {
         let netns = {
             let rec = self.locked_sandbox(&req.pod_sandbox_id).await?;
             if rec.state != sandbox::SandboxState::Ready {
-                return Err(RuntimeError::FailedPrecondition(format!(
-                    "pod sandbox {} is not ready",
-                    rec.id
-                ))
+                return Err(RuntimeError::SandboxNotReady {
+                    id: rec.id.to_string(),
+                    reason: "is not ready",
+                }
                 .into());
             }
             match (

@@ -1,20 +1,21 @@
-//! Attach: a relay between the client's channels and the container's
-//! monitor, which owns the container's stdin, terminal and output (see
-//! [`crate::monitor::attach`] for the monitor's socket and its frames).
+//! Attach: the client's channels joined to the container's stdio through
+//! its monitor, which owns the container's stdin, terminal and output (an
+//! [`crate::task::Task::attach`]: plain pipes handed to the monitor on a
+//! task connection; see [`crate::monitor::attach`]).
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
-
+use super::exec::{pipe, pump, reader, writer};
 use super::job::{ExecIo, Outcome};
-use crate::monitor::attach as proto;
+use crate::task::{ExecStdio, Task};
 
 /// What an attach URL was issued for.
 #[derive(Debug, Clone)]
 pub struct AttachTarget {
-    /// The container's directory (where the monitor's socket is).
-    pub dir: PathBuf,
+    /// The container, through its monitor.
+    pub task: Arc<dyn Task>,
+    /// Its id (for messages).
+    pub container_id: String,
     /// The client sends stdin (the container was created with stdin).
     pub stdin: bool,
     /// The client wants stdout.
@@ -32,99 +33,77 @@ pub async fn run(
     mut io: ExecIo,
     gone: impl std::future::Future<Output = ()> + Send,
 ) -> Outcome {
-    let path = berth_core::ipc::socket_path(&target.dir.join(proto::SOCKET))
-        .map_err(|e| format!("the container's directory: {e}"))?;
-    let sock = tokio::net::UnixStream::connect(path.as_path())
-        .await
-        .map_err(|e| format!("the container's monitor does not answer ({e}): has it exited?"))?;
-    tracing::debug!(dir = %target.dir.display(), "attach: connected to the monitor");
-    let (mut rd, mut wr) = sock.into_split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
-    let writer = tokio::spawn(async move {
-        while let Some(f) = rx.recv().await {
-            if wr.write_all(&f).await.is_err() {
-                break;
-            }
-        }
-    });
+    let mut stdio = ExecStdio::default();
+    let mut to_stdin = None;
+    let mut outputs = Vec::new();
+    let io_err = |e: std::io::Error| e.to_string();
+    if target.stdin {
+        let (r, w) = pipe().map_err(io_err)?;
+        stdio.stdin = Some(r);
+        to_stdin = Some(w);
+    }
+    // Output always comes on at least one stream: its end is the
+    // container's exit, which ends the session (output nobody asked for is
+    // dropped).
+    if target.stdout || !target.stderr {
+        let (r, w) = pipe().map_err(io_err)?;
+        stdio.stdout = Some(w);
+        outputs.push((io.stdout.take().filter(|_| target.stdout), r));
+    }
+    if target.stderr {
+        let (r, w) = pipe().map_err(io_err)?;
+        stdio.stderr = Some(w);
+        outputs.push((io.stderr.take(), r));
+    }
+    let (task, id) = (target.task.clone(), target.container_id.clone());
+    let attached = tokio::task::spawn_blocking(move || {
+        task.attach(stdio)
+            .map_err(|e| format!("attach to container {id}: {}", crate::util::error_chain(&e)))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let attached: Arc<dyn crate::task::Attached> = Arc::from(attached);
+    tracing::debug!(container = %target.container_id, "attach: attached");
     let mut helpers = Vec::new();
-    if let Some(mut input) = io.stdin.take() {
-        let tx = tx.clone();
-        helpers.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 32 << 10];
-            loop {
-                match input.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx
-                            .send(proto::encode_frame(proto::IN_STDIN, &buf[..n]))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = tx
-                .send(proto::encode_frame(proto::IN_CLOSE_STDIN, &[]))
-                .await;
-        }));
+    if let (Some(w), Some(input)) = (to_stdin, io.stdin.take()) {
+        // Its end (the pipe closed) is the end of the client's input.
+        helpers.push(tokio::spawn(pump(input, writer(w)?)));
     }
     if let Some(mut sizes) = io.resize.take() {
-        let tx = tx.clone();
+        let a = attached.clone();
         helpers.push(tokio::spawn(async move {
             while let Some(s) = sizes.recv().await {
-                let p = proto::resize_payload(s);
-                if tx
-                    .send(proto::encode_frame(proto::IN_RESIZE, &p))
-                    .await
-                    .is_err()
-                {
+                let a = a.clone();
+                let resized = tokio::task::spawn_blocking(move || a.resize(s)).await;
+                if !matches!(resized, Ok(Ok(()))) {
                     return;
                 }
             }
         }));
     }
-    // Our write half stays open until we are done: the monitor takes a
-    // half-close for "stdin is finished".
-    let _keep_writing = tx;
-    let (mut out, mut err) = (io.stdout.take(), io.stderr.take());
+    let mut relays = Vec::new();
+    for (to, from) in outputs {
+        let from = reader(from)?;
+        relays.push(tokio::spawn(async move {
+            match to {
+                Some(to) => pump(from, to).await,
+                None => pump(from, tokio::io::sink()).await,
+            }
+        }));
+    }
     let relay = async {
-        let mut hdr = [0u8; proto::HEADER_LEN];
-        let mut buf = Vec::new();
-        loop {
-            if rd.read_exact(&mut hdr).await.is_err() {
-                break;
-            }
-            buf.resize(proto::frame_len(&hdr), 0);
-            if rd.read_exact(&mut buf).await.is_err() {
-                break;
-            }
-            let to = match hdr[0] {
-                proto::OUT_STDERR => err.as_mut(),
-                _ => out.as_mut(),
-            };
-            if let Some(w) = to {
-                if w.write_all(&buf).await.is_err() {
-                    break;
-                }
-            }
-        }
-        if let Some(w) = out.as_mut() {
-            let _ = w.shutdown().await;
-        }
-        if let Some(w) = err.as_mut() {
-            let _ = w.shutdown().await;
+        for r in relays.iter_mut() {
+            let _ = r.await;
         }
     };
     tokio::select! {
-        () = relay => tracing::debug!(dir = %target.dir.display(), "attach: the container's output ended"),
-        () = gone => tracing::debug!(dir = %target.dir.display(), "attach: the client left"),
+        () = relay => tracing::debug!(container = %target.container_id, "attach: the container's output ended"),
+        () = gone => tracing::debug!(container = %target.container_id, "attach: the client left"),
     }
-    for h in helpers {
+    for h in helpers.into_iter().chain(relays) {
         h.abort();
     }
-    writer.abort();
+    // Detaches (the connection closes).
+    drop(attached);
     Ok(berth_core::ExitStatus::Exited(0))
 }

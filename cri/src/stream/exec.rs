@@ -37,22 +37,22 @@ pub struct ExecTarget {
 /// A pipe end or pty master as tokio I/O, non-blocking (tokio's pipe types
 /// register any pollable fd; a pty master's EIO once the terminal's last
 /// user is gone ends the copy like EOF).
-fn reader(fd: OwnedFd) -> Result<tokio::net::unix::pipe::Receiver, String> {
+pub(super) fn reader(fd: OwnedFd) -> Result<tokio::net::unix::pipe::Receiver, String> {
     crate::util::set_nonblocking(fd.as_fd()).map_err(|e| e.to_string())?;
     tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd).map_err(|e| e.to_string())
 }
 
-fn writer(fd: OwnedFd) -> Result<tokio::net::unix::pipe::Sender, String> {
+pub(super) fn writer(fd: OwnedFd) -> Result<tokio::net::unix::pipe::Sender, String> {
     crate::util::set_nonblocking(fd.as_fd()).map_err(|e| e.to_string())?;
     tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(fd).map_err(|e| e.to_string())
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(super) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
 
 /// Copies `from` to `to` until EOF, then shuts `to` down.
-async fn pump(from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
+pub(super) async fn pump(from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
     let mut from = tokio::io::BufReader::with_capacity(32 << 10, from);
     let _ = tokio::io::copy_buf(&mut from, &mut to).await;
     let _ = to.shutdown().await;

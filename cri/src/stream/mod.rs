@@ -101,7 +101,7 @@ impl StreamRequest {
                     + t.spec.cwd.as_os_str().len()
                     + t.container_id.len()
             }
-            StreamRequest::Attach(t) => t.dir.as_os_str().len(),
+            StreamRequest::Attach(t) => t.container_id.len(),
             StreamRequest::PortForward(t) => t.netns.as_os_str().len() + 2 * t.ports.len(),
         };
         // The token, the entry and the boxed target.

@@ -13,7 +13,9 @@ use berth_core::ipc::{Channel, ChannelError};
 use berth_core::process::ProcessSpec;
 
 use super::proto::{self, Event, Reply, Request};
-use super::{ExecExit, ExecProcess, ExecStdio, ExitRecord, Task, TaskError, TaskState, Tasks};
+use super::{
+    Attached, ExecExit, ExecProcess, ExecStdio, ExitRecord, Task, TaskError, TaskState, Tasks,
+};
 
 /// How long a quick request (not a checkpoint, not a wait) may take before
 /// the monitor is considered stuck.
@@ -210,7 +212,7 @@ impl Task for MonitorTask {
         }
         ch.send(
             &Request::Exec {
-                spec: spec.clone(),
+                spec: Box::new(spec.clone()),
                 sealed_init: self.sealed_init.is_some(),
                 stdio: mask,
             },
@@ -233,6 +235,29 @@ impl Task for MonitorTask {
                 }))
             }
             (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    fn attach(&self, stdio: ExecStdio) -> Result<Box<dyn Attached>, TaskError> {
+        let ch = self.connect()?;
+        let request = Request::Attach {
+            stdin: stdio.stdin.is_some(),
+            stdout: stdio.stdout.is_some(),
+            stderr: stdio.stderr.is_some(),
+        };
+        let fds: Vec<BorrowedFd<'_>> = [&stdio.stdin, &stdio.stdout, &stdio.stderr]
+            .into_iter()
+            .flatten()
+            .map(|f| f.as_fd())
+            .collect();
+        ch.send(&request, &fds).map_err(gone)?;
+        drop(fds);
+        // Only the monitor holds these ends now: our side sees EOF when
+        // it lets go of them.
+        drop(stdio);
+        match read(&ch, Some(REPLY_TIMEOUT))?.0 {
+            Reply::Ok => Ok(Box::new(MonitorAttached { ch })),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -296,6 +321,26 @@ impl Task for MonitorTask {
 
     fn watch_exit(&self) -> Result<Channel, TaskError> {
         self.subscribe_exit()
+    }
+}
+
+/// An attach session: its connection.
+#[derive(Debug)]
+pub struct MonitorAttached {
+    ch: Channel,
+}
+
+impl Attached for MonitorAttached {
+    fn resize(&self, size: berth_core::process::ConsoleSize) -> Result<(), TaskError> {
+        let request = Request::Resize {
+            rows: size.rows,
+            cols: size.cols,
+        };
+        self.ch.send(&request, &[]).map_err(gone)?;
+        match read(&self.ch, Some(REPLY_TIMEOUT))?.0 {
+            Reply::Ok => Ok(()),
+            other => Err(unexpected(other)),
+        }
     }
 }
 

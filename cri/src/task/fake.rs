@@ -161,6 +161,16 @@ impl Task for FakeTask {
         Ok(Box::new(FakeExec(null.into())))
     }
 
+    fn attach(&self, stdio: ExecStdio) -> Result<Box<dyn super::Attached>, TaskError> {
+        let inner = self.enter("attach")?;
+        if inner.exited.is_some() {
+            return Err(TaskFailure::new(FailureKind::InvalidState, "exited").into());
+        }
+        // Output ends at once (the fake container says nothing).
+        drop(stdio);
+        Ok(Box::new(FakeAttached))
+    }
+
     fn update(&self, _resources: &Resources) -> Result<(), TaskError> {
         let mut inner = self.enter("update")?;
         match inner.fail_update.take() {
@@ -227,6 +237,15 @@ impl Task for FakeTask {
 /// readable).
 #[derive(Debug)]
 struct FakeExec(OwnedFd);
+
+#[derive(Debug)]
+struct FakeAttached;
+
+impl super::Attached for FakeAttached {
+    fn resize(&self, _size: berth_core::process::ConsoleSize) -> Result<(), TaskError> {
+        Ok(())
+    }
+}
 
 impl ExecProcess for FakeExec {
     fn pid(&self) -> i32 {

@@ -74,6 +74,12 @@ pub trait ExecProcess: Send + Sync + std::fmt::Debug {
     fn wait(&self, timeout: Option<Duration>) -> Result<Option<ExecExit>, TaskError>;
 }
 
+/// An attach session on the container's stdio; dropping it detaches.
+pub trait Attached: Send + Sync + std::fmt::Debug {
+    /// Resizes the container's terminal.
+    fn resize(&self, size: berth_core::process::ConsoleSize) -> Result<(), TaskError>;
+}
+
 /// One container, reached through its owner. Every call blocks (run it
 /// where blocking is fine: `spawn_blocking`).
 pub trait Task: Send + Sync + std::fmt::Debug {
@@ -99,6 +105,11 @@ pub trait Task: Send + Sync + std::fmt::Debug {
     /// Runs a process in the container.
     fn exec(&self, spec: &ProcessSpec, stdio: ExecStdio)
         -> Result<Box<dyn ExecProcess>, TaskError>;
+    /// Attaches to the container's stdio: `stdio` holds the ends the
+    /// container's side uses — the read end of a stdin pipe, the write ends
+    /// of stdout and stderr pipes. The output ends when the container's
+    /// does (its exit).
+    fn attach(&self, stdio: ExecStdio) -> Result<Box<dyn Attached>, TaskError>;
     /// Applies new resource limits.
     fn update(&self, resources: &Resources) -> Result<(), TaskError>;
     /// Cgroup usage.

@@ -51,13 +51,34 @@ pub enum Request {
     /// binary when `sealed_init`, then the stdio the mask names.
     Exec {
         /// The process.
-        spec: berth_core::process::ProcessSpec,
+        spec: Box<berth_core::process::ProcessSpec>,
         /// The first fd is the daemon's sealed init binary (else the
         /// monitor makes its own copy).
         sealed_init: bool,
         /// Which of stdin, stdout, stderr follow as fds (`/dev/null` for
         /// the others).
         stdio: [bool; 3],
+    },
+    /// Attach this connection to the container's stdio (CRI Attach). fds,
+    /// in this order, for the streams asked: the read end of the client's
+    /// stdin pipe, the write ends of its stdout and stderr pipes. Output
+    /// goes to them as it is logged; end of file on the stdin pipe ends the
+    /// client's input; closing the connection detaches.
+    Attach {
+        /// The client sends stdin (the container must read stdin).
+        stdin: bool,
+        /// The client wants stdout (with a terminal: the terminal).
+        stdout: bool,
+        /// The client wants stderr (never with a terminal).
+        stderr: bool,
+    },
+    /// Resize the container's terminal (on an attached connection; a
+    /// container without a terminal ignores it).
+    Resize {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
     },
     /// New resource limits (CRI UpdateContainerResources).
     Update {

@@ -49,21 +49,14 @@ impl ContainerState {
         }
     }
 
-    /// Created → Running; anything else is FailedPrecondition.
-    pub fn start(self) -> Result<ContainerState, RuntimeError> {
-        match self {
-            ContainerState::Created => Ok(ContainerState::Running),
-            other => Err(RuntimeError::FailedPrecondition(format!(
-                "container is {other:?}, only a Created container can be started"
-            ))),
-        }
-    }
-
     /// Whether a process may still be alive.
     pub fn is_live(self) -> bool {
         matches!(self, ContainerState::Created | ContainerState::Running)
     }
 }
+
+/// Why StartContainer refuses a container that is not Created.
+pub const START_NEEDS: &str = "only a Created container can be started";
 
 /// What is stored of a container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,7 +178,8 @@ impl ContainerRecord {
 
     /// Created → Running, released at `at` (ns since the epoch).
     pub fn started(&mut self, at: i64) -> Result<(), RuntimeError> {
-        self.state = self.state.start()?;
+        RuntimeError::require(self, ContainerState::Created, START_NEEDS)?;
+        self.state = ContainerState::Running;
         self.started_at = at;
         Ok(())
     }

@@ -351,13 +351,11 @@ impl super::RuntimeServiceImpl {
         let req = request.into_inner();
         check_location(&req.location)?;
         let rec = self.locked_container(&req.container_id).await?;
-        if rec.state != super::container::ContainerState::Running {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is {:?}: only a running container can be checkpointed",
-                rec.id, rec.state
-            ))
-            .into());
-        }
+        RuntimeError::require(
+            &rec,
+            super::container::ContainerState::Running,
+            "only a running container can be checkpointed",
+        )?;
         let pod = self.pod_meta(&rec.sandbox_id).await;
         let containers = self.containers.clone();
         let criu = self.criu.clone();

@@ -52,26 +52,23 @@ pub(crate) fn rootfs_image(
     }
     let name = &c.rootfs_image_name;
     if let (Some(puller), false) = (puller, name.is_empty()) {
-        let parsed = crate::image::reference::ImageName::parse(name).map_err(|e| {
-            RuntimeError::FailedPrecondition(format!(
-                "the checkpoint's rootfs image {name:?} is not a pullable reference: {e}"
-            ))
-        })?;
+        let image_err = |source| RuntimeError::CheckpointImage {
+            name: name.clone(),
+            source: Box::new(source),
+        };
+        let parsed = crate::image::reference::ImageName::parse(name)
+            .map_err(|e| image_err(crate::image::ImageError::Reference(e)))?;
         tracing::info!(image = %name, "pulling the rootfs image of a checkpoint");
         tokio::runtime::Handle::current()
             .block_on(puller.pull(&parsed, &oci_client::secrets::RegistryAuth::Anonymous))
-            .map_err(|e| {
-                RuntimeError::FailedPrecondition(format!(
-                    "pulling the checkpoint's rootfs image {name}: {}",
-                    crate::util::error_chain(&e)
-                ))
-            })?;
+            .map_err(image_err)?;
     }
-    present().ok_or_else(|| {
-        RuntimeError::FailedPrecondition(format!(
-            "the checkpoint's rootfs image {:?} ({}) is not present: pull it first",
-            c.rootfs_image_name, c.rootfs_image_ref
-        ))
+    present().ok_or_else(|| RuntimeError::CheckpointImage {
+        name: c.rootfs_image_name.clone(),
+        source: Box::new(crate::image::ImageError::NotPresent(format!(
+            "{} (pull it first)",
+            c.rootfs_image_ref
+        ))),
     })
 }
 
