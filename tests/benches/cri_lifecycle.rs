@@ -20,6 +20,8 @@
 //! (bridge + host-local + portmap) on a private /24 and bridge per runtime
 //! (containerd too, with `--containerd`), so RunPodSandbox includes CNI ADD
 //! and teardown includes DEL. The bridges are deleted at the end.
+//! `-- --iters N --pods N` sets the runs per figure and the pods started
+//! together (defaults 20 and 50; 2 and 3 for the smoke run).
 //! `BENCH_DUMP_ANON=1` also lists the idle daemon's mappings over 256 KiB
 //! resident (where its memory is).
 
@@ -621,8 +623,14 @@ async fn main() {
         println!("skipped: cri_lifecycle: needs root");
         return;
     }
-    let iters = if full { 20 } else { 2 };
-    let pods_n = if full { 50 } else { 3 };
+    // `--iters N` and `--pods N` shorten (or lengthen) a run.
+    let count = |name: &str, default: usize| {
+        arg(name)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(default)
+    };
+    let iters = count("--iters", if full { 20 } else { 2 });
+    let pods_n = count("--pods", if full { 50 } else { 3 });
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     let mut out = serde_json::Map::new();
