@@ -624,11 +624,8 @@ async fn main() {
         return;
     }
     // `--iters N` and `--pods N` shorten (or lengthen) a run.
-    let count = |name: &str, default: usize| {
-        arg(name)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(default)
-    };
+    let count =
+        |name: &str, default: usize| arg(name).and_then(|n| n.parse().ok()).unwrap_or(default);
     let iters = count("--iters", if full { 20 } else { 2 });
     let pods_n = count("--pods", if full { 50 } else { 3 });
     let dir = tempfile::tempdir().unwrap();

@@ -82,14 +82,19 @@ fn oom_kill_count(text: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes `record` to `path` atomically.
+/// Writes `record` to `path` atomically (0600), not fsynced: the record is
+/// for a daemon that restarts while the node runs (the page cache has it);
+/// it lives in the volatile state directory, and a power loss ends every
+/// container anyway (a record it cut short reads as none: the container is
+/// reported lost). That keeps two disk flushes off StopContainer's path
+/// where the state directory is not a tmpfs.
 pub(super) fn write(path: &Path, record: &ExitRecord) -> Result<(), MonitorError> {
     let err = |source| MonitorError::WriteExit {
         path: path.to_path_buf(),
         source,
     };
     let bytes = serde_json::to_vec_pretty(record).map_err(|e| err(e.into()))?;
-    super::write_private(path, &bytes).map_err(err)
+    crate::store::write_with(path, &bytes, 0o600, crate::store::Durability::Atomic).map_err(err)
 }
 
 #[cfg(test)]

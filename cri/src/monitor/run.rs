@@ -157,6 +157,10 @@ pub(super) fn monitor(spec_path: &Path, sealed_fd: Option<RawFd>) -> i32 {
         kill_and_destroy(&spec, &handle);
         return 1;
     }
+    // The container's mount namespace, held until the exit is recorded and
+    // told: the kernel then tears its mounts down when the monitor ends,
+    // not in the init's exit, which the stop and its caller wait for.
+    let _mount_ns = std::fs::File::open(format!("/proc/{}/ns/mnt", handle.pid()));
     let (status, message) = pump.run(&handle);
     let record = exit::record(pump.task.container(), status, message);
     if let Err(e) = exit::write(&spec.exit_file, &record) {

@@ -18,9 +18,7 @@ impl super::RuntimeServiceImpl {
             if rec.removed {
                 continue;
             }
-            if self.containers.refresh(&mut rec) {
-                self.containers.registry.save(&rec)?;
-            }
+            self.containers.refresh_and_save(&mut rec)?;
             if container_status::matches(&rec, filter) {
                 containers.push(rec.to_cri());
             }

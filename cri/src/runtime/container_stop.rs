@@ -10,6 +10,7 @@ use tonic::Status;
 use super::container::{ContainerRecord, Containers};
 use super::error::RuntimeError;
 use super::RuntimeServiceImpl;
+use crate::store::Durability;
 use crate::task::{ExitRecord, Task, TaskError};
 
 impl RuntimeServiceImpl {
@@ -39,7 +40,7 @@ pub(super) async fn stop(
     if rec.removed {
         return Err(containers.registry.not_found(rec.id.as_str()));
     }
-    containers.refresh(rec);
+    let mut changed = containers.refresh(rec);
     if rec.state.is_live() {
         let grace = Duration::from_secs(u64::try_from(timeout).unwrap_or(0));
         let task = containers.task(rec);
@@ -49,9 +50,14 @@ pub(super) async fn stop(
             .map_err(|e| RuntimeError::Internal(format!("stop: {e}")))??;
         // The monitor wrote the record before it said so, or it is gone
         // (then the record is there, or the container is Unknown).
-        containers.refresh(rec);
+        changed |= containers.refresh(rec);
     }
-    containers.registry.save(rec)
+    // An exit: durable in the monitor's exit record for a daemon restart,
+    // moot after a power loss.
+    match changed {
+        true => containers.registry.save_with(rec, Durability::Atomic),
+        false => Ok(()),
+    }
 }
 
 /// The stop signal, the exit awaited for `grace` (told by the monitor, not

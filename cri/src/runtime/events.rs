@@ -92,10 +92,8 @@ impl RuntimeServiceImpl {
                 if rec.removed {
                     return;
                 }
-                if this.containers.refresh(&mut rec) {
-                    if let Err(e) = this.containers.registry.save(&rec) {
-                        tracing::warn!(id = %id, error = %e, "saving the exit of a container");
-                    }
+                if let Err(e) = this.containers.refresh_and_save(&mut rec) {
+                    tracing::warn!(id = %id, error = %e, "saving the exit of a container");
                 }
                 if rec.state.is_live() {
                     return; // not this container's end

@@ -143,9 +143,7 @@ impl RuntimeServiceImpl {
             if rec.removed {
                 continue;
             }
-            if self.containers.refresh(&mut rec) {
-                let _ = self.containers.registry.save(&rec);
-            }
+            let _ = self.containers.refresh_and_save(&mut rec);
             *inv.containers
                 .entry(rec.state.to_cri().as_str_name())
                 .or_default() += 1;
@@ -214,9 +212,7 @@ impl RuntimeServiceImpl {
         if rec.removed {
             return Err(self.containers.registry.not_found(id).into());
         }
-        if self.containers.refresh(&mut rec) {
-            self.containers.registry.save(&rec)?;
-        }
+        self.containers.refresh_and_save(&mut rec)?;
         Ok(rec)
     }
 }

@@ -53,9 +53,7 @@ impl RuntimeServiceImpl {
             if rec.removed {
                 continue;
             }
-            if self.containers.refresh(&mut rec) {
-                self.containers.registry.save(&rec)?;
-            }
+            self.containers.refresh_and_save(&mut rec)?;
             out.extend(container_status::status(&rec).status);
         }
         out.sort_by_key(|c| std::cmp::Reverse(c.created_at));

@@ -134,9 +134,7 @@ impl RuntimeServiceImpl {
             if rec.removed {
                 continue;
             }
-            if self.containers.refresh(&mut rec) {
-                self.containers.registry.save(&rec)?;
-            }
+            self.containers.refresh_and_save(&mut rec)?;
             if rec.state.is_live() && keep(&rec) {
                 out.push(stats::ContainerView::of(&rec));
             }

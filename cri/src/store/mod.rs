@@ -23,6 +23,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// How far a record write holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsynced (the file, then its directory) before the write returns:
+    /// it survives a power loss.
+    Durable,
+    /// Atomic (a renamed temp file) and left to the kernel to flush
+    /// (ext4 commits within 5 s): it survives a daemon crash, not a power
+    /// loss. For changes a power loss makes moot — a container's exit:
+    /// every container ends with the node, and one whose record still says
+    /// running is then reported exited (lost, 255) — so they do not cost
+    /// two disk flushes on the StopContainer path.
+    Atomic,
+}
+
 /// fsync a directory so a rename in it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -83,6 +98,16 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 /// [`write_atomic`] with the file created with `mode` (e.g. 0600 for what
 /// holds a container's environment).
 pub(crate) fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_with(path, data, mode, Durability::Durable)
+}
+
+/// [`write_atomic_mode`], fsynced or not as `durability` says.
+pub(crate) fn write_with(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    durability: Durability,
+) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -99,9 +124,14 @@ pub(crate) fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> io::Resu
             .mode(mode)
             .open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durability == Durability::Durable {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        match durability {
+            Durability::Durable => sync_dir(dir),
+            Durability::Atomic => Ok(()),
+        }
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -140,10 +170,15 @@ impl RecordDir {
         self.dir.join(format!("{id}.json"))
     }
 
-    /// Saves a record atomically.
-    pub fn save<T: Serialize>(&self, id: &ObjectId, record: &T) -> io::Result<()> {
+    /// Saves a record atomically, as durable as asked.
+    pub fn save<T: Serialize>(
+        &self,
+        id: &ObjectId,
+        record: &T,
+        durability: Durability,
+    ) -> io::Result<()> {
         let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-        write_atomic(&self.path(id), &json)
+        write_with(&self.path(id), &json, 0o600, durability)
     }
 
     /// Deletes a record; absent is fine.
@@ -201,8 +236,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = RecordDir::open(d.path()).unwrap();
         let id = ObjectId::random().unwrap();
-        r.save(&id, &serde_json::json!({"version": 1, "x": 2}))
-            .unwrap();
+        r.save(
+            &id,
+            &serde_json::json!({"version": 1, "x": 2}),
+            Durability::Durable,
+        )
+        .unwrap();
         std::fs::write(d.path().join(".junk.json.1.2.tmp"), "half").unwrap();
         std::fs::write(
             d.path()

@@ -83,7 +83,7 @@ impl<R: Record> Registry<R> {
                 continue;
             }
             if fix(&mut rec) {
-                if let Err(e) = records.save(&id, &rec) {
+                if let Err(e) = records.save(&id, &rec, super::Durability::Durable) {
                     tracing::warn!(%id, error = %e, "saving a repaired record");
                 }
             }
@@ -130,13 +130,18 @@ impl<R: Record> Registry<R> {
         Ok(())
     }
 
-    /// Persists a changed record (never one that was removed).
+    /// Persists a changed record (never one that was removed), durably.
     pub fn save(&self, rec: &R) -> Result<(), RuntimeError> {
+        self.save_with(rec, super::Durability::Durable)
+    }
+
+    /// Persists a changed record as durably as `durability` says.
+    pub fn save_with(&self, rec: &R, durability: super::Durability) -> Result<(), RuntimeError> {
         if rec.removed() {
             return Err(self.not_found(rec.id().as_str()));
         }
         self.records
-            .save(rec.id(), rec)
+            .save(rec.id(), rec, durability)
             .map_err(|e| RuntimeError::Internal(format!("saving {} {}: {e}", R::KIND, rec.id())))
     }
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::error::RuntimeError;
 use crate::monitor;
 use crate::proto;
-use crate::store::{make_dir, modes, ObjectId, Registry};
+use crate::store::{make_dir, modes, Durability, ObjectId, Registry};
 use crate::task::{ExitRecord, Task, Tasks};
 
 /// The exit code of a container whose monitor died without recording one
@@ -258,6 +258,15 @@ impl Containers {
     /// [`ContainerRecord::refresh`] through this service's tasks.
     pub fn refresh(&self, rec: &mut ContainerRecord) -> bool {
         rec.refresh(&*self.tasks)
+    }
+
+    /// Refreshes `rec` and saves what changed (an exit, which a power
+    /// loss makes moot: [`Durability::Atomic`]).
+    pub fn refresh_and_save(&self, rec: &mut ContainerRecord) -> Result<(), RuntimeError> {
+        match self.refresh(rec) {
+            true => self.registry.save_with(rec, Durability::Atomic),
+            false => Ok(()),
+        }
     }
 
     /// Loads the records; containers whose monitor recorded an exit while
