@@ -429,17 +429,29 @@ mod tests {
             ("test.com:5000", "docker.io/library/test.com:5000"),
             ("test.com/repo:tag", "test.com/repo:tag"),
             ("test:5000/repo", "test:5000/repo:latest"),
-            ("lowercase:Uppercase", "docker.io/library/lowercase:Uppercase"),
-            ("sub-dom1.foo.com/bar/baz/quux", "sub-dom1.foo.com/bar/baz/quux:latest"),
+            (
+                "lowercase:Uppercase",
+                "docker.io/library/lowercase:Uppercase",
+            ),
+            (
+                "sub-dom1.foo.com/bar/baz/quux",
+                "sub-dom1.foo.com/bar/baz/quux:latest",
+            ),
             (
                 "b.gcr.io/test.example.com/my-app:test.example.com",
                 "b.gcr.io/test.example.com/my-app:test.example.com",
             ),
-            ("xn--n3h.com/myimage:xn--n3h.com", "xn--n3h.com/myimage:xn--n3h.com"),
+            (
+                "xn--n3h.com/myimage:xn--n3h.com",
+                "xn--n3h.com/myimage:xn--n3h.com",
+            ),
             ("foo_bar.com:8080", "docker.io/library/foo_bar.com:8080"),
             ("foo/foo_bar.com:8080", "docker.io/foo/foo_bar.com:8080"),
             ("opensuse/leap:15.3", "docker.io/opensuse/leap:15.3"),
-            ("index.docker.io/busybox", "docker.io/library/busybox:latest"),
+            (
+                "index.docker.io/busybox",
+                "docker.io/library/busybox:latest",
+            ),
             ("a__b/c---d/e.f_g:_x", "docker.io/a__b/c---d/e.f_g:_x"),
         ] {
             assert_eq!(

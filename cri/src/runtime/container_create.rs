@@ -10,7 +10,7 @@ use berth_core::ContainerId;
 use super::container::{ContainerRecord, ContainerState, Containers};
 use super::container_checkpoint;
 use super::error::RuntimeError;
-use super::sandbox::{NsMode, SandboxRecord, SandboxState};
+use super::sandbox::{LiveSandbox, NsMode, SandboxRecord, SandboxState};
 use crate::image::ImageStore;
 use crate::monitor::{self, MonitorError, MonitorSpec};
 use crate::proto;
@@ -72,7 +72,7 @@ fn log_path(
 /// Creates the container (blocking). The caller holds the sandbox's lock.
 pub(super) fn create(
     ctx: &CreateCtx<'_>,
-    sandbox: &SandboxRecord,
+    sandbox: &LiveSandbox,
     config: proto::ContainerConfig,
 ) -> Result<ContainerRecord, RuntimeError> {
     if sandbox.removed || sandbox.state != SandboxState::Ready {
@@ -315,8 +315,8 @@ fn build(
             name: name.to_string(),
             state: ContainerState::Created,
             created_at: now_nanos(),
-            started_at: 0,
-            finished_at: 0,
+            started_at: None,
+            finished_at: None,
             exit_code: 0,
             reason: String::new(),
             message: String::new(),
@@ -329,7 +329,6 @@ fn build(
             stop_signal: cs.stop_signal,
             dir: dir.clone(),
             config: prost::Message::encode_to_vec(config),
-            removed: false,
         };
         if let Err(e) = ctx.containers.registry.insert(rec.clone()) {
             kill_and_destroy(ctx.containers, &rec);

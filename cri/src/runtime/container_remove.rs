@@ -1,7 +1,7 @@
 //! `RemoveContainer`: kill if needed, remove runtime state, the writable
 //! layer (and the image lease), the files and the record. Idempotent.
 
-use super::container::{ContainerRecord, Containers};
+use super::container::{Containers, LiveContainer};
 use super::container_create::kill_and_destroy;
 use super::container_stop;
 use super::error::RuntimeError;
@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 pub(super) async fn remove(
     containers: &Containers,
     images: &ImageStore,
-    rec: &mut ContainerRecord,
+    rec: &mut LiveContainer,
 ) -> Result<(), RuntimeError> {
     if rec.removed {
         return Ok(());

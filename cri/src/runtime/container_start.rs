@@ -1,14 +1,11 @@
 //! `StartContainer`: the container's monitor releases the waiting init
 //! (the monitor owns the container; the daemon only asks).
 
-use super::container::{ContainerRecord, Containers};
+use super::container::{Containers, LiveContainer};
 use super::error::RuntimeError;
 
 /// Starts a Created container whose lock the caller holds (blocking).
-pub(super) fn start(
-    containers: &Containers,
-    rec: &mut ContainerRecord,
-) -> Result<(), RuntimeError> {
+pub(super) fn start(containers: &Containers, rec: &mut LiveContainer) -> Result<(), RuntimeError> {
     if rec.removed {
         return Err(containers.registry.not_found(rec.id.as_str()));
     }

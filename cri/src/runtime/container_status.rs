@@ -52,8 +52,9 @@ pub(super) fn status(rec: &ContainerRecord) -> proto::ContainerStatusResponse {
             metadata: c.metadata,
             state: rec.state.to_cri() as i32,
             created_at: rec.created_at,
-            started_at: rec.started_at,
-            finished_at: rec.finished_at,
+            // CRI's "not yet" is 0.
+            started_at: rec.started_at.unwrap_or(0),
+            finished_at: rec.finished_at.unwrap_or(0),
             exit_code: rec.exit_code,
             image: rec.image_spec(c.image),
             image_ref: if rec.repo_digest.is_empty() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tonic::Status;
 
-use super::container::{ContainerRecord, Containers};
+use super::container::{Containers, LiveContainer};
 use super::error::RuntimeError;
 use super::RuntimeServiceImpl;
 use crate::store::Durability;
@@ -34,7 +34,7 @@ const KILL_GRACE: Duration = Duration::from_secs(10);
 /// Stops a container whose lock the caller holds.
 pub(super) async fn stop(
     containers: &Containers,
-    rec: &mut ContainerRecord,
+    rec: &mut LiveContainer,
     timeout: i64,
 ) -> Result<(), RuntimeError> {
     if rec.removed {

@@ -10,7 +10,7 @@ use berth_core::cgroups::Resources;
 
 use crate::task::{FailureKind, TaskError, TaskFailure};
 
-use super::container::{ContainerRecord, Containers};
+use super::container::{Containers, LiveContainer};
 use super::error::RuntimeError;
 use crate::proto;
 use crate::util::blocking;
@@ -44,7 +44,7 @@ fn rename(e: RuntimeError) -> RuntimeError {
 /// (blocking).
 pub(super) fn update(
     containers: &Containers,
-    rec: &mut ContainerRecord,
+    rec: &mut LiveContainer,
     limits: &Resources,
     res: proto::LinuxContainerResources,
 ) -> Result<(), RuntimeError> {

@@ -170,7 +170,7 @@ impl RuntimeServiceImpl {
     async fn locked_sandbox(
         &self,
         id: &str,
-    ) -> Result<tokio::sync::OwnedMutexGuard<sandbox::SandboxRecord>, Status> {
+    ) -> Result<tokio::sync::OwnedMutexGuard<sandbox::LiveSandbox>, Status> {
         let entry = self.sandboxes.registry.get(id, "pod_sandbox_id")?;
         let rec = entry.lock_owned().await;
         if rec.removed {
@@ -198,7 +198,7 @@ impl RuntimeServiceImpl {
     /// A copy of container `id`'s record, brought up to date with its
     /// monitor's exit record; NotFound when it is gone.
     async fn current_container(&self, id: &str) -> Result<container::ContainerRecord, Status> {
-        Ok(self.locked_container(id).await?.clone())
+        Ok(self.locked_container(id).await?.record().clone())
     }
 
     /// Container `id`'s record, locked (until the guard goes) and brought up
@@ -206,7 +206,7 @@ impl RuntimeServiceImpl {
     async fn locked_container(
         &self,
         id: &str,
-    ) -> Result<tokio::sync::OwnedMutexGuard<container::ContainerRecord>, Status> {
+    ) -> Result<tokio::sync::OwnedMutexGuard<container::LiveContainer>, Status> {
         let entry = self.containers.registry.get(id, "container_id")?;
         let mut rec = entry.lock_owned().await;
         if rec.removed {

@@ -2,7 +2,7 @@
 //! free its name. Removing what is already gone is not an error.
 
 use super::error::RuntimeError;
-use super::sandbox::{SandboxRecord, Sandboxes};
+use super::sandbox::{LiveSandbox, Sandboxes};
 use super::sandbox_stop;
 use crate::proto;
 use crate::util::blocking;
@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 /// Removes a sandbox whose lock the caller holds (blocking).
 pub(super) fn remove(
     sandboxes: &Sandboxes,
-    rec: &mut SandboxRecord,
+    rec: &mut LiveSandbox,
     cni: Option<&crate::cni::Cni>,
 ) -> Result<(), RuntimeError> {
     if rec.removed {

@@ -378,7 +378,6 @@ pub(super) fn create(
             cgroup_parent: plan.cgroup_parent.clone(),
             dir: dir.clone(),
             config: config.encode_to_vec(),
-            removed: false,
         };
         if let Err(e) = sandboxes.registry.insert(rec.clone()) {
             let _ = pin::unpin(&dir.join("ns"));

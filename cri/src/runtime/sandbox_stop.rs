@@ -10,7 +10,7 @@ use berth_core::pin;
 use tonic::Status;
 
 use super::error::RuntimeError;
-use super::sandbox::{SandboxRecord, SandboxState, Sandboxes};
+use super::sandbox::{LiveSandbox, SandboxState, Sandboxes};
 use super::{container_stop, RuntimeServiceImpl};
 use crate::proto::ContainerEventType;
 use crate::util::blocking;
@@ -47,7 +47,7 @@ impl RuntimeServiceImpl {
 /// Stops a sandbox whose lock the caller holds (blocking: unmounts).
 pub(super) fn stop(
     sandboxes: &Sandboxes,
-    rec: &mut SandboxRecord,
+    rec: &mut LiveSandbox,
     cni: Option<&crate::cni::Cni>,
 ) -> Result<(), RuntimeError> {
     if rec.removed {

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use super::container::{ContainerRecord, ContainerState, Containers, RECORD_VERSION};
+use super::container::{
+    ContainerRecord, ContainerState, Containers, LiveContainer, RECORD_VERSION,
+};
 use super::{container_start, container_stop, container_update};
 use crate::store::ObjectId;
 use crate::task::fake::FakeTasks;
@@ -32,7 +34,7 @@ fn env() -> Env {
     }
 }
 
-fn record(env: &Env, state: ContainerState) -> ContainerRecord {
+fn record(env: &Env, state: ContainerState) -> LiveContainer {
     let id = ObjectId::random().unwrap();
     let rec = ContainerRecord {
         version: RECORD_VERSION,
@@ -42,8 +44,8 @@ fn record(env: &Env, state: ContainerState) -> ContainerRecord {
         name: "app_pod_0".into(),
         state,
         created_at: 1,
-        started_at: 0,
-        finished_at: 0,
+        started_at: None,
+        finished_at: None,
         exit_code: 0,
         reason: String::new(),
         message: String::new(),
@@ -55,10 +57,9 @@ fn record(env: &Env, state: ContainerState) -> ContainerRecord {
         init_pid: 0,
         stop_signal: 15,
         config: Vec::new(),
-        removed: false,
     };
     env.containers.registry.insert(rec.clone()).unwrap();
-    rec
+    LiveContainer::new(rec)
 }
 
 #[test]
@@ -68,7 +69,7 @@ fn start_asks_the_owner_and_records_its_start_time() {
     let task = env.fake.get(&rec.dir);
     container_start::start(&env.containers, &mut rec).unwrap();
     assert_eq!(rec.state, ContainerState::Running);
-    assert!(rec.started_at > 0);
+    assert!(rec.started_at.is_some_and(|t| t > 0));
     assert_eq!(task.calls().last().map(String::as_str), Some("start"));
 
     // Started already: refused before the owner is asked.

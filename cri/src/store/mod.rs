@@ -11,9 +11,10 @@
 pub mod b64;
 mod id;
 mod registry;
+pub mod unset;
 
 pub use id::{is_hex_prefix, ObjectId, ObjectIdError};
-pub use registry::{Entry, Record, Registry};
+pub use registry::{Entry, Live, Record, Registry};
 
 use std::fs::File;
 use std::io::{self, Write};

@@ -24,14 +24,48 @@ pub trait Record: Serialize + DeserializeOwned + Send + 'static {
     fn name(&self) -> &str;
     /// The stored format version.
     fn version(&self) -> u32;
-    /// Whether the record was deleted while a caller waited for its lock.
-    fn removed(&self) -> bool;
-    /// Marks it deleted.
-    fn set_removed(&mut self);
     /// The object this one belongs to (a container's pod); fixed for the
     /// record's life, so it is indexed outside the record's lock.
     fn group(&self) -> Option<&ObjectId> {
         None
+    }
+}
+
+/// A record as the daemon holds it: what is persisted (`R`, reached through
+/// `Deref`) and what lives only in memory.
+#[derive(Debug, Clone)]
+pub struct Live<R> {
+    record: R,
+    /// Deleted while a caller waited for its lock: the caller must act as
+    /// if it were not found.
+    pub removed: bool,
+}
+
+impl<R> Live<R> {
+    /// A record not (yet) deleted.
+    pub fn new(record: R) -> Live<R> {
+        Live {
+            record,
+            removed: false,
+        }
+    }
+
+    /// The persisted part.
+    pub fn record(&self) -> &R {
+        &self.record
+    }
+}
+
+impl<R> std::ops::Deref for Live<R> {
+    type Target = R;
+    fn deref(&self) -> &R {
+        &self.record
+    }
+}
+
+impl<R> std::ops::DerefMut for Live<R> {
+    fn deref_mut(&mut self) -> &mut R {
+        &mut self.record
     }
 }
 
@@ -45,13 +79,13 @@ impl<R: Record> Slot<R> {
     fn new(rec: R) -> Slot<R> {
         Slot {
             group: rec.group().cloned(),
-            entry: Arc::new(tokio::sync::Mutex::new(rec)),
+            entry: Arc::new(tokio::sync::Mutex::new(Live::new(rec))),
         }
     }
 }
 
 /// One object: its record behind a lock that serialises RPCs on it.
-pub type Entry<R> = Arc<tokio::sync::Mutex<R>>;
+pub type Entry<R> = Arc<tokio::sync::Mutex<Live<R>>>;
 
 /// The registry.
 pub struct Registry<R: Record> {
@@ -121,7 +155,7 @@ impl<R: Record> Registry<R> {
 
     /// Persists and registers a new record.
     pub fn insert(&self, rec: R) -> Result<(), RuntimeError> {
-        self.save(&rec)?;
+        self.write(&rec, super::Durability::Durable)?;
         let id = rec.id().clone();
         self.map
             .lock()
@@ -131,22 +165,30 @@ impl<R: Record> Registry<R> {
     }
 
     /// Persists a changed record (never one that was removed), durably.
-    pub fn save(&self, rec: &R) -> Result<(), RuntimeError> {
+    pub fn save(&self, rec: &Live<R>) -> Result<(), RuntimeError> {
         self.save_with(rec, super::Durability::Durable)
     }
 
     /// Persists a changed record as durably as `durability` says.
-    pub fn save_with(&self, rec: &R, durability: super::Durability) -> Result<(), RuntimeError> {
-        if rec.removed() {
+    pub fn save_with(
+        &self,
+        rec: &Live<R>,
+        durability: super::Durability,
+    ) -> Result<(), RuntimeError> {
+        if rec.removed {
             return Err(self.not_found(rec.id().as_str()));
         }
+        self.write(rec.record(), durability)
+    }
+
+    fn write(&self, rec: &R, durability: super::Durability) -> Result<(), RuntimeError> {
         self.records
             .save(rec.id(), rec, durability)
             .map_err(|e| RuntimeError::Internal(format!("saving {} {}: {e}", R::KIND, rec.id())))
     }
 
     /// Deletes a record whose resources are gone, and frees its name.
-    pub fn remove(&self, rec: &mut R) -> Result<(), RuntimeError> {
+    pub fn remove(&self, rec: &mut Live<R>) -> Result<(), RuntimeError> {
         self.records.delete(rec.id()).map_err(|e| {
             RuntimeError::Internal(format!("deleting {} {}: {e}", R::KIND, rec.id()))
         })?;
@@ -155,7 +197,7 @@ impl<R: Record> Registry<R> {
             .unwrap_or_else(|p| p.into_inner())
             .remove(rec.id());
         self.release_name(rec.name(), rec.id());
-        rec.set_removed();
+        rec.removed = true;
         Ok(())
     }
 

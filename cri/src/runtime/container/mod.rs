@@ -58,6 +58,9 @@ impl ContainerState {
 /// Why StartContainer refuses a container that is not Created.
 pub const START_NEEDS: &str = "only a Created container can be started";
 
+/// A container record as the daemon holds it (with its in-memory state).
+pub type LiveContainer = crate::store::Live<ContainerRecord>;
+
 /// What is stored of a container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerRecord {
@@ -71,12 +74,14 @@ pub struct ContainerRecord {
     pub name: String,
     /// State.
     pub state: ContainerState,
-    /// Times, ns since the epoch (0: not yet).
+    /// When it was created, ns since the epoch.
     pub created_at: i64,
-    /// When StartContainer released it.
-    pub started_at: i64,
-    /// When it exited.
-    pub finished_at: i64,
+    /// When StartContainer released it (`None`: not yet).
+    #[serde(with = "crate::store::unset")]
+    pub started_at: Option<i64>,
+    /// When it exited (`None`: not yet).
+    #[serde(with = "crate::store::unset")]
+    pub finished_at: Option<i64>,
     /// Exit code (128+n for signal n).
     pub exit_code: i32,
     /// `Completed`, `Error`, `OOMKilled`.
@@ -106,9 +111,6 @@ pub struct ContainerRecord {
     /// The `ContainerConfig` as kubelet sent it (protobuf).
     #[serde(with = "crate::store::b64")]
     pub config: Vec<u8>,
-    /// Deleted while a caller waited for the lock (memory only).
-    #[serde(skip)]
-    pub removed: bool,
 }
 
 impl crate::store::Record for ContainerRecord {
@@ -122,12 +124,6 @@ impl crate::store::Record for ContainerRecord {
     }
     fn version(&self) -> u32 {
         self.version
-    }
-    fn removed(&self) -> bool {
-        self.removed
-    }
-    fn set_removed(&mut self) {
-        self.removed = true;
     }
     fn group(&self) -> Option<&ObjectId> {
         Some(&self.sandbox_id)
@@ -180,7 +176,7 @@ impl ContainerRecord {
     pub fn started(&mut self, at: i64) -> Result<(), RuntimeError> {
         RuntimeError::require(self, ContainerState::Created, START_NEEDS)?;
         self.state = ContainerState::Running;
-        self.started_at = at;
+        self.started_at = Some(at);
         Ok(())
     }
 
@@ -188,7 +184,7 @@ impl ContainerRecord {
     pub fn exited(&mut self, exit: &ExitRecord) {
         self.state = ContainerState::Exited;
         self.exit_code = exit.exit_code;
-        self.finished_at = exit.finished_at;
+        self.finished_at = Some(exit.finished_at);
         self.reason = exit.reason.clone();
         self.message = exit.message.clone();
     }
@@ -199,7 +195,7 @@ impl ContainerRecord {
     pub fn lost(&mut self, at: i64) {
         self.state = ContainerState::Exited;
         self.exit_code = UNKNOWN_EXIT_CODE;
-        self.finished_at = at;
+        self.finished_at = Some(at);
         self.reason = "Error".into();
         self.message =
             "the container's monitor died without recording an exit; its processes were killed"
@@ -262,7 +258,7 @@ impl Containers {
 
     /// Refreshes `rec` and saves what changed (an exit, which a power
     /// loss makes moot: [`Durability::Atomic`]).
-    pub fn refresh_and_save(&self, rec: &mut ContainerRecord) -> Result<(), RuntimeError> {
+    pub fn refresh_and_save(&self, rec: &mut LiveContainer) -> Result<(), RuntimeError> {
         match self.refresh(rec) {
             true => self.registry.save_with(rec, Durability::Atomic),
             false => Ok(()),

@@ -96,12 +96,10 @@ pub struct SandboxRecord {
     /// JSON), so labels, annotations, DNS and port mappings are verbatim.
     #[serde(with = "crate::store::b64")]
     pub config: Vec<u8>,
-    /// Set (in memory only) when RemovePodSandbox has deleted the record:
-    /// a call that was waiting for the lock must not act on it (or save it
-    /// back to disk).
-    #[serde(skip)]
-    pub removed: bool,
 }
+
+/// A pod record as the daemon holds it (with its in-memory state).
+pub type LiveSandbox = crate::store::Live<SandboxRecord>;
 
 /// The id maps of a pod's user namespace (container id → host id ranges).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,12 +153,6 @@ impl crate::store::Record for SandboxRecord {
     }
     fn version(&self) -> u32 {
         self.version
-    }
-    fn removed(&self) -> bool {
-        self.removed
-    }
-    fn set_removed(&mut self) {
-        self.removed = true;
     }
 }
 
