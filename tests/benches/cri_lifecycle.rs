@@ -20,8 +20,10 @@
 //! (bridge + host-local + portmap) on a private /24 and bridge per runtime
 //! (containerd too, with `--containerd`), so RunPodSandbox includes CNI ADD
 //! and teardown includes DEL. The bridges are deleted at the end.
-//! `-- --iters N --pods N` sets the runs per figure and the pods started
-//! together (defaults 20 and 50; 2 and 3 for the smoke run).
+//! `-- --iters N --pods N --images N` sets the runs per figure, the pods
+//! started together and the images pulled (each with a layer of its own)
+//! before the daemon's idle memory after all that work is measured
+//! (defaults 20, 50 and 20; 2, 3 and 2 for the smoke run).
 //! `BENCH_DUMP_ANON=1` also lists the idle daemon's mappings over 256 KiB
 //! resident (where its memory is).
 
@@ -287,6 +289,9 @@ struct Target {
     /// Its per-pod helper processes (berth: monitors and their zygote;
     /// containerd: shims and pause processes), found by command line.
     helpers: fn(&Path) -> Vec<i32>,
+    /// Images pulled at the end, before the daemon's memory after the work
+    /// is measured.
+    extra_images: Vec<String>,
 }
 
 /// What one suite run measured.
@@ -300,6 +305,10 @@ struct Results {
     idle: Option<(u64, u64)>,
     /// Per running pod: daemon growth + helpers (PSS, RSS) KiB, helpers' PSS.
     per_pod: Option<(f64, f64, f64)>,
+    /// Daemon idle (PSS, RSS) KiB after all the pods and the extra pulls.
+    after_work: Option<(u64, u64)>,
+    /// Pulls and pods behind `after_work`.
+    work: (usize, usize),
 }
 
 fn berth_helpers(dir: &Path) -> Vec<i32> {
@@ -549,6 +558,32 @@ async fn suite(
     for p in &pods {
         teardown(&mut rt, p).await;
     }
+    // The daemon once the work is done: every pod removed, the extra images
+    // pulled (and kept), its idle threads gone.
+    let mut images = ImageServiceClient::new(
+        berth_e2e::cri::wait_and_connect(&t.sock, Duration::from_secs(30))
+            .await
+            .unwrap(),
+    );
+    for image in &t.extra_images {
+        images
+            .pull_image(proto::PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("PullImage");
+    }
+    res.work = (t.extra_images.len() + 1, iters + 2 * pods_n);
+    if let Some(pid) = t.daemon_pid {
+        if settle {
+            tokio::time::sleep(Duration::from_secs(12)).await;
+        }
+        res.after_work = Some(mem(pid));
+    }
     res
 }
 
@@ -603,6 +638,18 @@ fn report(name: &str, iters: usize, pods_n: usize, r: &Results) -> serde_json::V
             serde_json::json!({"pss": pp, "rss": pr, "helpers_pss": hp}),
         );
     }
+    if let Some((pss, rss)) = r.after_work {
+        let (pulls, pods) = r.work;
+        println!(
+            "daemon idle after {pulls} pulls and {pods} pods run and removed: PSS {:.1} MiB, RSS {:.1} MiB",
+            pss as f64 / 1024.0,
+            rss as f64 / 1024.0
+        );
+        json.insert(
+            "daemon_after_work_kib".into(),
+            serde_json::json!({"pss": pss, "rss": rss, "pulls": pulls, "pods": pods}),
+        );
+    }
     serde_json::Value::Object(json)
 }
 
@@ -638,6 +685,7 @@ async fn main() {
             image: arg("--image").expect("--image REF (pullable by that runtime)"),
             daemon_pid: None,
             helpers: |_| Vec::new(),
+            extra_images: Vec::new(),
         };
         let r = suite(&t, iters, pods_n, &logs, dir.path(), full).await;
         out.insert(t.name.into(), report(t.name, iters, pods_n, &r));
@@ -656,6 +704,16 @@ async fn main() {
             .await
             .unwrap();
         let image = format!("{}/bench/busybox:v1", reg.addr());
+        // `--images N`: the pulls (one already done) before the daemon's
+        // memory after the work.
+        let mut extra_images = Vec::new();
+        for i in 1..count("--images", if full { 20 } else { 2 }) {
+            let repo = format!("bench/extra{i}");
+            berth_e2e::images::busybox_with_extra(&reg.addr(), &repo, "v1", &i.to_string())
+                .await
+                .unwrap();
+            extra_images.push(format!("{}/{repo}:v1", reg.addr()));
+        }
         HOST_NETWORK.store(compare && !cni, std::sync::atomic::Ordering::Relaxed);
         let bdir = dir.path().join("berth");
         std::fs::create_dir_all(&bdir).unwrap();
@@ -672,6 +730,7 @@ async fn main() {
             image: image.clone(),
             daemon_pid: Some(d.child.id() as i32),
             helpers: berth_helpers,
+            extra_images: extra_images.clone(),
         };
         let rb = suite(&t, iters, pods_n, &logs, dir.path(), full).await;
         drop(d);
@@ -711,6 +770,7 @@ async fn main() {
                     image,
                     daemon_pid: Some(containerd.pid()),
                     helpers: containerd_helpers,
+                    extra_images,
                 };
                 let rc = suite(&t, iters, pods_n, &logs, dir.path(), full).await;
                 drop(containerd);

@@ -705,6 +705,22 @@ pub async fn busybox_image(addr: &str, repo: &str, tag: &str) -> Result<PushedIm
     push_image(addr, repo, tag, &spec, None).await
 }
 
+/// Busybox with one more small layer of its own (`/extra`, holding
+/// `content`): images that differ by a layer, for pulling many.
+pub async fn busybox_with_extra(
+    addr: &str,
+    repo: &str,
+    tag: &str,
+    content: &str,
+) -> Result<PushedImage, String> {
+    let extra = Layer::tar_gz(&[Entry::file("extra", 0o644, content)]).map_err(io_err)?;
+    let spec = ImageSpec::new(
+        vec![busybox_layer().map_err(io_err)?, extra],
+        busybox_config(),
+    );
+    push_image(addr, repo, tag, &spec, None).await
+}
+
 /// Busybox whose default command sleeps `seconds`: a stand-in pause image
 /// for another runtime's pod sandboxes (the benchmark's containerd).
 pub async fn pause_image(
