@@ -40,7 +40,9 @@ pub(super) async fn stop(
     if rec.removed {
         return Err(containers.registry.not_found(rec.id.as_str()));
     }
-    let mut changed = containers.refresh(rec);
+    // An exit already recorded; otherwise the stop itself finds out whether
+    // the monitor is still there (no separate liveness check first).
+    let mut changed = rec.state.is_live() && rec.take_recorded_exit();
     if rec.state.is_live() {
         let grace = Duration::from_secs(u64::try_from(timeout).unwrap_or(0));
         let task = containers.task(rec);

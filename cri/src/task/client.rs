@@ -72,16 +72,22 @@ impl MonitorTask {
 
     /// A connection past its hello.
     pub fn connect(&self) -> Result<Channel, TaskError> {
+        self.connect_then(&[])
+    }
+
+    /// A connection past its hello, with `requests` sent right behind the
+    /// hello (their answers follow its answer, in order): one round trip
+    /// to the monitor instead of one per request.
+    fn connect_then(&self, requests: &[Request]) -> Result<Channel, TaskError> {
         let ch = Channel::connect(&self.socket)
             .map_err(gone)?
             .with_limit(proto::MAX_REPLY);
-        ch.send(
-            &Request::Hello {
-                version: proto::VERSION,
-            },
-            &[],
-        )
-        .map_err(gone)?;
+        let hello = Request::Hello {
+            version: proto::VERSION,
+        };
+        for r in std::iter::once(&hello).chain(requests) {
+            ch.send(r, &[]).map_err(gone)?;
+        }
         match read(&ch, Some(REPLY_TIMEOUT))? {
             (Reply::Hello { version, .. }, _) if version == proto::VERSION => Ok(ch),
             (other, _) => Err(unexpected(other)),
@@ -173,8 +179,8 @@ impl Task for MonitorTask {
         signal: i32,
         timeout: Duration,
     ) -> Result<Option<ExitRecord>, TaskError> {
-        let ch = self.subscribe_exit()?;
-        ch.send(&Request::Signal { signal }, &[]).map_err(gone)?;
+        // Subscribed before the signal: the exit cannot be missed.
+        let ch = self.connect_then(&[Request::Wait, Request::Signal { signal }])?;
         // The signal's answer, then (within the time) the exit.
         let deadline = std::time::Instant::now() + timeout;
         loop {

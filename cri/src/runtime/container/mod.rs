@@ -147,15 +147,12 @@ impl ContainerRecord {
         if !self.state.is_live() {
             return false;
         }
-        match monitor::read_exit(&self.exit_file()) {
-            Some(exit) => {
-                self.exited(&exit);
-                true
-            }
+        match self.take_recorded_exit() {
+            true => true,
             // A monitor that refuses connections is gone; it may have
             // written the record just now. Otherwise it was killed: what it
             // left running is killed too.
-            None => {
+            false => {
                 let task = tasks.open(&self.dir);
                 if task.is_running() {
                     return false;
@@ -169,6 +166,18 @@ impl ContainerRecord {
                 }
                 true
             }
+        }
+    }
+
+    /// Takes in the monitor's exit record if it is there (without asking
+    /// the monitor anything). Returns whether it was.
+    pub fn take_recorded_exit(&mut self) -> bool {
+        match monitor::read_exit(&self.exit_file()) {
+            Some(exit) => {
+                self.exited(&exit);
+                true
+            }
+            None => false,
         }
     }
 
