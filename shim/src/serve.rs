@@ -18,6 +18,9 @@ use berth_cri::runtime::{RuntimeServiceConfig, RuntimeServiceImpl};
 
 use crate::config::{Config, LogFormat};
 
+/// How often freed heap is handed back to the kernel.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// kubelet sends and accepts messages up to 16 MiB (its
 /// `maxMsgSize`); tonic's default of 4 MiB would refuse large lists.
 const MAX_MESSAGE: usize = 16 << 20;
@@ -135,6 +138,9 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.apply(Config::load(file.as_deref())?);
     config.validate().context("invalid setting")?;
     init_logging(&config)?;
+    // Two heaps for all threads: measured after 20 pulls and 100 pods, the
+    // default nine arenas held 4.7 MiB (0.4-1 MiB each) after trimming.
+    berth_core::process::limit_heap_arenas(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berth")
@@ -236,6 +242,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     )
     .context("opening the pod and container records")?
     .with_puller(images.puller().clone());
+
+    // Freed heap goes back to the kernel every few seconds: after a burst
+    // of pods (50 at once), glibc's per-thread arenas otherwise keep the
+    // daemon 5 MiB larger for good. Cheap when nothing is free.
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(TRIM_EVERY).await;
+            let _ = tokio::task::spawn_blocking(berth_core::process::release_free_memory).await;
+        }
+    });
 
     let metrics = crate::metrics::Metrics::new();
     if config.metrics.enabled {

@@ -311,6 +311,27 @@ struct Results {
     work: (usize, usize),
 }
 
+/// With `BENCH_DUMP_ANON=1`: the daemon's mappings over 256 KiB resident.
+fn dump_mappings(pid: i32) {
+    if std::env::var_os("BENCH_DUMP_ANON").is_none() {
+        return;
+    }
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut hdr = String::new();
+    for line in smaps.lines() {
+        if line.split_whitespace().next().is_some_and(|f| {
+            f.contains('-') && f.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        }) {
+            hdr = line.to_string();
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            let kb: u64 = v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
+            if kb >= 256 {
+                println!("  {kb:>6} KiB  {hdr}");
+            }
+        }
+    }
+}
+
 fn berth_helpers(dir: &Path) -> Vec<i32> {
     let needle = dir.to_string_lossy().into_owned();
     pids_with("__berth_monitor")
@@ -385,22 +406,7 @@ async fn suite(
             .take(6)
             .map(|(k, v)| format!("{k} {v} KiB"))
             .collect();
-        if std::env::var_os("BENCH_DUMP_ANON").is_some() {
-            let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
-            let mut hdr = String::new();
-            for line in smaps.lines() {
-                if line.split_whitespace().next().is_some_and(|f| {
-                    f.contains('-') && f.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-                }) {
-                    hdr = line.to_string();
-                } else if let Some(v) = line.strip_prefix("Rss:") {
-                    let kb: u64 = v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
-                    if kb >= 256 {
-                        println!("  {kb:>6} KiB  {hdr}");
-                    }
-                }
-            }
-        }
+        dump_mappings(pid);
         println!(
             "{}: idle daemon's resident memory: {}",
             t.name,
@@ -583,6 +589,17 @@ async fn suite(
             tokio::time::sleep(Duration::from_secs(12)).await;
         }
         res.after_work = Some(mem(pid));
+        dump_mappings(pid);
+        let top: Vec<String> = by_mapping(pid, &["Rss:"])
+            .into_iter()
+            .take(6)
+            .map(|(k, v)| format!("{k} {v} KiB"))
+            .collect();
+        println!(
+            "{}: daemon's resident memory after the work: {}",
+            t.name,
+            top.join(", ")
+        );
     }
     res
 }
