@@ -311,6 +311,30 @@ struct Results {
     work: (usize, usize),
 }
 
+/// Pulls `image` through the CRI image service on `ch`.
+async fn pull(ch: &tonic::transport::Channel, image: &str) {
+    ImageServiceClient::new(ch.clone())
+        .pull_image(proto::PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("PullImage");
+}
+
+/// The six files (or anonymous memory) with most of `pid` resident.
+fn print_resident(pid: i32, what: &str) {
+    let top: Vec<String> = by_mapping(pid, &["Rss:"])
+        .into_iter()
+        .take(6)
+        .map(|(k, v)| format!("{k} {v} KiB"))
+        .collect();
+    println!("{what}: {}", top.join(", "));
+}
+
 /// With `BENCH_DUMP_ANON=1`: the daemon's mappings over 256 KiB resident.
 fn dump_mappings(pid: i32) {
     if std::env::var_os("BENCH_DUMP_ANON").is_none() {
@@ -372,16 +396,7 @@ async fn suite(
         .unwrap();
     let mut rt = RuntimeServiceClient::new(ch.clone());
     let image = t.image.clone();
-    ImageServiceClient::new(ch.clone())
-        .pull_image(proto::PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("PullImage");
+    pull(&ch, &image).await;
     // Idle: once the pull's worker threads have ended (tokio keeps idle
     // blocking threads 10 s); the figure right after the pull too.
     if let Some(pid) = t.daemon_pid {
@@ -401,17 +416,8 @@ async fn suite(
         ..Default::default()
     };
     if let Some(pid) = t.daemon_pid {
-        let top: Vec<String> = by_mapping(pid, &["Rss:"])
-            .into_iter()
-            .take(6)
-            .map(|(k, v)| format!("{k} {v} KiB"))
-            .collect();
         dump_mappings(pid);
-        println!(
-            "{}: idle daemon's resident memory: {}",
-            t.name,
-            top.join(", ")
-        );
+        print_resident(pid, &format!("{}: idle daemon's resident memory", t.name));
     }
 
     let mut run_sandbox = Vec::new();
@@ -566,22 +572,8 @@ async fn suite(
     }
     // The daemon once the work is done: every pod removed, the extra images
     // pulled (and kept), its idle threads gone.
-    let mut images = ImageServiceClient::new(
-        berth_e2e::cri::wait_and_connect(&t.sock, Duration::from_secs(30))
-            .await
-            .unwrap(),
-    );
     for image in &t.extra_images {
-        images
-            .pull_image(proto::PullImageRequest {
-                image: Some(ImageSpec {
-                    image: image.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .expect("PullImage");
+        pull(&ch, image).await;
     }
     res.work = (t.extra_images.len() + 1, iters + 2 * pods_n);
     if let Some(pid) = t.daemon_pid {
@@ -590,15 +582,9 @@ async fn suite(
         }
         res.after_work = Some(mem(pid));
         dump_mappings(pid);
-        let top: Vec<String> = by_mapping(pid, &["Rss:"])
-            .into_iter()
-            .take(6)
-            .map(|(k, v)| format!("{k} {v} KiB"))
-            .collect();
-        println!(
-            "{}: daemon's resident memory after the work: {}",
-            t.name,
-            top.join(", ")
+        print_resident(
+            pid,
+            &format!("{}: daemon's resident memory after the work", t.name),
         );
     }
     res

@@ -55,7 +55,14 @@ pub struct Attach {
     stdin_once: bool,
     /// The terminal, for resizes.
     pty: Option<OwnedFd>,
+    /// Where clients' input is read to (on the heap, made with the first
+    /// client: a buffer on the stack would be touched by every monitor's
+    /// loop, attached or not).
+    buf: Vec<u8>,
 }
+
+/// Bytes read from a client's input at a time.
+const READ_SIZE: usize = 32 << 10;
 
 impl std::fmt::Debug for Attach {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,6 +100,7 @@ impl Attach {
             stdin_queue: Vec::new(),
             stdin_once,
             pty,
+            buf: Vec::new(),
         })
     }
 
@@ -112,6 +120,7 @@ impl Attach {
             crate::util::set_nonblocking(fd.as_fd())?;
         }
         self.remove(slot);
+        self.buf.resize(READ_SIZE, 0);
         self.clients.push(Client {
             slot,
             stdin: fds.stdin,
@@ -167,13 +176,12 @@ impl Attach {
             return;
         };
         let Some(input) = &c.stdin else { return };
-        let mut buf = [0u8; 32 << 10];
-        match nix::unistd::read(input.as_raw_fd(), &mut buf) {
+        match nix::unistd::read(input.as_raw_fd(), &mut self.buf) {
             Ok(0) => {}
             Ok(n) => {
                 if self.stdin.is_some() {
                     c.sent_stdin = true;
-                    self.stdin_queue.extend_from_slice(&buf[..n]);
+                    self.stdin_queue.extend_from_slice(&self.buf[..n]);
                     self.write_stdin();
                 }
                 return;

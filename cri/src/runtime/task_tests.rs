@@ -134,7 +134,13 @@ async fn a_vanished_owner_leaves_an_exited_container_and_nothing_running() {
     assert_eq!((rec.state, rec.exit_code), (ContainerState::Exited, 255));
     assert_eq!(rec.reason, "Error");
     assert!(rec.message.contains("monitor died"), "{}", rec.message);
-    assert_eq!(task.calls(), ["abandon"], "what it left is killed");
+    // The stop found the owner gone (its signal answered Gone), then what
+    // the container left was killed.
+    assert_eq!(
+        task.calls(),
+        ["signal 15", "abandon"],
+        "what it left is killed"
+    );
 }
 
 #[test]
