@@ -912,3 +912,62 @@ async fn the_device_cgroup_denies_nodes_a_container_makes() {
     let lines: Vec<&str> = p.init.lines().collect();
     assert_eq!(lines, ["made", "opened", "zero-ok"], "{}", p.init);
 }
+
+/// An AppArmor profile berth cannot apply is refused at create, the field
+/// named, never dropped; Unconfined runs, and reads `unconfined` where the
+/// kernel has AppArmor. (On this host AppArmor is off: containerd refuses
+/// the same requests here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(deprecated)] // apparmor_profile: still sent by older kubelets
+async fn apparmor_requests_are_refused_not_dropped() {
+    let Some(mut env) = env("apparmor_requests_are_refused_not_dropped").await else {
+        return;
+    };
+    let profile = |t: ProfileType, r: &str| {
+        Some(SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: r.into(),
+        })
+    };
+    for (name, sc, field) in [
+        (
+            "aa-default",
+            Sc {
+                apparmor: profile(ProfileType::RuntimeDefault, ""),
+                ..root()
+            },
+            "security_context.apparmor",
+        ),
+        (
+            "aa-local",
+            Sc {
+                apparmor: profile(ProfileType::Localhost, "k8s-deny-write"),
+                ..root()
+            },
+            "security_context.apparmor.localhost_ref",
+        ),
+        (
+            "aa-string",
+            Sc {
+                apparmor_profile: "runtime/default".into(),
+                ..root()
+            },
+            "security_context.apparmor_profile",
+        ),
+    ] {
+        let cfg = probe_config(&env, name, sc, "true");
+        let err = create(&mut env, cfg).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
+        assert!(err.message().contains(field), "{name}: {}", err.message());
+        assert!(err.message().contains("AppArmor"), "{name}: {}", err.message());
+    }
+    let sc = Sc {
+        apparmor: profile(ProfileType::Unconfined, ""),
+        ..root()
+    };
+    let script = "cat /proc/self/attr/current 2>/dev/null | tr -d '\\0' | sed 's/^/label=/'; echo done=1";
+    let p = probe(&mut env, "aa-unconfined", sc, vec![], script)
+        .await
+        .unwrap();
+    assert_eq!(p.kv("done"), "1");
+}

@@ -39,6 +39,8 @@ pub(super) struct CreateCtx<'a> {
     pub puller: Option<&'a crate::image::pull::Puller>,
     /// The node's default pod sysctls.
     pub pod_sysctls: spec::sysctls::PodSysctlDefaults,
+    /// The node's security modules.
+    pub host_lsm: spec::lsm::HostLsm,
 }
 
 /// The log file: `log_directory/log_path`, `log_path` relative and without
@@ -218,6 +220,7 @@ fn build(
             cgroup_parent: &sandbox.cgroup_parent,
             cgroup_driver: ctx.cgroup_driver,
             sysctls: &sysctls,
+            host_lsm: ctx.host_lsm,
         };
         // Image volumes: the pulled image's layers that have the sub path.
         let image_layers = |r: &str, sub: &Path| -> Result<Vec<PathBuf>, String> {
@@ -556,6 +559,7 @@ impl super::RuntimeServiceImpl {
                 puller: puller.as_deref(),
                 pod_sysctls,
                 restore,
+                host_lsm: spec::lsm::HostLsm::node(),
             };
             create(&ctx, &sandbox, config)
         })

@@ -28,6 +28,7 @@ pub(super) struct Fixture {
     pub cgroup_driver: berth_core::cgroups::Driver,
     pub cgroup_view: Option<super::CgroupView>,
     pub sysctls: BTreeMap<String, String>,
+    pub host_lsm: super::lsm::HostLsm,
     /// Host device nodes the fake lookup knows.
     pub host_devices: HashMap<PathBuf, HostDevice>,
     /// Localhost seccomp profiles the fake loader knows.
@@ -90,6 +91,7 @@ impl Fixture {
             cgroup_driver: Default::default(),
             cgroup_view: None,
             sysctls: BTreeMap::new(),
+            host_lsm: Default::default(),
             host_devices,
             seccomp_files: HashMap::new(),
         }
@@ -129,6 +131,7 @@ impl Fixture {
             cgroup_parent: &self.cgroup_parent,
             cgroup_driver: self.cgroup_driver,
             sysctls: &self.sysctls,
+            host_lsm: self.host_lsm,
         }
     }
 

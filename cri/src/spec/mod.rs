@@ -29,6 +29,7 @@
 
 mod command;
 mod devices;
+pub mod lsm;
 mod mounts;
 mod namespaces;
 pub mod oci;
@@ -111,6 +112,9 @@ pub struct PodContext<'a> {
     /// The pod's namespaced sysctls, applied by every container's init into
     /// the namespaces it joins.
     pub sysctls: &'a BTreeMap<String, String>,
+    /// The security modules this node has (what AppArmor and SELinux
+    /// requests are checked against).
+    pub host_lsm: lsm::HostLsm,
 }
 
 /// The node's cgroup hierarchy, as [`PodContext::cgroup_view`].
@@ -333,6 +337,7 @@ pub fn container_spec(
     config.rootfs_propagation = planned.rootfs_propagation;
     config.devices = devices::devices(req, host_device, sc.privileged)?;
     let device_rules = devices::rules(req, &config.devices, sc.privileged);
+    lsm::check(sc, pod.host_lsm)?;
     security::apply(&mut config, sc)?;
     config.seccomp = seccomp::profile(sc, &config.capabilities.bounding, seccomp_profile)?;
     let mut cgroup = resources::cgroup(id, pod.cgroup_parent, pod.cgroup_driver, res)?;

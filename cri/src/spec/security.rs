@@ -1,7 +1,7 @@
 //! The security context: capabilities, privileged mode, masked and
 //! read-only paths, no_new_privs and a read-only rootfs. Seccomp is in
-//! [`super::seccomp`]; AppArmor and SELinux options are ignored (this node
-//! supports neither, and reports so in its runtime status).
+//! [`super::seccomp`]; AppArmor and SELinux requests are checked in
+//! [`super::lsm`].
 
 use std::path::PathBuf;
 
