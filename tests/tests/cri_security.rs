@@ -959,13 +959,18 @@ async fn apparmor_requests_are_refused_not_dropped() {
         let err = create(&mut env, cfg).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
         assert!(err.message().contains(field), "{name}: {}", err.message());
-        assert!(err.message().contains("AppArmor"), "{name}: {}", err.message());
+        assert!(
+            err.message().contains("AppArmor"),
+            "{name}: {}",
+            err.message()
+        );
     }
     let sc = Sc {
         apparmor: profile(ProfileType::Unconfined, ""),
         ..root()
     };
-    let script = "cat /proc/self/attr/current 2>/dev/null | tr -d '\\0' | sed 's/^/label=/'; echo done=1";
+    let script =
+        "cat /proc/self/attr/current 2>/dev/null | tr -d '\\0' | sed 's/^/label=/'; echo done=1";
     let p = probe(&mut env, "aa-unconfined", sc, vec![], script)
         .await
         .unwrap();

@@ -80,30 +80,47 @@ impl RuntimeServiceImpl {
         let (id, pod) = (rec.id.clone(), rec.sandbox_id.clone());
         let task = self.containers.task(rec);
         tokio::spawn(async move {
-            // Connecting may wait for a busy monitor: off the async threads.
-            if let Ok(Ok(ch)) = tokio::task::spawn_blocking(move || task.watch_exit()).await {
-                readable(ch).await;
-            }
-            let Ok(Some(entry)) = this.containers.registry.find(id.as_str(), "container_id") else {
-                return;
-            };
-            {
-                let mut rec = entry.lock().await;
-                if rec.removed {
+            let mut pause = WATCH_AGAIN_FIRST;
+            loop {
+                // Connecting may wait for a busy monitor: off the async
+                // threads. A refused connection: the monitor is gone.
+                let t = task.clone();
+                if let Ok(Ok(ch)) = tokio::task::spawn_blocking(move || t.watch_exit()).await {
+                    readable(ch).await;
+                }
+                let Ok(Some(entry)) = this.containers.registry.find(id.as_str(), "container_id")
+                else {
                     return;
+                };
+                {
+                    let mut rec = entry.lock().await;
+                    if rec.removed {
+                        return;
+                    }
+                    if let Err(e) = this.containers.refresh_and_save(&mut rec) {
+                        tracing::warn!(id = %id, error = %e, "saving the exit of a container");
+                    }
+                    if !rec.state.is_live() {
+                        break;
+                    }
                 }
-                if let Err(e) = this.containers.refresh_and_save(&mut rec) {
-                    tracing::warn!(id = %id, error = %e, "saving the exit of a container");
-                }
-                if rec.state.is_live() {
-                    return; // not this container's end
-                }
+                // The connection ended without the exit: a monitor killed
+                // mid-way can drop it a moment before its listener, so it
+                // still looked alive. Watch again (the next connection is
+                // refused once it is gone).
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(WATCH_AGAIN_MAX);
             }
             this.emit(&id, &pod, proto::ContainerEventType::ContainerStoppedEvent)
                 .await;
         });
     }
 }
+
+/// First pause before watching a container again whose watch ended
+/// without its exit; it doubles up to [`WATCH_AGAIN_MAX`].
+const WATCH_AGAIN_FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+const WATCH_AGAIN_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Returns when `ch` is readable: its event came, or its peer is gone.
 /// (tokio's pipe receiver registers any pollable fd safely; nothing is
