@@ -682,8 +682,10 @@ fn the_zygote_forks_monitors_that_share_its_memory_and_outlive_it() {
         .map(path_of)
         .filter(|p| !p.is_empty())
         .collect();
+    // (A connection it accepted on the listener carries the listener's
+    // path too: the liveness check above may not be closed yet.)
     assert!(
-        named.len() == 1 && named[0].ends_with("/task.sock"),
+        !named.is_empty() && named.iter().all(|p| p.ends_with("/task.sock")),
         "{fds:?} {named:?}"
     );
 
