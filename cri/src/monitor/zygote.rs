@@ -99,6 +99,34 @@ impl Zygote {
     /// Like [`spawn`](super::spawn), with the monitor forked by the zygote.
     /// Blocking.
     pub fn spawn(&self, dir: &Path, spec: &MonitorSpec) -> Result<Spawned, MonitorError> {
+        match self.spawn_once(dir, spec) {
+            // The zygote took the request as it was dying (killed between
+            // our liveness check and its read): nothing was forked — a
+            // forked monitor would hold the report channel — so ask a new
+            // zygote.
+            Err(MonitorError::NoReport { .. }) if self.died() => self.spawn_once(dir, spec),
+            other => other,
+        }
+    }
+
+    /// Whether the zygote has ended (waiting a moment for one that is
+    /// exiting); it is then replaced on the next request.
+    fn died(&self) -> bool {
+        let mut guard = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(r) = guard.as_mut() else {
+            return true;
+        };
+        for _ in 0..20 {
+            if !matches!(r.child.try_wait(), Ok(None)) {
+                *guard = None;
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        false
+    }
+
+    fn spawn_once(&self, dir: &Path, spec: &MonitorSpec) -> Result<Spawned, MonitorError> {
         let files = prepare(dir, spec)?;
         let (report_r, report_w) = report_channel()?;
         self.send(
