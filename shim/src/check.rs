@@ -131,10 +131,44 @@ pub fn findings(config: &Config) -> Vec<Finding> {
             "the kernel has no seccomp: profiles cannot be enforced"
         },
     ));
+    out.extend(lsm_findings(berth_cri::spec::lsm::HostLsm::detect()));
     out.extend(cgroup_findings(config));
     out.push(criu_finding());
     out.extend(cni_findings(config));
     out
+}
+
+/// AppArmor and SELinux: berth applies neither yet, so on a node that has
+/// one, a container that asks for it is refused (never run unconfined).
+fn lsm_findings(host: berth_cri::spec::lsm::HostLsm) -> Vec<Finding> {
+    let apparmor = match host.apparmor {
+        true => finding(
+            Level::Warn,
+            "apparmor",
+            "enabled; berth does not apply profiles yet: containers asking for one other \
+             than Unconfined are refused at create",
+        ),
+        false => finding(
+            Level::Ok,
+            "apparmor",
+            "not enabled: containers asking for a profile other than Unconfined are refused \
+             (as containerd does)",
+        ),
+    };
+    let selinux = match host.selinux {
+        true => finding(
+            Level::Warn,
+            "selinux",
+            "enabled; berth does not apply labels yet: containers with selinux_options are \
+             refused at create",
+        ),
+        false => finding(
+            Level::Ok,
+            "selinux",
+            "not enabled: selinux_options are ignored (as containerd does)",
+        ),
+    };
+    vec![apparmor, selinux]
 }
 
 fn cgroup_findings(config: &Config) -> Vec<Finding> {
@@ -337,6 +371,23 @@ mod tests {
             .any(|f| f.level == Level::Missing && f.detail.contains("no-such-plugin")));
         c.network.cni_conf_dir = d.path().join("none");
         assert_eq!(cni_findings(&c)[0].level, Level::Warn);
+    }
+
+    #[test]
+    fn the_security_modules_are_reported_with_what_berth_does() {
+        use berth_cri::spec::lsm::HostLsm;
+        let none = lsm_findings(HostLsm::default());
+        assert!(none.iter().all(|f| f.level == Level::Ok), "{none:?}");
+        assert!(none[0].detail.contains("refused"), "{none:?}");
+        let both = lsm_findings(HostLsm {
+            apparmor: true,
+            selinux: true,
+        });
+        assert!(both.iter().all(|f| f.level == Level::Warn), "{both:?}");
+        assert_eq!(
+            both.iter().map(|f| f.item).collect::<Vec<_>>(),
+            ["apparmor", "selinux"]
+        );
     }
 
     #[test]
