@@ -108,39 +108,30 @@ impl Stream {
     }
 }
 
-impl StreamReader {
-    /// The stream id.
-    pub fn id(&self) -> u32 {
-        self.0.id
-    }
+/// What both halves of a stream answer, from their [`Half`].
+macro_rules! half_accessors {
+    ($half:ty) => {
+        impl $half {
+            /// The stream id.
+            pub fn id(&self) -> u32 {
+                self.0.id
+            }
 
-    /// A header of the SYN_STREAM.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.0.header(name)
-    }
+            /// A header of the SYN_STREAM.
+            pub fn header(&self, name: &str) -> Option<&str> {
+                self.0.header(name)
+            }
 
-    /// Aborts the stream (RST_STREAM CANCEL).
-    pub fn reset(&self) {
-        self.0.reset();
-    }
+            /// Aborts the stream (RST_STREAM CANCEL).
+            pub fn reset(&self) {
+                self.0.reset();
+            }
+        }
+    };
 }
 
-impl StreamWriter {
-    /// The stream id.
-    pub fn id(&self) -> u32 {
-        self.0.id
-    }
-
-    /// A header of the SYN_STREAM.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.0.header(name)
-    }
-
-    /// Aborts the stream (RST_STREAM CANCEL).
-    pub fn reset(&self) {
-        self.0.reset();
-    }
-}
+half_accessors!(StreamReader);
+half_accessors!(StreamWriter);
 
 pub(super) fn gone() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "spdy stream is gone")
