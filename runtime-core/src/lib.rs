@@ -32,6 +32,7 @@
 pub mod cgroups;
 pub mod config;
 pub mod container;
+pub mod hooks;
 pub mod id;
 pub mod init;
 pub mod ipc;

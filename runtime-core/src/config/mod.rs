@@ -21,6 +21,7 @@ pub use validate::ConfigError;
 pub use crate::rootfs::overlay::{OverlayError, MAX_LAYERS as MAX_OVERLAY_LAYERS};
 
 pub use crate::cgroups::{CgroupConfig, Resources};
+pub use crate::hooks::{Hook, Hooks};
 pub use crate::security::capabilities::{Capabilities, Capability};
 pub use crate::security::rlimits::{Rlimit, RlimitKind};
 pub use crate::security::seccomp::SeccompProfile;
@@ -343,6 +344,12 @@ pub struct Config {
     /// Seccomp filter of the container's processes; `None`: unconfined.
     #[serde(default)]
     pub seccomp: Option<SeccompProfile>,
+    /// OCI lifecycle hooks (see [`crate::hooks`]).
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+    /// Annotations, shown to hooks in the container's state.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl Config {
@@ -385,6 +392,8 @@ impl Config {
             idmap_rootfs: false,
             overlay: None,
             seccomp: None,
+            hooks: Hooks::default(),
+            annotations: BTreeMap::new(),
         }
     }
 

@@ -55,6 +55,16 @@ pub enum ConfigError {
     /// A bind mount without source.
     #[error("mounts: bind mount on {0} has no source")]
     BindWithoutSource(PathBuf),
+    /// A hook that cannot be run as given.
+    #[error("hooks.{point}: {path:?}: {reason}")]
+    Hook {
+        /// The hook point (OCI name).
+        point: &'static str,
+        /// The hook's path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A device outside /dev.
     #[error("devices: {0} is not under /dev")]
     DeviceOutsideDev(PathBuf),
@@ -300,6 +310,26 @@ impl Config {
             }
             if !d.path.starts_with("/dev") || d.path == Path::new("/dev") {
                 return Err(ConfigError::DeviceOutsideDev(d.path.clone()));
+            }
+        }
+        for (point, hooks) in self.hooks.all() {
+            for h in hooks {
+                let reason = if !h.path.is_absolute() {
+                    Some("must be an absolute path")
+                } else if h.timeout == Some(0) {
+                    Some("timeout must be more than 0 seconds")
+                } else if h.env.iter().any(|e| !e.contains('=')) {
+                    Some("env entries must be KEY=value")
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    return Err(ConfigError::Hook {
+                        point,
+                        path: h.path.clone(),
+                        reason,
+                    });
+                }
             }
         }
         for (field, paths) in [

@@ -11,8 +11,8 @@ use super::{Container, ContainerError};
 use crate::sys;
 
 impl Container {
-    /// Kills every process of the container, removes its cgroup and its state
-    /// directory. Idempotent: destroying what is already gone is `Ok`.
+    /// Kills every process of the container, removes its cgroup, runs its
+    /// `poststop` hooks and removes its state directory. Idempotent: destroying what is already gone is `Ok`.
     /// Mounts need no cleanup: they live in the container's own mount
     /// namespace, which dies with its last process.
     ///
@@ -48,6 +48,7 @@ impl Container {
             }
             cg.remove()?;
         }
+        self.poststop_hooks();
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -51,6 +51,7 @@ impl Container {
             listener: None,
             cgroup: self.state.cgroup.as_ref(),
             init_binary: &self.init_binary,
+            hook_state: None,
             idmap: Default::default(),
         })?;
         let pidfd = sys::pidfd_open(pid).map_err(|source| ContainerError::Sys {

@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 use super::ContainerError;
 use crate::cgroups::Cgroup;
 use crate::config::{IdMap, NamespaceKind};
+use crate::hooks::{HookState, Hooks};
 use crate::init::INIT_ARG;
 use crate::process::channel::{
     Bootstrap, Channel, ChannelError, FromInit, Task, ToInit, FIRST_EXTRA_FD, INIT_SOCKET_FD,
@@ -35,6 +36,8 @@ pub(super) struct Launch<'a> {
     pub init_binary: &'a InitBinary,
     /// Sources to mount idmapped: the rootfs, and `(mount index, source)`.
     pub idmap: IdmapSources,
+    /// The container's state for its hooks (an init with hooks only).
+    pub hook_state: Option<HookState>,
 }
 
 /// What [`idmapped_trees`] clones and maps.
@@ -221,6 +224,23 @@ fn write_id_map(pid: i32, file: &str, maps: &[IdMap]) -> Result<(), ContainerErr
     })
 }
 
+/// The runtime's hooks of the create step, with the container's host pid;
+/// then lets the init go on.
+fn create_hooks(
+    ch: &Channel,
+    hooks: &Hooks,
+    state: Option<&HookState>,
+    pid: i32,
+) -> Result<(), ContainerError> {
+    if let Some(state) = state {
+        let mut state = state.clone();
+        state.pid = Some(pid);
+        crate::hooks::run_all(hooks.runtime_create(), &state)?;
+    }
+    ch.send(&ToInit::HooksDone, &[])?;
+    Ok(())
+}
+
 fn drive(
     ch: &Channel,
     l: Launch<'_>,
@@ -241,6 +261,12 @@ fn drive(
         fds.len() - 1
     });
     let is_exec = matches!(l.task, Task::Exec { .. });
+    let hooks = match (&l.task, &l.hook_state) {
+        (Task::Init { config }, Some(_)) => config.hooks.clone(),
+        _ => Hooks::default(),
+    };
+    // Asked for before the bootstrap reported the child: run when it does.
+    let mut hooks_pending = false;
     let msg = ToInit::Bootstrap(Box::new(Bootstrap {
         task: l.task,
         process: l.process.spec.clone(),
@@ -252,6 +278,7 @@ fn drive(
             && l.join.iter().any(|(k, _)| *k == NamespaceKind::User)
             && !l.idmap.is_empty(),
         listener,
+        hook_state: l.hook_state.clone(),
     }));
     ch.send(&msg, &fds)?;
     drop(fds);
@@ -297,10 +324,18 @@ fn drive(
                 }
                 run.child = Some(pid);
                 run.reap_bootstrap();
+                if hooks_pending {
+                    hooks_pending = false;
+                    create_hooks(ch, &hooks, l.hook_state.as_ref(), pid)?;
+                }
                 if ready && !is_exec {
                     break;
                 }
             }
+            FromInit::CreateHooks => match run.child {
+                Some(pid) => create_hooks(ch, &hooks, l.hook_state.as_ref(), pid)?,
+                None => hooks_pending = true,
+            },
             FromInit::Console => {
                 if console.is_none() {
                     return Err(ContainerError::Init(crate::process::channel::InitFailure {

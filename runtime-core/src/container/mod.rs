@@ -5,6 +5,7 @@ pub mod checkpoint;
 mod criu;
 mod destroy;
 mod exec;
+mod hooks;
 mod launch;
 mod resources;
 mod restore_check;
@@ -184,6 +185,10 @@ pub enum ContainerError {
         /// CRIU's log file.
         log: PathBuf,
     },
+    /// A `prestart`, `createRuntime`, `createContainer` or
+    /// `startContainer` hook failed (the step failed with it).
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
     /// CRIU did not finish in time (it was killed).
     #[error("criu {step} did not finish within {after:?}")]
     Timeout {
@@ -258,7 +263,10 @@ impl Container {
             init: None,
             cgroup: None,
         };
-        if let Err(e) = state.save(&dir) {
+        if let Err(e) = state
+            .save(&dir)
+            .and_then(|()| hooks::write_bundle(&dir, &state))
+        {
             let _ = fs::remove_dir_all(&dir);
             return Err(io(&dir)(e));
         }

@@ -131,6 +131,7 @@ impl Container {
             listener: Some(OwnedFd::from(listener)),
             cgroup,
             init_binary: &self.init_binary,
+            hook_state: (!config.hooks.is_empty()).then(|| self.hook_state("creating", None)),
             idmap: IdmapSources {
                 rootfs: (config.idmap_rootfs && config.overlay.is_none())
                     .then(|| config.rootfs.clone()),
@@ -225,7 +226,9 @@ impl Container {
         if let Some(init) = &mut self.state.init {
             init.started_unix_nanos = Some(now_nanos());
         }
-        self.save()
+        self.save()?;
+        self.poststart_hooks();
+        Ok(())
     }
 
     /// A restored tree was left stopped: every process of it continues.

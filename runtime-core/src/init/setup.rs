@@ -13,7 +13,9 @@ use nix::sys::socket::{accept4, SockFlag};
 use nix::unistd::{execve, getcwd, setgroups, setresgid, setresuid, setsid, Gid, Uid};
 
 use crate::config::{Config, NamespaceKind};
-use crate::process::channel::{Bootstrap, Channel, FromInit, InitFailure, Task, FIRST_EXTRA_FD};
+use crate::process::channel::{
+    Bootstrap, Channel, FromInit, InitFailure, Task, ToInit, FIRST_EXTRA_FD,
+};
 
 fn fail(step: &str, e: impl std::fmt::Display) -> InitFailure {
     InitFailure::at(step, e)
@@ -52,13 +54,17 @@ pub(super) fn stage_two(
         // CRIU needs the first process of the namespace to lead its session.
         setsid().map_err(|e| fail("setsid", e))?;
         setup_namespaces(config)?;
-        console = rootfs::setup(
+        let rootfs_err =
+            |e: rootfs::RootfsError| fail("set up the root filesystem", error_chain(&e));
+        let prepared = rootfs::prepare(
             config,
             config.has(NamespaceKind::User),
             b.process.terminal.is_some(),
             idmapped,
         )
-        .map_err(|e| fail("set up the root filesystem", error_chain(&e)))?;
+        .map_err(rootfs_err)?;
+        create_hooks(ch, b, config)?;
+        console = prepared.switch_root(config).map_err(rootfs_err)?;
     } else {
         if b.process.terminal.is_some() {
             // An exec'd process gets its own session and pty.
@@ -93,13 +99,76 @@ pub(super) fn stage_two(
             drop(l);
             // SAFETY: accept4 returned a new fd that we own.
             let mut conn = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(conn) });
-            let err = do_exec(&exec);
+            let err = match start_hooks(b, config) {
+                Ok(()) => do_exec(&exec),
+                Err(e) => e,
+            };
             let msg = serde_json::to_vec(&err).unwrap_or_default();
             let _ = conn.write_all(&msg);
             Err(err)
         }
         None => Err(do_exec(&exec)),
     }
+}
+
+/// The hooks of the create step, with every mount in place and before
+/// `pivot_root`: the runtime's (`prestart`, `createRuntime`, in its
+/// namespaces), then the init's own `createContainer` hooks, here in the
+/// container's namespaces (their paths still resolve on the host).
+fn create_hooks(ch: &mut Channel, b: &Bootstrap, config: &Config) -> Result<(), InitFailure> {
+    let Some(state) = &b.hook_state else {
+        return Ok(());
+    };
+    if config.hooks.runtime_create().next().is_some() {
+        ch.send(&FromInit::CreateHooks, &[])
+            .map_err(|e| fail("ask for the createRuntime hooks", e))?;
+        match ch.recv::<ToInit>() {
+            Ok((ToInit::HooksDone, _)) => {}
+            Ok(_) => {
+                return Err(fail(
+                    "wait for the createRuntime hooks",
+                    "unexpected message",
+                ))
+            }
+            Err(e) => return Err(fail("wait for the createRuntime hooks", e)),
+        }
+    }
+    run_own_hooks(
+        "createContainer",
+        &config.hooks.create_container,
+        state,
+        "creating",
+    )
+}
+
+/// The `startContainer` hooks: after the start request, before `execve`,
+/// in the container (its root, its user and capabilities).
+fn start_hooks(b: &Bootstrap, config: &Config) -> Result<(), InitFailure> {
+    match &b.hook_state {
+        Some(state) => run_own_hooks(
+            "startContainer",
+            &config.hooks.start_container,
+            state,
+            "created",
+        ),
+        None => Ok(()),
+    }
+}
+
+fn run_own_hooks(
+    point: &'static str,
+    hooks: &[crate::hooks::Hook],
+    state: &crate::hooks::HookState,
+    status: &str,
+) -> Result<(), InitFailure> {
+    if hooks.is_empty() {
+        return Ok(());
+    }
+    let mut state = state.clone();
+    state.status = status.into();
+    state.pid = Some(std::process::id() as i32);
+    crate::hooks::run_all(hooks.iter().map(|h| (point, h)), &state)
+        .map_err(|e| fail(&format!("run the {point} hooks"), e))
 }
 
 /// Makes the pty the process's controlling terminal and stdio, and hands

@@ -42,6 +42,10 @@ pub(crate) struct Bootstrap {
     pub idmap_in_joined_userns: bool,
     /// Index of the start listener in the fds (init only).
     pub listener: Option<usize>,
+    /// The container's state for the init's hooks (init with hooks only);
+    /// the init fills in its pid.
+    #[serde(default)]
+    pub hook_state: Option<crate::hooks::HookState>,
 }
 
 /// Messages to the bootstrap.
@@ -54,6 +58,8 @@ pub(crate) enum ToInit {
     /// More fds of the message before, which had more than [`MAX_FDS`]
     /// (an overlay of many idmapped layers).
     MoreFds,
+    /// The `prestart` and `createRuntime` hooks ran: go on.
+    HooksDone,
 }
 
 /// Which fds of an `IdMapsWritten` message are which idmapped trees.
@@ -84,6 +90,9 @@ pub(crate) enum FromInit {
     Child { pid: i32 },
     /// The master side of the process's pty (passed with the message).
     Console,
+    /// Every mount is in place, `pivot_root` is next: run the `prestart`
+    /// and `createRuntime` hooks (answered with `HooksDone`).
+    CreateHooks,
     /// Setup is complete; the init waits on the start socket.
     Ready,
     /// A step failed.

@@ -110,12 +110,12 @@ pub(crate) struct Idmapped {
 
 /// Builds the container's filesystem and switches root into it. With
 /// `console`, also opens the process's pty (bound over `/dev/console`).
-pub(crate) fn setup(
+pub(crate) fn prepare(
     config: &Config,
     in_user_ns: bool,
     console: bool,
     idmapped: Idmapped,
-) -> Result<Option<console::Console>, RootfsError> {
+) -> Result<Prepared, RootfsError> {
     mounts::mount_raw(
         None,
         Path::new("/"),
@@ -198,18 +198,37 @@ pub(crate) fn setup(
     for p in &config.readonly_paths {
         paths::make_readonly(root.as_fd(), p)?;
     }
-    if shared {
-        // pivot_root refuses a shared current root; only the root mount
-        // itself changes (the shared binds are mounts of their own).
-        mounts::mount_raw(None, Path::new("/"), None, MsFlags::MS_PRIVATE, None)
-            .map_err(RootfsError::RootPropagation)?;
+    Ok(Prepared { root, pty, shared })
+}
+
+/// The rootfs with every mount in place, before `pivot_root` (the moment
+/// of the `createRuntime` and `createContainer` hooks).
+pub(crate) struct Prepared {
+    root: OwnedFd,
+    pty: Option<console::Console>,
+    shared: bool,
+}
+
+impl Prepared {
+    /// Makes the rootfs the process's root (then read-only if asked) and
+    /// returns the console made for it.
+    pub(crate) fn switch_root(
+        self,
+        config: &Config,
+    ) -> Result<Option<console::Console>, RootfsError> {
+        if self.shared {
+            // pivot_root refuses a shared current root; only the root mount
+            // itself changes (the shared binds are mounts of their own).
+            mounts::mount_raw(None, Path::new("/"), None, MsFlags::MS_PRIVATE, None)
+                .map_err(RootfsError::RootPropagation)?;
+        }
+        pivot::switch_root(self.root.as_fd(), &config.rootfs, config.no_pivot_root)?;
+        if config.readonly_rootfs {
+            mounts::remount_path(Path::new("/"), MsFlags::MS_RDONLY)
+                .map_err(RootfsError::ReadonlyRootfs)?;
+        }
+        Ok(self.pty)
     }
-    pivot::switch_root(root.as_fd(), rootfs, config.no_pivot_root)?;
-    if config.readonly_rootfs {
-        mounts::remount_path(Path::new("/"), MsFlags::MS_RDONLY)
-            .map_err(RootfsError::ReadonlyRootfs)?;
-    }
-    Ok(pty)
 }
 
 /// Makes the mount that holds `rootfs`'s parent directory private: tries
