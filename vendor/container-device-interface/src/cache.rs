@@ -15,7 +15,9 @@ use crate::{
     container_edits::ContainerEdits,
     device::Device,
     spec::Spec,
-    spec_dirs::{convert_errors, scan_spec_dirs, with_spec_dirs, SpecError, DEFAULT_SPEC_DIRS},
+    spec_dirs::{
+        convert_errors, scan_spec_dirs_skipping, with_spec_dirs, SpecError, DEFAULT_SPEC_DIRS,
+    },
 };
 
 // Define custom errors if not already defined
@@ -206,7 +208,14 @@ impl Cache {
             Ok(())
         };
 
-        let scaned_specs: Vec<Spec> = scan_spec_dirs(&self.spec_dirs)?;
+        // berth patch: skip (and record) a Spec file that fails to load
+        // instead of failing the whole refresh.
+        let mut skipped = Vec::new();
+        let scaned_specs: Vec<Spec> =
+            scan_spec_dirs_skipping(&self.spec_dirs, &mut |path, err| skipped.push((path, err)));
+        for (path, err) in skipped {
+            collect_error.borrow_mut()(Box::new(SpecError::new(&err)), vec![path]);
+        }
         for spec in scaned_specs {
             scan_spec_fn(spec)?
         }

@@ -143,6 +143,33 @@ pub(crate) fn scan_spec_dirs<P: AsRef<Path>>(dirs: &[P]) -> Result<Vec<Spec>, Bo
     Ok(scaned_specs)
 }
 
+// berth patch: scan_spec_dirs, but a Spec file that fails to load is
+// handed to `skipped` (its path and error) and the scan goes on, so one
+// broken file does not hide every other vendor's devices.
+pub(crate) fn scan_spec_dirs_skipping<P: AsRef<Path>>(
+    dirs: &[P],
+    skipped: &mut dyn FnMut(String, String),
+) -> Vec<Spec> {
+    let mut scaned_specs = Vec::new();
+    for (priority, dir) in dirs.iter().enumerate() {
+        let dir_path = dir.as_ref();
+        if !dir_path.is_dir() {
+            continue;
+        }
+        let mut operation = |path: &Path| -> Result<(), Box<dyn Error>> {
+            if !path.is_dir() && is_cdi_spec(path) {
+                match read_spec(&path.to_path_buf(), priority as i32) {
+                    Ok(spec) => scaned_specs.push(spec),
+                    Err(err) => skipped(path.display().to_string(), format!("{err:#}")),
+                }
+            }
+            Ok(())
+        };
+        let _ = traverse_dir(dir_path, &mut operation);
+    }
+    scaned_specs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
