@@ -10,6 +10,7 @@
 //! - [`conn`]: connection limits shared by berth's servers (accept
 //!   backoff, connection slots, idle timeouts).
 
+pub mod cdi;
 pub mod cni;
 mod codec;
 pub mod conn;

@@ -132,6 +132,7 @@ pub fn findings(config: &Config) -> Vec<Finding> {
         },
     ));
     out.extend(lsm_findings(berth_cri::spec::lsm::HostLsm::detect()));
+    out.extend(cdi_findings(config));
     out.extend(cgroup_findings(config));
     out.push(criu_finding());
     out.extend(cni_findings(config));
@@ -169,6 +170,46 @@ fn lsm_findings(host: berth_cri::spec::lsm::HostLsm) -> Vec<Finding> {
         ),
     };
     vec![apparmor, selinux]
+}
+
+/// CDI: whether it is on, the devices its specs define now, and each spec
+/// file that fails to load (skipped by CreateContainer too).
+fn cdi_findings(config: &Config) -> Vec<Finding> {
+    let settings = berth_cri::cdi::CdiSettings {
+        enabled: config.runtime.enable_cdi,
+        spec_dirs: config.runtime.cdi_spec_dirs.clone(),
+    };
+    let dirs: Vec<String> = settings
+        .spec_dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
+    if !settings.enabled {
+        return vec![finding(
+            Level::Ok,
+            "cdi",
+            "disabled ([runtime] enable_cdi): containers asking for CDI devices are refused",
+        )];
+    }
+    let (devices, errors) = berth_cri::cdi::Cdi::new(settings).scan();
+    let mut out = vec![finding(
+        Level::Ok,
+        "cdi",
+        format!(
+            "{} device(s) in {}{}",
+            devices.len(),
+            dirs.join(", "),
+            if devices.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", devices.join(", "))
+            }
+        ),
+    )];
+    for (path, e) in errors {
+        out.push(finding(Level::Warn, "cdi", format!("{path} skipped: {e}")));
+    }
+    out
 }
 
 fn cgroup_findings(config: &Config) -> Vec<Finding> {

@@ -61,6 +61,12 @@ enable_unprivileged_ports = true
 # ... and net.ipv4.ping_group_range="0 2147483647" (any group may ping; not
 # in pods with their own user namespace), as in containerd 2.
 enable_unprivileged_icmp = true
+# CDI (Container Device Interface) devices, requested by CreateContainer's
+# CDI_devices or cdi.k8s.io/* annotations (GPU and DRA drivers): their specs
+# are read from these directories, later ones winning, at each such
+# request. Disabled, such a request is refused (never ignored).
+enable_cdi = true
+cdi_spec_dirs = ["/etc/cdi", "/var/run/cdi"]
 
 [checkpoint]
 # CreateContainer may restore a container from a checkpoint archive or
@@ -255,6 +261,8 @@ pub struct RuntimeSection {
     pub cgroup_driver: CgroupDriver,
     pub enable_unprivileged_ports: bool,
     pub enable_unprivileged_icmp: bool,
+    pub enable_cdi: bool,
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 impl Default for RuntimeSection {
@@ -264,6 +272,8 @@ impl Default for RuntimeSection {
             cgroup_driver: CgroupDriver::default(),
             enable_unprivileged_ports: d.unprivileged_ports,
             enable_unprivileged_icmp: d.unprivileged_icmp,
+            enable_cdi: berth_cri::cdi::CdiSettings::default().enabled,
+            cdi_spec_dirs: berth_cri::cdi::CdiSettings::default().spec_dirs,
         }
     }
 }
@@ -341,6 +351,9 @@ impl Config {
                 "image.auth_file must be an absolute path, not {}",
                 self.image.auth_file.display()
             );
+        }
+        if self.runtime.cdi_spec_dirs.iter().any(|d| !d.is_absolute()) {
+            bail!("runtime.cdi_spec_dirs must be absolute paths");
         }
         if !self.network.cni_conf_dir.is_absolute()
             || self.network.cni_bin_dirs.iter().any(|d| !d.is_absolute())

@@ -237,6 +237,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 unprivileged_ports: config.runtime.enable_unprivileged_ports,
                 unprivileged_icmp: config.runtime.enable_unprivileged_icmp,
             },
+            cdi: berth_cri::cdi::CdiSettings {
+                enabled: config.runtime.enable_cdi,
+                spec_dirs: config.runtime.cdi_spec_dirs.clone(),
+            },
         },
         images.store().clone(),
     )

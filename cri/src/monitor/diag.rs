@@ -19,3 +19,57 @@ pub(super) fn set_nonblocking(fd: &OwnedFd) -> Result<(), MonitorError> {
         source,
     })
 }
+
+/// The monitor's tracing subscriber: warnings and errors of the runtime
+/// core (a failed `poststart` or `poststop` hook) become [`warn`] lines in
+/// `monitor.log`; nothing else is recorded. Installed once per process.
+pub(super) fn log_core_warnings() {
+    let _ = tracing::subscriber::set_global_default(WarnLines);
+}
+
+struct WarnLines;
+
+/// Collects an event's fields as `message key=value ...`.
+#[derive(Default)]
+struct Line(String);
+
+impl tracing::field::Visit for Line {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        if !self.0.is_empty() {
+            self.0.push(' ');
+        }
+        let _ = match field.name() {
+            "message" => write!(self.0, "{value:?}"),
+            name => write!(self.0, "{name}={value:?}"),
+        };
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.record_debug(field, &format_args!("{value}"));
+    }
+}
+
+impl tracing::Subscriber for WarnLines {
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        *meta.level() <= tracing::Level::WARN
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = Line::default();
+        event.record(&mut line);
+        warn(&line.0);
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}

@@ -287,6 +287,8 @@ pub fn run_from_args() {
     let mut args = std::env::args_os().skip(1);
     let first = args.next();
     if first.as_deref() == Some(std::ffi::OsStr::new(ZYGOTE_ARG)) {
+        // Inherited by every monitor it forks.
+        diag::log_core_warnings();
         let _tag = args.next();
         let sealed_fd = args.next().and_then(|a| a.to_str()?.parse::<i32>().ok());
         std::process::exit(zygote::serve(sealed_fd));
@@ -301,6 +303,7 @@ pub fn run_from_args() {
         eprintln!("berth monitor: usage: {MONITOR_ARG} <dir>/{SPEC_FILE}");
         std::process::exit(2);
     };
+    diag::log_core_warnings();
     let code = if detached {
         run::monitor(&spec, sealed_fd)
     } else {

@@ -41,6 +41,8 @@ pub(super) struct CreateCtx<'a> {
     pub pod_sysctls: spec::sysctls::PodSysctlDefaults,
     /// The node's security modules.
     pub host_lsm: spec::lsm::HostLsm,
+    /// The node's CDI specs.
+    pub cdi: &'a crate::cdi::Cdi,
 }
 
 /// The log file: `log_directory/log_path`, `log_path` relative and without
@@ -250,6 +252,12 @@ fn build(
             &image_layers,
         )
         .map_err(RuntimeError::from)?;
+        let mut cs = cs;
+        // CDI devices, from the node's specs as they are now; the
+        // annotations go to the container's hooks with its state.
+        let cdi_devices = spec::cdi::requested(config)?;
+        spec::cdi::apply(&mut cs, &ctx.cdi.resolve(&cdi_devices)?)?;
+        cs.config.annotations = config.annotations.clone().into_iter().collect();
         // The image volumes' images stay while the container does.
         for (n, m) in config.mounts.iter().enumerate() {
             if let Some(img) = m.image.as_ref().filter(|i| !i.image.is_empty()) {
@@ -547,6 +555,7 @@ impl super::RuntimeServiceImpl {
         let puller = self.puller.clone();
         let pod_sysctls = self.config.pod_sysctls;
         let restore = self.config.restore;
+        let cdi = self.cdi.clone();
         let rec = blocking(move || {
             let ctx = CreateCtx {
                 containers: &containers,
@@ -560,6 +569,7 @@ impl super::RuntimeServiceImpl {
                 pod_sysctls,
                 restore,
                 host_lsm: spec::lsm::HostLsm::node(),
+                cdi: &cdi,
             };
             create(&ctx, &sandbox, config)
         })

@@ -88,6 +88,8 @@ pub struct RuntimeServiceConfig {
     /// The sysctls every pod with its own network gets unless kubelet sets
     /// them (containerd 2.0's defaults; both on by default).
     pub pod_sysctls: crate::spec::sysctls::PodSysctlDefaults,
+    /// CDI devices: whether they may be requested, and where their specs are.
+    pub cdi: crate::cdi::CdiSettings,
 }
 
 /// The runtime service.
@@ -108,6 +110,8 @@ pub struct RuntimeServiceImpl {
     events: Arc<events::Events>,
     /// The node's cgroup layout, for containers' `/sys/fs/cgroup`.
     cgroup_view: Arc<crate::spec::CgroupView>,
+    /// The node's CDI specs.
+    cdi: Arc<crate::cdi::Cdi>,
     /// The pod network, when configured.
     cni: Option<Arc<crate::cni::Cni>>,
     /// The streaming server, when configured.

@@ -59,6 +59,7 @@ impl RuntimeServiceImpl {
         ));
         let service = RuntimeServiceImpl {
             puller: None,
+            cdi: Arc::new(crate::cdi::Cdi::new(config.cdi.clone())),
             criu: config
                 .criu
                 .clone()

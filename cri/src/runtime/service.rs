@@ -27,7 +27,12 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             })
         })
         .await?;
-        Ok(Response::new(status::status(&req, network, described)))
+        Ok(Response::new(status::status(
+            &req,
+            network,
+            described,
+            self.cdi.settings(),
+        )))
     }
 
     async fn run_pod_sandbox(

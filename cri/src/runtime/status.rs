@@ -8,11 +8,14 @@ const RUNTIME_READY: &str = "RuntimeReady";
 const NETWORK_READY: &str = "NetworkReady";
 
 /// `network`: whether pods can get a network, or why not; `cni`: what the
-/// verbose answer shows of the CNI setup.
+/// verbose answer shows of the CNI setup; `cdi`: CDI's settings (the
+/// verbose config shows them under containerd's names, `enableCDI` and
+/// `cdiSpecDirs`: cri-api has no field for them).
 pub(super) fn status(
     req: &proto::StatusRequest,
     network: Result<(), String>,
     cni: Option<serde_json::Value>,
+    cdi: &crate::cdi::CdiSettings,
 ) -> proto::StatusResponse {
     let conditions = vec![
         proto::RuntimeCondition {
@@ -42,8 +45,13 @@ pub(super) fn status(
     if req.verbose {
         info.insert(
             "config".into(),
-            serde_json::json!({ "runtime": "berth", "version": env!("CARGO_PKG_VERSION") })
-                .to_string(),
+            serde_json::json!({
+                "runtime": "berth",
+                "version": env!("CARGO_PKG_VERSION"),
+                "enableCDI": cdi.enabled,
+                "cdiSpecDirs": cdi.spec_dirs,
+            })
+            .to_string(),
         );
         if let Some(cni) = cni {
             info.insert("cniconfig".into(), cni.to_string());
@@ -77,14 +85,18 @@ mod tests {
     #[test]
     fn runtime_ready_network_as_told() {
         let req = crate::proto::StatusRequest { verbose: true };
-        let s = super::status(&req, Err("no config in /x".into()), None);
+        let cdi = crate::cdi::CdiSettings::default();
+        let s = super::status(&req, Err("no config in /x".into()), None, &cdi);
         let c = s.status.unwrap().conditions;
         assert!(c.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
         let net = c.iter().find(|c| c.r#type == "NetworkReady").unwrap();
         assert!(!net.status && net.reason == "NetworkPluginNotReady");
         assert!(net.message.contains("no config in /x"));
-        assert!(s.info.contains_key("config"));
-        let s = super::status(&req, Ok(()), Some(serde_json::json!({"network": "pods"})));
+        let config: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
+        assert_eq!(config["enableCDI"], true);
+        assert_eq!(config["cdiSpecDirs"][1], "/var/run/cdi");
+        let pods = Some(serde_json::json!({"network": "pods"}));
+        let s = super::status(&req, Ok(()), pods, &cdi);
         let c = s.status.unwrap().conditions;
         assert!(c.iter().all(|c| c.status));
         assert!(s.info["cniconfig"].contains("pods"));

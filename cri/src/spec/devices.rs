@@ -4,7 +4,7 @@ use berth_core::cgroups::{default_device_rules, DeviceRule, DeviceType};
 use berth_core::config::{Device, DeviceKind};
 use berth_core::Config;
 
-use super::{clean_absolute, invalid, unsupported, HostDeviceLookup, SpecError};
+use super::{clean_absolute, invalid, HostDeviceLookup, SpecError};
 use crate::proto;
 
 /// runtime-core's default devices, plus each CRI `Device` as a node of the
@@ -18,15 +18,13 @@ use crate::proto;
 /// A privileged container gets every host device node at its host path
 /// (CRI: "All devices from the host's /dev are available"; what runc-based
 /// runtimes give it), the host's node replacing a default of the same path.
-/// CDI devices are refused: there is no CDI registry on this node.
+/// CDI devices are not handled here: the caller resolves them against the
+/// node's CDI specs and applies them with [`super::cdi::apply`].
 pub(super) fn devices(
     req: &proto::ContainerConfig,
     host: HostDeviceLookup<'_>,
     privileged: bool,
 ) -> Result<Vec<Device>, SpecError> {
-    if !req.cdi_devices.is_empty() {
-        return Err(unsupported("config.CDI_devices", "CDI devices"));
-    }
     let mut out = Config::default_devices();
     if privileged {
         for (path, node) in host.all() {
@@ -232,15 +230,6 @@ mod tests {
         d.permissions = "rwx".into();
         f.req.devices = vec![d];
         assert_eq!(f.err_field(), "config.devices[0].permissions");
-    }
-
-    #[test]
-    fn cdi_devices_are_unsupported() {
-        let mut f = Fixture::new();
-        f.req.cdi_devices = vec![proto::CdiDevice {
-            name: "vendor.com/gpu=0".into(),
-        }];
-        assert!(matches!(f.run(), Err(SpecError::Unsupported { .. })));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - `namespaces`: which pod namespaces are joined or created;
 //! - `mounts`: CRI mounts, the pod's `/etc/{hosts,hostname,resolv.conf}` and `/dev/shm`;
 //! - `devices`: CRI devices;
+//! - `cdi`: the CDI devices a request names, and their resolved edits;
 //! - `security`: capabilities, privileged, masked/read-only paths, no_new_privs;
 //! - `seccomp`: the seccomp profile;
 //! - `resources`: the cgroup path and limits, oom_score_adj;
@@ -20,13 +21,12 @@
 //! The rules follow Kubernetes' CRI comments (`proto/api.proto`) and, where
 //! those are silent, containerd's CRI plugin (`internal/cri/server/
 //! container_create.go`, `internal/cri/opts/spec_opts.go`,
-//! `spec_linux_opts.go`). Not handled here, each noted where it applies:
-//! AppArmor and SELinux (this node supports neither: the fields are ignored),
-//! hugepage/cpuset/unified/swap limits (berth-core's cgroup has no such
-//! controls yet), per-device cgroup rules, host devices of privileged
-//! containers, and containerd's `/sys/fs/cgroup` mount and cgroup namespace
-//! (both depend on the host's cgroup version, which is not known here).
+//! `spec_linux_opts.go`). AppArmor and SELinux requests are checked
+//! against the node's security modules (`lsm`); CDI devices need the
+//! node's CDI specs, so the caller resolves them and applies them to the
+//! result with [`cdi::apply`].
 
+pub mod cdi;
 mod command;
 mod devices;
 pub mod lsm;

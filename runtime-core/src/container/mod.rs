@@ -188,7 +188,7 @@ pub enum ContainerError {
     /// A `prestart`, `createRuntime`, `createContainer` or
     /// `startContainer` hook failed (the step failed with it).
     #[error(transparent)]
-    Hook(#[from] crate::hooks::HookError),
+    Hook(Box<crate::hooks::HookError>),
     /// CRIU did not finish in time (it was killed).
     #[error("criu {step} did not finish within {after:?}")]
     Timeout {
@@ -197,6 +197,12 @@ pub enum ContainerError {
         /// The timeout.
         after: std::time::Duration,
     },
+}
+
+impl From<crate::hooks::HookError> for ContainerError {
+    fn from(e: crate::hooks::HookError) -> Self {
+        ContainerError::Hook(Box::new(e))
+    }
 }
 
 /// A container: its id, state directory and persisted [`State`].
