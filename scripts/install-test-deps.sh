@@ -28,6 +28,10 @@
 #   python3-grpcio, python3-grpc-tools  required: a CRI client on grpc-core
 #                   (not grpc-go), with stubs generated from cri/proto/api.proto
 #                   at test time (tests/tests/python_grpc.rs)
+#   apparmor        required: apparmor_parser, which loads the AppArmor
+#                   profiles of berth-core's tests/apparmor.rs in QEMU guest
+#                   A (this host's kernel has AppArmor off); the unit tests
+#                   compile berth's default profile with it
 #   runc, crun      optional: only the lifecycle benchmark compares against
 #                   them; failing to install them is a warning, not an error
 #   containerd      optional: only the pull benchmark compares against its CRI
@@ -37,7 +41,7 @@
 #   --no-bench   install only the required packages (skip runc, crun, containerd)
 set -euo pipefail
 
-required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils containernetworking-plugins iptables python3-websocket python3-grpcio python3-grpc-tools golang-go golang-github-docker-spdystream-dev umoci skopeo xz-utils)
+required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils containernetworking-plugins iptables python3-websocket python3-grpcio python3-grpc-tools golang-go golang-github-docker-spdystream-dev umoci skopeo xz-utils apparmor)
 optional=(runc crun containerd)
 
 case "${1:-}" in

@@ -3,7 +3,8 @@
 # whole suite (unit tests, privileged integration tests, end-to-end tests,
 # doctests), the CRI conformance suite (critest, scripts/conformance.sh),
 # then berth-core's cgroup tests again in QEMU guests with a pure cgroup v2
-# hierarchy, one with systemd as PID 1 (scripts/cgroup2-guest/).
+# hierarchy, one with systemd as PID 1 (scripts/cgroup2-guest/), and its
+# AppArmor tests on the guest's Debian kernel.
 # Must run as root.
 #
 # `--all-targets` also compiles the examples and benchmarks so they cannot rot.
@@ -112,6 +113,12 @@ guest_tests cgroups guest-a
 # idmapped mounts on the guest's tmpfs (Linux 6.3+): it runs here only.
 phase "overlay tests on the guest's 6.1 kernel (berth-core tests/overlay.rs)"
 guest_tests overlay guest-a --skip an_idmapped_overlay_rootfs_of_many_layers_in_a_user_namespace
+
+# AppArmor is off on this host's kernel and on by default in Debian's:
+# profiles (berth's default and a deny-write one) confine a container's
+# init and execs there, with Debian's apparmor_parser from the host's /usr.
+phase "AppArmor tests on the guest's Debian kernel (berth-core tests/apparmor.rs)"
+guest_tests apparmor guest-a
 
 # The systemd cgroup driver's tests need systemd as PID 1 and its D-Bus API:
 # guest B.

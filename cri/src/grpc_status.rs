@@ -45,7 +45,8 @@ fn runtime_code(e: &RuntimeError) -> Code {
         RuntimeError::AlreadyExists { .. } => Code::AlreadyExists,
         RuntimeError::ContainerState { .. }
         | RuntimeError::SandboxNotReady { .. }
-        | RuntimeError::RestoreDisabled { .. } => Code::FailedPrecondition,
+        | RuntimeError::RestoreDisabled { .. }
+        | RuntimeError::AppArmor(_) => Code::FailedPrecondition,
         // Not there to restore from: the node is missing something the
         // request needs, not the request is wrong.
         RuntimeError::CheckpointImage { source, .. } => match **source {

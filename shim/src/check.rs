@@ -139,17 +139,27 @@ pub fn findings(config: &Config) -> Vec<Finding> {
     out
 }
 
-/// AppArmor and SELinux: berth applies neither yet, so on a node that has
-/// one, a container that asks for it is refused (never run unconfined).
+/// AppArmor and SELinux: what berth does with requests for them here. A
+/// container that asks for confinement berth cannot give is refused, never
+/// run unconfined.
 fn lsm_findings(host: berth_cri::spec::lsm::HostLsm) -> Vec<Finding> {
-    let apparmor = match host.apparmor {
-        true => finding(
+    let parser = ["/usr/sbin/apparmor_parser", "/sbin/apparmor_parser"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    let apparmor = match (host.apparmor, parser) {
+        (true, true) => finding(
+            Level::Ok,
+            "apparmor",
+            "enabled: unprivileged containers run under berth-default (loaded on first use) \
+             unless they ask for a Localhost profile (which must be loaded) or Unconfined",
+        ),
+        (true, false) => finding(
             Level::Warn,
             "apparmor",
-            "enabled; berth does not apply profiles yet: containers asking for one other \
-             than Unconfined are refused at create",
+            "enabled, but apparmor_parser is missing (Debian's apparmor package): containers \
+             that get berth-default fail to create until it is installed or the profile loaded",
         ),
-        false => finding(
+        (false, _) => finding(
             Level::Ok,
             "apparmor",
             "not enabled: containers asking for a profile other than Unconfined are refused \
@@ -424,7 +434,10 @@ mod tests {
             apparmor: true,
             selinux: true,
         });
-        assert!(both.iter().all(|f| f.level == Level::Warn), "{both:?}");
+        // SELinux is still only refused; AppArmor is applied (Ok with the
+        // parser installed, as the test dependencies install it).
+        assert_eq!(both[1].level, Level::Warn, "{both:?}");
+        assert!(both[0].detail.contains("berth-default"), "{both:?}");
         assert_eq!(
             both.iter().map(|f| f.item).collect::<Vec<_>>(),
             ["apparmor", "selinux"]

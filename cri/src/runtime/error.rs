@@ -106,6 +106,10 @@ pub enum RuntimeError {
         #[source]
         source: crate::task::TaskError,
     },
+    /// The node cannot load or list AppArmor profiles (no
+    /// `apparmor_parser`, securityfs not mounted).
+    #[error(transparent)]
+    AppArmor(#[from] berth_core::security::apparmor::AppArmorError),
     /// A bug or an impossible state.
     #[error("internal error: {0}")]
     Internal(String),

@@ -337,7 +337,8 @@ pub fn container_spec(
     config.rootfs_propagation = planned.rootfs_propagation;
     config.devices = devices::devices(req, host_device, sc.privileged)?;
     let device_rules = devices::rules(req, &config.devices, sc.privileged);
-    lsm::check(sc, pod.host_lsm)?;
+    lsm::check_selinux(sc, pod.host_lsm)?;
+    config.apparmor_profile = lsm::apparmor(sc, pod.host_lsm)?.map(|(_, profile)| profile);
     security::apply(&mut config, sc)?;
     config.seccomp = seccomp::profile(sc, &config.capabilities.bounding, seccomp_profile)?;
     let mut cgroup = resources::cgroup(id, pod.cgroup_parent, pod.cgroup_driver, res)?;

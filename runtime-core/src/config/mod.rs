@@ -344,6 +344,10 @@ pub struct Config {
     /// Seccomp filter of the container's processes; `None`: unconfined.
     #[serde(default)]
     pub seccomp: Option<SeccompProfile>,
+    /// The AppArmor profile every process of the container runs under
+    /// (switched to on `execve`; it must be loaded); `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apparmor_profile: Option<String>,
     /// OCI lifecycle hooks (see [`crate::hooks`]).
     #[serde(default, skip_serializing_if = "Hooks::is_empty")]
     pub hooks: Hooks,
@@ -392,6 +396,7 @@ impl Config {
             idmap_rootfs: false,
             overlay: None,
             seccomp: None,
+            apparmor_profile: None,
             hooks: Hooks::default(),
             annotations: BTreeMap::new(),
         }

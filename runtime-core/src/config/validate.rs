@@ -312,6 +312,15 @@ impl Config {
                 return Err(ConfigError::DeviceOutsideDev(d.path.clone()));
             }
         }
+        if let Some(p) = &self.apparmor_profile {
+            if !crate::security::apparmor::valid_name(p) {
+                return Err(ConfigError::BadName {
+                    field: "apparmor_profile",
+                    value: p.clone(),
+                    reason: "not an AppArmor profile name",
+                });
+            }
+        }
         for (point, hooks) in self.hooks.all() {
             for h in hooks {
                 let reason = if !h.path.is_absolute() {

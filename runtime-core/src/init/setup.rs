@@ -37,6 +37,9 @@ struct Exec {
     /// to be applied after it (see [`crate::security::seccomp`]).
     seccomp: Option<SeccompProfile>,
     deferred_caps: Option<Capabilities>,
+    /// The AppArmor profile to switch to on `execve`, with the process's
+    /// own `attr/exec` file (opened before `pivot_root`).
+    apparmor: Option<(String, std::fs::File)>,
 }
 
 pub(super) fn stage_two(
@@ -50,6 +53,16 @@ pub(super) fn stage_two(
         Task::Exec { config } => (config.as_ref(), false),
     };
     let mut console = None;
+    // Opened now, through the runtime's /proc (before any mount of the
+    // container's), and written last.
+    let apparmor = match &config.apparmor_profile {
+        Some(p) => Some((
+            p.clone(),
+            crate::security::apparmor::open_exec_attr()
+                .map_err(|e| fail("open the AppArmor exec attribute", e))?,
+        )),
+        None => None,
+    };
     if is_init {
         // CRIU needs the first process of the namespace to lead its session.
         setsid().map_err(|e| fail("setsid", e))?;
@@ -80,7 +93,8 @@ pub(super) fn stage_two(
         attach_console(ch, c, size)?;
     }
     rlimits::apply(&config.rlimits).map_err(|e| fail("set rlimits", error_chain(&e)))?;
-    let exec = prepare_exec(config, &b.process)?;
+    let mut exec = prepare_exec(config, &b.process)?;
+    exec.apparmor = apparmor;
     place_extra_fds(b.extra_fds, ch, listener.as_mut())?;
     sys::reset_signals();
     ch.send(&FromInit::Ready, &[])
@@ -301,6 +315,7 @@ fn prepare_exec(config: &Config, p: &ProcessSpec) -> Result<Exec, InitFailure> {
             .collect::<Result<_, _>>()?,
         seccomp: config.seccomp.clone(),
         deferred_caps: defer.then(|| caps.clone()),
+        apparmor: None,
     })
 }
 
@@ -415,9 +430,18 @@ fn dup_above(fd: RawFd, min: RawFd) -> Result<OwnedFd, InitFailure> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-/// The last steps: the seccomp filter (then, when deferred, the final
-/// capability sets), then `execve`. Returns only on failure.
+/// The last steps: the AppArmor profile for the exec, the seccomp filter
+/// (then, when deferred, the final capability sets), then `execve`.
+/// Returns only on failure.
 fn do_exec(e: &Exec) -> InitFailure {
+    if let Some((profile, attr)) = &e.apparmor {
+        if let Err(err) = crate::security::apparmor::switch_on_exec(attr, profile) {
+            return fail(
+                &format!("apply AppArmor profile {profile} (is it loaded?)"),
+                err,
+            );
+        }
+    }
     if let Some(p) = &e.seccomp {
         if let Err(err) = seccomp::install(p) {
             return fail("install the seccomp filter", err);

@@ -1,5 +1,6 @@
 //! Process security settings applied by the init before exec.
 
+pub mod apparmor;
 pub mod capabilities;
 pub mod ceiling;
 pub mod rlimits;
