@@ -68,9 +68,10 @@ run bash scripts/conformance.sh --binary "${CARGO_TARGET_DIR:-target}/debug/bert
 # rebuilt (`-p berth-core` alone unifies features differently and rebuilt
 # dozens of crates).
 test_binary() {
+    local dir=${2:-runtime-core/tests/}
     cargo test --workspace --all-targets --no-run --message-format=json |
         grep '"reason":"compiler-artifact"' | grep "\"name\":\"$1\"" |
-        grep '"src_path":"[^"]*runtime-core/tests/' |
+        grep "\"src_path\":\"[^\"]*$dir" |
         sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
 }
 
@@ -85,9 +86,9 @@ guest_tests() {
         guest-a) runner=run.sh ;;
         guest-b) runner=run-systemd.sh ;;
     esac
-    bin=$(test_binary "$name") || true
+    bin=$(test_binary "$name" "${GUEST_TEST_DIR:-}") || true
     if [[ -z $bin || ! -x $bin ]]; then
-        echo "==> FAILED: no test binary for berth-core's tests/$name.rs" >&2
+        echo "==> FAILED: no test binary for tests/$name.rs (${GUEST_TEST_DIR:-runtime-core/tests/})" >&2
         exit 1
     fi
     echo "test binary: $bin (built in $((SECONDS - t0))s)"
@@ -119,6 +120,12 @@ guest_tests overlay guest-a --skip an_idmapped_overlay_rootfs_of_many_layers_in_
 # init and execs there, with Debian's apparmor_parser from the host's /usr.
 phase "AppArmor tests on the guest's Debian kernel (berth-core tests/apparmor.rs)"
 guest_tests apparmor guest-a
+# The same through the CRI: berth serve in the guest (a loopback registry
+# from the host's /usr, the host's CA bundle for the test's registry
+# client), RuntimeDefault, Localhost (loaded or not) and Unconfined
+# requests, and a privileged container on cgroup v2.
+phase "AppArmor through the CRI in the guest (tests/tests/cri_security.rs apparmor)"
+GUEST_TEST_DIR=tests/tests/ BERTH_GUEST_SHARE=/etc/ssl guest_tests cri_security guest-a apparmor
 
 # The systemd cgroup driver's tests need systemd as PID 1 and its D-Bus API:
 # guest B.

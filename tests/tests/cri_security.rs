@@ -913,14 +913,19 @@ async fn the_device_cgroup_denies_nodes_a_container_makes() {
     assert_eq!(lines, ["made", "opened", "zero-ok"], "{}", p.init);
 }
 
-/// An AppArmor profile berth cannot apply is refused at create, the field
-/// named, never dropped; Unconfined runs, and reads `unconfined` where the
-/// kernel has AppArmor. (On this host AppArmor is off: containerd refuses
-/// the same requests here.)
+/// AppArmor as the node allows it. Without AppArmor (this host): a
+/// profile other than Unconfined is refused at create, the field named,
+/// never dropped (containerd refuses the same requests there). With it
+/// (`scripts/test.sh` runs this test in QEMU guest A, Debian's kernel):
+/// RuntimeDefault, and no request, run under berth-default, a loaded
+/// Localhost profile under itself, Unconfined and privileged containers
+/// under none — the init and ExecSync alike (`probe` compares them) — and
+/// an unloaded Localhost profile is refused at create naming the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(deprecated)] // apparmor_profile: still sent by older kubelets
-async fn apparmor_requests_are_refused_not_dropped() {
-    let Some(mut env) = env("apparmor_requests_are_refused_not_dropped").await else {
+async fn apparmor_profiles_are_applied_or_refused_never_dropped() {
+    let test = "apparmor_profiles_are_applied_or_refused_never_dropped";
+    let Some(mut env) = env(test).await else {
         return;
     };
     let profile = |t: ProfileType, r: &str| {
@@ -929,50 +934,137 @@ async fn apparmor_requests_are_refused_not_dropped() {
             localhost_ref: r.into(),
         })
     };
-    for (name, sc, field) in [
+    let label = "tr -d '\\0' < /proc/self/attr/current 2>/dev/null || echo none";
+    let confined = |p: &str| format!("{p} (enforce)");
+    let host = berth_cri::spec::lsm::HostLsm::detect();
+    if std::env::var_os("BERTH_TEST_NO_SKIP").is_some() {
+        assert!(host.apparmor, "{test}: AppArmor must be enabled here");
+    }
+    if !host.apparmor {
+        for (name, sc, field) in [
+            (
+                "aa-default",
+                Sc {
+                    apparmor: profile(ProfileType::RuntimeDefault, ""),
+                    ..root()
+                },
+                "security_context.apparmor",
+            ),
+            (
+                "aa-local",
+                Sc {
+                    apparmor: profile(ProfileType::Localhost, "k8s-deny-write"),
+                    ..root()
+                },
+                "security_context.apparmor.localhost_ref",
+            ),
+            (
+                "aa-string",
+                Sc {
+                    apparmor_profile: "runtime/default".into(),
+                    ..root()
+                },
+                "security_context.apparmor_profile",
+            ),
+        ] {
+            let cfg = probe_config(&env, name, sc, "true");
+            let err = create(&mut env, cfg).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
+            assert!(err.message().contains(field), "{name}: {}", err.message());
+            assert!(
+                err.message().contains("AppArmor"),
+                "{name}: {}",
+                err.message()
+            );
+        }
+        let sc = Sc {
+            apparmor: profile(ProfileType::Unconfined, ""),
+            ..root()
+        };
+        let p = probe(&mut env, "aa-unconfined", sc, vec![], "echo done=1")
+            .await
+            .unwrap();
+        assert_eq!(p.kv("done"), "1");
+        return;
+    }
+    use berth_core::security::apparmor;
+    let name = "k8s-deny-write";
+    apparmor::load(
+        name,
+        &format!(
+            "profile {name} flags=(attach_disconnected,mediate_deleted) {{\n  file,\n  \
+             capability,\n  signal (receive) peer=unconfined,\n  deny /tmp/denied/** w,\n}}\n"
+        ),
+    )
+    .unwrap();
+    let default = confined(apparmor::DEFAULT_PROFILE);
+    for (case, sc, want) in [
+        ("aa-nothing", root(), default.clone()),
         (
             "aa-default",
             Sc {
                 apparmor: profile(ProfileType::RuntimeDefault, ""),
                 ..root()
             },
-            "security_context.apparmor",
-        ),
-        (
-            "aa-local",
-            Sc {
-                apparmor: profile(ProfileType::Localhost, "k8s-deny-write"),
-                ..root()
-            },
-            "security_context.apparmor.localhost_ref",
+            default.clone(),
         ),
         (
             "aa-string",
             Sc {
-                apparmor_profile: "runtime/default".into(),
+                apparmor_profile: format!("localhost/{name}"),
                 ..root()
             },
-            "security_context.apparmor_profile",
+            confined(name),
+        ),
+        (
+            "aa-unconfined",
+            Sc {
+                apparmor: profile(ProfileType::Unconfined, ""),
+                ..root()
+            },
+            "unconfined".to_string(),
+        ),
+        (
+            "aa-privileged",
+            Sc {
+                privileged: true,
+                apparmor: profile(ProfileType::RuntimeDefault, ""),
+                ..root()
+            },
+            "unconfined".to_string(),
         ),
     ] {
-        let cfg = probe_config(&env, name, sc, "true");
-        let err = create(&mut env, cfg).await.unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
-        assert!(err.message().contains(field), "{name}: {}", err.message());
-        assert!(
-            err.message().contains("AppArmor"),
-            "{name}: {}",
-            err.message()
-        );
+        let p = probe(&mut env, case, sc, vec![], label).await.unwrap();
+        assert_eq!(p.init.trim(), want, "{case}");
     }
+    // The loaded profile's rule holds in the container.
     let sc = Sc {
-        apparmor: profile(ProfileType::Unconfined, ""),
+        apparmor: profile(ProfileType::Localhost, name),
         ..root()
     };
-    let script =
-        "cat /proc/self/attr/current 2>/dev/null | tr -d '\\0' | sed 's/^/label=/'; echo done=1";
-    let p = probe(&mut env, "aa-unconfined", sc, vec![], script)
+    let script = format!(
+        "{label}; mkdir -p /tmp/denied /tmp/ok; \
+         {{ echo x > /tmp/denied/f; }} 2>/dev/null && echo WROTE || echo denied; \
+         echo x > /tmp/ok/f && echo allowed"
+    );
+    let p = probe(&mut env, "aa-local", sc, vec![], &script)
         .await
         .unwrap();
-    assert_eq!(p.kv("done"), "1");
+    assert_eq!(
+        p.init.trim(),
+        format!("{}\ndenied\nallowed", confined(name))
+    );
+    // A Localhost profile the node has not loaded is refused at create.
+    let sc = Sc {
+        apparmor: profile(ProfileType::Localhost, "berth-never-loaded"),
+        ..root()
+    };
+    let cfg = probe_config(&env, "aa-missing", sc, "true");
+    let err = create(&mut env, cfg).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("apparmor.localhost_ref") && err.message().contains("not loaded"),
+        "{}",
+        err.message()
+    );
 }

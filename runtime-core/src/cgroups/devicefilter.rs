@@ -129,6 +129,14 @@ pub fn program(rules: &[DeviceRule]) -> Vec<Insn> {
             insn(ALU64_MOV_K, 0, 0, 0, i32::from(rule.allow)),
             insn(JMP_EXIT, 0, 0, 0, 0),
         ];
+        if checks.is_empty() {
+            // A rule matching every request decides them all: what would
+            // follow is unreachable, and the verifier refuses a program
+            // with unreachable instructions (a privileged container's
+            // allow-all rule did exactly that).
+            p.extend(verdict);
+            return p;
+        }
         let len = checks.len() + verdict.len();
         for (i, c) in checks.iter_mut().enumerate() {
             if c.code == JMP_JNE_K || c.code == JMP_JNE_X {
@@ -290,6 +298,43 @@ mod tests {
             0,
             "read+mknod needs read"
         );
+    }
+
+    /// Whether every instruction can be reached (the kernel's verifier
+    /// refuses a program with one that cannot).
+    fn all_reachable(p: &[Insn]) -> bool {
+        let mut seen = vec![false; p.len()];
+        let mut todo = vec![0usize];
+        while let Some(pc) = todo.pop() {
+            if pc >= p.len() || std::mem::replace(&mut seen[pc], true) {
+                continue;
+            }
+            match p[pc].code {
+                JMP_EXIT => {}
+                JMP_JNE_K | JMP_JNE_X => {
+                    todo.push(pc + 1);
+                    todo.push(pc + 1 + p[pc].off as usize);
+                }
+                _ => todo.push(pc + 1),
+            }
+        }
+        seen.iter().all(|s| *s)
+    }
+
+    #[test]
+    fn every_instruction_is_reachable_even_after_a_catch_all_rule() {
+        let privileged = [DeviceRule::allow_all()];
+        let p = program(&privileged);
+        assert!(all_reachable(&p), "{p:?}");
+        assert_eq!(run(&p, DEV_BLOCK, ACC_READ | ACC_WRITE, 8, 0), 1);
+        let mut rules = crate::cgroups::default_device_rules();
+        assert!(all_reachable(&program(&rules)));
+        rules.push(DeviceRule::allow_all());
+        rules.push(DeviceRule::allow_char(Some(1), Some(3), "rw"));
+        let p = program(&rules);
+        assert!(all_reachable(&p), "{p:?}");
+        assert_eq!(run(&p, DEV_BLOCK, ACC_READ, 8, 0), 1);
+        assert!(all_reachable(&program(&[])));
     }
 
     #[test]
