@@ -109,6 +109,26 @@ impl Hooks {
         .into_iter()
     }
 
+    /// The first hook that cannot be run as given: its point, path and
+    /// what is wrong (a relative path, a zero timeout, an env entry that
+    /// is not `KEY=value`).
+    pub(crate) fn first_invalid(&self) -> Option<(&'static str, PathBuf, &'static str)> {
+        self.all().find_map(|(point, hooks)| {
+            hooks.iter().find_map(|h| {
+                let reason = if !h.path.is_absolute() {
+                    "must be an absolute path"
+                } else if h.timeout == Some(0) {
+                    "timeout must be more than 0 seconds"
+                } else if h.env.iter().any(|e| !e.contains('=')) {
+                    "env entries must be KEY=value"
+                } else {
+                    return None;
+                };
+                Some((point, h.path.clone(), reason))
+            })
+        })
+    }
+
     /// The runtime-side hooks of the create step: `prestart` then
     /// `createRuntime`.
     pub(crate) fn runtime_create(&self) -> impl Iterator<Item = (&'static str, &Hook)> {

@@ -73,31 +73,6 @@ fn log_path(
         .into_owned())
 }
 
-/// The container's AppArmor profile is there to switch to: berth's default
-/// loaded when missing (containerd loads its own the same way), a
-/// `Localhost` one loaded by the node's administrator, else the request is
-/// refused naming the field (the CRI: "the profile must be loaded").
-fn apparmor_ready(
-    config: &proto::ContainerConfig,
-    host: spec::lsm::HostLsm,
-) -> Result<(), RuntimeError> {
-    use berth_core::security::apparmor;
-    let no_sc = proto::LinuxContainerSecurityContext::default();
-    let sc = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .unwrap_or(&no_sc);
-    match spec::lsm::apparmor(sc, host)? {
-        Some((_, p)) if p == apparmor::DEFAULT_PROFILE => Ok(apparmor::ensure_default_loaded()?),
-        Some((field, p)) if !apparmor::is_loaded(&p)? => Err(RuntimeError::invalid(
-            field,
-            format!("AppArmor profile {p:?} is not loaded on this node"),
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// Creates the container (blocking). The caller holds the sandbox's lock.
 pub(super) fn create(
     ctx: &CreateCtx<'_>,
@@ -278,12 +253,8 @@ fn build(
         )
         .map_err(RuntimeError::from)?;
         let mut cs = cs;
-        // CDI devices, from the node's specs as they are now; the
-        // annotations go to the container's hooks with its state.
-        let cdi_devices = spec::cdi::requested(config)?;
-        spec::cdi::apply(&mut cs, &ctx.cdi.resolve(&cdi_devices)?)?;
-        cs.config.annotations = config.annotations.clone().into_iter().collect();
-        apparmor_ready(config, ctx.host_lsm)?;
+        super::node_security::cdi_devices(&mut cs, config, ctx.cdi)?;
+        super::node_security::apparmor_ready(config, ctx.host_lsm)?;
         // The image volumes' images stay while the container does.
         for (n, m) in config.mounts.iter().enumerate() {
             if let Some(img) = m.image.as_ref().filter(|i| !i.image.is_empty()) {

@@ -20,6 +20,7 @@ pub mod error;
 mod events;
 mod exec_sync;
 mod netstats;
+mod node_security;
 mod open;
 mod recover;
 mod runtime_config;

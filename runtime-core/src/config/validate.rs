@@ -321,25 +321,12 @@ impl Config {
                 });
             }
         }
-        for (point, hooks) in self.hooks.all() {
-            for h in hooks {
-                let reason = if !h.path.is_absolute() {
-                    Some("must be an absolute path")
-                } else if h.timeout == Some(0) {
-                    Some("timeout must be more than 0 seconds")
-                } else if h.env.iter().any(|e| !e.contains('=')) {
-                    Some("env entries must be KEY=value")
-                } else {
-                    None
-                };
-                if let Some(reason) = reason {
-                    return Err(ConfigError::Hook {
-                        point,
-                        path: h.path.clone(),
-                        reason,
-                    });
-                }
-            }
+        if let Some((point, path, reason)) = self.hooks.first_invalid() {
+            return Err(ConfigError::Hook {
+                point,
+                path,
+                reason,
+            });
         }
         for (field, paths) in [
             ("masked_paths", &self.masked_paths),
