@@ -67,6 +67,18 @@ enable_unprivileged_icmp = true
 # request. Disabled, such a request is refused (never ignored).
 enable_cdi = true
 cdi_spec_dirs = ["/etc/cdi", "/var/run/cdi"]
+# RuntimeClass handlers besides the default one ("" or "berth"): pods whose
+# RuntimeClass has handler <name> run under [runtime.handlers.<name>], and
+# Status lists them. kind = "embedded": berth's own runtime under a policy it
+# enforces on the handler's pods and containers (what it forbids is refused,
+# naming the field). For example:
+# [runtime.handlers.hardened]
+# kind = "embedded"
+# require_user_namespace = true  # pods need their own (hostUsers: false)
+# deny_host_namespaces = true    # no hostNetwork, hostPID or hostIPC
+# deny_privileged = true         # no privileged containers
+# readonly_rootfs = true         # every container's rootfs read-only
+# default_seccomp = true         # RuntimeDefault unless a profile is named
 
 [checkpoint]
 # CreateContainer may restore a container from a checkpoint archive or
@@ -263,6 +275,56 @@ pub struct RuntimeSection {
     pub enable_unprivileged_icmp: bool,
     pub enable_cdi: bool,
     pub cdi_spec_dirs: Vec<PathBuf>,
+    pub handlers: std::collections::BTreeMap<String, HandlerSection>,
+}
+
+/// `[runtime.handlers.<name>]`: one RuntimeClass handler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerSection {
+    pub kind: HandlerKind,
+    #[serde(default)]
+    pub require_user_namespace: bool,
+    #[serde(default)]
+    pub deny_host_namespaces: bool,
+    #[serde(default)]
+    pub deny_privileged: bool,
+    #[serde(default)]
+    pub readonly_rootfs: bool,
+    #[serde(default)]
+    pub default_seccomp: bool,
+}
+
+/// The kinds of handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerKind {
+    /// berth's own runtime core under the handler's policy.
+    Embedded,
+}
+
+impl RuntimeSection {
+    /// The handlers, as the runtime service takes them.
+    pub fn handlers(&self) -> berth_cri::runtime::handlers::Handlers {
+        use berth_cri::runtime::handlers::{EmbeddedPolicy, Handler, Handlers};
+        Handlers(
+            self.handlers
+                .iter()
+                .map(|(name, h)| {
+                    let handler = match h.kind {
+                        HandlerKind::Embedded => Handler::Embedded(EmbeddedPolicy {
+                            require_user_namespace: h.require_user_namespace,
+                            deny_host_namespaces: h.deny_host_namespaces,
+                            deny_privileged: h.deny_privileged,
+                            readonly_rootfs: h.readonly_rootfs,
+                            default_seccomp: h.default_seccomp,
+                        }),
+                    };
+                    (name.clone(), handler)
+                })
+                .collect(),
+        )
+    }
 }
 
 impl Default for RuntimeSection {
@@ -274,6 +336,7 @@ impl Default for RuntimeSection {
             enable_unprivileged_icmp: d.unprivileged_icmp,
             enable_cdi: berth_cri::cdi::CdiSettings::default().enabled,
             cdi_spec_dirs: berth_cri::cdi::CdiSettings::default().spec_dirs,
+            handlers: Default::default(),
         }
     }
 }
@@ -352,6 +415,17 @@ impl Config {
                 self.image.auth_file.display()
             );
         }
+        if let Some(name) = self
+            .runtime
+            .handlers
+            .keys()
+            .find(|n| !berth_cri::runtime::handlers::valid_name(n))
+        {
+            bail!(
+                "runtime.handlers.{name:?}: a handler name is a DNS label (lowercase letters, \
+                 digits, '-'), and not \"berth\", the default handler's"
+            );
+        }
         if self.runtime.cdi_spec_dirs.iter().any(|d| !d.is_absolute()) {
             bail!("runtime.cdi_spec_dirs must be absolute paths");
         }
@@ -390,6 +464,33 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_handler_example_parses_and_bad_handlers_are_refused() {
+        // The commented example of `berth config default`, uncommented.
+        let example: String = DEFAULT_TOML
+            .lines()
+            .skip_while(|l| !l.starts_with("# [runtime.handlers."))
+            .take_while(|l| l.starts_with("# "))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        assert!(example.contains("kind = \"embedded\""), "{example}");
+        let c: Config = toml::from_str(&example).unwrap();
+        c.validate().unwrap();
+        let h = c.runtime.handlers();
+        let p = h.policy("hardened").unwrap();
+        assert!(p.require_user_namespace && p.deny_host_namespaces && p.deny_privileged);
+        assert!(p.readonly_rootfs && p.default_seccomp);
+        assert!(h.policy("other").is_err());
+        let bad: Config =
+            toml::from_str("[runtime.handlers.Berth]\nkind = \"embedded\"\n").unwrap();
+        assert!(bad.validate().is_err());
+        assert!(toml::from_str::<Config>("[runtime.handlers.x]\nkind = \"vm\"\n").is_err());
+        assert!(toml::from_str::<Config>(
+            "[runtime.handlers.x]\nkind = \"embedded\"\nno_such = true\n"
+        )
+        .is_err());
+    }
 
     #[test]
     fn the_printed_default_is_the_default() {

@@ -43,6 +43,8 @@ pub(super) struct CreateCtx<'a> {
     pub host_lsm: spec::lsm::HostLsm,
     /// The node's CDI specs.
     pub cdi: &'a crate::cdi::Cdi,
+    /// The RuntimeClass handlers (the pod's policy applies to its containers).
+    pub handlers: &'a super::handlers::Handlers,
 }
 
 /// The log file: `log_directory/log_path`, `log_path` relative and without
@@ -77,7 +79,7 @@ fn log_path(
 pub(super) fn create(
     ctx: &CreateCtx<'_>,
     sandbox: &LiveSandbox,
-    config: proto::ContainerConfig,
+    mut config: proto::ContainerConfig,
 ) -> Result<ContainerRecord, RuntimeError> {
     if sandbox.removed || sandbox.state != SandboxState::Ready {
         return Err(RuntimeError::SandboxNotReady {
@@ -85,6 +87,11 @@ pub(super) fn create(
             reason: "is not ready",
         });
     }
+    // The pod's RuntimeClass handler: what its policy forbids is refused,
+    // what it sets is set, before anything else looks at the request.
+    let handler = &sandbox.runtime_handler;
+    let policy = ctx.handlers.policy(handler)?;
+    super::handlers::apply_to_container(handler, &policy, &mut config)?;
     let meta = config
         .metadata
         .clone()
@@ -553,6 +560,7 @@ impl super::RuntimeServiceImpl {
         let pod_sysctls = self.config.pod_sysctls;
         let restore = self.config.restore;
         let cdi = self.cdi.clone();
+        let handlers = self.config.handlers.clone();
         let rec = blocking(move || {
             let ctx = CreateCtx {
                 containers: &containers,
@@ -567,6 +575,7 @@ impl super::RuntimeServiceImpl {
                 restore,
                 host_lsm: spec::lsm::HostLsm::node(),
                 cdi: &cdi,
+                handlers: &handlers,
             };
             create(&ctx, &sandbox, config)
         })

@@ -19,6 +19,7 @@ mod container_update;
 pub mod error;
 mod events;
 mod exec_sync;
+pub mod handlers;
 mod netstats;
 mod node_security;
 mod open;
@@ -91,6 +92,8 @@ pub struct RuntimeServiceConfig {
     pub pod_sysctls: crate::spec::sysctls::PodSysctlDefaults,
     /// CDI devices: whether they may be requested, and where their specs are.
     pub cdi: crate::cdi::CdiSettings,
+    /// The RuntimeClass handlers configured besides the default one.
+    pub handlers: handlers::Handlers,
 }
 
 /// The runtime service.

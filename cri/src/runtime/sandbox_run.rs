@@ -115,16 +115,11 @@ fn clean_abs(field: &str, v: &str) -> Result<(), RuntimeError> {
 }
 
 /// Checks a request and decides what to build (pure).
+/// `handler`: the pod's RuntimeClass handler, whose policy it must meet.
 pub(super) fn plan(
     config: &proto::PodSandboxConfig,
-    runtime_handler: &str,
+    handler: (&str, &super::handlers::EmbeddedPolicy),
 ) -> Result<SandboxPlan, RuntimeError> {
-    if !runtime_handler.is_empty() && runtime_handler != "berth" {
-        return Err(RuntimeError::invalid(
-            "runtime_handler",
-            format!("unknown handler {runtime_handler:?} (berth has only the default handler)"),
-        ));
-    }
     let m = config
         .metadata
         .as_ref()
@@ -185,6 +180,16 @@ pub(super) fn plan(
             }),
         },
     };
+    super::handlers::check_pod(
+        handler.0,
+        handler.1,
+        &[
+            ("network", network == NsMode::Node),
+            ("pid", pid == NsMode::Node),
+            ("ipc", ipc == NsMode::Node),
+        ],
+        userns.is_some(),
+    )?;
     if network == NsMode::Pod {
         crate::cni::caps::bandwidth(&config.annotations)
             .map_err(|b| RuntimeError::invalid(b.field, b.reason))?;
@@ -428,7 +433,8 @@ impl super::RuntimeServiceImpl {
         let config = req
             .config
             .ok_or_else(|| Status::from(RuntimeError::invalid("config", "must be set")))?;
-        let plan = plan(&config, &req.runtime_handler)?;
+        let policy = self.config.handlers.policy(&req.runtime_handler)?;
+        let plan = plan(&config, (&req.runtime_handler, &policy))?;
         let id = crate::store::ObjectId::random()
             .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
         self.sandboxes.registry.reserve(&plan.name, &id)?;
@@ -493,7 +499,7 @@ mod tests {
     }
 
     fn err_field(c: &proto::PodSandboxConfig) -> String {
-        match plan(c, "") {
+        match plan(c, ("", &Default::default())) {
             Err(RuntimeError::InvalidArgument { field, .. }) => field,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
@@ -501,7 +507,7 @@ mod tests {
 
     #[test]
     fn a_plain_pod_gets_its_own_namespaces() {
-        let p = plan(&base(), "").unwrap();
+        let p = plan(&base(), ("", &Default::default())).unwrap();
         assert_eq!(p.name, "web_default_u-1_0");
         // Zero values are POD for all three (kubelet sends CONTAINER for pid
         // explicitly unless the pod shares its process namespace).
@@ -524,7 +530,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        let p = plan(&c, "").unwrap();
+        let p = plan(&c, ("", &Default::default())).unwrap();
         assert_eq!((p.network, p.pid), (NsMode::Node, NsMode::Pod));
         assert_eq!(
             p.hostname,
@@ -565,8 +571,22 @@ mod tests {
             .sysctls
             .insert("../../x".into(), "1".into());
         assert!(err_field(&c).starts_with("config.linux.sysctls"));
-        assert!(
-            matches!(plan(&base(), "kata"), Err(RuntimeError::InvalidArgument { field, .. }) if field == "runtime_handler")
-        );
+        let strict = super::super::handlers::EmbeddedPolicy {
+            deny_host_namespaces: true,
+            ..Default::default()
+        };
+        let mut c = base();
+        c.linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .get_or_insert_with(Default::default)
+            .namespace_options = Some(proto::NamespaceOption {
+            network: proto::NamespaceMode::Node as i32,
+            ..Default::default()
+        });
+        assert!(plan(&c, ("", &Default::default())).is_ok());
+        assert!(matches!(plan(&c, ("strict", &strict)),
+            Err(RuntimeError::InvalidArgument { field, .. }) if field.ends_with("namespace_options.network")));
     }
 }

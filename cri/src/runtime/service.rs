@@ -32,6 +32,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
             network,
             described,
             self.cdi.settings(),
+            &self.config.handlers,
         )))
     }
 

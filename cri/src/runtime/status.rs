@@ -10,12 +10,14 @@ const NETWORK_READY: &str = "NetworkReady";
 /// `network`: whether pods can get a network, or why not; `cni`: what the
 /// verbose answer shows of the CNI setup; `cdi`: CDI's settings (the
 /// verbose config shows them under containerd's names, `enableCDI` and
-/// `cdiSpecDirs`: cri-api has no field for them).
+/// `cdiSpecDirs`: cri-api has no field for them); `handlers`: the
+/// RuntimeClass handlers besides the default one.
 pub(super) fn status(
     req: &proto::StatusRequest,
     network: Result<(), String>,
     cni: Option<serde_json::Value>,
     cdi: &crate::cdi::CdiSettings,
+    handlers: &super::handlers::Handlers,
 ) -> proto::StatusResponse {
     let conditions = vec![
         proto::RuntimeCondition {
@@ -64,13 +66,18 @@ pub(super) fn status(
         // recursive read-only mounts (mount_setattr, Linux 5.12+) and pod
         // user namespaces, whose image layers are idmapped under an overlay
         // (overlayfs on idmapped layers: Linux 5.19+).
-        runtime_handlers: vec![proto::RuntimeHandler {
-            name: String::new(),
-            features: Some(proto::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: berth_core::kernel::at_least(5, 12),
-                user_namespaces: berth_core::kernel::at_least(5, 19),
-            }),
-        }],
+        // Every configured handler is berth's core too (`embedded`): the
+        // same features.
+        runtime_handlers: std::iter::once("")
+            .chain(handlers.names())
+            .map(|name| proto::RuntimeHandler {
+                name: name.to_string(),
+                features: Some(proto::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: berth_core::kernel::at_least(5, 12),
+                    user_namespaces: berth_core::kernel::at_least(5, 19),
+                }),
+            })
+            .collect(),
         // Mount options: noexec/nodev/nosuid on bind mounts, applied.
         features: Some(proto::RuntimeFeatures {
             supplemental_groups_policy: true,
@@ -86,7 +93,13 @@ mod tests {
     fn runtime_ready_network_as_told() {
         let req = crate::proto::StatusRequest { verbose: true };
         let cdi = crate::cdi::CdiSettings::default();
-        let s = super::status(&req, Err("no config in /x".into()), None, &cdi);
+        let s = super::status(
+            &req,
+            Err("no config in /x".into()),
+            None,
+            &cdi,
+            &Default::default(),
+        );
         let c = s.status.unwrap().conditions;
         assert!(c.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
         let net = c.iter().find(|c| c.r#type == "NetworkReady").unwrap();
@@ -96,7 +109,13 @@ mod tests {
         assert_eq!(config["enableCDI"], true);
         assert_eq!(config["cdiSpecDirs"][1], "/var/run/cdi");
         let pods = Some(serde_json::json!({"network": "pods"}));
-        let s = super::status(&req, Ok(()), pods, &cdi);
+        let handlers = super::super::handlers::Handlers(std::collections::BTreeMap::from([(
+            "hardened".to_string(),
+            super::super::handlers::Handler::Embedded(Default::default()),
+        )]));
+        let s = super::status(&req, Ok(()), pods, &cdi, &handlers);
+        let names: Vec<&str> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["", "hardened"]);
         let c = s.status.unwrap().conditions;
         assert!(c.iter().all(|c| c.status));
         assert!(s.info["cniconfig"].contains("pods"));
