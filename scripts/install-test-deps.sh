@@ -32,6 +32,10 @@
 #                   profiles of berth-core's tests/apparmor.rs in QEMU guest
 #                   A (this host's kernel has AppArmor off); the unit tests
 #                   compile berth's default profile with it
+#   selinux-policy-default, policycoreutils  required: Debian's reference
+#                   policy and load_policy, for berth-core's tests/selinux.rs
+#                   in QEMU guest A booted with SELinux (this host has none;
+#                   installing them changes nothing on a host without it)
 #   runc, crun      optional: only the lifecycle benchmark compares against
 #                   them; failing to install them is a warning, not an error
 #   containerd      optional: only the pull benchmark compares against its CRI
@@ -41,7 +45,7 @@
 #   --no-bench   install only the required packages (skip runc, crun, containerd)
 set -euo pipefail
 
-required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils containernetworking-plugins iptables python3-websocket python3-grpcio python3-grpc-tools golang-go golang-github-docker-spdystream-dev umoci skopeo xz-utils apparmor)
+required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils containernetworking-plugins iptables python3-websocket python3-grpcio python3-grpc-tools golang-go golang-github-docker-spdystream-dev umoci skopeo xz-utils apparmor selinux-policy-default policycoreutils)
 optional=(runc crun containerd)
 
 case "${1:-}" in

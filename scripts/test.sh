@@ -127,6 +127,12 @@ guest_tests apparmor guest-a
 phase "AppArmor through the CRI in the guest (tests/tests/cri_security.rs apparmor)"
 GUEST_TEST_DIR=tests/tests/ BERTH_GUEST_SHARE=/etc/ssl guest_tests cri_security guest-a apparmor
 
+# SELinux: guest A booted with security=selinux (permissive) and the host's
+# Debian reference policy (selinux-policy-default) loaded by its init.
+phase "SELinux tests on the guest's Debian kernel (berth-core tests/selinux.rs)"
+BERTH_GUEST_APPEND="security=selinux enforcing=0" BERTH_GUEST_SHARE=/etc/selinux \
+    guest_tests selinux guest-a
+
 # The systemd cgroup driver's tests need systemd as PID 1 and its D-Bus API:
 # guest B.
 phase "systemd cgroup driver tests in a QEMU guest with systemd (tests/cgroups_systemd.rs; run-systemd.sh)"

@@ -15,6 +15,10 @@
 # kept, with the console log, in the run's directory (BERTH_GUEST_RESULTS,
 # else a temporary one, removed after a successful run).
 #
+# BERTH_GUEST_APPEND adds kernel command line arguments (e.g.
+# `security=selinux selinux=1 enforcing=0` to boot with SELinux instead of
+# AppArmor).
+#
 # Exit code: the binary's; 1 when the guest did not boot or finish within
 # BERTH_GUEST_TIMEOUT seconds (default 300). Prints `skipped: ...` and exits 0
 # only when QEMU cannot be installed or run at all.
@@ -59,7 +63,7 @@ g_boot_and_report "$results" "${BERTH_GUEST_TIMEOUT:-300}" "guest A ($(basename 
     qemu-system-x86_64 $(g_qemu_common "$VMLINUX") -initrd "$INITRD_A" \
     -virtfs local,path=/usr,mount_tag=hostusr,security_model=none,readonly=on,id=hostusr \
     "${G_VIRTFS[@]}" \
-    -append "console=ttyS0 quiet loglevel=1 panic=-1 mitigations=off"
+    -append "console=ttyS0 quiet loglevel=1 panic=-1 mitigations=off${BERTH_GUEST_APPEND:+ $BERTH_GUEST_APPEND}"
 if [[ $G_RC -eq 0 && $keep -eq 0 ]]; then
     rm -rf "$results"
 else

@@ -198,6 +198,21 @@ impl OverlayRootfs {
         crate::rootfs::overlay::OverlayMount::prepare(&self.lowerdirs, Some(upper), "")
     }
 
+    /// [`OverlayRootfs::prepare`] with the SELinux `context=` of `label`.
+    pub(crate) fn prepare_labeled(
+        &self,
+        label: Option<&str>,
+    ) -> Result<crate::rootfs::overlay::OverlayMount, OverlayError> {
+        let upper = crate::rootfs::overlay::Upper {
+            upperdir: &self.upperdir,
+            workdir: &self.workdir,
+        };
+        let extra = label
+            .map(|l| crate::security::selinux::with_context("", l))
+            .unwrap_or_default();
+        crate::rootfs::overlay::OverlayMount::prepare(&self.lowerdirs, Some(upper), &extra)
+    }
+
     /// The checks of [`Config::validate`]: existing absolute directories,
     /// at most [`MAX_OVERLAY_LAYERS`] layers, upper and work dirs in one
     /// parent (they are idmapped together), no `,` or `:` in the paths.
@@ -348,6 +363,14 @@ pub struct Config {
     /// (switched to on `execve`; it must be loaded); `None`: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apparmor_profile: Option<String>,
+    /// The SELinux label every process of the container runs with
+    /// (switched to on `execve`); `None`: the runtime's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selinux_label: Option<String>,
+    /// The SELinux label of the filesystems mounted for the container (its
+    /// overlay rootfs, tmpfs and devpts mounts: `context=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_label: Option<String>,
     /// OCI lifecycle hooks (see [`crate::hooks`]).
     #[serde(default, skip_serializing_if = "Hooks::is_empty")]
     pub hooks: Hooks,
@@ -397,6 +420,8 @@ impl Config {
             overlay: None,
             seccomp: None,
             apparmor_profile: None,
+            selinux_label: None,
+            mount_label: None,
             hooks: Hooks::default(),
             annotations: BTreeMap::new(),
         }

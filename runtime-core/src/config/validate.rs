@@ -312,14 +312,12 @@ impl Config {
                 return Err(ConfigError::DeviceOutsideDev(d.path.clone()));
             }
         }
-        if let Some(p) = &self.apparmor_profile {
-            if !crate::security::apparmor::valid_name(p) {
-                return Err(ConfigError::BadName {
-                    field: "apparmor_profile",
-                    value: p.clone(),
-                    reason: "not an AppArmor profile name",
-                });
-            }
+        if let Some((field, value, reason)) = crate::security::first_bad_label(self) {
+            return Err(ConfigError::BadName {
+                field,
+                value,
+                reason,
+            });
         }
         if let Some((point, path, reason)) = self.hooks.first_invalid() {
             return Err(ConfigError::Hook {

@@ -40,6 +40,8 @@ struct Exec {
     /// The AppArmor profile to switch to on `execve`, with the process's
     /// own `attr/exec` file (opened before `pivot_root`).
     apparmor: Option<(String, std::fs::File)>,
+    /// The SELinux label to switch to on `execve`, likewise.
+    selinux: Option<(String, std::fs::File)>,
 }
 
 pub(super) fn stage_two(
@@ -60,6 +62,14 @@ pub(super) fn stage_two(
             p.clone(),
             crate::security::apparmor::open_exec_attr()
                 .map_err(|e| fail("open the AppArmor exec attribute", e))?,
+        )),
+        None => None,
+    };
+    let selinux = match &config.selinux_label {
+        Some(l) => Some((
+            l.clone(),
+            crate::security::selinux::open_exec_attr()
+                .map_err(|e| fail("open the SELinux exec attribute", e))?,
         )),
         None => None,
     };
@@ -95,6 +105,7 @@ pub(super) fn stage_two(
     rlimits::apply(&config.rlimits).map_err(|e| fail("set rlimits", error_chain(&e)))?;
     let mut exec = prepare_exec(config, &b.process)?;
     exec.apparmor = apparmor;
+    exec.selinux = selinux;
     place_extra_fds(b.extra_fds, ch, listener.as_mut())?;
     sys::reset_signals();
     ch.send(&FromInit::Ready, &[])
@@ -316,6 +327,7 @@ fn prepare_exec(config: &Config, p: &ProcessSpec) -> Result<Exec, InitFailure> {
         seccomp: config.seccomp.clone(),
         deferred_caps: defer.then(|| caps.clone()),
         apparmor: None,
+        selinux: None,
     })
 }
 
@@ -430,7 +442,8 @@ fn dup_above(fd: RawFd, min: RawFd) -> Result<OwnedFd, InitFailure> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-/// The last steps: the AppArmor profile for the exec, the seccomp filter
+/// The last steps: the AppArmor profile or SELinux label for the exec, the
+/// seccomp filter
 /// (then, when deferred, the final capability sets), then `execve`.
 /// Returns only on failure.
 fn do_exec(e: &Exec) -> InitFailure {
@@ -440,6 +453,11 @@ fn do_exec(e: &Exec) -> InitFailure {
                 &format!("apply AppArmor profile {profile} (is it loaded?)"),
                 err,
             );
+        }
+    }
+    if let Some((label, attr)) = &e.selinux {
+        if let Err(err) = crate::security::selinux::switch_on_exec(attr, label) {
+            return fail(&format!("apply SELinux label {label}"), err);
         }
     }
     if let Some(p) = &e.seccomp {

@@ -146,10 +146,12 @@ pub(crate) fn prepare(
             let dir = open_dir(path).map_err(bind_err)?;
             crate::sys::move_mount_onto(tree.as_fd(), dir.as_fd()).map_err(bind_err)?;
         }
-        let ovl = o.prepare().map_err(|source| RootfsError::Overlay {
-            target: rootfs.clone(),
-            source,
-        })?;
+        let ovl = o
+            .prepare_labeled(config.mount_label.as_deref())
+            .map_err(|source| RootfsError::Overlay {
+                target: rootfs.clone(),
+                source,
+            })?;
         ovl.mount_at(rootfs, rootfs, 0)?;
     }
     match &idmapped.rootfs {
@@ -171,6 +173,8 @@ pub(crate) fn prepare(
         source,
     })?;
     for (i, m) in config.mounts.iter().enumerate() {
+        let labeled = labeled_mount(m, config.mount_label.as_deref());
+        let m = labeled.as_ref().unwrap_or(m);
         mounts::mount_one(root.as_fd(), m, in_user_ns, idmapped.mounts.get(&i))?;
     }
     devices::create(root.as_fd(), &config.devices, in_user_ns)?;
@@ -228,6 +232,20 @@ impl Prepared {
                 .map_err(RootfsError::ReadonlyRootfs)?;
         }
         Ok(self.pty)
+    }
+}
+
+/// `m` with the SELinux mount label in its options, when it is a
+/// filesystem that takes one (`None`: `m` as it is).
+fn labeled_mount(m: &crate::config::Mount, label: Option<&str>) -> Option<crate::config::Mount> {
+    let label = label?;
+    match &m.kind {
+        MountKind::Fs { fstype } if crate::security::selinux::labels_fs(fstype) => {
+            let mut m = m.clone();
+            m.data = crate::security::selinux::with_context(&m.data, label);
+            Some(m)
+        }
+        _ => None,
     }
 }
 
