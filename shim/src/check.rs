@@ -167,12 +167,19 @@ fn lsm_findings(host: berth_cri::spec::lsm::HostLsm) -> Vec<Finding> {
         ),
     };
     let selinux = match host.selinux {
-        true => finding(
-            Level::Warn,
-            "selinux",
-            "enabled; berth does not apply labels yet: containers with selinux_options are \
-             refused at create",
-        ),
+        true => {
+            let d = berth_cri::spec::selinux::SelinuxDefaults::node();
+            finding(
+                Level::Ok,
+                "selinux",
+                format!(
+                    "enabled: containers run as {} and their files are {} (the node's \
+                     lxc_contexts), with a level per pod; volumes asking for a relabel are \
+                     refused",
+                    d.process, d.file
+                ),
+            )
+        }
         false => finding(
             Level::Ok,
             "selinux",
@@ -434,9 +441,9 @@ mod tests {
             apparmor: true,
             selinux: true,
         });
-        // SELinux is still only refused; AppArmor is applied (Ok with the
-        // parser installed, as the test dependencies install it).
-        assert_eq!(both[1].level, Level::Warn, "{both:?}");
+        // Both applied (AppArmor Ok with the parser installed, as the test
+        // dependencies install it).
+        assert!(both[1].detail.contains("level per pod"), "{both:?}");
         assert!(both[0].detail.contains("berth-default"), "{both:?}");
         assert_eq!(
             both.iter().map(|f| f.item).collect::<Vec<_>>(),

@@ -230,6 +230,15 @@ fn build(
             cgroup_driver: ctx.cgroup_driver,
             sysctls: &sysctls,
             host_lsm: ctx.host_lsm,
+            selinux: ctx.host_lsm.selinux.then(|| spec::selinux::PodSelinux {
+                // A pod made before the node had SELinux: the policy's own.
+                level: if sandbox.selinux_level.is_empty() {
+                    "s0"
+                } else {
+                    &sandbox.selinux_level
+                },
+                defaults: spec::selinux::SelinuxDefaults::node(),
+            }),
         };
         // Image volumes: the pulled image's layers that have the sub path.
         let image_layers = |r: &str, sub: &Path| -> Result<Vec<PathBuf>, String> {

@@ -34,6 +34,9 @@ pub(super) struct SandboxPlan {
     pub cgroup_parent: String,
     /// The pod's own user namespace (`hostUsers: false`).
     pub userns: Option<Userns>,
+    /// The pod's SELinux MCS level, shared by its containers (empty: no
+    /// SELinux on the node).
+    pub selinux_level: String,
 }
 
 /// Id ranges to check (pure): non-empty, no zero-length or overflowing
@@ -251,6 +254,7 @@ pub(super) fn plan(
         ipc,
         cgroup_parent: linux.cgroup_parent.clone(),
         userns,
+        selinux_level: String::new(),
     })
 }
 
@@ -378,6 +382,7 @@ pub(super) fn create(
             ipc: plan.ipc,
             pod_init,
             userns: plan.userns.clone(),
+            selinux_level: plan.selinux_level.clone(),
             ips,
             hostname: plan.hostname.clone(),
             cgroup_parent: plan.cgroup_parent.clone(),
@@ -434,9 +439,21 @@ impl super::RuntimeServiceImpl {
             .config
             .ok_or_else(|| Status::from(RuntimeError::invalid("config", "must be set")))?;
         let policy = self.config.handlers.policy(&req.runtime_handler)?;
-        let plan = plan(&config, (&req.runtime_handler, &policy))?;
+        let mut plan = plan(&config, (&req.runtime_handler, &policy))?;
         let id = crate::store::ObjectId::random()
             .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
+        if crate::spec::lsm::HostLsm::node().selinux {
+            // The level from the new id's random bytes (unless the pod names it).
+            let hex = id.as_str();
+            let num = |r: std::ops::Range<usize>| u16::from_str_radix(&hex[r], 16).unwrap_or(0);
+            let options = config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref())
+                .and_then(|s| s.selinux_options.as_ref());
+            plan.selinux_level = crate::spec::selinux::pod_level(options, [num(0..4), num(4..8)])
+                .map_err(RuntimeError::from)?;
+        }
         self.sandboxes.registry.reserve(&plan.name, &id)?;
         let (sandboxes, zygote) = (self.sandboxes.clone(), self.zygote.clone());
         let (id2, plan2, cni) = (id.clone(), plan.clone(), self.cni.clone());

@@ -132,6 +132,7 @@ impl Fixture {
             cgroup_driver: self.cgroup_driver,
             sysctls: &self.sysctls,
             host_lsm: self.host_lsm,
+            selinux: None,
         }
     }
 

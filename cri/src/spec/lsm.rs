@@ -10,9 +10,7 @@
 //! (checked by the caller), `Unconfined` none; a privileged container gets
 //! no default profile. On a node without AppArmor, only Unconfined (or
 //! nothing) can be honoured: anything else is refused, as containerd
-//! refuses it ("apparmor is not supported"). SELinux: berth applies no
-//! labels yet, so options are refused where SELinux is enabled, and
-//! ignored where it is not (as containerd ignores them there).
+//! refuses it ("apparmor is not supported"). SELinux labels: `selinux.rs`.
 
 use std::path::Path;
 
@@ -147,27 +145,6 @@ pub fn apparmor(
     })
 }
 
-/// Refuses SELinux options berth cannot apply on `host`.
-pub(super) fn check_selinux(
-    sc: &proto::LinuxContainerSecurityContext,
-    host: HostLsm,
-) -> Result<(), SpecError> {
-    let selinux = sc.selinux_options.as_ref().filter(|o| {
-        [&o.user, &o.role, &o.r#type, &o.level]
-            .iter()
-            .any(|s| !s.is_empty())
-    });
-    if selinux.is_some() && host.selinux {
-        return Err(SpecError::Unsupported {
-            field: format!("{SC}.selinux_options"),
-            reason: "SELinux is enabled on this node and berth does not apply SELinux labels \
-                     yet"
-            .into(),
-        });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,26 +260,5 @@ mod tests {
         assert_eq!(profile_of(&sc, BOTH), None);
         sc.apparmor = profile(ProfileType::Localhost, "p");
         assert_eq!(profile_of(&sc, BOTH), Some("p".into()));
-    }
-
-    #[test]
-    fn selinux_options_are_refused_where_selinux_is_on() {
-        let mut sc = proto::LinuxContainerSecurityContext {
-            selinux_options: Some(proto::SeLinuxOption {
-                level: "s0:c1,c2".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        assert!(check_selinux(&sc, NONE).is_ok(), "ignored without SELinux");
-        assert!(matches!(
-            check_selinux(&sc, BOTH),
-            Err(SpecError::Unsupported { field, .. }) if field.ends_with("selinux_options")
-        ));
-        sc.selinux_options = Some(proto::SeLinuxOption::default());
-        assert!(
-            check_selinux(&sc, BOTH).is_ok(),
-            "empty options ask for nothing"
-        );
     }
 }

@@ -36,6 +36,7 @@ pub mod oci;
 mod resources;
 mod seccomp;
 mod security;
+pub mod selinux;
 mod signal;
 pub mod sysctls;
 mod user;
@@ -115,6 +116,9 @@ pub struct PodContext<'a> {
     /// The security modules this node has (what AppArmor and SELinux
     /// requests are checked against).
     pub host_lsm: lsm::HostLsm,
+    /// The pod's SELinux level and the node's defaults; `None`: SELinux is
+    /// not enabled here.
+    pub selinux: Option<selinux::PodSelinux<'a>>,
 }
 
 /// The node's cgroup hierarchy, as [`PodContext::cgroup_view`].
@@ -337,7 +341,10 @@ pub fn container_spec(
     config.rootfs_propagation = planned.rootfs_propagation;
     config.devices = devices::devices(req, host_device, sc.privileged)?;
     let device_rules = devices::rules(req, &config.devices, sc.privileged);
-    lsm::check_selinux(sc, pod.host_lsm)?;
+    if let Some((process, mount)) = selinux::labels(req, sc, pod.selinux)? {
+        config.selinux_label = Some(process);
+        config.mount_label = Some(mount);
+    }
     config.apparmor_profile = lsm::apparmor(sc, pod.host_lsm)?.map(|(_, profile)| profile);
     security::apply(&mut config, sc)?;
     config.seccomp = seccomp::profile(sc, &config.capabilities.bounding, seccomp_profile)?;

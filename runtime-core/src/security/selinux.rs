@@ -12,6 +12,43 @@ pub fn enabled() -> bool {
     Path::new("/sys/fs/selinux/enforce").exists()
 }
 
+/// The node policy's contexts for containers: `process` and `file` of
+/// `/etc/selinux/<SELINUXTYPE>/contexts/lxc_contexts` (what go-selinux
+/// reads for containerd and CRI-O), each falling back to
+/// `system_u:system_r:container_t:s0` and
+/// `system_u:object_r:container_file_t:s0`.
+pub fn container_contexts() -> (String, String) {
+    let policy = std::fs::read_to_string("/etc/selinux/config")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.trim()
+                    .strip_prefix("SELINUXTYPE=")
+                    .map(|v| v.trim().to_string())
+            })
+        })
+        .filter(|t| !t.is_empty() && !t.contains(['/', '.']))
+        .unwrap_or_else(|| "targeted".into());
+    let text = std::fs::read_to_string(format!("/etc/selinux/{policy}/contexts/lxc_contexts"))
+        .unwrap_or_default();
+    parse_lxc_contexts(&text)
+}
+
+fn parse_lxc_contexts(text: &str) -> (String, String) {
+    let get = |key: &str, default: &str| {
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| v.trim().trim_matches('"').to_string())
+            .filter(|v| valid_label(v))
+            .unwrap_or_else(|| default.to_string())
+    };
+    (
+        get("process", "system_u:system_r:container_t:s0"),
+        get("file", "system_u:object_r:container_file_t:s0"),
+    )
+}
+
 /// Whether `label` can be an SELinux context (`user:role:type[:level]`),
 /// as far as can be told without the policy; the kernel checks the rest.
 pub(crate) fn valid_label(label: &str) -> bool {
@@ -62,6 +99,25 @@ pub(crate) fn switch_on_exec(mut attr: &std::fs::File, label: &str) -> std::io::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lxc_contexts_give_the_container_defaults() {
+        let text = "process = \"system_u:system_r:container_t:s0\"\ncontent = \"x:y:z:s0\"\n\
+                    file = \"system_u:object_r:container_file_t:s0\"\n";
+        assert_eq!(
+            parse_lxc_contexts(text),
+            (
+                "system_u:system_r:container_t:s0".to_string(),
+                "system_u:object_r:container_file_t:s0".to_string()
+            )
+        );
+        let custom = parse_lxc_contexts("process = \"u:r:svirt_t:s0\"\n");
+        assert_eq!(custom.0, "u:r:svirt_t:s0");
+        assert_eq!(
+            custom.1, "system_u:object_r:container_file_t:s0",
+            "the fallback"
+        );
+    }
 
     #[test]
     fn labels_and_mount_options() {

@@ -84,6 +84,10 @@ pub struct SandboxRecord {
     /// namespace itself is pinned with the others.
     #[serde(default)]
     pub userns: Option<Userns>,
+    /// The pod's SELinux MCS level, shared by its containers (empty
+    /// without SELinux).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub selinux_level: String,
     /// The pod's IPs from its CNI result, primary first (empty without a
     /// pod network, and once the pod is stopped).
     #[serde(default)]
