@@ -175,7 +175,7 @@ fn lsm_findings(host: berth_cri::spec::lsm::HostLsm) -> Vec<Finding> {
                 format!(
                     "enabled: containers run as {} and their files are {} (the node's \
                      lxc_contexts), with a level per pod; volumes asking for a relabel are \
-                     refused",
+                     relabeled",
                     d.process, d.file
                 ),
             )

@@ -271,6 +271,7 @@ fn build(
         let mut cs = cs;
         super::node_security::cdi_devices(&mut cs, config, ctx.cdi)?;
         super::node_security::apparmor_ready(config, ctx.host_lsm)?;
+        super::node_security::relabel_volumes(config, cs.config.mount_label.as_deref())?;
         // The image volumes' images stay while the container does.
         for (n, m) in config.mounts.iter().enumerate() {
             if let Some(img) = m.image.as_ref().filter(|i| !i.image.is_empty()) {

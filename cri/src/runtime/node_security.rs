@@ -1,6 +1,7 @@
 //! What CreateContainer needs from the node beyond the pure translation
 //! (`crate::spec`): the CDI devices resolved against the node's CDI specs,
-//! and the AppArmor profile the container will switch to, loaded.
+//! the AppArmor profile the container will switch to, loaded, and the
+//! SELinux relabel of the volumes that ask for one.
 
 use super::error::RuntimeError;
 use crate::proto;
@@ -42,5 +43,146 @@ pub(super) fn apparmor_ready(
             format!("AppArmor profile {p:?} is not loaded on this node"),
         )),
         _ => Ok(()),
+    }
+}
+
+/// Paths never relabeled (go-selinux's list, which containerd and CRI-O
+/// use): the system's own directories.
+const NO_RELABEL: &[&str] = &[
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/etc/passwd",
+    "/etc/pki",
+    "/etc/shadow",
+    "/home",
+    "/lib",
+    "/lib64",
+    "/media",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/var/lib",
+    "/var/log",
+];
+
+/// Relabels the host path of every mount with `selinux_relabel` to the
+/// container's mount label (what `:Z` does for Docker), when the container
+/// has one (SELinux enabled, not privileged). A system directory is
+/// refused, naming the mount.
+pub(super) fn relabel_volumes(
+    config: &proto::ContainerConfig,
+    mount_label: Option<&str>,
+) -> Result<(), RuntimeError> {
+    let Some(label) = mount_label else {
+        return Ok(());
+    };
+    for (i, m) in config.mounts.iter().enumerate() {
+        if !m.selinux_relabel {
+            continue;
+        }
+        let field = format!("config.mounts[{i}].host_path");
+        let path = spec::clean_absolute(&field, &m.host_path)?;
+        if NO_RELABEL.iter().any(|p| std::path::Path::new(p) == path) {
+            return Err(RuntimeError::invalid(
+                field,
+                format!("SELinux relabeling of {} is not allowed", path.display()),
+            ));
+        }
+        relabel(&path, label).map_err(|e| RuntimeError::io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// Sets `security.selinux` to `label` on `path` and everything below it,
+/// never following a symlink (the link itself is labeled).
+fn relabel(path: &std::path::Path, label: &str) -> std::io::Result<()> {
+    let set = |p: &std::path::Path| {
+        rustix::fs::lsetxattr(
+            p,
+            "security.selinux",
+            label.as_bytes(),
+            rustix::fs::XattrFlags::empty(),
+        )
+        .map_err(std::io::Error::from)
+    };
+    set(path)?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                relabel(&entry.path(), label)?;
+            } else {
+                set(&entry.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label_of(p: &std::path::Path) -> String {
+        let mut buf = [0u8; 256];
+        match rustix::fs::lgetxattr(p, "security.selinux", &mut buf) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(_) => String::new(),
+        }
+    }
+
+    #[test]
+    fn volumes_asking_for_it_are_relabeled_without_following_links_and_system_dirs_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            println!("skipped: relabel: security.* xattrs need root");
+            return;
+        }
+        // tmpfs keeps security.* xattrs (as plain ones where SELinux is off).
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let vol = dir.path().join("vol");
+        std::fs::create_dir_all(vol.join("sub")).unwrap();
+        std::fs::write(vol.join("sub/f"), "x").unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, "o").unwrap();
+        std::os::unix::fs::symlink(&outside, vol.join("link")).unwrap();
+        let mut c = proto::ContainerConfig::default();
+        c.mounts.push(proto::Mount {
+            host_path: vol.display().to_string(),
+            selinux_relabel: true,
+            ..Default::default()
+        });
+        let label = "system_u:object_r:container_file_t:s0:c1,c2";
+        relabel_volumes(&c, None).unwrap();
+        assert_eq!(label_of(&vol), "", "no mount label: nothing to do");
+        if let Err(e) = relabel_volumes(&c, Some(label)) {
+            println!("skipped: relabel: this filesystem keeps no security.selinux here: {e}");
+            return;
+        }
+        for p in [vol.clone(), vol.join("sub"), vol.join("sub/f")] {
+            assert_eq!(
+                label_of(&p).trim_end_matches('\0'),
+                label,
+                "{}",
+                p.display()
+            );
+        }
+        assert_ne!(
+            label_of(&outside).trim_end_matches('\0'),
+            label,
+            "the link was not followed"
+        );
+        c.mounts[0].host_path = "/etc/".into();
+        let err = relabel_volumes(&c, Some(label)).unwrap_err();
+        assert!(err.to_string().contains("not allowed"), "{err}");
     }
 }

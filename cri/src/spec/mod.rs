@@ -341,7 +341,7 @@ pub fn container_spec(
     config.rootfs_propagation = planned.rootfs_propagation;
     config.devices = devices::devices(req, host_device, sc.privileged)?;
     let device_rules = devices::rules(req, &config.devices, sc.privileged);
-    if let Some((process, mount)) = selinux::labels(req, sc, pod.selinux)? {
+    if let Some((process, mount)) = selinux::labels(sc, pod.selinux)? {
         config.selinux_label = Some(process);
         config.mount_label = Some(mount);
     }

@@ -6,7 +6,8 @@
 //! at RunPodSandbox unless the pod names it — unless the container names
 //! its own. The process label goes to the container's processes (switched
 //! to on `execve`), the mount label (the file context with the same
-//! level) to its rootfs and tmpfs/devpts mounts. A privileged container
+//! level) to its rootfs and tmpfs/devpts mounts, and to the volumes that
+//! ask for a relabel (done by the caller). A privileged container
 //! gets neither, as with containerd. Where SELinux is not enabled, options
 //! are ignored (as containerd ignores them there).
 
@@ -91,19 +92,12 @@ fn check_part(field: &str, v: &str, level: bool) -> Result<(), SpecError> {
 
 /// `(process label, mount label)` of a container in `pod` (`None`: none).
 pub(super) fn labels(
-    req: &proto::ContainerConfig,
     sc: &proto::LinuxContainerSecurityContext,
     pod: Option<PodSelinux<'_>>,
 ) -> Result<Option<(String, String)>, SpecError> {
     let Some(pod) = pod else {
         return Ok(None);
     };
-    if let Some(i) = req.mounts.iter().position(|m| m.selinux_relabel) {
-        return Err(SpecError::Unsupported {
-            field: format!("config.mounts[{i}].selinux_relabel"),
-            reason: "berth does not relabel host paths for SELinux yet".into(),
-        });
-    }
     if sc.privileged {
         return Ok(None);
     }
@@ -164,14 +158,13 @@ mod tests {
             level: "s0:c1,c2",
             defaults: &d,
         });
-        let req = proto::ContainerConfig::default();
         assert_eq!(
-            labels(&req, &sc(None), None).unwrap(),
+            labels(&sc(None), None).unwrap(),
             None,
             "no SELinux: nothing"
         );
         assert_eq!(
-            labels(&req, &sc(None), pod).unwrap(),
+            labels(&sc(None), pod).unwrap(),
             Some((
                 "system_u:system_r:container_t:s0:c1,c2".into(),
                 "system_u:object_r:container_file_t:s0:c1,c2".into()
@@ -183,7 +176,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            labels(&req, &sc(Some(o)), pod).unwrap(),
+            labels(&sc(Some(o)), pod).unwrap(),
             Some((
                 "system_u:system_r:spc_t:s0:c7,c9".into(),
                 "system_u:object_r:container_file_t:s0:c7,c9".into()
@@ -191,23 +184,16 @@ mod tests {
         );
         let mut privileged = sc(None);
         privileged.privileged = true;
-        assert_eq!(labels(&req, &privileged, pod).unwrap(), None);
+        assert_eq!(labels(&privileged, pod).unwrap(), None);
         let bad = proto::SeLinuxOption {
             user: "a:b".into(),
             ..Default::default()
         };
-        let err = labels(&req, &sc(Some(bad)), pod).unwrap_err().to_string();
+        let err = labels(&sc(Some(bad)), pod).unwrap_err().to_string();
         assert!(
             err.starts_with("config.linux.security_context.selinux_options.user"),
             "{err}"
         );
-        let mut relabel = req.clone();
-        relabel.mounts.push(proto::Mount {
-            selinux_relabel: true,
-            ..Default::default()
-        });
-        let err = labels(&relabel, &sc(None), pod).unwrap_err().to_string();
-        assert!(err.contains("mounts[0].selinux_relabel"), "{err}");
     }
 
     #[test]
