@@ -8,8 +8,8 @@ use crate::proto;
 use crate::spec;
 
 /// Applies the CDI devices `config` asks for, from the node's specs as
-/// they are now; the request's annotations go to the container's hooks
-/// with its state.
+/// they are now; when that gives the container hooks, the request's
+/// annotations go to them with its state (otherwise nothing reads them).
 pub(super) fn cdi_devices(
     cs: &mut spec::ContainerSpec,
     config: &proto::ContainerConfig,
@@ -17,7 +17,9 @@ pub(super) fn cdi_devices(
 ) -> Result<(), RuntimeError> {
     let names = spec::cdi::requested(config)?;
     spec::cdi::apply(cs, &cdi.resolve(&names)?)?;
-    cs.config.annotations = config.annotations.clone().into_iter().collect();
+    if !cs.config.hooks.is_empty() {
+        cs.config.annotations = config.annotations.clone().into_iter().collect();
+    }
     Ok(())
 }
 
