@@ -471,9 +471,15 @@ pub(crate) fn write_proc_file(
     value: &str,
 ) -> std::io::Result<()> {
     use std::io::Write;
+    open_proc_file(path)?.write_all(value.as_bytes())
+}
+
+/// Opens a procfs file for writing (never through a symlink), checked by
+/// `fstatfs` to really be on procfs.
+pub(crate) fn open_proc_file(path: impl AsRef<std::path::Path>) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     const PROC_SUPER_MAGIC: i64 = 0x9fa0;
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
@@ -481,7 +487,7 @@ pub(crate) fn write_proc_file(
     if fs.filesystem_type().0 != PROC_SUPER_MAGIC {
         return Err(std::io::Error::other("not a procfs file"));
     }
-    f.write_all(value.as_bytes())
+    Ok(f)
 }
 
 /// Opens (creating if missing) the file `name` in `dir` as `O_PATH`, never

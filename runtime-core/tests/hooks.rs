@@ -245,15 +245,3 @@ fn a_hook_with_a_relative_path_or_a_zero_timeout_is_refused_at_create() {
         );
     }
 }
-
-/// The error with its sources.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}

@@ -1735,17 +1735,7 @@ async fn an_image_mounted_as_a_volume() {
     };
     assert!(top_layer_exists(), "the layers stay while leased");
     // Removing the container ends the lease: the image goes.
-    env.rt
-        .stop_container(proto::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 0,
-        })
-        .await
-        .unwrap();
-    env.rt
-        .remove_container(proto::RemoveContainerRequest { container_id: id })
-        .await
-        .unwrap();
+    stop_and_remove(&mut env.rt, &id).await;
     assert!(!top_layer_exists(), "collected once unleased");
 }
 

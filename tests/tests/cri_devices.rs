@@ -149,19 +149,7 @@ async fn cdi_devices_get_their_nodes_env_mounts_and_hooks() {
     );
 
     // Removing the container runs its poststop hook.
-    env.rt
-        .stop_container(proto::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 0,
-        })
-        .await
-        .unwrap();
-    env.rt
-        .remove_container(proto::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+    stop_and_remove(&mut env.rt, &id).await;
     let stopped = hook_states(cdi.path(), "stopped.");
     assert_eq!(stopped.len(), 1, "{stopped:?}");
     let state: serde_json::Value = serde_json::from_str(&stopped[0]).unwrap();

@@ -10,7 +10,6 @@
 //! hooks (which run unconfined, as runc runs them).
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// berth's default profile, what `RuntimeDefault` means (containerd's is
@@ -167,20 +166,8 @@ pub fn default_profile() -> String {
 /// checked to be on procfs: `/proc/thread-self/attr/apparmor/exec`, or the
 /// older `/proc/thread-self/attr/exec`.
 pub(crate) fn open_exec_attr() -> std::io::Result<std::fs::File> {
-    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
-    let open = |p: &str| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(p)
-    };
-    let f = open("/proc/thread-self/attr/apparmor/exec")
-        .or_else(|_| open("/proc/thread-self/attr/exec"))?;
-    let fs = nix::sys::statfs::fstatfs(&f).map_err(std::io::Error::from)?;
-    if fs.filesystem_type().0 != PROC_SUPER_MAGIC {
-        return Err(std::io::Error::other("not a procfs file"));
-    }
-    Ok(f)
+    crate::sys::open_proc_file("/proc/thread-self/attr/apparmor/exec")
+        .or_else(|_| crate::sys::open_proc_file("/proc/thread-self/attr/exec"))
 }
 
 /// Asks for `profile` at the next `execve` through `attr` (from

@@ -4,7 +4,6 @@
 //! `process.selinuxLabel` and `linux.mountLabel`.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Whether SELinux is enabled with a policy loaded (selinuxfs shows it).
@@ -79,16 +78,7 @@ pub(crate) fn with_context(data: &str, label: &str) -> String {
 /// The process's own `attr/exec` file, opened for writing and checked to
 /// be on procfs.
 pub(crate) fn open_exec_attr() -> std::io::Result<std::fs::File> {
-    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open("/proc/thread-self/attr/exec")?;
-    let fs = nix::sys::statfs::fstatfs(&f).map_err(std::io::Error::from)?;
-    if fs.filesystem_type().0 != PROC_SUPER_MAGIC {
-        return Err(std::io::Error::other("not a procfs file"));
-    }
-    Ok(f)
+    crate::sys::open_proc_file("/proc/thread-self/attr/exec")
 }
 
 /// Asks for `label` at the next `execve` through `attr`.

@@ -223,6 +223,21 @@ pub async fn create(
         .map(|r| r.into_inner().container_id)
 }
 
+/// StopContainer (no grace period) then RemoveContainer.
+pub async fn stop_and_remove(rt: &mut Rt, id: &str) {
+    rt.stop_container(proto::StopContainerRequest {
+        container_id: id.into(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    rt.remove_container(proto::RemoveContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap();
+}
+
 pub async fn start(rt: &mut Rt, id: &str) -> Result<(), tonic::Status> {
     rt.start_container(proto::StartContainerRequest {
         container_id: id.into(),
