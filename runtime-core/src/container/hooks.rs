@@ -67,6 +67,8 @@ impl Container {
         );
     }
 
+    #[inline(never)]
+    #[cold]
     fn report_hooks(
         &self,
         point: &'static str,

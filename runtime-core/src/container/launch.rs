@@ -226,6 +226,8 @@ fn write_id_map(pid: i32, file: &str, maps: &[IdMap]) -> Result<(), ContainerErr
 
 /// The runtime's hooks of the create step, with the container's host pid;
 /// then lets the init go on.
+#[inline(never)]
+#[cold]
 fn create_hooks(
     ch: &Channel,
     hooks: &Hooks,

@@ -7,6 +7,8 @@ pub mod device;
 pub mod generate;
 pub mod internal;
 pub mod parser;
+// berth patch: only with the "schema" feature.
+#[cfg(feature = "schema")]
 pub mod schema;
 pub mod spec;
 pub mod spec_dirs;
