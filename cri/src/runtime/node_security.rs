@@ -1,7 +1,8 @@
 //! What CreateContainer needs from the node beyond the pure translation
 //! (`crate::spec`): the CDI devices resolved against the node's CDI specs,
 //! the AppArmor profile the container will switch to, loaded, and the
-//! SELinux relabel of the volumes that ask for one.
+//! SELinux relabel of the volumes that ask for one; and RunPodSandbox's
+//! SELinux level, unique among the node's pods.
 
 use super::error::RuntimeError;
 use crate::proto;
@@ -46,6 +47,33 @@ pub(super) fn apparmor_ready(
         )),
         _ => Ok(()),
     }
+}
+
+/// A new pod's SELinux level: the one it names, else a pair of
+/// categories from its new id's random bytes that no other pod here
+/// has (containerd reserves levels the same way). Pods busy in another
+/// call are not looked at.
+pub(super) fn pod_selinux_level(
+    sandboxes: &super::sandbox::Sandboxes,
+    options: Option<&proto::SeLinuxOption>,
+    id: &crate::store::ObjectId,
+) -> Result<String, RuntimeError> {
+    let taken: std::collections::HashSet<String> = sandboxes
+        .registry
+        .all()
+        .iter()
+        .filter_map(|e| e.try_lock().ok().map(|r| r.selinux_level.clone()))
+        .collect();
+    let hex = id.as_str();
+    let num = |at: usize| u16::from_str_radix(&hex[at..at + 4], 16).unwrap_or(0);
+    let mut level = String::new();
+    for at in (0..hex.len().saturating_sub(7)).step_by(8) {
+        level = crate::spec::selinux::pod_level(options, [num(at), num(at + 4)])?;
+        if !taken.contains(&level) {
+            break;
+        }
+    }
+    Ok(level)
 }
 
 /// Paths never relabeled (go-selinux's list, which containerd and CRI-O

@@ -443,16 +443,13 @@ impl super::RuntimeServiceImpl {
         let id = crate::store::ObjectId::random()
             .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
         if crate::spec::lsm::HostLsm::node().selinux {
-            // The level from the new id's random bytes (unless the pod names it).
-            let hex = id.as_str();
-            let num = |r: std::ops::Range<usize>| u16::from_str_radix(&hex[r], 16).unwrap_or(0);
             let options = config
                 .linux
                 .as_ref()
                 .and_then(|l| l.security_context.as_ref())
                 .and_then(|s| s.selinux_options.as_ref());
-            plan.selinux_level = crate::spec::selinux::pod_level(options, [num(0..4), num(4..8)])
-                .map_err(RuntimeError::from)?;
+            plan.selinux_level =
+                super::node_security::pod_selinux_level(&self.sandboxes, options, &id)?;
         }
         self.sandboxes.registry.reserve(&plan.name, &id)?;
         let (sandboxes, zygote) = (self.sandboxes.clone(), self.zygote.clone());
