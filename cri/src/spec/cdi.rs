@@ -122,6 +122,22 @@ pub fn apply(cs: &mut ContainerSpec, edits: &CdiEdits) -> Result<(), SpecError> 
         cs.config.mounts.retain(|x| x.destination != dest);
         cs.config.mounts.push(m);
     }
+    if let Some((point, hooks)) = edits.hooks.all().find(|(_, hs)| {
+        hs.iter()
+            .any(|h| !h.path.is_absolute() || h.timeout == Some(0))
+    }) {
+        let bad = hooks
+            .iter()
+            .find(|h| !h.path.is_absolute() || h.timeout == Some(0));
+        return Err(invalid(
+            format!("CDI containerEdits.hooks ({point})"),
+            format!(
+                "{:?} needs an absolute path and a timeout above 0",
+                bad.map(|h| h.path.display().to_string())
+                    .unwrap_or_default()
+            ),
+        ));
+    }
     let h = &mut cs.config.hooks;
     h.prestart.extend(edits.hooks.prestart.iter().cloned());
     h.create_runtime
