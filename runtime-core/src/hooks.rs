@@ -355,7 +355,7 @@ fn collect_until_exit(
                 matches!(child.try_wait(), Ok(Some(_)))
             }
         };
-        if exited || out.is_none() && pidfd.is_none() {
+        if exited {
             // Whatever is already in the pipe, without waiting for more.
             if let Some(o) = &out {
                 let _ = nix::fcntl::fcntl(
