@@ -238,10 +238,9 @@ pub fn run_reporting<'a>(
         .collect()
 }
 
-// Never inlined: its frame (a read buffer, a Command) would otherwise sit in
-// the frames of the container's create path whether hooks run or not,
-// pushing every call below it onto more stack pages (measured: 8 KiB more
-// private stack per monitor).
+// Never inlined, and cold: its frame (a Command, the output handling) must
+// not sit in the frames of the container's create path, which runs whether
+// hooks do or not.
 #[inline(never)]
 #[cold]
 fn run_one(point: &'static str, hook: &Hook, state: &[u8]) -> Result<(), HookError> {
