@@ -112,7 +112,7 @@ impl Hooks {
     /// The first hook that cannot be run as given: its point, path and
     /// what is wrong (a relative path, a zero timeout, an env entry that
     /// is not `KEY=value`).
-    pub(crate) fn first_invalid(&self) -> Option<(&'static str, PathBuf, &'static str)> {
+    pub fn first_invalid(&self) -> Option<(&'static str, PathBuf, &'static str)> {
         self.all().find_map(|(point, hooks)| {
             hooks.iter().find_map(|h| {
                 let reason = if !h.path.is_absolute() {

@@ -143,9 +143,7 @@ pub fn findings(config: &Config) -> Vec<Finding> {
 /// container that asks for confinement berth cannot give is refused, never
 /// run unconfined.
 fn lsm_findings(host: berth_cri::spec::lsm::HostLsm) -> Vec<Finding> {
-    let parser = ["/usr/sbin/apparmor_parser", "/sbin/apparmor_parser"]
-        .iter()
-        .any(|p| Path::new(p).exists());
+    let parser = berth_core::security::apparmor::parser_installed();
     let apparmor = match (host.apparmor, parser) {
         (true, true) => finding(
             Level::Ok,

@@ -307,7 +307,7 @@ impl RuntimeSection {
     /// The handlers, as the runtime service takes them.
     pub fn handlers(&self) -> berth_cri::runtime::handlers::Handlers {
         use berth_cri::runtime::handlers::{EmbeddedPolicy, Handler, Handlers};
-        Handlers(
+        Handlers::new(
             self.handlers
                 .iter()
                 .map(|(name, h)| {

@@ -107,20 +107,6 @@ async fn exec(rt: &mut Rt, id: &str, script: &str) -> (i32, String) {
     (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned())
 }
 
-async fn remove_container(rt: &mut Rt, id: &str) {
-    rt.stop_container(proto::StopContainerRequest {
-        container_id: id.into(),
-        timeout: 0,
-    })
-    .await
-    .unwrap();
-    rt.remove_container(proto::RemoveContainerRequest {
-        container_id: id.into(),
-    })
-    .await
-    .unwrap();
-}
-
 /// A second pod (another name, uid, hostname, log directory).
 async fn second_pod(env: &mut Env, name: &str) -> (String, proto::PodSandboxConfig) {
     let mut cfg = pod_config(env.dir.path());
@@ -316,7 +302,7 @@ async fn a_counter_checkpointed_and_restored_into_a_new_pod_counts_on() {
 
     // The original goes, and its image too (restore pulls it again); the
     // archive is restored into another pod.
-    remove_container(&mut env.rt, &id).await;
+    stop_and_remove(&mut env.rt, &id).await;
     let mut img =
         berth_cri::proto::image_service_client::ImageServiceClient::new(env.daemon.channel().await);
     let image_name = env.image.clone();
@@ -385,7 +371,7 @@ async fn a_counter_checkpointed_and_restored_into_a_new_pod_counts_on() {
     assert!(memory.ends_with(&format!("/{restored}")), "{cg}");
     let st = status(&mut env.rt, &restored).await;
     assert_eq!(st.state, proto::ContainerState::ContainerRunning as i32);
-    remove_container(&mut env.rt, &restored).await;
+    stop_and_remove(&mut env.rt, &restored).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,7 +403,7 @@ async fn an_established_tcp_connection_survives_restore() {
         .unwrap_or_else(|e| panic!("checkpoint: {}", e.message()));
     let diff = tar_entries(&archive_entries(&archive)["rootfs-diff.tar"]);
     let dumped = last(&String::from_utf8_lossy(&diff["recv"])).unwrap();
-    remove_container(&mut env.rt, &id).await;
+    stop_and_remove(&mut env.rt, &id).await;
 
     let (pod2, pod2_cfg) = second_pod(&mut env, "pod2").await;
     let restored = restore(&mut env, &pod2, &pod2_cfg, "tcp", &archive)
@@ -441,7 +427,7 @@ async fn an_established_tcp_connection_survives_restore() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    remove_container(&mut env.rt, &restored).await;
+    stop_and_remove(&mut env.rt, &restored).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,7 +466,7 @@ async fn checkpoint_and_restore_errors_leave_nothing_behind() {
     assert!(!archive.exists());
     // Left running, not frozen: it still runs commands.
     assert_eq!(exec(&mut env.rt, &tty, "true").await.0, 0);
-    remove_container(&mut env.rt, &tty).await;
+    stop_and_remove(&mut env.rt, &tty).await;
 
     // A timeout too short for the dump (hundreds of processes): the dump is
     // abandoned, nothing written, the container runs on unharmed.
@@ -513,7 +499,7 @@ async fn checkpoint_and_restore_errors_leave_nothing_behind() {
             t0.elapsed()
         ),
     }
-    remove_container(&mut env.rt, &id).await;
+    stop_and_remove(&mut env.rt, &id).await;
     let _ = std::fs::remove_file(&archive);
 
     // Archives that are not checkpoints, or cut short.
@@ -521,7 +507,7 @@ async fn checkpoint_and_restore_errors_leave_nothing_behind() {
     let small = create_sh(&mut env, "small", "sleep 1000").await.unwrap();
     start(&mut env.rt, &small).await.unwrap();
     checkpoint(&mut env.rt, &small, &good, 0).await.unwrap();
-    remove_container(&mut env.rt, &small).await;
+    stop_and_remove(&mut env.rt, &small).await;
     let bytes = std::fs::read(&good).unwrap();
     let junk = env.dir.path().join("junk.tar");
     std::fs::write(&junk, vec![0x5a; 4096]).unwrap();
@@ -556,7 +542,7 @@ async fn checkpoint_and_restore_errors_leave_nothing_behind() {
         .await
         .unwrap();
     start(&mut env.rt, &id).await.unwrap();
-    remove_container(&mut env.rt, &id).await;
+    stop_and_remove(&mut env.rt, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -586,7 +572,7 @@ async fn a_checkpoint_image_from_a_registry_restores() {
     wait_numbers(log.to_str().unwrap(), 5).await;
     let archive = env.dir.path().join("counter.tar");
     checkpoint(&mut env.rt, &id, &archive, 0).await.unwrap();
-    remove_container(&mut env.rt, &id).await;
+    stop_and_remove(&mut env.rt, &id).await;
     let diff = tar_entries(&archive_entries(&archive)["rootfs-diff.tar"]);
     let dumped: u64 = String::from_utf8_lossy(&diff["count"])
         .trim()
@@ -632,7 +618,7 @@ async fn a_checkpoint_image_from_a_registry_restores() {
             "round {round}: dumped at {dumped}, restored log starts {got:?}"
         );
         // The image's layer is only read: the same checkpoint restores again.
-        remove_container(&mut env.rt, &restored).await;
+        stop_and_remove(&mut env.rt, &restored).await;
     }
 }
 
@@ -673,7 +659,7 @@ async fn a_checkpoint_restores_only_within_the_requested_security_context() {
     assert!(bnd & (1 << 21) != 0, "CAP_SYS_ADMIN held: {bnd:x}");
     let archive = env.dir.path().join("admin.tar");
     checkpoint(&mut env.rt, &id, &archive, 0).await.unwrap();
-    remove_container(&mut env.rt, &id).await;
+    stop_and_remove(&mut env.rt, &id).await;
     let image = push_checkpoint_image(&env, &archive, "admin").await;
     let argv = ["sleep", "7331"];
     assert!(processes_running(&argv).is_empty());
@@ -763,7 +749,7 @@ async fn a_checkpoint_restores_only_within_the_requested_security_context() {
         (0, "ok\n".into())
     );
     assert_eq!(processes_running(&argv).len(), 1);
-    remove_container(&mut env.rt, &restored).await;
+    stop_and_remove(&mut env.rt, &restored).await;
 }
 
 /// Processes whose command line mentions `needle`.
@@ -833,7 +819,7 @@ async fn a_daemon_killed_mid_checkpoint_leaves_the_container_running() {
     assert_eq!(exec(&mut env.rt, &id, "echo ok").await, (0, "ok\n".into()));
     let n = numbers(&log).len();
     wait_numbers(&log, n + 3).await;
-    remove_container(&mut env.rt, &id).await;
+    stop_and_remove(&mut env.rt, &id).await;
 }
 
 /// A container of a 128-layer image: its overlay's layers are named by fd
@@ -865,7 +851,7 @@ async fn a_container_of_128_layers_checkpoints_and_restores() {
     checkpoint(&mut env.rt, &id, &archive, 60)
         .await
         .unwrap_or_else(|e| panic!("checkpoint: {}", e.message()));
-    remove_container(&mut env.rt, &id).await;
+    stop_and_remove(&mut env.rt, &id).await;
 
     let (pod2, pod2_cfg) = second_pod(&mut env, "pod2").await;
     let restored = restore(&mut env, &pod2, &pod2_cfg, "counter", &archive)
@@ -885,5 +871,5 @@ async fn a_container_of_128_layers_checkpoints_and_restores() {
         out.lines().collect::<Vec<_>>(),
         ["layer 1", "layer 127", "127", "bottom"]
     );
-    remove_container(&mut env.rt, &restored).await;
+    stop_and_remove(&mut env.rt, &restored).await;
 }

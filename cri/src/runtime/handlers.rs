@@ -41,14 +41,20 @@ pub enum Handler {
     Embedded(EmbeddedPolicy),
 }
 
-/// The node's handlers by name (the default one is implicit).
+/// The node's handlers by name (the default one is implicit); shared, so
+/// that a CreateContainer takes a reference, not a copy of the map.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Handlers(pub BTreeMap<String, Handler>);
+pub struct Handlers(std::sync::Arc<BTreeMap<String, Handler>>);
 
 /// The default handler's names: kubelet's `""`, and `berth`.
 pub const DEFAULT_NAMES: [&str; 2] = ["", "berth"];
 
 impl Handlers {
+    /// The handlers `by_name`.
+    pub fn new(by_name: BTreeMap<String, Handler>) -> Self {
+        Self(std::sync::Arc::new(by_name))
+    }
+
     /// The policy of handler `name`: the default one's (nothing) for `""`
     /// and `berth`, a configured one's, else InvalidArgument listing the
     /// known handlers.
@@ -157,7 +163,7 @@ mod tests {
     use super::*;
 
     fn hardened() -> Handlers {
-        Handlers(BTreeMap::from([(
+        Handlers::new(BTreeMap::from([(
             "hardened".to_string(),
             Handler::Embedded(EmbeddedPolicy {
                 require_user_namespace: true,

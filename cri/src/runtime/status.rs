@@ -109,7 +109,7 @@ mod tests {
         assert_eq!(config["enableCDI"], true);
         assert_eq!(config["cdiSpecDirs"][1], "/var/run/cdi");
         let pods = Some(serde_json::json!({"network": "pods"}));
-        let handlers = super::super::handlers::Handlers(std::collections::BTreeMap::from([(
+        let handlers = super::super::handlers::Handlers::new(std::collections::BTreeMap::from([(
             "hardened".to_string(),
             super::super::handlers::Handler::Embedded(Default::default()),
         )]));

@@ -122,20 +122,10 @@ pub fn apply(cs: &mut ContainerSpec, edits: &CdiEdits) -> Result<(), SpecError> 
         cs.config.mounts.retain(|x| x.destination != dest);
         cs.config.mounts.push(m);
     }
-    if let Some((point, hooks)) = edits.hooks.all().find(|(_, hs)| {
-        hs.iter()
-            .any(|h| !h.path.is_absolute() || h.timeout == Some(0))
-    }) {
-        let bad = hooks
-            .iter()
-            .find(|h| !h.path.is_absolute() || h.timeout == Some(0));
+    if let Some((point, path, reason)) = edits.hooks.first_invalid() {
         return Err(invalid(
             format!("CDI containerEdits.hooks ({point})"),
-            format!(
-                "{:?} needs an absolute path and a timeout above 0",
-                bad.map(|h| h.path.display().to_string())
-                    .unwrap_or_default()
-            ),
+            format!("{}: {reason}", path.display()),
         ));
     }
     let h = &mut cs.config.hooks;

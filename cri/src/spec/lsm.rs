@@ -12,8 +12,6 @@
 //! nothing) can be honoured: anything else is refused, as containerd
 //! refuses it ("apparmor is not supported"). SELinux labels: `selinux.rs`.
 
-use std::path::Path;
-
 use super::SpecError;
 use crate::proto;
 use crate::proto::security_profile::ProfileType;
@@ -40,7 +38,7 @@ impl HostLsm {
     /// What this node has, looked at now.
     pub fn detect() -> HostLsm {
         let apparmor = berth_core::security::apparmor::enabled();
-        let selinux = Path::new("/sys/fs/selinux/enforce").exists();
+        let selinux = berth_core::security::selinux::enabled();
         HostLsm { apparmor, selinux }
     }
 }
@@ -134,7 +132,7 @@ pub fn apparmor(
             if !host.apparmor {
                 return Err(unsupported(&field, &format!("localhost/{name}")));
             }
-            if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            if !berth_core::security::apparmor::valid_name(&name) {
                 return Err(super::invalid(
                     field,
                     format!("{name:?} is not an AppArmor profile name"),

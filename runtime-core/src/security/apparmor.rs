@@ -62,11 +62,21 @@ pub fn is_loaded(name: &str) -> Result<bool, AppArmorError> {
 }
 
 /// Loads [`DEFAULT_PROFILE`] unless it is loaded already.
+/// Once it was found or loaded, later calls read nothing: every
+/// unprivileged container of an AppArmor node asks, and the list of loaded
+/// profiles can be long. (If an administrator unloads it afterwards, the
+/// container's start fails naming the profile.)
 pub fn ensure_default_loaded() -> Result<(), AppArmorError> {
-    if is_loaded(DEFAULT_PROFILE)? {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static READY: AtomicBool = AtomicBool::new(false);
+    if READY.load(Ordering::Relaxed) {
         return Ok(());
     }
-    load(DEFAULT_PROFILE, &default_profile())
+    if !is_loaded(DEFAULT_PROFILE)? {
+        load(DEFAULT_PROFILE, &default_profile())?;
+    }
+    READY.store(true, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Loads (or replaces) the profile `text` named `name` with
@@ -96,12 +106,20 @@ pub fn load(name: &str, text: &str) -> Result<(), AppArmorError> {
     Ok(())
 }
 
+/// Where Debian puts `apparmor_parser`.
+const PARSERS: [&str; 2] = ["/usr/sbin/apparmor_parser", "/sbin/apparmor_parser"];
+
 /// `apparmor_parser` where Debian puts it, else from `PATH`.
 fn parser() -> &'static str {
-    ["/usr/sbin/apparmor_parser", "/sbin/apparmor_parser"]
+    PARSERS
         .into_iter()
         .find(|p| Path::new(p).exists())
         .unwrap_or("apparmor_parser")
+}
+
+/// Whether `apparmor_parser` is installed where Debian puts it.
+pub fn parser_installed() -> bool {
+    PARSERS.iter().any(|p| Path::new(p).exists())
 }
 
 /// berth's default profile: the rules of containerd's
@@ -176,8 +194,9 @@ pub(crate) fn switch_on_exec(mut attr: &std::fs::File, profile: &str) -> std::io
     attr.write_all(format!("exec {profile}").as_bytes())
 }
 
-/// Checks a profile name given in a config.
-pub(crate) fn valid_name(name: &str) -> bool {
+/// Whether `name` can name a profile (no whitespace or control
+/// characters, not a `:ns:` reference).
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() < 4096
         && !name.starts_with(':')
