@@ -304,6 +304,39 @@ impl Channel {
     }
 }
 
+/// Receives one message and the descriptors sent with it (`SCM_RIGHTS`,
+/// at most [`MAX_FDS`], close-on-exec) from any unix socket: for peers
+/// that speak their own protocol rather than [`Channel`]'s, such as an
+/// OCI runtime handing over a terminal on `--console-socket`. Returns the
+/// bytes read into `buf` and the descriptors.
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> nix::Result<(usize, Vec<OwnedFd>)> {
+    let mut cmsg_buf = cmsg_space!([RawFd; MAX_FDS]);
+    loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_buf),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for c in msg.cmsgs()? {
+                    if let ControlMessageOwned::ScmRights(raw) = c {
+                        for fd in raw {
+                            // SAFETY: SCM_RIGHTS gave us new fds that we own.
+                            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                        }
+                    }
+                }
+                return Ok((msg.bytes, fds));
+            }
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

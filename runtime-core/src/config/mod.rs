@@ -169,6 +169,20 @@ pub struct OverlayRootfs {
 }
 
 impl OverlayRootfs {
+    /// Mounts the overlay on `target` in the calling process's mount
+    /// namespace, with the SELinux `context=` of `label`: for a caller that
+    /// hands the rootfs to another OCI runtime, which takes a directory
+    /// (the embedded runtime mounts it inside the container instead).
+    pub fn mount_on(&self, target: &Path, label: Option<&str>) -> Result<(), crate::RootfsError> {
+        let ovl = self
+            .prepare_labeled(label)
+            .map_err(|source| crate::RootfsError::Overlay {
+                target: target.to_path_buf(),
+                source,
+            })?;
+        ovl.mount_at(target, target, 0)
+    }
+
     /// The overlayfs mount data with plain paths:
     /// `lowerdir=a:b,upperdir=u,workdir=w`. `mount(2)` takes one page of
     /// it, about 40 layers of the image store; the container's init names

@@ -238,6 +238,53 @@ impl ProcessHandle {
     pub fn wait(&self) -> nix::Result<ExitStatus> {
         wait_child(self.pid)
     }
+
+    /// A handle on process `pid`, started by something else (an external
+    /// OCI runtime) and now a child of this process (a child subreaper
+    /// inherits it when that runtime exits), with the terminal master it
+    /// handed over. The pidfd is opened now: a process that exits later
+    /// stays a zombie until this process reaps it, so the pid cannot be
+    /// reused meanwhile.
+    pub fn adopt(pid: i32, console: Option<OwnedFd>) -> nix::Result<Self> {
+        if pid <= 0 {
+            return Err(nix::Error::ESRCH);
+        }
+        let pidfd = crate::sys::pidfd_open(pid)?;
+        Ok(Self::new(pid, pidfd, console))
+    }
+}
+
+/// Makes `cmd` start its program with every signal unblocked and at its
+/// default action, whatever this process blocks or ignores (a monitor
+/// blocks SIGCHLD and SIGTERM for its signalfd; Rust ignores SIGPIPE):
+/// for an external runtime such as runc, whose container process would
+/// otherwise inherit them and never stop on SIGTERM.
+pub fn default_signals(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the forked child before exec and makes only
+    // async-signal-safe calls (sigaction, sigemptyset, sigprocmask) on
+    // stack values; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [
+                libc::SIGPIPE,
+                libc::SIGCHLD,
+                libc::SIGTERM,
+                libc::SIGINT,
+                libc::SIGHUP,
+            ] {
+                let mut act: libc::sigaction = std::mem::zeroed();
+                act.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &act, std::ptr::null_mut());
+            }
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 pub(crate) fn wait_child(pid: RawFd) -> nix::Result<ExitStatus> {

@@ -170,7 +170,7 @@ const MAX_ID_FILE: u64 = 4 << 20;
 /// links, only if it is a regular file, and at most [`MAX_ID_FILE`] bytes: a
 /// FIFO or `/dev/zero` in its place cannot block or exhaust the reader.
 /// Missing or odd files read as empty.
-pub(crate) fn read_id_file(root: std::os::fd::BorrowedFd<'_>, path: &str) -> String {
+pub fn read_id_file(root: std::os::fd::BorrowedFd<'_>, path: &str) -> String {
     use nix::fcntl::OFlag;
     use std::io::Read;
     let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
@@ -185,6 +185,21 @@ pub(crate) fn read_id_file(root: std::os::fd::BorrowedFd<'_>, path: &str) -> Str
     let mut s = String::new();
     let _ = f.take(MAX_ID_FILE).read_to_string(&mut s);
     s
+}
+
+/// Resolves `user` against the `/etc/passwd` and `/etc/group` of the root
+/// filesystem open as `root` (read with [`read_id_file`]: inside it, never
+/// through a symlink out of it), for a caller that hands the container to
+/// another runtime and must give it numbers.
+pub fn resolve_in_root(
+    user: &User,
+    root: std::os::fd::BorrowedFd<'_>,
+) -> Result<ResolvedUser, UserError> {
+    resolve(
+        user,
+        &read_id_file(root, "/etc/passwd"),
+        &read_id_file(root, "/etc/group"),
+    )
 }
 
 /// Resolves `user` against the contents of the container's `/etc/passwd` and
