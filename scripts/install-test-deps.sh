@@ -36,17 +36,18 @@
 #                   policy and load_policy, for berth-core's tests/selinux.rs
 #                   in QEMU guest A booted with SELinux (this host has none;
 #                   installing them changes nothing on a host without it)
-#   runc, crun      optional: only the lifecycle benchmark compares against
-#                   them; failing to install them is a warning, not an error
+#   runc, crun      required: tests/tests/cri_oci_handlers.rs runs them as
+#                   RuntimeClass handlers of kind "oci" (and the lifecycle
+#                   benchmark compares against them)
 #   containerd      optional: only the pull benchmark compares against its CRI
 #                   plugin (started on a private socket, never as a service)
 #
 # Usage: scripts/install-test-deps.sh [--no-bench]
-#   --no-bench   install only the required packages (skip runc, crun, containerd)
+#   --no-bench   install only the required packages (skip containerd)
 set -euo pipefail
 
-required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils containernetworking-plugins iptables python3-websocket python3-grpcio python3-grpc-tools golang-go golang-github-docker-spdystream-dev umoci skopeo xz-utils apparmor selinux-policy-default policycoreutils)
-optional=(runc crun containerd)
+required=(busybox-static libseccomp-dev pkg-config docker-registry apache2-utils containernetworking-plugins iptables python3-websocket python3-grpcio python3-grpc-tools golang-go golang-github-docker-spdystream-dev umoci skopeo xz-utils apparmor selinux-policy-default policycoreutils runc crun)
+optional=(containerd)
 
 case "${1:-}" in
     "") ;;

@@ -90,6 +90,7 @@ impl Fixture {
             stdin: false,
             stdin_once: false,
             restore: None,
+            oci: None,
         }
     }
 

@@ -79,6 +79,15 @@ cdi_spec_dirs = ["/etc/cdi", "/var/run/cdi"]
 # deny_privileged = true         # no privileged containers
 # readonly_rootfs = true         # every container's rootfs read-only
 # default_seccomp = true         # RuntimeDefault unless a profile is named
+#
+# kind = "oci": an external runtime with runc's command line (runc, crun,
+# youki, runsc) runs the handler's containers from an OCI bundle; berth keeps
+# the pod's namespaces, logs, exec and attach. The policy settings above
+# apply too. Its pods cannot have their own user namespace. For example:
+# [runtime.handlers.runc]
+# kind = "oci"
+# path = "/usr/sbin/runc"
+# root = "/run/berth/oci/runc"  # its --root; default <state>/oci/<name>
 
 [checkpoint]
 # CreateContainer may restore a container from a checkpoint archive or
@@ -293,6 +302,12 @@ pub struct HandlerSection {
     pub readonly_rootfs: bool,
     #[serde(default)]
     pub default_seccomp: bool,
+    /// kind = "oci": the runtime's binary.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// kind = "oci": its state directory (`--root`).
+    #[serde(default)]
+    pub root: Option<PathBuf>,
 }
 
 /// The kinds of handler.
@@ -301,24 +316,38 @@ pub struct HandlerSection {
 pub enum HandlerKind {
     /// berth's own runtime core under the handler's policy.
     Embedded,
+    /// An external OCI runtime with runc's command line.
+    Oci,
 }
 
 impl RuntimeSection {
-    /// The handlers, as the runtime service takes them.
-    pub fn handlers(&self) -> berth_cri::runtime::handlers::Handlers {
-        use berth_cri::runtime::handlers::{EmbeddedPolicy, Handler, Handlers};
+    /// The handlers, as the runtime service takes them; an `oci` handler's
+    /// default `--root` is under the daemon's `state` directory.
+    pub fn handlers(&self, state: &std::path::Path) -> berth_cri::runtime::handlers::Handlers {
+        use berth_cri::runtime::handlers::{EmbeddedPolicy, Handler, Handlers, OciRuntime};
         Handlers::new(
             self.handlers
                 .iter()
                 .map(|(name, h)| {
+                    let policy = EmbeddedPolicy {
+                        require_user_namespace: h.require_user_namespace,
+                        deny_host_namespaces: h.deny_host_namespaces,
+                        deny_privileged: h.deny_privileged,
+                        readonly_rootfs: h.readonly_rootfs,
+                        default_seccomp: h.default_seccomp,
+                    };
                     let handler = match h.kind {
-                        HandlerKind::Embedded => Handler::Embedded(EmbeddedPolicy {
-                            require_user_namespace: h.require_user_namespace,
-                            deny_host_namespaces: h.deny_host_namespaces,
-                            deny_privileged: h.deny_privileged,
-                            readonly_rootfs: h.readonly_rootfs,
-                            default_seccomp: h.default_seccomp,
-                        }),
+                        HandlerKind::Embedded => Handler::Embedded(policy),
+                        HandlerKind::Oci => Handler::Oci(
+                            OciRuntime {
+                                path: h.path.clone().unwrap_or_default(),
+                                root: h
+                                    .root
+                                    .clone()
+                                    .unwrap_or_else(|| state.join("oci").join(name)),
+                            },
+                            policy,
+                        ),
                     };
                     (name.clone(), handler)
                 })
@@ -426,6 +455,26 @@ impl Config {
                  digits, '-'), and not \"berth\", the default handler's"
             );
         }
+        for (name, h) in &self.runtime.handlers {
+            match h.kind {
+                HandlerKind::Oci => {
+                    if !h.path.as_ref().is_some_and(|p| p.is_absolute()) {
+                        bail!("runtime.handlers.{name}: kind \"oci\" needs path, the runtime's absolute path");
+                    }
+                    if h.root.as_ref().is_some_and(|p| !p.is_absolute()) {
+                        bail!("runtime.handlers.{name}.root must be an absolute path");
+                    }
+                    if h.require_user_namespace {
+                        bail!("runtime.handlers.{name}: an \"oci\" handler runs no pods in their own user namespace");
+                    }
+                }
+                HandlerKind::Embedded => {
+                    if h.path.is_some() || h.root.is_some() {
+                        bail!("runtime.handlers.{name}: path and root are for kind \"oci\"");
+                    }
+                }
+            }
+        }
         if self.runtime.cdi_spec_dirs.iter().any(|d| !d.is_absolute()) {
             bail!("runtime.cdi_spec_dirs must be absolute paths");
         }
@@ -468,16 +517,27 @@ mod tests {
     #[test]
     fn the_handler_example_parses_and_bad_handlers_are_refused() {
         // The commented example of `berth config default`, uncommented.
-        let example: String = DEFAULT_TOML
-            .lines()
-            .skip_while(|l| !l.starts_with("# [runtime.handlers."))
-            .take_while(|l| l.starts_with("# "))
-            .map(|l| format!("{}\n", &l[2..]))
-            .collect();
+        let example_of = |table: &str| -> String {
+            DEFAULT_TOML
+                .lines()
+                .skip_while(|l| !l.starts_with(&format!("# [runtime.handlers.{table}]")))
+                .take_while(|l| l.starts_with("# "))
+                .map(|l| format!("{}\n", &l[2..]))
+                .collect()
+        };
+        let oci: Config = toml::from_str(&example_of("runc")).unwrap();
+        oci.validate().unwrap();
+        let h = oci.runtime.handlers(std::path::Path::new("/run/berth"));
+        let rt = h.oci_runtime("runc").unwrap();
+        assert_eq!(rt.path, std::path::Path::new("/usr/sbin/runc"));
+        assert_eq!(rt.root, std::path::Path::new("/run/berth/oci/runc"));
+        let no_path: Config = toml::from_str("[runtime.handlers.x]\nkind = \"oci\"\n").unwrap();
+        assert!(no_path.validate().is_err());
+        let example = example_of("hardened");
         assert!(example.contains("kind = \"embedded\""), "{example}");
         let c: Config = toml::from_str(&example).unwrap();
         c.validate().unwrap();
-        let h = c.runtime.handlers();
+        let h = c.runtime.handlers(std::path::Path::new("/run/berth"));
         let p = h.policy("hardened").unwrap();
         assert!(p.require_user_namespace && p.deny_host_namespaces && p.deny_privileged);
         assert!(p.readonly_rootfs && p.default_seccomp);

@@ -241,7 +241,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 enabled: config.runtime.enable_cdi,
                 spec_dirs: config.runtime.cdi_spec_dirs.clone(),
             },
-            handlers: config.runtime.handlers(),
+            handlers: config.runtime.handlers(&config.state),
         },
         images.store().clone(),
     )

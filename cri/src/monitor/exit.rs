@@ -3,8 +3,7 @@
 
 use std::path::Path;
 
-use berth_core::cgroups::Cgroup;
-use berth_core::{Container, ExitStatus};
+use berth_core::ExitStatus;
 
 use super::{now_nanos, ExitRecord, MonitorError, VERSION};
 
@@ -23,19 +22,19 @@ pub fn read_exit(exit_file: &Path) -> Option<ExitRecord> {
 /// `started_at` is what `release` recorded (the monitor released it, so it
 /// knows first-hand); `oom_killed` comes from the container cgroup's memory
 /// events, which last until the daemon removes the container.
-pub(super) fn record(container: &Container, status: ExitStatus, message: String) -> ExitRecord {
+pub(super) fn record(
+    owner: &super::owner::Owner,
+    status: ExitStatus,
+    message: String,
+) -> ExitRecord {
     let finished_at = now_nanos();
-    let started_at = container
+    let started_at = owner
         .started_at()
         .map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX))
         // `release` stamps the time after the exec, so a process that exits
         // at once can seem to end before it started.
         .min(finished_at);
-    let oom_killed = container
-        .state()
-        .cgroup
-        .as_ref()
-        .is_some_and(cgroup_oom_killed);
+    let oom_killed = owner.oom_killed();
     let signal = match status {
         ExitStatus::Signaled(sig) => Some(sig),
         ExitStatus::Exited(_) => None,
@@ -63,10 +62,11 @@ fn reason(status: ExitStatus, oom_killed: bool) -> &'static str {
     }
 }
 
-/// Whether a process of the cgroup was OOM-killed: the `oom_kill` counter of
-/// `memory.events` (v2) or `memory.oom_control` (v1, kernel ≥ 4.13).
-fn cgroup_oom_killed(cg: &Cgroup) -> bool {
-    cg.dirs.iter().any(|dir| {
+/// Whether a process of the cgroup whose directories are `dirs` was
+/// OOM-killed: the `oom_kill` counter of `memory.events` (v2) or
+/// `memory.oom_control` (v1, kernel ≥ 4.13).
+pub(super) fn oom_killed_in(dirs: &[std::path::PathBuf]) -> bool {
+    dirs.iter().any(|dir| {
         ["memory.events", "memory.oom_control"]
             .iter()
             .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())

@@ -50,6 +50,8 @@
 pub mod attach;
 mod diag;
 mod exit;
+pub mod oci;
+mod owner;
 mod pump;
 mod remove;
 mod run;
@@ -126,6 +128,10 @@ pub struct MonitorSpec {
     /// (which then only describes it).
     #[serde(default)]
     pub restore: Option<RestoreFrom>,
+    /// Run the container with this external OCI runtime instead of
+    /// runtime-core (a RuntimeClass handler of kind `oci`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<oci::OciRuntime>,
 }
 
 /// Where a restored container's checkpoint is.
@@ -243,6 +249,16 @@ pub enum MonitorError {
         /// runtime-core's error.
         #[source]
         source: berth_core::ContainerError,
+    },
+    /// In the monitor: the external OCI runtime could not create the
+    /// container (what it made is removed).
+    #[error("create container {id} with the OCI runtime")]
+    Oci {
+        /// Container id.
+        id: String,
+        /// What failed.
+        #[source]
+        source: oci::OciError,
     },
     /// A system call failed.
     #[error("{step}")]

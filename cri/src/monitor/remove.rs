@@ -2,7 +2,8 @@
 //! start-up recovery): its owner is asked to kill it and end, and only once
 //! the owner is gone is what runtime-core left behind (cgroup, state
 //! directory, stray processes) removed — here, the one place besides the
-//! monitor itself that loads a container's runtime state.
+//! monitor itself that loads a container's runtime state (or, for an
+//! external OCI runtime's container, asks that runtime to delete it).
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,7 +28,22 @@ pub fn remove(dir: &Path, state_root: &Path, id: &str) {
         Err(TaskError::Gone) => {}
         Err(e) => tracing::warn!(id, error = %e, "asking the monitor to kill its container"),
     }
-    destroy_leftovers(state_root, id);
+    match external_runtime(dir) {
+        Some(rt) => {
+            if let Err(e) = super::oci::delete_leftover(&rt, dir, id) {
+                tracing::debug!(id, error = %e, "nothing left in the OCI runtime");
+            }
+        }
+        None => destroy_leftovers(state_root, id),
+    }
+}
+
+/// The external OCI runtime the container's monitor spec names.
+fn external_runtime(dir: &Path) -> Option<super::oci::OciRuntime> {
+    let bytes = std::fs::read(dir.join(super::SPEC_FILE)).ok()?;
+    serde_json::from_slice::<super::MonitorSpec>(&bytes)
+        .ok()?
+        .oci
 }
 
 /// Destroys what is left of runtime-core's container once its monitor has

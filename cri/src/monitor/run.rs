@@ -12,6 +12,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::diag::warn;
+use super::owner::Owner;
 use super::pump::{Pump, Source};
 use super::spawn::Report;
 use super::{error_chain, exit, MonitorError, MonitorSpec, DETACHED_ARG, MONITOR_ARG, VERSION};
@@ -154,7 +155,7 @@ pub(super) fn monitor(spec_path: &Path, sealed_fd: Option<RawFd>) -> i32 {
         warn(&format!(
             "report to the daemon: {e}; removing the container"
         ));
-        kill_and_destroy(&spec, &handle);
+        kill_and_destroy(pump.task.into_owner(), &handle);
         return 1;
     }
     // The container's mount namespace, held until the exit is recorded and
@@ -169,6 +170,7 @@ pub(super) fn monitor(spec_path: &Path, sealed_fd: Option<RawFd>) -> i32 {
     }
     // Durable first, then told: a daemon that misses the event reads the file.
     pump.task.exited(&record);
+    pump.task.container().finish();
     0
 }
 
@@ -214,38 +216,8 @@ fn start(
     };
     let max_line = Some(spec.max_log_line.unwrap_or(DEFAULT_MAX_LINE_SIZE));
     let (process, readers, stdin_w) = process_with_pipes(spec.process.clone(), spec.stdin)?;
-
-    let container_err = |step| {
-        let id = spec.container_id.clone();
-        move |source| MonitorError::Container { step, id, source }
-    };
-    let mut container =
-        Container::create(&spec.state_root, &spec.container_id, spec.config.clone())
-            .map_err(container_err("create"))?;
-    if let Some(root) = &spec.cgroup_root {
-        container = container.with_cgroup_root(root);
-    }
-    let started = match &spec.restore {
-        None => container.start(process),
-        Some(r) => restore(&mut container, r, process),
-    };
-    let mut handle = match started {
-        Ok(h) => h,
-        Err(e) => {
-            if let Err(d) = container.destroy() {
-                warn(&format!(
-                    "destroy after a failed start: {}",
-                    error_chain(&d)
-                ));
-            }
-            let step = if spec.restore.is_some() {
-                "restore"
-            } else {
-                "start"
-            };
-            return Err(container_err(step)(e));
-        }
-    };
+    let dir = spec_path.parent().unwrap_or(Path::new("/"));
+    let (owner, mut handle) = create(&spec, dir, process)?;
     // The sealed copy of the binary (tens of MB) is not needed again by this
     // process: free it (the container's init keeps its own mapping until it
     // execs the container's process).
@@ -268,7 +240,7 @@ fn start(
                 vec![Source::new(console, Stream::Stdout, max_line, true)]
             }
             None => {
-                kill_and_destroy(&spec, &handle);
+                kill_and_destroy(owner, &handle);
                 return Err(MonitorError::Sys {
                     step: "get the container's terminal",
                     source: nix::Error::ENOTTY,
@@ -280,17 +252,16 @@ fn start(
     let sources = match sources {
         Ok(s) => s,
         Err(e) => {
-            kill_and_destroy(&spec, &handle);
+            kill_and_destroy(owner, &handle);
             return Err(e);
         }
     };
-    let dir = spec_path.parent().unwrap_or(Path::new("/"));
     // `kubectl attach` reaches the container's stdio through the task
     // socket too.
     let attach = match super::attach::Attach::new(stdin, spec.stdin_once, pty) {
         Ok(a) => a,
         Err(e) => {
-            kill_and_destroy(&spec, &handle);
+            kill_and_destroy(owner, &handle);
             return Err(MonitorError::Sys {
                 step: "set up attach",
                 source: nix::Error::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)),
@@ -298,15 +269,69 @@ fn start(
         }
     };
     // The daemon reaches the container only through this socket.
-    let task = match super::serve::TaskServer::listen(dir, container, &handle, attach) {
-        Ok(t) => t,
+    let socket = dir.join(crate::task::proto::SOCKET_FILE);
+    let listener = match berth_core::ipc::Listener::bind(&socket, 0o600) {
+        Ok(l) => l,
         Err(e) => {
-            kill_and_destroy(&spec, &handle);
+            kill_and_destroy(owner, &handle);
             return Err(MonitorError::Task(e));
         }
     };
+    let task = super::serve::TaskServer::new(listener, owner, &handle, attach);
     let pump = Pump::new(sources, log, signals, task);
     Ok((spec, handle, pump))
+}
+
+/// Creates the container and its init (not released): with runtime-core,
+/// or with the external OCI runtime the spec names.
+fn create(
+    spec: &MonitorSpec,
+    dir: &Path,
+    process: Process,
+) -> Result<(Owner, ProcessHandle), MonitorError> {
+    let id = spec.container_id.clone();
+    if let Some(rt) = &spec.oci {
+        if spec.restore.is_some() {
+            return Err(MonitorError::Create(
+                "restoring a checkpoint is not for a container of an external OCI runtime handler"
+                    .into(),
+            ));
+        }
+        let (c, handle) = super::oci::OciContainer::create(rt, &id, dir, &spec.config, process)
+            .map_err(|source| MonitorError::Oci { id, source })?;
+        return Ok((Owner::Oci(c), handle));
+    }
+    let container_err = |step| {
+        let id = id.clone();
+        move |source| MonitorError::Container { step, id, source }
+    };
+    let mut container =
+        Container::create(&spec.state_root, &spec.container_id, spec.config.clone())
+            .map_err(container_err("create"))?;
+    if let Some(root) = &spec.cgroup_root {
+        container = container.with_cgroup_root(root);
+    }
+    let started = match &spec.restore {
+        None => container.start(process),
+        Some(r) => restore(&mut container, r, process),
+    };
+    match started {
+        Ok(h) => Ok((Owner::Embedded(container), h)),
+        Err(e) => {
+            if let Err(d) = container.destroy() {
+                warn(&format!(
+                    "destroy after a failed start: {}",
+                    error_chain(&d)
+                ));
+            }
+            let step = if spec.restore.is_some() {
+                "restore"
+            } else {
+                "start"
+            };
+            Err(container_err(step)(e))
+        }
+    }
 }
 
 /// Restores the container's init from its checkpoint, with the pipes of
@@ -382,16 +407,16 @@ fn read_spec(path: &Path) -> Result<MonitorSpec, MonitorError> {
 }
 
 /// Kills a started, never released init and removes the container.
-fn kill_and_destroy(spec: &MonitorSpec, handle: &ProcessHandle) {
+fn kill_and_destroy(owner: Owner, handle: &ProcessHandle) {
     let _ = handle.signal(nix::libc::SIGKILL);
     let _ = handle.wait();
-    match Container::load(&spec.state_root, &spec.container_id) {
-        Ok(c) => {
+    match owner {
+        Owner::Embedded(c) => {
             if let Err(e) = c.destroy() {
                 warn(&format!("destroy: {}", error_chain(&e)));
             }
         }
-        Err(e) => warn(&format!("load to destroy: {}", error_chain(&e))),
+        Owner::Oci(c) => c.destroy(),
     }
 }
 

@@ -11,13 +11,13 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
 
 use berth_core::ipc::{Channel, ChannelError, Listener};
-use berth_core::{Container, ExitStatus, Process, ProcessHandle, Status, Stdio};
+use berth_core::{ExitStatus, Process, ProcessHandle, Stdio};
 
 use super::attach::{Attach, AttachFds};
 use super::diag::warn;
+use super::owner::Owner;
 use crate::logs::LogFile;
 use crate::task::proto::{
     self, Event, ExitRecord, FailureKind, Reply, Request, TaskFailure, TaskState,
@@ -39,7 +39,7 @@ pub(super) struct TaskServer {
     listener: Listener,
     /// Stable slots: a client's index does not change while it is connected.
     clients: Vec<Option<Client>>,
-    container: Container,
+    container: Owner,
     init_pid: i32,
     /// Exec'd processes still running: pid → the client slot that asked.
     execs: HashMap<i32, usize>,
@@ -49,26 +49,30 @@ pub(super) struct TaskServer {
 }
 
 impl TaskServer {
-    /// Listens on `<dir>/task.sock` for the owner of `container`.
-    pub(super) fn listen(
-        dir: &Path,
-        container: Container,
+    /// The task server of `container` on `listener` (`<dir>/task.sock`).
+    pub(super) fn new(
+        listener: Listener,
+        container: Owner,
         init: &ProcessHandle,
         attach: Attach,
-    ) -> Result<TaskServer, ChannelError> {
-        let listener = Listener::bind(&dir.join(proto::SOCKET_FILE), 0o600)?;
-        Ok(TaskServer {
+    ) -> TaskServer {
+        TaskServer {
             listener,
             clients: Vec::new(),
             container,
             init_pid: init.pid(),
             execs: HashMap::new(),
             attach,
-        })
+        }
+    }
+
+    /// The container, taken back (to destroy it).
+    pub(super) fn into_owner(self) -> Owner {
+        self.container
     }
 
     /// The container (for its exit record).
-    pub(super) fn container(&self) -> &Container {
+    pub(super) fn container(&self) -> &Owner {
         &self.container
     }
 
@@ -190,7 +194,6 @@ impl TaskServer {
         exited: bool,
     ) -> Result<Option<(Reply, Vec<OwnedFd>)>, TaskFailure> {
         let ok = || Ok(Some((Reply::Ok, Vec::new())));
-        let core = |step: &'static str| move |e| TaskFailure::from_core(step, &e);
         if !fds.is_empty() && !matches!(request, Request::Exec { .. } | Request::Attach { .. }) {
             return Err(TaskFailure::new(
                 FailureKind::BadRequest,
@@ -200,14 +203,12 @@ impl TaskServer {
         match request {
             Request::Hello { .. } => Err(TaskFailure::new(FailureKind::BadRequest, "Hello twice")),
             Request::Start => {
-                if self.container.status() == Status::Created {
-                    self.container.release().map_err(core("start"))?;
-                }
+                self.container.start()?;
                 match self.container.started_at() {
                     Some(at) => Ok(Some((Reply::Started { at: clamp(at) }, Vec::new()))),
                     None => Err(TaskFailure::new(
                         FailureKind::InvalidState,
-                        format!("start: the container is {:?}", self.container.status()),
+                        format!("start: the container is {}", self.container.describe()),
                     )),
                 }
             }
@@ -215,7 +216,7 @@ impl TaskServer {
                 if exited {
                     return ok();
                 }
-                self.container.signal(signal).map_err(core("signal"))?;
+                self.container.signal(signal)?;
                 ok()
             }
             Request::Shutdown => {
@@ -262,7 +263,7 @@ impl TaskServer {
                 ok()
             }
             Request::Update { resources } => {
-                self.container.set(&resources).map_err(core("update"))?;
+                self.container.set(&resources)?;
                 ok()
             }
             Request::Stats => Ok(Some((
@@ -270,17 +271,15 @@ impl TaskServer {
                 Vec::new(),
             ))),
             Request::Pause => {
-                self.container.pause().map_err(core("pause"))?;
+                self.container.pause()?;
                 ok()
             }
             Request::Resume => {
-                self.container.resume().map_err(core("resume"))?;
+                self.container.resume()?;
                 ok()
             }
             Request::Checkpoint { options } => {
-                self.container
-                    .checkpoint(&options)
-                    .map_err(core("checkpoint"))?;
+                self.container.checkpoint(&options)?;
                 ok()
             }
             Request::ReopenLog => {
@@ -295,14 +294,13 @@ impl TaskServer {
                 ok()
             }
             Request::State => {
-                let status = self.container.status();
                 let started_at = self.container.started_at().map(clamp);
                 Ok(Some((
                     Reply::State(TaskState {
                         init_pid: self.init_pid,
                         started: started_at.is_some(),
                         started_at,
-                        paused: status == Status::Paused,
+                        paused: self.container.paused(),
                     }),
                     Vec::new(),
                 )))
@@ -347,7 +345,7 @@ impl TaskServer {
         let started = self.container.exec(process);
         // The copy (tens of MB) is not kept between execs.
         berth_core::process::forget_sealed_copies();
-        let mut handle = started.map_err(|e| TaskFailure::from_core("exec", &e))?;
+        let mut handle = started?;
         let pidfd = handle
             .pidfd()
             .try_clone_to_owned()

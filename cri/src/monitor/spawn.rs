@@ -212,6 +212,7 @@ mod tests {
             stdin: false,
             stdin_once: false,
             restore: None,
+            oci: None,
         };
         let dir = d.path().join("m");
         // `true` ignores its arguments and prints nothing.

@@ -156,6 +156,17 @@ fn build(
                 image: image.to_string(),
             });
         }
+        if (from_archive || checkpoint_image.is_some())
+            && ctx.handlers.oci_runtime(&sandbox.runtime_handler).is_some()
+        {
+            return Err(RuntimeError::invalid(
+                "config.image.image",
+                format!(
+                    "{image} is a checkpoint; runtime handler {:?} (an external OCI runtime) does not restore checkpoints",
+                    sandbox.runtime_handler
+                ),
+            ));
+        }
         let work = from_archive
             .then(|| container_checkpoint::Work::new(&ctx.containers.checkpoint_dir))
             .transpose()?;
@@ -317,6 +328,7 @@ fn build(
                 images_dir: u.images_dir(),
                 work_dir: dir.clone(),
             }),
+            oci: ctx.handlers.oci_runtime(&sandbox.runtime_handler).cloned(),
         };
         let spawned = match ctx.zygote.spawn(&dir, &mspec) {
             // The zygote itself cannot run: an exec'd monitor still can.

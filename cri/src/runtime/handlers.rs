@@ -2,14 +2,21 @@
 //! default one (`""` or `berth`) and the node's configured ones
 //! (`[runtime.handlers.<name>]`).
 //!
-//! Each configured handler is of one kind. Today that is `embedded`:
-//! berth's own runtime core under a policy the handler enforces on every
-//! pod and container it runs — a cheap, hardened RuntimeClass (pods in
-//! their own user namespace, none of the node's namespaces, no privileged
-//! containers, read-only root filesystems, RuntimeDefault seccomp unless a
-//! profile is named) that no other runtime offers. What the policy forbids
-//! is refused with the field and the handler named; what it sets is set
-//! before the request is translated, as if kubelet had asked for it.
+//! Each configured handler is of one kind:
+//! - `embedded`: berth's own runtime core under a policy the handler
+//!   enforces on every pod and container it runs — a cheap, hardened
+//!   RuntimeClass (pods in their own user namespace, none of the node's
+//!   namespaces, no privileged containers, read-only root filesystems,
+//!   RuntimeDefault seccomp unless a profile is named) that no other
+//!   runtime offers;
+//! - `oci`: an external runtime with runc's command line (runc, crun,
+//!   youki, runsc) runs the pod's containers, driven by each container's
+//!   monitor from an OCI bundle ([`crate::monitor::oci`]); the pod sandbox
+//!   (its pinned namespaces) stays berth's. The same policy may apply.
+//!
+//! What a policy forbids is refused with the field and the handler named;
+//! what it sets is set before the request is translated, as if kubelet had
+//! asked for it.
 
 use std::collections::BTreeMap;
 
@@ -39,7 +46,11 @@ pub struct EmbeddedPolicy {
 pub enum Handler {
     /// berth's runtime core under a policy.
     Embedded(EmbeddedPolicy),
+    /// An external OCI runtime, under a policy.
+    Oci(OciRuntime, EmbeddedPolicy),
 }
+
+pub use crate::monitor::oci::OciRuntime;
 
 /// The node's handlers by name (the default one is implicit); shared, so
 /// that a CreateContainer takes a reference, not a copy of the map.
@@ -63,7 +74,7 @@ impl Handlers {
             return Ok(EmbeddedPolicy::default());
         }
         match self.0.get(name) {
-            Some(Handler::Embedded(p)) => Ok(p.clone()),
+            Some(Handler::Embedded(p) | Handler::Oci(_, p)) => Ok(p.clone()),
             None => {
                 let mut known: Vec<&str> = vec!["berth (the default)"];
                 known.extend(self.0.keys().map(String::as_str));
@@ -75,6 +86,15 @@ impl Handlers {
                     ),
                 ))
             }
+        }
+    }
+
+    /// The external runtime of handler `name`; `None` for the default
+    /// handler, an embedded one and an unknown one.
+    pub fn oci_runtime(&self, name: &str) -> Option<&OciRuntime> {
+        match self.0.get(name) {
+            Some(Handler::Oci(rt, _)) => Some(rt),
+            _ => None,
         }
     }
 
@@ -97,13 +117,22 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// A pod against its handler's policy: which namespaces it may use.
+/// `external`: the handler is an external OCI runtime, which berth does not
+/// ask for user namespaces (its rootfs would need idmapped mounts).
 pub(super) fn check_pod(
     name: &str,
     p: &EmbeddedPolicy,
+    external: bool,
     host_namespaces: &[(&str, bool)],
     own_user_namespace: bool,
 ) -> Result<(), RuntimeError> {
     const NS: &str = "config.linux.security_context.namespace_options";
+    if external && own_user_namespace {
+        return Err(RuntimeError::invalid(
+            format!("{NS}.userns_options"),
+            format!("runtime handler {name:?} (an external OCI runtime) runs no pods in their own user namespace"),
+        ));
+    }
     if p.require_user_namespace && !own_user_namespace {
         return Err(RuntimeError::invalid(
             format!("{NS}.userns_options"),
@@ -200,17 +229,39 @@ mod tests {
     #[test]
     fn pods_of_a_hardened_handler_need_their_own_user_namespace_and_no_host_ones() {
         let p = hardened().policy("hardened").unwrap();
-        let err = check_pod("hardened", &p, &[("network", false)], false).unwrap_err();
+        let err = check_pod("hardened", &p, false, &[("network", false)], false).unwrap_err();
         assert!(
             matches!(err, RuntimeError::InvalidArgument { ref field, .. } if field.ends_with("userns_options"))
         );
-        let err =
-            check_pod("hardened", &p, &[("network", false), ("pid", true)], true).unwrap_err();
+        let err = check_pod(
+            "hardened",
+            &p,
+            false,
+            &[("network", false), ("pid", true)],
+            true,
+        )
+        .unwrap_err();
         assert!(
             matches!(err, RuntimeError::InvalidArgument { ref field, .. } if field.ends_with(".pid"))
         );
-        check_pod("hardened", &p, &[("network", false), ("pid", false)], true).unwrap();
-        check_pod("", &EmbeddedPolicy::default(), &[("network", true)], false).unwrap();
+        check_pod(
+            "hardened",
+            &p,
+            false,
+            &[("network", false), ("pid", false)],
+            true,
+        )
+        .unwrap();
+        check_pod(
+            "",
+            &EmbeddedPolicy::default(),
+            false,
+            &[("network", true)],
+            false,
+        )
+        .unwrap();
+        let err = check_pod("runc", &EmbeddedPolicy::default(), true, &[], true).unwrap_err();
+        assert!(err.to_string().contains("external OCI runtime"), "{err}");
     }
 
     #[test]

@@ -118,10 +118,11 @@ fn clean_abs(field: &str, v: &str) -> Result<(), RuntimeError> {
 }
 
 /// Checks a request and decides what to build (pure).
-/// `handler`: the pod's RuntimeClass handler, whose policy it must meet.
+/// `handler`: the pod's RuntimeClass handler, whose policy it must meet,
+/// and whether it is an external OCI runtime.
 pub(super) fn plan(
     config: &proto::PodSandboxConfig,
-    handler: (&str, &super::handlers::EmbeddedPolicy),
+    handler: (&str, &super::handlers::EmbeddedPolicy, bool),
 ) -> Result<SandboxPlan, RuntimeError> {
     let m = config
         .metadata
@@ -186,6 +187,7 @@ pub(super) fn plan(
     super::handlers::check_pod(
         handler.0,
         handler.1,
+        handler.2,
         &[
             ("network", network == NsMode::Node),
             ("pid", pid == NsMode::Node),
@@ -439,7 +441,12 @@ impl super::RuntimeServiceImpl {
             .config
             .ok_or_else(|| Status::from(RuntimeError::invalid("config", "must be set")))?;
         let policy = self.config.handlers.policy(&req.runtime_handler)?;
-        let mut plan = plan(&config, (&req.runtime_handler, &policy))?;
+        let external = self
+            .config
+            .handlers
+            .oci_runtime(&req.runtime_handler)
+            .is_some();
+        let mut plan = plan(&config, (&req.runtime_handler, &policy, external))?;
         let id = crate::store::ObjectId::random()
             .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
         if crate::spec::lsm::HostLsm::node().selinux {
@@ -513,7 +520,7 @@ mod tests {
     }
 
     fn err_field(c: &proto::PodSandboxConfig) -> String {
-        match plan(c, ("", &Default::default())) {
+        match plan(c, ("", &Default::default(), false)) {
             Err(RuntimeError::InvalidArgument { field, .. }) => field,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
@@ -521,7 +528,7 @@ mod tests {
 
     #[test]
     fn a_plain_pod_gets_its_own_namespaces() {
-        let p = plan(&base(), ("", &Default::default())).unwrap();
+        let p = plan(&base(), ("", &Default::default(), false)).unwrap();
         assert_eq!(p.name, "web_default_u-1_0");
         // Zero values are POD for all three (kubelet sends CONTAINER for pid
         // explicitly unless the pod shares its process namespace).
@@ -544,7 +551,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        let p = plan(&c, ("", &Default::default())).unwrap();
+        let p = plan(&c, ("", &Default::default(), false)).unwrap();
         assert_eq!((p.network, p.pid), (NsMode::Node, NsMode::Pod));
         assert_eq!(
             p.hostname,
@@ -599,8 +606,8 @@ mod tests {
             network: proto::NamespaceMode::Node as i32,
             ..Default::default()
         });
-        assert!(plan(&c, ("", &Default::default())).is_ok());
-        assert!(matches!(plan(&c, ("strict", &strict)),
+        assert!(plan(&c, ("", &Default::default(), false)).is_ok());
+        assert!(matches!(plan(&c, ("strict", &strict, false)),
             Err(RuntimeError::InvalidArgument { field, .. }) if field.ends_with("namespace_options.network")));
     }
 }

@@ -70,12 +70,17 @@ pub(super) fn status(
         // same features.
         runtime_handlers: std::iter::once("")
             .chain(handlers.names())
-            .map(|name| proto::RuntimeHandler {
-                name: name.to_string(),
-                features: Some(proto::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: berth_core::kernel::at_least(5, 12),
-                    user_namespaces: berth_core::kernel::at_least(5, 19),
-                }),
+            .map(|name| {
+                // An external runtime is asked for neither (its rootfs and
+                // mounts would need what berth does not give it).
+                let embedded = handlers.oci_runtime(name).is_none();
+                proto::RuntimeHandler {
+                    name: name.to_string(),
+                    features: Some(proto::RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: embedded && berth_core::kernel::at_least(5, 12),
+                        user_namespaces: embedded && berth_core::kernel::at_least(5, 19),
+                    }),
+                }
             })
             .collect(),
         // Mount options: noexec/nodev/nosuid on bind mounts, applied.

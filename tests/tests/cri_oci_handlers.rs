@@ -1,0 +1,364 @@
+//! RuntimeClass handlers of kind `oci`: Debian's `runc` and `crun` as two
+//! handlers of one node, each running pods' containers from the bundle
+//! berth writes, next to the embedded default. The same requests must give
+//! the same container: user, capabilities, seccomp, no_new_privs, the
+//! pod's hostname; logs, exec, a terminal, stats, update, exit codes, a
+//! daemon restart and removal all go through the runtime.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use berth_cri::proto;
+use common::*;
+use tonic::Code;
+
+const RUNC: &str = "/usr/sbin/runc";
+const CRUN: &str = "/usr/bin/crun";
+
+fn config() -> String {
+    format!(
+        "[runtime.handlers.runc]\nkind = \"oci\"\npath = \"{RUNC}\"\n\n\
+         [runtime.handlers.crun]\nkind = \"oci\"\npath = \"{CRUN}\"\n"
+    )
+}
+
+/// What the security context gives a process: its ids, capability sets,
+/// seccomp mode and no_new_privs; the pod's hostname; the container's
+/// memory cgroup.
+const PROBE: &str = "id -u; id -g; grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|Seccomp|NoNewPrivs):' /proc/self/status; hostname; grep -E ':memory:|^0::' /proc/self/cgroup | head -1";
+
+async fn run_pod_with(
+    env: &mut Env,
+    name: &str,
+    handler: &str,
+) -> (String, proto::PodSandboxConfig) {
+    let mut cfg = pod_config(env.dir.path());
+    cfg.metadata.as_mut().unwrap().name = name.into();
+    cfg.metadata.as_mut().unwrap().uid = format!("uid-{name}");
+    cfg.hostname = format!("{name}-host");
+    let id = env
+        .rt
+        .run_pod_sandbox(proto::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: handler.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    (id, cfg)
+}
+
+async fn create_in(
+    env: &mut Env,
+    pod: &(String, proto::PodSandboxConfig),
+    c: proto::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    let id = env
+        .rt
+        .create_container(proto::CreateContainerRequest {
+            pod_sandbox_id: pod.0.clone(),
+            config: Some(c),
+            sandbox_config: Some(pod.1.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    start(&mut env.rt, &id).await?;
+    Ok(id)
+}
+
+fn runtime_default(c: &mut proto::ContainerConfig, uid: i64) {
+    c.linux = Some(proto::LinuxContainerConfig {
+        security_context: Some(proto::LinuxContainerSecurityContext {
+            run_as_user: Some(proto::Int64Value { value: uid }),
+            seccomp: Some(proto::SecurityProfile {
+                profile_type: proto::security_profile::ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            }),
+            no_new_privs: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+}
+
+/// The log file of container `name` in `pod`'s log directory.
+fn log_of(pod: &proto::PodSandboxConfig, name: &str) -> String {
+    Path::new(&pod.log_directory)
+        .join(format!("{name}/0.log"))
+        .display()
+        .to_string()
+}
+
+async fn stats_of(rt: &mut Rt, id: &str) -> proto::ContainerStats {
+    rt.container_stats(proto::ContainerStatsRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .stats
+    .unwrap()
+}
+
+/// The runtime's own list of containers (its `--root` under the daemon's
+/// state directory).
+fn runtime_list(env: &Env, handler: &str, binary: &str) -> String {
+    let root = env.dir.path().join("state/oci").join(handler);
+    let out = std::process::Command::new(binary)
+        .arg(format!("--root={}", root.display()))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn one_handler(env: &mut Env, handler: &str, binary: &str, embedded_probe: &str) {
+    let pod = run_pod_with(env, &format!("{handler}-pod"), handler).await;
+
+    // The same security context as the embedded container gives the same
+    // process (the hostname aside: each pod has its own).
+    let mut c = container(env, "probe", &["sleep", "300"], &[]);
+    runtime_default(&mut c, 1000);
+    let id = create_in(env, &pod, c).await.unwrap();
+    let probe = sh_in(&mut env.rt, &id, PROBE).await;
+    assert_eq!(
+        probe
+            .replace(&format!("{handler}-pod-host"), "HOST")
+            .replace(&id, "ID"),
+        embedded_probe.replace("embedded-pod-host", "HOST"),
+        "{handler}"
+    );
+    // The runtime knows it, under berth's id.
+    assert!(
+        runtime_list(env, handler, binary).contains(&id),
+        "{handler}"
+    );
+
+    // Stats come from the cgroup the runtime made; an update reaches it.
+    let s = stats_of(&mut env.rt, &id).await;
+    assert!(
+        s.memory
+            .as_ref()
+            .is_some_and(|m| m.working_set_bytes.is_some()),
+        "{handler}: {s:?}"
+    );
+    env.rt
+        .update_container_resources(proto::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(proto::LinuxContainerResources {
+                memory_limit_in_bytes: 96 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let limit = sh_in(
+        &mut env.rt,
+        &id,
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max",
+    )
+    .await;
+    assert_eq!(limit.trim(), (96u64 << 20).to_string(), "{handler}");
+
+    // A failing exec is the program's exit code, its stderr kept.
+    let r = env
+        .rt
+        .exec_sync(proto::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo out; echo err >&2; exit 4".into(),
+            ],
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.exit_code, &r.stdout[..], &r.stderr[..]),
+        (4, &b"out\n"[..], &b"err\n"[..])
+    );
+
+    // Output to both streams, and the exit code, as with the embedded core.
+    let c = container(
+        env,
+        "talker",
+        &["sh", "-c", "echo hello; echo oops >&2; exit 7"],
+        &[],
+    );
+    let talker = create_in(env, &pod, c).await.unwrap();
+    let st = wait_exited(&mut env.rt, &talker).await;
+    assert_eq!(
+        (st.exit_code, st.reason.as_str()),
+        (7, "Error"),
+        "{handler}"
+    );
+    let records = log_records(&log_of(&pod.1, "talker"));
+    let lines: Vec<(String, String)> = records
+        .iter()
+        .map(|(s, _, l)| (format!("{s:?}"), l.clone()))
+        .collect();
+    assert!(
+        lines.contains(&("Stdout".into(), "hello".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("Stderr".into(), "oops".into())),
+        "{lines:?}"
+    );
+
+    // A terminal: the runtime hands it over on the console socket.
+    let mut c = container(env, "tty", &["sh", "-c", "tty; sleep 300"], &[]);
+    c.tty = true;
+    let tty = create_in(env, &pod, c).await.unwrap();
+    let log = log_of(&pod.1, "tty");
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = log_records(&log)
+            .into_iter()
+            .map(|(_, _, l)| l)
+            .collect::<Vec<_>>()
+            .join("|");
+        if seen.contains("/dev/pts/") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen.contains("/dev/pts/0"), "{handler}: {seen:?}");
+
+    // The daemon dies and comes back: the containers still run, exec and
+    // stop still work.
+    env.daemon.crash();
+    restart(env).await;
+    assert_eq!(
+        status(&mut env.rt, &id).await.state,
+        proto::ContainerState::ContainerRunning as i32
+    );
+    assert!(sh_in(&mut env.rt, &id, "echo back").await.contains("back"));
+    for c in [&id, &tty, &talker] {
+        stop_and_remove(&mut env.rt, c).await;
+    }
+    // Removed from the runtime too.
+    let left = runtime_list(env, handler, binary);
+    assert!(
+        !left.contains(&id) && !left.contains(&tty),
+        "{handler}: {left}"
+    );
+
+    env.rt
+        .stop_pod_sandbox(proto::StopPodSandboxRequest {
+            pod_sandbox_id: pod.0.clone(),
+        })
+        .await
+        .unwrap();
+    env.rt
+        .remove_pod_sandbox(proto::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.0,
+        })
+        .await
+        .unwrap();
+}
+
+/// Why crun cannot run containers on this host, if it cannot: crun 1.8
+/// refuses a hybrid hierarchy whose cgroup v2 part has controllers (this
+/// host's holds hugetlb); cgroup v2 (the QEMU guest) is fine.
+fn crun_unusable() -> Option<String> {
+    let v2 = Path::new("/sys/fs/cgroup/unified/cgroup.controllers");
+    let controllers = std::fs::read_to_string(v2).unwrap_or_default();
+    (!controllers.trim().is_empty()).then(|| {
+        format!(
+            "crun refuses this host's hybrid cgroup hierarchy (controllers in cgroup v2: {})",
+            controllers.trim()
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_and_crun_handlers_run_what_the_embedded_core_would() {
+    let test = "runc_and_crun_handlers_run_what_the_embedded_core_would";
+    let no_skip = std::env::var_os("BERTH_TEST_NO_SKIP").is_some();
+    let mut have: Vec<(&str, &str)> = Vec::new();
+    for (name, binary) in [("runc", RUNC), ("crun", CRUN)] {
+        let why = match (Path::new(binary).exists(), name) {
+            (false, _) => Some(format!("{binary} is not installed")),
+            (true, "crun") => crun_unusable(),
+            (true, _) => None,
+        };
+        match why {
+            Some(why) => {
+                assert!(!no_skip, "{test}: {name} must run here: {why}");
+                println!("skipped: {test}: the {name} handler: {why}");
+            }
+            None => have.push((name, binary)),
+        }
+    }
+    if !have.iter().any(|(n, _)| *n == "runc") {
+        return;
+    }
+    let Some(mut env) = env_with_config(test, &config()).await else {
+        return;
+    };
+    // Status: both handlers, neither offering user namespaces.
+    let handlers = runtime_status(&mut env.rt).await.runtime_handlers;
+    let names: Vec<&str> = handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["", "crun", "runc"]);
+    for h in &handlers[1..] {
+        let f = h.features.as_ref().unwrap();
+        assert!(!f.user_namespaces && !f.recursive_read_only_mounts, "{h:?}");
+    }
+
+    // The embedded default's answer to the probe.
+    let embedded = run_pod_with(&mut env, "embedded-pod", "").await;
+    let mut c = container(&env, "probe", &["sleep", "300"], &[]);
+    runtime_default(&mut c, 1000);
+    let id = create_in(&mut env, &embedded, c).await.unwrap();
+    let embedded_probe = sh_in(&mut env.rt, &id, PROBE).await.replace(&id, "ID");
+    assert!(embedded_probe.starts_with("1000\n"), "{embedded_probe}");
+    stop_and_remove(&mut env.rt, &id).await;
+
+    for (handler, binary) in have {
+        one_handler(&mut env, handler, binary, &embedded_probe).await;
+    }
+
+    // A pod in its own user namespace is refused for an external runtime.
+    let mut cfg = pod_config(env.dir.path());
+    cfg.metadata.as_mut().unwrap().name = "userns".into();
+    let maps = vec![proto::IdMapping {
+        host_id: 500_000,
+        container_id: 0,
+        length: 65536,
+    }];
+    cfg.linux
+        .get_or_insert_with(Default::default)
+        .security_context = Some(proto::LinuxSandboxSecurityContext {
+        namespace_options: Some(proto::NamespaceOption {
+            userns_options: Some(proto::UserNamespace {
+                mode: proto::NamespaceMode::Pod as i32,
+                uids: maps.clone(),
+                gids: maps,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = env
+        .rt
+        .run_pod_sandbox(proto::RunPodSandboxRequest {
+            config: Some(cfg),
+            runtime_handler: "runc".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("userns_options"),
+        "{}",
+        err.message()
+    );
+}
