@@ -24,6 +24,9 @@
 //! started together and the images pulled (each with a layer of its own)
 //! before the daemon's idle memory after all that work is measured
 //! (defaults 20, 50 and 20; 2, 3 and 2 for the smoke run).
+//! `-- --handler runc|crun` runs berth's pods under that RuntimeClass
+//! handler (kind "oci", Debian's /usr/sbin/runc or /usr/bin/crun), so the
+//! figures show what an external runtime costs against the embedded core.
 //! `BENCH_DUMP_ANON=1` also lists the idle daemon's mappings over 256 KiB
 //! resident (where its memory is).
 
@@ -70,6 +73,13 @@ fn delete_bridge(bridge: &str) {
 /// Pods use the host's network (`--containerd`: containerd without a CNI
 /// plugin can only run those, so both runtimes get the same pods).
 static HOST_NETWORK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The RuntimeClass handler of berth's pods (`--handler`; "": the default).
+static HANDLER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// berth's configuration file with the `oci` handlers `--handler` names.
+const HANDLERS_TOML: &str = "[runtime.handlers.runc]\nkind = \"oci\"\npath = \"/usr/sbin/runc\"\n\n\
+                             [runtime.handlers.crun]\nkind = \"oci\"\npath = \"/usr/bin/crun\"\n";
 
 fn pod_config(name: &str, logs: &Path) -> proto::PodSandboxConfig {
     let network = if HOST_NETWORK.load(std::sync::atomic::Ordering::Relaxed) {
@@ -146,7 +156,7 @@ struct Pod {
 async fn run_pod(rt: &mut Rt, name: &str, logs: &Path) -> String {
     rt.run_pod_sandbox(proto::RunPodSandboxRequest {
         config: Some(pod_config(name, logs)),
-        runtime_handler: String::new(),
+        runtime_handler: HANDLER.get().cloned().unwrap_or_default(),
     })
     .await
     .expect("RunPodSandbox")
@@ -725,6 +735,13 @@ async fn main() {
         if cni {
             write_cni_config(&conf, "brt-bench-b", 200);
             args = vec!["--cni-conf-dir", conf.to_str().unwrap()];
+        }
+        let conf_file = bdir.join("config.toml");
+        if let Some(h) = arg("--handler") {
+            std::fs::write(&conf_file, HANDLERS_TOML).unwrap();
+            args.extend(["--config", conf_file.to_str().unwrap()]);
+            println!("berth's pods run under RuntimeClass handler {h:?}");
+            HANDLER.set(h).unwrap();
         }
         let d = Daemon::start(&berth, &bdir, &args);
         let t = Target {
