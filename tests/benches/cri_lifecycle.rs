@@ -78,7 +78,8 @@ static HOST_NETWORK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 static HANDLER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// berth's configuration file with the `oci` handlers `--handler` names.
-const HANDLERS_TOML: &str = "[runtime.handlers.runc]\nkind = \"oci\"\npath = \"/usr/sbin/runc\"\n\n\
+const HANDLERS_TOML: &str =
+    "[runtime.handlers.runc]\nkind = \"oci\"\npath = \"/usr/sbin/runc\"\n\n\
                              [runtime.handlers.crun]\nkind = \"oci\"\npath = \"/usr/bin/crun\"\n";
 
 fn pod_config(name: &str, logs: &Path) -> proto::PodSandboxConfig {

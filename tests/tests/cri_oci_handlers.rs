@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use berth_cri::proto;
 use common::*;
+use futures::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
 use tonic::Code;
 
 const RUNC: &str = "/usr/sbin/runc";
@@ -22,6 +24,32 @@ fn config() -> String {
         "[runtime.handlers.runc]\nkind = \"oci\"\npath = \"{RUNC}\"\n\n\
          [runtime.handlers.crun]\nkind = \"oci\"\npath = \"{CRUN}\"\n"
     )
+}
+
+/// Stdout of a streaming exec at `url` (WebSocket, `v5.channel.k8s.io`),
+/// until the server closes the session.
+async fn terminal_output(url: &str) -> String {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url
+        .replacen("http://", "ws://", 1)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v5.channel.k8s.io".parse().unwrap(),
+    );
+    let host = req.uri().authority().unwrap().to_string();
+    let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+        match m {
+            Message::Binary(b) if b.first() == Some(&1) => out.extend_from_slice(&b[1..]),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What the security context gives a process: its ids, capability sets,
@@ -231,6 +259,49 @@ async fn one_handler(env: &mut Env, handler: &str, binary: &str, embedded_probe:
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(seen.contains("/dev/pts/0"), "{handler}: {seen:?}");
+
+    // A streaming exec with a terminal (the runtime hands the exec's over
+    // on a console socket of its own).
+    let url = env
+        .rt
+        .exec(proto::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "tty; echo done".into()],
+            tty: true,
+            stdin: false,
+            stdout: true,
+            stderr: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let out = terminal_output(&url).await;
+    assert!(
+        out.contains("/dev/pts/") && out.contains("done"),
+        "{handler}: {out:?}"
+    );
+
+    // Checkpoints are not for an external runtime: refused, not dropped.
+    let dir = tempfile::tempdir().unwrap();
+    let err = env
+        .rt
+        .checkpoint_container(proto::CheckpointContainerRequest {
+            container_id: id.clone(),
+            location: dir.path().join("c.tar").display().to_string(),
+            timeout: 30,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{handler}");
+    assert!(
+        err.message().contains("external OCI runtime"),
+        "{handler}: {err:?}"
+    );
+    assert_eq!(
+        status(&mut env.rt, &id).await.state,
+        proto::ContainerState::ContainerRunning as i32
+    );
 
     // The daemon dies and comes back: the containers still run, exec and
     // stop still work.
