@@ -32,31 +32,6 @@ async fn run_pod_with(
         .map(|r| r.into_inner().pod_sandbox_id)
 }
 
-fn userns_pod(env: &Env, name: &str) -> proto::PodSandboxConfig {
-    let maps = vec![proto::IdMapping {
-        host_id: 500_000,
-        container_id: 0,
-        length: 65536,
-    }];
-    let mut cfg = pod_config(env.dir.path());
-    cfg.metadata.as_mut().unwrap().name = name.into();
-    cfg.metadata.as_mut().unwrap().uid = format!("uid-{name}");
-    cfg.linux
-        .get_or_insert_with(Default::default)
-        .security_context = Some(proto::LinuxSandboxSecurityContext {
-        namespace_options: Some(proto::NamespaceOption {
-            userns_options: Some(proto::UserNamespace {
-                mode: proto::NamespaceMode::Pod as i32,
-                uids: maps.clone(),
-                gids: maps,
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    cfg
-}
-
 /// The container `c` in `pod`, started; its id.
 async fn create_in(
     env: &mut Env,

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use berth_cri::proto;
 use common::*;
-use futures::StreamExt;
-use tokio_tungstenite::tungstenite::Message;
 use tonic::Code;
 
 const RUNC: &str = "/usr/sbin/runc";
@@ -24,32 +22,6 @@ fn config() -> String {
         "[runtime.handlers.runc]\nkind = \"oci\"\npath = \"{RUNC}\"\n\n\
          [runtime.handlers.crun]\nkind = \"oci\"\npath = \"{CRUN}\"\n"
     )
-}
-
-/// Stdout of a streaming exec at `url` (WebSocket, `v5.channel.k8s.io`),
-/// until the server closes the session.
-async fn terminal_output(url: &str) -> String {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = url
-        .replacen("http://", "ws://", 1)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "v5.channel.k8s.io".parse().unwrap(),
-    );
-    let host = req.uri().authority().unwrap().to_string();
-    let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
-    let mut out = Vec::new();
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
-        match m {
-            Message::Binary(b) if b.first() == Some(&1) => out.extend_from_slice(&b[1..]),
-            Message::Close(_) => break,
-            _ => {}
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What the security context gives a process: its ids, capability sets,
@@ -276,7 +248,7 @@ async fn one_handler(env: &mut Env, handler: &str, binary: &str, embedded_probe:
         .unwrap()
         .into_inner()
         .url;
-    let out = terminal_output(&url).await;
+    let out = session_stdout(&url).await;
     assert!(
         out.contains("/dev/pts/") && out.contains("done"),
         "{handler}: {out:?}"
@@ -302,6 +274,43 @@ async fn one_handler(env: &mut Env, handler: &str, binary: &str, embedded_probe:
         status(&mut env.rt, &id).await.state,
         proto::ContainerState::ContainerRunning as i32
     );
+
+    // Its monitor killed with SIGKILL: the container is reported exited
+    // (255), its init killed and the runtime's record deleted.
+    let c = container(env, "orphan", &["sleep", "1000"], &[]);
+    let orphan = create_in(env, &pod, c).await.unwrap();
+    let v = verbose_info(&mut env.rt, &orphan).await;
+    let monitor = v["monitorPid"].as_i64().unwrap() as i32;
+    let init = v["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let st = wait_exited(&mut env.rt, &orphan).await;
+    assert_eq!(st.exit_code, 255, "{handler}: {st:?}");
+    for _ in 0..200 {
+        let gone = std::fs::read_to_string(format!("/proc/{init}/stat"))
+            .map_or(true, |s| s.contains(") Z "));
+        if gone && !runtime_list(env, handler, binary).contains(&orphan) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        std::fs::read_to_string(format!("/proc/{init}/stat")).map_or(true, |s| s.contains(") Z ")),
+        "{handler}: the orphan's init {init} still runs"
+    );
+    assert!(
+        !runtime_list(env, handler, binary).contains(&orphan),
+        "{handler}"
+    );
+    env.rt
+        .remove_container(proto::RemoveContainerRequest {
+            container_id: orphan,
+        })
+        .await
+        .unwrap();
 
     // The daemon dies and comes back: the containers still run, exec and
     // stop still work.
@@ -398,26 +407,7 @@ async fn runc_and_crun_handlers_run_what_the_embedded_core_would() {
     }
 
     // A pod in its own user namespace is refused for an external runtime.
-    let mut cfg = pod_config(env.dir.path());
-    cfg.metadata.as_mut().unwrap().name = "userns".into();
-    let maps = vec![proto::IdMapping {
-        host_id: 500_000,
-        container_id: 0,
-        length: 65536,
-    }];
-    cfg.linux
-        .get_or_insert_with(Default::default)
-        .security_context = Some(proto::LinuxSandboxSecurityContext {
-        namespace_options: Some(proto::NamespaceOption {
-            userns_options: Some(proto::UserNamespace {
-                mode: proto::NamespaceMode::Pod as i32,
-                uids: maps.clone(),
-                gids: maps,
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let cfg = userns_pod(&env, "userns");
     let err = env
         .rt
         .run_pod_sandbox(proto::RunPodSandboxRequest {

@@ -11,9 +11,6 @@ use std::time::{Duration, Instant};
 
 use berth_cri::proto;
 use common::*;
-use futures::StreamExt;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 
 /// VmRSS of `pid`, KiB.
 fn rss_kib(pid: u32) -> u64 {
@@ -94,29 +91,7 @@ async fn exec_echo(env: &mut Env, id: &str, word: &str) -> String {
         .unwrap()
         .into_inner()
         .url;
-    let mut req = url
-        .replacen("http://", "ws://", 1)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "v5.channel.k8s.io".parse().unwrap(),
-    );
-    let host = req.uri().authority().unwrap().to_string();
-    let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
-    let mut out = Vec::new();
-    while let Some(Ok(m)) = tokio::time::timeout(Duration::from_secs(20), ws.next())
-        .await
-        .expect("the session ends")
-    {
-        if let Message::Binary(b) = m {
-            if b.first() == Some(&1) {
-                out.extend_from_slice(&b[1..]);
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    session_stdout(&url).await
 }
 
 /// The streaming server's `host:port`, from an Exec URL.

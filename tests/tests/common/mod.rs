@@ -346,3 +346,61 @@ pub async fn sh_in(rt: &mut Rt, id: &str, script: &str) -> String {
     );
     String::from_utf8(r.stdout).unwrap()
 }
+
+/// What a streaming session at `url` (an Exec URL; WebSocket,
+/// `v5.channel.k8s.io`) printed on stdout until the server closed it.
+pub async fn session_stdout(url: &str) -> String {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut req = url
+        .replacen("http://", "ws://", 1)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v5.channel.k8s.io".parse().unwrap(),
+    );
+    let host = req.uri().authority().unwrap().to_string();
+    let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(Ok(m)) = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .expect("the session ends")
+    {
+        if let Message::Binary(b) = m {
+            if b.first() == Some(&1) {
+                out.extend_from_slice(&b[1..]);
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A pod config `name` with a user namespace of its own (ids 0-65535 at
+/// host 500000).
+pub fn userns_pod(env: &Env, name: &str) -> proto::PodSandboxConfig {
+    let maps = vec![proto::IdMapping {
+        host_id: 500_000,
+        container_id: 0,
+        length: 65536,
+    }];
+    let mut cfg = pod_config(env.dir.path());
+    cfg.metadata.as_mut().unwrap().name = name.into();
+    cfg.metadata.as_mut().unwrap().uid = format!("uid-{name}");
+    cfg.linux
+        .get_or_insert_with(Default::default)
+        .security_context = Some(proto::LinuxSandboxSecurityContext {
+        namespace_options: Some(proto::NamespaceOption {
+            userns_options: Some(proto::UserNamespace {
+                mode: proto::NamespaceMode::Pod as i32,
+                uids: maps.clone(),
+                gids: maps,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    cfg
+}
