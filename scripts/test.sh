@@ -126,9 +126,10 @@ guest_tests apparmor guest-a
 # requests, and a privileged container on cgroup v2.
 phase "AppArmor through the CRI in the guest (tests/tests/cri_security.rs apparmor)"
 GUEST_TEST_DIR=tests/tests/ BERTH_GUEST_SHARE=/etc/ssl guest_tests cri_security guest-a apparmor
-# RuntimeClass handlers of kind "oci": runc and crun through the CRI on
-# cgroup v2 (crun refuses this host's hybrid hierarchy; runc runs here too).
-phase "runc and crun handlers through the CRI in the guest (tests/tests/cri_oci_handlers.rs)"
+# RuntimeClass handlers of kind "oci" (runc, crun) and "shim-v2"
+# (containerd-shim-runc-v2) through the CRI on cgroup v2 (crun refuses this
+# host's hybrid hierarchy; runc and the shim run here too).
+phase "runc, crun and containerd-shim handlers through the CRI in the guest (tests/tests/cri_oci_handlers.rs)"
 GUEST_TEST_DIR=tests/tests/ BERTH_GUEST_SHARE=/etc/ssl guest_tests cri_oci_handlers guest-a
 
 # SELinux: guest A booted with security=selinux (permissive) and the host's

@@ -91,6 +91,7 @@ impl Fixture {
             stdin_once: false,
             restore: None,
             oci: None,
+            shim: None,
         }
     }
 

@@ -88,6 +88,13 @@ cdi_spec_dirs = ["/etc/cdi", "/var/run/cdi"]
 # kind = "oci"
 # path = "/usr/sbin/runc"
 # root = "/run/berth/oci/runc"  # its --root; default <state>/oci/<name>
+#
+# kind = "shim-v2": a containerd shim v2 (containerd-shim-runc-v2, Kata,
+# gVisor, runwasi) runs each container; berth speaks the shim's ttrpc Task
+# API. No terminals, checkpoints or user-namespace pods. For example:
+# [runtime.handlers.runc-shim]
+# kind = "shim-v2"
+# path = "/usr/bin/containerd-shim-runc-v2"
 
 [checkpoint]
 # CreateContainer may restore a container from a checkpoint archive or
@@ -318,13 +325,18 @@ pub enum HandlerKind {
     Embedded,
     /// An external OCI runtime with runc's command line.
     Oci,
+    /// A containerd shim v2.
+    #[serde(rename = "shim-v2")]
+    ShimV2,
 }
 
 impl RuntimeSection {
     /// The handlers, as the runtime service takes them; an `oci` handler's
     /// default `--root` is under the daemon's `state` directory.
     pub fn handlers(&self, state: &std::path::Path) -> berth_cri::runtime::handlers::Handlers {
-        use berth_cri::runtime::handlers::{EmbeddedPolicy, Handler, Handlers, OciRuntime};
+        use berth_cri::runtime::handlers::{
+            EmbeddedPolicy, Handler, Handlers, OciRuntime, ShimRuntime,
+        };
         Handlers::new(
             self.handlers
                 .iter()
@@ -345,6 +357,12 @@ impl RuntimeSection {
                                     .root
                                     .clone()
                                     .unwrap_or_else(|| state.join("oci").join(name)),
+                            },
+                            policy,
+                        ),
+                        HandlerKind::ShimV2 => Handler::Shim(
+                            ShimRuntime {
+                                path: h.path.clone().unwrap_or_default(),
                             },
                             policy,
                         ),
@@ -468,9 +486,17 @@ impl Config {
                         bail!("runtime.handlers.{name}: an \"oci\" handler runs no pods in their own user namespace");
                     }
                 }
+                HandlerKind::ShimV2 => {
+                    if !h.path.as_ref().is_some_and(|p| p.is_absolute()) {
+                        bail!("runtime.handlers.{name}: kind \"shim-v2\" needs path, the shim's absolute path");
+                    }
+                    if h.root.is_some() || h.require_user_namespace {
+                        bail!("runtime.handlers.{name}: a \"shim-v2\" handler takes no root and runs no pods in their own user namespace");
+                    }
+                }
                 HandlerKind::Embedded => {
                     if h.path.is_some() || h.root.is_some() {
-                        bail!("runtime.handlers.{name}: path and root are for kind \"oci\"");
+                        bail!("runtime.handlers.{name}: path and root are for kinds \"oci\" and \"shim-v2\"");
                     }
                 }
             }
@@ -531,6 +557,10 @@ mod tests {
         let rt = h.oci_runtime("runc").unwrap();
         assert_eq!(rt.path, std::path::Path::new("/usr/sbin/runc"));
         assert_eq!(rt.root, std::path::Path::new("/run/berth/oci/runc"));
+        let shim: Config = toml::from_str(&example_of("runc-shim")).unwrap();
+        shim.validate().unwrap();
+        let h = shim.runtime.handlers(std::path::Path::new("/run/berth"));
+        assert!(h.shim_runtime("runc-shim").is_some() && h.external("runc-shim"));
         let no_path: Config = toml::from_str("[runtime.handlers.x]\nkind = \"oci\"\n").unwrap();
         assert!(no_path.validate().is_err());
         let example = example_of("hardened");

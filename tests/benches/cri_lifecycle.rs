@@ -24,9 +24,10 @@
 //! started together and the images pulled (each with a layer of its own)
 //! before the daemon's idle memory after all that work is measured
 //! (defaults 20, 50 and 20; 2, 3 and 2 for the smoke run).
-//! `-- --handler runc|crun` runs berth's pods under that RuntimeClass
-//! handler (kind "oci", Debian's /usr/sbin/runc or /usr/bin/crun), so the
-//! figures show what an external runtime costs against the embedded core.
+//! `-- --handler runc|crun|runc-shim` runs berth's pods under that
+//! RuntimeClass handler (kind "oci": Debian's /usr/sbin/runc or
+//! /usr/bin/crun; kind "shim-v2": containerd-shim-runc-v2), so the figures
+//! show what an external runtime costs against the embedded core.
 //! `BENCH_DUMP_ANON=1` also lists the idle daemon's mappings over 256 KiB
 //! resident (where its memory is).
 
@@ -80,7 +81,9 @@ static HANDLER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// berth's configuration file with the `oci` handlers `--handler` names.
 const HANDLERS_TOML: &str =
     "[runtime.handlers.runc]\nkind = \"oci\"\npath = \"/usr/sbin/runc\"\n\n\
-                             [runtime.handlers.crun]\nkind = \"oci\"\npath = \"/usr/bin/crun\"\n";
+                             [runtime.handlers.crun]\nkind = \"oci\"\npath = \"/usr/bin/crun\"\n\n\
+                             [runtime.handlers.runc-shim]\nkind = \"shim-v2\"\n\
+                             path = \"/usr/bin/containerd-shim-runc-v2\"\n";
 
 fn pod_config(name: &str, logs: &Path) -> proto::PodSandboxConfig {
     let network = if HOST_NETWORK.load(std::sync::atomic::Ordering::Relaxed) {

@@ -116,25 +116,39 @@ fn runtime_list(env: &Env, handler: &str, binary: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-async fn one_handler(env: &mut Env, handler: &str, binary: &str, embedded_probe: &str) {
-    let pod = run_pod_with(env, &format!("{handler}-pod"), handler).await;
+/// The embedded default's answer to the probe.
+async fn embedded_probe(env: &mut Env) -> String {
+    let embedded = run_pod_with(env, "embedded-pod", "").await;
+    let mut c = container(env, "probe", &["sleep", "300"], &[]);
+    runtime_default(&mut c, 1000);
+    let id = create_in(env, &embedded, c).await.unwrap();
+    let probe = sh_in(&mut env.rt, &id, PROBE).await.replace(&id, "ID");
+    assert!(probe.starts_with("1000\n"), "{probe}");
+    stop_and_remove(&mut env.rt, &id).await;
+    probe
+}
 
+/// What every external handler must do as the embedded core does, in
+/// `pod`: the probe's answer, stats and an update through its cgroup, an
+/// exec's exit code and streams, logs of both streams and the exit code.
+/// Returns the running probe container and the exited talker.
+async fn same_as_embedded(
+    env: &mut Env,
+    pod: &(String, proto::PodSandboxConfig),
+    handler: &str,
+    embedded_probe: &str,
+) -> (String, String) {
     // The same security context as the embedded container gives the same
     // process (the hostname aside: each pod has its own).
     let mut c = container(env, "probe", &["sleep", "300"], &[]);
     runtime_default(&mut c, 1000);
-    let id = create_in(env, &pod, c).await.unwrap();
+    let id = create_in(env, pod, c).await.unwrap();
     let probe = sh_in(&mut env.rt, &id, PROBE).await;
     assert_eq!(
         probe
             .replace(&format!("{handler}-pod-host"), "HOST")
             .replace(&id, "ID"),
         embedded_probe.replace("embedded-pod-host", "HOST"),
-        "{handler}"
-    );
-    // The runtime knows it, under berth's id.
-    assert!(
-        runtime_list(env, handler, binary).contains(&id),
         "{handler}"
     );
 
@@ -192,7 +206,7 @@ async fn one_handler(env: &mut Env, handler: &str, binary: &str, embedded_probe:
         &["sh", "-c", "echo hello; echo oops >&2; exit 7"],
         &[],
     );
-    let talker = create_in(env, &pod, c).await.unwrap();
+    let talker = create_in(env, pod, c).await.unwrap();
     let st = wait_exited(&mut env.rt, &talker).await;
     assert_eq!(
         (st.exit_code, st.reason.as_str()),
@@ -211,6 +225,19 @@ async fn one_handler(env: &mut Env, handler: &str, binary: &str, embedded_probe:
     assert!(
         lines.contains(&("Stderr".into(), "oops".into())),
         "{lines:?}"
+    );
+
+    (id, talker)
+}
+
+async fn one_handler(env: &mut Env, handler: &str, binary: &str, embedded_probe: &str) {
+    let pod = run_pod_with(env, &format!("{handler}-pod"), handler).await;
+
+    let (id, talker) = same_as_embedded(env, &pod, handler, embedded_probe).await;
+    // The runtime knows it, under berth's id.
+    assert!(
+        runtime_list(env, handler, binary).contains(&id),
+        "{handler}"
     );
 
     // A terminal: the runtime hands it over on the console socket.
@@ -393,14 +420,7 @@ async fn runc_and_crun_handlers_run_what_the_embedded_core_would() {
         assert!(!f.user_namespaces && !f.recursive_read_only_mounts, "{h:?}");
     }
 
-    // The embedded default's answer to the probe.
-    let embedded = run_pod_with(&mut env, "embedded-pod", "").await;
-    let mut c = container(&env, "probe", &["sleep", "300"], &[]);
-    runtime_default(&mut c, 1000);
-    let id = create_in(&mut env, &embedded, c).await.unwrap();
-    let embedded_probe = sh_in(&mut env.rt, &id, PROBE).await.replace(&id, "ID");
-    assert!(embedded_probe.starts_with("1000\n"), "{embedded_probe}");
-    stop_and_remove(&mut env.rt, &id).await;
+    let embedded_probe = embedded_probe(&mut env).await;
 
     for (handler, binary) in have {
         one_handler(&mut env, handler, binary, &embedded_probe).await;
@@ -422,4 +442,110 @@ async fn runc_and_crun_handlers_run_what_the_embedded_core_would() {
         "{}",
         err.message()
     );
+}
+
+const SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
+
+/// The runc state directory containerd-shim-runc-v2 uses for berth's
+/// namespace.
+const SHIM_RUNC_ROOT: &str = "/run/containerd/runc/berth";
+
+fn shim_runc_list() -> String {
+    let out = std::process::Command::new(RUNC)
+        .args(["--root", SHIM_RUNC_ROOT, "list", "-q"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A handler of kind `shim-v2` with Debian's containerd-shim-runc-v2: the
+/// same container as the embedded core, logs, exec, exit codes, a terminal
+/// refused, the shim killed (the container reported exited), a daemon
+/// restart, and removal through the shim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_containerd_shim_handler_runs_what_the_embedded_core_would() {
+    let test = "a_containerd_shim_handler_runs_what_the_embedded_core_would";
+    for b in [SHIM, RUNC] {
+        if !Path::new(b).exists() {
+            assert!(
+                std::env::var_os("BERTH_TEST_NO_SKIP").is_none(),
+                "{test}: {b} must be installed here"
+            );
+            println!("skipped: {test}: {b} is not installed (Debian's containerd and runc)");
+            return;
+        }
+    }
+    let config = format!("[runtime.handlers.runc-shim]\nkind = \"shim-v2\"\npath = \"{SHIM}\"\n");
+    let Some(mut env) = env_with_config(test, &config).await else {
+        return;
+    };
+    let handlers = runtime_status(&mut env.rt).await.runtime_handlers;
+    let shim = handlers.iter().find(|h| h.name == "runc-shim").unwrap();
+    assert!(!shim.features.as_ref().unwrap().user_namespaces);
+    let embedded_probe = embedded_probe(&mut env).await;
+
+    let handler = "runc-shim";
+    let pod = run_pod_with(&mut env, &format!("{handler}-pod"), handler).await;
+    let (id, talker) = same_as_embedded(&mut env, &pod, handler, &embedded_probe).await;
+    // The shim's runc runs it, under berth's id.
+    assert!(shim_runc_list().contains(&id), "{}", shim_runc_list());
+
+    // A terminal is refused, naming the field.
+    let mut c = container(&env, "tty", &["sh"], &[]);
+    c.tty = true;
+    let err = create_in(&mut env, &pod, c).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("config.tty"), "{}", err.message());
+
+    // The shim killed: the container is reported exited, its init gone.
+    let c = container(&env, "orphan", &["sleep", "1000"], &[]);
+    let orphan = create_in(&mut env, &pod, c).await.unwrap();
+    let v = verbose_info(&mut env.rt, &orphan).await;
+    let init = v["pid"].as_i64().unwrap() as i32;
+    // The shim is the one started with `-id <container id>`.
+    let shim_pid: i32 = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.contains("containerd-shim-runc-v2") && cmd.contains(orphan.as_str())
+        })
+        .expect("the orphan's shim");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let st = wait_exited(&mut env.rt, &orphan).await;
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    assert!(
+        std::fs::read_to_string(format!("/proc/{init}/stat")).map_or(true, |s| s.contains(") Z ")),
+        "the orphan's init {init} still runs"
+    );
+    env.rt
+        .remove_container(proto::RemoveContainerRequest {
+            container_id: orphan.clone(),
+        })
+        .await
+        .unwrap();
+    // Cleaned up without its shim (the shim's own `delete` command).
+    assert!(!shim_runc_list().contains(&orphan), "{}", shim_runc_list());
+
+    // The daemon dies and comes back: the container still runs, through
+    // the same monitor and shim.
+    env.daemon.crash();
+    restart(&mut env).await;
+    assert_eq!(
+        status(&mut env.rt, &id).await.state,
+        proto::ContainerState::ContainerRunning as i32
+    );
+    assert!(sh_in(&mut env.rt, &id, "echo back").await.contains("back"));
+    for c in [&id, &talker] {
+        stop_and_remove(&mut env.rt, c).await;
+    }
+    assert!(!shim_runc_list().contains(&id), "{}", shim_runc_list());
+    // Its bundle (and rootfs mount) are gone with it.
+    assert!(!env.dir.path().join("state/containers").join(&id).exists());
 }

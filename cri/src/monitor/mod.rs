@@ -56,6 +56,7 @@ mod pump;
 mod remove;
 mod run;
 mod serve;
+pub mod shim;
 mod spawn;
 mod zygote;
 
@@ -132,6 +133,10 @@ pub struct MonitorSpec {
     /// runtime-core (a RuntimeClass handler of kind `oci`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci: Option<oci::OciRuntime>,
+    /// Run the container with this containerd shim v2 instead (a
+    /// RuntimeClass handler of kind `shim-v2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shim: Option<shim::ShimRuntime>,
 }
 
 /// Where a restored container's checkpoint is.
@@ -259,6 +264,16 @@ pub enum MonitorError {
         /// What failed.
         #[source]
         source: oci::OciError,
+    },
+    /// In the monitor: the containerd shim could not create the container
+    /// (what it made is removed).
+    #[error("create container {id} with the shim")]
+    Shim {
+        /// Container id.
+        id: String,
+        /// What failed.
+        #[source]
+        source: shim::ShimError,
     },
     /// A system call failed.
     #[error("{step}")]

@@ -1,12 +1,14 @@
-//! What the monitor owns: a container of berth's embedded runtime core, or
-//! one of an external OCI runtime ([`super::oci`]). The task server and
+//! What the monitor owns: a container of berth's embedded runtime core, one
+//! of an external OCI runtime ([`super::oci`]) or one of a containerd shim
+//! v2 ([`super::shim`]). The task server and
 //! the loop ask either the same things through [`Owner`].
 
 use berth_core::cgroups::{Resources, Stats};
 use berth_core::container::checkpoint::CheckpointOptions;
-use berth_core::{Container, Process, ProcessHandle, Status};
+use berth_core::{Container, ExitStatus, Process, ProcessHandle, Status};
 
 use super::oci::{OciContainer, OciError};
+use super::shim::{ShimContainer, ShimError};
 use crate::task::proto::{FailureKind, TaskFailure};
 
 /// The monitor's container (one per monitor: the variants' sizes do not
@@ -18,6 +20,18 @@ pub(super) enum Owner {
     Embedded(Container),
     /// An external OCI runtime.
     Oci(OciContainer),
+    /// A containerd shim v2.
+    Shim(ShimContainer),
+}
+
+fn shim_failure(step: &str) -> impl Fn(ShimError) -> TaskFailure + '_ {
+    move |e| {
+        let kind = match e {
+            ShimError::Unsupported(_) => FailureKind::Unsupported,
+            _ => FailureKind::Failed,
+        };
+        TaskFailure::new(kind, format!("{step}: {}", crate::util::error_chain(&e)))
+    }
 }
 
 fn oci_failure(step: &str) -> impl Fn(OciError) -> TaskFailure + '_ {
@@ -45,6 +59,7 @@ impl Owner {
                 c.release().map_err(core_failure("start"))
             }
             Owner::Oci(c) if c.created() => c.release().map_err(oci_failure("start")),
+            Owner::Shim(c) if c.created() => c.release().map_err(shim_failure("start")),
             _ => Ok(()),
         }
     }
@@ -54,6 +69,7 @@ impl Owner {
         match self {
             Owner::Embedded(c) => c.started_at(),
             Owner::Oci(c) => c.started_at(),
+            Owner::Shim(c) => c.started_at(),
         }
     }
 
@@ -62,7 +78,8 @@ impl Owner {
         match self {
             Owner::Embedded(c) => format!("{:?}", c.status()),
             Owner::Oci(c) if c.created() => "Created".into(),
-            Owner::Oci(_) => "Running".into(),
+            Owner::Shim(c) if c.created() => "Created".into(),
+            Owner::Oci(_) | Owner::Shim(_) => "Running".into(),
         }
     }
 
@@ -71,6 +88,7 @@ impl Owner {
         match self {
             Owner::Embedded(c) => c.status() == Status::Paused,
             Owner::Oci(c) => c.paused(),
+            Owner::Shim(c) => c.paused(),
         }
     }
 
@@ -79,6 +97,7 @@ impl Owner {
         match self {
             Owner::Embedded(c) => c.signal(signal).map_err(core_failure("signal")),
             Owner::Oci(c) => c.signal(signal).map_err(oci_failure("signal")),
+            Owner::Shim(c) => c.signal(signal).map_err(shim_failure("signal")),
         }
     }
 
@@ -87,6 +106,7 @@ impl Owner {
         match self {
             Owner::Embedded(c) => c.set(r).map_err(core_failure("update")),
             Owner::Oci(c) => c.set(r).map_err(oci_failure("update")),
+            Owner::Shim(c) => c.set(r).map_err(shim_failure("update")),
         }
     }
 
@@ -95,6 +115,7 @@ impl Owner {
         match self {
             Owner::Embedded(c) => c.stats(),
             Owner::Oci(c) => c.stats(),
+            Owner::Shim(c) => c.stats(),
         }
     }
 
@@ -103,6 +124,7 @@ impl Owner {
         match self {
             Owner::Embedded(c) => c.pause().map_err(core_failure("pause")),
             Owner::Oci(c) => c.pause().map_err(oci_failure("pause")),
+            Owner::Shim(c) => c.pause().map_err(shim_failure("pause")),
         }
     }
 
@@ -111,6 +133,7 @@ impl Owner {
         match self {
             Owner::Embedded(c) => c.resume().map_err(core_failure("resume")),
             Owner::Oci(c) => c.resume().map_err(oci_failure("resume")),
+            Owner::Shim(c) => c.resume().map_err(shim_failure("resume")),
         }
     }
 
@@ -118,9 +141,9 @@ impl Owner {
     pub(super) fn checkpoint(&self, options: &CheckpointOptions) -> Result<(), TaskFailure> {
         match self {
             Owner::Embedded(c) => c.checkpoint(options).map_err(core_failure("checkpoint")),
-            Owner::Oci(_) => Err(TaskFailure::new(
+            Owner::Oci(_) | Owner::Shim(_) => Err(TaskFailure::new(
                 FailureKind::Unsupported,
-                "checkpoint: not for a container of an external OCI runtime handler",
+                "checkpoint: not for a container of an external OCI runtime or shim handler",
             )),
         }
     }
@@ -130,6 +153,7 @@ impl Owner {
         match self {
             Owner::Embedded(c) => c.exec(process).map_err(core_failure("exec")),
             Owner::Oci(c) => c.exec(process).map_err(oci_failure("exec")),
+            Owner::Shim(c) => c.exec(process).map_err(shim_failure("exec")),
         }
     }
 
@@ -142,6 +166,7 @@ impl Owner {
             Owner::Oci(c) => {
                 c.kill_remaining();
             }
+            Owner::Shim(c) => c.kill_remaining(),
         }
     }
 
@@ -154,6 +179,7 @@ impl Owner {
                 .as_ref()
                 .is_some_and(|cg| super::exit::oom_killed_in(&cg.dirs)),
             Owner::Oci(c) => c.oom_killed(),
+            Owner::Shim(c) => c.oom_killed(),
         }
     }
 
@@ -162,8 +188,44 @@ impl Owner {
     /// rootfs (an embedded one is destroyed at RemoveContainer, by the
     /// daemon).
     pub(super) fn finish(&self) {
-        if let Owner::Oci(c) = self {
-            c.destroy();
+        match self {
+            Owner::Embedded(_) => {}
+            Owner::Oci(c) => c.destroy(),
+            Owner::Shim(c) => c.destroy(),
+        }
+    }
+
+    /// The init's exit status when it is not the monitor's child (a shim's
+    /// container: Wait); `None` when the monitor reaps it itself.
+    pub(super) fn foreign_init_exit(&self) -> Option<ExitStatus> {
+        match self {
+            Owner::Shim(c) => c.init_exit(),
+            _ => None,
+        }
+    }
+
+    /// Whether reaped child `pid` was the shim (the container then has no
+    /// owner but the monitor: it is killed, and cleaned up without it).
+    pub(super) fn shim_reaped(&mut self, pid: i32) -> bool {
+        match self {
+            Owner::Shim(c) => c.shim_reaped(pid),
+            _ => false,
+        }
+    }
+
+    /// Exec'd processes that are not the monitor's children, to watch.
+    pub(super) fn foreign_execs(&self) -> Vec<(i32, std::os::fd::BorrowedFd<'_>)> {
+        match self {
+            Owner::Shim(c) => c.exec_fds().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Such an exec'd process has exited: its status.
+    pub(super) fn foreign_exec_exited(&mut self, pid: i32) -> Option<ExitStatus> {
+        match self {
+            Owner::Shim(c) => c.exec_exited(pid),
+            _ => None,
         }
     }
 }

@@ -69,6 +69,8 @@ enum Slot {
     AttachStdin,
     TaskAccept,
     TaskClient(usize),
+    /// An exec'd process that is not our child (a shim's) exited.
+    ForeignExec(i32),
 }
 
 /// The monitor's loop state.
@@ -151,6 +153,7 @@ impl Pump {
                         let exited = self.exit.is_some();
                         self.task.serve(i, &mut self.log, exited);
                     }
+                    Slot::ForeignExec(pid) => self.task.foreign_exec_exited(pid),
                 }
             }
             if exited_at.is_none() && self.exit.is_some() {
@@ -203,6 +206,10 @@ impl Pump {
             slots.push(slot);
             fds.push(PollFd::new(fd, flags));
         }
+        for (pid, fd) in self.task.container().foreign_execs() {
+            slots.push(Slot::ForeignExec(pid));
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
         // The daemon's requests, also while the output drains.
         for (slot, fd) in self.task.wants() {
             slots.push(match slot {
@@ -246,6 +253,10 @@ impl Pump {
     fn init_exited(&mut self, init: &ProcessHandle) {
         self.reap(init.pid());
         if self.exit.is_none() {
+            // A shim's child: the shim tells its status.
+            self.exit = self.task.container().foreign_init_exit();
+        }
+        if self.exit.is_none() {
             // Not seen by the non-blocking sweep: the pidfd says it has
             // exited, so this wait returns at once.
             match init.wait() {
@@ -276,6 +287,11 @@ impl Pump {
             };
             if pid.as_raw() == init_pid {
                 self.exit = Some(status);
+            } else if self.task.container_mut().shim_reaped(pid.as_raw()) {
+                // The container's shim died: nothing owns the container but
+                // us now (its init is reparented here); it ends with it.
+                warn("the container's shim died; killing the container");
+                let _ = nix::sys::signal::kill(pid_of(init_pid), Signal::SIGKILL);
             } else {
                 self.task.exec_exited(pid.as_raw(), status);
             }
@@ -331,4 +347,8 @@ impl Pump {
         }
         self.first_write_error.get_or_insert_with(|| e.to_string());
     }
+}
+
+fn pid_of(pid: i32) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(pid)
 }

@@ -28,22 +28,18 @@ pub fn remove(dir: &Path, state_root: &Path, id: &str) {
         Err(TaskError::Gone) => {}
         Err(e) => tracing::warn!(id, error = %e, "asking the monitor to kill its container"),
     }
-    match external_runtime(dir) {
-        Some(rt) => {
+    let spec = std::fs::read(dir.join(super::SPEC_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<super::MonitorSpec>(&b).ok());
+    match spec.map(|s| (s.oci, s.shim)) {
+        Some((Some(rt), _)) => {
             if let Err(e) = super::oci::delete_leftover(&rt, dir, id) {
                 tracing::debug!(id, error = %e, "nothing left in the OCI runtime");
             }
         }
-        None => destroy_leftovers(state_root, id),
+        Some((None, Some(rt))) => super::shim::delete_leftover(&rt, dir, id),
+        _ => destroy_leftovers(state_root, id),
     }
-}
-
-/// The external OCI runtime the container's monitor spec names.
-fn external_runtime(dir: &Path) -> Option<super::oci::OciRuntime> {
-    let bytes = std::fs::read(dir.join(super::SPEC_FILE)).ok()?;
-    serde_json::from_slice::<super::MonitorSpec>(&bytes)
-        .ok()?
-        .oci
 }
 
 /// Destroys what is left of runtime-core's container once its monitor has

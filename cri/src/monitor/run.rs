@@ -290,13 +290,17 @@ fn create(
     process: Process,
 ) -> Result<(Owner, ProcessHandle), MonitorError> {
     let id = spec.container_id.clone();
+    if spec.restore.is_some() && (spec.oci.is_some() || spec.shim.is_some()) {
+        return Err(MonitorError::Create(
+            "restoring a checkpoint is not for a container of an external runtime handler".into(),
+        ));
+    }
+    if let Some(rt) = &spec.shim {
+        let (c, handle) = super::shim::ShimContainer::create(rt, &id, dir, &spec.config, process)
+            .map_err(|source| MonitorError::Shim { id, source })?;
+        return Ok((Owner::Shim(c), handle));
+    }
     if let Some(rt) = &spec.oci {
-        if spec.restore.is_some() {
-            return Err(MonitorError::Create(
-                "restoring a checkpoint is not for a container of an external OCI runtime handler"
-                    .into(),
-            ));
-        }
         let (c, handle) = super::oci::OciContainer::create(rt, &id, dir, &spec.config, process)
             .map_err(|source| MonitorError::Oci { id, source })?;
         return Ok((Owner::Oci(c), handle));
@@ -417,6 +421,7 @@ fn kill_and_destroy(owner: Owner, handle: &ProcessHandle) {
             }
         }
         Owner::Oci(c) => c.destroy(),
+        Owner::Shim(c) => c.destroy(),
     }
 }
 

@@ -66,6 +66,11 @@ impl TaskServer {
         }
     }
 
+    /// The container, to act on.
+    pub(super) fn container_mut(&mut self) -> &mut Owner {
+        &mut self.container
+    }
+
     /// The container, taken back (to destroy it).
     pub(super) fn into_owner(self) -> Owner {
         self.container
@@ -411,6 +416,17 @@ impl TaskServer {
         };
         self.reply(i, &Reply::Event(event), &[]);
         true
+    }
+
+    /// An exec'd process that is not our child exited (its pidfd is
+    /// readable): its status from its owner, told to the client.
+    pub(super) fn foreign_exec_exited(&mut self, pid: i32) {
+        let status = self
+            .container
+            .foreign_exec_exited(pid)
+            .unwrap_or(ExitStatus::Exited(255));
+        // False when its client went away: nothing to tell then.
+        self.exec_exited(pid, status);
     }
 
     /// The exit record is written: tells every waiting client.

@@ -213,6 +213,7 @@ mod tests {
             stdin_once: false,
             restore: None,
             oci: None,
+            shim: None,
         };
         let dir = d.path().join("m");
         // `true` ignores its arguments and prints nothing.

@@ -92,6 +92,12 @@ pub(super) fn create(
     let handler = &sandbox.runtime_handler;
     let policy = ctx.handlers.policy(handler)?;
     super::handlers::apply_to_container(handler, &policy, &mut config)?;
+    if config.tty && ctx.handlers.shim_runtime(handler).is_some() {
+        return Err(RuntimeError::invalid(
+            "config.tty",
+            format!("runtime handler {handler:?} (a containerd shim) runs no containers with a terminal"),
+        ));
+    }
     let meta = config
         .metadata
         .clone()
@@ -157,12 +163,12 @@ fn build(
             });
         }
         if (from_archive || checkpoint_image.is_some())
-            && ctx.handlers.oci_runtime(&sandbox.runtime_handler).is_some()
+            && ctx.handlers.external(&sandbox.runtime_handler)
         {
             return Err(RuntimeError::invalid(
                 "config.image.image",
                 format!(
-                    "{image} is a checkpoint; runtime handler {:?} (an external OCI runtime) does not restore checkpoints",
+                    "{image} is a checkpoint; runtime handler {:?} (an external runtime) does not restore checkpoints",
                     sandbox.runtime_handler
                 ),
             ));
@@ -329,6 +335,7 @@ fn build(
                 work_dir: dir.clone(),
             }),
             oci: ctx.handlers.oci_runtime(&sandbox.runtime_handler).cloned(),
+            shim: ctx.handlers.shim_runtime(&sandbox.runtime_handler).cloned(),
         };
         let spawned = match ctx.zygote.spawn(&dir, &mspec) {
             // The zygote itself cannot run: an exec'd monitor still can.

@@ -12,7 +12,10 @@
 //! - `oci`: an external runtime with runc's command line (runc, crun,
 //!   youki, runsc) runs the pod's containers, driven by each container's
 //!   monitor from an OCI bundle ([`crate::monitor::oci`]); the pod sandbox
-//!   (its pinned namespaces) stays berth's. The same policy may apply.
+//!   (its pinned namespaces) stays berth's. The same policy may apply;
+//! - `shim-v2`: a containerd shim v2 (`containerd-shim-runc-v2`, Kata,
+//!   gVisor, runwasi) runs each container, driven by its monitor through
+//!   the shim's ttrpc Task service ([`crate::monitor::shim`]); likewise.
 //!
 //! What a policy forbids is refused with the field and the handler named;
 //! what it sets is set before the request is translated, as if kubelet had
@@ -48,9 +51,12 @@ pub enum Handler {
     Embedded(EmbeddedPolicy),
     /// An external OCI runtime, under a policy.
     Oci(OciRuntime, EmbeddedPolicy),
+    /// A containerd shim v2, under a policy.
+    Shim(ShimRuntime, EmbeddedPolicy),
 }
 
 pub use crate::monitor::oci::OciRuntime;
+pub use crate::monitor::shim::ShimRuntime;
 
 /// The node's handlers by name (the default one is implicit); shared, so
 /// that a CreateContainer takes a reference, not a copy of the map.
@@ -74,7 +80,7 @@ impl Handlers {
             return Ok(EmbeddedPolicy::default());
         }
         match self.0.get(name) {
-            Some(Handler::Embedded(p) | Handler::Oci(_, p)) => Ok(p.clone()),
+            Some(Handler::Embedded(p) | Handler::Oci(_, p) | Handler::Shim(_, p)) => Ok(p.clone()),
             None => {
                 let mut known: Vec<&str> = vec!["berth (the default)"];
                 known.extend(self.0.keys().map(String::as_str));
@@ -98,6 +104,20 @@ impl Handlers {
         }
     }
 
+    /// The shim of handler `name`; `None` for any other handler.
+    pub fn shim_runtime(&self, name: &str) -> Option<&ShimRuntime> {
+        match self.0.get(name) {
+            Some(Handler::Shim(rt, _)) => Some(rt),
+            _ => None,
+        }
+    }
+
+    /// Whether handler `name` runs containers outside berth's core (kind
+    /// `oci` or `shim-v2`).
+    pub fn external(&self, name: &str) -> bool {
+        matches!(self.0.get(name), Some(Handler::Oci(..) | Handler::Shim(..)))
+    }
+
     /// The configured handlers' names, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)
@@ -117,8 +137,8 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// A pod against its handler's policy: which namespaces it may use.
-/// `external`: the handler is an external OCI runtime, which berth does not
-/// ask for user namespaces (its rootfs would need idmapped mounts).
+/// `external`: the handler is an external OCI runtime or shim, which berth
+/// does not ask for user namespaces (its rootfs would need idmapped mounts).
 pub(super) fn check_pod(
     name: &str,
     p: &EmbeddedPolicy,
@@ -130,7 +150,7 @@ pub(super) fn check_pod(
     if external && own_user_namespace {
         return Err(RuntimeError::invalid(
             format!("{NS}.userns_options"),
-            format!("runtime handler {name:?} (an external OCI runtime) runs no pods in their own user namespace"),
+            format!("runtime handler {name:?} (an external runtime) runs no pods in their own user namespace"),
         ));
     }
     if p.require_user_namespace && !own_user_namespace {
@@ -261,7 +281,7 @@ mod tests {
         )
         .unwrap();
         let err = check_pod("runc", &EmbeddedPolicy::default(), true, &[], true).unwrap_err();
-        assert!(err.to_string().contains("external OCI runtime"), "{err}");
+        assert!(err.to_string().contains("external runtime"), "{err}");
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub(super) fn status(
             .map(|name| {
                 // An external runtime is asked for neither (its rootfs and
                 // mounts would need what berth does not give it).
-                let embedded = handlers.oci_runtime(name).is_none();
+                let embedded = !handlers.external(name);
                 proto::RuntimeHandler {
                     name: name.to_string(),
                     features: Some(proto::RuntimeHandlerFeatures {

@@ -239,6 +239,16 @@ impl ProcessHandle {
         wait_child(self.pid)
     }
 
+    /// A handle on process `pid`, which is not this process's child (a
+    /// containerd shim's), watched through `exit_fd`: its pidfd, or — for a
+    /// process already gone when the caller learnt of it — any fd that
+    /// polls readable (a pipe at end of file). [`ProcessHandle::signal`]
+    /// then fails, and [`ProcessHandle::wait`] always does: the caller
+    /// learns the exit status from whoever reaps the process.
+    pub fn watched(pid: i32, exit_fd: OwnedFd) -> Self {
+        Self::new(pid, exit_fd, None)
+    }
+
     /// A handle on process `pid`, started by something else (an external
     /// OCI runtime) and now a child of this process (a child subreaper
     /// inherits it when that runtime exits), with the terminal master it

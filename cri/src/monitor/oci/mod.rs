@@ -41,12 +41,55 @@ pub struct OciRuntime {
     pub root: PathBuf,
 }
 
-/// Where the runtime put the container's cgroup, to read its figures.
+/// Where an external runtime put the container's cgroup, to read its
+/// figures (the same files runtime-core reads).
 #[derive(Debug, Clone)]
-struct CgroupPlace {
+pub(in crate::monitor) struct CgroupPlace {
     version: Version,
     root: PathBuf,
     rel: PathBuf,
+}
+
+impl CgroupPlace {
+    /// Where the cgroup of `c` is under the node's hierarchy.
+    pub(in crate::monitor) fn of(c: &berth_core::cgroups::CgroupConfig) -> Option<Self> {
+        let root = PathBuf::from(berth_core::container::DEFAULT_CGROUP_ROOT);
+        let version = berth_core::cgroups::detect(&root);
+        let rel = match c.driver {
+            Driver::Cgroupfs => c.path.strip_prefix("/").unwrap_or(&c.path).to_path_buf(),
+            Driver::Systemd => {
+                let scope =
+                    berth_core::cgroups::systemd::parse(&c.path.to_string_lossy(), &c.resources)
+                        .ok()?;
+                berth_core::cgroups::systemd::scope_path(&scope).ok()?
+            }
+        };
+        Some(CgroupPlace { version, root, rel })
+    }
+
+    /// Its figures.
+    pub(in crate::monitor) fn stats(&self) -> Stats {
+        berth_core::cgroups::read_stats(self.version, &self.root, &self.rel)
+    }
+
+    /// Whether the kernel OOM-killed a process in it.
+    pub(in crate::monitor) fn oom_killed(&self) -> bool {
+        let dirs = match self.version {
+            Version::V1 => vec![self.root.join("memory").join(&self.rel)],
+            Version::V2 => vec![self.root.join(&self.rel)],
+        };
+        super::exit::oom_killed_in(&dirs)
+    }
+}
+
+/// `cgroupsPath` for the bundle: absolute for cgroupfs (runtimes take a
+/// relative path as relative to their own cgroup, runtime-core as relative
+/// to the root), as it is for systemd (`slice:prefix:name`).
+pub(in crate::monitor) fn cgroups_path(config: &Config) -> Option<PathBuf> {
+    config.cgroup.as_ref().map(|c| match c.driver {
+        Driver::Cgroupfs => Path::new("/").join(&c.path),
+        Driver::Systemd => c.path.clone(),
+    })
 }
 
 /// One container of an external runtime, owned by its monitor.
@@ -145,15 +188,10 @@ impl OciContainer {
 
     fn create_init(&mut self, process: Process) -> Result<ProcessHandle, OciError> {
         let user = self.resolve_user(&process.spec)?;
-        // Absolute: runtimes take a relative cgroupfs path as relative to
-        // their own cgroup, runtime-core as relative to the root.
-        let cgroups_path = self.config.cgroup.as_ref().map(|c| match c.driver {
-            Driver::Cgroupfs => Path::new("/").join(&c.path),
-            Driver::Systemd => c.path.clone(),
-        });
+        let cgroups_path = cgroups_path(&self.config);
         let spec = bundle::spec(&self.config, &process.spec, &user, cgroups_path.as_deref())?;
         self.write_json("config.json", &spec)?;
-        self.cgroup = self.config.cgroup.as_ref().and_then(cgroup_place);
+        self.cgroup = self.config.cgroup.as_ref().and_then(CgroupPlace::of);
         let pid_file = self.bundle.join("init.pid");
         let mut args = vec![
             "create".into(),
@@ -208,13 +246,8 @@ impl OciContainer {
 
     /// The process whose pid the runtime wrote to `pid_file`, now our child.
     fn adopt(&self, pid_file: &Path, console: Option<OwnedFd>) -> Result<ProcessHandle, OciError> {
-        let text = std::fs::read_to_string(pid_file)
-            .map_err(io(format!("read {}", pid_file.display())))?;
+        let pid = read_pid(pid_file)?;
         let _ = std::fs::remove_file(pid_file);
-        let pid: i32 = text.trim().parse().map_err(|_| OciError::Io {
-            step: format!("read {}", pid_file.display()),
-            source: std::io::Error::other(format!("not a pid: {text:?}")),
-        })?;
         ProcessHandle::adopt(pid, console).map_err(sys("open the process's pidfd"))
     }
 
@@ -302,10 +335,10 @@ impl OciContainer {
 
     /// The cgroup's figures.
     pub fn stats(&self) -> Stats {
-        match &self.cgroup {
-            Some(c) => berth_core::cgroups::read_stats(c.version, &c.root, &c.rel),
-            None => Stats::default(),
-        }
+        self.cgroup
+            .as_ref()
+            .map(CgroupPlace::stats)
+            .unwrap_or_default()
     }
 
     /// Freezes it.
@@ -353,14 +386,7 @@ impl OciContainer {
 
     /// Whether the kernel OOM-killed a process of its cgroup.
     pub fn oom_killed(&self) -> bool {
-        let Some(c) = &self.cgroup else {
-            return false;
-        };
-        let dirs = match c.version {
-            Version::V1 => vec![c.root.join("memory").join(&c.rel)],
-            Version::V2 => vec![c.root.join(&c.rel)],
-        };
-        super::exit::oom_killed_in(&dirs)
+        self.cgroup.as_ref().is_some_and(CgroupPlace::oom_killed)
     }
 
     /// Removes it from the runtime (`delete --force`: the runtime kills
@@ -374,6 +400,15 @@ impl OciContainer {
     }
 }
 
+/// The pid a runtime wrote to `file`.
+pub(in crate::monitor) fn read_pid(file: &Path) -> Result<i32, OciError> {
+    let text = std::fs::read_to_string(file).map_err(io(format!("read {}", file.display())))?;
+    text.trim().parse().map_err(|_| OciError::Io {
+        step: format!("read {}", file.display()),
+        source: std::io::Error::other(format!("not a pid: {text:?}")),
+    })
+}
+
 /// `delete --force` for a container whose monitor is gone (the daemon's
 /// clean-up after a monitor was killed). Best effort.
 pub fn delete_leftover(rt: &OciRuntime, dir: &Path, id: &str) -> Result<(), RuntimeFailed> {
@@ -382,21 +417,6 @@ pub fn delete_leftover(rt: &OciRuntime, dir: &Path, id: &str) -> Result<(), Runt
     let out = cli::run(rt, &bundle, false, &args, [None, None, None]);
     let _ = std::fs::remove_dir_all(&bundle);
     out
-}
-
-fn cgroup_place(c: &berth_core::cgroups::CgroupConfig) -> Option<CgroupPlace> {
-    let root = PathBuf::from(berth_core::container::DEFAULT_CGROUP_ROOT);
-    let version = berth_core::cgroups::detect(&root);
-    let rel = match c.driver {
-        Driver::Cgroupfs => c.path.strip_prefix("/").unwrap_or(&c.path).to_path_buf(),
-        Driver::Systemd => {
-            let scope =
-                berth_core::cgroups::systemd::parse(&c.path.to_string_lossy(), &c.resources)
-                    .ok()?;
-            berth_core::cgroups::systemd::scope_path(&scope).ok()?
-        }
-    };
-    Some(CgroupPlace { version, root, rel })
 }
 
 /// A mount namespace for the monitor alone, a slave of the host's (mounts
