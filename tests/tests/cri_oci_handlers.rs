@@ -116,6 +116,52 @@ fn runtime_list(env: &Env, handler: &str, binary: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Attaches to container `id` (stdin, stdout, stderr), writes `line` and
+/// reads stdout until it shows `want`, then detaches; panics after 15 s.
+async fn attach_echo(env: &mut Env, id: &str, line: &str, want: &str) -> String {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = env
+        .rt
+        .attach(proto::AttachRequest {
+            container_id: id.into(),
+            stdin: true,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut req = url
+        .replacen("http://", "ws://", 1)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v5.channel.k8s.io".parse().unwrap(),
+    );
+    let host = req.uri().authority().unwrap().to_string();
+    let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    let input = [&[0u8][..], line.as_bytes(), b"\n"].concat();
+    ws.send(Message::Binary(input.into())).await.unwrap();
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !seen.contains(want) {
+        match tokio::time::timeout_at(deadline.into(), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) if b.first() == Some(&1) => {
+                seen.push_str(&String::from_utf8_lossy(&b[1..]));
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("attach to {id}: no {want:?} in {seen:?}: {other:?}"),
+        }
+    }
+    seen
+}
+
 /// The embedded default's answer to the probe.
 async fn embedded_probe(env: &mut Env) -> String {
     let embedded = run_pod_with(env, "embedded-pod", "").await;
@@ -227,6 +273,29 @@ async fn same_as_embedded(
         "{lines:?}"
     );
 
+    // Attach: what the client writes reaches the container's stdin and
+    // its echo comes back.
+    // With stdin_once, the client's leaving closes the container's stdin:
+    // `cat` sees the end of its input and the container exits.
+    let mut c = container(env, "cat", &["sh", "-c", "cat; echo eof-seen"], &[]);
+    c.stdin = true;
+    c.stdin_once = true;
+    let cat = create_in(env, pod, c).await.unwrap();
+    attach_echo(env, &cat, "hello-attach", "hello-attach").await;
+    let st = wait_exited(&mut env.rt, &cat).await;
+    assert_eq!(st.exit_code, 0, "{handler}: {st:?}");
+    let lines: Vec<String> = log_records(&log_of(&pod.1, "cat"))
+        .into_iter()
+        .map(|(_, _, l)| l)
+        .collect();
+    assert!(
+        lines.contains(&"eof-seen".to_string()),
+        "{handler}: {lines:?}"
+    );
+    env.rt
+        .remove_container(proto::RemoveContainerRequest { container_id: cat })
+        .await
+        .unwrap();
     (id, talker)
 }
 

@@ -53,6 +53,8 @@ pub struct Attach {
     stdin: Option<OwnedFd>,
     stdin_queue: Vec<u8>,
     stdin_once: bool,
+    /// `stdin_once` closed the container's stdin, not yet passed on.
+    stdin_closed: bool,
     /// The terminal, for resizes.
     pty: Option<OwnedFd>,
     /// Where clients' input is read to (on the heap, made with the first
@@ -99,6 +101,7 @@ impl Attach {
             stdin,
             stdin_queue: Vec::new(),
             stdin_once,
+            stdin_closed: false,
             pty,
             buf: Vec::new(),
         })
@@ -230,8 +233,17 @@ impl Attach {
 
     fn close_stdin(&mut self) {
         self.write_stdin();
-        self.stdin = None;
+        if self.stdin.take().is_some() {
+            self.stdin_closed = true;
+        }
         self.stdin_queue.clear();
+    }
+
+    /// Whether `stdin_once` closed the container's stdin since the last
+    /// call (an owner whose container reads its stdin through someone
+    /// else, a shim, must pass that on).
+    pub fn take_stdin_closed(&mut self) -> bool {
+        std::mem::take(&mut self.stdin_closed)
     }
 
     /// The client on `slot` detached (its connection closed).

@@ -195,6 +195,14 @@ impl Owner {
         }
     }
 
+    /// The monitor closed the container's stdin (`stdin_once`): a shim,
+    /// which holds the pipe open itself, is told to close it (CloseIO).
+    pub(super) fn close_stdin(&self) {
+        if let Owner::Shim(c) = self {
+            c.close_stdin();
+        }
+    }
+
     /// The init's exit status when it is not the monitor's child (a shim's
     /// container: Wait); `None` when the monitor reaps it itself.
     pub(super) fn foreign_init_exit(&self) -> Option<ExitStatus> {

@@ -156,6 +156,9 @@ impl Pump {
                     Slot::ForeignExec(pid) => self.task.foreign_exec_exited(pid),
                 }
             }
+            if self.task.attach_mut().take_stdin_closed() {
+                self.task.container().close_stdin();
+            }
             if exited_at.is_none() && self.exit.is_some() {
                 // The container ends with its init: what it left running
                 // (sharing the pod's pid namespace) is killed, so it neither

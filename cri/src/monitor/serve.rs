@@ -221,8 +221,12 @@ impl TaskServer {
                 if exited {
                     return ok();
                 }
-                self.container.signal(signal)?;
-                ok()
+                match self.container.signal(signal) {
+                    // An init that has just exited (not reaped yet): the
+                    // runtime says it is not running; the exit follows.
+                    Err(_) if init_gone(self.init_pid) => ok(),
+                    other => other.and_then(|_| ok()),
+                }
             }
             Request::Shutdown => {
                 if !exited {
@@ -469,4 +473,12 @@ impl TaskServer {
 
 fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Whether process `pid` has exited (a zombie, or reaped by its parent).
+fn init_gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
 }

@@ -4,9 +4,11 @@
 //! serves the same task protocol; instead of runtime-core it drives the
 //! runtime's CLI, as containerd's runc shim does:
 //!
-//! - the monitor enters a mount namespace of its own (slave of the host's)
-//!   and mounts the container's overlay rootfs there, so nothing is mounted
-//!   on the host and the mount goes with the monitor;
+//! - the monitor mounts the container's overlay rootfs on its rootfs
+//!   directory on the host, as containerd does for runc (the runtime takes
+//!   a directory; the container's mount namespace, a copy of the host's,
+//!   then shares rshared volumes both ways), and unmounts it when the
+//!   container is deleted;
 //! - it writes the bundle (`<dir>/bundle/config.json`, [`bundle`]) and runs
 //!   `create` with the container's stdio pipes as the runtime's stdio (or
 //!   `--console-socket` for a terminal), then adopts the init: the monitor
@@ -151,14 +153,7 @@ impl OciContainer {
         config: &Config,
         process: Process,
     ) -> Result<(OciContainer, ProcessHandle), OciError> {
-        private_mount_namespace()?;
-        if let Some(o) = &config.overlay {
-            o.mount_on(&config.rootfs, config.mount_label.as_deref())
-                .map_err(|e| OciError::Io {
-                    step: format!("mount the rootfs on {}", config.rootfs.display()),
-                    source: std::io::Error::other(crate::util::error_chain(&e)),
-                })?;
-        }
+        mount_overlay(config, &config.rootfs)?;
         let bundle = dir.join("bundle");
         crate::store::make_dir(&bundle, crate::store::modes::PRIVATE)
             .map_err(io(format!("create {}", bundle.display())))?;
@@ -397,7 +392,41 @@ impl OciContainer {
             super::diag::warn(&format!("delete: {e}"));
         }
         let _ = std::fs::remove_dir_all(&self.bundle);
+        if self.config.overlay.is_some() {
+            unmount(&self.config.rootfs);
+        }
     }
+}
+
+/// Mounts the container's overlay rootfs, if it has one, on `target` in
+/// the host's mount namespace, as containerd does for runc: the runtime
+/// takes a directory, and its container's mount namespace is a copy of
+/// the host's, so mounts the container shares with the host (rshared
+/// volumes) propagate both ways. [`unmount`] takes it down.
+pub(in crate::monitor) fn mount_overlay(config: &Config, target: &Path) -> Result<(), OciError> {
+    match &config.overlay {
+        Some(o) => o
+            .mount_on(target, config.mount_label.as_deref())
+            .map_err(|e| OciError::Io {
+                step: format!("mount the rootfs on {}", target.display()),
+                source: std::io::Error::other(crate::util::error_chain(&e)),
+            }),
+        None => Ok(()),
+    }
+}
+
+/// Unmounts the rootfs at `target` (detached: a process still inside keeps
+/// its view); nothing mounted there is fine. Returns whether nothing is
+/// mounted there now (so the directory may be removed without reaching
+/// into a mounted tree).
+pub(in crate::monitor) fn unmount(target: &Path) -> bool {
+    // Stacked mounts come off one by one.
+    while nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let target = target.to_string_lossy();
+    !mountinfo
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(target.as_ref()))
 }
 
 /// The pid a runtime wrote to `file`.
@@ -416,23 +445,6 @@ pub fn delete_leftover(rt: &OciRuntime, dir: &Path, id: &str) -> Result<(), Runt
     let args = ["delete".to_string(), "--force".into(), id.to_string()];
     let out = cli::run(rt, &bundle, false, &args, [None, None, None]);
     let _ = std::fs::remove_dir_all(&bundle);
+    unmount(&dir.join("rootfs"));
     out
-}
-
-/// A mount namespace for the monitor alone, a slave of the host's (mounts
-/// made on the host still reach it; none of its own reach the host), where
-/// the rootfs is mounted for the runtime. It lasts as long as the monitor
-/// and whatever runs in a copy of it (the container).
-fn private_mount_namespace() -> Result<(), OciError> {
-    use nix::mount::MsFlags;
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-        .map_err(sys("enter a mount namespace of the monitor's own"))?;
-    nix::mount::mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(sys("make the monitor's mounts slaves of the host's"))
 }

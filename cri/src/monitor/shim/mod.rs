@@ -289,6 +289,19 @@ impl ShimContainer {
         Ok(())
     }
 
+    /// Closes the init's stdin (CloseIO): the shim keeps its end of the
+    /// stdin pipe open, so closing ours alone is no end of input.
+    pub fn close_stdin(&self) {
+        let req = api::CloseIORequest {
+            id: self.id.clone(),
+            stdin: true,
+            ..Default::default()
+        };
+        if let Err(e) = self.client.close_io(ctx(), &req) {
+            super::diag::warn(&format!("shim CloseIO: {e}"));
+        }
+    }
+
     /// Signals the init (Kill).
     pub fn signal(&self, signal: i32) -> Result<(), ShimError> {
         self.kill(signal, false)

@@ -53,13 +53,7 @@ pub(super) fn write_config(
 /// config's directory.
 pub(super) fn mount_rootfs(config: &Config, target: &Path) -> Result<(), ShimError> {
     match &config.overlay {
-        Some(o) => o
-            .mount_on(target, config.mount_label.as_deref())
-            .map_err(|e| {
-                io(format!("mount the rootfs on {}", target.display()))(std::io::Error::other(
-                    crate::util::error_chain(&e),
-                ))
-            }),
+        Some(_) => Ok(crate::monitor::oci::mount_overlay(config, target)?),
         None => nix::mount::mount(
             Some(&config.rootfs),
             target,
@@ -181,10 +175,17 @@ pub(super) fn shutdown(client: &TaskClient, id: &str) {
 }
 
 /// Unmounts the rootfs (detached: a process still in it keeps its view)
-/// and removes the bundle.
+/// and removes the bundle — not while anything is still mounted there.
 pub(super) fn cleanup_bundle(bundle: &Path) {
-    let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
-    let _ = std::fs::remove_dir_all(bundle);
+    let rootfs = bundle.join("rootfs");
+    if crate::monitor::oci::unmount(&rootfs) {
+        let _ = std::fs::remove_dir_all(bundle);
+    } else {
+        crate::monitor::diag::warn(&format!(
+            "{} is still mounted: the bundle is left in place",
+            rootfs.display()
+        ));
+    }
 }
 
 /// For a container whose monitor is gone (or failed to start it): the shim
