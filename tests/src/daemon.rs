@@ -134,8 +134,33 @@ pub fn cleanup_dir(dir: &Path) {
         };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains("__berth_monitor") && cmdline.contains(&needle) {
+        // Monitors, and the containerd shims of shim-v2 handlers (which
+        // run in their bundles, below `dir`).
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        if (cmdline.contains("__berth_monitor") && cmdline.contains(&needle))
+            || (cmdline.contains("containerd-shim") && cwd.starts_with(dir))
+        {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+    // What such a shim left: its socket (recorded in the bundle) and its
+    // runc state (containerd-shim-runc-v2's root for berth's namespace).
+    for c in std::fs::read_dir(dir.join("state/containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let id = c.file_name();
+        let bundle = c.path().join(&id);
+        if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+            if let Some(sock) = address.trim().strip_prefix("unix://") {
+                let _ = std::fs::remove_file(sock);
+            }
+            let _ = Command::new("runc")
+                .args(["--root", "/run/containerd/runc/berth", "delete", "--force"])
+                .arg(&id)
+                .stderr(std::process::Stdio::null())
+                .status();
         }
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
