@@ -120,7 +120,6 @@ fn runtime_list(env: &Env, handler: &str, binary: &str) -> String {
 /// reads stdout until it shows `want`, then detaches; panics after 15 s.
 async fn attach_echo(env: &mut Env, id: &str, line: &str, want: &str) -> String {
     use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
     let url = env
         .rt
@@ -135,17 +134,7 @@ async fn attach_echo(env: &mut Env, id: &str, line: &str, want: &str) -> String 
         .unwrap()
         .into_inner()
         .url;
-    let mut req = url
-        .replacen("http://", "ws://", 1)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "v5.channel.k8s.io".parse().unwrap(),
-    );
-    let host = req.uri().authority().unwrap().to_string();
-    let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    let mut ws = ws_session(&url).await;
     let input = [&[0u8][..], line.as_bytes(), b"\n"].concat();
     ws.send(Message::Binary(input.into())).await.unwrap();
     let mut seen = String::new();

@@ -347,12 +347,10 @@ pub async fn sh_in(rt: &mut Rt, id: &str, script: &str) -> String {
     String::from_utf8(r.stdout).unwrap()
 }
 
-/// What a streaming session at `url` (an Exec URL; WebSocket,
-/// `v5.channel.k8s.io`) printed on stdout until the server closed it.
-pub async fn session_stdout(url: &str) -> String {
-    use futures::StreamExt;
+/// A WebSocket session (`v5.channel.k8s.io`) at a streaming `url` (Exec or
+/// Attach).
+pub async fn ws_session(url: &str) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::Message;
     let mut req = url
         .replacen("http://", "ws://", 1)
         .into_client_request()
@@ -363,7 +361,15 @@ pub async fn session_stdout(url: &str) -> String {
     );
     let host = req.uri().authority().unwrap().to_string();
     let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    tokio_tungstenite::client_async(req, tcp).await.unwrap().0
+}
+
+/// What a streaming session at `url` (an Exec URL; WebSocket,
+/// `v5.channel.k8s.io`) printed on stdout until the server closed it.
+pub async fn session_stdout(url: &str) -> String {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut ws = ws_session(url).await;
     let mut out = Vec::new();
     while let Some(Ok(m)) = tokio::time::timeout(Duration::from_secs(20), ws.next())
         .await
