@@ -90,12 +90,14 @@ async fn serve_answers_cri_and_pulls_through_the_configured_mirror() {
         cfg.linux.unwrap().cgroup_driver,
         proto::CgroupDriver::Cgroupfs as i32
     );
-    // An RPC berth does not serve answers Unimplemented.
+    // Every RPC is served: an empty CheckpointPod is a bad request,
+    // naming the field.
     let err = rt
         .checkpoint_pod(proto::CheckpointPodRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("output_path"), "{err:?}");
 
     let mut img = ImageServiceClient::new(ch.clone());
     let name = "registry.example.test/library/busybox:1.36";

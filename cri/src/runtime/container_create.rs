@@ -45,6 +45,9 @@ pub(super) struct CreateCtx<'a> {
     pub cdi: &'a crate::cdi::Cdi,
     /// The RuntimeClass handlers (the pod's policy applies to its containers).
     pub handlers: &'a super::handlers::Handlers,
+    /// A container checkpoint directory to restore from (RestorePod), in
+    /// the layout of an unpacked archive; `None`: the image says.
+    pub restore_dir: Option<&'a Path>,
 }
 
 /// The log file: `log_directory/log_path`, `log_path` relative and without
@@ -148,17 +151,20 @@ fn build(
         // A checkpoint archive: its rootfs image, changes and CRIU images,
         // unpacked into a work directory that goes when this returns (the
         // restore is done by then, or has failed). CRIU only reads them.
-        let from_archive = container_checkpoint::is_archive(image);
-        // Or a checkpoint image: its one layer is the unpacked archive.
-        let checkpoint_image = match from_archive {
-            true => None,
-            false => container_checkpoint::checkpoint_image_dir(ctx.images, image)?,
+        let from_archive = ctx.restore_dir.is_none() && container_checkpoint::is_archive(image);
+        // Or a checkpoint image: its one layer is the unpacked archive; or
+        // a pod checkpoint's directory for this container.
+        let checkpoint_image = match (ctx.restore_dir, from_archive) {
+            (Some(dir), _) => Some(dir.to_path_buf()),
+            (None, true) => None,
+            (None, false) => container_checkpoint::checkpoint_image_dir(ctx.images, image)?,
         };
         // CRIU recreates the tasks with the credentials in the checkpoint
         // images (checked against the container's security context before
         // they run); a node opts in to trusting that at all.
         if (from_archive || checkpoint_image.is_some()) && !ctx.restore {
             return Err(RuntimeError::RestoreDisabled {
+                field: "config.image.image",
                 image: image.to_string(),
             });
         }
@@ -180,7 +186,10 @@ fn build(
             (Some(w), _) => Some(container_checkpoint::unpack(Path::new(image), &w.0)?),
             (None, Some(dir)) => Some(container_checkpoint::open(
                 &dir,
-                &format!("checkpoint image {image} is not usable"),
+                &match ctx.restore_dir {
+                    Some(d) => format!("{} is not a container checkpoint", d.display()),
+                    None => format!("checkpoint image {image} is not usable"),
+                },
             )?),
             (None, None) => None,
         };
@@ -571,10 +580,24 @@ impl super::RuntimeServiceImpl {
         let config = req
             .config
             .ok_or_else(|| Status::from(RuntimeError::invalid("config", "must be set")))?;
-        let entry = self
-            .sandboxes
-            .registry
-            .get(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        let rec = self
+            .create_container_in(&req.pod_sandbox_id, config, None)
+            .await?;
+        Ok(Response::new(proto::CreateContainerResponse {
+            container_id: rec.id.to_string(),
+        }))
+    }
+
+    /// Creates a container in pod `pod_id` — restored from the container
+    /// checkpoint directory `restore_dir` when one is given (RestorePod) —
+    /// watches it and sends its Created event.
+    pub(in crate::runtime) async fn create_container_in(
+        &self,
+        pod_id: &str,
+        config: proto::ContainerConfig,
+        restore_dir: Option<PathBuf>,
+    ) -> Result<ContainerRecord, Status> {
+        let entry = self.sandboxes.registry.get(pod_id, "pod_sandbox_id")?;
         let sandbox = entry.lock_owned().await;
         let (containers, images, exe) = (
             self.containers.clone(),
@@ -605,6 +628,7 @@ impl super::RuntimeServiceImpl {
                 host_lsm: spec::lsm::HostLsm::node(),
                 cdi: &cdi,
                 handlers: &handlers,
+                restore_dir: restore_dir.as_deref(),
             };
             create(&ctx, &sandbox, config)
         })
@@ -618,8 +642,6 @@ impl super::RuntimeServiceImpl {
             proto::ContainerEventType::ContainerCreatedEvent,
         )
         .await;
-        Ok(Response::new(proto::CreateContainerResponse {
-            container_id: rec.id.to_string(),
-        }))
+        Ok(rec)
     }
 }

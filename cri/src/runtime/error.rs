@@ -55,12 +55,23 @@ pub enum RuntimeError {
     },
     /// The image is a checkpoint, and this node does not restore them.
     #[error(
-        "config.image.image {image:?} is a checkpoint, and restoring checkpoints is off on this \
+        "{field} {image:?} is a checkpoint, and restoring checkpoints is off on this \
          node (set restore = true in the [checkpoint] section of berth's configuration to allow it)"
     )]
     RestoreDisabled {
-        /// The image as requested.
+        /// The request field naming it (`config.image.image`, `checkpoint_path`).
+        field: &'static str,
+        /// The image or directory as requested.
         image: String,
+    },
+    /// A container of a pod being checkpointed has a shape pod checkpoints
+    /// do not hold yet.
+    #[error("container {id} {reason}: CheckpointPod does not checkpoint such containers yet")]
+    CheckpointShape {
+        /// The container.
+        id: String,
+        /// What it has.
+        reason: String,
     },
     /// The rootfs image a checkpoint was taken from cannot be had.
     #[error("the checkpoint's rootfs image {name:?}")]

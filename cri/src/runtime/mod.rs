@@ -23,6 +23,7 @@ pub mod handlers;
 mod netstats;
 mod node_security;
 mod open;
+mod pod_checkpoint;
 mod recover;
 mod runtime_config;
 pub mod sandbox;

@@ -368,18 +368,21 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
     ) -> Result<Response<proto::CheckpointContainerResponse>, Status> {
         self.checkpoint_container_rpc(request).await
     }
+    /// Dumps a pod's running containers at one moment into a directory
+    /// (see `pod_checkpoint`).
     async fn checkpoint_pod(
         &self,
-        _request: Request<proto::CheckpointPodRequest>,
+        request: Request<proto::CheckpointPodRequest>,
     ) -> Result<Response<proto::CheckpointPodResponse>, Status> {
-        Err(not_yet("CheckpointPod"))
+        self.checkpoint_pod_rpc(request).await
     }
 
+    /// A new pod with every container of a pod checkpoint restored into it.
     async fn restore_pod(
         &self,
-        _request: Request<proto::RestorePodRequest>,
+        request: Request<proto::RestorePodRequest>,
     ) -> Result<Response<proto::RestorePodResponse>, Status> {
-        Err(not_yet("RestorePod"))
+        self.restore_pod_rpc(request).await
     }
 }
 
@@ -395,9 +398,4 @@ where
 {
     let all = items(list.await?.into_inner());
     Ok(Response::new(batches(all, wrap)))
-}
-
-/// `Unimplemented`, saying what is missing (kubelet logs the message).
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("berth does not implement {what} yet"))
 }

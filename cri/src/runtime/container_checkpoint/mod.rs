@@ -137,56 +137,102 @@ pub(super) fn checkpoint(
     rec: &ContainerRecord,
     req: &CheckpointRequest<'_>,
 ) -> Result<(), RuntimeError> {
-    use berth_core::container::checkpoint::{CheckpointOptions, CriuOptions};
     let location = check_location(req.location)?;
-    let timeout = match req.timeout_secs {
-        t if t < 0 => return Err(RuntimeError::invalid("timeout", "must not be negative")),
-        0 => DEFAULT_TIMEOUT,
-        t => Duration::from_secs(t as u64),
-    };
+    let timeout = timeout_of(req.timeout_secs)?;
     let deadline = crate::util::deadline_after(timeout);
-    let task = req.task;
-    let task_err = RuntimeError::task(&rec.id);
-    let spec = read_monitor_spec(&rec.dir)?;
     let work = Work::new(req.work_parent)?;
-    let mut opts = CriuOptions::new(work.0.join(CHECKPOINT_DIR), &work.0);
-    opts.criu = req.criu.to_path_buf();
-    opts.timeout = Some(timeout);
+    let dump = DumpRequest {
+        task: req.task,
+        criu: req.criu,
+        pod: &req.pod,
+        timeout,
+    };
+    // Frozen while CRIU reads its memory and we copy its files.
+    freeze(rec, req.task)?;
+    let dumped = dump_frozen(rec, &dump, &work.0);
+    let thawed = thaw(rec, req.task);
+    dumped?;
+    thawed?;
+    if std::time::Instant::now() >= deadline {
+        return Err(RuntimeError::DeadlineExceeded(format!(
+            "checkpoint of {} did not finish within {timeout:?}",
+            rec.id
+        )));
+    }
+    write_archive(&work.0, &location)
+}
 
-    // Frozen while CRIU reads its memory and we copy its files — recorded
-    // durably first, so a daemon that dies before it thaws the container
-    // thaws it at start-up ([`thaw_interrupted`]).
+/// CRI `timeout` in seconds: 0 is [`DEFAULT_TIMEOUT`].
+pub(super) fn timeout_of(secs: i64) -> Result<Duration, RuntimeError> {
+    match secs {
+        t if t < 0 => Err(RuntimeError::invalid("timeout", "must not be negative")),
+        0 => Ok(DEFAULT_TIMEOUT),
+        t => Ok(Duration::from_secs(t as u64)),
+    }
+}
+
+/// Freezes container `rec` (cgroup freezer) for a dump — recorded durably
+/// first, so a daemon that dies before it thaws the container thaws it at
+/// start-up ([`thaw_interrupted`]).
+pub(super) fn freeze(rec: &ContainerRecord, task: &dyn Task) -> Result<(), RuntimeError> {
     let marker = rec.dir.join(FROZEN_MARKER);
     crate::store::write_atomic(&marker, b"frozen for a checkpoint\n")
         .map_err(|e| RuntimeError::io(&marker, e))?;
-    if let Err(e) = task.pause() {
+    task.pause().map_err(|e| {
         let _ = std::fs::remove_file(&marker);
-        return Err(task_err(e));
-    }
-    let dumped = task
+        RuntimeError::task(&rec.id)(e)
+    })
+}
+
+/// Thaws what [`freeze`] froze; the marker goes once it runs again.
+pub(super) fn thaw(rec: &ContainerRecord, task: &dyn Task) -> Result<(), RuntimeError> {
+    task.resume().map_err(RuntimeError::task(&rec.id))?;
+    let _ = std::fs::remove_file(rec.dir.join(FROZEN_MARKER));
+    Ok(())
+}
+
+/// What a dump of one frozen container needs.
+pub(super) struct DumpRequest<'a> {
+    /// The container, through its monitor.
+    pub task: &'a dyn Task,
+    /// The `criu` binary.
+    pub criu: &'a Path,
+    /// The container's pod.
+    pub pod: &'a PodMeta,
+    /// How long CRIU may take.
+    pub timeout: Duration,
+}
+
+/// Dumps a container [`freeze`] froze into the empty directory `out`, in the
+/// archive's layout (CRIU's images, `config.dump`, `spec.dump`, its rootfs
+/// changes, CRIU's statistics and log). It keeps running after the thaw.
+pub(super) fn dump_frozen(
+    rec: &ContainerRecord,
+    req: &DumpRequest<'_>,
+    out: &Path,
+) -> Result<(), RuntimeError> {
+    use berth_core::container::checkpoint::{CheckpointOptions, CriuOptions};
+    let spec = read_monitor_spec(&rec.dir)?;
+    let mut opts = CriuOptions::new(out.join(CHECKPOINT_DIR), out);
+    opts.criu = req.criu.to_path_buf();
+    opts.timeout = Some(req.timeout);
+    req.task
         .checkpoint(&CheckpointOptions {
             criu: opts,
             leave_running: true,
         })
-        .map_err(RuntimeError::task(&rec.id))
-        .and_then(|()| match &spec.config.overlay {
-            Some(o) => rootfs_diff(&o.upperdir, &work.0),
-            None => write_json(&work.0.join(DELETED_FILES), &Vec::<String>::new()),
-        });
-    let resumed = task.resume().map_err(RuntimeError::task(&rec.id));
-    if resumed.is_ok() {
-        let _ = std::fs::remove_file(&marker);
+        .map_err(RuntimeError::task(&rec.id))?;
+    match &spec.config.overlay {
+        Some(o) => rootfs_diff(&o.upperdir, out)?,
+        None => write_json(&out.join(DELETED_FILES), &Vec::<String>::new())?,
     }
-    dumped?;
-    resumed?;
     // CRIU writes its statistics to the work directory; older versions put
     // them with the images.
-    let stats = work.0.join(STATS_DUMP);
-    let in_images = work.0.join(CHECKPOINT_DIR).join(STATS_DUMP);
+    let stats = out.join(STATS_DUMP);
+    let in_images = out.join(CHECKPOINT_DIR).join(STATS_DUMP);
     if !stats.exists() && in_images.exists() {
         std::fs::rename(&in_images, &stats).map_err(|e| RuntimeError::io(&stats, e))?;
     }
-
     let now = crate::logs::rfc3339_nano(std::time::SystemTime::now());
     let created = crate::logs::rfc3339_nano(
         std::time::UNIX_EPOCH + Duration::from_nanos(rec.created_at.max(0) as u64),
@@ -201,19 +247,12 @@ pub(super) fn checkpoint(
         created_time: created,
         checkpointed_time: now,
     };
-    write_json(&work.0.join(CONFIG_DUMP), &config_dump)?;
+    write_json(&out.join(CONFIG_DUMP), &config_dump)?;
     let cri_config = rec.config();
     write_json(
-        &work.0.join(SPEC_DUMP),
-        &spec_dump(&spec, &cri_config, rec, &req.pod),
-    )?;
-    if std::time::Instant::now() >= deadline {
-        return Err(RuntimeError::DeadlineExceeded(format!(
-            "checkpoint of {} did not finish within {timeout:?}",
-            rec.id
-        )));
-    }
-    write_archive(&work.0, &location)
+        &out.join(SPEC_DUMP),
+        &spec_dump(&spec, &cri_config, rec, req.pod),
+    )
 }
 
 /// In a container's directory while a checkpoint holds it frozen.
@@ -357,6 +396,7 @@ impl super::RuntimeServiceImpl {
             "only a running container can be checkpointed",
         )?;
         let pod = self.pod_meta(&rec.sandbox_id).await;
+        timeout_of(req.timeout)?;
         let containers = self.containers.clone();
         let criu = self.criu.clone();
         let t0 = std::time::Instant::now();

@@ -1,0 +1,201 @@
+//! `RestorePod`: a new pod from the request's config (new id, a new CNI
+//! attachment: the IP is whatever the network plugin gives the new pod),
+//! then every checkpointed container restored into it in the checkpoint's
+//! order, each through CreateContainer's restore path — the same rootfs
+//! image lookup, rootfs changes and, when it starts, the same check of the
+//! restored tasks against the requested security context. The containers
+//! are left Created; StartContainer runs them (CRIU restore), as after a
+//! container restore. A failure at any step removes the new pod and what
+//! was created in it. `checkpoint_path` is only read.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use tonic::{Request, Response, Status};
+
+use super::{check_options, container_dir_name, read_manifest, PodManifest, CONTAINERS_DIR};
+use crate::proto;
+use crate::runtime::error::RuntimeError;
+use crate::util::blocking;
+
+/// `checkpoint_path`: absolute, a directory.
+fn check_path(path: &str) -> Result<PathBuf, RuntimeError> {
+    let bad = |reason: &str| RuntimeError::invalid("checkpoint_path", format!("{path:?} {reason}"));
+    if path.is_empty() {
+        return Err(RuntimeError::invalid(
+            "checkpoint_path",
+            "must not be empty",
+        ));
+    }
+    let p = Path::new(path);
+    if !p.is_absolute() || path.contains('\0') {
+        return Err(bad("must be an absolute path"));
+    }
+    if !p.is_dir() {
+        return Err(bad("is not a directory"));
+    }
+    Ok(p.to_path_buf())
+}
+
+/// Pairs each checkpointed container with its config (matched by metadata
+/// name), in the checkpoint's order: every checkpointed container needs
+/// exactly one, and a config naming none is refused.
+pub(super) fn match_configs(
+    manifest: &PodManifest,
+    configs: Vec<proto::ContainerConfig>,
+) -> Result<Vec<proto::ContainerConfig>, RuntimeError> {
+    let mut by_name: HashMap<String, proto::ContainerConfig> = HashMap::new();
+    for (i, c) in configs.into_iter().enumerate() {
+        let field = format!("container_configs[{i}].metadata.name");
+        let name = c
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        if name.is_empty() {
+            return Err(RuntimeError::invalid(field, "must be set"));
+        }
+        if !manifest.containers.iter().any(|m| m.name == name) {
+            let known: Vec<&str> = manifest
+                .containers
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect();
+            return Err(RuntimeError::invalid(
+                field,
+                format!("{name:?} was not checkpointed (the checkpoint holds {known:?})"),
+            ));
+        }
+        if by_name.insert(name.clone(), c).is_some() {
+            return Err(RuntimeError::invalid(
+                field,
+                format!("{name:?} is given twice"),
+            ));
+        }
+    }
+    manifest
+        .containers
+        .iter()
+        .map(|m| {
+            let mut c = by_name.remove(&m.name).ok_or_else(|| {
+                RuntimeError::invalid(
+                    "container_configs",
+                    format!("no config for the checkpointed container {:?}", m.name),
+                )
+            })?;
+            // The image it ran: CreateContainer's restore path takes the
+            // rootfs image from the checkpoint either way.
+            let image = c.image.get_or_insert_with(Default::default);
+            if image.image.is_empty() {
+                image.image = m.image.clone();
+            }
+            Ok(c)
+        })
+        .collect()
+}
+
+impl crate::runtime::RuntimeServiceImpl {
+    /// `RestorePod`: see the module documentation.
+    pub(in crate::runtime) async fn restore_pod_rpc(
+        &self,
+        request: Request<proto::RestorePodRequest>,
+    ) -> Result<Response<proto::RestorePodResponse>, Status> {
+        let req = request.into_inner();
+        check_options(&req.options)?;
+        let dir = check_path(&req.checkpoint_path)?;
+        let config = req
+            .config
+            .ok_or_else(|| RuntimeError::invalid("config", "must be set"))?;
+        if !self.config.restore {
+            return Err(RuntimeError::RestoreDisabled {
+                field: "checkpoint_path",
+                image: req.checkpoint_path,
+            }
+            .into());
+        }
+        if self.config.handlers.external(&req.runtime_handler) {
+            return Err(RuntimeError::invalid(
+                "runtime_handler",
+                format!(
+                    "{:?} is an external runtime, which does not restore checkpoints",
+                    req.runtime_handler
+                ),
+            )
+            .into());
+        }
+        let dir2 = dir.clone();
+        let manifest = blocking(move || read_manifest(&dir2)).await?;
+        let configs = match_configs(&manifest, req.container_configs)?;
+        // Each container's checkpoint is checked before the pod is made.
+        let dirs: Vec<PathBuf> = manifest
+            .containers
+            .iter()
+            .map(|m| {
+                let name = container_dir_name(&m.name).unwrap_or_default();
+                dir.join(CONTAINERS_DIR).join(name)
+            })
+            .collect();
+        let dirs2 = dirs.clone();
+        blocking(move || {
+            dirs2.iter().try_for_each(|d| {
+                let what = format!("{} is not a container checkpoint", d.display());
+                crate::runtime::container_checkpoint::open(d, &what)
+                    .map_err(|e| match e {
+                        RuntimeError::InvalidArgument { reason, .. } => {
+                            RuntimeError::invalid("checkpoint_path", reason)
+                        }
+                        other => other,
+                    })
+                    .map(drop)
+            })
+        })
+        .await?;
+
+        let t0 = std::time::Instant::now();
+        let pod_id = self
+            .run_pod_sandbox_rpc(Request::new(proto::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: req.runtime_handler,
+            }))
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let mut restored = Vec::new();
+        for ((m, config), d) in manifest.containers.iter().zip(configs).zip(dirs) {
+            match self.create_container_in(&pod_id, config, Some(d)).await {
+                Ok(rec) => restored.push(proto::RestoredContainer {
+                    name: m.name.clone(),
+                    container_id: rec.id.to_string(),
+                }),
+                Err(e) => {
+                    tracing::warn!(pod = %pod_id, container = %m.name, error = %e.message(), "RestorePod failed; removing the new pod");
+                    self.discard_pod(&pod_id).await;
+                    return Err(e);
+                }
+            }
+        }
+        tracing::info!(pod = %pod_id, from = %dir.display(), containers = restored.len(), took = ?t0.elapsed(), "pod restored (containers created)");
+        Ok(Response::new(proto::RestorePodResponse {
+            pod_sandbox_id: pod_id,
+            restored_containers: restored,
+        }))
+    }
+
+    /// Stops and removes a pod a failed RestorePod made, with its
+    /// containers; failures are logged (the pod stays listed, NotReady, for
+    /// kubelet's garbage collection).
+    async fn discard_pod(&self, id: &str) {
+        let removed = match self.stop_pod(id).await {
+            Ok(()) => self
+                .remove_pod_sandbox_rpc(Request::new(proto::RemovePodSandboxRequest {
+                    pod_sandbox_id: id.to_string(),
+                }))
+                .await
+                .map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
+            tracing::warn!(pod = %id, error = %e.message(), "a failed RestorePod's pod could not be removed");
+        }
+    }
+}
