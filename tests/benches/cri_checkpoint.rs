@@ -8,7 +8,11 @@
 //! dump, rootfs diff, archive written), and the restore into a second pod:
 //! CreateContainer from the archive (unpack, CRIU restore) plus
 //! StartContainer. Reports median, min and max in ms and the archive size;
-//! figures also go to `target/bench-cri-checkpoint.json`. Under
+//! figures also go to `target/bench-cri-checkpoint.json`. Then the same for
+//! whole pods of three containers (`pod-small`: three shell loops;
+//! `pod-200MiB`: two loops and the 200 MiB shell): CheckpointPod (all three
+//! frozen, dumped, thawed) and RestorePod plus the three StartContainers,
+//! with the checkpoint directory's size. Under
 //! `cargo test` it is a smoke run (one round of the small container).
 //! Needs root and a working `criu` (scripts/install-criu.sh).
 
@@ -178,6 +182,7 @@ async fn main() {
             }),
         );
     }
+    pod_cases(&mut env, full, &mut out).await;
     if full {
         let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
         let _ = std::fs::write(
@@ -185,4 +190,126 @@ async fn main() {
             serde_json::to_string_pretty(&out).unwrap(),
         );
     }
+}
+
+/// The size of everything under `dir`, in bytes.
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        total += if m.is_dir() { du(&e.path()) } else { m.len() };
+    }
+    total
+}
+
+/// Pods of three containers: CheckpointPod, and RestorePod + StartContainer
+/// of each.
+async fn pod_cases(env: &mut Env, full: bool, out: &mut serde_json::Map<String, serde_json::Value>) {
+    let small = "echo ready; i=0; while :; do i=$((i+1)); sleep 0.1; done";
+    let big = "x=$(busybox head -c 209715200 /dev/zero | busybox tr '\\0' a); \
+               echo ready; while :; do sleep 1; done";
+    let cases: Vec<(&str, [&str; 3], usize)> = if full {
+        vec![("pod-small", [small; 3], 10), ("pod-200MiB", [small, small, big], 5)]
+    } else {
+        vec![("pod-small", [small; 3], 1)]
+    };
+    let dir = env.dir.path().to_path_buf();
+    let as_root = |mut cfg: proto::ContainerConfig| {
+        cfg.linux = Some(proto::LinuxContainerConfig {
+            security_context: Some(proto::LinuxContainerSecurityContext {
+                run_as_user: Some(proto::Int64Value { value: 0 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        cfg
+    };
+    for (name, scripts, runs) in cases {
+        let (mut dump, mut restore, mut size) = (Vec::new(), Vec::new(), 0u64);
+        for i in 0..runs {
+            let pod_cfg = |tag: &str| {
+                let mut c = pod_config(&dir);
+                let m = c.metadata.as_mut().unwrap();
+                m.name = format!("{name}-{tag}-{i}");
+                m.uid = format!("{name}-{tag}-{i}");
+                c.log_directory = dir.join(&m.name).display().to_string();
+                c
+            };
+            let orig_cfg = pod_cfg("orig");
+            let pod = run_pod(&mut env.rt, orig_cfg.clone()).await;
+            let mut ids = Vec::new();
+            let mut configs = Vec::new();
+            for (n, script) in scripts.iter().enumerate() {
+                let cname = format!("c{n}");
+                let cfg = as_root(container(env, &cname, &["/bin/sh", "-c", script], &[]));
+                ids.push(create_start(&mut env.rt, &pod, &orig_cfg, cfg).await);
+                configs.push(as_root(container(env, &cname, &[], &[])));
+                wait_ready(&Path::new(&orig_cfg.log_directory).join(&cname).join("0.log")).await;
+            }
+            let target = dir.join(format!("{name}-{i}.ckpt"));
+            std::fs::create_dir(&target).unwrap();
+            let t0 = Instant::now();
+            env.rt
+                .checkpoint_pod(proto::CheckpointPodRequest {
+                    pod_sandbox_id: pod.clone(),
+                    output_path: target.display().to_string(),
+                    container_ids: ids.clone(),
+                    options: Default::default(),
+                })
+                .await
+                .expect("CheckpointPod");
+            dump.push(ms(t0.elapsed()));
+            size = du(&target);
+            stop_remove_pod(&mut env.rt, &pod).await;
+
+            let t0 = Instant::now();
+            let restored = env
+                .rt
+                .restore_pod(proto::RestorePodRequest {
+                    checkpoint_path: target.display().to_string(),
+                    config: Some(pod_cfg("restored")),
+                    container_configs: configs,
+                    ..Default::default()
+                })
+                .await
+                .expect("RestorePod")
+                .into_inner();
+            for c in &restored.restored_containers {
+                start(&mut env.rt, &c.container_id).await.expect("StartContainer");
+            }
+            restore.push(ms(t0.elapsed()));
+            stop_remove_pod(&mut env.rt, &restored.pod_sandbox_id).await;
+            let _ = std::fs::remove_dir_all(&target);
+        }
+        let (dm, dl, dh) = stats(dump);
+        let (rm, rl, rh) = stats(restore);
+        println!(
+            "{name:<10} {runs:>3} {:>26} {:>26} {:>9.1}M",
+            format!("{dm:.1} / {dl:.1} / {dh:.1}"),
+            format!("{rm:.1} / {rl:.1} / {rh:.1}"),
+            size as f64 / (1024.0 * 1024.0)
+        );
+        out.insert(
+            name.into(),
+            serde_json::json!({
+                "runs": runs,
+                "checkpoint_pod_ms": {"median": dm, "min": dl, "max": dh},
+                "restore_pod_and_start_ms": {"median": rm, "min": rl, "max": rh},
+                "checkpoint_bytes": size,
+            }),
+        );
+    }
+}
+
+async fn stop_remove_pod(rt: &mut Rt, id: &str) {
+    rt.stop_pod_sandbox(proto::StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    rt.remove_pod_sandbox(proto::RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .expect("RemovePodSandbox");
 }

@@ -20,7 +20,9 @@
 //!
 //! Pod shapes not checkpointed yet (a clear FailedPrecondition before
 //! anything is frozen): containers that share the pod's pid namespace,
-//! containers with a terminal, and user-namespace pods.
+//! containers with a terminal, and user-namespace pods. A TCP connection
+//! between two containers of the pod does not survive a restore yet (each
+//! container is restored by its own CRIU run); one inside a container does.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
