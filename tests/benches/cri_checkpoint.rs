@@ -204,12 +204,19 @@ fn du(dir: &Path) -> u64 {
 
 /// Pods of three containers: CheckpointPod, and RestorePod + StartContainer
 /// of each.
-async fn pod_cases(env: &mut Env, full: bool, out: &mut serde_json::Map<String, serde_json::Value>) {
+async fn pod_cases(
+    env: &mut Env,
+    full: bool,
+    out: &mut serde_json::Map<String, serde_json::Value>,
+) {
     let small = "echo ready; i=0; while :; do i=$((i+1)); sleep 0.1; done";
     let big = "x=$(busybox head -c 209715200 /dev/zero | busybox tr '\\0' a); \
                echo ready; while :; do sleep 1; done";
     let cases: Vec<(&str, [&str; 3], usize)> = if full {
-        vec![("pod-small", [small; 3], 10), ("pod-200MiB", [small, small, big], 5)]
+        vec![
+            ("pod-small", [small; 3], 10),
+            ("pod-200MiB", [small, small, big], 5),
+        ]
     } else {
         vec![("pod-small", [small; 3], 1)]
     };
@@ -244,7 +251,12 @@ async fn pod_cases(env: &mut Env, full: bool, out: &mut serde_json::Map<String, 
                 let cfg = as_root(container(env, &cname, &["/bin/sh", "-c", script], &[]));
                 ids.push(create_start(&mut env.rt, &pod, &orig_cfg, cfg).await);
                 configs.push(as_root(container(env, &cname, &[], &[])));
-                wait_ready(&Path::new(&orig_cfg.log_directory).join(&cname).join("0.log")).await;
+                wait_ready(
+                    &Path::new(&orig_cfg.log_directory)
+                        .join(&cname)
+                        .join("0.log"),
+                )
+                .await;
             }
             let target = dir.join(format!("{name}-{i}.ckpt"));
             std::fs::create_dir(&target).unwrap();
@@ -275,7 +287,9 @@ async fn pod_cases(env: &mut Env, full: bool, out: &mut serde_json::Map<String, 
                 .expect("RestorePod")
                 .into_inner();
             for c in &restored.restored_containers {
-                start(&mut env.rt, &c.container_id).await.expect("StartContainer");
+                start(&mut env.rt, &c.container_id)
+                    .await
+                    .expect("StartContainer");
             }
             restore.push(ms(t0.elapsed()));
             stop_remove_pod(&mut env.rt, &restored.pod_sandbox_id).await;

@@ -21,6 +21,7 @@ mod events;
 mod exec_sync;
 pub mod handlers;
 mod netstats;
+mod node_inputs;
 mod node_security;
 mod open;
 mod pod_checkpoint;
