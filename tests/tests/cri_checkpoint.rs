@@ -9,26 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_cri::proto;
+use common::exec_sh as exec;
 use common::*;
 use tonic::Code;
-
-/// Whether a working `criu` is on PATH; prints why not.
-fn criu_works(test: &str) -> bool {
-    match std::process::Command::new("criu").arg("check").output() {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => {
-            println!(
-                "skipped: {test}: `criu check` fails ({}); scripts/install-criu.sh builds a working CRIU",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            false
-        }
-        Err(e) => {
-            println!("skipped: {test}: no criu ({e}); scripts/install-criu.sh installs it");
-            false
-        }
-    }
-}
 
 /// The daemon's configuration: restore on.
 const RESTORE_ON: &str = "[checkpoint]\nrestore = true\n";
@@ -38,19 +21,6 @@ async fn env_with_criu(test: &str) -> Option<Env> {
         return None;
     }
     env_with_config(test, RESTORE_ON).await
-}
-
-/// A container running `script` as root.
-fn root_sh(env: &Env, name: &str, script: &str) -> proto::ContainerConfig {
-    let mut c = container(env, name, &["/bin/sh", "-c"], &[script]);
-    c.linux = Some(proto::LinuxContainerConfig {
-        security_context: Some(proto::LinuxContainerSecurityContext {
-            run_as_user: Some(proto::Int64Value { value: 0 }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    c
 }
 
 async fn create_sh(env: &mut Env, name: &str, script: &str) -> Result<String, tonic::Status> {
@@ -92,19 +62,6 @@ async fn checkpoint(
     })
     .await
     .map(|_| ())
-}
-
-async fn exec(rt: &mut Rt, id: &str, script: &str) -> (i32, String) {
-    let r = rt
-        .exec_sync(proto::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 10,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned())
 }
 
 /// A second pod (another name, uid, hostname, log directory).

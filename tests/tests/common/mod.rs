@@ -327,6 +327,52 @@ pub async fn event_for(
     }
 }
 
+/// Exit code and stdout of `sh -c script` run in a container by ExecSync.
+pub async fn exec_sh(rt: &mut Rt, id: &str, script: &str) -> (i32, String) {
+    let r = rt
+        .exec_sync(proto::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned())
+}
+
+/// Whether a working `criu` is on PATH; prints why not.
+pub fn criu_works(test: &str) -> bool {
+    match std::process::Command::new("criu").arg("check").output() {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            println!(
+                "skipped: {test}: `criu check` fails ({}); scripts/install-criu.sh builds a working CRIU",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            false
+        }
+        Err(e) => {
+            println!("skipped: {test}: no criu ({e}); scripts/install-criu.sh installs it");
+            false
+        }
+    }
+}
+
+/// A container running `sh -c script` as root (CRIU reads a task's rlimits
+/// with prlimit(2), which for another user's task needs CAP_SYS_RESOURCE).
+pub fn root_sh(env: &Env, name: &str, script: &str) -> proto::ContainerConfig {
+    let mut c = container(env, name, &["/bin/sh", "-c"], &[script]);
+    c.linux = Some(proto::LinuxContainerConfig {
+        security_context: Some(proto::LinuxContainerSecurityContext {
+            run_as_user: Some(proto::Int64Value { value: 0 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
+}
+
 /// Stdout of `sh -c script` run in a container by ExecSync.
 pub async fn sh_in(rt: &mut Rt, id: &str, script: &str) -> String {
     let r = rt
