@@ -66,9 +66,9 @@ pub enum RuntimeError {
     },
     /// A container of a pod being checkpointed has a shape pod checkpoints
     /// do not hold yet.
-    #[error("container {id} {reason}: CheckpointPod does not checkpoint such containers yet")]
+    #[error("{id} {reason}: CheckpointPod does not checkpoint such containers yet")]
     CheckpointShape {
-        /// The container.
+        /// The container (`container <id>`) or pod (`pod sandbox <id>`).
         id: String,
         /// What it has.
         reason: String,

@@ -183,7 +183,7 @@ pub(super) fn check_options(
 fn check_shape(pod: &SandboxRecord, c: &ContainerRecord) -> Result<(), RuntimeError> {
     let refuse = |what: &str| {
         Err(RuntimeError::CheckpointShape {
-            id: c.id.to_string(),
+            id: format!("container {}", c.id),
             reason: what.to_string(),
         })
     };
@@ -411,6 +411,16 @@ impl super::RuntimeServiceImpl {
             return Err(RuntimeError::SandboxNotReady {
                 id: pod.id.to_string(),
                 reason: "is not ready",
+            }
+            .into());
+        }
+        if self.config.handlers.external(&pod.runtime_handler) {
+            return Err(RuntimeError::CheckpointShape {
+                id: format!("pod sandbox {}", pod.id),
+                reason: format!(
+                    "runs under the external runtime handler {:?}",
+                    pod.runtime_handler
+                ),
             }
             .into());
         }
