@@ -25,27 +25,6 @@ use std::time::{Duration, Instant};
 use berth_cri::proto;
 use common::*;
 
-/// CreateContainer + StartContainer; the container's id.
-async fn create_start(
-    rt: &mut Rt,
-    pod: &str,
-    pod_cfg: &proto::PodSandboxConfig,
-    config: proto::ContainerConfig,
-) -> String {
-    let id = rt
-        .create_container(proto::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    start(rt, &id).await.expect("StartContainer");
-    id
-}
-
 async fn remove(rt: &mut Rt, id: &str) {
     rt.stop_container(proto::StopContainerRequest {
         container_id: id.into(),
@@ -122,7 +101,7 @@ async fn main() {
     };
     let mut out = serde_json::Map::new();
     println!(
-        "{:<8} {:>5} {:>26} {:>26} {:>10}",
+        "{:<10} {:>3} {:>26} {:>26} {:>10}",
         "case", "runs", "checkpoint ms (med/min/max)", "restore ms (med/min/max)", "archive"
     );
     for (name, script, runs) in cases {
@@ -164,23 +143,7 @@ async fn main() {
             remove(&mut env.rt, &restored).await;
             let _ = std::fs::remove_file(&archive);
         }
-        let (dm, dl, dh) = stats(dump);
-        let (rm, rl, rh) = stats(restore);
-        println!(
-            "{name:<8} {runs:>5} {:>26} {:>26} {:>9.1}M",
-            format!("{dm:.1} / {dl:.1} / {dh:.1}"),
-            format!("{rm:.1} / {rl:.1} / {rh:.1}"),
-            size as f64 / (1024.0 * 1024.0)
-        );
-        out.insert(
-            name.into(),
-            serde_json::json!({
-                "runs": runs,
-                "checkpoint_ms": {"median": dm, "min": dl, "max": dh},
-                "restore_ms": {"median": rm, "min": rl, "max": rh},
-                "archive_bytes": size,
-            }),
-        );
+        out.insert(name.into(), report(name, runs, dump, restore, size));
     }
     pod_cases(&mut env, full, &mut out).await;
     if full {
@@ -190,6 +153,32 @@ async fn main() {
             serde_json::to_string_pretty(&out).unwrap(),
         );
     }
+}
+
+/// Prints a case's row (median / min / max of each timing, the size) and
+/// returns its JSON: `checkpoint_ms` and `restore_ms` (for pods: CheckpointPod,
+/// and RestorePod plus the StartContainers), `bytes` (archive or directory).
+fn report(
+    name: &str,
+    runs: usize,
+    dump: Vec<f64>,
+    restore: Vec<f64>,
+    size: u64,
+) -> serde_json::Value {
+    let (dm, dl, dh) = stats(dump);
+    let (rm, rl, rh) = stats(restore);
+    println!(
+        "{name:<10} {runs:>3} {:>26} {:>26} {:>9.1}M",
+        format!("{dm:.1} / {dl:.1} / {dh:.1}"),
+        format!("{rm:.1} / {rl:.1} / {rh:.1}"),
+        size as f64 / (1024.0 * 1024.0)
+    );
+    serde_json::json!({
+        "runs": runs,
+        "checkpoint_ms": {"median": dm, "min": dl, "max": dh},
+        "restore_ms": {"median": rm, "min": rl, "max": rh},
+        "bytes": size,
+    })
 }
 
 /// The size of everything under `dir`, in bytes.
@@ -295,23 +284,7 @@ async fn pod_cases(
             stop_remove_pod(&mut env.rt, &restored.pod_sandbox_id).await;
             let _ = std::fs::remove_dir_all(&target);
         }
-        let (dm, dl, dh) = stats(dump);
-        let (rm, rl, rh) = stats(restore);
-        println!(
-            "{name:<10} {runs:>3} {:>26} {:>26} {:>9.1}M",
-            format!("{dm:.1} / {dl:.1} / {dh:.1}"),
-            format!("{rm:.1} / {rl:.1} / {rh:.1}"),
-            size as f64 / (1024.0 * 1024.0)
-        );
-        out.insert(
-            name.into(),
-            serde_json::json!({
-                "runs": runs,
-                "checkpoint_pod_ms": {"median": dm, "min": dl, "max": dh},
-                "restore_pod_and_start_ms": {"median": rm, "min": rl, "max": rh},
-                "checkpoint_bytes": size,
-            }),
-        );
+        out.insert(name.into(), report(name, runs, dump, restore, size));
     }
 }
 

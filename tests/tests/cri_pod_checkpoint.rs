@@ -18,28 +18,6 @@ async fn node(test: &str) -> Option<Env> {
     env_with_config(test, RESTORE_ON).await
 }
 
-/// Creates and starts `script` in `pod`; its id.
-async fn run_in(
-    env: &mut Env,
-    pod: &str,
-    pod_cfg: &proto::PodSandboxConfig,
-    cfg: proto::ContainerConfig,
-) -> String {
-    let id = env
-        .rt
-        .create_container(proto::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(cfg),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("create: {}", e.message()))
-        .into_inner()
-        .container_id;
-    start(&mut env.rt, &id).await.unwrap();
-    id
-}
-
 /// A new pod on `env`'s daemon named `name`, logging under `env`'s dir.
 fn pod_named(env: &Env, name: &str) -> proto::PodSandboxConfig {
     let mut cfg = pod_config(env.dir.path());
@@ -177,14 +155,14 @@ async fn a_pod_checkpointed_on_one_node_runs_on_from_where_it_was_on_another() {
         "busybox tail -f /dev/null | nc -l -p 7000 > /recv & sleep 0.3; \
          i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done | nc 127.0.0.1 7000 & wait",
     );
-    let server_id = run_in(&mut a, &pod, &pod_cfg, tcp).await;
+    let server_id = create_start(&mut a.rt, &pod, &pod_cfg, tcp).await;
     let counter = root_sh(
         &a,
         "counter",
         "echo kept > /written; i=0; while :; do i=$((i+1)); echo $i > /count; echo $i; \
          sleep 0.1; done",
     );
-    let client_id = run_in(&mut a, &pod, &pod_cfg, counter).await;
+    let client_id = create_start(&mut a.rt, &pod, &pod_cfg, counter).await;
     wait_at_least(&mut a.rt, &server_id, "cat /recv", 5).await;
     wait_at_least(&mut a.rt, &client_id, "cat /count", 5).await;
 
@@ -330,7 +308,7 @@ async fn pod_checkpoint_and_restore_errors_leave_nothing_behind() {
     let pod = env.pod.clone();
     let pod_cfg = pod_config(env.dir.path());
     let cfg = root_sh(&env, "sleeper", "sleep 1000");
-    let id = run_in(&mut env, &pod, &pod_cfg, cfg).await;
+    let id = create_start(&mut env.rt, &pod, &pod_cfg, cfg).await;
     let out = env.dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
 
@@ -383,7 +361,7 @@ async fn pod_checkpoint_and_restore_errors_leave_nothing_behind() {
     let other_cfg = pod_named(&env, "other");
     let other = run_pod(&mut env.rt, other_cfg.clone()).await;
     let cfg = root_sh(&env, "s", "sleep 1000");
-    let stranger = run_in(&mut env, &other, &other_cfg, cfg).await;
+    let stranger = create_start(&mut env.rt, &other, &other_cfg, cfg).await;
     let (c, m) = code(checkpoint_pod(&mut env.rt, &pod, &[&id, &stranger], &out).await);
     assert_eq!(
         (c, m.contains("not a container of pod")),
@@ -416,7 +394,7 @@ async fn pod_checkpoint_and_restore_errors_leave_nothing_behind() {
         pid: proto::NamespaceMode::Pod as i32,
         ..Default::default()
     });
-    let p = run_in(&mut env, &shared, &shared_cfg, in_shared).await;
+    let p = create_start(&mut env.rt, &shared, &shared_cfg, in_shared).await;
     let (c, m) = code(checkpoint_pod(&mut env.rt, &shared, &[&p], &out).await);
     assert_eq!(
         (c, m.contains("pid namespace")),
@@ -426,7 +404,7 @@ async fn pod_checkpoint_and_restore_errors_leave_nothing_behind() {
     assert_eq!(exec(&mut env.rt, &p, "true").await.0, 0, "not left frozen");
     // An exited container.
     let cfg = root_sh(&env, "done", "true");
-    let done = run_in(&mut env, &pod, &pod_cfg, cfg).await;
+    let done = create_start(&mut env.rt, &pod, &pod_cfg, cfg).await;
     wait_exited(&mut env.rt, &done).await;
     let (c, m) = code(checkpoint_pod(&mut env.rt, &pod, &[&id, &done], &out).await);
     assert_eq!(

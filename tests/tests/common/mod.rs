@@ -327,18 +327,45 @@ pub async fn event_for(
     }
 }
 
+/// ExecSync of `sh -c script` in a container (10 s timeout).
+async fn exec_sync_sh(rt: &mut Rt, id: &str, script: &str) -> proto::ExecSyncResponse {
+    rt.exec_sync(proto::ExecSyncRequest {
+        container_id: id.into(),
+        cmd: vec!["sh".into(), "-c".into(), script.into()],
+        timeout: 10,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 /// Exit code and stdout of `sh -c script` run in a container by ExecSync.
 pub async fn exec_sh(rt: &mut Rt, id: &str, script: &str) -> (i32, String) {
-    let r = rt
-        .exec_sync(proto::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 10,
+    let r = exec_sync_sh(rt, id, script).await;
+    (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned())
+}
+
+/// CreateContainer of `config` in `pod`, then StartContainer; its id.
+pub async fn create_start(
+    rt: &mut Rt,
+    pod: &str,
+    pod_cfg: &proto::PodSandboxConfig,
+    config: proto::ContainerConfig,
+) -> String {
+    let id = rt
+        .create_container(proto::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_cfg.clone()),
         })
         .await
-        .unwrap()
-        .into_inner();
-    (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned())
+        .unwrap_or_else(|e| panic!("CreateContainer: {}", e.message()))
+        .into_inner()
+        .container_id;
+    start(rt, &id)
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer: {}", e.message()));
+    id
 }
 
 /// Whether a working `criu` is on PATH; prints why not.
@@ -375,15 +402,7 @@ pub fn root_sh(env: &Env, name: &str, script: &str) -> proto::ContainerConfig {
 
 /// Stdout of `sh -c script` run in a container by ExecSync.
 pub async fn sh_in(rt: &mut Rt, id: &str, script: &str) -> String {
-    let r = rt
-        .exec_sync(proto::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 10,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = exec_sync_sh(rt, id, script).await;
     assert_eq!(
         r.exit_code,
         0,
