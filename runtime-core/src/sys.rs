@@ -389,6 +389,16 @@ pub(crate) fn pty_peer(master: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// `ioctl(master, TIOCGPTN)`: the index of a pty master's peer in its devpts
+/// (`/dev/pts/<index>`).
+pub(crate) fn pty_index(master: BorrowedFd<'_>) -> nix::Result<u32> {
+    let mut index: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int into `index`, which outlives
+    // the call.
+    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut index) }.into())?;
+    Ok(index)
+}
+
 /// `ioctl(fd, TIOCSCTTY, 0)`: make the terminal the caller's controlling one.
 pub(crate) fn set_controlling_tty(fd: BorrowedFd<'_>) -> nix::Result<()> {
     // SAFETY: integer argument only.

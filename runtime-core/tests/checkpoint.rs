@@ -9,7 +9,9 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use berth_core::cgroups::CgroupConfig;
-use berth_core::container::checkpoint::{CheckpointOptions, CriuOptions, DESCRIPTORS_FILE};
+use berth_core::container::checkpoint::{
+    CheckpointOptions, CriuOptions, RestoreStdio, DESCRIPTORS_FILE,
+};
 use berth_core::pin::{pin, unpin, PinRequest};
 use berth_core::security::capabilities::Capabilities;
 use berth_core::security::user::User;
@@ -195,7 +197,9 @@ fn a_counter_restored_into_another_pod_counts_on() {
     restricted.capabilities = Some(Capabilities::none());
     restricted.no_new_privileges = Some(true);
     let (fds3, _out3) = stdio();
-    let err = c3.restore(&criu_opts, fds3, &restricted).unwrap_err();
+    let err = c3
+        .restore(&criu_opts, RestoreStdio::Pipes(fds3), &restricted)
+        .unwrap_err();
     let msg = chain(&err);
     assert!(
         matches!(err, ContainerError::RestoreRefused { .. }),
@@ -225,7 +229,7 @@ fn a_counter_restored_into_another_pod_counts_on() {
         .with_init_binary(init_binary());
     let (fds, out2) = stdio();
     let h2 = c2
-        .restore(&criu_opts, fds, &spec)
+        .restore(&criu_opts, RestoreStdio::Pipes(fds), &spec)
         .unwrap_or_else(|e| panic!("restore: {}", chain(&e)));
     assert_eq!(c2.status(), Status::Created);
     // The shell (and its sleep, if one was running at the dump) in the new

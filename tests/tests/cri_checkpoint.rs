@@ -410,21 +410,6 @@ async fn checkpoint_and_restore_errors_leave_nothing_behind() {
     assert!(err.message().contains("running"), "{}", err.message());
     assert!(!archive.exists());
 
-    // A container with a terminal: its stdio cannot be re-wired.
-    let mut tty = root_sh(&env, "tty", "sleep 1000");
-    tty.tty = true;
-    let tty = create(&mut env, tty).await.unwrap();
-    start(&mut env.rt, &tty).await.unwrap();
-    let err = checkpoint(&mut env.rt, &tty, &archive, 0)
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
-    assert!(err.message().contains("terminal"), "{}", err.message());
-    assert!(!archive.exists());
-    // Left running, not frozen: it still runs commands.
-    assert_eq!(exec(&mut env.rt, &tty, "true").await.0, 0);
-    stop_and_remove(&mut env.rt, &tty).await;
-
     // A timeout too short for the dump (hundreds of processes): the dump is
     // abandoned, nothing written, the container runs on unharmed.
     let many = "for i in $(busybox seq 600); do sleep 1000 & done; \

@@ -116,41 +116,6 @@ fn runtime_list(env: &Env, handler: &str, binary: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Attaches to container `id` (stdin, stdout, stderr), writes `line` and
-/// reads stdout until it shows `want`, then detaches; panics after 15 s.
-async fn attach_echo(env: &mut Env, id: &str, line: &str, want: &str) -> String {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let url = env
-        .rt
-        .attach(proto::AttachRequest {
-            container_id: id.into(),
-            stdin: true,
-            tty: false,
-            stdout: true,
-            stderr: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
-    let mut ws = ws_session(&url).await;
-    let input = [&[0u8][..], line.as_bytes(), b"\n"].concat();
-    ws.send(Message::Binary(input.into())).await.unwrap();
-    let mut seen = String::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !seen.contains(want) {
-        match tokio::time::timeout_at(deadline.into(), ws.next()).await {
-            Ok(Some(Ok(Message::Binary(b)))) if b.first() == Some(&1) => {
-                seen.push_str(&String::from_utf8_lossy(&b[1..]));
-            }
-            Ok(Some(Ok(_))) => {}
-            other => panic!("attach to {id}: no {want:?} in {seen:?}: {other:?}"),
-        }
-    }
-    seen
-}
-
 /// The embedded default's answer to the probe.
 async fn embedded_probe(env: &mut Env) -> String {
     let embedded = run_pod_with(env, "embedded-pod", "").await;
@@ -270,7 +235,7 @@ async fn same_as_embedded(
     c.stdin = true;
     c.stdin_once = true;
     let cat = create_in(env, pod, c).await.unwrap();
-    attach_echo(env, &cat, "hello-attach", "hello-attach").await;
+    attach_echo(&mut env.rt, false, &cat, "hello-attach", "hello-attach").await;
     let st = wait_exited(&mut env.rt, &cat).await;
     assert_eq!(st.exit_code, 0, "{handler}: {st:?}");
     let lines: Vec<String> = log_records(&log_of(&pod.1, "cat"))

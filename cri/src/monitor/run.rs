@@ -339,20 +339,24 @@ fn create(
 }
 
 /// Restores the container's init from its checkpoint, with the pipes of
-/// `process` as its stdio.
+/// `process` as its stdio, or a new terminal when it asks for one.
 fn restore(
     container: &mut Container,
     from: &super::RestoreFrom,
     process: Process,
 ) -> Result<ProcessHandle, berth_core::ContainerError> {
+    use berth_core::container::checkpoint::RestoreStdio;
     let fd = |s: berth_core::Stdio| match s {
         berth_core::Stdio::Fd(fd) => Ok(fd),
         _ => Err(berth_core::ContainerError::Unsupported(
-            "restoring a container with a terminal".into(),
+            "restoring a container's stdio that is not a pipe".into(),
         )),
     };
     let spec = process.spec.clone();
-    let stdio = [fd(process.stdin)?, fd(process.stdout)?, fd(process.stderr)?];
+    let stdio = match spec.terminal {
+        Some(size) => RestoreStdio::Terminal(size),
+        None => RestoreStdio::Pipes([fd(process.stdin)?, fd(process.stdout)?, fd(process.stderr)?]),
+    };
     let mut opts =
         berth_core::container::checkpoint::CriuOptions::new(&from.images_dir, &from.work_dir);
     opts.criu = from.criu.clone();

@@ -16,9 +16,8 @@
 //!   they are not dumped and the restored tasks inherit the new ones.
 //! - Bind mounts (`mnt[<destination>]`) and masked files (binds of the null
 //!   device) are external mounts: restore binds the new container's sources.
-//! - The init's standard fds must be pipes (or sockets): their identities are
-//!   kept in `descriptors.json` next to the images, and restore gives CRIU
-//!   the new container's pipe ends for them (`--inherit-fd`).
+//! - The init's standard fds are pipes (or sockets), or the container's
+//!   terminal: [`super::checkpoint_stdio`] says how each is re-wired.
 //! - The restored tree is created in the new container's cgroup (CRIU runs
 //!   there; `--cgroup-root` maps the dumped cgroup onto it, `soft` mode
 //!   leaves its limits to berth), with its cgroup namespace rooted there, in
@@ -40,6 +39,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::checkpoint_stdio::{RestoreStdio, Terminal, TERMINAL_FILE};
 pub use super::criu::log_errors;
 use super::criu::{cgroup_root_args, common_args, criu_command, run_criu};
 use super::{Container, ContainerError, Status};
@@ -138,8 +138,7 @@ impl Container {
                 source,
             })?;
         }
-        let descriptors = stdio_descriptors(pid)?;
-        write_json(&c.images_dir.join(DESCRIPTORS_FILE), &descriptors)?;
+        let stdio_args = super::checkpoint_stdio::record(pid, &c.images_dir)?;
 
         let mut args: Vec<String> = vec![
             "dump".into(),
@@ -150,6 +149,7 @@ impl Container {
             "-v4".into(),
         ];
         args.extend(common_args(c));
+        args.extend(stdio_args);
         if opts.leave_running {
             args.push("--leave-running".into());
         }
@@ -192,8 +192,9 @@ impl Container {
     /// Restores a checkpoint written by [`Container::checkpoint`] into this
     /// container, which must be created and never started: its config gives
     /// the rootfs (mounted anew), the namespaces to rejoin, the cgroup and
-    /// the sources of the external mounts. `stdio` are the new ends of the
-    /// init's fds 0, 1 and 2 (pipes, as at dump time).
+    /// the sources of the external mounts. `stdio` is what the init's fds
+    /// 0, 1 and 2 become: new pipe ends, or a new terminal (as at dump
+    /// time), whose master is then the handle's console.
     ///
     /// The restored init is a child of the caller, stopped: the container
     /// is [`Status::Created`] until [`Container::release`] lets it go on.
@@ -207,28 +208,21 @@ impl Container {
     pub fn restore(
         &mut self,
         opts: &CriuOptions,
-        stdio: [OwnedFd; 3],
+        stdio: RestoreStdio,
         process: &ProcessSpec,
     ) -> Result<ProcessHandle, ContainerError> {
         if self.state.init.is_some() {
             return Err(ContainerError::AlreadyStarted(self.state.id.clone()));
         }
         self.check_checkpointable()?;
-        let descriptors: Descriptors = read_json(&opts.images_dir.join(DESCRIPTORS_FILE))?;
-        if descriptors.0.len() != 3 {
-            return Err(ContainerError::Checkpoint(format!(
-                "{}: expected 3 descriptors, found {}",
-                DESCRIPTORS_FILE,
-                descriptors.0.len()
-            )));
-        }
+        let wiring = super::checkpoint_stdio::wiring(&opts.images_dir, stdio)?;
         std::fs::create_dir_all(&opts.work_dir).map_err(|source| ContainerError::StateIo {
             path: opts.work_dir.clone(),
             source,
         })?;
         let cgroup = self.create_cgroup()?;
         let res = self
-            .restore_tree(opts, stdio, &descriptors, cgroup.as_ref())
+            .restore_tree(opts, wiring, cgroup.as_ref())
             .and_then(|handle| match self.check_restored(handle.pid(), process) {
                 Ok(()) => Ok(handle),
                 Err(e) => {
@@ -256,8 +250,7 @@ impl Container {
     fn restore_tree(
         &mut self,
         opts: &CriuOptions,
-        stdio: [OwnedFd; 3],
-        descriptors: &Descriptors,
+        wiring: super::checkpoint_stdio::Wiring,
         cgroup: Option<&crate::cgroups::Cgroup>,
     ) -> Result<ProcessHandle, ContainerError> {
         let config = self.state.config.clone();
@@ -279,13 +272,9 @@ impl Container {
         ];
         args.extend(common_args(opts));
         args.extend(cgroup_root_args(cgroup));
+        args.extend(wiring.args);
         // Fds handed to CRIU: moved to fixed numbers in the child.
-        let mut inherit: Vec<(OwnedFd, String)> = Vec::new();
-        for (fd, desc) in stdio.into_iter().zip(&descriptors.0) {
-            if desc.starts_with("pipe:") || desc.starts_with("socket:") {
-                inherit.push((fd, desc.clone()));
-            }
-        }
+        let mut inherit: Vec<(OwnedFd, String)> = wiring.inherit;
         if let Some(ns) = config
             .namespaces
             .iter()
@@ -414,7 +403,7 @@ impl Container {
             ContainerError::Checkpoint(format!("{}: not a pid: {text:?}", pidfile.display()))
         })?;
         // A child of ours (`--restore-sibling`), not reaped yet.
-        self.record_init(pid, None, true)
+        self.record_init(pid, wiring.console, true)
     }
 
     /// Refuses what CRIU cannot dump and restore here.
@@ -506,33 +495,12 @@ impl Container {
     }
 }
 
-/// The init's fds 0, 1, 2 as `readlink` shows them; each must be something
-/// restore can hand back (a pipe or a socket), never a host file.
-fn stdio_descriptors(pid: i32) -> Result<Descriptors, ContainerError> {
-    let mut out = Vec::new();
-    for n in 0..3 {
-        let link = format!("/proc/{pid}/fd/{n}");
-        let target = std::fs::read_link(&link).map_err(|source| ContainerError::StateIo {
-            path: link.clone().into(),
-            source,
-        })?;
-        let s = target.display().to_string();
-        if !(s.starts_with("pipe:") || s.starts_with("socket:")) {
-            return Err(ContainerError::Unsupported(format!(
-                "checkpoint of a container whose fd {n} is {s} (only pipes and sockets can be re-wired on restore; a terminal cannot)"
-            )));
-        }
-        out.push(s);
-    }
-    Ok(Descriptors(out))
-}
-
 fn cstring(p: &Path) -> Result<CString, ContainerError> {
     CString::new(p.as_os_str().as_bytes())
         .map_err(|_| ContainerError::Checkpoint(format!("{}: NUL byte in path", p.display())))
 }
 
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ContainerError> {
+pub(super) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ContainerError> {
     let bytes = serde_json::to_vec(v).map_err(std::io::Error::other);
     bytes
         .and_then(|b| std::fs::write(path, b))
@@ -542,7 +510,7 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ContainerError> {
         })
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ContainerError> {
+pub(super) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ContainerError> {
     let bytes = std::fs::read(path).map_err(|source| ContainerError::StateIo {
         path: path.to_path_buf(),
         source,

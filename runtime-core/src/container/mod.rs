@@ -2,6 +2,7 @@
 //! state, status, destroy.
 
 pub mod checkpoint;
+mod checkpoint_stdio;
 mod criu;
 mod destroy;
 mod exec;

@@ -475,3 +475,38 @@ pub fn userns_pod(env: &Env, name: &str) -> proto::PodSandboxConfig {
     });
     cfg
 }
+
+/// Attaches to container `id` (stdin, stdout, and stderr unless `tty`),
+/// writes `line` and reads stdout until it shows `want`, then detaches;
+/// panics after 15 s.
+pub async fn attach_echo(rt: &mut Rt, tty: bool, id: &str, line: &str, want: &str) -> String {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let url = rt
+        .attach(proto::AttachRequest {
+            container_id: id.into(),
+            stdin: true,
+            tty,
+            stdout: true,
+            stderr: !tty,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut ws = ws_session(&url).await;
+    let input = [&[0u8][..], line.as_bytes(), b"\n"].concat();
+    ws.send(Message::Binary(input.into())).await.unwrap();
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !seen.contains(want) {
+        match tokio::time::timeout_at(deadline.into(), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) if b.first() == Some(&1) => {
+                seen.push_str(&String::from_utf8_lossy(&b[1..]));
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("attach to {id}: no {want:?} in {seen:?}: {other:?}"),
+        }
+    }
+    seen
+}

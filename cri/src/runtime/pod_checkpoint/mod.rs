@@ -19,8 +19,8 @@
 //! and on error everything written there goes.
 //!
 //! Pod shapes not checkpointed yet (a clear FailedPrecondition before
-//! anything is frozen): containers that share the pod's pid namespace,
-//! containers with a terminal, and user-namespace pods. A TCP connection
+//! anything is frozen): containers that share the pod's pid namespace and
+//! user-namespace pods. A TCP connection
 //! between two containers of the pod does not survive a restore yet (each
 //! container is restored by its own CRIU run); one inside a container does.
 
@@ -190,9 +190,6 @@ fn check_shape(pod: &SandboxRecord, c: &ContainerRecord) -> Result<(), RuntimeEr
     let cfg = c.config();
     if pod.userns.is_some() {
         return refuse("is in a user-namespace pod");
-    }
-    if cfg.tty {
-        return refuse("has a terminal (tty)");
     }
     let pid = cfg
         .linux
