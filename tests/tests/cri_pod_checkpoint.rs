@@ -126,15 +126,13 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A pod of two containers — one holding an established TCP connection
-/// over the pod's loopback (a server appending what it receives to /recv, a
-/// client sending a number every 0.1 s), one counting in /count after
-/// writing /written — is checkpointed on one node, its directory copied to
-/// a second node with its own daemon, root and state, and restored there:
-/// the counter continues, the files are there, and the connection carries
-/// on. (Both ends of the connection are in one container: a connection
-/// between two containers of the pod does not survive yet — see
-/// `pod_checkpoint`.)
+/// A pod of two containers joined by an established TCP connection over
+/// the pod's loopback — a server appending what it receives to /recv, a
+/// client counting in /count (after writing /written) and sending each
+/// number every 0.1 s — is checkpointed on one node, its directory copied
+/// to a second node with its own daemon, root and state, and restored
+/// there: the counter continues, the files are there, and the connection
+/// between the two containers carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_checkpointed_on_one_node_runs_on_from_where_it_was_on_another() {
     let test = "a_pod_checkpointed_on_one_node_runs_on_from_where_it_was_on_another";
@@ -152,15 +150,14 @@ async fn a_pod_checkpointed_on_one_node_runs_on_from_where_it_was_on_another() {
     let tcp = root_sh(
         &a,
         "tcp",
-        "busybox tail -f /dev/null | nc -l -p 7000 > /recv & sleep 0.3; \
-         i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done | nc 127.0.0.1 7000 & wait",
+        "busybox tail -f /dev/null | nc -l -p 7000 > /recv",
     );
     let server_id = create_start(&mut a.rt, &pod, &pod_cfg, tcp).await;
     let counter = root_sh(
         &a,
         "counter",
-        "echo kept > /written; i=0; while :; do i=$((i+1)); echo $i > /count; echo $i; \
-         sleep 0.1; done",
+        "echo kept > /written; sleep 1; i=0; while :; do i=$((i+1)); echo $i > /count; \
+         echo $i; sleep 0.1; done | nc 127.0.0.1 7000",
     );
     let client_id = create_start(&mut a.rt, &pod, &pod_cfg, counter).await;
     wait_at_least(&mut a.rt, &server_id, "cat /recv", 5).await;

@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 pub use super::checkpoint_stdio::{RestoreStdio, Terminal, TERMINAL_FILE};
 pub use super::criu::log_errors;
 use super::criu::{cgroup_root_args, common_args, criu_command, run_criu};
+pub use super::restore_fence::RestoreFence;
 use super::{Container, ContainerError, Status};
 use crate::config::{MountKind, NamespaceKind};
 use crate::process::{ProcessHandle, ProcessSpec};

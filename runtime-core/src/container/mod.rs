@@ -10,6 +10,7 @@ mod hooks;
 mod launch;
 mod resources;
 mod restore_check;
+mod restore_fence;
 mod start;
 pub mod state;
 

@@ -20,9 +20,8 @@
 //!
 //! Pod shapes not checkpointed yet (a clear FailedPrecondition before
 //! anything is frozen): containers that share the pod's pid namespace and
-//! user-namespace pods. A TCP connection
-//! between two containers of the pod does not survive a restore yet (each
-//! container is restored by its own CRIU run); one inside a container does.
+//! user-namespace pods. TCP connections between two containers of the pod
+//! survive a restore (see `restore`'s fence).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;

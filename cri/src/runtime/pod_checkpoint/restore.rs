@@ -7,10 +7,17 @@
 //! are left Created; StartContainer runs them (CRIU restore), as after a
 //! container restore. A failure at any step removes the new pod and what
 //! was created in it. `checkpoint_path` is only read.
+//!
+//! While the containers are restored one after another, a pod whose
+//! checkpoint holds established TCP connections has its network namespace
+//! fenced ([`RestoreFence`]): a connection between two of its containers
+//! would otherwise be reset by the first restored end's probe, sent before
+//! the other end exists.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use berth_core::container::checkpoint::RestoreFence;
 use tonic::{Request, Response, Status};
 
 use super::{check_options, container_dir_name, read_manifest, PodManifest, CONTAINERS_DIR};
@@ -160,6 +167,7 @@ impl crate::runtime::RuntimeServiceImpl {
             .await?
             .into_inner()
             .pod_sandbox_id;
+        let mut fence = self.raise_fence(&pod_id, &dirs).await;
         let mut restored = Vec::new();
         for ((m, config), d) in manifest.containers.iter().zip(configs).zip(dirs) {
             match self.create_container_in(&pod_id, config, Some(d)).await {
@@ -169,16 +177,58 @@ impl crate::runtime::RuntimeServiceImpl {
                 }),
                 Err(e) => {
                     tracing::warn!(pod = %pod_id, container = %m.name, error = %e.message(), "RestorePod failed; removing the new pod");
+                    lower_fence(&pod_id, fence.take()).await;
                     self.discard_pod(&pod_id).await;
                     return Err(e);
                 }
             }
         }
+        lower_fence(&pod_id, fence).await;
         tracing::info!(pod = %pod_id, from = %dir.display(), containers = restored.len(), took = ?t0.elapsed(), "pod restored (containers created)");
         Ok(Response::new(proto::RestorePodResponse {
             pod_sandbox_id: pod_id,
             restored_containers: restored,
         }))
+    }
+
+    /// Raises a [`RestoreFence`] in the new pod's network namespace when
+    /// more than one container is restored and one of them holds an
+    /// established TCP connection (CRIU's `tcp-stream-*.img`). A pod on the
+    /// node's network is never fenced. A fence that cannot be raised (no
+    /// `iptables`) is logged and the restore goes on: a connection between
+    /// two of the pod's containers may then be reset.
+    async fn raise_fence(&self, pod_id: &str, dirs: &[PathBuf]) -> Option<RestoreFence> {
+        if dirs.len() < 2 {
+            return None;
+        }
+        let netns = {
+            let pod = self.locked_sandbox(pod_id).await.ok()?;
+            if pod.network != crate::runtime::sandbox::NsMode::Pod {
+                return None;
+            }
+            pod.namespaces.as_ref()?.net.clone()?
+        };
+        let dirs = dirs.to_vec();
+        let raised = tokio::task::spawn_blocking(move || {
+            let tcp = dirs
+                .iter()
+                .any(|d| holds_tcp_streams(&d.join("checkpoint")));
+            tcp.then(|| RestoreFence::raise(&netns))
+        })
+        .await
+        .ok()??;
+        match raised {
+            Ok(f) => {
+                if let Some(why) = &f.ipv6_skipped {
+                    tracing::info!(pod = %pod_id, reason = %why, "restore fence without IPv6");
+                }
+                Some(f)
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod_id, error = %e, "no restore fence: TCP connections between the pod's containers may be reset");
+                None
+            }
+        }
     }
 
     /// Stops and removes a pod a failed RestorePod made, with its
@@ -197,5 +247,27 @@ impl crate::runtime::RuntimeServiceImpl {
         if let Err(e) = removed {
             tracing::warn!(pod = %id, error = %e.message(), "a failed RestorePod's pod could not be removed");
         }
+    }
+}
+
+/// Whether a CRIU images directory holds an established TCP connection.
+fn holds_tcp_streams(images: &Path) -> bool {
+    std::fs::read_dir(images)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("tcp-stream-"))
+}
+
+/// Lowers `fence` (blocking work, off the async threads); a failure is
+/// logged.
+async fn lower_fence(pod_id: &str, fence: Option<RestoreFence>) {
+    let Some(f) = fence else { return };
+    match tokio::task::spawn_blocking(move || f.lower()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(pod = %pod_id, error = %e, "lowering the restore fence failed")
+        }
+        Err(e) => tracing::warn!(pod = %pod_id, error = %e, "lowering the restore fence failed"),
     }
 }
