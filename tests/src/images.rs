@@ -643,6 +643,35 @@ pub async fn push_image(
     push_with_format(registry_addr, repo, Some(tag), spec, auth, Format::Oci).await
 }
 
+/// Pulls `registry_addr/repo:tag` (an OCI image manifest) with oci-client
+/// and returns its manifest's annotations and its layers' bytes, in order.
+pub async fn pull_layers(
+    registry_addr: &str,
+    repo: &str,
+    tag: &str,
+) -> Result<(std::collections::BTreeMap<String, String>, Vec<Vec<u8>>), String> {
+    let client = client_for(registry_addr, None).await;
+    let r = reference(registry_addr, repo, tag);
+    let image = client
+        .pull(
+            &r,
+            &registry_auth(None),
+            vec!["application/vnd.oci.image.layer.v1.tar"],
+        )
+        .await
+        .map_err(|e| format!("pull {}: {e}", r.whole()))?;
+    let annotations = image
+        .manifest
+        .and_then(|m| m.annotations)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    Ok((
+        annotations,
+        image.layers.into_iter().map(|l| l.data.to_vec()).collect(),
+    ))
+}
+
 /// Pushes `spec` with a Docker schema 2 manifest: Docker media types for the
 /// manifest, the config and the layers (gzip or plain tar; zstd is refused).
 pub async fn push_image_docker_v2(

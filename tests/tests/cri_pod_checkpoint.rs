@@ -126,12 +126,64 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// `dir` as the one layer (a plain tar) of an image annotated with the
+/// pod's name, pushed to `env`'s registry and pulled back with another
+/// client (oci-client) into the new directory `into`.
+async fn through_registry(env: &Env, dir: &Path, pod: &str, into: &Path) {
+    use berth_e2e::images::{pull_layers, push_image, sha256_digest, ImageSpec, Layer};
+    let mut ar = tar::Builder::new(Vec::new());
+    ar.append_dir_all(".", dir).unwrap();
+    let bytes = ar.into_inner().unwrap();
+    let layer = Layer {
+        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        diff_id: sha256_digest(&bytes),
+        blob: bytes,
+    };
+    let mut spec = ImageSpec::new(vec![layer], serde_json::json!({}));
+    spec.annotations
+        .insert("io.berth.checkpoint.pod".into(), pod.into());
+    let (addr, repo) = (env._reg.addr(), format!("test/{pod}-pod-checkpoint"));
+    push_image(&addr, &repo, "v1", &spec, None).await.unwrap();
+    let (annotations, layers) = pull_layers(&addr, &repo, "v1").await.unwrap();
+    assert_eq!(
+        annotations
+            .get("io.berth.checkpoint.pod")
+            .map(String::as_str),
+        Some(pod)
+    );
+    assert_eq!(layers.len(), 1);
+    std::fs::create_dir(into).unwrap();
+    let mut ar = tar::Archive::new(layers[0].as_slice());
+    ar.set_preserve_permissions(true);
+    ar.unpack(into).unwrap();
+}
+
+/// Whether two trees hold the same files with the same bytes and modes.
+fn same_tree(a: &Path, b: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(files_under(a), files_under(b));
+    for f in files_under(a) {
+        let (ma, mb) = (
+            std::fs::metadata(a.join(&f)).unwrap(),
+            std::fs::metadata(b.join(&f)).unwrap(),
+        );
+        assert_eq!(ma.permissions().mode(), mb.permissions().mode(), "{f:?}");
+        if ma.is_file() {
+            assert!(
+                std::fs::read(a.join(&f)).unwrap() == std::fs::read(b.join(&f)).unwrap(),
+                "{f:?} differs"
+            );
+        }
+    }
+}
+
 /// A pod of two containers joined by an established TCP connection over
 /// the pod's loopback — a server appending what it receives to /recv, a
 /// client counting in /count (after writing /written) and sending each
 /// number every 0.1 s — is checkpointed on one node, its directory copied
-/// to a second node with its own daemon, root and state, and restored
-/// there: the counter continues, the files are there, and the connection
+/// to a second node with its own daemon, root and state — and also pushed
+/// to a registry as an image and pulled back there, the copy restored — and
+/// restored there: the counter continues, the files are there, and the connection
 /// between the two containers carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_checkpointed_on_one_node_runs_on_from_where_it_was_on_another() {
@@ -223,20 +275,23 @@ async fn a_pod_checkpointed_on_one_node_runs_on_from_where_it_was_on_another() {
         .status()
         .unwrap();
     assert!(cp.success());
+    let pulled = b.dir.path().join("pulled");
+    through_registry(&a, &out, "mover", &pulled).await;
+    same_tree(&moved, &pulled);
     a.rt.stop_pod_sandbox(proto::StopPodSandboxRequest {
         pod_sandbox_id: pod.clone(),
     })
     .await
     .unwrap();
-    let before: Vec<_> = files_under(&moved);
+    let before: Vec<_> = files_under(&pulled);
     let new_cfg = pod_named(&b, "mover");
     let t0 = Instant::now();
     let configs = vec![root_sh(&b, "counter", ""), root_sh(&b, "tcp", "")];
-    let restored = restore_pod(&mut b.rt, &moved, new_cfg, configs)
+    let restored = restore_pod(&mut b.rt, &pulled, new_cfg, configs)
         .await
         .unwrap_or_else(|e| panic!("RestorePod: {}", e.message()));
     println!("RestorePod of 2 containers took {:?}", t0.elapsed());
-    assert_eq!(files_under(&moved), before, "the checkpoint is only read");
+    assert_eq!(files_under(&pulled), before, "the checkpoint is only read");
     let names: Vec<&str> = restored
         .restored_containers
         .iter()
