@@ -29,6 +29,7 @@ mod recover;
 mod runtime_config;
 pub mod sandbox;
 mod sandbox_list;
+mod sandbox_plan;
 mod sandbox_remove;
 mod sandbox_run;
 mod sandbox_status;
