@@ -114,6 +114,10 @@ pub struct PodRef<'a> {
     pub netns: &'a Path,
     /// The pod's config (metadata, port mappings, DNS, annotations).
     pub config: &'a proto::PodSandboxConfig,
+    /// IPs to ask the plugins for (RestorePod: the checkpointed pod's),
+    /// as `CNI_ARGS` `IP=a,b` — host-local's and static's convention; other
+    /// plugins ignore it (`IgnoreUnknown`). Empty: whatever they give.
+    pub preferred_ips: &'a [IpAddr],
 }
 
 /// The CNI manager: the configuration in force, kubelet's pod CIDRs, the
@@ -298,7 +302,23 @@ impl Cni {
     /// its IPs. On failure the attachment stays cached: the caller undoes it
     /// with [`Cni::teardown`] (DEL through the chain), once, so no address
     /// stays allocated.
+    ///
+    /// With `preferred_ips`, an ADD that fails (the address is taken, or
+    /// outside the plugin's range) is undone and tried again without them.
     pub fn setup(&self, pod: PodRef) -> Result<Vec<IpAddr>, CniError> {
+        if !pod.preferred_ips.is_empty() {
+            match self.setup_asking(pod, pod.preferred_ips) {
+                Ok(ips) => return Ok(ips),
+                Err(e) => {
+                    tracing::info!(pod = %pod.id, error = %e, "the requested IPs cannot be had; taking any");
+                    self.teardown(pod.id)?;
+                }
+            }
+        }
+        self.setup_asking(pod, &[])
+    }
+
+    fn setup_asking(&self, pod: PodRef, ips: &[IpAddr]) -> Result<Vec<IpAddr>, CniError> {
         let loaded = self.current();
         let list = match &*loaded {
             Loaded::Ready(l) => l,
@@ -315,13 +335,17 @@ impl Cni {
                 reason: b.reason,
             })?;
         let meta = pod.config.metadata.clone().unwrap_or_default();
-        let cni_args = vec![
+        let mut cni_args = vec![
             ("IgnoreUnknown".to_string(), "1".to_string()),
             ("K8S_POD_NAMESPACE".to_string(), meta.namespace),
             ("K8S_POD_NAME".to_string(), meta.name),
             ("K8S_POD_INFRA_CONTAINER_ID".to_string(), pod.id.to_string()),
             ("K8S_POD_UID".to_string(), meta.uid),
         ];
+        if !ips.is_empty() {
+            let list: Vec<String> = ips.iter().map(ToString::to_string).collect();
+            cni_args.push(("IP".to_string(), list.join(",")));
+        }
         let mut att = Attachment {
             kind: CACHE_KIND.into(),
             container_id: pod.id.to_string(),

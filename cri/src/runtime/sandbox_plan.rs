@@ -23,6 +23,8 @@ pub(super) struct SandboxPlan {
     /// The pod's SELinux MCS level, shared by its containers (empty: no
     /// SELinux on the node).
     pub selinux_level: String,
+    /// IPs to ask the network plugins for (RestorePod's old ones).
+    pub preferred_ips: Vec<std::net::IpAddr>,
 }
 
 /// Id ranges to check (pure): non-empty, no zero-length or overflowing
@@ -243,6 +245,7 @@ pub(super) fn plan(
         cgroup_parent: linux.cgroup_parent.clone(),
         userns,
         selinux_level: String::new(),
+        preferred_ips: Vec::new(),
     })
 }
 

@@ -106,6 +106,7 @@ pub(super) fn create(
                     id: id.as_str(),
                     netns: &netns,
                     config,
+                    preferred_ips: &plan.preferred_ips,
                 })?
                 .iter()
                 .map(ToString::to_string)
@@ -200,7 +201,18 @@ impl super::RuntimeServiceImpl {
         &self,
         request: Request<proto::RunPodSandboxRequest>,
     ) -> Result<Response<proto::RunPodSandboxResponse>, Status> {
-        let req = request.into_inner();
+        self.run_pod_sandbox(request.into_inner(), Vec::new())
+            .await
+            .map(Response::new)
+    }
+
+    /// RunPodSandbox, asking the network plugins for `preferred_ips` (see
+    /// [`crate::cni::PodRef::preferred_ips`]; RestorePod's old IPs).
+    pub(in crate::runtime) async fn run_pod_sandbox(
+        &self,
+        req: proto::RunPodSandboxRequest,
+        preferred_ips: Vec<std::net::IpAddr>,
+    ) -> Result<proto::RunPodSandboxResponse, Status> {
         let config = req
             .config
             .ok_or_else(|| Status::from(RuntimeError::invalid("config", "must be set")))?;
@@ -211,6 +223,7 @@ impl super::RuntimeServiceImpl {
             .oci_runtime(&req.runtime_handler)
             .is_some();
         let mut plan = plan(&config, (&req.runtime_handler, &policy, external))?;
+        plan.preferred_ips = preferred_ips;
         let id = crate::store::ObjectId::random()
             .map_err(|e| RuntimeError::io(Path::new("/dev/urandom"), e))?;
         if crate::spec::lsm::HostLsm::node().selinux {
@@ -248,9 +261,9 @@ impl super::RuntimeServiceImpl {
                 ] {
                     self.emit(&rec.id, &rec.id, kind).await;
                 }
-                Ok(Response::new(proto::RunPodSandboxResponse {
+                Ok(proto::RunPodSandboxResponse {
                     pod_sandbox_id: rec.id.to_string(),
-                }))
+                })
             }
             Err(e) => {
                 self.sandboxes.registry.release_name(&plan.name, &id);

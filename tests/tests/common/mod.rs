@@ -3,6 +3,8 @@
 //! (Included by each test file with `mod common;`.)
 #![allow(dead_code)]
 
+pub mod pods;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! `RestorePod`: a new pod from the request's config (new id, a new CNI
-//! attachment: the IP is whatever the network plugin gives the new pod),
+//! attachment asking for the checkpointed pod's IPs — `CNI_ARGS` `IP=`,
+//! which host-local and static honour — and taking any when the plugin
+//! cannot give them),
 //! then every checkpointed container restored into it in the checkpoint's
 //! order, each through CreateContainer's restore path — the same rootfs
 //! image lookup, rootfs changes and, when it starts, the same check of the
@@ -159,13 +161,21 @@ impl crate::runtime::RuntimeServiceImpl {
         .await?;
 
         let t0 = std::time::Instant::now();
+        // The old IPs where the network plugin can give them.
+        let old_ips = manifest
+            .ips
+            .iter()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
         let pod_id = self
-            .run_pod_sandbox_rpc(Request::new(proto::RunPodSandboxRequest {
-                config: Some(config),
-                runtime_handler: req.runtime_handler,
-            }))
+            .run_pod_sandbox(
+                proto::RunPodSandboxRequest {
+                    config: Some(config),
+                    runtime_handler: req.runtime_handler,
+                },
+                old_ips,
+            )
             .await?
-            .into_inner()
             .pod_sandbox_id;
         let mut fence = self.raise_fence(&pod_id, &dirs).await;
         let mut restored = Vec::new();

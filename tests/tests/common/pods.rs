@@ -1,0 +1,78 @@
+//! CheckpointPod and RestorePod helpers shared by the pod checkpoint tests.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_cri::proto;
+
+use super::{exec_sh as exec, pod_config, Env, Rt};
+
+/// A new pod on `env`'s daemon named `name`, logging under `env`'s dir.
+pub fn pod_named(env: &Env, name: &str) -> proto::PodSandboxConfig {
+    let mut cfg = pod_config(env.dir.path());
+    let m = cfg.metadata.as_mut().unwrap();
+    m.name = name.into();
+    m.uid = format!("uid-{name}");
+    cfg.hostname = format!("{name}-host");
+    cfg.log_directory = env.dir.path().join(name).display().to_string();
+    cfg
+}
+
+/// CheckpointPod of `ids` into `out`.
+pub async fn checkpoint_pod(
+    rt: &mut Rt,
+    pod: &str,
+    ids: &[&str],
+    out: &Path,
+) -> Result<(), tonic::Status> {
+    rt.checkpoint_pod(proto::CheckpointPodRequest {
+        pod_sandbox_id: pod.into(),
+        output_path: out.display().to_string(),
+        container_ids: ids.iter().map(|s| s.to_string()).collect(),
+        options: Default::default(),
+    })
+    .await
+    .map(drop)
+}
+
+/// RestorePod from `dir` with the default runtime handler.
+pub async fn restore_pod(
+    rt: &mut Rt,
+    dir: &Path,
+    config: proto::PodSandboxConfig,
+    containers: Vec<proto::ContainerConfig>,
+) -> Result<proto::RestorePodResponse, tonic::Status> {
+    rt.restore_pod(proto::RestorePodRequest {
+        checkpoint_path: dir.display().to_string(),
+        config: Some(config),
+        runtime_handler: String::new(),
+        options: Default::default(),
+        container_configs: containers,
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// The last number in `text`.
+pub fn last(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .last()
+        .unwrap_or(0)
+}
+
+/// Waits until `script`'s output in `id` ends with a number ≥ `n`; the output.
+pub async fn wait_at_least(rt: &mut Rt, id: &str, script: &str, n: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = exec(rt, id, script).await.1;
+        if last(&out) >= n {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}: {script}: {out:?}, wanted {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
