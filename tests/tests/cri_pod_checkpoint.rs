@@ -15,6 +15,13 @@ use tonic::Code;
 
 const RESTORE_ON: &str = "[checkpoint]\nrestore = true\n";
 
+/// A server appending what it receives on port 7000 to /recv.
+const SERVER: &str = "busybox tail -f /dev/null | nc -l -p 7000 > /recv";
+/// A client writing /written, then counting in /count and sending each
+/// number to the server every 0.1 s.
+const CLIENT: &str = "echo kept > /written; sleep 1; i=0; while :; do i=$((i+1)); \
+    echo $i > /count; echo $i; sleep 0.1; done | nc 127.0.0.1 7000";
+
 async fn node(test: &str) -> Option<Env> {
     env_with_config(test, RESTORE_ON).await
 }
@@ -132,18 +139,9 @@ async fn a_pod_checkpointed_on_one_node_runs_on_from_where_it_was_on_another() {
     };
     let pod_cfg = pod_named(&a, "mover");
     let pod = run_pod(&mut a.rt, pod_cfg.clone()).await;
-    let tcp = root_sh(
-        &a,
-        "tcp",
-        "busybox tail -f /dev/null | nc -l -p 7000 > /recv",
-    );
+    let tcp = root_sh(&a, "tcp", SERVER);
     let server_id = create_start(&mut a.rt, &pod, &pod_cfg, tcp).await;
-    let counter = root_sh(
-        &a,
-        "counter",
-        "echo kept > /written; sleep 1; i=0; while :; do i=$((i+1)); echo $i > /count; \
-         echo $i; sleep 0.1; done | nc 127.0.0.1 7000",
-    );
+    let counter = root_sh(&a, "counter", CLIENT);
     let client_id = create_start(&mut a.rt, &pod, &pod_cfg, counter).await;
     wait_at_least(&mut a.rt, &server_id, "cat /recv", 5).await;
     wait_at_least(&mut a.rt, &client_id, "cat /count", 5).await;
@@ -503,4 +501,71 @@ async fn pod_checkpoint_and_restore_errors_leave_nothing_behind() {
             .await
             .unwrap();
     }
+}
+
+/// A daemon killed while RestorePod's fence is up (the crash point
+/// `restore_pod:fenced`): the next start-up lowers it, so the half-restored
+/// pod is not left without a network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_a_crash_left_up_is_lowered_at_start_up() {
+    let test = "a_fence_a_crash_left_up_is_lowered_at_start_up";
+    if !criu_works(test) || !cfg!(debug_assertions) {
+        println!("skipped: {test}: needs criu and a debug build (crash points)");
+        return;
+    }
+    let Some(mut env) = node(test).await else {
+        return;
+    };
+    let pod_cfg = pod_named(&env, "fenced");
+    let pod = run_pod(&mut env.rt, pod_cfg.clone()).await;
+    let server = root_sh(&env, "tcp", SERVER);
+    let server = create_start(&mut env.rt, &pod, &pod_cfg, server).await;
+    let client = root_sh(&env, "counter", CLIENT);
+    let client = create_start(&mut env.rt, &pod, &pod_cfg, client).await;
+    wait_at_least(&mut env.rt, &server, "cat /recv", 3).await;
+    let out = env.dir.path().join("pod-checkpoint");
+    std::fs::create_dir(&out).unwrap();
+    checkpoint_pod(&mut env.rt, &pod, &[&server, &client], &out)
+        .await
+        .unwrap();
+
+    env.daemon.crash();
+    let conf = config_file(env.dir.path());
+    env.daemon = berth_e2e::daemon::Daemon::start_with_env(
+        &env.berth,
+        env.dir.path(),
+        &["--config", conf.to_str().unwrap()],
+        &[("BERTH_CRASH_AT", "restore_pod:fenced")],
+    );
+    env.rt = Rt::new(env.daemon.channel().await);
+    let configs = vec![root_sh(&env, "tcp", ""), root_sh(&env, "counter", "")];
+    let new_cfg = pod_named(&env, "restored");
+    let died = restore_pod(&mut env.rt, &out, new_cfg, configs).await;
+    assert!(died.is_err(), "the daemon never reached the crash point");
+    env.daemon.crash();
+    let restored_dirs = |env: &Env| -> Vec<PathBuf> {
+        std::fs::read_dir(env.dir.path().join("state/pods"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|d| d.join("restore-fence").exists())
+            .collect()
+    };
+    let fenced = restored_dirs(&env);
+    assert_eq!(fenced.len(), 1, "the marker of the raised fence");
+    let chain = |dir: &Path| {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", dir.join("ns/net").display()))
+            .args(["iptables", "-S", "OUTPUT"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("BERTH-RESTORE")
+    };
+    assert!(
+        chain(&fenced[0]),
+        "the fence is up while the daemon is down"
+    );
+    restart(&mut env).await;
+    assert!(!chain(&fenced[0]), "the start-up lowered the fence");
+    assert!(restored_dirs(&env).is_empty(), "and removed its marker");
 }

@@ -92,6 +92,21 @@ impl RuntimeServiceImpl {
         }
         service.clean_up_networks();
         container_checkpoint::thaw_interrupted(&service.containers);
+        let pods: Vec<_> = service
+            .sandboxes
+            .registry
+            .all()
+            .iter()
+            .filter_map(|e| {
+                e.try_lock().ok().map(|r| {
+                    (
+                        r.dir.clone(),
+                        r.namespaces.as_ref().and_then(|n| n.net.clone()),
+                    )
+                })
+            })
+            .collect();
+        super::pod_checkpoint::clear_restore_fences(&pods);
         // Containers that were live when the daemon stopped are watched again
         // (their exits while the daemon was down are already in the records).
         if tokio::runtime::Handle::try_current().is_ok() {

@@ -52,26 +52,7 @@ impl RestoreFence {
     /// Drops every packet leaving the network namespace at `path` (a
     /// pinned namespace file) until lowered.
     pub fn raise(path: &Path) -> Result<Self, ContainerError> {
-        let f = File::open(path).map_err(|source| ContainerError::StateIo {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let netns = OwnedFd::from(f);
-        let kind = crate::sys::ns_type(netns.as_fd()).map_err(|source| ContainerError::Sys {
-            step: "read a namespace's type",
-            source,
-        })?;
-        if kind != libc::CLONE_NEWNET {
-            return Err(ContainerError::Checkpoint(format!(
-                "{} is not a network namespace",
-                path.display()
-            )));
-        }
-        let mut fence = Self {
-            netns,
-            raised: Vec::new(),
-            ipv6_skipped: None,
-        };
+        let mut fence = Self::open(path)?;
         for tool in ["iptables", "ip6tables"] {
             match fence.run_all(tool, &RAISE) {
                 Ok(()) => fence.raised.push(tool),
@@ -91,6 +72,42 @@ impl RestoreFence {
     /// Lets packets leave again.
     pub fn lower(mut self) -> Result<(), ContainerError> {
         self.lower_all()
+    }
+
+    /// Lowers a fence a process that died left raised in the network
+    /// namespace at `path`, best effort: each step is tried on its own (the
+    /// fence may be half made, or not there at all).
+    pub fn clear(path: &Path) -> Result<(), ContainerError> {
+        let fence = Self::open(path)?;
+        for tool in ["iptables", "ip6tables"] {
+            for step in LOWER {
+                let _ = fence.run_all(tool, &[step]);
+            }
+        }
+        Ok(())
+    }
+
+    fn open(path: &Path) -> Result<Self, ContainerError> {
+        let f = File::open(path).map_err(|source| ContainerError::StateIo {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let netns = OwnedFd::from(f);
+        let kind = crate::sys::ns_type(netns.as_fd()).map_err(|source| ContainerError::Sys {
+            step: "read a namespace's type",
+            source,
+        })?;
+        if kind != libc::CLONE_NEWNET {
+            return Err(ContainerError::Checkpoint(format!(
+                "{} is not a network namespace",
+                path.display()
+            )));
+        }
+        Ok(Self {
+            netns,
+            raised: Vec::new(),
+            ipv6_skipped: None,
+        })
     }
 
     fn lower_all(&mut self) -> Result<(), ContainerError> {

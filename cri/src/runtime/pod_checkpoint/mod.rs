@@ -38,6 +38,7 @@ use crate::proto;
 use crate::util::blocking;
 
 mod restore;
+pub(super) use restore::clear_restore_fences;
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "pod.json";

@@ -178,6 +178,11 @@ impl crate::runtime::RuntimeServiceImpl {
             .await?
             .pod_sandbox_id;
         let mut fence = self.raise_fence(&pod_id, &dirs).await;
+        if fence.is_some() {
+            // Not in CRASH_POINTS (a pod's plain life never gets here):
+            // cri_pod_checkpoint's crash test uses it.
+            crate::util::crash_point("restore_pod:fenced");
+        }
         let mut restored = Vec::new();
         for ((m, config), d) in manifest.containers.iter().zip(configs).zip(dirs) {
             match self.create_container_in(&pod_id, config, Some(d)).await {
@@ -207,32 +212,48 @@ impl crate::runtime::RuntimeServiceImpl {
     /// node's network is never fenced. A fence that cannot be raised (no
     /// `iptables`) is logged and the restore goes on: a connection between
     /// two of the pod's containers may then be reset.
-    async fn raise_fence(&self, pod_id: &str, dirs: &[PathBuf]) -> Option<RestoreFence> {
+    ///
+    /// The pod's directory holds [`RESTORE_FENCE_FILE`] while the fence may
+    /// be up, so a daemon that dies meanwhile lowers it when it starts
+    /// again ([`clear_restore_fences`]).
+    async fn raise_fence(&self, pod_id: &str, dirs: &[PathBuf]) -> Option<PodFence> {
         if dirs.len() < 2 {
             return None;
         }
-        let netns = {
+        let (netns, marker) = {
             let pod = self.locked_sandbox(pod_id).await.ok()?;
             if pod.network != crate::runtime::sandbox::NsMode::Pod {
                 return None;
             }
-            pod.namespaces.as_ref()?.net.clone()?
+            let net = pod.namespaces.as_ref()?.net.clone()?;
+            (net, pod.dir.join(RESTORE_FENCE_FILE))
         };
         let dirs = dirs.to_vec();
+        let marker2 = marker.clone();
         let raised = tokio::task::spawn_blocking(move || {
             let tcp = dirs
                 .iter()
                 .any(|d| holds_tcp_streams(&d.join("checkpoint")));
-            tcp.then(|| RestoreFence::raise(&netns))
+            tcp.then(|| {
+                crate::store::write_atomic(&marker2, b"")
+                    .map_err(|source| berth_core::ContainerError::StateIo {
+                        path: marker2.clone(),
+                        source,
+                    })
+                    .and_then(|()| RestoreFence::raise(&netns))
+                    .inspect_err(|_| {
+                        let _ = std::fs::remove_file(&marker2);
+                    })
+            })
         })
         .await
         .ok()??;
         match raised {
-            Ok(f) => {
-                if let Some(why) = &f.ipv6_skipped {
+            Ok(fence) => {
+                if let Some(why) = &fence.ipv6_skipped {
                     tracing::info!(pod = %pod_id, reason = %why, "restore fence without IPv6");
                 }
-                Some(f)
+                Some(PodFence { fence, marker })
             }
             Err(e) => {
                 tracing::warn!(pod = %pod_id, error = %e, "no restore fence: TCP connections between the pod's containers may be reset");
@@ -269,15 +290,52 @@ fn holds_tcp_streams(images: &Path) -> bool {
         .any(|e| e.file_name().to_string_lossy().starts_with("tcp-stream-"))
 }
 
-/// Lowers `fence` (blocking work, off the async threads); a failure is
-/// logged.
-async fn lower_fence(pod_id: &str, fence: Option<RestoreFence>) {
-    let Some(f) = fence else { return };
-    match tokio::task::spawn_blocking(move || f.lower()).await {
+/// In a pod's directory while RestorePod's fence may be up.
+pub(in crate::runtime) const RESTORE_FENCE_FILE: &str = "restore-fence";
+
+/// A raised fence and its marker file.
+struct PodFence {
+    fence: RestoreFence,
+    marker: PathBuf,
+}
+
+/// Lowers `fence` (blocking work, off the async threads), then removes its
+/// marker; a failure is logged (the marker stays for the next start-up).
+async fn lower_fence(pod_id: &str, fence: Option<PodFence>) {
+    let Some(PodFence { fence, marker }) = fence else {
+        return;
+    };
+    let lowered = tokio::task::spawn_blocking(move || {
+        fence.lower()?;
+        let _ = std::fs::remove_file(&marker);
+        Ok::<(), berth_core::ContainerError>(())
+    })
+    .await;
+    match lowered {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(pod = %pod_id, error = %e, "lowering the restore fence failed")
         }
         Err(e) => tracing::warn!(pod = %pod_id, error = %e, "lowering the restore fence failed"),
+    }
+}
+
+/// At start-up: lowers the fences of RestorePods a dead daemon left
+/// raised — the pods (directory, network namespace) whose directory holds
+/// [`RESTORE_FENCE_FILE`].
+pub(in crate::runtime) fn clear_restore_fences(pods: &[(PathBuf, Option<PathBuf>)]) {
+    for (dir, netns) in pods {
+        let marker = dir.join(RESTORE_FENCE_FILE);
+        if !marker.exists() {
+            continue;
+        }
+        if let Some(ns) = netns {
+            if let Err(e) = RestoreFence::clear(ns) {
+                tracing::warn!(pod = %dir.display(), error = %e, "clearing a restore fence");
+                continue;
+            }
+        }
+        let _ = std::fs::remove_file(&marker);
+        tracing::warn!(pod = %dir.display(), "lowered the restore fence a daemon crash left");
     }
 }
