@@ -588,3 +588,6 @@ fn watch(cni: &Weak<Cni>, dir: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -56,8 +56,8 @@ pub async fn restore_pod(
 /// The last number in `text`.
 pub fn last(text: &str) -> u64 {
     text.lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.trim().parse().ok())
         .unwrap_or(0)
 }
 
