@@ -136,7 +136,13 @@ async fn a_container_with_a_terminal_checkpoints_and_restores_onto_a_new_one() {
     let mut plain = from_archive(root_sh(&env, "console", ""));
     plain.stdin = true;
     let err = create_in(&mut env.rt, &pod2, plain).await.unwrap_err();
-    assert!(err.message().contains("terminal"), "{}", err.message());
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains("config.tty"), "{}", err.message());
     let left = env
         .rt
         .list_containers(proto::ListContainersRequest { filter: None })

@@ -194,6 +194,9 @@ fn build(
             )?),
             (None, None) => None,
         };
+        if let Some(u) = &restore {
+            u.check_terminal(config.tty)?;
+        }
         let rootfs_image = restore
             .as_ref()
             .map(|u| container_checkpoint::rootfs_image(ctx.images, ctx.puller, &u.config))

@@ -28,6 +28,27 @@ impl Unpacked {
     pub fn images_dir(&self) -> PathBuf {
         self.dir.join(CHECKPOINT_DIR)
     }
+
+    /// The restored container must ask for a terminal (`tty`) exactly when
+    /// the checkpointed one had one: its init's fds are re-wired to a new
+    /// terminal or to new pipes, as they were.
+    pub fn check_terminal(&self, tty: bool) -> Result<(), RuntimeError> {
+        let had = self
+            .images_dir()
+            .join(berth_core::container::checkpoint::TERMINAL_FILE)
+            .exists();
+        match (had, tty) {
+            (true, false) => Err(RuntimeError::invalid(
+                "config.tty",
+                "the checkpointed container had a terminal: the restored one must ask for one",
+            )),
+            (false, true) => Err(RuntimeError::invalid(
+                "config.tty",
+                "the checkpointed container had no terminal: the restored one cannot have one",
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The checkpoint's rootfs image (`config.dump`'s name, else its ref), as
