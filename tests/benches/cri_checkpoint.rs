@@ -10,7 +10,9 @@
 //! StartContainer. Reports median, min and max in ms and the archive size;
 //! figures also go to `target/bench-cri-checkpoint.json`. Then the same for
 //! whole pods of three containers (`pod-small`: three shell loops;
-//! `pod-200MiB`: two loops and the 200 MiB shell): CheckpointPod (all three
+//! `pod-tcp`: a server, a client connected to it over the pod's loopback
+//! and a loop, restored behind the pod's network fence; `pod-200MiB`: two
+//! loops and the 200 MiB shell): CheckpointPod (all three
 //! frozen, dumped, thawed) and RestorePod plus the three StartContainers,
 //! with the checkpoint directory's size. Under
 //! `cargo test` it is a smoke run (one round of the small container).
@@ -201,9 +203,15 @@ async fn pod_cases(
     let small = "echo ready; i=0; while :; do i=$((i+1)); sleep 0.1; done";
     let big = "x=$(busybox head -c 209715200 /dev/zero | busybox tr '\\0' a); \
                echo ready; while :; do sleep 1; done";
+    // A TCP connection between two of the containers: RestorePod fences
+    // the pod's network while it restores them.
+    let server = "echo ready; busybox tail -f /dev/null | nc -l -p 7000 > /recv";
+    let client = "sleep 0.3; echo ready; i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; \
+                  done | nc 127.0.0.1 7000";
     let cases: Vec<(&str, [&str; 3], usize)> = if full {
         vec![
             ("pod-small", [small; 3], 10),
+            ("pod-tcp", [server, client, small], 10),
             ("pod-200MiB", [small, small, big], 5),
         ]
     } else {
