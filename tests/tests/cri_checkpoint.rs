@@ -64,18 +64,6 @@ async fn checkpoint(
     .map(|_| ())
 }
 
-/// A second pod (another name, uid, hostname, log directory).
-async fn second_pod(env: &mut Env, name: &str) -> (String, proto::PodSandboxConfig) {
-    let mut cfg = pod_config(env.dir.path());
-    let m = cfg.metadata.as_mut().unwrap();
-    m.name = name.into();
-    m.uid = format!("uid-{name}");
-    cfg.hostname = format!("{name}-host");
-    cfg.log_directory = env.dir.path().join(name).display().to_string();
-    let id = run_pod(&mut env.rt, cfg.clone()).await;
-    (id, cfg)
-}
-
 /// CreateContainer in `pod` with the checkpoint archive as the image.
 async fn restore(
     env: &mut Env,
@@ -274,7 +262,7 @@ async fn a_counter_checkpointed_and_restored_into_a_new_pod_counts_on() {
     })
     .await
     .unwrap();
-    let (pod2, pod2_cfg) = second_pod(&mut env, "pod2").await;
+    let (pod2, pod2_cfg) = run_pod_named(&mut env, "pod2").await;
     let restored = restore(&mut env, &pod2, &pod2_cfg, "counter", &archive)
         .await
         .unwrap_or_else(|e| panic!("restore: {}", e.message()));
@@ -362,7 +350,7 @@ async fn an_established_tcp_connection_survives_restore() {
     let dumped = last(&String::from_utf8_lossy(&diff["recv"])).unwrap();
     stop_and_remove(&mut env.rt, &id).await;
 
-    let (pod2, pod2_cfg) = second_pod(&mut env, "pod2").await;
+    let (pod2, pod2_cfg) = run_pod_named(&mut env, "pod2").await;
     let restored = restore(&mut env, &pod2, &pod2_cfg, "tcp", &archive)
         .await
         .unwrap_or_else(|e| panic!("restore: {}", e.message()));
@@ -523,7 +511,7 @@ async fn a_checkpoint_image_from_a_registry_restores() {
 
     let image = push_checkpoint_image(&env, &archive, "counter").await;
 
-    let (pod2, pod2_cfg) = second_pod(&mut env, "pod2").await;
+    let (pod2, pod2_cfg) = run_pod_named(&mut env, "pod2").await;
     for round in 0..2 {
         let mut cfg = container(&env, "counter", &[], &[]);
         cfg.metadata.as_mut().unwrap().attempt = round;
@@ -795,7 +783,7 @@ async fn a_container_of_128_layers_checkpoints_and_restores() {
         .unwrap_or_else(|e| panic!("checkpoint: {}", e.message()));
     stop_and_remove(&mut env.rt, &id).await;
 
-    let (pod2, pod2_cfg) = second_pod(&mut env, "pod2").await;
+    let (pod2, pod2_cfg) = run_pod_named(&mut env, "pod2").await;
     let restored = restore(&mut env, &pod2, &pod2_cfg, "counter", &archive)
         .await
         .unwrap_or_else(|e| panic!("restore: {}", e.message()));

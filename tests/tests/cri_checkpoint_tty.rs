@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use berth_cri::proto;
 use common::exec_sh as exec;
+use common::pods::restored_id;
 use common::*;
 
 const RESTORE_ON: &str = "[checkpoint]\nrestore = true\n";
@@ -53,17 +54,6 @@ async fn wait_highest(path: &std::path::Path, n: u64) -> u64 {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A pod named `name` logging under `env`'s dir/<name>.
-async fn pod_named(env: &mut Env, name: &str) -> (String, proto::PodSandboxConfig) {
-    let mut cfg = pod_config(env.dir.path());
-    let m = cfg.metadata.as_mut().unwrap();
-    m.name = name.into();
-    m.uid = format!("uid-{name}");
-    cfg.log_directory = env.dir.path().join(name).display().to_string();
-    let id = run_pod(&mut env.rt, cfg.clone()).await;
-    (id, cfg)
 }
 
 async fn create_in(
@@ -124,7 +114,7 @@ async fn a_container_with_a_terminal_checkpoints_and_restores_onto_a_new_one() {
     let dumped = highest(&log);
     stop_and_remove(&mut env.rt, &id).await;
 
-    let pod2 = pod_named(&mut env, "pod2").await;
+    let pod2 = run_pod_named(&mut env, "pod2").await;
     let from_archive = |mut c: proto::ContainerConfig| {
         c.image = Some(proto::ImageSpec {
             image: archive.display().to_string(),
@@ -177,7 +167,7 @@ async fn a_pod_with_a_terminal_container_checkpoints_and_restores() {
     let Some(mut env) = env_with_config(test, RESTORE_ON).await else {
         return;
     };
-    let pod = pod_named(&mut env, "ttypod").await;
+    let pod = run_pod_named(&mut env, "ttypod").await;
     let cfg = console(&env, "console");
     let cons = create_in(&mut env.rt, &pod, cfg).await.unwrap();
     start(&mut env.rt, &cons).await.unwrap();
@@ -231,16 +221,10 @@ async fn a_pod_with_a_terminal_container_checkpoints_and_restores() {
         .await
         .unwrap_or_else(|e| panic!("RestorePod: {}", e.message()))
         .into_inner();
-    let id_of = |n: &str| {
-        restored
-            .restored_containers
-            .iter()
-            .find(|c| c.name == n)
-            .unwrap()
-            .container_id
-            .clone()
-    };
-    let (cons2, plain2) = (id_of("console"), id_of("plain"));
+    let (cons2, plain2) = (
+        restored_id(&restored, "console"),
+        restored_id(&restored, "plain"),
+    );
     for id in [&cons2, &plain2] {
         start(&mut env.rt, id).await.unwrap();
     }

@@ -201,11 +201,7 @@ async fn a_pod_checkpointed_on_one_node_runs_on_from_where_it_was_on_another() {
 
     // To the other node: copied (as scp would), the first pod gone.
     let moved = b.dir.path().join("moved");
-    let cp = std::process::Command::new("cp")
-        .args(["-a", out.to_str().unwrap(), moved.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    copy_dir(&out, &moved);
     let pulled = b.dir.path().join("pulled");
     through_registry(&a, &out, "mover", &pulled).await;
     same_tree(&moved, &pulled);
@@ -229,16 +225,10 @@ async fn a_pod_checkpointed_on_one_node_runs_on_from_where_it_was_on_another() {
         .map(|c| c.name.as_str())
         .collect();
     assert_eq!(names, ["tcp", "counter"]);
-    let id_of = |n: &str| {
-        restored
-            .restored_containers
-            .iter()
-            .find(|c| c.name == n)
-            .unwrap()
-            .container_id
-            .clone()
-    };
-    let (server2, client2) = (id_of("tcp"), id_of("counter"));
+    let (server2, client2) = (
+        restored_id(&restored, "tcp"),
+        restored_id(&restored, "counter"),
+    );
     for id in [&server2, &client2] {
         let st = status(&mut b.rt, id).await;
         assert_eq!(st.state, proto::ContainerState::ContainerCreated as i32);

@@ -216,11 +216,7 @@ async fn a_pod_moved_to_another_node_keeps_its_ip_and_its_connections() {
     .unwrap();
 
     let moved = b.dir.path().join("moved");
-    let cp = std::process::Command::new("cp")
-        .args(["-a", out.to_str().unwrap(), moved.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    copy_dir(&out, &moved);
     let sent_before = sender.last.load(Ordering::SeqCst);
     let (new_cfg, configs) = (pod_named(&b, "mover"), vec![root_sh(&b, "server", "")]);
     let restored = restore_pod(&mut b.rt, &moved, new_cfg, configs)

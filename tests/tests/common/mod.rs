@@ -193,6 +193,24 @@ pub fn pod_config(dir: &Path) -> proto::PodSandboxConfig {
     }
 }
 
+/// A new pod on `env`'s daemon named `name`, logging under `env`'s dir.
+pub fn pod_named(env: &Env, name: &str) -> proto::PodSandboxConfig {
+    let mut cfg = pod_config(env.dir.path());
+    let m = cfg.metadata.as_mut().unwrap();
+    m.name = name.into();
+    m.uid = format!("uid-{name}");
+    cfg.hostname = format!("{name}-host");
+    cfg.log_directory = env.dir.path().join(name).display().to_string();
+    cfg
+}
+
+/// [`pod_named`], run; its id and config.
+pub async fn run_pod_named(env: &mut Env, name: &str) -> (String, proto::PodSandboxConfig) {
+    let cfg = pod_named(env, name);
+    let id = run_pod(&mut env.rt, cfg.clone()).await;
+    (id, cfg)
+}
+
 pub fn container(env: &Env, name: &str, command: &[&str], args: &[&str]) -> proto::ContainerConfig {
     proto::ContainerConfig {
         metadata: Some(ContainerMetadata {

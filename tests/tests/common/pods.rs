@@ -5,18 +5,7 @@ use std::time::{Duration, Instant};
 
 use berth_cri::proto;
 
-use super::{exec_sh as exec, pod_config, Env, Rt};
-
-/// A new pod on `env`'s daemon named `name`, logging under `env`'s dir.
-pub fn pod_named(env: &Env, name: &str) -> proto::PodSandboxConfig {
-    let mut cfg = pod_config(env.dir.path());
-    let m = cfg.metadata.as_mut().unwrap();
-    m.name = name.into();
-    m.uid = format!("uid-{name}");
-    cfg.hostname = format!("{name}-host");
-    cfg.log_directory = env.dir.path().join(name).display().to_string();
-    cfg
-}
+use super::{exec_sh as exec, Rt};
 
 /// CheckpointPod of `ids` into `out`.
 pub async fn checkpoint_pod(
@@ -75,4 +64,23 @@ pub async fn wait_at_least(rt: &mut Rt, id: &str, script: &str, n: u64) -> Strin
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The new id of the restored container `name`.
+pub fn restored_id(r: &proto::RestorePodResponse, name: &str) -> String {
+    r.restored_containers
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("{name} not restored: {r:?}"))
+        .container_id
+        .clone()
+}
+
+/// `cp -a from to` (as scp would move a checkpoint between nodes).
+pub fn copy_dir(from: &Path, to: &Path) {
+    let cp = std::process::Command::new("cp")
+        .args(["-a", from.to_str().unwrap(), to.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(cp.success());
 }
