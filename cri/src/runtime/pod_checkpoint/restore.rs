@@ -231,9 +231,9 @@ impl crate::runtime::RuntimeServiceImpl {
         let dirs = dirs.to_vec();
         let marker2 = marker.clone();
         let raised = tokio::task::spawn_blocking(move || {
-            let tcp = dirs
-                .iter()
-                .any(|d| holds_tcp_streams(&d.join("checkpoint")));
+            let tcp = dirs.iter().any(|d| {
+                holds_tcp_streams(&d.join(crate::runtime::container_checkpoint::CHECKPOINT_DIR))
+            });
             tcp.then(|| {
                 crate::store::write_atomic(&marker2, b"")
                     .map_err(|source| berth_core::ContainerError::StateIo {
