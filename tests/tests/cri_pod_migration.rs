@@ -136,9 +136,9 @@ impl Drop for Sender {
 }
 
 /// Node a runs a pod (after another that took the first address) with a
-/// server that a client on the node keeps sending to. The pod is
-/// checkpointed, node a drops off the network (its pod's link is cut, then
-/// the pod stopped) and the checkpoint is restored on node b: the pod has
+/// server that a client on the node keeps sending to. Node a drops off the
+/// network (its pod's link is cut), the pod is checkpointed and stopped,
+/// and the checkpoint is restored on node b: the pod has
 /// its old IP there — not the first free one, which a new pod on b would
 /// get — and the client's connection carries on, one stream, nothing lost
 /// or repeated.
@@ -178,14 +178,11 @@ async fn a_pod_moved_to_another_node_keeps_its_ip_and_its_connections() {
     let sender = Sender::start(&format!("{ip}:7000"));
     wait_at_least(&mut a.rt, &server_id, "cat /recv", 5).await;
 
-    let out = a.dir.path().join("pod-checkpoint");
-    std::fs::create_dir(&out).unwrap();
-    checkpoint_pod(&mut a.rt, &pod, &[&server_id], &out)
-        .await
-        .unwrap_or_else(|e| panic!("CheckpointPod: {}", e.message()));
-    // Node a drops off the network: its pod's veth goes (the bridge now
-    // holds only the first pod's), so the stopped server's goodbye reaches
-    // nobody.
+    // Node a drops off the network first: its pod's veth goes (the bridge
+    // then holds only the first pod's). The source must not go on after
+    // the dump — a server that kept acknowledging the client would leave
+    // the restored one behind a gap the client no longer holds — and the
+    // stopped server's goodbye reaches nobody.
     let ports: Vec<String> = std::fs::read_dir(format!("/sys/class/net/{BRIDGE}/brif"))
         .unwrap()
         .flatten()
@@ -209,6 +206,11 @@ async fn a_pod_moved_to_another_node_keeps_its_ip_and_its_connections() {
         .status()
         .unwrap();
     assert!(del.success());
+    let out = a.dir.path().join("pod-checkpoint");
+    std::fs::create_dir(&out).unwrap();
+    checkpoint_pod(&mut a.rt, &pod, &[&server_id], &out)
+        .await
+        .unwrap_or_else(|e| panic!("CheckpointPod: {}", e.message()));
     a.rt.stop_pod_sandbox(proto::StopPodSandboxRequest {
         pod_sandbox_id: pod.clone(),
     })
