@@ -229,11 +229,9 @@ async fn a_pod_moved_to_another_node_keeps_its_ip_and_its_connections() {
     let server2 = restored.restored_containers[0].container_id.clone();
     start(&mut b.rt, &server2).await.unwrap();
     // The node forgets where the address was (the old link is gone, but
-    // its neighbour entry stays reachable for up to 45 s after the last
-    // ACK, and the bridge plugin's gratuitous ARP is ignored when it comes
-    // within a second of that): between machines, the network learns the
-    // address's new place from the new node. berth sends no announcement
-    // of its own yet.
+    // its neighbour entry may stay reachable for tens of seconds after the
+    // last ACK): between machines, the network learns the address's new
+    // place from the new node. berth sends no announcement of its own yet.
     let _ = std::process::Command::new("ip")
         .args(["neigh", "del", &ip, "dev", BRIDGE])
         .status();
