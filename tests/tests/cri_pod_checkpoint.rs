@@ -26,6 +26,19 @@ async fn node(test: &str) -> Option<Env> {
     env_with_config(test, RESTORE_ON).await
 }
 
+/// A pod `name` of the [`SERVER`] ("tcp") and the [`CLIENT`] ("counter"),
+/// once the server has received `n` numbers: (pod, server, client) ids.
+async fn tcp_pair_pod(env: &mut Env, name: &str, n: u64) -> (String, String, String) {
+    let pod_cfg = pod_named(env, name);
+    let pod = run_pod(&mut env.rt, pod_cfg.clone()).await;
+    let server = root_sh(env, "tcp", SERVER);
+    let server = create_start(&mut env.rt, &pod, &pod_cfg, server).await;
+    let client = root_sh(env, "counter", CLIENT);
+    let client = create_start(&mut env.rt, &pod, &pod_cfg, client).await;
+    wait_at_least(&mut env.rt, &server, "cat /recv", n).await;
+    (pod, server, client)
+}
+
 async fn pods(rt: &mut Rt) -> Vec<proto::PodSandbox> {
     rt.list_pod_sandbox(proto::ListPodSandboxRequest { filter: None })
         .await
@@ -137,13 +150,7 @@ async fn a_pod_checkpointed_on_one_node_runs_on_from_where_it_was_on_another() {
     let Some(mut b) = node(test).await else {
         return;
     };
-    let pod_cfg = pod_named(&a, "mover");
-    let pod = run_pod(&mut a.rt, pod_cfg.clone()).await;
-    let tcp = root_sh(&a, "tcp", SERVER);
-    let server_id = create_start(&mut a.rt, &pod, &pod_cfg, tcp).await;
-    let counter = root_sh(&a, "counter", CLIENT);
-    let client_id = create_start(&mut a.rt, &pod, &pod_cfg, counter).await;
-    wait_at_least(&mut a.rt, &server_id, "cat /recv", 5).await;
+    let (pod, server_id, client_id) = tcp_pair_pod(&mut a, "mover", 5).await;
     wait_at_least(&mut a.rt, &client_id, "cat /count", 5).await;
 
     let out = a.dir.path().join("pod-checkpoint");
@@ -506,13 +513,7 @@ async fn a_fence_a_crash_left_up_is_lowered_at_start_up() {
     let Some(mut env) = node(test).await else {
         return;
     };
-    let pod_cfg = pod_named(&env, "fenced");
-    let pod = run_pod(&mut env.rt, pod_cfg.clone()).await;
-    let server = root_sh(&env, "tcp", SERVER);
-    let server = create_start(&mut env.rt, &pod, &pod_cfg, server).await;
-    let client = root_sh(&env, "counter", CLIENT);
-    let client = create_start(&mut env.rt, &pod, &pod_cfg, client).await;
-    wait_at_least(&mut env.rt, &server, "cat /recv", 3).await;
+    let (pod, server, client) = tcp_pair_pod(&mut env, "fenced", 3).await;
     let out = env.dir.path().join("pod-checkpoint");
     std::fs::create_dir(&out).unwrap();
     checkpoint_pod(&mut env.rt, &pod, &[&server, &client], &out)
