@@ -58,7 +58,7 @@ impl RestoreFence {
                 Ok(()) => fence.raised.push(tool),
                 Err(e) => {
                     // Whatever part of it was made goes.
-                    let _ = fence.run_all(tool, &LOWER);
+                    fence.undo_each(tool);
                     if tool == "iptables" {
                         return Err(e);
                     }
@@ -80,11 +80,17 @@ impl RestoreFence {
     pub fn clear(path: &Path) -> Result<(), ContainerError> {
         let fence = Self::open(path)?;
         for tool in ["iptables", "ip6tables"] {
-            for step in LOWER {
-                let _ = fence.run_all(tool, &[step]);
-            }
+            fence.undo_each(tool);
         }
         Ok(())
+    }
+
+    /// Each lowering step of `tool` tried on its own, failures ignored: a
+    /// half-made fence goes too.
+    fn undo_each(&self, tool: &str) {
+        for step in LOWER {
+            let _ = self.run_all(tool, &[step]);
+        }
     }
 
     fn open(path: &Path) -> Result<Self, ContainerError> {
