@@ -285,9 +285,20 @@ async fn every_crash_point_is_recovered_from() {
             .unwrap_or_else(|e| panic!("{point}: the life after the restart: {e:?}"));
         check_and_clear(&mut rt).await;
         daemon.terminate();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let left = remains(dir.path());
-        let new_cgroups: Vec<String> = id_cgroups().difference(&cgroups_before).cloned().collect();
+        // A container's cgroup goes once the kernel has freed its last
+        // task, which may be a moment after the daemon is gone: wait for
+        // it (bounded) rather than a fixed time.
+        let mut waited = Duration::ZERO;
+        let (left, new_cgroups) = loop {
+            let left = remains(dir.path());
+            let new_cgroups: Vec<String> =
+                id_cgroups().difference(&cgroups_before).cloned().collect();
+            if (left.is_empty() && new_cgroups.is_empty()) || waited >= Duration::from_secs(5) {
+                break (left, new_cgroups);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += Duration::from_millis(100);
+        };
         assert!(
             left.is_empty() && new_cgroups.is_empty(),
             "{point}: left behind: {left:#?} {new_cgroups:#?}\nlog:\n{}",
