@@ -584,6 +584,17 @@ async fn suite(
     for p in &pods {
         teardown(&mut rt, p).await;
     }
+    // The pods' share of the growth, apart from the pulls'.
+    if let Some(pid) = t.daemon_pid {
+        let (p, r) = mem(pid);
+        println!(
+            "{}: daemon after the pods, before the extra pulls: PSS {:.1} MiB, RSS {:.1} MiB",
+            t.name,
+            p as f64 / 1024.0,
+            r as f64 / 1024.0
+        );
+        print_resident(pid, &format!("{}: its resident memory then", t.name));
+    }
     // The daemon once the work is done: every pod removed, the extra images
     // pulled (and kept), its idle threads gone.
     for image in &t.extra_images {
