@@ -6,34 +6,24 @@
 
 use tonic::{Code, Status};
 
-use crate::image::blobs::BlobError;
-use crate::image::layers::LayerError;
+use crate::image::error::ImageErrorKind;
 use crate::image::ImageError;
 use crate::runtime::RuntimeError;
 
-/// The code of an image error.
+/// The code of an image error, by its kind (the same for an error the
+/// pull helper sent back).
 fn image_code(e: &ImageError) -> Code {
-    match e {
-        ImageError::Reference(_) | ImageError::MissingField(_) => Code::InvalidArgument,
-        ImageError::Hosts(_) | ImageError::AuthFile(_) | ImageError::EndpointUnsupported { .. } => {
-            Code::FailedPrecondition
-        }
-        ImageError::Unauthenticated { .. } => Code::Unauthenticated,
-        ImageError::NotFound { .. } | ImageError::NotPresent(_) => Code::NotFound,
-        ImageError::Registry { .. } => Code::Unavailable,
-        // Not something this node accepts as configured (as for
-        // Manifest): retrying does not help, raising the limit does.
-        ImageError::Manifest { .. } | ImageError::MetadataTooLarge { .. } => {
-            Code::FailedPrecondition
-        }
-        ImageError::Blob(BlobError::DigestMismatch { .. } | BlobError::SizeMismatch { .. }) => {
-            Code::DataLoss
-        }
-        ImageError::Layer(LayerError::Unpack { .. }) => Code::FailedPrecondition,
-        ImageError::Blob(_)
-        | ImageError::Layer(_)
-        | ImageError::Io { .. }
-        | ImageError::Internal(_) => Code::Internal,
+    match e.kind() {
+        ImageErrorKind::BadRequest => Code::InvalidArgument,
+        ImageErrorKind::NodeConfig => Code::FailedPrecondition,
+        ImageErrorKind::Unauthenticated => Code::Unauthenticated,
+        ImageErrorKind::NotFound | ImageErrorKind::NotPresent => Code::NotFound,
+        ImageErrorKind::Registry => Code::Unavailable,
+        // Not something this node accepts as configured: retrying does not
+        // help, raising the limit does.
+        ImageErrorKind::Unacceptable => Code::FailedPrecondition,
+        ImageErrorKind::Integrity => Code::DataLoss,
+        ImageErrorKind::Internal => Code::Internal,
     }
 }
 
@@ -50,9 +40,9 @@ fn runtime_code(e: &RuntimeError) -> Code {
         | RuntimeError::AppArmor(_) => Code::FailedPrecondition,
         // Not there to restore from: the node is missing something the
         // request needs, not the request is wrong.
-        RuntimeError::CheckpointImage { source, .. } => match **source {
-            ImageError::NotPresent(_) | ImageError::Reference(_) => Code::FailedPrecondition,
-            ref other => image_code(other),
+        RuntimeError::CheckpointImage { source, .. } => match source.kind() {
+            ImageErrorKind::NotPresent | ImageErrorKind::BadRequest => Code::FailedPrecondition,
+            _ => image_code(source),
         },
         RuntimeError::Create(e) => {
             use crate::monitor::MonitorError;

@@ -251,12 +251,22 @@ mod tests {
 pub(crate) fn crash_point(step: &str) {
     #[cfg(debug_assertions)]
     if std::env::var_os("BERTH_CRASH_AT").is_some_and(|v| v == step) {
+        use nix::sys::signal::{kill, raise, Signal};
         tracing::warn!(step, "crash point: killing the daemon (BERTH_CRASH_AT)");
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        if CRASH_KILLS_PARENT.load(std::sync::atomic::Ordering::Relaxed) {
+            // A helper (the pull helper): the daemon is its parent.
+            let _ = kill(nix::unistd::getppid(), Signal::SIGKILL);
+        }
+        let _ = raise(Signal::SIGKILL);
     }
     #[cfg(not(debug_assertions))]
     let _ = step;
 }
+
+/// Set in a helper process of the daemon (its child): a crash point there
+/// kills the daemon too, as the node going down at that step would.
+pub(crate) static CRASH_KILLS_PARENT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// The named crash points, in the order a pod's life meets them (the
 /// harness iterates over these; a unit test checks each is in the code).

@@ -8,6 +8,7 @@ mod deadline;
 mod incoming;
 mod metrics;
 mod notify;
+mod pull_helper;
 mod run;
 mod serve;
 
@@ -78,6 +79,14 @@ fn main() {
     // A container's monitor is this binary too (its code pages are shared
     // with the daemon's); it never returns from here.
     berth_cri::monitor::run_from_args();
+    // Each pull's fetch runs in a helper process of this binary.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == berth_cri::image::helper::PULL_ARG)
+    {
+        std::process::exit(pull_helper::main(&args[2..]));
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::main(*args).map(|()| 0),

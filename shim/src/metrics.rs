@@ -27,7 +27,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tonic::codegen::http;
 
-use berth_cri::image::pull::Puller;
+use berth_cri::image::puller::Puller;
 use berth_cri::runtime::RuntimeServiceImpl;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -137,7 +137,7 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
     let file = args.config.clone();
     let config = args.apply(Config::load(file.as_deref())?);
     config.validate().context("invalid setting")?;
-    init_logging(&config)?;
+    init_logging(&config.log_level, config.log_format)?;
     // Two heaps for all threads: measured after 20 pulls and 100 pods, the
     // default nine arenas held 4.7 MiB (0.4-1 MiB each) after trimming.
     berth_core::process::limit_heap_arenas(2);
@@ -149,14 +149,15 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(config))
 }
 
-fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
-        .with_context(|| format!("log_level {:?}", config.log_level))?;
+/// Logs to stderr at `level` (an `EnvFilter` directive) in `format`.
+pub(crate) fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .with_context(|| format!("log_level {level:?}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let result = match config.log_format {
+    let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
@@ -205,6 +206,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             max_concurrent_layers: config.image.max_concurrent_layers,
             max_metadata_bytes: config.image.max_metadata_bytes,
             max_unpacked_bytes: Some(config.image.max_unpacked_bytes),
+            pull_helper: Some(crate::pull_helper::command(&config)),
         },
     )
     .with_context(|| format!("opening the image store in {}", config.root.display()))?;

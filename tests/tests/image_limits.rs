@@ -1,7 +1,8 @@
 //! Image metadata a registry serves, through the real `berth serve` and a
 //! real `docker-registry` (issues 17 and 24): a manifest or image config
 //! over `[image] max_metadata_bytes` fails the pull before it is buffered
-//! (the daemon's peak RSS barely moves, nothing is left in the store),
+//! (the peak RSS of the pull helper that fetched it stays small, the
+//! daemon's barely moves, nothing is left in the store),
 //! whether its size is declared or it arrives chunked; and an index whose
 //! entry is itself an index is followed to the platform's manifest, to a
 //! bounded depth.
@@ -266,6 +267,20 @@ async fn oversized_manifests_and_configs_are_refused_before_they_are_buffered() 
         "peak RSS grew by {} KiB (budget {RSS_BUDGET_KIB} KiB)",
         hwm_after - hwm_before
     );
+    // The fetches ran in pull helper processes: their peaks, as logged.
+    let peaks: Vec<u64> = daemon
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "pull helper finished")
+        .filter_map(|v| v["fields"]["helper_peak_rss_kib"].as_u64())
+        .collect();
+    println!("pull helpers' peak RSS: {peaks:?} KiB");
+    assert_eq!(peaks.len(), 3, "one helper per pull:\n{}", daemon.log());
+    assert!(
+        peaks.iter().all(|&p| p > 0 && p < RSS_BUDGET_KIB),
+        "a pull helper's peak RSS {peaks:?} KiB is over {RSS_BUDGET_KIB} KiB"
+    );
 
     // Nothing recorded, nothing left in the store.
     assert!(listed(ch.clone()).await.is_empty());
@@ -475,5 +490,142 @@ async fn a_layer_past_the_unpacked_limit_is_refused_before_the_disk_fills() {
         .await
         .unwrap();
     daemon.terminate();
+    berth_e2e::daemon::cleanup_dir(dir.path());
+}
+
+/// Pids of the pull helpers (`berth __berth_pull`) whose parent is `daemon`.
+fn helpers_of(daemon: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains("__berth_pull")
+                && status.lines().any(|l| {
+                    l.strip_prefix("PPid:")
+                        .is_some_and(|p| p.trim() == daemon.to_string())
+                })
+        })
+        .collect()
+}
+
+/// Waits up to 10 s for `f` to hold.
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("not within 10 s: {what}");
+}
+
+/// A registry that accepts connections and never answers: a pull of an
+/// image on it waits (the read timeout is 60 s).
+fn stalled_registry() -> (String, std::thread::JoinHandle<()>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let t = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten().take(16) {
+            held.push(s);
+        }
+    });
+    (addr, t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_helper_lives_no_longer_than_its_pull() {
+    const T: &str = "a_pull_helper_lives_no_longer_than_its_pull";
+    let Some(reg) = registry(T) else {
+        return;
+    };
+    let Some(berth) = berth_binary(T) else {
+        return;
+    };
+    images::busybox_image(&reg.addr(), "test/helper", "v1")
+        .await
+        .unwrap();
+    let (stalled, _accepting) = stalled_registry();
+    let stalled_image = format!("{stalled}/test/stalled:v1");
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(&berth, dir.path(), &[]);
+    let ch = daemon.channel().await;
+    let pid = daemon.child.id();
+    let root = dir.path().join("root");
+
+    // A pull: its helper ran, answered and is gone.
+    try_pull(ch.clone(), &format!("{}/test/helper:v1", reg.addr()))
+        .await
+        .unwrap();
+    assert!(daemon.log().contains("pull helper finished"));
+    assert!(helpers_of(pid).is_empty(), "{:?}", helpers_of(pid));
+
+    // A client that gives up: the daemon kills the helper of that pull.
+    let mut img = ImageServiceClient::new(ch.clone());
+    let mut req = tonic::Request::new(proto::PullImageRequest {
+        image: Some(ImageSpec {
+            image: stalled_image.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    req.set_timeout(std::time::Duration::from_secs(1));
+    let err = img.pull_image(req).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    eventually("the cancelled pull's helper is gone", || {
+        helpers_of(pid).is_empty()
+    })
+    .await;
+
+    // A helper killed mid-pull: the pull fails, saying so, and what the
+    // helper had left unfinished (its files are named by its pid: stand-ins
+    // here, the pull is stalled before any) is deleted.
+    let (c, image) = (ch.clone(), stalled_image.clone());
+    let pulling = tokio::spawn(async move { try_pull(c, &image).await });
+    eventually("a helper runs", || helpers_of(pid).len() == 1).await;
+    let helper = helpers_of(pid)[0];
+    let hex = "ab".repeat(32);
+    let ingest_left = root.join(format!("ingest/{hex}.{helper}.0"));
+    let unpack_left = root.join(format!("layers/tmp-{hex}-{helper}-0"));
+    std::fs::write(&ingest_left, b"partial").unwrap();
+    std::fs::create_dir_all(unpack_left.join("fs")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(helper as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let err = pulling.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert!(err.message().contains("without an answer"), "{err:?}");
+    assert!(!ingest_left.exists() && !unpack_left.exists());
+    assert!(helpers_of(pid).is_empty());
+
+    // The daemon killed mid-pull: its helper ends by itself.
+    let (c, image) = (ch.clone(), stalled_image.clone());
+    let _pulling = tokio::spawn(async move { try_pull(c, &image).await });
+    eventually("a helper runs", || helpers_of(pid).len() == 1).await;
+    let helper = helpers_of(pid)[0];
+    daemon.crash();
+    eventually("the orphaned helper is gone", || {
+        !Path::new(&format!("/proc/{helper}")).exists()
+            || std::fs::read_to_string(format!("/proc/{helper}/status"))
+                .is_ok_and(|s| s.contains("State:\tZ"))
+    })
+    .await;
+
+    // A new daemon on the same store pulls as before.
+    let daemon = Daemon::start(&berth, dir.path(), &[]);
+    let ch = daemon.channel().await;
+    try_pull(ch.clone(), &format!("{}/test/helper:v1", reg.addr()))
+        .await
+        .unwrap();
+    assert!(entries(&root.join("ingest")).is_empty());
+    drop(daemon);
     berth_e2e::daemon::cleanup_dir(dir.path());
 }

@@ -84,6 +84,31 @@ impl BlobStore {
         })
     }
 
+    /// The store under `root` as another process uses it while the daemon
+    /// has it open (the pull helper): nothing is created or cleaned up.
+    pub fn attach(root: &Path) -> BlobStore {
+        BlobStore {
+            blobs: root.join("blobs/sha256"),
+            ingest: root.join("ingest"),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    /// Deletes what process `pid` was writing (it died before committing):
+    /// its writers' files are named `<hex>.<pid>.<n>`.
+    pub fn remove_ingest_of(&self, pid: u32) {
+        let mark = format!(".{pid}.");
+        for e in std::fs::read_dir(&self.ingest)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().contains(&mark) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Where the blob lives (whether or not it is there).
     pub fn path(&self, digest: &Digest) -> PathBuf {
         self.blobs.join(digest.hex())

@@ -116,6 +116,70 @@ pub enum ImageError {
     /// A bug or an impossible state.
     #[error("internal error: {0}")]
     Internal(String),
+    /// An error of a pull that ran in the pull helper process, as it sent
+    /// it: its kind (so it maps to the same gRPC code as in the daemon) and
+    /// its message (the helper's error chain).
+    #[error("{message}")]
+    Remote {
+        /// What kind of error it was there.
+        kind: ImageErrorKind,
+        /// Its error chain.
+        message: String,
+    },
+}
+
+/// What kind an [`ImageError`] is: what decides its gRPC code, kept when
+/// the error crosses a process boundary (the pull helper's reply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ImageErrorKind {
+    /// A malformed name or digest, or an empty required field.
+    BadRequest,
+    /// The node's registry configuration or credentials file is broken, or
+    /// an endpoint asks for what berth cannot do.
+    NodeConfig,
+    /// The registry refused the credentials.
+    Unauthenticated,
+    /// The registry (or this node) does not have the image.
+    NotFound,
+    /// The registry could not be reached or failed.
+    Registry,
+    /// The image is not something berth takes (manifest, limits, layers
+    /// that do not unpack safely).
+    Unacceptable,
+    /// Content did not match its digest or size.
+    Integrity,
+    /// Only the local name of an image was wrong: not present here.
+    NotPresent,
+    /// berth's own storage failed, or a bug.
+    Internal,
+}
+
+impl ImageError {
+    /// The kind of this error.
+    pub fn kind(&self) -> ImageErrorKind {
+        use ImageErrorKind as K;
+        match self {
+            ImageError::Reference(_) | ImageError::MissingField(_) => K::BadRequest,
+            ImageError::Hosts(_)
+            | ImageError::AuthFile(_)
+            | ImageError::EndpointUnsupported { .. } => K::NodeConfig,
+            ImageError::Unauthenticated { .. } => K::Unauthenticated,
+            ImageError::NotFound { .. } => K::NotFound,
+            ImageError::NotPresent(_) => K::NotPresent,
+            ImageError::Registry { .. } => K::Registry,
+            ImageError::Manifest { .. }
+            | ImageError::MetadataTooLarge { .. }
+            | ImageError::Layer(LayerError::Unpack { .. }) => K::Unacceptable,
+            ImageError::Blob(BlobError::DigestMismatch { .. } | BlobError::SizeMismatch { .. }) => {
+                K::Integrity
+            }
+            ImageError::Blob(_)
+            | ImageError::Layer(_)
+            | ImageError::Io { .. }
+            | ImageError::Internal(_) => K::Internal,
+            ImageError::Remote { kind, .. } => *kind,
+        }
+    }
 }
 
 fn too_large(size: &Option<u64>) -> String {

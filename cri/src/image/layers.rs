@@ -102,6 +102,30 @@ impl LayerStore {
         Ok(LayerStore { root })
     }
 
+    /// The store under `root` as another process uses it while the daemon
+    /// has it open (the pull helper): nothing is created or cleaned up.
+    pub fn attach(root: &Path) -> LayerStore {
+        LayerStore {
+            root: root.join("layers"),
+        }
+    }
+
+    /// Deletes the unpacks process `pid` left unfinished (it died): they
+    /// are named `tmp-<chain id>-<pid>-<n>`.
+    pub fn remove_unfinished_of(&self, pid: u32) {
+        let mark = format!("-{pid}-");
+        for e in std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("tmp-") && name.contains(&mark) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
     /// The directory for overlayfs (`lowerdir=`) of a layer.
     pub fn fs_path(&self, chain_id: &Digest) -> PathBuf {
         self.root.join(chain_id.hex()).join("fs")

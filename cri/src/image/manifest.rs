@@ -29,7 +29,7 @@ pub(crate) struct Descriptor {
 }
 
 /// An index entry's platform.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 pub struct Platform {
     /// `linux`.
     pub os: String,

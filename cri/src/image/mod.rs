@@ -11,8 +11,10 @@
 //! - [`layers`]: unpacked layers keyed by chain id.
 //! - [`store`]: image records, name resolution, container leases, GC.
 //! - `manifest`: the manifest, index and config fields berth reads.
-//! - [`pull`]: the puller (oci-client), parallel verified layer fetches;
+//! - [`pull`]: the fetcher (oci-client), parallel verified layer fetches;
 //!   `clients`: its oci-client per endpoint settings and credentials.
+//! - [`puller`]: the daemon's puller: single-flight pulls, the store's GC
+//!   held off, the image recorded; fetches in a [`helper`] process.
 //! - [`rootfs`]: what a container gets from its image: overlay dirs + config.
 //! - [`service`]: the tonic `ImageService` implementation.
 
@@ -20,10 +22,12 @@ pub mod auth_file;
 pub mod blobs;
 mod clients;
 pub mod error;
+pub mod helper;
 pub mod hosts;
 pub mod layers;
 mod manifest;
 pub mod pull;
+pub mod puller;
 pub mod reference;
 pub mod rootfs;
 pub mod service;

@@ -1,15 +1,18 @@
-//! Pulling an image: resolve the name to a manifest (choosing this node's
+//! Fetching an image: resolve the name to a manifest (choosing this node's
 //! platform from an index), fetch the config and all layers in parallel
 //! (bounded), verify every byte against its digest, unpack each layer as soon
-//! as it is complete, and record the image.
+//! as it is complete, and return the image's record. Recording it is the
+//! image store's ([`super::puller`]); this part runs in the pull helper
+//! process ([`super::helper`]), or in the daemon's own for library users.
 //!
 //! The registry protocol (manifests, auth challenges, token exchange, range
 //! requests) is oci-client's; berth adds the endpoint choice (mirrors, plain
 //! HTTP, CAs, path prefixes and connect timeouts from hosts.toml), node
-//! credentials for pulls that carry none, retries with resume, single-flight
-//! pulls, and the store.
+//! credentials for pulls that carry none, retries with resume, and the
+//! store's verified writes.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -27,7 +30,7 @@ use super::layers::chain_ids;
 pub use super::manifest::Platform;
 use super::manifest::{parse_json, Descriptor, ImageConfigBlob};
 use super::reference::{Digest, ImageName};
-use super::store::{ImageRecord, ImageStore, LayerRecord};
+use super::store::{Content, ImageRecord, LayerRecord};
 use super::unpack::{Compression, UnpackBudget};
 use resolve::Resolved;
 
@@ -44,10 +47,10 @@ pub const DEFAULT_MAX_METADATA_BYTES: u64 = 4 << 20;
 /// Async locks by key: the second pull of an image (or fetch of a blob)
 /// waits for the first and then finds the work done.
 #[derive(Default)]
-struct KeyedLocks(Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>);
+pub(crate) struct KeyedLocks(Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>);
 
 impl KeyedLocks {
-    async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let m = {
             let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
             map.retain(|_, w| w.strong_count() > 0);
@@ -65,7 +68,7 @@ impl KeyedLocks {
 }
 
 /// Tuning for the puller.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PullOptions {
     /// Layers fetched at the same time per pull.
     pub max_concurrent_layers: usize,
@@ -103,19 +106,45 @@ impl Default for PullOptions {
     }
 }
 
-/// The puller. Cheap to share (`Arc`); pulls run concurrently.
-pub struct Puller {
-    store: Arc<ImageStore>,
+/// What one fetch did, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FetchStats {
+    /// Blob downloads started.
+    pub downloads: u64,
+    /// Downloads continued from where they broke (a registry answering a
+    /// range request past byte 0 with 206).
+    pub resumes: u64,
+    /// Bytes of blobs downloaded and verified.
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+struct StatCounters {
+    downloads: AtomicU64,
+    resumes: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl StatCounters {
+    fn get(&self) -> FetchStats {
+        FetchStats {
+            downloads: self.downloads.load(Ordering::Relaxed),
+            resumes: self.resumes.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The fetcher: writes blobs and layers into [`Content`]. Fetches run
+/// concurrently; a blob or layer two of them need is fetched once.
+pub struct Fetcher {
+    content: Content,
     hosts: RegistryHosts,
     opts: PullOptions,
     clients: Clients,
     /// Loopback hosts that did not answer HTTPS and are spoken to in HTTP.
     plain_http: Mutex<HashSet<String>>,
-    pulls: KeyedLocks,
     blob_locks: KeyedLocks,
-    downloads: std::sync::atomic::AtomicU64,
-    resumes: std::sync::atomic::AtomicU64,
-    downloaded_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// One pull: the name, and the credentials for each endpoint.
@@ -127,6 +156,8 @@ struct Ctx<'a> {
     node: NodeAuth,
     /// What the pull's layers may unpack to, together.
     budget: UnpackBudget,
+    /// What it did.
+    stats: StatCounters,
 }
 
 impl Ctx<'_> {
@@ -156,53 +187,48 @@ enum Attempt {
     Permanent(ImageError),
 }
 
-impl Puller {
-    /// A puller writing into `store`, configured by `hosts`.
-    pub fn new(store: Arc<ImageStore>, hosts: RegistryHosts, opts: PullOptions) -> Puller {
+impl Fetcher {
+    /// A fetcher writing into `content`, configured by `hosts`.
+    pub fn new(content: Content, hosts: RegistryHosts, opts: PullOptions) -> Fetcher {
         let clients = Clients::new(opts.max_metadata_bytes);
-        Puller {
-            store,
+        Fetcher {
+            content,
             hosts,
             opts,
             clients,
             plain_http: Mutex::default(),
-            pulls: KeyedLocks::default(),
             blob_locks: KeyedLocks::default(),
-            downloads: Default::default(),
-            resumes: Default::default(),
-            downloaded_bytes: Default::default(),
         }
     }
 
-    /// Number of blob downloads started so far (for tests and metrics).
-    pub fn downloads(&self) -> u64 {
-        self.downloads.load(std::sync::atomic::Ordering::Relaxed)
+    /// Loopback hosts found to speak plain HTTP so far.
+    pub fn plain_http_hosts(&self) -> Vec<String> {
+        let hosts = self.plain_http.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.iter().cloned().collect()
     }
 
-    /// Bytes of blobs downloaded and verified so far (for metrics).
-    pub fn downloaded_bytes(&self) -> u64 {
-        self.downloaded_bytes
-            .load(std::sync::atomic::Ordering::Relaxed)
+    /// Takes `hosts` as loopback hosts known to speak plain HTTP (what an
+    /// earlier fetcher learned).
+    pub fn learn_plain_http(&self, hosts: impl IntoIterator<Item = String>) {
+        let mut known = self.plain_http.lock().unwrap_or_else(|p| p.into_inner());
+        known.extend(hosts);
     }
 
-    /// Blob downloads continued from where they broke (a registry answering
-    /// a range request past byte 0 with 206), for tests and metrics.
-    pub fn resumes(&self) -> u64 {
-        self.resumes.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Pulls `name` and records it; returns the record. `auth` is the
-    /// request's credentials; with `Anonymous` the node's auth file (if
-    /// configured and present) supplies them.
-    pub async fn pull(
+    /// Fetches `name` into the content store and returns the image's record
+    /// (not yet recorded), and what it did either way. `auth` is the request's
+    /// credentials; with `Anonymous` the node's auth file (if configured and
+    /// present) supplies them. The caller keeps the store's garbage
+    /// collection away meanwhile.
+    pub async fn fetch(
         &self,
         name: &ImageName,
         auth: &RegistryAuth,
-    ) -> Result<ImageRecord, ImageError> {
-        let _same_name = self.pulls.lock(&name.to_string()).await;
-        let _gc_hold = self.store.begin_pull();
+    ) -> (Result<ImageRecord, ImageError>, FetchStats) {
         let node = match (auth, &self.opts.auth_file) {
-            (RegistryAuth::Anonymous, Some(file)) => NodeAuth::load(file)?,
+            (RegistryAuth::Anonymous, Some(file)) => match NodeAuth::load(file) {
+                Ok(n) => n,
+                Err(e) => return (Err(e.into()), FetchStats::default()),
+            },
             _ => NodeAuth::default(),
         };
         let ctx = Ctx {
@@ -210,7 +236,14 @@ impl Puller {
             auth,
             node,
             budget: UnpackBudget::new(self.opts.max_unpacked_bytes),
+            stats: StatCounters::default(),
         };
+        let record = self.fetch_with(&ctx).await;
+        (record, ctx.stats.get())
+    }
+
+    async fn fetch_with(&self, ctx: &Ctx<'_>) -> Result<ImageRecord, ImageError> {
+        let name = ctx.name;
         let endpoints = self.usable_endpoints(name)?;
 
         let Resolved {
@@ -218,7 +251,7 @@ impl Puller {
             digest: manifest_digest,
             manifest,
             blobs: manifest_blobs,
-        } = self.resolve_image(&ctx, &endpoints).await?;
+        } = self.resolve_image(ctx, &endpoints).await?;
         let config_desc = manifest
             .config
             .clone()
@@ -246,8 +279,8 @@ impl Puller {
             config_desc.size,
             self.opts.max_metadata_bytes,
         )?;
-        self.fetch_blob(&ctx, &endpoints, &config_desc).await?;
-        let config_bytes = self.store.blobs().read(&config_digest)?;
+        self.fetch_blob(ctx, &endpoints, &config_desc).await?;
+        let config_bytes = self.content.blobs.read(&config_digest)?;
         let config: ImageConfigBlob = parse_json(name, "image config", &config_bytes)?;
         let diff_ids = config
             .rootfs
@@ -289,7 +322,7 @@ impl Puller {
         let fetches: Vec<_> = layers
             .iter()
             .zip(&records)
-            .map(|(desc, rec)| self.fetch_layer(&ctx, &endpoints, desc, rec))
+            .map(|(desc, rec)| self.fetch_layer(ctx, &endpoints, desc, rec))
             .collect();
         futures::stream::iter(fetches)
             .buffer_unordered(self.opts.max_concurrent_layers.max(1))
@@ -298,8 +331,8 @@ impl Puller {
         crate::util::crash_point("pull:unpacked");
 
         for (d, bytes) in &manifest_blobs {
-            if self.store.blobs().size(d).is_none() {
-                self.store.blobs().put(d, bytes)?;
+            if self.content.blobs.size(d).is_none() {
+                self.content.blobs.put(d, bytes)?;
             }
         }
         let size = u64::try_from(config_desc.size).unwrap_or(0)
@@ -319,7 +352,7 @@ impl Puller {
                 .map(|c| c.user),
             checkpoint: super::store::marks_checkpoint(&manifest.annotations),
         };
-        self.store.add(record)
+        Ok(record)
     }
 
     /// The configured endpoints berth can honour. The others are skipped
@@ -360,25 +393,25 @@ impl Puller {
         desc: &Descriptor,
         rec: &LayerRecord,
     ) -> Result<(), ImageError> {
-        if self.store.layers().usage(&rec.chain_id).is_some() {
+        if self.content.layers.usage(&rec.chain_id).is_some() {
             return Ok(());
         }
         let _layer = self
             .blob_locks
             .lock(&format!("layer:{}", rec.chain_id))
             .await;
-        if self.store.layers().usage(&rec.chain_id).is_some() {
+        if self.content.layers.usage(&rec.chain_id).is_some() {
             return Ok(());
         }
         self.fetch_blob(ctx, endpoints, desc).await?;
-        let store = self.store.clone();
+        let content = self.content.clone();
         let rec = rec.clone();
         let budget = ctx.budget.clone();
         let compression =
             Compression::from_media_type(&rec.media_type).unwrap_or(Compression::None);
         tokio::task::spawn_blocking(move || {
-            let path = store.blobs().path(&rec.blob);
-            store.layers().ensure(
+            let path = content.blobs.path(&rec.blob);
+            content.layers.ensure(
                 &rec.chain_id,
                 &rec.diff_id,
                 &path,
@@ -406,7 +439,7 @@ impl Puller {
             reason: format!("blob {digest}: negative size"),
         })?;
         let _blob = self.blob_locks.lock(&format!("blob:{digest}")).await;
-        if self.store.blobs().size(&digest) == Some(size) {
+        if self.content.blobs.size(&digest) == Some(size) {
             return Ok(());
         }
         let mut last = None;
@@ -437,9 +470,8 @@ impl Puller {
         size: u64,
         more: bool,
     ) -> Result<(), ImageError> {
-        self.downloads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut writer = self.store.blobs().writer(digest, Some(size))?;
+        ctx.stats.downloads.fetch_add(1, Ordering::Relaxed);
+        let mut writer = self.content.blobs.writer(digest, Some(size))?;
         let oci = OciDescriptor {
             media_type: desc.media_type.clone(),
             digest: desc.digest.clone(),
@@ -471,8 +503,7 @@ impl Puller {
         tokio::task::spawn_blocking(move || writer.commit())
             .await
             .map_err(|e| ImageError::Internal(format!("commit task: {e}")))??;
-        self.downloaded_bytes
-            .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        ctx.stats.bytes.fetch_add(size, Ordering::Relaxed);
         Ok(())
     }
 
@@ -513,8 +544,7 @@ impl Puller {
             }
             BlobResponse::Partial(s) => {
                 if writer.written() > 0 {
-                    self.resumes
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    ctx.stats.resumes.fetch_add(1, Ordering::Relaxed);
                 }
                 s.stream
             }

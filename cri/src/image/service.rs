@@ -8,8 +8,10 @@ use oci_client::secrets::RegistryAuth;
 use tonic::{Request, Response, Status};
 
 use super::error::ImageError;
+use super::helper::HelperCommand;
 use super::hosts::RegistryHosts;
-use super::pull::{PullOptions, Puller};
+use super::pull::PullOptions;
+use super::puller::Puller;
 use super::reference::ImageName;
 use super::store::{ImageRecord, ImageStore};
 use crate::proto;
@@ -34,6 +36,9 @@ pub struct ImageServiceConfig {
     /// [`DEFAULT_MAX_UNPACKED_BYTES`](super::pull::DEFAULT_MAX_UNPACKED_BYTES);
     /// `Some(0)`: no limit).
     pub max_unpacked_bytes: Option<u64>,
+    /// Run each pull's fetch in a helper process started so (`berth
+    /// serve`: itself); `None`: in this process.
+    pub pull_helper: Option<HelperCommand>,
 }
 
 /// The image service: store plus puller.
@@ -60,11 +65,14 @@ impl ImageServiceImpl {
         if let Some(n) = config.max_unpacked_bytes {
             opts.max_unpacked_bytes = n;
         }
-        let puller = Arc::new(Puller::new(
-            store.clone(),
-            RegistryHosts::new(config.registry_config_dir),
-            opts,
-        ));
+        let puller = Arc::new(match config.pull_helper {
+            Some(cmd) => Puller::with_helper(store.clone(), cmd, config.registry_config_dir, opts),
+            None => Puller::new(
+                store.clone(),
+                RegistryHosts::new(config.registry_config_dir),
+                opts,
+            ),
+        });
         Ok(ImageServiceImpl { store, puller })
     }
 

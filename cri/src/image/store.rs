@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use berth_core::ContainerId;
 use serde::{Deserialize, Serialize};
@@ -117,12 +117,39 @@ struct Inner {
     gc_pending: bool,
 }
 
+/// What a pull writes: blobs and unpacked layers (the records are the
+/// store's alone). Shared with the puller, in the daemon or in its pull
+/// helper process.
+#[derive(Debug, Clone)]
+pub struct Content {
+    /// The blobs.
+    pub blobs: Arc<BlobStore>,
+    /// The unpacked layers.
+    pub layers: Arc<LayerStore>,
+}
+
+impl Content {
+    /// The content under `root` as a process other than the daemon uses it
+    /// (the pull helper): nothing is created or cleaned up.
+    pub fn attach(root: &Path) -> Content {
+        Content {
+            blobs: Arc::new(BlobStore::attach(root)),
+            layers: Arc::new(LayerStore::attach(root)),
+        }
+    }
+
+    /// Deletes what process `pid` (a pull helper that died) was writing.
+    pub fn remove_unfinished_of(&self, pid: u32) {
+        self.blobs.remove_ingest_of(pid);
+        self.layers.remove_unfinished_of(pid);
+    }
+}
+
 /// The image store: records, blobs, layers.
 #[derive(Debug)]
 pub struct ImageStore {
     root: PathBuf,
-    blobs: BlobStore,
-    layers: LayerStore,
+    content: Content,
     pinned: Vec<String>,
     inner: Mutex<Inner>,
 }
@@ -203,8 +230,10 @@ impl ImageStore {
         }
         let store = ImageStore {
             root: root.to_path_buf(),
-            blobs,
-            layers,
+            content: Content {
+                blobs: Arc::new(blobs),
+                layers: Arc::new(layers),
+            },
             pinned,
             inner: Mutex::new(inner),
         };
@@ -221,12 +250,17 @@ impl ImageStore {
 
     /// The blob store.
     pub fn blobs(&self) -> &BlobStore {
-        &self.blobs
+        &self.content.blobs
     }
 
     /// The layer store.
     pub fn layers(&self) -> &LayerStore {
-        &self.layers
+        &self.content.layers
+    }
+
+    /// Blobs and layers, for the puller.
+    pub fn content(&self) -> &Content {
+        &self.content
     }
 
     /// The directory berth keeps images in (for ImageFsInfo).
@@ -430,9 +464,9 @@ impl ImageStore {
             chains.extend(rec.layers.iter().map(|l| l.chain_id.clone()));
             blobs.extend(rec.blobs().cloned());
         }
-        for (chain, _) in self.layers.list() {
+        for (chain, _) in self.content.layers.list() {
             if !chains.contains(&chain) {
-                if let Err(e) = self.layers.remove(&chain) {
+                if let Err(e) = self.content.layers.remove(&chain) {
                     tracing::warn!(error = %e, "layer garbage collection");
                 }
             }
@@ -444,7 +478,7 @@ impl ImageStore {
                 continue;
             };
             if !blobs.contains(&d) {
-                if let Err(e) = self.blobs.delete(&d) {
+                if let Err(e) = self.content.blobs.delete(&d) {
                     tracing::warn!(error = %e, "blob garbage collection");
                 }
             }
@@ -463,8 +497,8 @@ impl ImageStore {
 
     /// Bytes and inodes the image filesystem uses: blobs plus unpacked layers.
     pub fn usage(&self) -> (u64, u64) {
-        let (mut bytes, mut inodes) = self.blobs.usage();
-        for (_, u) in self.layers.list() {
+        let (mut bytes, mut inodes) = self.content.blobs.usage();
+        for (_, u) in self.content.layers.list() {
             bytes += u.bytes;
             inodes += u.inodes;
         }

@@ -37,7 +37,7 @@ pub(super) struct CreateCtx<'a> {
     /// Whether containers may be restored from checkpoints on this node.
     pub restore: bool,
     /// Pulls a checkpoint's missing rootfs image (`None`: it must be here).
-    pub puller: Option<&'a crate::image::pull::Puller>,
+    pub puller: Option<&'a crate::image::puller::Puller>,
     /// The node's default pod sysctls.
     pub pod_sysctls: spec::sysctls::PodSysctlDefaults,
     /// The node's security modules.

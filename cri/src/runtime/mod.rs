@@ -111,7 +111,7 @@ pub struct RuntimeServiceImpl {
     criu: PathBuf,
     /// Pulls a checkpoint's rootfs image when it is missing (`None`: it
     /// must have been pulled).
-    puller: Option<Arc<crate::image::pull::Puller>>,
+    puller: Option<Arc<crate::image::puller::Puller>>,
     zygote: Arc<crate::monitor::Zygote>,
     sampler: Arc<stats::Sampler>,
     events: Arc<events::Events>,
@@ -171,7 +171,7 @@ impl RuntimeServiceImpl {
 impl RuntimeServiceImpl {
     /// Lets the service pull what it needs itself: the rootfs image of a
     /// checkpoint being restored (CRI-O does the same).
-    pub fn with_puller(mut self, puller: Arc<crate::image::pull::Puller>) -> Self {
+    pub fn with_puller(mut self, puller: Arc<crate::image::puller::Puller>) -> Self {
         self.puller = Some(puller);
         self
     }

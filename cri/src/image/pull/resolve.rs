@@ -11,7 +11,7 @@ use super::super::error::ImageError;
 use super::super::hosts::Endpoint;
 use super::super::manifest::{choose_platform, is_index, parse_json, Manifest, ACCEPTED};
 use super::super::reference::{Digest, ImageName};
-use super::{Ctx, Puller};
+use super::{Ctx, Fetcher};
 
 /// The most indexes on the way from a name to its image manifest, the
 /// top-level one included. Registries serve an index whose entry is itself
@@ -32,7 +32,7 @@ pub(super) struct Resolved {
     pub(super) blobs: Vec<(Digest, Vec<u8>)>,
 }
 
-impl Puller {
+impl Fetcher {
     /// Resolves the pull's name and follows indexes, at most
     /// [`MAX_INDEX_LEVELS`] deep, to the manifest for this node's platform.
     pub(super) async fn resolve_image(

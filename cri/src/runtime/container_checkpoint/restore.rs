@@ -59,7 +59,7 @@ impl Unpacked {
 /// runtime).
 pub(crate) fn rootfs_image(
     images: &crate::image::ImageStore,
-    puller: Option<&crate::image::pull::Puller>,
+    puller: Option<&crate::image::puller::Puller>,
     c: &ConfigDump,
 ) -> Result<String, RuntimeError> {
     let present = || {
