@@ -225,7 +225,7 @@ impl proto::runtime_service_server::RuntimeService for RuntimeServiceImpl {
         use tokio_stream::StreamExt;
         let stream = tokio_stream::wrappers::BroadcastStream::new(self.events.subscribe())
             .filter_map(|ev| match ev {
-                Ok(ev) => Some(Ok(ev)),
+                Ok(ev) => Some(Ok(std::sync::Arc::unwrap_or_clone(ev))),
                 Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
                     tracing::warn!(lost = n, "a container event subscriber fell behind");
                     None
