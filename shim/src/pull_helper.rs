@@ -31,16 +31,27 @@ pub fn main(args: &[OsString]) -> i32 {
     berth_cri::image::helper::serve()
 }
 
-/// How the daemon under `config` starts its pull helpers: its own binary
-/// (`/proc/self/exe`: the one running, even if the file was replaced since),
-/// with its log settings.
+/// How the daemon under `config` starts its pull helpers: its own binary —
+/// the sealed copy it keeps as containers' init, else `/proc/self/exe`
+/// (either is the binary running, even if the file was replaced since; the
+/// copy can also be exec'd by a daemon under valgrind, which the symbol
+/// order's profile needs) — with its log settings.
 pub fn command(config: &Config) -> HelperCommand {
+    use std::os::fd::AsRawFd;
     let format = match config.log_format {
         LogFormat::Text => "text",
         LogFormat::Json => "json",
     };
+    // The copy stays open for the daemon's life (runtime-core caches it).
+    let exe = match berth_core::process::sealed_self() {
+        Ok(fd) => format!("/proc/self/fd/{}", fd.as_raw_fd()).into(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no sealed copy of berth; pull helpers exec /proc/self/exe");
+            "/proc/self/exe".into()
+        }
+    };
     HelperCommand {
-        exe: "/proc/self/exe".into(),
+        exe,
         args: [
             PULL_ARG,
             "--log-level",
