@@ -348,36 +348,18 @@ async fn pod_checkpoint_and_restore_errors_leave_nothing_behind() {
         (Code::InvalidArgument, true),
         "{m}"
     );
-    // A pod sharing one pid namespace: refused, nothing written, all run on.
-    let mut shared_cfg = pod_named(&env, "shared");
-    shared_cfg
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap()
-        .pid = proto::NamespaceMode::Pod as i32;
-    let shared = run_pod(&mut env.rt, shared_cfg.clone()).await;
-    let mut in_shared = root_sh(&env, "p", "sleep 1000");
-    in_shared
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options = Some(proto::NamespaceOption {
-        pid: proto::NamespaceMode::Pod as i32,
-        ..Default::default()
-    });
-    let p = create_start(&mut env.rt, &shared, &shared_cfg, in_shared).await;
-    let (c, m) = code(checkpoint_pod(&mut env.rt, &shared, &[&p], &out).await);
+    // A container in the node's pid namespace: refused, nothing written,
+    // all run on (a pod sharing its own is checkpointed: see
+    // cri_pod_checkpoint_pid).
+    let mut host_cfg = pod_named(&env, "hostpid");
+    set_pod_pid(&mut host_cfg, proto::NamespaceMode::Node);
+    let host = run_pod(&mut env.rt, host_cfg.clone()).await;
+    let mut in_host = root_sh(&env, "p", "sleep 1000");
+    set_container_pid(&mut in_host, proto::NamespaceMode::Node);
+    let p = create_start(&mut env.rt, &host, &host_cfg, in_host).await;
+    let (c, m) = code(checkpoint_pod(&mut env.rt, &host, &[&p], &out).await);
     assert_eq!(
-        (c, m.contains("pid namespace")),
+        (c, m.contains("the node's pid namespace")),
         (Code::FailedPrecondition, true),
         "{m}"
     );
@@ -490,7 +472,7 @@ async fn pod_checkpoint_and_restore_errors_leave_nothing_behind() {
         exec(&mut env.rt, restored, "busybox hostname").await.1,
         "restored-host\n"
     );
-    for p in [&ok.pod_sandbox_id, &shared, &other] {
+    for p in [&ok.pod_sandbox_id, &host, &other] {
         env.rt
             .stop_pod_sandbox(proto::StopPodSandboxRequest {
                 pod_sandbox_id: p.to_string(),

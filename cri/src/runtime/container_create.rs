@@ -194,8 +194,10 @@ fn build(
             )?),
             (None, None) => None,
         };
+        let pid = pid_mode(ctx, sandbox, config)?;
         if let Some(u) = &restore {
             u.check_terminal(config.tty)?;
+            u.check_pid_namespace(&pid)?;
         }
         let rootfs_image = restore
             .as_ref()
@@ -251,7 +253,7 @@ fn build(
                 }),
                 _ => None,
             },
-            pid: pid_mode(ctx, sandbox, config)?,
+            pid,
             shm: ns.shm.as_deref(),
             resolv_conf: &sandbox.dir.join("resolv.conf"),
             hosts: &sandbox.dir.join("hosts"),

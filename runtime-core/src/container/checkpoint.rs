@@ -12,6 +12,12 @@
 //! - The pod's network namespace, joined by path, is declared **external**
 //!   (`net[<inode>]:berth-net` at dump); restore hands CRIU the new
 //!   container's own network namespace for that key (`--inherit-fd`).
+//! - A pid namespace joined by path (a pod's shared one, whose init is
+//!   berth's pod init) is external too (`pid[<inode>]:berth-pid`), as runc
+//!   and crun do for a pod's containers: only the container's own tree is
+//!   dumped, and restore recreates it, with the same pids, in the pid
+//!   namespace the new container joins. A checkpoint is restored only into
+//!   the same shape (own pid namespace, or a joined one).
 //! - IPC and UTS namespaces joined by path: CRIU itself runs in them, so
 //!   they are not dumped and the restored tasks inherit the new ones.
 //! - Bind mounts (`mnt[<destination>]`) and masked files (binds of the null
@@ -21,13 +27,13 @@
 //! - The restored tree is created in the new container's cgroup (CRIU runs
 //!   there; `--cgroup-root` maps the dumped cgroup onto it, `soft` mode
 //!   leaves its limits to berth), with its cgroup namespace rooted there, in
-//!   a fresh pid and mount namespace whose root is the new rootfs, as a
-//!   child of the caller
+//!   a fresh mount namespace whose root is the new rootfs and a fresh pid
+//!   namespace (or the joined one), as a child of the caller
 //!   (`--restore-sibling`), stopped (`--leave-stopped`) until
 //!   [`Container::release`].
 //!
 //! Not supported (a clear [`ContainerError::Unsupported`]): containers in a
-//! user namespace or without a pid namespace of their own.
+//! user namespace or in the host's pid namespace.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -57,6 +63,8 @@ pub const DUMP_LOG: &str = "dump.log";
 pub const RESTORE_LOG: &str = "restore.log";
 /// The key of the pod's network namespace in the images.
 const NET_KEY: &str = "berth-net";
+/// The key of a joined (shared) pid namespace in the images.
+const PID_KEY: &str = "berth-pid";
 
 /// How to run CRIU: shared by checkpoint and restore.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -160,9 +168,13 @@ impl Container {
                 args.push(dir.display().to_string());
             }
         }
-        if let Some(ino) = self.joined_net_inode(pid) {
+        if let Some(ino) = self.joined_inode(NamespaceKind::Network, pid) {
             args.push("--external".into());
             args.push(format!("net[{ino}]:{NET_KEY}"));
+        }
+        if let Some(ino) = self.joined_inode(NamespaceKind::Pid, pid) {
+            args.push("--external".into());
+            args.push(format!("pid[{ino}]:{PID_KEY}"));
         }
         for key in self.external_mount_keys(pid) {
             args.push("--external".into());
@@ -216,6 +228,7 @@ impl Container {
             return Err(ContainerError::AlreadyStarted(self.state.id.clone()));
         }
         self.check_checkpointable()?;
+        self.check_pid_shape(&opts.images_dir)?;
         let wiring = super::checkpoint_stdio::wiring(&opts.images_dir, stdio)?;
         std::fs::create_dir_all(&opts.work_dir).map_err(|source| ContainerError::StateIo {
             path: opts.work_dir.clone(),
@@ -276,17 +289,18 @@ impl Container {
         args.extend(wiring.args);
         // Fds handed to CRIU: moved to fixed numbers in the child.
         let mut inherit: Vec<(OwnedFd, String)> = wiring.inherit;
-        if let Some(ns) = config
-            .namespaces
-            .iter()
-            .find(|n| n.kind == NamespaceKind::Network)
-            .and_then(|n| n.path.as_ref())
-        {
+        for (kind, key) in [
+            (NamespaceKind::Network, NET_KEY),
+            (NamespaceKind::Pid, PID_KEY),
+        ] {
+            let Some(ns) = config.namespace(kind).and_then(|n| n.path.as_ref()) else {
+                continue;
+            };
             let f = std::fs::File::open(ns).map_err(|source| ContainerError::StateIo {
                 path: ns.clone(),
                 source,
             })?;
-            inherit.push((OwnedFd::from(f), NET_KEY.to_string()));
+            inherit.push((OwnedFd::from(f), key.to_string()));
         }
         const FIRST_FD: RawFd = 10;
         for (i, (_, key)) in inherit.iter().enumerate() {
@@ -415,9 +429,9 @@ impl Container {
                 "checkpoint of a container in a user namespace".into(),
             ));
         }
-        if !c.creates(NamespaceKind::Pid) {
+        if !c.has(NamespaceKind::Pid) {
             return Err(ContainerError::Unsupported(
-                "checkpoint of a container that shares a pid namespace (it needs its own)".into(),
+                "checkpoint of a container in the host's pid namespace".into(),
             ));
         }
         if !c.creates(NamespaceKind::Mount) {
@@ -426,6 +440,27 @@ impl Container {
             ));
         }
         Ok(())
+    }
+
+    /// Refuses images whose pid namespace shape is not this container's: a
+    /// tree dumped with its own pid namespace restores only into a new one,
+    /// a tree of a joined (shared) one only into a joined one — CRIU would
+    /// otherwise make a pid namespace the config does not have, or find no
+    /// namespace for the key.
+    fn check_pid_shape(&self, images: &Path) -> Result<(), ContainerError> {
+        let joins = !self.state.config.creates(NamespaceKind::Pid);
+        let dumped_joined = images_join_pid_ns(images)?;
+        if joins == dumped_joined {
+            return Ok(());
+        }
+        let (was, is) = if dumped_joined {
+            ("shared a pid namespace", "has its own")
+        } else {
+            ("had its own pid namespace", "shares one")
+        };
+        Err(ContainerError::Unsupported(format!(
+            "restore of a checkpoint whose container {was} into a container that {is}"
+        )))
     }
 
     /// The cgroup directory whose freezer state CRIU reads.
@@ -437,18 +472,19 @@ impl Container {
         }
     }
 
-    /// The inode of the network namespace the container joined by path.
-    fn joined_net_inode(&self, pid: i32) -> Option<u64> {
-        let joined = self
-            .state
-            .config
-            .namespaces
-            .iter()
-            .any(|n| n.kind == NamespaceKind::Network && n.path.is_some());
+    /// The inode of the namespace of `kind` the container joined by path,
+    /// as its init `pid` has it.
+    fn joined_inode(&self, kind: NamespaceKind, pid: i32) -> Option<u64> {
+        let joined = self.state.config.namespace(kind)?.path.is_some();
         if !joined {
             return None;
         }
-        std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        let name = match kind {
+            NamespaceKind::Network => "net",
+            NamespaceKind::Pid => "pid",
+            _ => return None,
+        };
+        std::fs::metadata(format!("/proc/{pid}/ns/{name}"))
             .ok()
             .map(|m| m.ino())
     }
@@ -496,6 +532,24 @@ impl Container {
     }
 }
 
+/// Whether CRIU images were dumped with their pid namespace external (the
+/// container had joined one): CRIU writes a `pidns-*.img` only for an
+/// external pid namespace, holding its key.
+pub fn images_join_pid_ns(images: &Path) -> Result<bool, ContainerError> {
+    let io = |source| ContainerError::StateIo {
+        path: images.to_path_buf(),
+        source,
+    };
+    for e in std::fs::read_dir(images).map_err(io)? {
+        let name = e.map_err(io)?.file_name();
+        let name = name.as_bytes();
+        if name.starts_with(b"pidns-") && name.ends_with(b".img") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 fn cstring(p: &Path) -> Result<CString, ContainerError> {
     CString::new(p.as_os_str().as_bytes())
         .map_err(|_| ContainerError::Checkpoint(format!("{}: NUL byte in path", p.display())))
@@ -518,4 +572,19 @@ pub(super) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
     })?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ContainerError::Checkpoint(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pidns_image_means_the_pid_namespace_was_joined() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("inventory.img"), b"x").unwrap();
+        assert!(!images_join_pid_ns(dir.path()).unwrap());
+        std::fs::write(dir.path().join("pidns-11.img"), b"x").unwrap();
+        assert!(images_join_pid_ns(dir.path()).unwrap());
+        assert!(images_join_pid_ns(&dir.path().join("missing")).is_err());
+    }
 }

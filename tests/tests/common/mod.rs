@@ -204,6 +204,25 @@ pub fn pod_named(env: &Env, name: &str) -> proto::PodSandboxConfig {
     cfg
 }
 
+/// Sets a pod config's pid namespace mode (`POD`: shareProcessNamespace,
+/// `NODE`: hostPID).
+pub fn set_pod_pid(cfg: &mut proto::PodSandboxConfig, mode: proto::NamespaceMode) {
+    let linux = cfg.linux.get_or_insert_with(Default::default);
+    let sc = linux.security_context.get_or_insert_with(Default::default);
+    sc.namespace_options
+        .get_or_insert_with(Default::default)
+        .pid = mode as i32;
+}
+
+/// Sets a container config's pid namespace mode (kubelet copies the pod's).
+pub fn set_container_pid(cfg: &mut proto::ContainerConfig, mode: proto::NamespaceMode) {
+    let linux = cfg.linux.get_or_insert_with(Default::default);
+    let sc = linux.security_context.get_or_insert_with(Default::default);
+    sc.namespace_options
+        .get_or_insert_with(Default::default)
+        .pid = mode as i32;
+}
+
 /// [`pod_named`], run; its id and config.
 pub async fn run_pod_named(env: &mut Env, name: &str) -> (String, proto::PodSandboxConfig) {
     let cfg = pod_named(env, name);

@@ -49,6 +49,31 @@ impl Unpacked {
             _ => Ok(()),
         }
     }
+
+    /// The restored container must be in the same pid namespace shape as
+    /// the checkpointed one: its own, or its pod's shared one (CRIU dumped
+    /// that as external and restores the tree, with its pids, into the one
+    /// the new container joins).
+    pub fn check_pid_namespace(&self, pid: &crate::spec::PidMode) -> Result<(), RuntimeError> {
+        use crate::spec::PidMode;
+        const FIELD: &str = "config.linux.security_context.namespace_options.pid";
+        let images = self.images_dir();
+        let shared = berth_core::container::checkpoint::images_join_pid_ns(&images)
+            .map_err(|e| RuntimeError::invalid("config.image.image", e.to_string()))?;
+        let reason = match (shared, pid) {
+            (_, PidMode::Node) => "a checkpoint cannot be restored into the node's pid namespace",
+            (true, PidMode::Container) => {
+                "the checkpointed container shared its pod's pid namespace: the restored one \
+                 must share its pod's (POD, in a pod that shares one)"
+            }
+            (false, PidMode::Pod(_)) => {
+                "the checkpointed container had a pid namespace of its own: the restored one \
+                 must too (CONTAINER)"
+            }
+            _ => return Ok(()),
+        };
+        Err(RuntimeError::invalid(FIELD, reason))
+    }
 }
 
 /// The checkpoint's rootfs image (`config.dump`'s name, else its ref), as

@@ -18,10 +18,16 @@
 //! moment; they keep running. Nothing is written outside `output_path`,
 //! and on error everything written there goes.
 //!
+//! Containers that share the pod's pid namespace are dumped each as its own
+//! tree with that namespace external (berth's pod init is not dumped: the
+//! restored pod has its own), and restored with their pids into the new
+//! pod's. A process a container left orphaned to the pod init belongs to no
+//! container's tree and is not restored.
+//!
 //! Pod shapes not checkpointed yet (a clear FailedPrecondition before
-//! anything is frozen): containers that share the pod's pid namespace and
-//! user-namespace pods. TCP connections between two containers of the pod
-//! survive a restore (see `restore`'s fence).
+//! anything is frozen): user-namespace pods, containers in the node's pid
+//! namespace or a target container's. TCP connections between two
+//! containers of the pod survive a restore (see `restore`'s fence).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
@@ -197,12 +203,18 @@ fn check_shape(pod: &SandboxRecord, c: &ContainerRecord) -> Result<(), RuntimeEr
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.as_ref())
         .map(|o| o.pid);
-    let shares_pid = match pid {
-        Some(p) => p != proto::NamespaceMode::Container as i32,
-        None => pod.pid != NsMode::Container,
+    // The pod's shared pid namespace (its init berth's) is dumped as
+    // external with each container's tree and rejoined on restore; the
+    // node's cannot be, and a target container's would tie one container's
+    // restore to another's.
+    let pid = match pid.map(proto::NamespaceMode::try_from) {
+        _ if pod.pid == NsMode::Node => Some("the node's"),
+        Some(Ok(proto::NamespaceMode::Target)) => Some("another container's (target)"),
+        Some(Ok(proto::NamespaceMode::Node)) => Some("the node's"),
+        _ => None,
     };
-    if shares_pid {
-        return refuse("shares a pid namespace (the pod's, the node's or a target's)");
+    if let Some(whose) = pid {
+        return refuse(&format!("shares {whose} pid namespace"));
     }
     Ok(())
 }
