@@ -38,9 +38,14 @@ fn main() {
 fn links_with_lld() -> bool {
     let target = std::env::var("TARGET").unwrap_or_default();
     let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    let overridden = ["linker-features", "link-self-contained", "linker-flavor", "fuse-ld"]
-        .iter()
-        .any(|f| flags.contains(f));
+    let overridden = [
+        "linker-features",
+        "link-self-contained",
+        "linker-flavor",
+        "fuse-ld",
+    ]
+    .iter()
+    .any(|f| flags.contains(f));
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let minor = std::process::Command::new(rustc)
         .arg("--version")
