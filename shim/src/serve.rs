@@ -21,6 +21,25 @@ use crate::config::{Config, LogFormat};
 /// How often freed heap is handed back to the kernel.
 const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How often the trimmer looks whether a thread has ended since its last
+/// trim (see [`THREADS_ENDED`]).
+const TRIM_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long an idle blocking-pool thread waits for work before it ends
+/// (tokio's default: 10 s). A thread's end frees its thread-local buffers.
+const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runtime threads that have ended. Measured after 50 pods at once, the
+/// blocking threads' ends freed 3 MiB of heap that a trim on the 10 s
+/// clock could miss for another 10 s: the trimmer also runs within a
+/// second of a thread's end.
+static THREADS_ENDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The most async worker threads (one per CPU up to this): CRI calls are
+/// short and mostly wait on the kernel or a monitor, and each thread costs
+/// its stack and allocator state on a node with dozens of CPUs.
+const WORKER_THREADS_MAX: usize = 4;
+
 /// kubelet sends and accepts messages up to 16 MiB (its
 /// `maxMsgSize`); tonic's default of 4 MiB would refuse large lists.
 const MAX_MESSAGE: usize = 16 << 20;
@@ -138,10 +157,19 @@ pub fn main(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.apply(Config::load(file.as_deref())?);
     config.validate().context("invalid setting")?;
     init_logging(&config.log_level, config.log_format)?;
-    // Two heaps for all threads: measured after 20 pulls and 100 pods, the
-    // default nine arenas held 4.7 MiB (0.4-1 MiB each) after trimming.
-    berth_core::process::limit_heap_arenas(2);
+    // One heap for all threads: each extra glibc arena keeps pages that
+    // trimming cannot return (measured after 20 pulls and 120 pods: see
+    // the README's benchmark); the daemon's allocations are few and short.
+    berth_core::process::limit_heap_arenas(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            WORKER_THREADS_MAX
+                .min(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
+        )
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
+        .on_thread_stop(|| {
+            THREADS_ENDED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
         .enable_all()
         .thread_name("berth")
         .build()
@@ -250,13 +278,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .context("opening the pod and container records")?
     .with_puller(images.puller().clone());
 
-    // Freed heap goes back to the kernel every few seconds: after a burst
-    // of pods (50 at once), glibc's per-thread arenas otherwise keep the
-    // daemon 5 MiB larger for good. Cheap when nothing is free.
+    // Freed heap goes back to the kernel every few seconds, and soon after
+    // a runtime thread ends (a burst of pods leaves its blocking threads'
+    // buffers to free when they end): glibc otherwise keeps those pages.
+    // Cheap when nothing is free (a walk of the free lists), so it runs
+    // here rather than on a blocking thread, whose own end would ask for
+    // another trim.
     tokio::spawn(async {
+        use std::sync::atomic::Ordering;
+        let (mut ended, mut since) = (THREADS_ENDED.load(Ordering::Relaxed), TRIM_CHECK);
         loop {
-            tokio::time::sleep(TRIM_EVERY).await;
-            let _ = tokio::task::spawn_blocking(berth_core::process::release_free_memory).await;
+            tokio::time::sleep(TRIM_CHECK).await;
+            let now = THREADS_ENDED.load(Ordering::Relaxed);
+            if now == ended && since < TRIM_EVERY {
+                since += TRIM_CHECK;
+                continue;
+            }
+            (ended, since) = (now, TRIM_CHECK);
+            berth_core::process::release_free_memory();
         }
     });
 
