@@ -771,7 +771,8 @@ async fn main() {
             println!("berth's pods run under RuntimeClass handler {h:?}");
             HANDLER.set(h).unwrap();
         }
-        let d = Daemon::start(&berth, &bdir, &args);
+        // Logging as deployed (info, text): see Daemon::start_as_deployed.
+        let d = Daemon::start_as_deployed(&berth, &bdir, &args);
         let t = Target {
             name: "berth",
             sock: d.sock.clone(),

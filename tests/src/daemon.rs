@@ -30,6 +30,14 @@ impl Daemon {
         Daemon::start_with_env(berth, dir, extra, &[])
     }
 
+    /// [`Daemon::start`] with berth's own log settings (info, text: what
+    /// the chart deploys) instead of JSON debug logs: what a benchmark of
+    /// the daemon's memory measures, debug logging running code (and
+    /// keeping pages) a node's daemon does not.
+    pub fn start_as_deployed(berth: &Path, dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::spawn(berth, dir, extra, &[], &[])
+    }
+
     /// [`Daemon::start`] with more environment variables (e.g. the
     /// crash-point harness's `BERTH_CRASH_AT`).
     pub fn start_with_env(
@@ -37,6 +45,17 @@ impl Daemon {
         dir: &Path,
         extra: &[&str],
         env: &[(&str, &str)],
+    ) -> Daemon {
+        let log = ["--log-format", "json", "--log-level", "debug"];
+        Daemon::spawn(berth, dir, extra, env, &log)
+    }
+
+    fn spawn(
+        berth: &Path,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log_args: &[&str],
     ) -> Daemon {
         let sock = dir.join("berth.sock");
         let log = dir.join("berth.log");
@@ -59,7 +78,7 @@ impl Daemon {
             .arg(dir.join("root"))
             .arg("--state")
             .arg(dir.join("state"))
-            .args(["--log-format", "json", "--log-level", "debug"])
+            .args(log_args)
             .args(extra)
             .args(&cni)
             .envs(env.iter().copied())
