@@ -39,14 +39,6 @@ async fn tcp_pair_pod(env: &mut Env, name: &str, n: u64) -> (String, String, Str
     (pod, server, client)
 }
 
-async fn pods(rt: &mut Rt) -> Vec<proto::PodSandbox> {
-    rt.list_pod_sandbox(proto::ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-}
-
 /// File `name` of a container checkpoint's `rootfs-diff.tar`, as text.
 fn diff_file(checkpoint: &Path, name: &str) -> String {
     let diff = std::fs::read(checkpoint.join("rootfs-diff.tar")).unwrap();

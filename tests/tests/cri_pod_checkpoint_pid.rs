@@ -104,14 +104,7 @@ async fn a_pod_sharing_one_pid_namespace_is_checkpointed_and_restored() {
     let configs = vec![sharing(&env, "watcher", ""), sharing(&env, "counter", "")];
 
     // Into a pod with a pid namespace per container: refused, nothing left.
-    let pods_before = env
-        .rt
-        .list_pod_sandbox(proto::ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .len();
+    let pods_before = pods(&mut env.rt).await.len();
     let own = pod_named(&env, "own");
     let mut own_configs = configs.clone();
     for c in &mut own_configs {
@@ -126,14 +119,7 @@ async fn a_pod_sharing_one_pid_namespace_is_checkpointed_and_restored() {
         "{}",
         e.message()
     );
-    let pods_after = env
-        .rt
-        .list_pod_sandbox(proto::ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .len();
+    let pods_after = pods(&mut env.rt).await.len();
     assert_eq!(pods_after, pods_before, "the refused restore left a pod");
 
     // Into a pod sharing one: the counter counts on, with its pid.

@@ -42,6 +42,15 @@ pub async fn restore_pod(
     .map(|r| r.into_inner())
 }
 
+/// The daemon's pod sandboxes.
+pub async fn pods(rt: &mut Rt) -> Vec<proto::PodSandbox> {
+    rt.list_pod_sandbox(proto::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+}
+
 /// The last number in `text`.
 pub fn last(text: &str) -> u64 {
     text.lines()
