@@ -3,7 +3,8 @@
 //! The caller (the daemon) is multi-threaded, so between `fork` and `exec` the
 //! child may only make async-signal-safe calls: everything it needs (argv,
 //! envp, the fd plan, scratch space) is allocated before the fork, and the
-//! child only calls `fcntl`, `dup2` and `execveat`.
+//! child only calls `fcntl`, `dup2` and `execveat` (or `execve` of the
+//! same fd's /proc path where `execveat` is refused).
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -119,6 +120,49 @@ unsafe fn child_after_fork(
             libc::AT_EMPTY_PATH,
         )
     };
+    // 5. Where execveat is refused (a seccomp filter; valgrind, which the
+    //    symbol order's profile runs monitors under, cannot execveat a
+    //    memfd), the same sealed copy through its /proc path: the kernel
+    //    opens it before close-on-exec closes the fd.
+    let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+    write_decimal(&mut path[14..], exe);
+    // SAFETY: `path` is NUL-terminated (the number leaves at least one
+    // NUL); argv and envp as above.
+    unsafe { libc::execve(path.as_ptr().cast(), argv.as_ptr(), envp.as_ptr()) };
     // SAFETY: _exit is async-signal-safe.
     unsafe { libc::_exit(EXIT_EXEC_FAILED) }
+}
+
+/// Writes `n` (not negative) in decimal at the start of `out`, without
+/// allocating (it runs between fork and exec).
+fn write_decimal(out: &mut [u8], n: RawFd) {
+    let mut digits = [0u8; 10];
+    let (mut v, mut len) = (n.max(0) as u32, 0);
+    loop {
+        digits[len] = b'0' + (v % 10) as u8;
+        len += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for (slot, d) in out.iter_mut().zip(digits[..len].iter().rev()) {
+        *slot = *d;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn write_decimal_writes_the_digits() {
+        for (n, want) in [(0, "0"), (7, "7"), (42, "42"), (1_048_575, "1048575")] {
+            let mut out = [0u8; 11];
+            super::write_decimal(&mut out, n);
+            let end = out.iter().position(|b| *b == 0).unwrap();
+            assert_eq!(std::str::from_utf8(&out[..end]).unwrap(), want);
+        }
+        let mut out = [0u8; 11];
+        super::write_decimal(&mut out, i32::MAX);
+        assert_eq!(&out[..10], b"2147483647");
+    }
 }
