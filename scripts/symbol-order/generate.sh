@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates shim/symbol-order.txt: the functions of the release `berth
 # serve` that run, found by running it under valgrind's callgrind through a
-# kubelet-like workload, most run first.
+# kubelet-like workload, most run first; then those only its monitors (and
+# their zygote) run.
 #
 #   sudo scripts/symbol-order/generate.sh
 #
@@ -20,7 +21,7 @@ BIN=${BERTH_BIN:-$target/release/berth}
 BENCH=${BENCH_BIN:-$(ls -t "$target"/debug/deps/cri_lifecycle-* 2>/dev/null | grep -v '\.d$' | head -1)}
 [ -x "$BIN" ] || { echo "no $BIN: cargo build --release -p berth" >&2; exit 1; }
 [ -n "$BENCH" ] || { echo "no cri_lifecycle bench build" >&2; exit 1; }
-command -v valgrind >/dev/null || { echo "valgrind missing: apt install valgrind" >&2; exit 1; }
+command -v "${VALGRIND:-valgrind}" >/dev/null || { echo "valgrind missing: apt install valgrind" >&2; exit 1; }
 bash "$K/setup.sh" >/dev/null
 W=${CRI_TOOLS_WORK:-/var/tmp/cri-tools}
 C="$W/bin/crictl"
@@ -30,10 +31,18 @@ ARGS=(serve --listen "$D/b.sock" --root "$D/root" --state "$D/state"
 E=(--runtime-endpoint "unix://$D/b.sock" --timeout 60s)
 wait_sock() { for _ in $(seq 1 120); do [ -S "$D/b.sock" ] && return; sleep 1; done; exit 1; }
 
-# Only the daemon runs under valgrind: its pull helpers (exec'd from its
-# sealed copy), zygote and monitors run natively.
-valgrind --tool=callgrind --demangle=no --callgrind-out-file="$D/cg.out" \
+# The daemon, its monitor zygote and the monitors (forked by the zygote)
+# run under valgrind, one profile each; pull helpers and containers' inits
+# (their arguments say which) and the programs berth runs (CNI plugins,
+# iptables, CRIU: outside its binary's directory) run natively. Monitors
+# call pidfd_open and pidfd_send_signal: bookworm's valgrind 3.19 has
+# neither, trixie's 3.24 lacks the second — build 3.24 (Debian's source)
+# with valgrind-pidfd_send_signal.patch and name it in VALGRIND.
+"${VALGRIND:-valgrind}" --tool=callgrind --demangle=no --callgrind-out-file="$D/cg.%p.out" \
+    --trace-children=yes --trace-children-skip='/usr/*,/bin/*,/sbin/*' \
+    --trace-children-skip-by-arg='*__berth_pull*,*__berth_init*' \
     "$BIN" "${ARGS[@]}" >"$D/valgrind.log" 2>&1 & pid=$!
+trap 'kill "$pid" 2>/dev/null || true' EXIT
 wait_sock
 "$C" "${E[@]}" pull busybox >/dev/null 2>&1
 "$C" "${E[@]}" pull busybox >/dev/null 2>&1
@@ -60,11 +69,20 @@ done
 "$C" "${E[@]}" stop "$ctr" >/dev/null 2>&1; "$C" "${E[@]}" rm "$ctr" >/dev/null 2>&1
 "$C" "${E[@]}" stopp "$pod" >/dev/null 2>&1; "$C" "${E[@]}" rmp "$pod" >/dev/null 2>&1
 kill "$pid"; wait "$pid" || true
+# The zygote ends with the daemon; callgrind writes its profile then.
+sleep 3
 
 out=$repo/shim/symbol-order.txt
+# The daemon's functions first, then what only the zygote and the monitors
+# ran: each a contiguous run of pages.
+daemon=$D/cg.$pid.out
+others=$(ls "$D"/cg.*.out | grep -vx "$daemon")
+python3 "$repo/scripts/symbol-order/executed.py" "/release/berth" "$daemon" >"$D/daemon.txt"
 {
     sed -n '/^#/p' "$out"
-    python3 "$repo/scripts/symbol-order/executed.py" "$D/cg.out" "/release/berth"
+    cat "$D/daemon.txt"
+    # shellcheck disable=SC2086
+    python3 "$repo/scripts/symbol-order/executed.py" "/release/berth" $others --skip "$D/daemon.txt"
 } >"$out.new"
 mv "$out.new" "$out"
 echo "$(grep -vc '^#' "$out") functions in $out"
