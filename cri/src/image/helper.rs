@@ -126,7 +126,8 @@ pub struct Reply {
 /// whatever the binary wants after it (its log settings).
 #[derive(Debug, Clone)]
 pub struct HelperCommand {
-    /// The executable (the daemon's own, `/proc/self/exe`).
+    /// The executable: the daemon's own binary (its sealed copy's
+    /// `/proc/self/fd` path, else `/proc/self/exe`).
     pub exe: PathBuf,
     /// Its arguments, [`PULL_ARG`] first.
     pub args: Vec<OsString>,
