@@ -28,8 +28,6 @@
 //! RuntimeClass handler (kind "oci": Debian's /usr/sbin/runc or
 //! /usr/bin/crun; kind "shim-v2": containerd-shim-runc-v2), so the figures
 //! show what an external runtime costs against the embedded core.
-//! `-- --no-pull` (with `--socket`) skips the first PullImage: the image is
-//! there already (a daemon under valgrind cannot start its pull helper).
 //! `BENCH_DUMP_ANON=1` also lists the idle daemon's mappings over 256 KiB
 //! resident (where its memory is).
 
@@ -412,9 +410,7 @@ async fn suite(
         .unwrap();
     let mut rt = RuntimeServiceClient::new(ch.clone());
     let image = t.image.clone();
-    if !std::env::args().any(|a| a == "--no-pull") {
-        pull(&ch, &image).await;
-    }
+    pull(&ch, &image).await;
     // Idle: once the pull's worker threads have ended (tokio keeps idle
     // blocking threads 10 s); the figure right after the pull too.
     if let Some(pid) = t.daemon_pid {
