@@ -9,13 +9,17 @@
 # signature and checksum checks. The system's apt sources are not changed:
 # the trixie source index lives in a private apt state directory.
 #
-# CRIU 4.1.1 cannot dump any TCP socket on Linux 6.16 and later (it asks for
-# SO_PASSSEC, which the kernel now refuses on inet sockets: criu issue
-# #2705); scripts/criu-sockopt-6.16.patch, applied here, is the fix.
+# berth's patches (scripts/criu-*.patch, each says why at its top) are
+# applied:
+# - criu-sockopt-6.16.patch: CRIU 4.1.1 cannot dump any TCP socket on Linux
+#   6.16 and later (it asks for SO_PASSSEC, which the kernel now refuses on
+#   inet sockets: criu issue #2705);
+# - criu-join-userns.patch: restore into an existing user namespace
+#   (`--join-ns user:`), which checkpoints of user-namespace pods need.
 #
-# Idempotent: does nothing when the `criu` found first on PATH (or
-# $CRIU_DEST) is at least 4.0, passes `criu check`, and can dump a process
-# with a TCP socket on this kernel.
+# Idempotent: does nothing when $CRIU_DEST was installed here from the same
+# patches (a stamp beside the build cache), is at least 4.0, passes `criu
+# check`, and can dump a process with a TCP socket on this kernel.
 #
 # Environment: CRIU_DEST (default /usr/local/sbin/criu), CRIU_WORKDIR (build
 # cache, default /var/cache/berth-test/criu), DEBIAN_MIRROR, CRIU_SUITE
@@ -57,13 +61,17 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); time.sleep(60)' \
     return $rc
 }
 
-if [[ ${FORCE:-0} != 1 ]]; then
-    for bin in "$(command -v criu || true)" "$dest"; do
-        if [[ -n $bin ]] && good_criu "$bin"; then
-            log "$bin works ($("$bin" --version | awk '/^Version:/ {print $2}')); nothing to do"
-            exit 0
-        fi
-    done
+patches=("$(dirname "${BASH_SOURCE[0]}")"/criu-*.patch)
+stamp=$(cat "${patches[@]}" | sha256sum | cut -d' ' -f1)
+installed=$work/installed.stamp
+first=$(command -v criu || true)
+if [[ -n $first && $(readlink -f "$first") != $(readlink -f "$dest") ]]; then
+    log "warning: $first comes before $dest on PATH; berth runs the first criu on PATH"
+fi
+if [[ ${FORCE:-0} != 1 && -f $installed && $(cat "$installed") == "$stamp $dest" ]] &&
+    good_criu "$dest"; then
+    log "$dest works ($("$dest" --version | awk '/^Version:/ {print $2}'), berth's patches); nothing to do"
+    exit 0
 fi
 
 # Build dependencies from bookworm, plus what criu runs for network
@@ -112,8 +120,6 @@ if ! echo "$sha  $tarball" | sha256sum -c --status 2>/dev/null; then
 fi
 
 src=$work/src/criu-$upstream
-patches=("$(dirname "${BASH_SOURCE[0]}")"/criu-*.patch)
-stamp=$(cat "${patches[@]}" | sha256sum | cut -d' ' -f1)
 if [[ ! -f $src/.unpacked || $(cat "$src/.unpacked") != "$stamp" || ${FORCE:-0} == 1 ]]; then
     rm -rf "$src"
     tar -C "$work/src" -xf "$tarball"
@@ -128,4 +134,5 @@ make -C "$src" -j"$(nproc)" criu >"$work/build.log" 2>&1 ||
     { tail -n 30 "$work/build.log" >&2; die "build failed"; }
 install -D -m 0755 "$src/criu/criu" "$dest"
 good_criu "$dest" || die "$dest fails \`criu check\` or cannot dump a TCP socket here"
+echo "$stamp $dest" >"$installed"
 log "installed $dest (criu $upstream, patched; criu check passes)"
