@@ -20,6 +20,9 @@
 //!   the same shape (own pid namespace, or a joined one).
 //! - IPC and UTS namespaces joined by path: CRIU itself runs in them, so
 //!   they are not dumped and the restored tasks inherit the new ones.
+//! - The pod's user namespace, joined by path: dumped with its maps, and
+//!   restored by joining the new pod's, whose maps must be the same
+//!   ([`super::checkpoint_userns`]).
 //! - Bind mounts (`mnt[<destination>]`) and masked files (binds of the null
 //!   device) are external mounts: restore binds the new container's sources.
 //! - The init's standard fds are pipes (or sockets), or the container's
@@ -32,8 +35,8 @@
 //!   (`--restore-sibling`), stopped (`--leave-stopped`) until
 //!   [`Container::release`].
 //!
-//! Not supported (a clear [`ContainerError::Unsupported`]): containers in a
-//! user namespace or in the host's pid namespace.
+//! Not supported (a clear [`ContainerError::Unsupported`]): containers that
+//! create a user namespace of their own, or in the host's pid namespace.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -46,12 +49,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use super::checkpoint_stdio::{RestoreStdio, Terminal, TERMINAL_FILE};
+use super::checkpoint_userns as userns;
+pub use super::checkpoint_userns::{images_user_maps, UserMaps, USERNS_FILE};
 pub use super::criu::log_errors;
-use super::criu::{cgroup_root_args, common_args, criu_command, run_criu};
+use super::criu::{common_args, criu_command, run_criu};
 pub use super::restore_fence::RestoreFence;
 use super::{Container, ContainerError, Status};
 use crate::config::{MountKind, NamespaceKind};
-use crate::process::{ProcessHandle, ProcessSpec};
 
 /// File (in the images directory) naming the init's fds 0, 1 and 2 as
 /// `readlink(/proc/PID/fd/N)` showed them at dump time — runc's name and
@@ -62,9 +66,9 @@ pub const DUMP_LOG: &str = "dump.log";
 /// CRIU's log of a restore, in the work directory.
 pub const RESTORE_LOG: &str = "restore.log";
 /// The key of the pod's network namespace in the images.
-const NET_KEY: &str = "berth-net";
+pub(super) const NET_KEY: &str = "berth-net";
 /// The key of a joined (shared) pid namespace in the images.
-const PID_KEY: &str = "berth-pid";
+pub(super) const PID_KEY: &str = "berth-pid";
 
 /// How to run CRIU: shared by checkpoint and restore.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -148,6 +152,9 @@ impl Container {
             })?;
         }
         let stdio_args = super::checkpoint_stdio::record(pid, &c.images_dir)?;
+        if userns::joined(&self.state.config).is_some() {
+            userns::record(pid, &c.images_dir)?;
+        }
 
         let mut args: Vec<String> = vec![
             "dump".into(),
@@ -180,6 +187,10 @@ impl Container {
             args.push("--external".into());
             args.push(format!("mnt[{key}]:{key}"));
         }
+        for key in userns::device_keys(&self.state.config) {
+            args.push("--external".into());
+            args.push(format!("mnt[{key}]:{key}"));
+        }
         let join = self.joined_ipc_uts()?;
         let mut cmd = criu_command(c, &args);
         let fds: Vec<RawFd> = join.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
@@ -202,231 +213,14 @@ impl Container {
         Ok(())
     }
 
-    /// Restores a checkpoint written by [`Container::checkpoint`] into this
-    /// container, which must be created and never started: its config gives
-    /// the rootfs (mounted anew), the namespaces to rejoin, the cgroup and
-    /// the sources of the external mounts. `stdio` is what the init's fds
-    /// 0, 1 and 2 become: new pipe ends, or a new terminal (as at dump
-    /// time), whose master is then the handle's console.
-    ///
-    /// The restored init is a child of the caller, stopped: the container
-    /// is [`Status::Created`] until [`Container::release`] lets it go on.
-    ///
-    /// Before this returns, each restored task is checked against the ceiling of what `process`
-    /// (the requested process: user, capabilities, `no_new_privs`) and the
-    /// container's config (seccomp) would allow a normal start. A task
-    /// holding more is killed with the whole tree, and the restore fails
-    /// with [`ContainerError::RestoreRefused`]: the checkpoint images, not
-    /// berth, chose its credentials.
-    pub fn restore(
-        &mut self,
-        opts: &CriuOptions,
-        stdio: RestoreStdio,
-        process: &ProcessSpec,
-    ) -> Result<ProcessHandle, ContainerError> {
-        if self.state.init.is_some() {
-            return Err(ContainerError::AlreadyStarted(self.state.id.clone()));
-        }
-        self.check_checkpointable()?;
-        self.check_pid_shape(&opts.images_dir)?;
-        let wiring = super::checkpoint_stdio::wiring(&opts.images_dir, stdio)?;
-        std::fs::create_dir_all(&opts.work_dir).map_err(|source| ContainerError::StateIo {
-            path: opts.work_dir.clone(),
-            source,
-        })?;
-        let cgroup = self.create_cgroup()?;
-        let res = self
-            .restore_tree(opts, wiring, cgroup.as_ref())
-            .and_then(|handle| match self.check_restored(handle.pid(), process) {
-                Ok(()) => Ok(handle),
-                Err(e) => {
-                    // SIGKILL ends stopped tasks too; the init is our child.
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(handle.pid()),
-                        nix::sys::signal::SIGKILL,
-                    );
-                    let _ = handle.wait();
-                    Err(e)
-                }
-            });
-        if res.is_err() {
-            if let Some(cg) = &cgroup {
-                cg.kill_all();
-                let _ = cg.remove();
-            }
-            self.state.cgroup = None;
-            self.state.init = None;
-            let _ = self.save();
-        }
-        res
-    }
-
-    fn restore_tree(
-        &mut self,
-        opts: &CriuOptions,
-        wiring: super::checkpoint_stdio::Wiring,
-        cgroup: Option<&crate::cgroups::Cgroup>,
-    ) -> Result<ProcessHandle, ContainerError> {
-        let config = self.state.config.clone();
-        let pidfile = opts.work_dir.join("restore.pid");
-        let _ = std::fs::remove_file(&pidfile);
-        let mut args: Vec<String> = vec![
-            "restore".into(),
-            "--log-file".into(),
-            RESTORE_LOG.into(),
-            "-v4".into(),
-            "--root".into(),
-            config.rootfs.display().to_string(),
-            "--restore-detached".into(),
-            "--restore-sibling".into(),
-            "--leave-stopped".into(),
-            "--manage-cgroups=soft".into(),
-            "--pidfile".into(),
-            pidfile.display().to_string(),
-        ];
-        args.extend(common_args(opts));
-        args.extend(cgroup_root_args(cgroup));
-        args.extend(wiring.args);
-        // Fds handed to CRIU: moved to fixed numbers in the child.
-        let mut inherit: Vec<(OwnedFd, String)> = wiring.inherit;
-        for (kind, key) in [
-            (NamespaceKind::Network, NET_KEY),
-            (NamespaceKind::Pid, PID_KEY),
-        ] {
-            let Some(ns) = config.namespace(kind).and_then(|n| n.path.as_ref()) else {
-                continue;
-            };
-            let f = std::fs::File::open(ns).map_err(|source| ContainerError::StateIo {
-                path: ns.clone(),
-                source,
-            })?;
-            inherit.push((OwnedFd::from(f), key.to_string()));
-        }
-        const FIRST_FD: RawFd = 10;
-        for (i, (_, key)) in inherit.iter().enumerate() {
-            args.push("--inherit-fd".into());
-            args.push(format!("fd[{}]:{key}", FIRST_FD + i as RawFd));
-        }
-        for m in &config.mounts {
-            if let (MountKind::Bind { .. }, Some(src)) = (&m.kind, &m.source) {
-                args.push("--external".into());
-                args.push(format!(
-                    "mnt[{}]:{}",
-                    m.destination.display(),
-                    src.display()
-                ));
-            }
-        }
-        for p in &config.masked_paths {
-            args.push("--external".into());
-            args.push(format!("mnt[{}]:/dev/null", p.display()));
-        }
-
-        // Everything the child needs, prepared before the fork.
-        let join = self.joined_ipc_uts()?;
-        let procs: Vec<OwnedFd> = match cgroup {
-            Some(cg) => cg
-                .dirs
-                .iter()
-                .map(|d| {
-                    let p = d.join("cgroup.procs");
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&p)
-                        .map(OwnedFd::from)
-                        .map_err(|source| ContainerError::StateIo { path: p, source })
-                })
-                .collect::<Result<_, _>>()?,
-            None => Vec::new(),
-        };
-        let rootfs = cstring(&config.rootfs)?;
-        // Layers past a page of plain paths are opened here and named by
-        // fd: the child inherits them (close-on-exec, CRIU does not).
-        let overlay = match &config.overlay {
-            Some(o) => Some(o.prepare()?),
-            None => None,
-        };
-        let mut cmd = criu_command(opts, &args);
-        let ns_fds: Vec<(RawFd, libc::c_int)> =
-            join.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
-        let proc_fds: Vec<RawFd> = procs.iter().map(|f| f.as_raw_fd()).collect();
-        let inherit_fds: Vec<RawFd> = inherit.iter().map(|(f, _)| f.as_raw_fd()).collect();
-        // SAFETY: runs in the forked child before exec; only raw syscalls on
-        // fds and C strings prepared before the fork (no allocation, no
-        // locks). The mount namespace it makes is CRIU's own, private: the
-        // rootfs mounted there is seen by nobody else and goes with it.
-        unsafe {
-            cmd.pre_exec(move || {
-                let ok = |r: libc::c_int| {
-                    if r < 0 {
-                        Err(std::io::Error::last_os_error())
-                    } else {
-                        Ok(())
-                    }
-                };
-                for (fd, t) in &ns_fds {
-                    ok(libc::setns(*fd, *t))?;
-                }
-                // Into the container's cgroup: "0" is the writer itself.
-                for fd in &proc_fds {
-                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                ok(libc::unshare(libc::CLONE_NEWNS))?;
-                ok(libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ))?;
-                match &overlay {
-                    Some(o) => o
-                        .mount(&rootfs, 0)
-                        .map_err(|f| std::io::Error::from_raw_os_error(f.errno as i32))?,
-                    None => ok(libc::mount(
-                        rootfs.as_ptr(),
-                        rootfs.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND | libc::MS_REC,
-                        std::ptr::null(),
-                    ))?,
-                }
-                // Fds for --inherit-fd: first out of the way (above any
-                // target number), then onto their numbers, inheritable.
-                let mut high = [0 as RawFd; 16];
-                for (i, fd) in inherit_fds.iter().enumerate().take(high.len()) {
-                    let h = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100);
-                    ok(h)?;
-                    high[i] = h;
-                }
-                for (i, h) in high.iter().take(inherit_fds.len()).enumerate() {
-                    ok(libc::dup2(*h, FIRST_FD + i as RawFd))?;
-                }
-                Ok(())
-            });
-        }
-        run_criu(cmd, opts, RESTORE_LOG, "restore")?;
-        drop((join, procs, inherit));
-
-        let text = std::fs::read_to_string(&pidfile).map_err(|source| ContainerError::StateIo {
-            path: pidfile.clone(),
-            source,
-        })?;
-        let pid: i32 = text.trim().parse().map_err(|_| {
-            ContainerError::Checkpoint(format!("{}: not a pid: {text:?}", pidfile.display()))
-        })?;
-        // A child of ours (`--restore-sibling`), not reaped yet.
-        self.record_init(pid, wiring.console, true)
-    }
-
     /// Refuses what CRIU cannot dump and restore here.
-    fn check_checkpointable(&self) -> Result<(), ContainerError> {
+    pub(super) fn check_checkpointable(&self) -> Result<(), ContainerError> {
         let c = &self.state.config;
-        if c.has(NamespaceKind::User) {
+        if c.creates(NamespaceKind::User) {
             return Err(ContainerError::Unsupported(
-                "checkpoint of a container in a user namespace".into(),
+                "checkpoint of a container that creates its own user namespace (only a \
+                 joined one, its pod's, is restored by joining)"
+                    .into(),
             ));
         }
         if !c.has(NamespaceKind::Pid) {
@@ -440,27 +234,6 @@ impl Container {
             ));
         }
         Ok(())
-    }
-
-    /// Refuses images whose pid namespace shape is not this container's: a
-    /// tree dumped with its own pid namespace restores only into a new one,
-    /// a tree of a joined (shared) one only into a joined one — CRIU would
-    /// otherwise make a pid namespace the config does not have, or find no
-    /// namespace for the key.
-    fn check_pid_shape(&self, images: &Path) -> Result<(), ContainerError> {
-        let joins = !self.state.config.creates(NamespaceKind::Pid);
-        let dumped_joined = images_join_pid_ns(images)?;
-        if joins == dumped_joined {
-            return Ok(());
-        }
-        let (was, is) = if dumped_joined {
-            ("shared a pid namespace", "has its own")
-        } else {
-            ("had its own pid namespace", "shares one")
-        };
-        Err(ContainerError::Unsupported(format!(
-            "restore of a checkpoint whose container {was} into a container that {is}"
-        )))
     }
 
     /// The cgroup directory whose freezer state CRIU reads.
@@ -513,7 +286,7 @@ impl Container {
 
     /// Fds of the IPC and UTS namespaces the container joined by path, with
     /// their `setns` types: CRIU runs in them.
-    fn joined_ipc_uts(&self) -> Result<Vec<(OwnedFd, libc::c_int)>, ContainerError> {
+    pub(super) fn joined_ipc_uts(&self) -> Result<Vec<(OwnedFd, libc::c_int)>, ContainerError> {
         let mut out = Vec::new();
         for ns in &self.state.config.namespaces {
             let (Some(path), true) = (
@@ -550,7 +323,7 @@ pub fn images_join_pid_ns(images: &Path) -> Result<bool, ContainerError> {
     Ok(false)
 }
 
-fn cstring(p: &Path) -> Result<CString, ContainerError> {
+pub(super) fn cstring(p: &Path) -> Result<CString, ContainerError> {
     CString::new(p.as_os_str().as_bytes())
         .map_err(|_| ContainerError::Checkpoint(format!("{}: NUL byte in path", p.display())))
 }

@@ -2,7 +2,9 @@
 //! state, status, destroy.
 
 pub mod checkpoint;
+mod checkpoint_restore;
 mod checkpoint_stdio;
+pub mod checkpoint_userns;
 mod criu;
 mod destroy;
 mod exec;

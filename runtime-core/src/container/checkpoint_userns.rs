@@ -1,0 +1,289 @@
+//! Checkpoint and restore of a container in its pod's user namespace.
+//!
+//! - The user namespace is the pod's, joined by path. CRIU dumps it with the
+//!   tree (its id maps); berth also records the maps it saw
+//!   ([`USERNS_FILE`]) so a restore can be refused before anything is made
+//!   when the new pod's maps differ.
+//! - Restore joins the new pod's user namespace instead of creating one
+//!   (`--join-ns user:<path>`): the namespaces CRIU then creates (mount,
+//!   pid) are owned by it, and the pod's network namespace, owned by it
+//!   too, can be joined. Stock CRIU 4.1.1 creates the dumped user namespace
+//!   and fails to join the pod's network namespace (EPERM); the patch
+//!   `scripts/criu-join-userns.patch` (installed by
+//!   `scripts/install-criu.sh`) clones the root task inside the joined
+//!   namespace and checks its maps against the images instead of writing
+//!   them.
+//! - Files: each overlay layer (or a plain rootfs) is idmapped into the
+//!   user namespace, as at a normal start, before the rootfs CRIU restores
+//!   into is mounted; bind mounts that were idmapped are handed to CRIU as
+//!   idmapped trees; device nodes (bound from the host, since a user
+//!   namespace cannot mknod) are external mounts.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ContainerError;
+use crate::config::{Config, IdMap, MountKind, NamespaceKind};
+
+/// File (in the images directory) with the id maps of the user namespace
+/// the container was in, as the host sees them; absent when it had none.
+pub const USERNS_FILE: &str = "userns.json";
+
+/// The id maps of a user namespace, host ids absolute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserMaps {
+    /// `uid_map` lines.
+    pub uid_map: Vec<IdMap>,
+    /// `gid_map` lines.
+    pub gid_map: Vec<IdMap>,
+}
+
+impl UserMaps {
+    /// The maps of `pid`'s user namespace (`/proc/PID/{uid,gid}_map`).
+    pub fn of_process(pid: i32) -> Result<Self, ContainerError> {
+        let read = |name: &str| -> Result<Vec<IdMap>, ContainerError> {
+            let path = PathBuf::from(format!("/proc/{pid}/{name}"));
+            let text =
+                std::fs::read_to_string(&path).map_err(|source| ContainerError::StateIo {
+                    path: path.clone(),
+                    source,
+                })?;
+            parse_map(&text).ok_or_else(|| {
+                ContainerError::Checkpoint(format!("{}: not an id map: {text:?}", path.display()))
+            })
+        };
+        Ok(Self {
+            uid_map: read("uid_map")?,
+            gid_map: read("gid_map")?,
+        })
+    }
+
+    /// Whether these are `uids` and `gids`, in any order.
+    pub fn same_as(&self, uids: &[IdMap], gids: &[IdMap]) -> bool {
+        let sorted = |m: &[IdMap]| {
+            let mut v: Vec<(u32, u32, u32)> = m
+                .iter()
+                .map(|e| (e.container_id, e.host_id, e.size))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        sorted(&self.uid_map) == sorted(uids) && sorted(&self.gid_map) == sorted(gids)
+    }
+}
+
+/// `inside outside count` lines; `None` for anything else.
+fn parse_map(text: &str) -> Option<Vec<IdMap>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.split_whitespace().map(|n| n.parse::<u32>().ok());
+            let m = IdMap {
+                container_id: f.next()??,
+                host_id: f.next()??,
+                size: f.next()??,
+            };
+            f.next().is_none().then_some(m)
+        })
+        .collect()
+}
+
+/// The user namespace maps recorded with CRIU images; `None`: the container
+/// had no user namespace of its own.
+pub fn images_user_maps(images: &Path) -> Result<Option<UserMaps>, ContainerError> {
+    let path = images.join(USERNS_FILE);
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // CRIU writes a user namespace image only when it dumped one:
+            // without berth's record, such images cannot be checked.
+            let dumped = std::fs::read_dir(images)
+                .map_err(|source| ContainerError::StateIo {
+                    path: images.to_path_buf(),
+                    source,
+                })?
+                .flatten()
+                .any(|e| e.file_name().as_bytes().starts_with(b"userns-"));
+            if dumped {
+                return Err(ContainerError::Checkpoint(format!(
+                    "{}: a user namespace was dumped but {USERNS_FILE} is missing",
+                    images.display()
+                )));
+            }
+            Ok(None)
+        }
+        Err(source) => Err(ContainerError::StateIo { path, source }),
+        Ok(_) => super::checkpoint::read_json(&path).map(Some),
+    }
+}
+
+/// The host uid and gid of root in the user namespace the images record
+/// (the restored pod's: the maps are checked to be the same).
+pub(super) fn root_ids(images: &Path) -> Result<Option<(u32, u32)>, ContainerError> {
+    let Some(m) = images_user_maps(images)? else {
+        return Ok(None);
+    };
+    let root = |map: &[IdMap]| {
+        map.iter()
+            .find(|e| e.container_id == 0 && e.size > 0)
+            .map(|e| e.host_id)
+    };
+    match (root(&m.uid_map), root(&m.gid_map)) {
+        (Some(u), Some(g)) => Ok(Some((u, g))),
+        _ => Err(ContainerError::Unsupported(
+            "restore into a user namespace without a root (uid and gid 0 unmapped)".into(),
+        )),
+    }
+}
+
+/// Writes [`USERNS_FILE`] for the container whose init is `pid`.
+pub(super) fn record(pid: i32, images: &Path) -> Result<(), ContainerError> {
+    super::checkpoint::write_json(&images.join(USERNS_FILE), &UserMaps::of_process(pid)?)
+}
+
+/// The pod user namespace the container joins by path, if any.
+pub(super) fn joined(config: &Config) -> Option<&Path> {
+    config
+        .namespace(NamespaceKind::User)
+        .and_then(|n| n.path.as_deref())
+}
+
+/// Device nodes the init bound from the host (`/dev/null` onto
+/// `/dev/null`): external mounts, keyed by their path.
+pub(super) fn device_keys(config: &Config) -> Vec<String> {
+    if joined(config).is_none() {
+        return Vec::new();
+    }
+    config
+        .devices
+        .iter()
+        .map(|d| d.path.display().to_string())
+        .collect()
+}
+
+/// The idmapped trees a restore attaches in CRIU's mount namespace before
+/// the rootfs is mounted: each onto its directory.
+pub(super) struct Trees {
+    /// `(directory, idmapped tree of it)`: the overlay's layers (and the
+    /// upper and work directories' parent), or a plain rootfs.
+    pub onto: Vec<(CString, OwnedFd)>,
+    /// Bind mounts that were idmapped: `(destination, staging path)`, the
+    /// staging path (under the work directory) holding the idmapped tree of
+    /// the source, for CRIU to bind.
+    pub staged: Vec<(PathBuf, PathBuf)>,
+}
+
+/// Clones and idmaps, through the user namespace at `userns`, what the
+/// container's start would have: its layers (or rootfs) and its idmapped
+/// bind mounts, the latter attached at staging paths made under `work`.
+pub(super) fn trees(config: &Config, userns: &Path, work: &Path) -> Result<Trees, ContainerError> {
+    let mut out = Trees {
+        onto: Vec::new(),
+        staged: Vec::new(),
+    };
+    let ns = std::fs::File::open(userns).map_err(|source| ContainerError::StateIo {
+        path: userns.to_path_buf(),
+        source,
+    })?;
+    let make = |path: &Path| -> Result<OwnedFd, ContainerError> {
+        let tree = crate::sys::open_tree_clone(path).map_err(|source| ContainerError::Sys {
+            step: "clone a mount tree to idmap",
+            source,
+        })?;
+        crate::sys::mount_setattr_idmap(tree.as_fd(), ns.as_fd()).map_err(|source| {
+            ContainerError::Sys {
+                step: "idmap a mount (needs a filesystem that supports idmapped mounts)",
+                source,
+            }
+        })?;
+        Ok(tree)
+    };
+    let cstr = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| ContainerError::Checkpoint(format!("{}: a NUL byte", p.display())))
+    };
+    if config.idmap_rootfs {
+        let dirs: Vec<PathBuf> = match &config.overlay {
+            Some(o) => {
+                let mut l = o.lowerdirs.clone();
+                l.extend(o.upperdir.parent().map(Path::to_path_buf));
+                l
+            }
+            None => vec![config.rootfs.clone()],
+        };
+        for d in dirs {
+            out.onto.push((cstr(&d)?, make(&d)?));
+        }
+    }
+    let staging = work.join("idmapped");
+    for (i, m) in config.mounts.iter().enumerate() {
+        let (MountKind::Bind { .. }, Some(src), true) = (&m.kind, &m.source, m.idmap) else {
+            continue;
+        };
+        let tree = make(src)?;
+        let at = staging.join(i.to_string());
+        let io = |source| ContainerError::StateIo {
+            path: at.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&staging).map_err(io)?;
+        let _ = std::fs::remove_dir(&at).or_else(|_| std::fs::remove_file(&at));
+        if src.is_dir() {
+            std::fs::create_dir(&at).map_err(io)?;
+        } else {
+            std::fs::File::create(&at).map_err(io)?;
+        }
+        out.onto.push((cstr(&at)?, tree));
+        out.staged.push((m.destination.clone(), at));
+    }
+    Ok(out)
+}
+
+/// Removes the staging paths [`trees`] made (mounted only in CRIU's own
+/// mount namespace, gone with it).
+pub(super) fn remove_staging(work: &Path) {
+    let _ = std::fs::remove_dir_all(work.join("idmapped"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_maps_parse_and_compare_in_any_order() {
+        let m = parse_map("         0     500000      65536\n 70000 1 2\n").unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].host_id, 500000);
+        let maps = UserMaps {
+            uid_map: m.clone(),
+            gid_map: m.clone(),
+        };
+        let rev: Vec<IdMap> = m.iter().rev().copied().collect();
+        assert!(maps.same_as(&rev, &m));
+        assert!(!maps.same_as(&m[..1], &m));
+        assert!(parse_map("0 1\n").is_none());
+        assert!(parse_map("0 1 2 3\n").is_none());
+        assert!(parse_map("a b c\n").is_none());
+    }
+
+    #[test]
+    fn dumped_user_namespace_without_the_record_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(images_user_maps(dir.path()).unwrap(), None);
+        std::fs::write(dir.path().join("userns-12.img"), b"x").unwrap();
+        assert!(images_user_maps(dir.path()).is_err());
+        let maps = UserMaps {
+            uid_map: vec![IdMap {
+                container_id: 0,
+                host_id: 500000,
+                size: 65536,
+            }],
+            gid_map: Vec::new(),
+        };
+        super::super::checkpoint::write_json(&dir.path().join(USERNS_FILE), &maps).unwrap();
+        assert_eq!(images_user_maps(dir.path()).unwrap(), Some(maps));
+    }
+}
