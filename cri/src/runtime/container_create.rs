@@ -198,6 +198,7 @@ fn build(
         if let Some(u) = &restore {
             u.check_terminal(config.tty)?;
             u.check_pid_namespace(&pid)?;
+            u.check_user_namespace(sandbox.userns.as_ref())?;
         }
         let rootfs_image = restore
             .as_ref()

@@ -50,6 +50,36 @@ impl Unpacked {
         }
     }
 
+    /// The restored container's pod must have a user namespace exactly when
+    /// the checkpointed one's had, with the same id maps (host ids): the
+    /// restored tasks join it, and CRIU's images hold the ids they had.
+    pub fn check_user_namespace(
+        &self,
+        pod: Option<&crate::runtime::sandbox::Userns>,
+    ) -> Result<(), RuntimeError> {
+        const FIELD: &str = "config.linux.security_context.namespace_options.userns_options";
+        let dumped = berth_core::container::checkpoint::images_user_maps(&self.images_dir())
+            .map_err(|e| RuntimeError::invalid("config.image.image", e.to_string()))?;
+        let reason = match (dumped, pod) {
+            (None, None) => return Ok(()),
+            (Some(m), Some(u)) if m.same_as(&u.uids, &u.gids) => return Ok(()),
+            (Some(m), Some(_)) => format!(
+                "the checkpointed container's pod had other user namespace id maps (uids {}, \
+                 gids {}): the restored one's pod must have the same",
+                describe(&m.uid_map),
+                describe(&m.gid_map)
+            ),
+            (Some(_), None) => "the checkpointed container's pod had a user namespace of its \
+                                own: the restored one's pod must have one (POD), with the same \
+                                id maps"
+                .into(),
+            (None, Some(_)) => "the checkpointed container's pod had no user namespace of its \
+                                own: the restored one's pod cannot have one"
+                .into(),
+        };
+        Err(RuntimeError::invalid(FIELD, reason))
+    }
+
     /// The restored container must be in the same pid namespace shape as
     /// the checkpointed one: its own, or its pod's shared one (CRIU dumped
     /// that as external and restores the tree, with its pids, into the one
@@ -74,6 +104,14 @@ impl Unpacked {
         };
         Err(RuntimeError::invalid(FIELD, reason))
     }
+}
+
+/// `container_id:host_id:size` for each map line, comma separated.
+fn describe(m: &[berth_core::config::IdMap]) -> String {
+    m.iter()
+        .map(|e| format!("{}:{}:{}", e.container_id, e.host_id, e.size))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The checkpoint's rootfs image (`config.dump`'s name, else its ref), as

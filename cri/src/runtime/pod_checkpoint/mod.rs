@@ -24,9 +24,14 @@
 //! pod's. A process a container left orphaned to the pod init belongs to no
 //! container's tree and is not restored.
 //!
+//! A pod with its own user namespace is restored into a new pod with the
+//! same id maps (each container's images record them; other maps are
+//! refused naming the field before anything is made): its containers join
+//! the new pod's user namespace (see `berth_core`'s `checkpoint_userns`).
+//!
 //! Pod shapes not checkpointed yet (a clear FailedPrecondition before
-//! anything is frozen): user-namespace pods, containers in the node's pid
-//! namespace or a target container's. TCP connections between two
+//! anything is frozen): containers in the node's pid namespace or a target
+//! container's. TCP connections between two
 //! containers of the pod survive a restore (see `restore`'s fence).
 
 use std::collections::BTreeMap;
@@ -194,9 +199,6 @@ fn check_shape(pod: &SandboxRecord, c: &ContainerRecord) -> Result<(), RuntimeEr
         })
     };
     let cfg = c.config();
-    if pod.userns.is_some() {
-        return refuse("is in a user-namespace pod");
-    }
     let pid = cfg
         .linux
         .as_ref()
