@@ -46,6 +46,24 @@ impl Container {
         self.check_pid_shape(&opts.images_dir)?;
         self.check_user_shape(&opts.images_dir)?;
         let wiring = super::checkpoint_stdio::wiring(&opts.images_dir, stdio)?;
+        if wiring.console.is_some() {
+            if let Some((uid, gid)) = userns::root_ids(&opts.images_dir)? {
+                // CRIU gives the terminal its dumped owner from inside the
+                // pod's user namespace: only a file owned by an id mapped
+                // there may be chowned there.
+                for (fd, _) in wiring.inherit.iter().filter(|(_, k)| k.starts_with("tty[")) {
+                    nix::unistd::fchown(
+                        fd.as_raw_fd(),
+                        Some(nix::unistd::Uid::from_raw(uid)),
+                        Some(nix::unistd::Gid::from_raw(gid)),
+                    )
+                    .map_err(|source| ContainerError::Sys {
+                        step: "give the restored terminal to the pod's root",
+                        source,
+                    })?;
+                }
+            }
+        }
         std::fs::create_dir_all(&opts.work_dir).map_err(|source| ContainerError::StateIo {
             path: opts.work_dir.clone(),
             source,
