@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ContainerError;
 use crate::config::{Config, IdMap, MountKind, NamespaceKind};
+use crate::security::ceiling::TaskCreds;
 
 /// File (in the images directory) with the id maps of the user namespace
 /// the container was in, as the host sees them; absent when it had none.
@@ -62,6 +63,18 @@ impl UserMaps {
         })
     }
 
+    /// `creds` (host ids) with their ids as the namespace sees them; a host
+    /// id the maps do not cover becomes `u32::MAX` (no container id).
+    pub fn creds_inside(&self, mut creds: TaskCreds) -> TaskCreds {
+        for u in &mut creds.uids {
+            *u = inside(&self.uid_map, *u);
+        }
+        for g in creds.gids.iter_mut().chain(creds.groups.iter_mut()) {
+            *g = inside(&self.gid_map, *g);
+        }
+        creds
+    }
+
     /// Whether these are `uids` and `gids`, in any order.
     pub fn same_as(&self, uids: &[IdMap], gids: &[IdMap]) -> bool {
         let sorted = |m: &[IdMap]| {
@@ -74,6 +87,13 @@ impl UserMaps {
         };
         sorted(&self.uid_map) == sorted(uids) && sorted(&self.gid_map) == sorted(gids)
     }
+}
+
+/// The id inside for host id `id`; `u32::MAX` when unmapped.
+fn inside(map: &[IdMap], id: u32) -> u32 {
+    map.iter()
+        .find(|e| id >= e.host_id && u64::from(id) < u64::from(e.host_id) + u64::from(e.size))
+        .map_or(u32::MAX, |e| e.container_id + (id - e.host_id))
 }
 
 /// `inside outside count` lines; `None` for anything else.
@@ -267,6 +287,11 @@ mod tests {
         assert!(parse_map("0 1\n").is_none());
         assert!(parse_map("0 1 2 3\n").is_none());
         assert!(parse_map("a b c\n").is_none());
+        assert_eq!(inside(&m, 500000), 0);
+        assert_eq!(inside(&m, 501000), 1000);
+        assert_eq!(inside(&m, 565536), u32::MAX);
+        assert_eq!(inside(&m, 1), 70000);
+        assert_eq!(inside(&m, 0), u32::MAX);
     }
 
     #[test]

@@ -42,11 +42,24 @@ impl Container {
             .no_new_privileges
             .unwrap_or(config.no_new_privileges);
         let ceiling = Ceiling::new(caps, &resolved, nnp, config.seccomp.is_some());
+        // In the pod's user namespace the tasks' ids (host ids in `status`)
+        // are compared as the container knows them, through its maps.
+        let maps = match super::checkpoint_userns::joined(config) {
+            Some(_) => Some(
+                super::checkpoint_userns::UserMaps::of_process(init)
+                    .map_err(|e| refuse(init, format!("unreadable id maps ({e})")))?,
+            ),
+            None => None,
+        };
         for (pid, tid) in tasks(init).map_err(|e| refuse(init, e))? {
             let path = format!("/proc/{pid}/task/{tid}/status");
             let creds = std::fs::read_to_string(&path)
                 .ok()
                 .and_then(|s| TaskCreds::parse(&s))
+                .map(|c| match &maps {
+                    Some(m) => m.creds_inside(c),
+                    None => c,
+                })
                 .ok_or_else(|| refuse(tid, format!("credentials that cannot be read ({path})")))?;
             let excess = ceiling.excess(&creds);
             if !excess.is_empty() {

@@ -80,8 +80,9 @@ impl TaskCreds {
     }
 }
 
-/// The most privilege a container's processes may hold (ids as the host
-/// sees them: restored containers have no user namespace of their own).
+/// The most privilege a container's processes may hold (ids as the
+/// container sees them: a task of a user-namespace pod is compared with its
+/// ids mapped back through the pod's maps).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ceiling {
     /// The only uid allowed; `None`: any (the container may change user).
