@@ -157,7 +157,10 @@ async fn a_user_namespace_pod_is_checkpointed_and_restored() {
     )
     .await;
     assert_eq!(code, 0, "{out2}");
-    assert_eq!(out2.split_whitespace().collect::<Vec<_>>(), ["0", "0", "ok"]);
+    assert_eq!(
+        out2.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0", "ok"]
+    );
     // The new pod's user namespace, not a copy: the pod's other processes
     // (a new container) are in the same one.
     let (peer_pod, peer) = (
@@ -168,7 +171,10 @@ async fn a_user_namespace_pod_is_checkpointed_and_restored() {
     const NS: &str = "readlink /proc/self/ns/user";
     let a = exec(&mut env.rt, &counter2, NS).await.1;
     let b = exec(&mut env.rt, &peer, NS).await.1;
-    assert_eq!(a, b, "restored and new containers share the pod's user namespace");
+    assert_eq!(
+        a, b,
+        "restored and new containers share the pod's user namespace"
+    );
     env.rt
         .stop_pod_sandbox(proto::StopPodSandboxRequest {
             pod_sandbox_id: restored.pod_sandbox_id.clone(),
@@ -257,7 +263,10 @@ async fn a_user_namespace_container_with_its_own_pid_namespace_is_restored() {
     )
     .await;
     assert_eq!(code, 0, "{out}");
-    assert!(out.lines().next().unwrap_or_default().contains("/count"), "{out}");
+    assert!(
+        out.lines().next().unwrap_or_default().contains("/count"),
+        "{out}"
+    );
     assert!(out.contains("500000"), "{out}");
     assert_eq!(out.lines().last(), Some("0"), "{out}");
     // Its pid namespace is owned by the new pod's user namespace (as a
@@ -267,8 +276,195 @@ async fn a_user_namespace_container_with_its_own_pid_namespace_is_restored() {
         .unwrap();
     assert_eq!(
         owner_of_pid_ns(init as i32),
-        std::fs::metadata(format!("/proc/{init}/ns/user")).unwrap().ino()
+        std::fs::metadata(format!("/proc/{init}/ns/user"))
+            .unwrap()
+            .ino()
     );
+    for p in [pod, new_pod] {
+        env.rt
+            .stop_pod_sandbox(proto::StopPodSandboxRequest { pod_sandbox_id: p })
+            .await
+            .unwrap();
+    }
+}
+
+/// A shell on its terminal in a user-namespace pod, with a host directory
+/// mounted idmapped (the pod's maps, as kubelet asks for volumes): it
+/// counts into the volume and answers each line typed at it. Checkpointed
+/// with CheckpointPod and restored into a new pod with the same maps and
+/// volume: the count goes on in the volume, the files it writes there are
+/// root's on the host (through the idmapping), and Attach reaches the new
+/// terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_namespace_terminal_with_an_idmapped_volume_is_restored() {
+    let test = "a_user_namespace_terminal_with_an_idmapped_volume_is_restored";
+    if !criu_works(test) {
+        return;
+    }
+    let Some(mut env) = env_with_config(test, "[checkpoint]\nrestore = true\n").await else {
+        return;
+    };
+    let data = env.dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("seed"), "seed\n").unwrap();
+    let maps = vec![proto::IdMapping {
+        host_id: 500_000,
+        container_id: 0,
+        length: 65536,
+    }];
+    let console = |env: &Env, script: &str| {
+        let mut c = root_sh(env, "console", script);
+        c.tty = true;
+        c.stdin = true;
+        c.mounts.push(proto::Mount {
+            container_path: "/data".into(),
+            host_path: data.display().to_string(),
+            uid_mappings: maps.clone(),
+            gid_mappings: maps.clone(),
+            ..Default::default()
+        });
+        c
+    };
+    const SCRIPT: &str = "(i=0; while :; do i=$((i+1)); echo $i > /data/count; sleep 0.1; done) & \
+        while read l; do echo got-$l; done";
+    let pod_cfg = userns_pod(&env, "userns-tty");
+    let pod = run_pod(&mut env.rt, pod_cfg.clone()).await;
+    let c = console(&env, SCRIPT);
+    let id = create_start(&mut env.rt, &pod, &pod_cfg, c).await;
+    wait_at_least(&mut env.rt, &id, "cat /data/count", 5).await;
+    let (code, out) = exec(&mut env.rt, &id, "stat -c %u /data/seed").await;
+    assert_eq!((code, out.trim()), (0, "0"), "{out}");
+    attach_echo(&mut env.rt, true, &id, "before", "got-before").await;
+
+    let out = env.dir.path().join("pod-checkpoint");
+    std::fs::create_dir(&out).unwrap();
+    checkpoint_pod(&mut env.rt, &pod, &[&id], &out)
+        .await
+        .unwrap_or_else(|e| panic!("CheckpointPod: {}", e.message()));
+    env.rt
+        .stop_pod_sandbox(proto::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    let dumped = last(&std::fs::read_to_string(data.join("count")).unwrap());
+
+    let new_cfg = userns_pod(&env, "userns-tty-again");
+    let c = console(&env, "");
+    let restored = restore_pod(&mut env.rt, &out, new_cfg, vec![c])
+        .await
+        .unwrap_or_else(|e| panic!("RestorePod: {}", e.message()));
+    let id2 = restored_id(&restored, "console");
+    start(&mut env.rt, &id2)
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer: {}", e.message()));
+    wait_at_least(&mut env.rt, &id2, "cat /data/count", dumped + 3).await;
+    let (code, out) = exec(
+        &mut env.rt,
+        &id2,
+        "touch /data/after && stat -c %u /data/after",
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "0"), "{out}");
+    assert_eq!(std::fs::metadata(data.join("after")).unwrap().uid(), 0);
+    attach_echo(&mut env.rt, true, &id2, "after", "got-after").await;
+    env.rt
+        .stop_pod_sandbox(proto::StopPodSandboxRequest {
+            pod_sandbox_id: restored.pod_sandbox_id.clone(),
+        })
+        .await
+        .unwrap();
+}
+
+/// A non-root container of a user-namespace pod (uid 1000, no capabilities,
+/// no_new_privs, the runtime's seccomp profile) is checkpointed and
+/// restored with the same context: the restored tasks' ids are checked as
+/// the pod's namespace sees them (1000, not the host's 501000) and pass;
+/// the same checkpoint restored as another user is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_root_user_namespace_container_is_restored_and_checked_inside() {
+    let test = "a_non_root_user_namespace_container_is_restored_and_checked_inside";
+    if !criu_works(test) {
+        return;
+    }
+    let Some(mut env) = env_with_config(test, "[checkpoint]\nrestore = true\n").await else {
+        return;
+    };
+    let restricted = |uid: i64| proto::LinuxContainerSecurityContext {
+        run_as_user: Some(proto::Int64Value { value: uid }),
+        capabilities: Some(proto::Capability {
+            drop_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        }),
+        no_new_privs: true,
+        seccomp: Some(proto::SecurityProfile {
+            profile_type: proto::security_profile::ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
+        }),
+        namespace_options: Some(proto::NamespaceOption {
+            pid: proto::NamespaceMode::Container as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let counter = |env: &Env, uid: i64, script: &str| {
+        let mut c = container(env, "counter", &["/bin/sh", "-c"], &[script]);
+        c.linux = Some(proto::LinuxContainerConfig {
+            security_context: Some(restricted(uid)),
+            ..Default::default()
+        });
+        c
+    };
+    const SCRIPT: &str = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done";
+    let pod_cfg = userns_pod(&env, "userns-user");
+    let pod = run_pod(&mut env.rt, pod_cfg.clone()).await;
+    let c = counter(&env, 1000, SCRIPT);
+    let id = create_start(&mut env.rt, &pod, &pod_cfg, c).await;
+    wait_at_least(&mut env.rt, &id, "cat /tmp/count", 5).await;
+    let archive = env.dir.path().join("counter.tar");
+    if let Err(e) = env
+        .rt
+        .checkpoint_container(proto::CheckpointContainerRequest {
+            container_id: id.clone(),
+            location: archive.display().to_string(),
+            timeout: 0,
+        })
+        .await
+    {
+        panic!("CheckpointContainer: {}", e.message());
+    }
+    let new_cfg = userns_pod(&env, "userns-user-again");
+    let new_pod = run_pod(&mut env.rt, new_cfg.clone()).await;
+    let from = |env: &Env, uid: i64| {
+        let mut c = counter(env, uid, "");
+        c.image = Some(proto::ImageSpec {
+            image: archive.display().to_string(),
+            ..Default::default()
+        });
+        proto::CreateContainerRequest {
+            pod_sandbox_id: new_pod.clone(),
+            config: Some(c),
+            sandbox_config: Some(new_cfg.clone()),
+        }
+    };
+    // As another user: the tasks are 1000 inside, 2000 is asked for.
+    let req = from(&env, 2000);
+    let e = env.rt.create_container(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains("where only 2000"), "{}", e.message());
+    // As itself: restored, counting on as 1000 inside.
+    let req = from(&env, 1000);
+    let restored = env
+        .rt
+        .create_container(req)
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer (restore): {}", e.message()))
+        .into_inner()
+        .container_id;
+    start(&mut env.rt, &restored).await.unwrap();
+    let (code, out) = exec(&mut env.rt, &restored, "id -u; cat /tmp/count").await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.lines().next(), Some("1000"), "{out}");
     for p in [pod, new_pod] {
         env.rt
             .stop_pod_sandbox(proto::StopPodSandboxRequest { pod_sandbox_id: p })
