@@ -12,7 +12,8 @@
 //! whole pods of three containers (`pod-small`: three shell loops;
 //! `pod-tcp`: a server, a client connected to it over the pod's loopback
 //! and a loop, restored behind the pod's network fence; `pod-200MiB`: two
-//! loops and the 200 MiB shell): CheckpointPod (all three
+//! loops and the 200 MiB shell; `pod-userns`: three loops in a pod with its
+//! own user namespace, restored into one with the same maps): CheckpointPod (all three
 //! frozen, dumped, thawed) and RestorePod plus the three StartContainers,
 //! with the checkpoint directory's size. Under
 //! `cargo test` it is a smoke run (one round of the small container).
@@ -213,6 +214,7 @@ async fn pod_cases(
             ("pod-small", [small; 3], 10),
             ("pod-tcp", [server, client, small], 10),
             ("pod-200MiB", [small, small, big], 5),
+            ("pod-userns", [small; 3], 10),
         ]
     } else {
         vec![("pod-small", [small; 3], 1)]
@@ -231,8 +233,13 @@ async fn pod_cases(
     for (name, scripts, runs) in cases {
         let (mut dump, mut restore, mut size) = (Vec::new(), Vec::new(), 0u64);
         for i in 0..runs {
+            let base = if name == "pod-userns" {
+                userns_pod(env, "")
+            } else {
+                pod_config(&dir)
+            };
             let pod_cfg = |tag: &str| {
-                let mut c = pod_config(&dir);
+                let mut c = base.clone();
                 let m = c.metadata.as_mut().unwrap();
                 m.name = format!("{name}-{tag}-{i}");
                 m.uid = format!("{name}-{tag}-{i}");

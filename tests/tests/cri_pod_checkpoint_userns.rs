@@ -13,6 +13,23 @@ use std::os::unix::fs::MetadataExt;
 
 use tonic::Code;
 
+/// A daemon with restore on, when CRIU works here.
+async fn node(test: &str) -> Option<Env> {
+    if !criu_works(test) {
+        return None;
+    }
+    env_with_config(test, "[checkpoint]\nrestore = true\n").await
+}
+
+/// StopPodSandbox of `id`.
+async fn stop_pod(rt: &mut Rt, id: impl Into<String>) {
+    rt.stop_pod_sandbox(proto::StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .unwrap();
+}
+
 /// Counts in /count every 0.1 s.
 const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.1; done";
 
@@ -68,11 +85,7 @@ async fn ids_inside(rt: &mut Rt, id: &str) -> (String, String) {
 /// leaves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_namespace_pod_is_checkpointed_and_restored() {
-    let test = "a_user_namespace_pod_is_checkpointed_and_restored";
-    if !criu_works(test) {
-        return;
-    }
-    let Some(mut env) = env_with_config(test, "[checkpoint]\nrestore = true\n").await else {
+    let Some(mut env) = node("a_user_namespace_pod_is_checkpointed_and_restored").await else {
         return;
     };
     let pod_cfg = userns_pod(&env, "userns-counter");
@@ -97,12 +110,7 @@ async fn a_user_namespace_pod_is_checkpointed_and_restored() {
     .unwrap();
     assert_eq!(maps["uid_map"][0]["host_id"], 500000, "{maps}");
     let dumped = last(&exec(&mut env.rt, &counter, "cat /count").await.1);
-    env.rt
-        .stop_pod_sandbox(proto::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
+    stop_pod(&mut env.rt, pod.clone()).await;
     let restore_cfg = root_sh(&env, "counter", "");
     let configs = || vec![restore_cfg.clone()];
 
@@ -175,12 +183,7 @@ async fn a_user_namespace_pod_is_checkpointed_and_restored() {
         a, b,
         "restored and new containers share the pod's user namespace"
     );
-    env.rt
-        .stop_pod_sandbox(proto::StopPodSandboxRequest {
-            pod_sandbox_id: restored.pod_sandbox_id.clone(),
-        })
-        .await
-        .unwrap();
+    stop_pod(&mut env.rt, restored.pod_sandbox_id.clone()).await;
 }
 
 /// A container of a user-namespace pod with its own pid namespace is
@@ -190,11 +193,9 @@ async fn a_user_namespace_pod_is_checkpointed_and_restored() {
 /// namespace. A pod with other maps refuses it naming the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_namespace_container_with_its_own_pid_namespace_is_restored() {
-    let test = "a_user_namespace_container_with_its_own_pid_namespace_is_restored";
-    if !criu_works(test) {
-        return;
-    }
-    let Some(mut env) = env_with_config(test, "[checkpoint]\nrestore = true\n").await else {
+    let Some(mut env) =
+        node("a_user_namespace_container_with_its_own_pid_namespace_is_restored").await
+    else {
         return;
     };
     let pod_cfg = userns_pod(&env, "userns-one");
@@ -281,10 +282,7 @@ async fn a_user_namespace_container_with_its_own_pid_namespace_is_restored() {
             .ino()
     );
     for p in [pod, new_pod] {
-        env.rt
-            .stop_pod_sandbox(proto::StopPodSandboxRequest { pod_sandbox_id: p })
-            .await
-            .unwrap();
+        stop_pod(&mut env.rt, p).await;
     }
 }
 
@@ -297,11 +295,8 @@ async fn a_user_namespace_container_with_its_own_pid_namespace_is_restored() {
 /// terminal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_namespace_terminal_with_an_idmapped_volume_is_restored() {
-    let test = "a_user_namespace_terminal_with_an_idmapped_volume_is_restored";
-    if !criu_works(test) {
-        return;
-    }
-    let Some(mut env) = env_with_config(test, "[checkpoint]\nrestore = true\n").await else {
+    let Some(mut env) = node("a_user_namespace_terminal_with_an_idmapped_volume_is_restored").await
+    else {
         return;
     };
     let data = env.dir.path().join("data");
@@ -341,12 +336,7 @@ async fn a_user_namespace_terminal_with_an_idmapped_volume_is_restored() {
     checkpoint_pod(&mut env.rt, &pod, &[&id], &out)
         .await
         .unwrap_or_else(|e| panic!("CheckpointPod: {}", e.message()));
-    env.rt
-        .stop_pod_sandbox(proto::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
+    stop_pod(&mut env.rt, pod.clone()).await;
     let dumped = last(&std::fs::read_to_string(data.join("count")).unwrap());
 
     let new_cfg = userns_pod(&env, "userns-tty-again");
@@ -368,12 +358,7 @@ async fn a_user_namespace_terminal_with_an_idmapped_volume_is_restored() {
     assert_eq!((code, out.trim()), (0, "0"), "{out}");
     assert_eq!(std::fs::metadata(data.join("after")).unwrap().uid(), 0);
     attach_echo(&mut env.rt, true, &id2, "after", "got-after").await;
-    env.rt
-        .stop_pod_sandbox(proto::StopPodSandboxRequest {
-            pod_sandbox_id: restored.pod_sandbox_id.clone(),
-        })
-        .await
-        .unwrap();
+    stop_pod(&mut env.rt, restored.pod_sandbox_id.clone()).await;
 }
 
 /// A non-root container of a user-namespace pod (uid 1000, no capabilities,
@@ -383,11 +368,9 @@ async fn a_user_namespace_terminal_with_an_idmapped_volume_is_restored() {
 /// the same checkpoint restored as another user is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_root_user_namespace_container_is_restored_and_checked_inside() {
-    let test = "a_non_root_user_namespace_container_is_restored_and_checked_inside";
-    if !criu_works(test) {
-        return;
-    }
-    let Some(mut env) = env_with_config(test, "[checkpoint]\nrestore = true\n").await else {
+    let Some(mut env) =
+        node("a_non_root_user_namespace_container_is_restored_and_checked_inside").await
+    else {
         return;
     };
     let restricted = |uid: i64| proto::LinuxContainerSecurityContext {
@@ -466,9 +449,6 @@ async fn a_non_root_user_namespace_container_is_restored_and_checked_inside() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.lines().next(), Some("1000"), "{out}");
     for p in [pod, new_pod] {
-        env.rt
-            .stop_pod_sandbox(proto::StopPodSandboxRequest { pod_sandbox_id: p })
-            .await
-            .unwrap();
+        stop_pod(&mut env.rt, p).await;
     }
 }
