@@ -47,44 +47,27 @@ impl Container {
         self.check_user_shape(&opts.images_dir)?;
         let wiring = super::checkpoint_stdio::wiring(&opts.images_dir, stdio)?;
         if wiring.console.is_some() {
-            if let Some((uid, gid)) = userns::root_ids(&opts.images_dir)? {
-                // CRIU gives the terminal its dumped owner from inside the
-                // pod's user namespace: only a file owned by an id mapped
-                // there may be chowned there.
-                for (fd, _) in wiring.inherit.iter().filter(|(_, k)| k.starts_with("tty[")) {
-                    nix::unistd::fchown(
-                        fd.as_raw_fd(),
-                        Some(nix::unistd::Uid::from_raw(uid)),
-                        Some(nix::unistd::Gid::from_raw(gid)),
-                    )
-                    .map_err(|source| ContainerError::Sys {
-                        step: "give the restored terminal to the pod's root",
-                        source,
-                    })?;
-                }
-            }
+            userns::give_terminal(&wiring.inherit, &opts.images_dir)?;
         }
         std::fs::create_dir_all(&opts.work_dir).map_err(|source| ContainerError::StateIo {
             path: opts.work_dir.clone(),
             source,
         })?;
         let cgroup = self.create_cgroup()?;
-        let res = self
-            .restore_tree(opts, wiring, cgroup.as_ref())
-            .inspect(|_| userns::remove_staging(&opts.work_dir))
-            .inspect_err(|_| userns::remove_staging(&opts.work_dir))
-            .and_then(|handle| match self.check_restored(handle.pid(), process) {
-                Ok(()) => Ok(handle),
-                Err(e) => {
-                    // SIGKILL ends stopped tasks too; the init is our child.
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(handle.pid()),
-                        nix::sys::signal::SIGKILL,
-                    );
-                    let _ = handle.wait();
-                    Err(e)
-                }
-            });
+        let tree = self.restore_tree(opts, wiring, cgroup.as_ref());
+        userns::remove_staging(&opts.work_dir);
+        let res = tree.and_then(|handle| match self.check_restored(handle.pid(), process) {
+            Ok(()) => Ok(handle),
+            Err(e) => {
+                // SIGKILL ends stopped tasks too; the init is our child.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(handle.pid()),
+                    nix::sys::signal::SIGKILL,
+                );
+                let _ = handle.wait();
+                Err(e)
+            }
+        });
         if res.is_err() {
             if let Some(cg) = &cgroup {
                 cg.kill_all();

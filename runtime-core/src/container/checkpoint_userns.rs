@@ -20,7 +20,7 @@
 //!   namespace cannot mknod) are external mounts.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -157,6 +157,31 @@ pub(super) fn root_ids(images: &Path) -> Result<Option<(u32, u32)>, ContainerErr
             "restore into a user namespace without a root (uid and gid 0 unmapped)".into(),
         )),
     }
+}
+
+/// Gives the new terminal (the `tty[..]` fds handed to CRIU) to the pod's
+/// root when the images hold a user namespace: CRIU sets the terminal's
+/// dumped owner from inside that namespace, where only a file owned by an
+/// id it maps may be chowned.
+pub(super) fn give_terminal(
+    inherit: &[(OwnedFd, String)],
+    images: &Path,
+) -> Result<(), ContainerError> {
+    let Some((uid, gid)) = root_ids(images)? else {
+        return Ok(());
+    };
+    for (fd, _) in inherit.iter().filter(|(_, k)| k.starts_with("tty[")) {
+        nix::unistd::fchown(
+            fd.as_raw_fd(),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .map_err(|source| ContainerError::Sys {
+            step: "give the restored terminal to the pod's root",
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Writes [`USERNS_FILE`] for the container whose init is `pid`.
