@@ -39,7 +39,7 @@ run() {
 phase "installing test dependencies"
 run bash scripts/install-test-deps.sh
 
-phase "installing CRIU (checkpoint/restore tests; skipped when a working one is on PATH)"
+phase "installing CRIU with berth's patches (checkpoint/restore tests; skipped when the installed one was built from them)"
 run bash scripts/install-criu.sh
 # Where install-criu.sh puts it, first: the tests and the daemon look it up.
 export PATH="/usr/local/sbin:$PATH"
