@@ -6,10 +6,12 @@
 mod common;
 
 use berth_cri::proto;
+use berth_cri::proto::runtime_service_client::RuntimeServiceClient;
 use common::exec_sh as exec;
 use common::pods::*;
 use common::*;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
 
 use tonic::Code;
 
@@ -451,4 +453,90 @@ async fn a_non_root_user_namespace_container_is_restored_and_checked_inside() {
     for p in [pod, new_pod] {
         stop_pod(&mut env.rt, p).await;
     }
+}
+
+/// A node whose criu lacks berth's join-userns patch (`criu check --feature
+/// join_userns` fails: a stand-in criu on the daemon's PATH, otherwise the
+/// real one) refuses to restore into a user-namespace pod up front, naming
+/// the patch, rather than with CRIU's EPERM; nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_criu_without_the_join_userns_patch_is_refused_up_front() {
+    let Some(mut env) = node("a_criu_without_the_join_userns_patch_is_refused_up_front").await
+    else {
+        return;
+    };
+    let pod_cfg = userns_pod(&env, "userns-stock");
+    let pod = run_pod(&mut env.rt, pod_cfg.clone()).await;
+    let c = root_sh(&env, "counter", COUNTER);
+    let id = create_start(&mut env.rt, &pod, &pod_cfg, c).await;
+    let archive = env.dir.path().join("counter.tar");
+    env.rt
+        .checkpoint_container(proto::CheckpointContainerRequest {
+            container_id: id,
+            location: archive.display().to_string(),
+            timeout: 0,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CheckpointContainer: {}", e.message()));
+
+    let real = Command::new("sh")
+        .args(["-c", "command -v criu"])
+        .output()
+        .unwrap();
+    let real = String::from_utf8(real.stdout).unwrap().trim().to_string();
+    let bin = env.dir.path().join("stock-criu");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(
+        bin.join("criu"),
+        format!(
+            "#!/bin/sh\n[ \"$1 $2 $3\" = \"check --feature join_userns\" ] && exit 1\nexec {real} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("criu"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    env.daemon.crash();
+    let conf = config_file(env.dir.path());
+    env.daemon = berth_e2e::daemon::Daemon::start_with_env(
+        &env.berth,
+        env.dir.path(),
+        &["--config", conf.to_str().unwrap()],
+        &[("PATH", &path)],
+    );
+    env.rt = RuntimeServiceClient::new(env.daemon.channel().await);
+
+    let mut c = root_sh(&env, "restored", "");
+    c.image = Some(proto::ImageSpec {
+        image: archive.display().to_string(),
+        ..Default::default()
+    });
+    let e = env
+        .rt
+        .create_container(proto::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(c),
+            sandbox_config: Some(pod_cfg),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains("join-userns patch"), "{}", e.message());
+    let left = env
+        .rt
+        .list_containers(proto::ListContainersRequest {
+            filter: Some(proto::ContainerFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(left.len(), 1, "only the checkpointed container: {left:?}");
+    stop_pod(&mut env.rt, pod).await;
 }

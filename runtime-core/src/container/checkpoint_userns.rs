@@ -12,7 +12,8 @@
 //!   `scripts/criu-join-userns.patch` (installed by
 //!   `scripts/install-criu.sh`) clones the root task inside the joined
 //!   namespace and checks its maps against the images instead of writing
-//!   them.
+//!   them. A criu without it (`criu check --feature join_userns` fails) is
+//!   refused before the restore.
 //! - Files: each overlay layer (or a plain rootfs) is idmapped into the
 //!   user namespace, as at a normal start, before the rootfs CRIU restores
 //!   into is mounted; bind mounts that were idmapped are handed to CRIU as
@@ -29,6 +30,11 @@ use serde::{Deserialize, Serialize};
 use super::ContainerError;
 use crate::config::{Config, IdMap, MountKind, NamespaceKind};
 use crate::security::ceiling::TaskCreds;
+
+/// What `criu check --feature` calls the join-userns patch: a restore into
+/// a user namespace is refused up front without it (stock CRIU would fail
+/// with EPERM at its network namespace step).
+pub(super) const CRIU_FEATURE: &str = "join_userns";
 
 /// File (in the images directory) with the id maps of the user namespace
 /// the container was in, as the host sees them; absent when it had none.

@@ -153,6 +153,21 @@ pub(super) fn run_criu(
     })
 }
 
+/// Whether `c.criu` knows `feature` and finds it on this kernel (`criu
+/// check --feature <feature>` exits 0). A criu that cannot be run has none.
+pub(super) fn has_feature(c: &CriuOptions, feature: &str) -> bool {
+    let mut cmd = Command::new(&c.criu);
+    if std::env::var_os("PATH").is_none() {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    cmd.args(["check", "--feature", feature])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// The error lines of a CRIU log (`Error (file:line): ...`), the last few.
 pub fn log_errors(log: &str) -> String {
     let errors: Vec<&str> = log
@@ -176,6 +191,19 @@ mod tests {
             "(criu/mount.c:12): mnt: no such mount; (criu/cr-restore.c:3): Restoring FAILED."
         );
         assert_eq!(log_errors("all fine\n"), "");
+    }
+
+    #[test]
+    fn a_feature_is_what_criu_check_says() {
+        // Stand-ins for a criu whose check passes and one whose fails (the
+        // arguments are the real criu's, tested end to end).
+        let mut o = CriuOptions::new("/i", "/w");
+        o.criu = "/bin/true".into();
+        assert!(has_feature(&o, "join_userns"));
+        o.criu = "/bin/false".into();
+        assert!(!has_feature(&o, "join_userns"));
+        o.criu = "/nonexistent/criu".into();
+        assert!(!has_feature(&o, "join_userns"));
     }
 
     #[test]
