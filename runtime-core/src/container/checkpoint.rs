@@ -328,10 +328,23 @@ pub(super) fn cstring(p: &Path) -> Result<CString, ContainerError> {
         .map_err(|_| ContainerError::Checkpoint(format!("{}: NUL byte in path", p.display())))
 }
 
+/// Writes `v` as JSON to a new file at `path`, private (0600) whatever the
+/// umask: it sits with the container's dumped memory.
 pub(super) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ContainerError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let bytes = serde_json::to_vec(v).map_err(std::io::Error::other);
     bytes
-        .and_then(|b| std::fs::write(path, b))
+        .and_then(|b| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)?
+                .write_all(&b)
+        })
         .map_err(|source| ContainerError::StateIo {
             path: path.to_path_buf(),
             source,

@@ -340,6 +340,12 @@ mod tests {
             gid_map: Vec::new(),
         };
         super::super::checkpoint::write_json(&dir.path().join(USERNS_FILE), &maps).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(USERNS_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "private whatever the umask");
         assert_eq!(images_user_maps(dir.path()).unwrap(), Some(maps));
     }
 }
