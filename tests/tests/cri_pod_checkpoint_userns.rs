@@ -140,6 +140,9 @@ async fn a_user_namespace_pod_is_checkpointed_and_restored() {
             "{what}: the refused restore left a pod"
         );
     }
+    // Refused before a pod was made, not made and then removed.
+    let log = std::fs::read_to_string(env.dir.path().join("berth.log")).unwrap();
+    assert!(!log.contains("removing the new pod"), "a pod was made");
 
     // The same maps: it counts on, as root of the new pod's namespace.
     let new_cfg = userns_pod(&env, "userns-again");

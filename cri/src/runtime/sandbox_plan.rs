@@ -108,6 +108,31 @@ fn clean_abs(field: &str, v: &str) -> Result<(), RuntimeError> {
 /// Checks a request and decides what to build (pure).
 /// `handler`: the pod's RuntimeClass handler, whose policy it must meet,
 /// and whether it is an external OCI runtime.
+/// The pod's own user namespace as `opts` asks for it; `None`: the node's.
+pub(super) fn userns_of(opts: &proto::NamespaceOption) -> Result<Option<Userns>, RuntimeError> {
+    const USERNS: &str = "config.linux.security_context.namespace_options.userns_options";
+    let Some(u) = opts.userns_options.as_ref() else {
+        return Ok(None);
+    };
+    Ok(
+        match mode(
+            u.mode,
+            &format!("{USERNS}.mode"),
+            &[NsMode::Pod, NsMode::Node],
+        )? {
+            NsMode::Node => None,
+            // With the host network too (cri-api 1.33
+            // user_namespaces_host_network): the pod's user namespace owns
+            // its IPC namespace, and its containers stay in the host's
+            // network and UTS namespaces.
+            _ => Some(Userns {
+                uids: id_maps(&format!("{USERNS}.uids"), &u.uids)?,
+                gids: id_maps(&format!("{USERNS}.gids"), &u.gids)?,
+            }),
+        },
+    )
+}
+
 pub(super) fn plan(
     config: &proto::PodSandboxConfig,
     handler: (&str, &super::handlers::EmbeddedPolicy, bool),
@@ -153,25 +178,7 @@ pub(super) fn plan(
         "config.linux.security_context.namespace_options.ipc",
         &[NsMode::Pod, NsMode::Node],
     )?;
-    const USERNS: &str = "config.linux.security_context.namespace_options.userns_options";
-    let userns = match opts.userns_options.as_ref() {
-        None => None,
-        Some(u) => match mode(
-            u.mode,
-            &format!("{USERNS}.mode"),
-            &[NsMode::Pod, NsMode::Node],
-        )? {
-            NsMode::Node => None,
-            // With the host network too (cri-api 1.33
-            // user_namespaces_host_network): the pod's user namespace owns
-            // its IPC namespace, and its containers stay in the host's
-            // network and UTS namespaces.
-            _ => Some(Userns {
-                uids: id_maps(&format!("{USERNS}.uids"), &u.uids)?,
-                gids: id_maps(&format!("{USERNS}.gids"), &u.gids)?,
-            }),
-        },
-    };
+    let userns = userns_of(&opts)?;
     super::handlers::check_pod(
         handler.0,
         handler.1,

@@ -144,6 +144,17 @@ impl crate::runtime::RuntimeServiceImpl {
                 dir.join(CONTAINERS_DIR).join(name)
             })
             .collect();
+        // The new pod's user namespace must have the checkpointed one's
+        // maps (each container's images record them): refused here, before
+        // a pod is made, as CreateContainer would refuse each container.
+        let userns = crate::runtime::sandbox_plan::userns_of(
+            &config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref())
+                .and_then(|s| s.namespace_options.clone())
+                .unwrap_or_default(),
+        )?;
         let dirs2 = dirs.clone();
         blocking(move || {
             dirs2.iter().try_for_each(|d| {
@@ -154,8 +165,8 @@ impl crate::runtime::RuntimeServiceImpl {
                             RuntimeError::invalid("checkpoint_path", reason)
                         }
                         other => other,
-                    })
-                    .map(drop)
+                    })?
+                    .check_user_namespace(userns.as_ref())
             })
         })
         .await?;
