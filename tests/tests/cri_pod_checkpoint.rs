@@ -495,14 +495,7 @@ async fn a_fence_a_crash_left_up_is_lowered_at_start_up() {
         .unwrap();
 
     env.daemon.crash();
-    let conf = config_file(env.dir.path());
-    env.daemon = berth_e2e::daemon::Daemon::start_with_env(
-        &env.berth,
-        env.dir.path(),
-        &["--config", conf.to_str().unwrap()],
-        &[("BERTH_CRASH_AT", "restore_pod:fenced")],
-    );
-    env.rt = Rt::new(env.daemon.channel().await);
+    restart_with_env(&mut env, &[("BERTH_CRASH_AT", "restore_pod:fenced")]).await;
     let configs = vec![root_sh(&env, "tcp", ""), root_sh(&env, "counter", "")];
     let new_cfg = pod_named(&env, "restored");
     let died = restore_pod(&mut env.rt, &out, new_cfg, configs).await;

@@ -6,7 +6,6 @@
 mod common;
 
 use berth_cri::proto;
-use berth_cri::proto::runtime_service_client::RuntimeServiceClient;
 use common::exec_sh as exec;
 use common::pods::*;
 use common::*;
@@ -503,14 +502,7 @@ async fn a_criu_without_the_join_userns_patch_is_refused_up_front() {
         std::env::var("PATH").unwrap_or_default()
     );
     env.daemon.crash();
-    let conf = config_file(env.dir.path());
-    env.daemon = berth_e2e::daemon::Daemon::start_with_env(
-        &env.berth,
-        env.dir.path(),
-        &["--config", conf.to_str().unwrap()],
-        &[("PATH", &path)],
-    );
-    env.rt = RuntimeServiceClient::new(env.daemon.channel().await);
+    restart_with_env(&mut env, &[("PATH", &path)]).await;
 
     let mut c = root_sh(&env, "restored", "");
     c.image = Some(proto::ImageSpec {

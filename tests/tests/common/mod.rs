@@ -44,11 +44,18 @@ pub async fn env(test: &str) -> Option<Env> {
 /// Starts the env's daemon again (after `env.daemon.crash()` or its own
 /// death), with the same configuration file, and reconnects `env.rt`.
 pub async fn restart(env: &mut Env) {
+    restart_with_env(env, &[]).await;
+}
+
+/// [`restart`] with more environment variables for the daemon (the
+/// crash-point harness's `BERTH_CRASH_AT`, a `PATH`).
+pub async fn restart_with_env(env: &mut Env, vars: &[(&str, &str)]) {
     let conf = config_file(env.dir.path());
-    env.daemon = Daemon::start(
+    env.daemon = Daemon::start_with_env(
         &env.berth,
         env.dir.path(),
         &["--config", conf.to_str().unwrap()],
+        vars,
     );
     env.rt = RuntimeServiceClient::new(env.daemon.channel().await);
 }
