@@ -146,8 +146,12 @@ pub fn images_user_maps(images: &Path) -> Result<Option<UserMaps>, ContainerErro
     }
 }
 
-/// The host uid and gid of root in the user namespace the images record
-/// (the restored pod's: the maps are checked to be the same).
+/// The host uid and gid of root in the user namespace the images record.
+/// The images are input: callers check first that these maps are the
+/// restored pod's (berth's CRI layer refuses others before the container
+/// is made; CRIU also checks its own image of them against the joined
+/// namespace), since the ids become the overlay creator's fsuid and the
+/// terminal's owner.
 pub(super) fn root_ids(images: &Path) -> Result<Option<(u32, u32)>, ContainerError> {
     let Some(m) = images_user_maps(images)? else {
         return Ok(None);
