@@ -37,6 +37,7 @@ fn runtime_code(e: &RuntimeError) -> Code {
         | RuntimeError::SandboxNotReady { .. }
         | RuntimeError::RestoreDisabled { .. }
         | RuntimeError::CheckpointShape { .. }
+        | RuntimeError::CriuLacks { .. }
         | RuntimeError::AppArmor(_) => Code::FailedPrecondition,
         // Not there to restore from: the node is missing something the
         // request needs, not the request is wrong.

@@ -148,6 +148,10 @@ pub struct RestoreFrom {
     pub images_dir: PathBuf,
     /// CRIU's work directory (its `restore.log`).
     pub work_dir: PathBuf,
+    /// Whether `criu` has the join-userns patch, as the daemon found (it
+    /// asks once per binary); `None`: not asked (no user namespace).
+    #[serde(default)]
+    pub joins_userns: Option<bool>,
 }
 
 /// Where a monitor finds the daemon's sealed init binary.

@@ -360,6 +360,7 @@ fn restore(
     let mut opts =
         berth_core::container::checkpoint::CriuOptions::new(&from.images_dir, &from.work_dir);
     opts.criu = from.criu.clone();
+    opts.joins_userns = from.joins_userns;
     container.restore(&opts, stdio, &spec)
 }
 

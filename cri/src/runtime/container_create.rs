@@ -199,6 +199,9 @@ fn build(
             u.check_terminal(config.tty)?;
             u.check_pid_namespace(&pid)?;
             u.check_user_namespace(sandbox.userns.as_ref())?;
+            if sandbox.userns.is_some() {
+                container_checkpoint::check_criu_joins_userns(ctx.criu)?;
+            }
         }
         let rootfs_image = restore
             .as_ref()
@@ -349,6 +352,8 @@ fn build(
                 criu: ctx.criu.to_path_buf(),
                 images_dir: u.images_dir(),
                 work_dir: dir.clone(),
+                // Checked above for a user-namespace pod.
+                joins_userns: sandbox.userns.is_some().then_some(true),
             }),
             oci: ctx.handlers.oci_runtime(&sandbox.runtime_handler).cloned(),
             shim: ctx.handlers.shim_runtime(&sandbox.runtime_handler).cloned(),

@@ -73,6 +73,19 @@ pub enum RuntimeError {
         /// What it has.
         reason: String,
     },
+    /// The node's criu lacks what a restore needs.
+    #[error(
+        "{criu} lacks {what} (`criu check --feature {feature}` fails); scripts/install-criu.sh \
+         builds a criu with berth's patches"
+    )]
+    CriuLacks {
+        /// The criu binary.
+        criu: PathBuf,
+        /// What is missing, in words.
+        what: &'static str,
+        /// Its `criu check --feature` name.
+        feature: &'static str,
+    },
     /// The rootfs image a checkpoint was taken from cannot be had.
     #[error("the checkpoint's rootfs image {name:?}")]
     CheckpointImage {

@@ -88,6 +88,11 @@ pub struct CriuOptions {
     pub shell_job: bool,
     /// Give up (killing CRIU) after this long.
     pub timeout: Option<Duration>,
+    /// Whether `criu` has berth's join-userns patch, when the caller knows
+    /// ([`criu_joins_userns`], asked once and kept); `None`: a restore into
+    /// a user namespace asks criu itself.
+    #[serde(default)]
+    pub joins_userns: Option<bool>,
 }
 
 impl CriuOptions {
@@ -102,8 +107,18 @@ impl CriuOptions {
             file_locks: true,
             shell_job: false,
             timeout: None,
+            joins_userns: None,
         }
     }
+}
+
+/// Whether the `criu` at `criu` has berth's join-userns patch (`criu check
+/// --feature join_userns`), which restoring into a user namespace needs.
+/// Runs criu (tens of milliseconds): callers keep the answer.
+pub fn criu_joins_userns(criu: &Path) -> bool {
+    let mut o = CriuOptions::new("", "");
+    o.criu = criu.to_path_buf();
+    super::criu::has_feature(&o, super::checkpoint_userns::CRIU_FEATURE)
 }
 
 /// What a checkpoint does besides dumping.

@@ -129,7 +129,11 @@ impl Container {
         // In the pod's user namespace: joined, not created; its files
         // idmapped as a start would.
         let trees = match userns::joined(&config) {
-            Some(_) if !super::criu::has_feature(opts, userns::CRIU_FEATURE) => {
+            Some(_)
+                if !opts
+                    .joins_userns
+                    .unwrap_or_else(|| super::criu::has_feature(opts, userns::CRIU_FEATURE)) =>
+            {
                 return Err(ContainerError::Unsupported(format!(
                     "restore into a pod's user namespace: {} lacks berth's join-userns patch \
                      (`criu check --feature {}` fails; scripts/install-criu.sh builds a criu \

@@ -376,7 +376,8 @@ mod tests;
 use crate::util::blocking;
 use archive::{rootfs_diff, write_archive};
 pub(super) use restore::{
-    apply_rootfs_diff, checkpoint_image_dir, is_archive, open, rootfs_image, unpack,
+    apply_rootfs_diff, check_criu_joins_userns, checkpoint_image_dir, is_archive, open,
+    rootfs_image, unpack,
 };
 use tonic::{Request, Response, Status};
 

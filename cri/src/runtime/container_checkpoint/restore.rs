@@ -106,6 +106,39 @@ impl Unpacked {
     }
 }
 
+/// Refuses a restore into a user-namespace pod when `criu` lacks berth's
+/// join-userns patch (a stock CRIU would fail with EPERM at its network
+/// namespace step). criu is asked once per binary (path and modification
+/// time: a criu replaced on the node is asked again), not per container.
+pub(crate) fn check_criu_joins_userns(criu: &Path) -> Result<(), RuntimeError> {
+    use std::sync::Mutex;
+    type Answer = (PathBuf, Option<std::time::SystemTime>, bool);
+    static ASKED: Mutex<Vec<Answer>> = Mutex::new(Vec::new());
+    let modified = std::fs::metadata(criu).and_then(|m| m.modified()).ok();
+    let known = ASKED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(p, m, _)| p == criu && *m == modified)
+        .map(|a| a.2);
+    let joins = known.unwrap_or_else(|| {
+        let joins = berth_core::container::checkpoint::criu_joins_userns(criu);
+        let mut asked = ASKED.lock().unwrap_or_else(|e| e.into_inner());
+        asked.retain(|(p, _, _)| p != criu);
+        asked.push((criu.to_path_buf(), modified, joins));
+        joins
+    });
+    if joins {
+        Ok(())
+    } else {
+        Err(RuntimeError::CriuLacks {
+            criu: criu.to_path_buf(),
+            what: "berth's join-userns patch, which restoring into a pod's user namespace needs",
+            feature: "join_userns",
+        })
+    }
+}
+
 /// `container_id:host_id:size` for each map line, comma separated.
 fn describe(m: &[berth_core::config::IdMap]) -> String {
     m.iter()

@@ -162,3 +162,19 @@ fn a_truncated_or_foreign_archive_is_refused_by_field() {
         "{e}"
     );
 }
+
+#[test]
+fn a_criu_without_the_join_userns_feature_is_refused() {
+    // Stand-ins whose `check --feature` passes and fails; asked again,
+    // the kept answers are the same.
+    for _ in 0..2 {
+        check_criu_joins_userns(std::path::Path::new("/bin/true")).unwrap();
+        let e = check_criu_joins_userns(std::path::Path::new("/bin/false")).unwrap_err();
+        assert!(matches!(e, RuntimeError::CriuLacks { .. }), "{e}");
+        assert!(e.to_string().contains("join-userns patch"), "{e}");
+        assert_eq!(
+            tonic::Status::from(e).code(),
+            tonic::Code::FailedPrecondition
+        );
+    }
+}

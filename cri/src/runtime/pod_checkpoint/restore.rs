@@ -156,7 +156,11 @@ impl crate::runtime::RuntimeServiceImpl {
                 .unwrap_or_default(),
         )?;
         let dirs2 = dirs.clone();
+        let criu = self.criu.clone();
         blocking(move || {
+            if userns.is_some() {
+                crate::runtime::container_checkpoint::check_criu_joins_userns(&criu)?;
+            }
             dirs2.iter().try_for_each(|d| {
                 let what = format!("{} is not a container checkpoint", d.display());
                 crate::runtime::container_checkpoint::open(d, &what)
