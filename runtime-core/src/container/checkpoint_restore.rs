@@ -44,17 +44,21 @@ impl Container {
         }
         self.check_checkpointable()?;
         self.check_pid_shape(&opts.images_dir)?;
-        self.check_user_shape(&opts.images_dir)?;
+        // The pod's root (host ids) when the images hold a user namespace.
+        let root = images_user_maps(&opts.images_dir)?
+            .map(|m| m.root())
+            .transpose()?;
+        self.check_user_shape(root.is_some())?;
         let wiring = super::checkpoint_stdio::wiring(&opts.images_dir, stdio)?;
-        if wiring.console.is_some() {
-            userns::give_terminal(&wiring.inherit, &opts.images_dir)?;
+        if let (Some(ids), Some(_)) = (root, &wiring.console) {
+            userns::give_terminal(&wiring.inherit, ids)?;
         }
         std::fs::create_dir_all(&opts.work_dir).map_err(|source| ContainerError::StateIo {
             path: opts.work_dir.clone(),
             source,
         })?;
         let cgroup = self.create_cgroup()?;
-        let tree = self.restore_tree(opts, wiring, cgroup.as_ref());
+        let tree = self.restore_tree(opts, wiring, cgroup.as_ref(), root);
         userns::remove_staging(&opts.work_dir);
         let res = tree.and_then(|handle| match self.check_restored(handle.pid(), process) {
             Ok(()) => Ok(handle),
@@ -85,6 +89,7 @@ impl Container {
         opts: &CriuOptions,
         wiring: super::checkpoint_stdio::Wiring,
         cgroup: Option<&crate::cgroups::Cgroup>,
+        root: Option<(u32, u32)>,
     ) -> Result<ProcessHandle, ContainerError> {
         let config = self.state.config.clone();
         let pidfile = opts.work_dir.join("restore.pid");
@@ -147,10 +152,7 @@ impl Container {
                 args.push(format!("user:{}", ns.display()));
                 userns::trees(&config, ns, &opts.work_dir)?
             }
-            None => userns::Trees {
-                onto: Vec::new(),
-                staged: Vec::new(),
-            },
+            None => userns::Trees::default(),
         };
         for m in &config.mounts {
             if let (MountKind::Bind { .. }, Some(src)) = (&m.kind, &m.source) {
@@ -200,12 +202,7 @@ impl Container {
             Some(o) => Some(o.prepare()?),
             None => None,
         };
-        let has_rootfs_tree =
-            config.overlay.is_none() && !trees.onto.is_empty() && config.idmap_rootfs;
-        let mount_as = match userns::joined(&config) {
-            Some(_) => userns::root_ids(&opts.images_dir)?,
-            None => None,
-        };
+        let has_rootfs_tree = trees.rootfs;
         let mut cmd = criu_command(opts, &args);
         let ns_fds: Vec<(RawFd, libc::c_int)> =
             join.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
@@ -263,7 +260,7 @@ impl Container {
                 // maps there. setfsuid drops the file capabilities from the
                 // effective set; they are raised again for the mount, so
                 // its creator may do what the init's may in its namespace.
-                if let Some((uid, gid)) = mount_as {
+                if let Some((uid, gid)) = root {
                     libc::setfsgid(gid);
                     libc::setfsuid(uid);
                     let (_, permitted, inheritable) = crate::sys::capget()
@@ -285,7 +282,7 @@ impl Container {
                         std::ptr::null(),
                     )),
                 };
-                if mount_as.is_some() {
+                if root.is_some() {
                     // Back to root: the file capabilities return with it.
                     libc::setfsuid(0);
                     libc::setfsgid(0);
@@ -341,10 +338,9 @@ impl Container {
     }
 
     /// Refuses images whose user namespace shape is not this container's:
-    /// dumped in one only into a joined one (CRIU checks its maps too), and
-    /// without one only into none.
-    fn check_user_shape(&self, images: &Path) -> Result<(), ContainerError> {
-        let dumped = images_user_maps(images)?.is_some();
+    /// `dumped` in one only into a joined one (CRIU checks its maps too),
+    /// and without one only into none.
+    fn check_user_shape(&self, dumped: bool) -> Result<(), ContainerError> {
         let joins = userns::joined(&self.state.config).is_some();
         match (dumped, joins) {
             (true, false) => Err(ContainerError::Unsupported(

@@ -21,14 +21,15 @@
 //!   namespace cannot mknod) are external mounts.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::launch::{idmapped_trees_in, IdmapSources};
 use super::ContainerError;
-use crate::config::{Config, IdMap, MountKind, NamespaceKind};
+use crate::config::{Config, IdMap, NamespaceKind};
 use crate::security::ceiling::TaskCreds;
 
 /// What `criu check --feature` calls the join-userns patch: a restore into
@@ -79,6 +80,26 @@ impl UserMaps {
             *g = inside(&self.gid_map, *g);
         }
         creds
+    }
+
+    /// The host uid and gid of root in this namespace. Maps read from
+    /// images are input: callers check first that they are the restored
+    /// pod's (berth's CRI layer refuses others before the container is
+    /// made; CRIU also checks its own image of them against the joined
+    /// namespace), since these ids become the overlay creator's fsuid and
+    /// the terminal's owner.
+    pub fn root(&self) -> Result<(u32, u32), ContainerError> {
+        let root = |map: &[IdMap]| {
+            map.iter()
+                .find(|e| e.container_id == 0 && e.size > 0)
+                .map(|e| e.host_id)
+        };
+        match (root(&self.uid_map), root(&self.gid_map)) {
+            (Some(u), Some(g)) => Ok((u, g)),
+            _ => Err(ContainerError::Unsupported(
+                "restore into a user namespace without a root (uid and gid 0 unmapped)".into(),
+            )),
+        }
     }
 
     /// Whether these are `uids` and `gids`, in any order.
@@ -146,40 +167,14 @@ pub fn images_user_maps(images: &Path) -> Result<Option<UserMaps>, ContainerErro
     }
 }
 
-/// The host uid and gid of root in the user namespace the images record.
-/// The images are input: callers check first that these maps are the
-/// restored pod's (berth's CRI layer refuses others before the container
-/// is made; CRIU also checks its own image of them against the joined
-/// namespace), since the ids become the overlay creator's fsuid and the
-/// terminal's owner.
-pub(super) fn root_ids(images: &Path) -> Result<Option<(u32, u32)>, ContainerError> {
-    let Some(m) = images_user_maps(images)? else {
-        return Ok(None);
-    };
-    let root = |map: &[IdMap]| {
-        map.iter()
-            .find(|e| e.container_id == 0 && e.size > 0)
-            .map(|e| e.host_id)
-    };
-    match (root(&m.uid_map), root(&m.gid_map)) {
-        (Some(u), Some(g)) => Ok(Some((u, g))),
-        _ => Err(ContainerError::Unsupported(
-            "restore into a user namespace without a root (uid and gid 0 unmapped)".into(),
-        )),
-    }
-}
-
 /// Gives the new terminal (the `tty[..]` fds handed to CRIU) to the pod's
-/// root when the images hold a user namespace: CRIU sets the terminal's
-/// dumped owner from inside that namespace, where only a file owned by an
-/// id it maps may be chowned.
+/// root, `(uid, gid)` on the host: CRIU sets the terminal's dumped owner
+/// from inside the pod's user namespace, where only a file owned by an id
+/// it maps may be chowned.
 pub(super) fn give_terminal(
     inherit: &[(OwnedFd, String)],
-    images: &Path,
+    (uid, gid): (u32, u32),
 ) -> Result<(), ContainerError> {
-    let Some((uid, gid)) = root_ids(images)? else {
-        return Ok(());
-    };
     for (fd, _) in inherit.iter().filter(|(_, k)| k.starts_with("tty[")) {
         nix::unistd::fchown(
             fd.as_raw_fd(),
@@ -221,65 +216,54 @@ pub(super) fn device_keys(config: &Config) -> Vec<String> {
 
 /// The idmapped trees a restore attaches in CRIU's mount namespace before
 /// the rootfs is mounted: each onto its directory.
+#[derive(Default)]
 pub(super) struct Trees {
-    /// `(directory, idmapped tree of it)`: the overlay's layers (and the
-    /// upper and work directories' parent), or a plain rootfs.
+    /// `(directory, idmapped tree)`: the overlay's layers (and the upper
+    /// and work directories' parent) or a plain rootfs, and the staging
+    /// paths of idmapped bind mounts.
     pub onto: Vec<(CString, OwnedFd)>,
+    /// Whether a plain rootfs is among them (then it is a mount already).
+    pub rootfs: bool,
     /// Bind mounts that were idmapped: `(destination, staging path)`, the
     /// staging path (under the work directory) holding the idmapped tree of
     /// the source, for CRIU to bind.
     pub staged: Vec<(PathBuf, PathBuf)>,
 }
 
-/// Clones and idmaps, through the user namespace at `userns`, what the
-/// container's start would have: its layers (or rootfs) and its idmapped
-/// bind mounts, the latter attached at staging paths made under `work`.
+/// What a start of the container would idmap ([`IdmapSources::of`]),
+/// cloned and idmapped through the user namespace at `userns` as a start
+/// does; the bind mounts' trees go onto staging paths made under `work`.
 pub(super) fn trees(config: &Config, userns: &Path, work: &Path) -> Result<Trees, ContainerError> {
-    let mut out = Trees {
-        onto: Vec::new(),
-        staged: Vec::new(),
-    };
     let ns = std::fs::File::open(userns).map_err(|source| ContainerError::StateIo {
         path: userns.to_path_buf(),
         source,
     })?;
-    let make = |path: &Path| -> Result<OwnedFd, ContainerError> {
-        let tree = crate::sys::open_tree_clone(path).map_err(|source| ContainerError::Sys {
-            step: "clone a mount tree to idmap",
-            source,
-        })?;
-        crate::sys::mount_setattr_idmap(tree.as_fd(), ns.as_fd()).map_err(|source| {
-            ContainerError::Sys {
-                step: "idmap a mount (needs a filesystem that supports idmapped mounts)",
-                source,
-            }
-        })?;
-        Ok(tree)
+    let (idx, fds) = idmapped_trees_in(&ns, &IdmapSources::of(config))?;
+    let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+    let mut take = |i: usize| {
+        fds.get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| ContainerError::Checkpoint(format!("no idmapped tree #{i}")))
     };
     let cstr = |p: &Path| {
         CString::new(p.as_os_str().as_bytes())
             .map_err(|_| ContainerError::Checkpoint(format!("{}: a NUL byte", p.display())))
     };
-    if config.idmap_rootfs {
-        let dirs: Vec<PathBuf> = match &config.overlay {
-            Some(o) => {
-                let mut l = o.lowerdirs.clone();
-                l.extend(o.upperdir.parent().map(Path::to_path_buf));
-                l
-            }
-            None => vec![config.rootfs.clone()],
-        };
-        for d in dirs {
-            out.onto.push((cstr(&d)?, make(&d)?));
-        }
+    let mut out = Trees::default();
+    if let Some(i) = idx.rootfs {
+        out.onto.push((cstr(&config.rootfs)?, take(i)?));
+        out.rootfs = true;
+    }
+    for (dir, i) in &idx.layers {
+        out.onto.push((cstr(dir)?, take(*i)?));
     }
     let staging = work.join("idmapped");
-    for (i, m) in config.mounts.iter().enumerate() {
-        let (MountKind::Bind { .. }, Some(src), true) = (&m.kind, &m.source, m.idmap) else {
+    for (m, i) in &idx.mounts {
+        let (Some(mount), tree) = (config.mounts.get(*m), take(*i)?) else {
             continue;
         };
-        let tree = make(src)?;
-        let at = staging.join(i.to_string());
+        let src = mount.source.as_deref().unwrap_or(Path::new("/"));
+        let at = staging.join(m.to_string());
         let io = |source| ContainerError::StateIo {
             path: at.clone(),
             source,
@@ -292,7 +276,7 @@ pub(super) fn trees(config: &Config, userns: &Path, work: &Path) -> Result<Trees
             std::fs::File::create(&at).map_err(io)?;
         }
         out.onto.push((cstr(&at)?, tree));
-        out.staged.push((m.destination.clone(), at));
+        out.staged.push((mount.destination.clone(), at));
     }
     Ok(out)
 }

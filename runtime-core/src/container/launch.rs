@@ -50,6 +50,31 @@ pub(super) struct IdmapSources {
 }
 
 impl IdmapSources {
+    /// What `config` has idmapped: its rootfs (without an overlay) or each
+    /// overlay layer and the parent of its upper and work directories, when
+    /// `idmap_rootfs`; and its bind mounts marked `idmap`.
+    pub(super) fn of(config: &crate::config::Config) -> Self {
+        IdmapSources {
+            rootfs: (config.idmap_rootfs && config.overlay.is_none())
+                .then(|| config.rootfs.clone()),
+            layers: match (&config.overlay, config.idmap_rootfs) {
+                (Some(o), true) => {
+                    let mut l = o.lowerdirs.clone();
+                    l.extend(o.upperdir.parent().map(|p| p.to_path_buf()));
+                    l
+                }
+                _ => Vec::new(),
+            },
+            mounts: config
+                .mounts
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.idmap)
+                .filter_map(|(i, m)| Some((i, m.source.clone()?)))
+                .collect(),
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.rootfs.is_none() && self.mounts.is_empty() && self.layers.is_empty()
     }
@@ -63,16 +88,25 @@ fn idmapped_trees(
     bootstrap_pid: i32,
     src: &IdmapSources,
 ) -> Result<(crate::process::channel::IdmappedTrees, Vec<OwnedFd>), ContainerError> {
-    let mut trees = crate::process::channel::IdmappedTrees::default();
-    let mut fds = Vec::new();
-    if src.rootfs.is_none() && src.mounts.is_empty() && src.layers.is_empty() {
-        return Ok((trees, fds));
+    if src.is_empty() {
+        return Ok(Default::default());
     }
     let userns_path = format!("/proc/{bootstrap_pid}/ns/user");
     let userns = File::open(&userns_path).map_err(|source| ContainerError::StateIo {
         path: userns_path.into(),
         source,
     })?;
+    idmapped_trees_in(&userns, src)
+}
+
+/// [`idmapped_trees`] through the user namespace `userns` (an open
+/// namespace file): the trees, and their fds by the indices the trees name.
+pub(super) fn idmapped_trees_in(
+    userns: &File,
+    src: &IdmapSources,
+) -> Result<(crate::process::channel::IdmappedTrees, Vec<OwnedFd>), ContainerError> {
+    let mut trees = crate::process::channel::IdmappedTrees::default();
+    let mut fds = Vec::new();
     let make = |path: &std::path::Path| -> Result<OwnedFd, ContainerError> {
         let tree = crate::sys::open_tree_clone(path).map_err(|source| ContainerError::Sys {
             step: "clone a mount tree to idmap",

@@ -132,25 +132,7 @@ impl Container {
             cgroup,
             init_binary: &self.init_binary,
             hook_state: (!config.hooks.is_empty()).then(|| self.hook_state("creating", None)),
-            idmap: IdmapSources {
-                rootfs: (config.idmap_rootfs && config.overlay.is_none())
-                    .then(|| config.rootfs.clone()),
-                layers: match (&config.overlay, config.idmap_rootfs) {
-                    (Some(o), true) => {
-                        let mut l = o.lowerdirs.clone();
-                        l.extend(o.upperdir.parent().map(|p| p.to_path_buf()));
-                        l
-                    }
-                    _ => Vec::new(),
-                },
-                mounts: config
-                    .mounts
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, m)| m.idmap)
-                    .filter_map(|(i, m)| Some((i, m.source.clone()?)))
-                    .collect(),
-            },
+            idmap: IdmapSources::of(config),
         })?;
         self.record_init(pid, console, false)
     }
